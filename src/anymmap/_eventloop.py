@@ -1,0 +1,191 @@
+"""The few event-loop primitives anymmap needs, for asyncio and trio.
+
+anyio offers all of these, but its generic paths cost a few microseconds each (a backend
+lookup, a ``TaskInfo`` per ``get_current_task()``), which would triple the price of an
+uncontended lock acquire.  Each function here does one cheap backend check instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import types
+from collections.abc import Callable, Generator
+from typing import Any, NoReturn, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+# Trio names itself in sniffio's thread-local for as long as it runs a task; anything else
+# anymmap runs under is asyncio.
+backend_local: Any
+try:
+    from sniffio import thread_local as _sniffio_thread_local
+
+    backend_local = _sniffio_thread_local
+except ImportError:  # pragma: no cover - sniffio comes with trio; without it there is no trio
+
+    class _NoSniffio(threading.local):
+        name: str | None = None
+
+    backend_local = _NoSniffio()
+
+T = TypeVar("T")
+
+_asyncio_get_running_loop = asyncio.get_running_loop
+
+#: Worker threads one event loop may use at once for anymmap's blocking calls.
+DEFAULT_THREAD_TOKENS = 16
+
+_limiter: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
+    "anymmap.thread_limiter"
+)
+
+
+def in_trio() -> bool:
+    """Whether the calling task runs under trio (else asyncio).
+
+    Hot paths inline this as ``backend_local.name == "trio"``.
+    """
+    return bool(backend_local.name == "trio")
+
+
+def current_task() -> object:
+    """Return the running task object (an ``asyncio.Task`` or a ``trio.lowlevel.Task``).
+
+    :raises RuntimeError: outside of a task
+    """
+    if backend_local.name == "trio":
+        return trio_current_task()
+
+    return asyncio_current_task() or not_in_a_task()
+
+
+#: ``asyncio.current_task``, bound once for the hot paths.
+asyncio_current_task = asyncio.current_task
+
+
+def trio_current_task() -> object:
+    return _trio().lowlevel.current_task()
+
+
+def not_in_a_task() -> NoReturn:
+    raise RuntimeError("anymmap's async API must be called from inside an asyncio or trio task")
+
+
+def _trio() -> types.ModuleType:
+    import trio
+
+    return trio
+
+
+@types.coroutine
+def checkpoint() -> Generator[Any, Any, None]:
+    """Check for cancellation and let other tasks run (``trio.lowlevel.checkpoint``).
+
+    Hot paths inline this as ``if in_trio(): yield from trio_checkpoint() else: yield``.
+    """
+    if backend_local.name == "trio":
+        yield from trio_checkpoint()
+    else:
+        # A bare yield is what asyncio.sleep(0) does: the task is rescheduled at once and
+        # a pending cancellation is delivered here.
+        yield
+
+
+def trio_checkpoint() -> Generator[Any, Any, None]:
+    """``trio.lowlevel.checkpoint()`` as an iterator for ``yield from``."""
+    return _trio().lowlevel.checkpoint().__await__()  # type: ignore[no-any-return]
+
+
+class Waiter:
+    """A one-shot wake-up for a task parked in a queue.
+
+    ``wake()`` may be called from the event loop thread at any time, also after the waiting
+    task was cancelled; it never raises.
+    """
+
+    __slots__ = ("_event", "_future")
+
+    _future: asyncio.Future[None] | None
+    _event: Any
+
+    def __init__(self) -> None:
+        if backend_local.name == "trio":
+            self._future = None
+            self._event = _trio().Event()
+        else:
+            self._future = _asyncio_get_running_loop().create_future()
+
+    def wake(self) -> None:
+        if self._future is None:
+            self._event.set()
+        elif not self._future.done():
+            self._future.set_result(None)
+
+    @types.coroutine
+    def wait(self) -> Generator[Any, Any, None]:
+        if self._future is None:
+            yield from self._event.wait().__await__()
+        else:
+            yield from self._future
+
+
+def thread_limiter() -> anyio.CapacityLimiter:
+    """Return the limiter for anymmap's worker threads in the current event loop."""
+    try:
+        return _limiter.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(DEFAULT_THREAD_TOKENS)
+        _limiter.set(limiter)
+        return limiter
+
+
+async def run_sync(func: Callable[..., T], *args: object) -> T:
+    """Run ``func(*args)`` in a worker thread and wait for it, whatever happens.
+
+    The call is never abandoned: a cancellation that arrives while the thread runs is held
+    back until the thread has finished, then delivered (trio's rule for ``aclose``).  This
+    covers anyio cancel scopes on both backends and also a native ``asyncio.Task.cancel()``
+    (or ``asyncio.timeout``), which anyio's own shield does not hold back.  The memory a
+    worker touches is only guaranteed to be mapped while its caller waits, so an abandoned
+    worker could fault; this function is what makes it safe.
+    """
+    limiter = thread_limiter()
+    if in_trio():
+        result = await anyio.to_thread.run_sync(func, *args, limiter=limiter)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return result
+
+    inner = asyncio.ensure_future(anyio.to_thread.run_sync(func, *args, limiter=limiter))
+    cancelled: BaseException | None = None
+    with anyio.CancelScope(shield=True):
+        while True:
+            try:
+                result = await asyncio.shield(inner)
+                break
+            except asyncio.CancelledError as exc:
+                if inner.done():
+                    raise
+                # A native cancellation got through the anyio shield.  Keep waiting: the
+                # worker may still be touching the mapping.
+                cancelled = exc
+
+    if cancelled is not None:
+        raise cancelled
+
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    return result
+
+
+def task_info(task: Any) -> anyio.TaskInfo:
+    """Describe a task object returned by :func:`current_task` the way anyio does.
+
+    The ``id`` is ``id(task)``, as in anyio's own ``TaskInfo``, so the result compares equal
+    to ``anyio.get_current_task()`` called from that task.
+    """
+    if isinstance(task, asyncio.Task):
+        return anyio.TaskInfo(id(task), None, task.get_name(), task.get_coro())
+
+    return anyio.TaskInfo(id(task), None, task.name, task.coro)
