@@ -1,9 +1,31 @@
-"""anymmap: async-first memory maps for asyncio and trio."""
+"""anymmap: async-first memory maps for asyncio and trio.
+
+The async types live here; :mod:`anymmap.sync` has a blocking twin of each, with the same
+method names.
+"""
 
 from __future__ import annotations
 
+from ._advice import Advice as Advice
+from ._async._anon import AnonymousMmap as AnonymousMmap
+from ._async._options import MmapOptions as MmapOptions
+from ._core._map import INLINE_COPY_LIMIT as INLINE_COPY_LIMIT
+from ._errors import AnymmapError as AnymmapError
+from ._errors import BorrowError as BorrowError
+from ._errors import ClosedMapError as ClosedMapError
+from ._errors import HintNotHonoredError as HintNotHonoredError
+from ._errors import InvalidHintError as InvalidHintError
+from ._errors import InvalidSizeError as InvalidSizeError
+from ._errors import MappingFaultError as MappingFaultError
+from ._errors import OutOfBoundsError as OutOfBoundsError
+from ._errors import ReadOnlyError as ReadOnlyError
+from ._errors import UnsupportedError as UnsupportedError
 from ._rwlock import RWLock as RWLock
 from ._rwlock import RWLockStatistics as RWLockStatistics
+from ._sys import os_impl as _os_impl
+
+#: The size of a memory page on this machine.
+PAGE_SIZE: int = _os_impl.PAGE_SIZE
 
 # Re-export the public names as if they were defined here, so that reprs and tracebacks
 # say ``anymmap.RWLock`` (the anyio convention).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import types
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, NoReturn, TypeVar
 
 import anyio
@@ -145,20 +145,34 @@ def thread_limiter() -> anyio.CapacityLimiter:
 async def run_sync(func: Callable[..., T], *args: object) -> T:
     """Run ``func(*args)`` in a worker thread and wait for it, whatever happens.
 
-    The call is never abandoned: a cancellation that arrives while the thread runs is held
-    back until the thread has finished, then delivered (trio's rule for ``aclose``).  This
-    covers anyio cancel scopes on both backends and also a native ``asyncio.Task.cancel()``
-    (or ``asyncio.timeout``), which anyio's own shield does not hold back.  The memory a
-    worker touches is only guaranteed to be mapped while its caller waits, so an abandoned
-    worker could fault; this function is what makes it safe.
+    The call is never abandoned (see :func:`shielded`): memory a worker touches is only
+    guaranteed to stay mapped while its caller waits, so an abandoned worker could fault.
+    Worker threads come from anyio, limited per event loop by :func:`thread_limiter`.
     """
     limiter = thread_limiter()
-    if in_trio():
-        result = await anyio.to_thread.run_sync(func, *args, limiter=limiter)
+    return await shielded(lambda: anyio.to_thread.run_sync(func, *args, limiter=limiter))
+
+
+async def to_thread(func: Callable[..., T], *args: object) -> T:
+    """A worker-thread call without the shield, for code already inside :func:`shielded`."""
+    return await anyio.to_thread.run_sync(func, *args, limiter=thread_limiter())
+
+
+async def shielded(start: Callable[[], Awaitable[T]]) -> T:
+    """Run ``start()`` to completion even if the caller is cancelled meanwhile, then
+    deliver the cancellation (trio's rule for ``aclose``).
+
+    On trio (and for anyio cancel scopes on asyncio) a shielded scope is enough.  A native
+    ``asyncio.Task.cancel()`` (also ``asyncio.timeout``) goes through any shield, so on
+    asyncio the work runs in a task of its own, which the caller keeps waiting for.
+    """
+    if backend_local.name == "trio":
+        with anyio.CancelScope(shield=True):
+            result = await start()
         await anyio.lowlevel.checkpoint_if_cancelled()
         return result
 
-    inner = asyncio.ensure_future(anyio.to_thread.run_sync(func, *args, limiter=limiter))
+    inner = asyncio.ensure_future(start())
     cancelled: BaseException | None = None
     with anyio.CancelScope(shield=True):
         while True:
@@ -168,13 +182,10 @@ async def run_sync(func: Callable[..., T], *args: object) -> T:
             except asyncio.CancelledError as exc:
                 if inner.done():
                     raise
-                # A native cancellation got through the anyio shield.  Keep waiting: the
-                # worker may still be touching the mapping.
-                cancelled = exc
+                cancelled = exc  # keep waiting: the work is still running
 
     if cancelled is not None:
         raise cancelled
-
     await anyio.lowlevel.checkpoint_if_cancelled()
     return result
 

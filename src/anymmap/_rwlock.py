@@ -308,6 +308,17 @@ class RWLock:
         if self._queue:
             self._grant()
 
+    # For the maps' *_nowait copies, which complete without yielding, so they only need
+    # the lock to be free at this instant (a queued writer is not delayed by them).
+    def _free_for_reading(self) -> bool:
+        return self._writer is None
+
+    def _free_for_writing(self) -> bool:
+        return self._writer is None and not self._readers
+
+    def _held_by(self, task: object) -> bool:
+        return task is self._writer or task in self._readers
+
     def _check_can_write(self, task: object) -> None:
         if task is self._writer:
             raise RuntimeError("this task already holds the write lock")

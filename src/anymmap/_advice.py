@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import enum
+
+from ._sys import os_impl
+
+
+class Advice(enum.IntEnum):
+    """Advice for :meth:`~anymmap.AnonymousMmap.advise` (``madvise``).
+
+    The values are the platform's own, so ``mmap.MADV_*`` integers are accepted too.
+    ``DONTNEED`` and ``FREE`` discard the contents of private (anonymous or copy-on-write)
+    pages: they read back as zeros or as the file's data.
+
+    .. versionadded:: 0.1
+    """
+
+    NORMAL = os_impl.MADV_NORMAL
+    RANDOM = os_impl.MADV_RANDOM
+    SEQUENTIAL = os_impl.MADV_SEQUENTIAL
+    WILLNEED = os_impl.MADV_WILLNEED
+    DONTNEED = os_impl.MADV_DONTNEED
+    FREE = os_impl.MADV_FREE
+    DONTFORK = os_impl.MADV_DONTFORK
+    DOFORK = os_impl.MADV_DOFORK
+    HUGEPAGE = os_impl.MADV_HUGEPAGE
+    NOHUGEPAGE = os_impl.MADV_NOHUGEPAGE
+    DONTDUMP = os_impl.MADV_DONTDUMP
+    DODUMP = os_impl.MADV_DODUMP
+    COLD = os_impl.MADV_COLD
+    PAGEOUT = os_impl.MADV_PAGEOUT
+
+
+def check_advice(advice: object) -> int:
+    """Return the advice as an int.
+
+    :raises ValueError: if it is not one of :class:`Advice`
+    :raises TypeError: if it is not an integer
+    """
+    if isinstance(advice, bool) or not isinstance(advice, int):
+        raise TypeError(f"advice must be an anymmap.Advice, not {type(advice).__name__}")
+    try:
+        return int(Advice(advice))
+    except ValueError:
+        raise ValueError(f"unknown advice {advice!r}; use anymmap.Advice") from None

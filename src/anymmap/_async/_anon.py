@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import sys
+
+from .._core._anon import AnonCore
+from .._core._checks import check_size
+from .._eventloop import checkpoint, run_sync
+from ._base import AsyncMap
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
+
+
+class AnonymousMmap(AsyncMap[AnonCore]):
+    """
+    Private, zero-filled anonymous memory (``mmap(MAP_PRIVATE | MAP_ANONYMOUS)``).
+
+    ::
+
+        async with await anymmap.AnonymousMmap.new(4096) as m:
+            await m.update_region(0, b"hello")
+            assert await m.read(0, 5) == b"hello"
+
+    Copies are bounds-checked and locked; ``as_slice`` / ``as_mut_slice`` borrow views
+    under the map's :class:`~anymmap.RWLock`.  :class:`anymmap.MmapOptions` creates one
+    with a hint address, populated, or without swap reservation.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    async def new(cls, size: int) -> Self:
+        """Map ``size`` bytes of zero-filled memory (the kernel zeroes each page on first
+        touch).
+
+        :raises InvalidSizeError: if ``size`` is 0 or above 128 TiB
+        :raises OSError: if the kernel refuses (``ENOMEM``)
+        """
+        length = check_size(size)
+        await checkpoint()
+        return cls(AnonCore(length))
+
+    async def resize(self, new_size: int) -> None:
+        """Grow or shrink the map (``mremap``) once no borrow or copy is running.
+
+        Bytes up to the smaller size are kept; new bytes read as zeros.  The address may
+        change (except for a ``strict`` map, which must grow in place).  Runs in a worker
+        thread and is never abandoned halfway.
+
+        :raises InvalidSizeError: if ``new_size`` is 0 or above 128 TiB
+        :raises BorrowError: if an object exported from a borrow is still alive
+        """
+        check_size(new_size)
+        self._check_not_borrowing("resize")
+        async with self._lock.write():
+            await run_sync(self._open_core().resize, new_size)

@@ -1,0 +1,300 @@
+"""What the async maps share: the lock, bounds, copies, borrows and closing.
+
+Every method delegates to the sync core (:class:`~anymmap._core._map.MapCore`); what this
+layer adds is *where* the work runs (the event loop thread only for what cannot block on
+the disk, a worker thread for the rest) and the :class:`~anymmap.RWLock` around borrows.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio.from_thread
+from anyio import WouldBlock
+
+from .._advice import check_advice
+from .._core._checks import byte_view
+from .._core._map import INLINE_COPY_LIMIT, MapCore, ProgressCallback
+from .._eventloop import checkpoint, current_task, run_sync, shielded, to_thread
+from .._rwlock import RWLock
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
+
+CoreT = TypeVar("CoreT", bound=MapCore)
+
+
+class AsyncMap(Generic[CoreT]):
+    """Base of the async maps.
+
+    Copies and borrows take :attr:`lock` (reads share it, writes and writable borrows hold
+    it alone); ``resize`` and ``aclose`` take it for writing, so they wait for borrows to
+    end instead of failing.  Cheap queries stay synchronous.
+    """
+
+    __slots__ = ("__weakref__", "_core", "_lock")
+
+    def __init__(self, core: CoreT) -> None:
+        if not isinstance(core, MapCore):
+            raise TypeError(f"create a {type(self).__name__} with one of its constructors")
+        self._core = core
+        self._lock = RWLock()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} {self._core.describe()}>"
+
+    def __len__(self) -> int:
+        """The length of the map in bytes.
+
+        :raises ClosedMapError: if the map is closed
+        """
+        return self._open_core().length
+
+    def is_empty(self) -> bool:
+        """Whether the map has zero length: always False, as maps of 0 bytes are refused.
+
+        :raises ClosedMapError: if the map is closed
+        """
+        return self._open_core().length == 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has completed."""
+        return self._core.closed
+
+    @property
+    def lock(self) -> RWLock:
+        """The lock that guards this map's borrows; hold its read side to keep the map
+        from being resized or closed across several calls."""
+        return self._lock
+
+    def _open_core(self) -> CoreT:
+        core = self._core
+        core.check_open()
+        return core
+
+    def _check_not_borrowing(self, what: str) -> None:
+        if self._lock._held_by(current_task()):
+            raise RuntimeError(f"cannot {what} a map while this task borrows it")
+
+    # -- copies -----------------------------------------------------------------------
+
+    async def read_into(self, offset: int, buf: object) -> None:
+        """Copy ``len(buf)`` bytes starting at ``offset`` into the writable buffer ``buf``.
+
+        Copies of at most 1 MiB from memory run on the event loop thread; larger ones, and
+        pages that are not in memory, are copied in a worker thread.
+
+        :raises OutOfBoundsError: if the range is not inside the map
+        :raises TypeError: if ``buf`` is not a writable, C-contiguous buffer
+        :raises ClosedMapError: if the map is closed
+        """
+        dst = byte_view(buf, writable=True)
+        async with self._lock.read():
+            core = self._open_core()
+            start, n = core.check_range(offset, len(dst))
+            done = core.read_now(start, dst, INLINE_COPY_LIMIT)
+            if done < n:
+                await run_sync(core.read_blocking, start + done, dst[done:])
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes starting at ``offset`` (see :meth:`read_into`)."""
+        async with self._lock.read():
+            core = self._open_core()
+            start, n = core.check_range(offset, length)
+            data = core.read_bytes_now(start, n, INLINE_COPY_LIMIT)
+            if data is None:
+                data = await run_sync(core.read_bytes_blocking, start, n)
+            return data
+
+    async def update_region(self, offset: int, data: object) -> None:
+        """Copy the bytes-like ``data`` into the map at ``offset``, holding the write lock.
+
+        :raises OutOfBoundsError: if the range is not inside the map
+        :raises ReadOnlyError: if the map is read-only
+        """
+        src = byte_view(data, writable=False)
+        self._core.check_writable()
+        async with self._lock.write():
+            core = self._open_core()
+            start, n = core.check_range(offset, len(src))
+            done = core.write_now(start, src, INLINE_COPY_LIMIT)
+            if done < n:
+                await run_sync(core.write_blocking, start + done, src[done:])
+
+    def read_into_nowait(self, offset: int, buf: object) -> None:
+        """Copy into ``buf`` at once, on this thread, or raise :exc:`anyio.WouldBlock`.
+
+        Raises WouldBlock while a task holds the write lock, or when a page of the range is
+        not in memory (a file map) — never faults on the disk.  Copies of any size run
+        here.  After WouldBlock the contents of ``buf`` are unspecified.
+        """
+        dst = byte_view(buf, writable=True)
+        if not self._lock._free_for_reading():
+            raise WouldBlock
+        core = self._open_core()
+        start, n = core.check_range(offset, len(dst))
+        if core.read_now(start, dst, n) < n:
+            raise WouldBlock
+
+    def update_region_nowait(self, offset: int, data: object) -> None:
+        """Copy ``data`` into the map at once, on this thread, or raise
+        :exc:`anyio.WouldBlock` while the lock is held or a page is not in memory."""
+        src = byte_view(data, writable=False)
+        if not self._lock._free_for_writing():
+            raise WouldBlock
+        core = self._open_core()
+        core.check_writable()
+        start, n = core.check_range(offset, len(src))
+        if core.write_now(start, src, n) < n:
+            raise WouldBlock
+
+    # -- borrows ----------------------------------------------------------------------
+
+    def as_slice(self, offset: int, length: int) -> AbstractAsyncContextManager[memoryview]:
+        """Borrow a read-only view of ``[offset, offset + length)``::
+
+            async with m.as_slice(0, 16) as view:
+                header = bytes(view)
+
+        The block holds the read lock; the view is released when it ends (using it later
+        raises ``ValueError``).  A view touches the memory directly: unlike the copy
+        methods, it is not protected against a mapped file being truncated meanwhile.
+        """
+        return _Borrow(self, offset, length, writable=False)
+
+    def as_mut_slice(self, offset: int, length: int) -> AbstractAsyncContextManager[memoryview]:
+        """Borrow a writable view of ``[offset, offset + length)``; the block holds the
+        write lock.  See :meth:`as_slice`.
+
+        :raises ReadOnlyError: if the map is read-only
+        """
+        self._core.check_writable()
+        return _Borrow(self, offset, length, writable=True)
+
+    def as_ptr(self) -> int:
+        """The address of byte 0 of the map.
+
+        Unsafe: the address is only valid while the map is open and not resized; writing
+        through it bypasses the lock and the read-only check.
+        """
+        return self._open_core().addr
+
+    # -- memory management ------------------------------------------------------------
+
+    async def populate(
+        self,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        write: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Fault the pages of the range into memory, in a worker thread.
+
+        Works in 16 MiB chunks and calls ``progress(done, total)`` on the event loop thread
+        after each.  ``write=True`` also prepares the pages for writing
+        (``MADV_POPULATE_WRITE``).  Runs beside copies and borrows (it does not change any
+        byte); ``resize`` and ``aclose`` wait for it.
+        """
+        core = self._open_core()
+        start, n = core.check_span(offset, length)
+        report: ProgressCallback | None = None
+        if progress is not None:
+            callback = progress
+
+            def report(done: int, total: int) -> None:
+                anyio.from_thread.run_sync(callback, done, total)
+
+        await run_sync(core.populate, start, n, write, report)
+
+    async def advise(self, advice: int, offset: int = 0, length: int | None = None) -> None:
+        """Give the kernel :class:`~anymmap.Advice` about the range (``madvise``), in a
+        worker thread.  ``offset`` and ``length`` need not be page-aligned."""
+        value = check_advice(advice)
+        core = self._open_core()
+        start, n = core.check_span(offset, length)
+        await run_sync(core.advise, value, start, n)
+
+    async def aclose(self) -> None:
+        """Wait for borrows and copies to end, then unmap in a worker thread.
+
+        Shielded from cancellation: a cancellation that arrives meanwhile is delivered
+        once the map is closed.  Closing twice is fine.
+
+        :raises BorrowError: if an object exported from a borrow is still alive (the map
+            then stays open)
+        :raises RuntimeError: if the calling task is inside a borrow of this map
+        """
+        if self._core.closed:
+            await checkpoint()
+            return
+        self._check_not_borrowing("close")
+        await shielded(self._close)
+
+    async def _close(self) -> None:
+        async with self._lock.write():
+            await to_thread(self._core.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _Borrow:
+    """The async context manager behind ``as_slice`` and ``as_mut_slice``."""
+
+    __slots__ = ("_base", "_length", "_map", "_offset", "_view", "_writable")
+
+    _base: memoryview
+    _view: memoryview
+
+    def __init__(self, owner: AsyncMap[Any], offset: int, length: int, writable: bool):
+        self._map = owner
+        self._offset = offset
+        self._length = length
+        self._writable = writable
+
+    async def __aenter__(self) -> memoryview:
+        lock = self._map._lock
+        if self._writable:
+            await lock.acquire_write()
+        else:
+            await lock.acquire_read()
+        try:
+            core = self._map._open_core()
+            start, n = core.check_range(self._offset, self._length)
+            self._base, self._view = core.view(start, n, self._writable)
+        except BaseException:
+            self._release()
+            raise
+        return self._view
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._map._core.end_borrow(self._base, self._view)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._writable:
+            self._map._lock.release_write()
+        else:
+            self._map._lock.release_read()

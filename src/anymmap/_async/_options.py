@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from .._core._anon import AnonCore
+from .._core._options import OptionsBase
+from .._eventloop import checkpoint, run_sync
+from ._anon import AnonymousMmap
+
+
+class MmapOptions(OptionsBase):
+    """
+    Options for a new map, as an immutable value (seed ``sys_alloc::MmapOptions``)::
+
+        opts = anymmap.MmapOptions().len(1 << 20).populate(True)
+        async with await opts.map_anon() as m:
+            ...
+
+    Keyword construction works too: ``MmapOptions(len=1 << 20, populate=True)``.  Every
+    setter returns a new value; ``repr`` shows all fields.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+
+    async def map_anon(self) -> AnonymousMmap:
+        """Create an :class:`~anymmap.AnonymousMmap` with these options.
+
+        With ``populate`` the pages are faulted in by a worker thread.
+
+        :raises InvalidSizeError: if no length was set
+        :raises InvalidHintError: if ``strict`` is set without a hint
+        :raises HintNotHonoredError: if ``strict`` and the hinted range is taken
+        """
+        kwargs = self._anon_kwargs()
+        if kwargs["populate"]:
+            core = await run_sync(lambda: AnonCore(**kwargs))
+        else:
+            await checkpoint()
+            core = AnonCore(**kwargs)
+        return AnonymousMmap(core)

@@ -1,0 +1,62 @@
+"""Argument checks shared by every map type, done before any system call."""
+
+from __future__ import annotations
+
+import operator
+
+from .._errors import InvalidSizeError, OutOfBoundsError
+
+#: The largest map anymmap creates: 128 TiB, the user address space of x86-64 Linux.
+MAX_SIZE = 1 << 47
+
+
+def check_size(size: object, what: str = "size") -> int:
+    """Return ``size`` as an int in ``[1, MAX_SIZE]``.
+
+    :raises TypeError: if ``size`` is not an integer
+    :raises InvalidSizeError: if it is zero, negative or above 128 TiB
+    """
+    value = as_int(size, what)
+    if value <= 0:
+        raise InvalidSizeError(value, "a map must be at least 1 byte long")
+    if value > MAX_SIZE:
+        raise InvalidSizeError(value, f"the largest map is {MAX_SIZE} bytes (128 TiB)")
+    return value
+
+
+def check_range(offset: object, length: object, total: int) -> tuple[int, int]:
+    """Return ``(offset, length)`` as ints once they are known to lie inside ``total``.
+
+    :raises TypeError: if either is not an integer
+    :raises OutOfBoundsError: if ``offset < 0``, ``length < 0`` or the range passes the end
+    """
+    start = as_int(offset, "offset")
+    count = as_int(length, "length")
+    if start < 0 or count < 0 or start + count > total:
+        raise OutOfBoundsError(start, count, total)
+    return start, count
+
+
+def as_int(value: object, what: str) -> int:
+    if type(value) is int:
+        return value
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}") from None
+
+
+def byte_view(buffer: object, *, writable: bool) -> memoryview:
+    """Return a flat, byte-typed memoryview of a C-contiguous buffer.
+
+    :raises TypeError: if ``buffer`` does not support the buffer protocol, is not
+        contiguous, or is read-only when ``writable`` is set
+    """
+    view = buffer if type(buffer) is memoryview else memoryview(buffer)  # type: ignore[arg-type]
+    if writable and view.readonly:
+        raise TypeError("the destination buffer is read-only")
+    if not view.c_contiguous:
+        raise TypeError("the buffer must be C-contiguous")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view

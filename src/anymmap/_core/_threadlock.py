@@ -1,0 +1,91 @@
+"""The read-write lock behind the blocking twins in :mod:`anymmap.sync`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from anyio import WouldBlock
+
+
+class ThreadRWLock:
+    """Readers share, a writer is alone; waiting writers hold new readers back.
+
+    A thread that already reads may read again at once (two nested borrows never deadlock
+    behind a waiting writer); asking to write while holding the lock raises RuntimeError.
+    """
+
+    __slots__ = ("_cond", "_readers", "_writer", "_writers_waiting")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers: dict[int, int] = {}
+        self._writer: int | None = None
+        self._writers_waiting = 0
+
+    def acquire_read(self, blocking: bool = True) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if me in self._readers:
+                self._readers[me] += 1
+                return
+            if self._writer == me:
+                raise RuntimeError("this thread holds the write lock")
+            while self._writer is not None or self._writers_waiting:
+                if not blocking:
+                    raise WouldBlock
+                self._cond.wait()
+            self._readers[me] = 1
+
+    def release_read(self) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            count = self._readers.pop(me, 0)
+            if count > 1:
+                self._readers[me] = count - 1
+            elif not count:
+                raise RuntimeError("this thread is not holding the read lock")
+            elif not self._readers:
+                self._cond.notify_all()
+
+    def acquire_write(self, blocking: bool = True) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me or me in self._readers:
+                raise RuntimeError("this thread already holds the lock")
+            if self._writer is None and not self._readers:
+                self._writer = me
+                return
+            if not blocking:
+                raise WouldBlock
+            self._writers_waiting += 1
+            try:
+                while self._writer is not None or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = me
+
+    def release_write(self) -> None:
+        with self._cond:
+            if self._writer != threading.get_ident():
+                raise RuntimeError("this thread is not holding the write lock")
+            self._writer = None
+            self._cond.notify_all()
+
+    @contextmanager
+    def read(self, blocking: bool = True) -> Iterator[None]:
+        self.acquire_read(blocking)
+        try:
+            yield
+        finally:
+            self.release_read()
+
+    @contextmanager
+    def write(self, blocking: bool = True) -> Iterator[None]:
+        self.acquire_write(blocking)
+        try:
+            yield
+        finally:
+            self.release_write()

@@ -1,0 +1,125 @@
+"""Every exception anymmap raises on purpose.
+
+Each subclasses the builtin a caller would naturally catch (``IndexError`` for a range
+outside the map, ``OSError`` for what the kernel refused, ...) and :class:`AnymmapError`,
+so ``except anymmap.AnymmapError`` catches them all.  System call failures that are not
+listed here are plain ``OSError`` with the call's ``errno``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class AnymmapError(Exception):
+    """Base class of every exception listed here."""
+
+
+class OutOfBoundsError(AnymmapError, IndexError):
+    """Raised when an ``offset, length`` pair does not lie inside the map.
+
+    Checked before any system call: ``offset >= 0``, ``length >= 0`` and
+    ``offset + length <= len(map)``.
+    """
+
+    def __init__(self, offset: int, length: int, total: int) -> None:
+        self.offset = offset
+        self.length = length
+        self.total = total
+        super().__init__(
+            f"range offset={offset}, length={length} is outside the map of {total} bytes"
+        )
+
+    def __reduce__(self) -> tuple[type[OutOfBoundsError], tuple[int, int, int]]:
+        return type(self), (self.offset, self.length, self.total)
+
+
+class InvalidSizeError(AnymmapError, ValueError):
+    """Raised when a map size is zero, negative, or larger than the platform allows."""
+
+    def __init__(self, size: object, reason: str) -> None:
+        self.size = size
+        self.reason = reason
+        super().__init__(f"invalid map size {size!r}: {reason}")
+
+    def __reduce__(self) -> tuple[type[InvalidSizeError], tuple[object, str]]:
+        return type(self), (self.size, self.reason)
+
+
+class InvalidHintError(AnymmapError, ValueError):
+    """Raised when an address hint is negative or not page-aligned, or ``strict`` is set
+    without a hint."""
+
+
+class ClosedMapError(AnymmapError, ValueError):
+    """Raised when a map is used after it was closed."""
+
+    def __init__(self, what: str = "map") -> None:
+        self.what = what
+        super().__init__(f"the {what} is closed")
+
+    def __reduce__(self) -> tuple[type[ClosedMapError], tuple[str]]:
+        return type(self), (self.what,)
+
+
+class ReadOnlyError(AnymmapError, TypeError):
+    """Raised on an attempt to write to, resize or borrow for writing a read-only map.
+
+    A ``TypeError``, as the standard library's ``mmap`` raises for the same mistake.
+    """
+
+
+class BorrowError(AnymmapError, BufferError):
+    """Raised when a buffer taken from a borrowed view outlives its borrow.
+
+    At the end of an ``as_slice`` / ``as_mut_slice`` block the view is released; if an
+    object exported from it (a NumPy array, a ``memoryview`` slice) is still alive, this
+    is raised, and ``close`` / ``resize`` refuse to run until those objects are gone, so
+    the memory under them stays mapped.
+    """
+
+
+class MappingFaultError(AnymmapError, OSError):
+    """Raised when a copy touches a page that is not there — the mapped file was truncated
+    under the map, or the range crosses a hole — instead of crashing with SIGBUS.
+
+    ``errno`` is ``errno.EFAULT``.
+    """
+
+    def __init__(self, address: int, detail: str = "") -> None:
+        self.address = address
+        message = f"page at {address:#x} could not be accessed"
+        if detail:
+            message += f" ({detail})"
+        super().__init__(errno.EFAULT, message)
+
+    def __reduce__(self) -> tuple[type[MappingFaultError], tuple[int, str]]:
+        return type(self), (self.address, "")
+
+
+class UnsupportedError(AnymmapError, OSError):
+    """Raised when a feature is not available on this platform or kernel.
+
+    ``errno`` is ``errno.ENOTSUP``.
+    """
+
+    def __init__(self, feature: str) -> None:
+        self.feature = feature
+        super().__init__(errno.ENOTSUP, f"{feature} is not supported on this platform")
+
+    def __reduce__(self) -> tuple[type[UnsupportedError], tuple[str]]:
+        return type(self), (self.feature,)
+
+
+class HintNotHonoredError(AnymmapError, OSError):
+    """Raised by a ``strict`` map when the kernel cannot place it at the hinted address
+    (usually because something is mapped there already).  ``errno`` is ``errno.EEXIST``."""
+
+    def __init__(self, hint: int, placed: int | None = None) -> None:
+        self.hint = hint
+        self.placed = placed
+        detail = "the range is taken" if placed is None else f"the kernel chose {placed:#x}"
+        super().__init__(errno.EEXIST, f"cannot map at hint {hint:#x}: {detail}")
+
+    def __reduce__(self) -> tuple[type[HintNotHonoredError], tuple[int, int | None]]:
+        return type(self), (self.hint, self.placed)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import sys
+
+from .._core._anon import AnonCore
+from .._core._checks import check_size
+from ._base import SyncMap
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
+
+
+class AnonymousMmap(SyncMap[AnonCore]):
+    """
+    The blocking twin of :class:`anymmap.AnonymousMmap`: same methods, no ``await``,
+    ``with`` instead of ``async with``.  Safe to share between threads.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def new(cls, size: int) -> Self:
+        """Map ``size`` bytes of zero-filled memory.
+
+        :raises InvalidSizeError: if ``size`` is 0 or above 128 TiB
+        """
+        return cls(AnonCore(check_size(size)))
+
+    def resize(self, new_size: int) -> None:
+        """Grow or shrink the map once no borrow or copy is running; see
+        :meth:`anymmap.AnonymousMmap.resize`."""
+        check_size(new_size)
+        with self._lock.write():
+            self._open_core().resize(new_size)

@@ -1,0 +1,210 @@
+"""What the blocking twins share: locking, bounds, copies, borrows and closing."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Generic, TypeVar
+
+from anyio import WouldBlock
+
+from .._advice import check_advice
+from .._core._checks import byte_view
+from .._core._map import INLINE_COPY_LIMIT, MapCore, ProgressCallback
+from .._core._threadlock import ThreadRWLock
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
+
+CoreT = TypeVar("CoreT", bound=MapCore)
+
+
+class SyncMap(Generic[CoreT]):
+    """Base of the blocking maps.  Thread-safe: copies and borrows take a read-write lock
+    (many readers or one writer), ``resize`` and ``close`` take it exclusively."""
+
+    __slots__ = ("__weakref__", "_core", "_lock")
+
+    def __init__(self, core: CoreT) -> None:
+        if not isinstance(core, MapCore):
+            raise TypeError(f"create a {type(self).__name__} with one of its constructors")
+        self._core = core
+        self._lock = ThreadRWLock()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} {self._core.describe()}>"
+
+    def __len__(self) -> int:
+        """The length of the map in bytes.
+
+        :raises ClosedMapError: if the map is closed
+        """
+        return self._open_core().length
+
+    def is_empty(self) -> bool:
+        """Whether the map has zero length: always False, as maps of 0 bytes are refused.
+
+        :raises ClosedMapError: if the map is closed
+        """
+        return self._open_core().length == 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has completed."""
+        return self._core.closed
+
+    def _open_core(self) -> CoreT:
+        core = self._core
+        core.check_open()
+        return core
+
+    # -- copies -----------------------------------------------------------------------
+
+    def read_into(self, offset: int, buf: object) -> None:
+        """Copy ``len(buf)`` bytes starting at ``offset`` into the writable buffer ``buf``.
+
+        :raises OutOfBoundsError: if the range is not inside the map
+        :raises TypeError: if ``buf`` is not a writable, C-contiguous buffer
+        :raises ClosedMapError: if the map is closed
+        """
+        dst = byte_view(buf, writable=True)
+        with self._lock.read():
+            core = self._open_core()
+            start, n = core.check_range(offset, len(dst))
+            done = core.read_now(start, dst, INLINE_COPY_LIMIT)
+            if done < n:
+                core.read_blocking(start + done, dst[done:])
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes starting at ``offset``."""
+        with self._lock.read():
+            core = self._open_core()
+            start, n = core.check_range(offset, length)
+            data = core.read_bytes_now(start, n, INLINE_COPY_LIMIT)
+            return data if data is not None else core.read_bytes_blocking(start, n)
+
+    def update_region(self, offset: int, data: object) -> None:
+        """Copy the bytes-like ``data`` into the map at ``offset``.
+
+        :raises OutOfBoundsError: if the range is not inside the map
+        :raises ReadOnlyError: if the map is read-only
+        """
+        src = byte_view(data, writable=False)
+        with self._lock.write():
+            core = self._open_core()
+            core.check_writable()
+            start, n = core.check_range(offset, len(src))
+            done = core.write_now(start, src, INLINE_COPY_LIMIT)
+            if done < n:
+                core.write_blocking(start + done, src[done:])
+
+    def read_into_nowait(self, offset: int, buf: object) -> None:
+        """Like :meth:`read_into`, but raise :exc:`anyio.WouldBlock` instead of waiting for
+        a writer or for the disk (the contents of ``buf`` are then unspecified)."""
+        dst = byte_view(buf, writable=True)
+        with self._lock.read(blocking=False):
+            core = self._open_core()
+            start, n = core.check_range(offset, len(dst))
+            if core.read_now(start, dst, n) < n:
+                raise WouldBlock
+
+    def update_region_nowait(self, offset: int, data: object) -> None:
+        """Like :meth:`update_region`, but raise :exc:`anyio.WouldBlock` instead of waiting
+        for a borrow or for the disk."""
+        src = byte_view(data, writable=False)
+        with self._lock.write(blocking=False):
+            core = self._open_core()
+            core.check_writable()
+            start, n = core.check_range(offset, len(src))
+            if core.write_now(start, src, n) < n:
+                raise WouldBlock
+
+    # -- borrows ----------------------------------------------------------------------
+
+    @contextmanager
+    def as_slice(self, offset: int, length: int) -> Iterator[memoryview]:
+        """Borrow a read-only view of ``[offset, offset + length)`` for a ``with`` block.
+
+        Holds the read lock for the block; the view is released when it ends.  Unlike the
+        copy methods, a view of a file map is not protected against the file being
+        truncated meanwhile: touching a page past the new end raises SIGBUS.
+        """
+        with self._lock.read():
+            yield from self._borrow(offset, length, writable=False)
+
+    @contextmanager
+    def as_mut_slice(self, offset: int, length: int) -> Iterator[memoryview]:
+        """Borrow a writable view of ``[offset, offset + length)`` for a ``with`` block.
+
+        Holds the write lock for the block; see :meth:`as_slice`.
+        """
+        with self._lock.write():
+            core = self._open_core()
+            core.check_writable()
+            yield from self._borrow(offset, length, writable=True)
+
+    def _borrow(self, offset: int, length: int, writable: bool) -> Iterator[memoryview]:
+        core = self._open_core()
+        start, n = core.check_range(offset, length)
+        base, view = core.view(start, n, writable)
+        try:
+            yield view
+        finally:
+            core.end_borrow(base, view)
+
+    def as_ptr(self) -> int:
+        """The address of byte 0 of the map.
+
+        Unsafe: the address is only valid while the map is open and not resized; writing
+        through it bypasses the lock and the read-only check.
+        """
+        return self._open_core().addr
+
+    # -- memory management ------------------------------------------------------------
+
+    def populate(
+        self,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        write: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Fault the pages of the range into memory now (``MADV_POPULATE_READ``/``WRITE``).
+
+        ``progress(done, total)`` is called after each 16 MiB chunk.
+        """
+        core = self._open_core()
+        start, n = core.check_span(offset, length)
+        core.populate(start, n, write, progress)
+
+    def advise(self, advice: int, offset: int = 0, length: int | None = None) -> None:
+        """Give the kernel :class:`~anymmap.Advice` about the range (``madvise``)."""
+        value = check_advice(advice)
+        core = self._open_core()
+        start, n = core.check_span(offset, length)
+        core.advise(value, start, n)
+
+    def close(self) -> None:
+        """Wait for borrows and copies to finish, then unmap.  Closing twice is fine.
+
+        :raises BorrowError: if an object exported from a borrow is still alive (the map
+            then stays open)
+        """
+        with self._lock.write():
+            self._core.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,280 @@
+"""Linux system calls, through ``ctypes.CDLL`` so that the GIL is released during each call.
+
+Everything here takes and returns plain integers (addresses, lengths, flags).  Callers
+validate ranges first; this module trusts them and says where memory is touched by address.
+Failures raise ``OSError`` with the call's ``errno``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap as _stdlib_mmap
+import os
+import threading
+from collections.abc import Callable
+
+# SAFETY: CDLL (not PyDLL) drops the GIL for the duration of every foreign call, which is
+# the reason this module exists (stdlib mmap holds the GIL through msync and page faults).
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_void_p = ctypes.c_void_p
+_size_t = ctypes.c_size_t
+_int = ctypes.c_int
+
+
+def _fn(name: str, restype: type | None, *argtypes: type) -> Callable[..., int]:
+    func = getattr(_libc, name)
+    func.restype = restype
+    func.argtypes = argtypes
+    return func  # type: ignore[no-any-return]
+
+
+_mmap = _fn("mmap", _void_p, _void_p, _size_t, _int, _int, _int, ctypes.c_int64)
+_munmap = _fn("munmap", _int, _void_p, _size_t)
+_mprotect = _fn("mprotect", _int, _void_p, _size_t, _int)
+_msync = _fn("msync", _int, _void_p, _size_t, _int)
+_madvise = _fn("madvise", _int, _void_p, _size_t, _int)
+# mremap is variadic; the fifth argument is only read with MREMAP_FIXED.  On the Linux ABIs
+# CPython runs on, variadic integer arguments travel like fixed ones.
+_mremap = _fn("mremap", _void_p, _void_p, _size_t, _size_t, _int, _void_p)
+_mincore = _fn("mincore", _int, _void_p, _size_t, _void_p)
+_memmove = _fn("memmove", _void_p, _void_p, _void_p, _size_t)
+_sync_file_range = _fn(
+    "sync_file_range", _int, _int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+)
+_process_vm_readv = _fn(
+    "process_vm_readv", ctypes.c_ssize_t, _int, _void_p, ctypes.c_ulong, _void_p,
+    ctypes.c_ulong, ctypes.c_ulong,
+)  # fmt: skip
+_process_vm_writev = _fn(
+    "process_vm_writev", ctypes.c_ssize_t, _int, _void_p, ctypes.c_ulong, _void_p,
+    ctypes.c_ulong, ctypes.c_ulong,
+)  # fmt: skip
+
+PAGE_SIZE: int = _stdlib_mmap.PAGESIZE
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+PROT_NONE = 0x0
+PROT_READ = 0x1
+PROT_WRITE = 0x2
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+MAP_FIXED = 0x10
+MAP_ANONYMOUS = 0x20
+MAP_NORESERVE = 0x4000
+MAP_POPULATE = 0x8000
+MAP_FIXED_NOREPLACE = 0x100000  # Linux 4.17; older kernels ignore it and treat addr as a hint
+MS_ASYNC = 1
+MS_INVALIDATE = 2
+MS_SYNC = 4
+MREMAP_MAYMOVE = 1
+MADV_NORMAL = 0
+MADV_RANDOM = 1
+MADV_SEQUENTIAL = 2
+MADV_WILLNEED = 3
+MADV_DONTNEED = 4
+MADV_FREE = 8
+MADV_DONTFORK = 10
+MADV_DOFORK = 11
+MADV_HUGEPAGE = 14
+MADV_NOHUGEPAGE = 15
+MADV_DONTDUMP = 16
+MADV_DODUMP = 17
+MADV_COLD = 20
+MADV_PAGEOUT = 21
+MADV_POPULATE_READ = 22  # Linux 5.14
+MADV_POPULATE_WRITE = 23  # Linux 5.14
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+
+#: Whether this platform is supported at all (the unsupported module says False).
+SUPPORTED = True
+
+_PID = os.getpid()
+_IOV_MAX = 1024
+
+
+def _reset_pid() -> None:
+    global _PID
+    _PID = os.getpid()
+
+
+os.register_at_fork(after_in_child=_reset_pid)
+
+
+def _raise_errno(what: str) -> None:
+    code = ctypes.get_errno()
+    raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def mmap(addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
+    """Create a mapping and return its address (``addr`` is a hint unless flags say fixed)."""
+    result = _mmap(addr or None, length, prot, flags, fd, offset)
+    if result is None or result == MAP_FAILED:
+        _raise_errno("mmap")
+    return result
+
+
+def munmap(addr: int, length: int) -> None:
+    # SAFETY: the caller owns [addr, addr + length) and no view of it is alive.
+    if _munmap(addr, length) != 0:
+        _raise_errno("munmap")
+
+
+def mprotect(addr: int, length: int, prot: int) -> None:
+    if _mprotect(addr, length, prot) != 0:
+        _raise_errno("mprotect")
+
+
+def msync(addr: int, length: int, flags: int) -> None:
+    if _msync(addr, length, flags) != 0:
+        _raise_errno("msync")
+
+
+def madvise(addr: int, length: int, advice: int) -> None:
+    if _madvise(addr, length, advice) != 0:
+        _raise_errno("madvise")
+
+
+def mremap(addr: int, old_length: int, new_length: int, flags: int) -> int:
+    """Grow or shrink a mapping; with ``MREMAP_MAYMOVE`` the address may change."""
+    # SAFETY: the caller owns the old range and no view of it is alive; afterwards only the
+    # returned range is ours.
+    result = _mremap(addr, old_length, new_length, flags, None)
+    if result is None or result == MAP_FAILED:
+        _raise_errno("mremap")
+    return result
+
+
+def memmove(dst: int, src: int, length: int) -> None:
+    """Copy between two addresses without the GIL (faults are not caught: use it on
+    memory that cannot fault, such as anonymous maps and pinned Python buffers)."""
+    # SAFETY: both ranges are mapped and stay mapped for the call (the caller holds the
+    # lock or buffer export that guarantees it).
+    _memmove(dst, src, length)
+
+
+def resident(addr: int, length: int) -> bool:
+    """Whether every page of ``[addr, addr + length)`` is in memory right now (mincore).
+
+    ``addr`` must be page-aligned; pages past the end of a file report not resident.
+    """
+    pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
+    vec = _scratch_local.small if pages <= 64 else ctypes.create_string_buffer(pages)
+    # SAFETY: mincore writes one byte per page into vec, which holds at least that many.
+    if _mincore(addr, length, vec) != 0:
+        code = ctypes.get_errno()
+        if code == errno.ENOMEM:  # part of the range is not mapped
+            return False
+        _raise_errno("mincore")
+    # Only the lowest bit of each byte is defined.
+    return b"\x00" not in vec.raw[:pages].translate(_LOW_BIT)
+
+
+_LOW_BIT = bytes(b & 1 for b in range(256))
+
+
+def populate(addr: int, length: int, write: bool) -> None:
+    """Fault the pages of a page-aligned range in, without changing their contents.
+
+    Uses ``MADV_POPULATE_READ``/``WRITE`` (Linux 5.14).  On older kernels it touches every
+    page with a fault-safe read instead, so ``write=True`` then only populates for reading.
+    """
+    if _populate_advice_supported:
+        try:
+            madvise(addr, length, MADV_POPULATE_WRITE if write else MADV_POPULATE_READ)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            _disable_populate_advice()
+    _touch_pages(addr, length)
+
+
+_populate_advice_supported = True
+
+
+def _disable_populate_advice() -> None:
+    global _populate_advice_supported
+    _populate_advice_supported = False
+
+
+def _touch_pages(addr: int, length: int) -> None:
+    """Read one byte of every page with process_vm_readv (faults become EFAULT)."""
+    sink = ctypes.create_string_buffer(_IOV_MAX)
+    sink_addr = ctypes.addressof(sink)
+    page = addr - addr % PAGE_SIZE
+    end = addr + length
+    while page < end:
+        count = min(_IOV_MAX, (end - page + PAGE_SIZE - 1) // PAGE_SIZE)
+        local = (_size_t * 2)(sink_addr, count)
+        remote = (_size_t * (2 * count))()
+        remote[0::2] = list(range(page, page + count * PAGE_SIZE, PAGE_SIZE))
+        remote[1::2] = [1] * count
+        # SAFETY: process_vm_readv checks every remote page and writes count bytes to sink.
+        done = _process_vm_readv(_PID, local, 1, remote, count, 0)
+        if done != count:
+            if done < 0:
+                _raise_errno("process_vm_readv")
+            raise OSError(errno.EFAULT, "populate: a page could not be read")
+        page += count * PAGE_SIZE
+
+
+def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
+    if _sync_file_range(fd, offset, length, flags) != 0:
+        _raise_errno("sync_file_range")
+
+
+def full_fsync(fd: int) -> None:
+    """Make a file's data durable.  Linux: ``fdatasync`` (msync(MS_SYNC) already did the
+    pages; this is for callers that need the file itself)."""
+    os.fdatasync(fd)
+
+
+class _Scratch(threading.local):
+    def __init__(self) -> None:
+        self.small = ctypes.create_string_buffer(64)
+        self.iov = (_size_t * 4)()
+        self.iov_addr = ctypes.addressof(self.iov)
+
+
+_scratch_local = _Scratch()
+_IOVEC_SIZE = 2 * ctypes.sizeof(_size_t)
+
+
+def read_memory(dst: int, src: int, length: int) -> None:
+    """Copy ``length`` bytes from ``src`` to ``dst`` without the GIL, fault-safe.
+
+    A page of ``src`` that cannot be read (a truncated file, an unmapped hole) makes the
+    call fail with ``OSError(EFAULT)`` instead of killing the process with SIGBUS/SIGSEGV.
+    """
+    _vm_copy(_process_vm_readv, dst, src, length, "read")
+
+
+def write_memory(dst: int, src: int, length: int) -> None:
+    """Copy ``length`` bytes from ``src`` to ``dst`` without the GIL, fault-safe for ``dst``."""
+    _vm_copy(_process_vm_writev, src, dst, length, "write")
+
+
+def _vm_copy(call: Callable[..., int], local: int, remote: int, length: int, what: str) -> None:
+    # process_vm_readv/writev on our own pid: the kernel copies between the local and
+    # the "remote" range and reports EFAULT for a page it cannot reach instead of a signal.
+    scratch = _scratch_local
+    iov = scratch.iov
+    done = 0
+    while done < length:
+        iov[0] = local + done
+        iov[1] = length - done
+        iov[2] = remote + done
+        iov[3] = length - done
+        # SAFETY: iov holds two struct iovec {base, len}; the local range is a buffer the
+        # caller holds an export of, the remote range is checked by the kernel.
+        n = call(_PID, scratch.iov_addr, 1, scratch.iov_addr + _IOVEC_SIZE, 1, 0)
+        if n < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"{what} at {remote + done:#x}: {os.strerror(code)}")
+        if n == 0:
+            raise OSError(errno.EFAULT, f"{what} at {remote + done:#x}: page not reachable")
+        done += n

@@ -1,0 +1,17 @@
+"""Blocking twins of anymmap's async maps: the same method names, without ``await``.
+
+Each is thread-safe (many reading threads or one writer at a time per map) and a context
+manager (``with anymmap.sync.AnonymousMmap.new(4096) as m:``).  They share their core with
+the async types, so both behave the same; the async ones only add *where* work runs.
+"""
+
+from __future__ import annotations
+
+from ._sync._anon import AnonymousMmap as AnonymousMmap
+from ._sync._options import MmapOptions as MmapOptions
+
+for __value in list(locals().values()):
+    if getattr(__value, "__module__", "").startswith("anymmap._"):
+        __value.__module__ = __name__
+
+del __value

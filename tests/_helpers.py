@@ -1,0 +1,78 @@
+"""Measurements the tests make on the real process (no mocks of the OS)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.lowlevel
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+_libc.mincore.restype = ctypes.c_int
+
+
+def resident_fraction(addr: int, length: int) -> float:
+    """Fraction of the pages of [addr, addr + length) in memory, by mincore(2)."""
+    start = addr - addr % PAGE
+    pages = (addr + length - start + PAGE - 1) // PAGE
+    vec = ctypes.create_string_buffer(pages)
+    if _libc.mincore(start, pages * PAGE, vec) != 0:
+        raise OSError(ctypes.get_errno(), "mincore")
+    return sum(b & 1 for b in vec.raw[:pages]) / pages
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def is_mapped(addr: int) -> bool:
+    """Whether addr lies in any mapping of this process (/proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return True
+    return False
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Checkpoint until ``predicate()`` holds: for states that wait_all_tasks_blocked()
+    cannot see, such as a task whose work is in a worker thread right now."""
+    with anyio.fail_after(10):
+        while not predicate():
+            await anyio.lowlevel.checkpoint()
+
+
+class Heartbeat:
+    """A task that sleeps 1 ms in a loop and records how late it wakes up."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+
+    @property
+    def worst(self) -> float:
+        return max(self.lags, default=0.0)
+
+    async def run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await anyio.sleep(0.001)
+            self.lags.append(time.perf_counter() - before - 0.001)
+
+
+@asynccontextmanager
+async def heartbeat() -> AsyncIterator[Heartbeat]:
+    beat = Heartbeat()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(beat.run)
+        await anyio.sleep(0.01)  # let it settle
+        beat.lags.clear()
+        yield beat
+        tg.cancel_scope.cancel()

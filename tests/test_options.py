@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import errno
+import pickle
+from typing import Any
+
+import pytest
+
+import anymmap
+import anymmap.sync
+from anymmap import HintNotHonoredError, InvalidHintError, InvalidSizeError, MmapOptions
+
+from ._helpers import PAGE, resident_fraction, rss_bytes
+
+pytestmark = pytest.mark.anyio
+
+
+def test_value_semantics() -> None:
+    base = MmapOptions()
+    assert repr(base) == (
+        "MmapOptions(len=None, hint=None, populate=False, no_reserve=False, strict=False)"
+    )
+    opts = base.len(8192).with_hint(0x7F0000000000).populate(True).no_reserve(True).strict(True)
+    assert repr(opts) == (
+        "MmapOptions(len=8192, hint=0x7f0000000000, populate=True, no_reserve=True, strict=True)"
+    )
+    assert base == MmapOptions()  # setters return copies
+    assert opts == MmapOptions(
+        len=8192, hint=0x7F0000000000, populate=True, no_reserve=True, strict=True
+    )
+    assert hash(opts) == hash(MmapOptions(**_kwargs(opts)))
+    assert opts != anymmap.sync.MmapOptions(**_kwargs(opts))  # different types
+    with pytest.raises(AttributeError, match="immutable"):
+        opts._len = 1
+
+
+def _kwargs(opts: MmapOptions) -> dict[str, Any]:
+    return dict(
+        zip(("len", "hint", "populate", "no_reserve", "strict"), opts._values(), strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda: MmapOptions().len(0), InvalidSizeError),
+        (lambda: MmapOptions().len(2**47 + 1), InvalidSizeError),
+        (lambda: MmapOptions(len=-1), InvalidSizeError),
+        (lambda: MmapOptions().len("1"), TypeError),  # type: ignore[arg-type]
+        (lambda: MmapOptions().with_hint(PAGE + 1), InvalidHintError),
+        (lambda: MmapOptions().with_hint(-PAGE), InvalidHintError),
+        (lambda: MmapOptions().with_hint(0), InvalidHintError),
+        (lambda: MmapOptions().populate(1), TypeError),  # type: ignore[arg-type]
+        (lambda: MmapOptions(strict="yes"), TypeError),  # type: ignore[arg-type]
+        (lambda: MmapOptions(size=3), TypeError),  # type: ignore[call-arg]
+    ],
+)
+def test_bad_values_fail_at_once(make: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        make()  # type: ignore[operator]
+
+
+async def test_map_anon_needs_a_length() -> None:
+    with pytest.raises(InvalidSizeError, match="len"):
+        await MmapOptions().map_anon()
+    with pytest.raises(InvalidSizeError):
+        anymmap.sync.MmapOptions().map_anon()
+
+
+async def test_strict_needs_a_hint() -> None:
+    with pytest.raises(InvalidHintError):
+        await MmapOptions().len(PAGE).strict(True).map_anon()
+
+
+async def _free_address(size: int) -> int:
+    m = await anymmap.AnonymousMmap.new(size)
+    addr = m.as_ptr()
+    await m.aclose()
+    return addr
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_hint_is_honoured(strict: bool) -> None:
+    addr = await _free_address(4 * PAGE)
+    async with await MmapOptions().len(4 * PAGE).with_hint(addr).strict(strict).map_anon() as m:
+        assert m.as_ptr() == addr
+        await m.update_region(0, b"at the hint")
+
+
+async def test_strict_hint_on_a_taken_address_raises() -> None:
+    async with await anymmap.AnonymousMmap.new(2 * PAGE) as taken:
+        await taken.update_region(0, b"mine")
+        with pytest.raises(HintNotHonoredError) as info:
+            await MmapOptions().len(PAGE).with_hint(taken.as_ptr() + PAGE).strict(True).map_anon()
+        assert info.value.errno == errno.EEXIST
+        assert isinstance(info.value, OSError)
+        assert await taken.read(0, 4) == b"mine"  # never clobbered (no MAP_FIXED)
+        # Without strict, the kernel places the map elsewhere.
+        async with await MmapOptions().len(PAGE).with_hint(taken.as_ptr()).map_anon() as m:
+            assert m.as_ptr() != taken.as_ptr()
+    assert pickle.loads(pickle.dumps(info.value)).hint == info.value.hint
+
+
+async def test_strict_map_keeps_its_address_on_resize() -> None:
+    addr = await _free_address(64 * PAGE)
+    async with await MmapOptions().len(PAGE).with_hint(addr).strict(True).map_anon() as m:
+        await m.update_region(0, b"fixed")
+        await m.resize(8 * PAGE)  # the freed range after it is still free
+        assert m.as_ptr() == addr
+        assert await m.read(0, 5) == b"fixed"
+
+
+async def test_populate_option() -> None:
+    async with await MmapOptions(len=32 * PAGE, populate=True).map_anon() as m:
+        assert resident_fraction(m.as_ptr(), 32 * PAGE) == 1.0
+    async with await MmapOptions(len=32 * PAGE).map_anon() as m:
+        assert resident_fraction(m.as_ptr(), 32 * PAGE) == 0.0
+
+
+async def test_no_reserve_terabyte_costs_little() -> None:
+    before = rss_bytes()
+    async with await MmapOptions().len(1 << 40).no_reserve(True).map_anon() as m:
+        assert len(m) == 1 << 40
+        await m.update_region((1 << 40) - 5, b"tail!")
+        await m.update_region(0, b"head")
+        assert await m.read((1 << 40) - 5, 5) == b"tail!"
+        assert rss_bytes() - before < 64 << 20

@@ -1,0 +1,69 @@
+"""The public surface: what is exported, and that it says where it lives."""
+
+from __future__ import annotations
+
+import inspect
+import types
+
+import pytest
+
+import anymmap
+import anymmap.sync
+
+PUBLIC = {
+    "anymmap": {
+        "Advice",
+        "AnonymousMmap",
+        "AnymmapError",
+        "BorrowError",
+        "ClosedMapError",
+        "HintNotHonoredError",
+        "INLINE_COPY_LIMIT",
+        "InvalidHintError",
+        "InvalidSizeError",
+        "MappingFaultError",
+        "MmapOptions",
+        "OutOfBoundsError",
+        "PAGE_SIZE",
+        "RWLock",
+        "RWLockStatistics",
+        "ReadOnlyError",
+        "UnsupportedError",
+        "sync",
+    },
+    "anymmap.sync": {"AnonymousMmap", "MmapOptions"},
+}
+
+
+@pytest.mark.parametrize("module", [anymmap, anymmap.sync], ids=lambda m: m.__name__)
+def test_public_names_are_deliberate_and_say_where_they_live(module: types.ModuleType) -> None:
+    names = {n for n in vars(module) if not n.startswith("_") and n != "annotations"}
+    assert names == PUBLIC[module.__name__]
+    for name in names:
+        value = getattr(module, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert value.__module__ == module.__name__, name
+
+
+def test_sync_twins_have_the_same_method_names() -> None:
+    for name in ("AnonymousMmap", "MmapOptions"):
+        async_type = getattr(anymmap, name)
+        sync_type = getattr(anymmap.sync, name)
+        public = {n for n in dir(async_type) if not n.startswith("_")}
+        sync_public = {n for n in dir(sync_type) if not n.startswith("_")}
+        assert public - {"aclose", "lock"} == sync_public - {"close"}
+
+
+def test_errors_subclass_what_users_catch() -> None:
+    assert issubclass(anymmap.OutOfBoundsError, IndexError)
+    assert issubclass(anymmap.InvalidSizeError, ValueError)
+    assert issubclass(anymmap.ClosedMapError, ValueError)
+    assert issubclass(anymmap.BorrowError, BufferError)
+    assert issubclass(anymmap.MappingFaultError, OSError)
+    assert issubclass(anymmap.HintNotHonoredError, OSError)
+    assert issubclass(anymmap.UnsupportedError, OSError)
+    assert issubclass(anymmap.ReadOnlyError, TypeError)
+    for name in PUBLIC["anymmap"]:
+        value = getattr(anymmap, name)
+        if inspect.isclass(value) and issubclass(value, Exception):
+            assert issubclass(value, anymmap.AnymmapError)

@@ -1,0 +1,315 @@
+"""The blocking twins in anymmap.sync: same behaviour, plus thread safety."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from anyio import WouldBlock
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import anymmap
+from anymmap import BorrowError, ClosedMapError, OutOfBoundsError
+from anymmap.sync import AnonymousMmap, MmapOptions
+
+from ._helpers import PAGE, is_mapped, resident_fraction
+
+
+def test_round_trip_and_context_manager() -> None:
+    with AnonymousMmap.new(PAGE + 1) as m:
+        assert len(m) == PAGE + 1
+        m.update_region(PAGE - 2, b"abc")
+        assert m.read(PAGE - 2, 3) == b"abc"
+        buf = bytearray(3)
+        m.read_into(PAGE - 2, buf)
+        assert buf == b"abc"
+        m.read_into_nowait(PAGE - 2, buf)
+        m.update_region_nowait(0, b"z")
+        with m.as_mut_slice(0, 2) as view:
+            view[1:2] = b"y"
+        with m.as_slice(0, 2) as view:
+            assert bytes(view) == b"zy"
+        assert repr(m).startswith("<anymmap.sync.AnonymousMmap len=")
+    assert m.closed
+    m.close()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.read_into(-1, bytearray(1)),
+        lambda m: m.read(PAGE, 1),
+        lambda m: m.read(0, -1),
+        lambda m: m.update_region(2**63 - 1, b"ab"),
+        lambda m: m.read_into_nowait(PAGE + 1, bytearray()),
+        lambda m: m.update_region_nowait(PAGE - 1, b"ab"),
+        lambda m: m.as_slice(0, PAGE + 1).__enter__(),
+        lambda m: m.as_mut_slice(-5, 1).__enter__(),
+        lambda m: m.populate(1, PAGE),
+        lambda m: m.advise(anymmap.Advice.NORMAL, PAGE + 1),
+    ],
+)
+def test_bounds(call: Callable[[AnonymousMmap], object]) -> None:
+    with AnonymousMmap.new(PAGE) as m:
+        with pytest.raises(OutOfBoundsError):
+            call(m)
+        m.update_region(0, b"still fine")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.read_into(0, bytearray(1)),
+        lambda m: m.read(0, 1),
+        lambda m: m.update_region(0, b"x"),
+        lambda m: m.read_into_nowait(0, bytearray(1)),
+        lambda m: m.update_region_nowait(0, b"x"),
+        lambda m: m.as_slice(0, 1).__enter__(),
+        lambda m: m.as_mut_slice(0, 1).__enter__(),
+        lambda m: m.populate(),
+        lambda m: m.advise(anymmap.Advice.NORMAL),
+        lambda m: m.resize(2 * PAGE),
+        lambda m: m.as_ptr(),
+        len,
+    ],
+)
+def test_closed(call: Callable[[AnonymousMmap], object]) -> None:
+    m = AnonymousMmap.new(PAGE)
+    m.close()
+    with pytest.raises(ClosedMapError):
+        call(m)
+
+
+def test_direct_construction_is_refused() -> None:
+    with pytest.raises(TypeError, match="constructors"):
+        AnonymousMmap(4096)  # type: ignore[arg-type]
+
+
+def test_escaped_array_blocks_close_and_unmaps_later() -> None:
+    m = AnonymousMmap.new(PAGE)
+    addr = m.as_ptr()
+    with pytest.raises(BorrowError), m.as_mut_slice(0, 4) as view:
+        arr = np.frombuffer(view, dtype=np.uint8)
+    with pytest.raises(BorrowError):
+        m.close()
+    arr[0] = 9
+    assert m.read(0, 1) == b"\x09"
+    del arr
+    m.close()
+    assert not is_mapped(addr)
+
+
+def test_resize() -> None:
+    with AnonymousMmap.new(PAGE) as m:
+        m.update_region(0, b"data")
+        m.resize(100 * PAGE)
+        assert len(m) == 100 * PAGE
+        assert m.read(0, 4) == b"data"
+        assert m.read(99 * PAGE, PAGE) == bytes(PAGE)
+        m.resize(2)
+        assert m.read(0, 2) == b"da"
+
+
+def test_populate_progress_in_the_calling_thread() -> None:
+    calls: list[tuple[int, int, str]] = []
+    with AnonymousMmap.new(20 << 20) as m:
+        m.populate(
+            write=True,
+            progress=lambda d, t: calls.append((d, t, threading.current_thread().name)),
+        )
+        assert resident_fraction(m.as_ptr(), 20 << 20) == 1.0
+    me = threading.current_thread().name
+    assert calls == [(16 << 20, 20 << 20, me), (20 << 20, 20 << 20, me)]
+
+
+def test_options_map_anon() -> None:
+    with MmapOptions().len(3 * PAGE).populate(True).map_anon() as m:
+        assert type(m) is AnonymousMmap
+        assert resident_fraction(m.as_ptr(), 3 * PAGE) == 1.0
+
+
+# --- threads ---------------------------------------------------------------------------
+
+RECORD = 4096
+RECORDS = 16
+
+
+def test_eight_threads() -> None:
+    """Writers fill whole records with one byte value, readers check they never see a
+    mixed record, borrowers do the same through views, and a resizer grows the map."""
+    m = AnonymousMmap.new(RECORD * RECORDS)
+    stop = time.monotonic() + 1.5
+    errors: list[BaseException] = []
+    counts = dict.fromkeys(("write", "read", "borrow", "nowait", "resize"), 0)
+
+    def uniform(data: bytes | bytearray | memoryview) -> bool:
+        return bytes(data) == bytes(data[:1]) * len(data)
+
+    def guard(fn: Callable[[random.Random], None]) -> Callable[[int], None]:
+        def run(seed: int) -> None:
+            rng = random.Random(seed)
+            try:
+                while time.monotonic() < stop:
+                    fn(rng)
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+
+        return run
+
+    @guard
+    def writer(rng: random.Random) -> None:
+        i = rng.randrange(RECORDS)
+        m.update_region(i * RECORD, bytes([rng.randrange(256)]) * RECORD)
+        counts["write"] += 1
+
+    @guard
+    def reader(rng: random.Random) -> None:
+        i = rng.randrange(RECORDS)
+        buf = bytearray(RECORD)
+        m.read_into(i * RECORD, buf)
+        assert uniform(buf), "torn record"
+        counts["read"] += 1
+
+    @guard
+    def borrower(rng: random.Random) -> None:
+        i = rng.randrange(RECORDS)
+        if rng.random() < 0.5:
+            with m.as_slice(i * RECORD, RECORD) as view:
+                assert uniform(view)
+        else:
+            with m.as_mut_slice(i * RECORD, RECORD) as view:
+                view[:] = bytes([rng.randrange(256)]) * RECORD
+        counts["borrow"] += 1
+
+    @guard
+    def nowaiter(rng: random.Random) -> None:
+        buf = bytearray(RECORD)
+        try:
+            m.read_into_nowait(rng.randrange(RECORDS) * RECORD, buf)
+        except WouldBlock:
+            return
+        assert uniform(buf)
+        counts["nowait"] += 1
+
+    @guard
+    def resizer(rng: random.Random) -> None:
+        m.resize(RECORD * RECORDS + rng.randrange(8) * PAGE)
+        counts["resize"] += 1
+        time.sleep(0.001)
+
+    threads = [
+        threading.Thread(target=fn, args=(seed,))
+        for seed, fn in enumerate(
+            [writer, writer, reader, reader, borrower, borrower, nowaiter, resizer]
+        )
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    m.close()
+    assert not errors, errors
+    assert all(counts.values()), counts
+
+
+def test_close_waits_for_another_threads_borrow() -> None:
+    m = AnonymousMmap.new(PAGE)
+    inside = threading.Event()
+    leave = threading.Event()
+    seen: list[bytes] = []
+
+    def borrow() -> None:
+        with m.as_slice(0, 4) as view:
+            inside.set()
+            leave.wait(5)
+            seen.append(bytes(view))
+
+    t = threading.Thread(target=borrow)
+    t.start()
+    inside.wait(5)
+    closer = threading.Thread(target=m.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # blocked behind the borrow
+    with pytest.raises(WouldBlock):
+        m.update_region_nowait(0, b"x")
+    leave.set()
+    t.join(5)
+    closer.join(5)
+    assert m.closed
+    assert seen == [bytes(4)]
+
+
+def test_nested_reads_in_one_thread_do_not_deadlock_behind_a_writer() -> None:
+    m = AnonymousMmap.new(PAGE)
+    writer_done = threading.Event()
+
+    def write() -> None:
+        m.update_region(0, b"w")
+        writer_done.set()
+
+    with m.as_slice(0, 1):
+        t = threading.Thread(target=write)
+        t.start()
+        deadline = time.monotonic() + 5
+        while m._lock._writers_waiting != 1:  # the writer has queued up
+            assert time.monotonic() < deadline
+            time.sleep(0)
+        with m.as_slice(0, 1) as again:  # must not wait behind the queued writer
+            assert bytes(again) == b"\0"
+        assert not writer_done.is_set()
+        with pytest.raises(RuntimeError):
+            m.update_region(0, b"x")  # upgrading would deadlock: refused
+    t.join(5)
+    assert m.read(0, 1) == b"w"
+    m.close()
+
+
+# --- a model check ---------------------------------------------------------------------
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.integers(-5, 3 * PAGE), st.binary(max_size=300)),
+        st.tuples(st.just("read"), st.integers(-5, 3 * PAGE), st.integers(-2, 300)),
+        st.tuples(st.just("resize"), st.integers(0, 3 * PAGE), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(size=st.integers(1, 2 * PAGE + 7), program=ops)
+def test_behaves_like_a_bytearray(size: int, program: list[tuple[str, int, object]]) -> None:
+    model = bytearray(size)
+    with AnonymousMmap.new(size) as m:
+        for op, offset, arg in program:
+            if op == "write":
+                assert isinstance(arg, bytes)
+                ok = offset >= 0 and offset + len(arg) <= len(model)
+                if ok:
+                    m.update_region(offset, arg)
+                    model[offset : offset + len(arg)] = arg
+                else:
+                    with pytest.raises(OutOfBoundsError):
+                        m.update_region(offset, arg)
+            elif op == "read":
+                assert isinstance(arg, int)
+                ok = offset >= 0 and arg >= 0 and offset + arg <= len(model)
+                if ok:
+                    assert m.read(offset, arg) == bytes(model[offset : offset + arg])
+                else:
+                    with pytest.raises(OutOfBoundsError):
+                        m.read(offset, arg)
+            elif offset == 0:
+                with pytest.raises(anymmap.InvalidSizeError):
+                    m.resize(offset)
+            else:
+                m.resize(offset)
+                model = model[:offset] + bytearray(max(0, offset - len(model)))
+            assert len(m) == len(model)
+        assert m.read(0, len(model)) == bytes(model)
