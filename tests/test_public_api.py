@@ -23,6 +23,7 @@ PUBLIC = {
         "InvalidSizeError",
         "MappingFaultError",
         "MmapOptions",
+        "MmapRaw",
         "OutOfBoundsError",
         "PAGE_SIZE",
         "RWLock",
@@ -31,7 +32,7 @@ PUBLIC = {
         "UnsupportedError",
         "sync",
     },
-    "anymmap.sync": {"AnonymousMmap", "MmapOptions"},
+    "anymmap.sync": {"AnonymousMmap", "MmapOptions", "MmapRaw"},
 }
 
 
@@ -46,7 +47,7 @@ def test_public_names_are_deliberate_and_say_where_they_live(module: types.Modul
 
 
 def test_sync_twins_have_the_same_method_names() -> None:
-    for name in ("AnonymousMmap", "MmapOptions"):
+    for name in ("AnonymousMmap", "MmapOptions", "MmapRaw"):
         async_type = getattr(anymmap, name)
         sync_type = getattr(anymmap.sync, name)
         public = {n for n in dir(async_type) if not n.startswith("_")}

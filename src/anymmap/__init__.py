@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._advice import Advice as Advice
 from ._async._anon import AnonymousMmap as AnonymousMmap
 from ._async._options import MmapOptions as MmapOptions
+from ._async._raw import MmapRaw as MmapRaw
 from ._core._map import INLINE_COPY_LIMIT as INLINE_COPY_LIMIT
 from ._errors import AnymmapError as AnymmapError
 from ._errors import BorrowError as BorrowError

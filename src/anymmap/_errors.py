@@ -16,22 +16,24 @@ class AnymmapError(Exception):
 
 
 class OutOfBoundsError(AnymmapError, IndexError):
-    """Raised when an ``offset, length`` pair does not lie inside the map.
+    """Raised when an ``offset, length`` pair does not lie inside the map (or, when a file
+    is mapped, inside the file).
 
     Checked before any system call: ``offset >= 0``, ``length >= 0`` and
-    ``offset + length <= len(map)``.
+    ``offset + length <= total``.
     """
 
-    def __init__(self, offset: int, length: int, total: int) -> None:
+    def __init__(self, offset: int, length: int, total: int, what: str = "map") -> None:
         self.offset = offset
         self.length = length
         self.total = total
+        self.what = what
         super().__init__(
-            f"range offset={offset}, length={length} is outside the map of {total} bytes"
+            f"range offset={offset}, length={length} is outside the {what} of {total} bytes"
         )
 
-    def __reduce__(self) -> tuple[type[OutOfBoundsError], tuple[int, int, int]]:
-        return type(self), (self.offset, self.length, self.total)
+    def __reduce__(self) -> tuple[type[OutOfBoundsError], tuple[int, int, int, str]]:
+        return type(self), (self.offset, self.length, self.total, self.what)
 
 
 class InvalidSizeError(AnymmapError, ValueError):

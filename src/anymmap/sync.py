@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._sync._anon import AnonymousMmap as AnonymousMmap
 from ._sync._options import MmapOptions as MmapOptions
+from ._sync._raw import MmapRaw as MmapRaw
 
 for __value in list(locals().values()):
     if getattr(__value, "__module__", "").startswith("anymmap._"):

@@ -4,7 +4,7 @@ import sys
 
 from .._core._anon import AnonCore
 from .._core._checks import check_size
-from .._eventloop import checkpoint, run_sync
+from .._eventloop import checkpoint
 from ._base import AsyncMap
 
 if sys.version_info >= (3, 11):
@@ -43,18 +43,3 @@ class AnonymousMmap(AsyncMap[AnonCore]):
         length = check_size(size)
         await checkpoint()
         return cls(AnonCore(length))
-
-    async def resize(self, new_size: int) -> None:
-        """Grow or shrink the map (``mremap``) once no borrow or copy is running.
-
-        Bytes up to the smaller size are kept; new bytes read as zeros.  The address may
-        change (except for a ``strict`` map, which must grow in place).  Runs in a worker
-        thread and is never abandoned halfway.
-
-        :raises InvalidSizeError: if ``new_size`` is 0 or above 128 TiB
-        :raises BorrowError: if an object exported from a borrow is still alive
-        """
-        check_size(new_size)
-        self._check_not_borrowing("resize")
-        async with self._lock.write():
-            await run_sync(self._open_core().resize, new_size)

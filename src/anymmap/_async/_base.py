@@ -16,7 +16,7 @@ import anyio.from_thread
 from anyio import WouldBlock
 
 from .._advice import check_advice
-from .._core._checks import byte_view
+from .._core._checks import byte_view, check_size
 from .._core._map import INLINE_COPY_LIMIT, MapCore, ProgressCallback
 from .._eventloop import checkpoint, current_task, run_sync, shielded, to_thread
 from .._rwlock import RWLock
@@ -203,7 +203,7 @@ class AsyncMap(Generic[CoreT]):
         byte); ``resize`` and ``aclose`` wait for it.
         """
         core = self._open_core()
-        start, n = core.check_span(offset, length)
+        core.check_span(offset, length)  # fail fast; checked again once pinned
         report: ProgressCallback | None = None
         if progress is not None:
             callback = progress
@@ -211,15 +211,34 @@ class AsyncMap(Generic[CoreT]):
             def report(done: int, total: int) -> None:
                 anyio.from_thread.run_sync(callback, done, total)
 
-        await run_sync(core.populate, start, n, write, report)
+        await run_sync(core.populate, offset, length, write, report)
 
     async def advise(self, advice: int, offset: int = 0, length: int | None = None) -> None:
         """Give the kernel :class:`~anymmap.Advice` about the range (``madvise``), in a
         worker thread.  ``offset`` and ``length`` need not be page-aligned."""
         value = check_advice(advice)
         core = self._open_core()
-        start, n = core.check_span(offset, length)
-        await run_sync(core.advise, value, start, n)
+        core.check_span(offset, length)  # fail fast; checked again once pinned
+        await run_sync(core.advise, value, offset, length)
+
+    async def resize(self, new_size: int) -> None:
+        """Grow or shrink the map once no borrow or copy is running.
+
+        Runs in a worker thread and is never abandoned halfway.  The address may change
+        (except for a ``strict`` map, which must grow in place).  An anonymous map keeps
+        its bytes up to the smaller size and reads zeros after; a file map sets the file's
+        size to ``offset + new_size``, allocating new blocks first.
+
+        :raises InvalidSizeError: if ``new_size`` is 0 or above 128 TiB
+        :raises ReadOnlyError: if the map is a read-only or copy file map
+        :raises BorrowError: if an object exported from a borrow is still alive
+        :raises RuntimeError: if the calling task is inside a borrow of this map
+        """
+        check_size(new_size)
+        self._core.check_resizable()
+        self._check_not_borrowing("resize")
+        async with self._lock.write():
+            await run_sync(self._open_core().resize, new_size)
 
     async def aclose(self) -> None:
         """Wait for borrows and copies to end, then unmap in a worker thread.

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from functools import partial
+
 from .._core._anon import AnonCore
+from .._core._file import FileCore, Mode
 from .._core._options import OptionsBase
 from .._eventloop import checkpoint, run_sync
 from ._anon import AnonymousMmap
+from ._raw import MmapRaw
 
 
 class MmapOptions(OptionsBase):
@@ -38,3 +42,14 @@ class MmapOptions(OptionsBase):
             await checkpoint()
             core = AnonCore(**kwargs)
         return AnonymousMmap(core)
+
+    async def map_raw(
+        self, file: object, *, offset: int = 0, mode: Mode = "rw", fault_safe: bool = True
+    ) -> MmapRaw:
+        """Map ``file`` with these options (``len`` unset: the rest of the file), in a
+        worker thread; see :meth:`anymmap.MmapRaw.map_raw`."""
+        kwargs = self._file_kwargs()
+        core = await run_sync(
+            partial(FileCore, file, offset=offset, mode=mode, fault_safe=fault_safe, **kwargs)
+        )
+        return MmapRaw(core)

@@ -181,6 +181,12 @@ class MapCore:
         if self._closed:
             raise ClosedMapError(self.kind)
 
+    def resize(self, new_length: object) -> None:
+        raise NotImplementedError  # pragma: no cover - every map type defines it
+
+    def check_resizable(self) -> None:
+        """Raise if this map can never be resized (see FileCore)."""
+
     def check_writable(self) -> None:
         if not self.writable:
             raise ReadOnlyError(f"this {self.kind} is read-only")
@@ -284,25 +290,35 @@ class MapCore:
         return start, page_ceil(self.addr + offset + length) - start
 
     def populate(
-        self, offset: int, length: int, write: bool, progress: ProgressCallback | None
+        self,
+        offset: object,
+        length: object | None,
+        write: bool,
+        progress: ProgressCallback | None,
     ) -> None:
-        """Fault the range in, chunk by chunk, calling ``progress(done, total)``."""
+        """Fault the range in, chunk by chunk, calling ``progress(done, total)``.
+
+        The range is checked once the map is pinned, so a concurrent resize cannot move
+        it in between.
+        """
         if write:
             self.check_writable()
         with self.pinned():
-            start, span = self.aligned(offset, length)
+            start, n = self.check_span(offset, length)
+            base, span = self.aligned(start, n)
             done = 0
             while done < span:
                 step = min(POPULATE_CHUNK, span - done)
-                os_impl.populate(start + done, step, write)
+                os_impl.populate(base + done, step, write)
                 done += step
                 if progress is not None:
-                    progress(min(done, length), length)
+                    progress(min(done, n), n)
 
-    def advise(self, advice: int, offset: int, length: int) -> None:
+    def advise(self, advice: int, offset: object, length: object | None) -> None:
         with self.pinned():
-            start, span = self.aligned(offset, length)
-            os_impl.madvise(start, span, advice)
+            start, n = self.check_span(offset, length)
+            base, span = self.aligned(start, n)
+            os_impl.madvise(base, span, advice)
 
     def resident(self, offset: int, length: int) -> bool:
         """Whether every page of the range is in memory (mincore)."""

@@ -113,9 +113,7 @@ class OptionsBase:
         """
         return self._replace(strict=strict)
 
-    def _anon_kwargs(self) -> dict[str, Any]:
-        if self._len is None:
-            raise InvalidSizeError(None, "set a length with MmapOptions.len() before map_anon")
+    def _file_kwargs(self) -> dict[str, Any]:
         if self._strict and self._hint is None:
             raise InvalidHintError("strict placement needs a hint address (with_hint)")
         return {
@@ -125,6 +123,11 @@ class OptionsBase:
             "populate": self._populate,
             "no_reserve": self._no_reserve,
         }
+
+    def _anon_kwargs(self) -> dict[str, Any]:
+        if self._len is None:
+            raise InvalidSizeError(None, "set a length with MmapOptions.len() before map_anon")
+        return self._file_kwargs()
 
 
 def _check_hint(hint: object) -> int:

@@ -29,10 +29,3 @@ class AnonymousMmap(SyncMap[AnonCore]):
         :raises InvalidSizeError: if ``size`` is 0 or above 128 TiB
         """
         return cls(AnonCore(check_size(size)))
-
-    def resize(self, new_size: int) -> None:
-        """Grow or shrink the map once no borrow or copy is running; see
-        :meth:`anymmap.AnonymousMmap.resize`."""
-        check_size(new_size)
-        with self._lock.write():
-            self._open_core().resize(new_size)

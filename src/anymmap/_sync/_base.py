@@ -11,7 +11,7 @@ from typing import Generic, TypeVar
 from anyio import WouldBlock
 
 from .._advice import check_advice
-from .._core._checks import byte_view
+from .._core._checks import byte_view, check_size
 from .._core._map import INLINE_COPY_LIMIT, MapCore, ProgressCallback
 from .._core._threadlock import ThreadRWLock
 
@@ -178,16 +178,19 @@ class SyncMap(Generic[CoreT]):
 
         ``progress(done, total)`` is called after each 16 MiB chunk.
         """
-        core = self._open_core()
-        start, n = core.check_span(offset, length)
-        core.populate(start, n, write, progress)
+        self._open_core().populate(offset, length, write, progress)
 
     def advise(self, advice: int, offset: int = 0, length: int | None = None) -> None:
         """Give the kernel :class:`~anymmap.Advice` about the range (``madvise``)."""
-        value = check_advice(advice)
-        core = self._open_core()
-        start, n = core.check_span(offset, length)
-        core.advise(value, start, n)
+        self._open_core().advise(check_advice(advice), offset, length)
+
+    def resize(self, new_size: int) -> None:
+        """Grow or shrink the map once no borrow or copy is running; see
+        :meth:`anymmap.AnonymousMmap.resize`."""
+        check_size(new_size)
+        self._core.check_resizable()
+        with self._lock.write():
+            self._open_core().resize(new_size)
 
     def close(self) -> None:
         """Wait for borrows and copies to finish, then unmap.  Closing twice is fine.

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from .._core._anon import AnonCore
+from .._core._file import FileCore, Mode
 from .._core._options import OptionsBase
 from ._anon import AnonymousMmap
+from ._raw import MmapRaw
 
 
 class MmapOptions(OptionsBase):
@@ -18,3 +20,11 @@ class MmapOptions(OptionsBase):
     def map_anon(self) -> AnonymousMmap:
         """Create an :class:`anymmap.sync.AnonymousMmap` with these options."""
         return AnonymousMmap(AnonCore(**self._anon_kwargs()))
+
+    def map_raw(
+        self, file: object, *, offset: int = 0, mode: Mode = "rw", fault_safe: bool = True
+    ) -> MmapRaw:
+        """Map ``file`` with these options; see :meth:`anymmap.MmapOptions.map_raw`."""
+        return MmapRaw(
+            FileCore(file, offset=offset, mode=mode, fault_safe=fault_safe, **self._file_kwargs())
+        )

@@ -1,0 +1,292 @@
+"""File-backed maps (seed 001, ``MmapRaw``): the flush family and fault-safe copies.
+
+Two dangers shape this module.  A page of a mapped file that is not in memory makes a copy
+wait for the disk, so the copies that run on the event loop thread first make sure they
+will not (``preadv(RWF_NOWAIT)`` or ``mincore``) and leave the rest to a worker thread.  And
+a file truncated under the map turns every access past its new end into SIGBUS, so copies
+go through the kernel (``preadv``, ``process_vm_readv``/``writev``), which reports
+``EFAULT`` instead; :class:`~anymmap.MappingFaultError` carries that to the caller.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import weakref
+from typing import Literal, get_args
+
+from .._errors import (
+    ClosedMapError,
+    InvalidSizeError,
+    MappingFaultError,
+    OutOfBoundsError,
+    ReadOnlyError,
+)
+from .._sys import os_impl
+from ._anon import map_placed
+from ._buffers import buffer_address
+from ._checks import as_int, check_size
+from ._map import MapCore, ProgressCallback, page_ceil, page_floor
+
+Mode = Literal["rw", "r", "copy"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+
+def open_fd(file: object, mode: Mode) -> int:
+    """Return a new file descriptor for ``file`` (a path, an fd, or an object with
+    ``fileno()``) that the map owns; an fd given by the caller is duplicated."""
+    if isinstance(file, (str, bytes, os.PathLike)):
+        flags = os.O_RDWR if mode == "rw" else os.O_RDONLY
+        return os.open(file, flags | os.O_CLOEXEC)
+    if isinstance(file, bool):
+        raise TypeError("file must be a path, a file descriptor or have fileno()")
+    if isinstance(file, int):
+        return os.dup(file)
+    fileno = getattr(file, "fileno", None)
+    if fileno is None:
+        raise TypeError(
+            f"file must be a path, a file descriptor or have fileno(), not {type(file).__name__}"
+        )
+    return os.dup(as_int(fileno(), "fileno()"))
+
+
+class FileCore(MapCore):
+    kind = "file map"
+
+    def __init__(
+        self,
+        file: object,
+        *,
+        offset: object = 0,
+        length: object = None,
+        mode: str = "rw",
+        fault_safe: bool = True,
+        hint: int | None = None,
+        strict: bool = False,
+        populate: bool = False,
+        no_reserve: bool = False,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+        if not isinstance(fault_safe, bool):
+            raise TypeError("fault_safe must be True or False")
+        start = as_int(offset, "offset")
+        if start < 0:
+            raise OutOfBoundsError(start, 0, 0, "file")
+        fd = open_fd(file, mode)  # type: ignore[arg-type]
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                raise InvalidSizeError(0, "cannot map an empty file")
+            if start >= size:
+                raise OutOfBoundsError(start, 0 if length is None else length, size, "file")  # type: ignore[arg-type]
+            count = size - start if length is None else check_size(length, "length")
+            if start + count > size:
+                raise OutOfBoundsError(start, count, size, "file")
+
+            base = page_floor(start)
+            delta = start - base
+            map_len = page_ceil(delta + count)
+            prot = os_impl.PROT_READ if mode == "r" else os_impl.PROT_READ | os_impl.PROT_WRITE
+            flags = os_impl.MAP_PRIVATE if mode == "copy" else os_impl.MAP_SHARED
+            if populate:
+                flags |= os_impl.MAP_POPULATE
+            if no_reserve:
+                flags |= os_impl.MAP_NORESERVE
+            addr = map_placed(map_len, prot, flags, fd, base, hint, strict)
+        except BaseException:
+            os.close(fd)
+            raise
+
+        self.fd = fd
+        self.mode = mode
+        self.fault_safe = fault_safe
+        self.file_offset = start
+        self._fixed = strict
+        # preadv(RWF_NOWAIT) reads what a shared map shows; a private (copy) map may differ
+        self._pread_ok = mode != "copy" and _RWF_NOWAIT is not None
+        self._fd_finalizer = weakref.finalize(self, os.close, fd)
+        super().__init__(addr, map_len, delta, count, writable=mode != "r")
+
+    def describe(self) -> str:
+        text = super().describe()
+        return text if self._closed else f"{text} mode={self.mode!r} offset={self.file_offset}"
+
+    def _unmap_now(self) -> None:
+        super()._unmap_now()
+        self._fd_finalizer()  # closes the fd
+
+    # -- copies on the calling thread -------------------------------------------------
+
+    def read_now(self, offset: int, dst: memoryview, limit: int) -> int:
+        n = len(dst)
+        if n > limit or not n:
+            return 0
+        if self._pread_ok:
+            # One syscall: copies from the page cache if every page is there, else EAGAIN
+            # or a short count; it never waits for the disk and never faults.
+            try:
+                got = os.preadv(self.fd, (dst,), self.file_offset + offset, _RWF_NOWAIT)  # type: ignore[arg-type]
+            except BlockingIOError:
+                return 0
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._pread_ok = False  # e.g. tmpfs: use the mincore path from now on
+            else:
+                if got == n:
+                    return n
+                if self._past_end(offset + got):
+                    # The file ends inside the range: copy what the map really shows
+                    # (zeros to the end of the last page) or fail with EFAULT.
+                    self._copy_out(self._address_of(dst, got), self.addr + offset + got, n - got)
+                    return n
+                return got
+        if not self.resident(offset, n):
+            self._raise_if_past_end(offset, n)
+            return 0
+        if self.fault_safe:
+            self._copy_out(self._address_of(dst, 0), self.addr + offset, n)
+        else:
+            dst[:] = self._view[offset : offset + n]
+        return n
+
+    def write_now(self, offset: int, src: memoryview, limit: int) -> int:
+        n = len(src)
+        if n > limit or not n:
+            return 0
+        if not self.resident(offset, n):
+            self._raise_if_past_end(offset, n)
+            return 0
+        if self.fault_safe:
+            with buffer_address(src, writable=False) as (address, _):
+                self._copy_in(self.addr + offset, address, n)
+        else:
+            self._view[offset : offset + n] = src
+        return n
+
+    def read_bytes_now(self, offset: int, length: int, limit: int) -> bytes | None:
+        if length > limit:
+            return None
+        buf = bytearray(length)
+        return bytes(buf) if self.read_now(offset, memoryview(buf), limit) == length else None
+
+    @staticmethod
+    def _address_of(view: memoryview, skip: int) -> int:
+        # SAFETY: `view` is a writable buffer the caller holds for the whole copy.
+        return ctypes.addressof(ctypes.c_char.from_buffer(view)) + skip
+
+    def _past_end(self, offset: int) -> bool:
+        """Whether ``offset`` (in the map) is at or past the current end of the file."""
+        return self.file_offset + offset >= os.fstat(self.fd).st_size
+
+    def _raise_if_past_end(self, offset: int, length: int) -> None:
+        """Raise the fault error if the range reaches a page past the end of the file.
+
+        Used where a copy would otherwise be sent to a worker or refused with WouldBlock:
+        a page past the end will never come into memory.
+        """
+        size = os.fstat(self.fd).st_size
+        last_page_end = page_ceil(self.delta + size - self.file_offset)
+        if self.delta + offset + length > last_page_end:
+            address = self.map_addr + max(last_page_end, self.delta + offset)
+            raise MappingFaultError(address, f"the file was truncated to {size} bytes")
+
+    # -- copies through the kernel --------------------------------------------------
+
+    def _copy_out(self, dst: int, src: int, length: int) -> None:
+        if not self.fault_safe:
+            os_impl.memmove(dst, src, length)
+            return
+        try:
+            os_impl.read_memory(dst, src, length)
+        except OSError as exc:
+            raise self._translate(exc, src) from None
+
+    def _copy_in(self, dst: int, src: int, length: int) -> None:
+        if not self.fault_safe:
+            os_impl.memmove(dst, src, length)
+            return
+        try:
+            os_impl.write_memory(dst, src, length)
+        except OSError as exc:
+            raise self._translate(exc, dst) from None
+
+    def _translate(self, exc: OSError, address: int) -> OSError:
+        if exc.errno != errno.EFAULT:
+            return exc
+        size = os.fstat(self.fd).st_size
+        return MappingFaultError(address, f"the mapped file is now {size} bytes long")
+
+    # -- flush ------------------------------------------------------------------------
+
+    def flush(self, offset: object, length: object | None, wait: bool) -> None:
+        """Write the dirty pages of the range back to the file.
+
+        ``wait=True``: ``msync(MS_SYNC)``, durable when it returns.  ``wait=False``: start
+        writeback (``sync_file_range(SYNC_FILE_RANGE_WRITE)``) and return.  A no-op for
+        read-only and copy maps, whose pages never reach the file.
+        """
+        with self.pinned():
+            first, n = self.check_span(offset, length)
+            if self.mode != "rw" or not n:
+                return
+            start, span = self.aligned(first, n)
+            if wait:
+                os_impl.msync(start, span, os_impl.MS_SYNC)
+            else:
+                file_start = self.file_offset - self.delta + (start - self.map_addr)
+                os_impl.sync_file_range(self.fd, file_start, span, os_impl.SYNC_FILE_RANGE_WRITE)
+
+    def populate(
+        self,
+        offset: object,
+        length: object | None,
+        write: bool,
+        progress: ProgressCallback | None,
+    ) -> None:
+        try:
+            super().populate(offset, length, write, progress)
+        except MappingFaultError:
+            raise
+        except OSError as exc:
+            raise self._translate(exc, self.addr) from None
+
+    def check_resizable(self) -> None:
+        if self.mode != "rw":
+            raise ReadOnlyError(f"only a map of mode 'rw' can be resized, not {self.mode!r}")
+
+    # -- resize -----------------------------------------------------------------------
+
+    def resize(self, new_length: object) -> None:
+        """Make the file ``offset + new_length`` bytes long and the map ``new_length``.
+
+        Growth allocates the new blocks first (``posix_fallocate``), so a full disk fails
+        here with ``OSError(ENOSPC)`` and leaves file and map unchanged, instead of a later
+        write dying with SIGBUS.
+        """
+        length = check_size(new_length)
+        self.check_resizable()
+        with self._exclusive() as still_open:
+            if not still_open:
+                raise ClosedMapError(self.kind)
+            old_length = self.length
+            old_addr, old_map_len = self.map_addr, self.map_len
+            old_size = os.fstat(self.fd).st_size
+            self._retire()
+            try:
+                if length > old_length:
+                    os.posix_fallocate(self.fd, self.file_offset + old_length, length - old_length)
+                new_map_len = page_ceil(self.delta + length)
+                flags = 0 if self._fixed else os_impl.MREMAP_MAYMOVE
+                addr = os_impl.mremap(old_addr, old_map_len, new_map_len, flags)
+            except BaseException:
+                self._install(old_addr, old_map_len, self.delta, old_length)
+                if os.fstat(self.fd).st_size != old_size:
+                    os.ftruncate(self.fd, old_size)
+                raise
+            self._install(addr, new_map_len, self.delta, length)
+            os.ftruncate(self.fd, self.file_offset + length)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import sys
+
+from .._core._file import FileCore, Mode
+from ._base import SyncMap
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
+
+
+class MmapRaw(SyncMap[FileCore]):
+    """
+    The blocking twin of :class:`anymmap.MmapRaw`: same methods, no ``await``.  Copies are
+    fault-safe in the same way; all work runs in the calling thread.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def map_raw(
+        cls,
+        file: object,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        mode: Mode = "rw",
+        fault_safe: bool = True,
+    ) -> Self:
+        """Map ``file``; see :meth:`anymmap.MmapRaw.map_raw`."""
+        return cls(FileCore(file, offset=offset, length=length, mode=mode, fault_safe=fault_safe))
+
+    @property
+    def mode(self) -> Mode:
+        """The mode the file was mapped with: ``"rw"``, ``"r"`` or ``"copy"``."""
+        return self._core.mode  # type: ignore[return-value]
+
+    @property
+    def offset(self) -> int:
+        """The offset in the file of byte 0 of the map."""
+        return self._core.file_offset
+
+    def flush(self) -> None:
+        """Write the dirty pages to the file; durable when it returns (``msync(MS_SYNC)``)."""
+        self._open_core().flush(0, None, True)
+
+    def flush_range(self, offset: int, length: int) -> None:
+        """Like :meth:`flush`, for ``[offset, offset + length)`` (need not be aligned)."""
+        self._open_core().flush(offset, length, True)
+
+    def flush_async(self) -> None:
+        """Start writeback of the dirty pages and return; not durable."""
+        self._open_core().flush(0, None, False)
+
+    def flush_async_range(self, offset: int, length: int) -> None:
+        """Start writeback of ``[offset, offset + length)`` and return; not durable."""
+        self._open_core().flush(offset, length, False)

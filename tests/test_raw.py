@@ -1,0 +1,464 @@
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+from anyio import WouldBlock
+
+import anymmap
+import anymmap.sync
+from anymmap import (
+    InvalidSizeError,
+    MappingFaultError,
+    MmapRaw,
+    OutOfBoundsError,
+    ReadOnlyError,
+)
+
+from ._helpers import PAGE, heartbeat, resident_fraction, wait_until
+
+pytestmark = pytest.mark.anyio
+
+SIZE = 8 * PAGE
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(range(256)) * (SIZE // 256))
+    return path
+
+
+@pytest.fixture
+async def rw(data_file: Path) -> AsyncIterator[MmapRaw]:
+    async with await MmapRaw.map_raw(data_file) as m:
+        yield m
+
+
+async def read_in_other_process(path: Path, offset: int, length: int) -> bytes:
+    """Read the file in a real second process, with os.pread."""
+    code = (
+        "import os, sys\n"
+        f"fd = os.open({str(path)!r}, os.O_RDONLY)\n"
+        f"sys.stdout.write(os.pread(fd, {length}, {offset}).hex())\n"
+    )
+    result = await anyio.run_process([sys.executable, "-c", code])
+    return bytes.fromhex(result.stdout.decode())
+
+
+def dirty_kib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Dirty:"):
+                return int(line.split()[1])
+    raise AssertionError("no Dirty line in /proc/meminfo")  # pragma: no cover
+
+
+# --- mapping ---------------------------------------------------------------------------
+
+
+async def test_map_path_fd_and_file_object(data_file: Path) -> None:
+    expected = data_file.read_bytes()
+    async with await MmapRaw.map_raw(data_file) as m:
+        assert await m.read(0, SIZE) == expected
+        assert (m.mode, m.offset, len(m)) == ("rw", 0, SIZE)
+    fd = os.open(data_file, os.O_RDWR)
+    try:
+        async with await MmapRaw.map_raw(fd, mode="r") as m:
+            assert await m.read(5, 3) == expected[5:8]
+    finally:
+        os.close(fd)  # the map had its own duplicate
+    with open(data_file, "rb") as f:
+        async with await MmapRaw.map_raw(f, mode="copy") as m:
+            assert await m.read(SIZE - 1, 1) == expected[-1:]
+    async with await MmapRaw.map_raw(str(data_file).encode(), mode="r") as m:
+        assert len(m) == SIZE
+
+
+@pytest.mark.parametrize("offset", [0, 1, PAGE - 1, PAGE, PAGE + 17, SIZE - 1])
+async def test_any_offset(data_file: Path, offset: int) -> None:
+    expected = data_file.read_bytes()
+    async with await MmapRaw.map_raw(data_file, offset=offset) as m:
+        assert len(m) == SIZE - offset
+        assert await m.read(0, len(m)) == expected[offset:]
+        await m.update_region(0, b"@")
+        await m.flush_range(0, 1)
+    assert data_file.read_bytes()[offset] == ord("@")
+    async with await MmapRaw.map_raw(data_file, offset=offset, length=1) as m:
+        assert len(m) == 1
+
+
+async def test_bad_files(tmp_path: Path, data_file: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.touch()
+    with pytest.raises(InvalidSizeError, match="empty file"):
+        await MmapRaw.map_raw(empty)
+    with pytest.raises(OutOfBoundsError, match="outside the file"):
+        await MmapRaw.map_raw(data_file, offset=SIZE)
+    with pytest.raises(OutOfBoundsError, match="outside the file of"):
+        await MmapRaw.map_raw(data_file, offset=1, length=SIZE)  # shorter than asked
+    with pytest.raises(OutOfBoundsError):
+        await MmapRaw.map_raw(data_file, offset=-1)
+    with pytest.raises(InvalidSizeError):
+        await MmapRaw.map_raw(data_file, length=0)
+    with pytest.raises(FileNotFoundError):
+        await MmapRaw.map_raw(tmp_path / "missing")
+    with pytest.raises(ValueError, match="mode"):
+        await MmapRaw.map_raw(data_file, mode="w")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await MmapRaw.map_raw(3.5)
+    with pytest.raises(TypeError):
+        await MmapRaw.map_raw(data_file, fault_safe=1)  # type: ignore[arg-type]
+    with pytest.raises(IsADirectoryError):
+        await MmapRaw.map_raw(tmp_path)
+    fd = os.open(data_file, os.O_RDONLY)
+    try:
+        with pytest.raises(PermissionError):  # "rw" needs a writable descriptor
+            await MmapRaw.map_raw(fd)
+    finally:
+        os.close(fd)
+
+
+async def test_offset_beyond_4_gib_on_a_sparse_file(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.bin"
+    far = (5 << 30) + 123
+    with open(path, "wb") as f:
+        f.truncate(far + PAGE)
+        f.seek(far)
+        f.write(b"far away")
+    async with await MmapRaw.map_raw(path, offset=far) as m:
+        assert len(m) == PAGE
+        assert await m.read(0, 8) == b"far away"
+        await m.update_region(8, b"!")
+        await m.flush()
+    with open(path, "rb") as f:
+        f.seek(far)
+        assert f.read(9) == b"far away!"
+    assert os.stat(path).st_blocks * 512 < 1 << 20  # still sparse
+
+
+# --- modes -----------------------------------------------------------------------------
+
+
+async def test_read_only_map_refuses_writes(data_file: Path) -> None:
+    before = data_file.read_bytes()
+    async with await MmapRaw.map_raw(data_file, mode="r") as m:
+        with pytest.raises(ReadOnlyError):
+            await m.update_region(0, b"x")
+        with pytest.raises(ReadOnlyError):
+            m.update_region_nowait(0, b"x")
+        with pytest.raises(ReadOnlyError):
+            m.as_mut_slice(0, 1)
+        with pytest.raises(ReadOnlyError):
+            await m.resize(2 * SIZE)
+        with pytest.raises(ReadOnlyError):
+            await m.populate(write=True)
+        async with m.as_slice(0, 4) as view:
+            assert view.readonly
+        await m.flush()  # a documented no-op
+        await m.populate()
+    assert data_file.read_bytes() == before
+
+
+async def test_copy_map_leaves_the_file_alone(data_file: Path) -> None:
+    before = data_file.read_bytes()
+    async with await MmapRaw.map_raw(data_file, mode="copy") as m:
+        await m.update_region(0, b"private")
+        async with m.as_mut_slice(PAGE, 4) as view:
+            view[:] = b"mine"
+        await m.flush()  # nothing reaches the file
+        assert await m.read(0, 7) == b"private"
+        assert await m.read(PAGE, 4) == b"mine"
+        with pytest.raises(ReadOnlyError):
+            await m.resize(2 * SIZE)
+    assert data_file.read_bytes() == before
+    assert await read_in_other_process(data_file, 0, 7) == before[:7]
+
+
+# --- durability ------------------------------------------------------------------------
+
+
+async def test_flush_is_seen_by_another_process(rw: MmapRaw, data_file: Path) -> None:
+    await rw.update_region(100, b"durable bytes")
+    await rw.flush()
+    assert await read_in_other_process(data_file, 100, 13) == b"durable bytes"
+    await rw.update_region(3 * PAGE - 3, b"ranged")  # crosses a page boundary
+    await rw.flush_range(3 * PAGE - 3, 6)
+    assert await read_in_other_process(data_file, 3 * PAGE - 3, 6) == b"ranged"
+
+
+@pytest.mark.parametrize(
+    ("offset", "length"),
+    [(1, 1), (PAGE - 1, 2), (PAGE + 100, 3 * PAGE - 50), (0, SIZE), (SIZE - 1, 1), (5, 0)],
+)
+async def test_unaligned_flush_ranges(rw: MmapRaw, offset: int, length: int) -> None:
+    """Regression test: flush of an unaligned range (msync needs page alignment)."""
+    await rw.update_region(offset, b"u" * length)
+    await rw.flush_range(offset, length)
+    await rw.flush_async_range(offset, length)
+    assert await rw.read(offset, length) == b"u" * length
+
+
+async def test_flush_writes_dirty_pages_back(tmp_path: Path) -> None:
+    """The kernel's own count of dirty page-cache memory drops when flush() returns."""
+    path = tmp_path / "dirty.bin"
+    size = 64 << 20
+    with open(path, "wb") as f:
+        f.truncate(size)
+    for wait in (False, True):
+        async with await MmapRaw.map_raw(path) as m:
+            await m.update_region(0, b"\x01" * size)
+            before = dirty_kib()
+            if wait:
+                await m.flush()
+            else:
+                await m.flush_async()  # starts writeback: pages leave the dirty state
+            after = dirty_kib()
+            assert before - after > (size >> 10) // 2, (wait, before, after)
+
+
+async def test_flush_bounds(rw: MmapRaw) -> None:
+    for call in (rw.flush_range, rw.flush_async_range):
+        with pytest.raises(OutOfBoundsError):
+            await call(SIZE, 1)
+        with pytest.raises(OutOfBoundsError):
+            await call(-1, 2)
+        with pytest.raises(OutOfBoundsError):
+            await call(0, -1)
+        await call(SIZE, 0)
+
+
+async def test_cancelled_flush_waits_and_leaves_the_map_usable(tmp_path: Path) -> None:
+    path = tmp_path / "cancel.bin"
+    size = 128 << 20
+    with open(path, "wb") as f:
+        f.truncate(size)
+    async with await MmapRaw.map_raw(path) as m:
+        await m.update_region(0, b"\x02" * size)
+        pinned = m._core._pins
+        assert pinned == 0
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(m.flush)
+                await wait_until(lambda: m._core._pins == 1)  # msync is running
+                scope.cancel()
+        assert scope.cancelled_caught
+        assert m._core._pins == 0  # the flush finished before the cancellation landed
+        await m.update_region(0, b"after")
+        await m.flush_range(0, 5)
+        assert await m.read(0, 5) == b"after"
+
+
+# --- truncation: faults become errors --------------------------------------------------
+
+
+def truncate_in_other_process(path: Path, size: int) -> None:
+    subprocess.run(
+        [sys.executable, "-c", f"import os; os.truncate({str(path)!r}, {size})"], check=True
+    )
+
+
+@pytest.mark.parametrize("mode", ["rw", "r", "copy"])
+async def test_truncated_file_raises_instead_of_sigbus(data_file: Path, mode: str) -> None:
+    async with await MmapRaw.map_raw(data_file, mode=mode) as m:  # type: ignore[arg-type]
+        assert await m.read(0, 4) == bytes(range(4))
+        truncate_in_other_process(data_file, PAGE + 10)
+        # The first page and the tail of the second (zeros past the end) are still there.
+        assert await m.read(0, 4) == bytes(range(4))
+        assert await m.read(PAGE + 10, 4) == bytes(4)
+        with pytest.raises(MappingFaultError) as info:
+            await m.read(0, SIZE)
+        assert info.value.errno == errno.EFAULT
+        with pytest.raises(MappingFaultError):
+            await m.read_into(3 * PAGE, bytearray(10))
+        with pytest.raises(MappingFaultError):
+            m.read_into_nowait(5 * PAGE, bytearray(10))
+        if mode != "r":
+            with pytest.raises(MappingFaultError):
+                await m.update_region(4 * PAGE, b"into the void")
+            with pytest.raises(MappingFaultError):
+                m.update_region_nowait(6 * PAGE, b"void")
+            with pytest.raises(MappingFaultError):
+                await m.populate(write=True)
+        with pytest.raises(MappingFaultError):
+            await m.populate()
+        # still alive, still usable where the file is
+        assert len(m) == SIZE
+        await m.read_into(PAGE, bytearray(10))
+
+
+async def test_truncated_file_with_big_copies(data_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    size = 8 << 20
+    with open(path, "wb") as f:
+        f.truncate(size)
+    async with await MmapRaw.map_raw(path) as m:
+        truncate_in_other_process(path, 1 << 20)
+        with pytest.raises(MappingFaultError):
+            await m.read(0, size)  # worker-thread path
+        with pytest.raises(MappingFaultError):
+            await m.update_region(0, bytes(size))
+        assert await m.read(0, 1 << 20) == bytes(1 << 20)
+
+
+async def test_fault_safe_off_is_still_right_on_a_healthy_file(data_file: Path) -> None:
+    async with await MmapRaw.map_raw(data_file, mode="copy", fault_safe=False) as m:
+        await m.update_region(10, b"fast")
+        assert await m.read(10, 4) == b"fast"
+        buf = bytearray(4)
+        m.read_into_nowait(10, buf)
+        assert buf == b"fast"
+
+
+# --- resize ----------------------------------------------------------------------------
+
+
+async def test_resize_grow_and_shrink_keep_data(rw: MmapRaw, data_file: Path) -> None:
+    original = data_file.read_bytes()
+    await rw.resize(3 * SIZE + 5)
+    assert len(rw) == 3 * SIZE + 5
+    assert os.path.getsize(data_file) == 3 * SIZE + 5
+    assert await rw.read(0, SIZE) == original
+    assert await rw.read(SIZE, 2 * SIZE + 5) == bytes(2 * SIZE + 5)
+    await rw.update_region(3 * SIZE, b"tail!")
+    await rw.flush()
+    assert await read_in_other_process(data_file, 3 * SIZE, 5) == b"tail!"
+    await rw.resize(PAGE + 1)
+    assert os.path.getsize(data_file) == PAGE + 1
+    assert await rw.read(0, PAGE + 1) == original[: PAGE + 1]
+    with pytest.raises(OutOfBoundsError):
+        await rw.read(PAGE + 1, 1)
+
+
+async def test_resize_with_offset_sets_the_file_size(data_file: Path) -> None:
+    async with await MmapRaw.map_raw(data_file, offset=PAGE + 3, length=10) as m:
+        await m.resize(PAGE)
+        assert os.path.getsize(data_file) == 2 * PAGE + 3
+        assert await m.read(0, 4) == bytes(range(3, 7))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_resize_on_a_full_disk_fails_cleanly(small_tmpfs: Path) -> None:
+    path = small_tmpfs / "f.bin"
+    path.write_bytes(b"a" * PAGE)
+    async with await MmapRaw.map_raw(path) as m:
+        with pytest.raises(OSError, match="No space") as info:
+            await m.resize(64 << 20)
+        assert info.value.errno == errno.ENOSPC
+        assert len(m) == PAGE
+        assert os.path.getsize(path) == PAGE
+        await m.update_region(0, b"still works")  # tmpfs: the mincore path
+        assert await m.read(0, 11) == b"still works"
+        await m.resize(2 * PAGE)  # what fits still grows
+        await m.update_region(PAGE, b"b" * PAGE)  # allocated: no SIGBUS
+        assert await m.read(PAGE, 3) == b"bbb"
+
+
+# --- the event loop stays free ---------------------------------------------------------
+
+BIG = 256 << 20
+
+
+@pytest.fixture
+def big_file(tmp_path: Path) -> Path:
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as f:
+        f.truncate(BIG)
+    return path
+
+
+async def test_loop_lag_during_flush_of_256_mib(big_file: Path) -> None:
+    import mmap
+
+    async with await MmapRaw.map_raw(big_file) as m:
+        await m.update_region(0, b"\x03" * BIG)
+        async with heartbeat() as ours:
+            start = time.perf_counter()
+            await m.flush()
+            took = time.perf_counter() - start
+
+    with open(big_file, "r+b") as f, mmap.mmap(f.fileno(), BIG) as naive:
+        naive[:] = b"\x04" * BIG
+        async with heartbeat() as theirs:
+            await anyio.to_thread.run_sync(naive.flush)
+    print(
+        f"\nflush 256 MiB: {took * 1e3:.0f} ms; worst loop lag {ours.worst * 1e3:.2f} ms "
+        f"(to_thread(stdlib mmap.flush): {theirs.worst * 1e3:.1f} ms)"
+    )
+    assert ours.worst < 0.1
+
+
+async def test_loop_lag_reading_256_mib_of_cold_pages(big_file: Path) -> None:
+    with open(big_file, "r+b") as f:
+        f.write(b"\x05" * BIG)
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, BIG, os.POSIX_FADV_DONTNEED)
+
+    async with await MmapRaw.map_raw(big_file, mode="r") as m:
+        assert resident_fraction(m.as_ptr(), BIG) < 0.5
+        with pytest.raises(WouldBlock):
+            m.read_into_nowait(0, bytearray(PAGE))  # cold: refused, never faulted in here
+        buf = bytearray(BIG)
+        async with heartbeat() as ours:
+            start = time.perf_counter()
+            await m.read_into(0, buf)
+            took = time.perf_counter() - start
+        assert buf[::PAGE] == b"\x05" * (BIG // PAGE)
+    print(f"\ncold read 256 MiB: {took * 1e3:.0f} ms; worst loop lag {ours.worst * 1e3:.2f} ms")
+    assert ours.worst < 0.1
+
+
+async def test_warm_nowait_read(rw: MmapRaw) -> None:
+    buf = bytearray(PAGE)
+    rw.read_into_nowait(PAGE, buf)
+    assert buf == bytes(range(256)) * (PAGE // 256)
+
+
+async def test_options_map_files_too(data_file: Path) -> None:
+    opts = anymmap.MmapOptions().len(PAGE).populate(True)
+    async with await opts.map_raw(data_file, offset=PAGE, mode="r") as m:
+        assert len(m) == PAGE
+        assert resident_fraction(m.as_ptr(), PAGE) == 1.0
+        assert await m.read(0, 2) == b"\x00\x01"
+    with anymmap.sync.MmapOptions().map_raw(data_file) as s:
+        assert len(s) == SIZE
+
+
+async def test_sync_twin(data_file: Path) -> None:
+    with anymmap.sync.MmapRaw.map_raw(data_file) as m:
+        m.update_region(0, b"sync")
+        m.flush_range(0, 4)
+        m.flush_async()
+        m.flush_async_range(0, 4)
+        m.flush()
+        m.resize(2 * SIZE)
+        assert (m.mode, m.offset, len(m)) == ("rw", 0, 2 * SIZE)
+        truncate_in_other_process(data_file, PAGE)
+        with pytest.raises(MappingFaultError):
+            m.read(0, 2 * PAGE + 1)
+    assert data_file.read_bytes()[:4] == b"sync"
