@@ -1,10 +1,22 @@
-"""A walk through anymmap on asyncio and on trio; prints what happens at each step."""
+"""A walk through anymmap on asyncio and on trio; prints what happens at each step.
+
+Run: python examples/tour.py
+"""
 
 from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
 
 import anyio
 
 import anymmap
+
+
+def say(text: str) -> None:
+    print(f"  {text}")
 
 
 async def lock_tour() -> None:
@@ -25,12 +37,77 @@ async def lock_tour() -> None:
         for name, fn in [("R1", reader), ("W1", writer), ("R2", reader), ("R3", reader)]:
             tg.start_soon(fn, name)
             await anyio.wait_all_tasks_blocked()
-    print("  RWLock grants in arrival order, readers together:", ", ".join(order))
-    print("  after:", lock)
+    say("RWLock grants in arrival order, readers together: " + ", ".join(order))
+    say(f"afterwards: {lock}")
+
+
+async def anonymous_tour() -> None:
+    async with await anymmap.AnonymousMmap.new(1 << 20) as m:
+        say(f"new map: {m}")
+        await m.update_region(0, b"hello, anymmap")
+        say(f"read back: {await m.read(0, 14)!r}")
+
+        async with m.as_mut_slice(0, 5) as view:  # a writable borrow under the write lock
+            view[:] = b"HELLO"
+        async with m.as_slice(0, 14) as view:  # a read-only borrow, released at block end
+            say(f"borrowed view: {bytes(view)!r}")
+
+        try:
+            await m.read(1 << 20, 1)
+        except anymmap.OutOfBoundsError as exc:
+            say(f"bounds are checked before any syscall: {exc}")
+
+        chunks: list[int] = []
+        await m.resize(48 << 20)
+        await m.populate(write=True, progress=lambda done, total: chunks.append(done))
+        say(f"resized to {len(m) >> 20} MiB and populated in a worker thread, {len(chunks)} chunks")
+
+        buf = bytearray(5)
+        m.read_into_nowait(0, buf)
+        say(f"read_into_nowait copies at once when the lock is free: {bytes(buf)!r}")
+
+    opts = anymmap.MmapOptions().len(1 << 40).no_reserve(True)
+    async with await opts.map_anon() as huge:
+        await huge.update_region(len(huge) - 4, b"tail")
+        say(f"{opts!r} -> a 1 TiB map that costs almost nothing: {huge}")
+
+
+async def file_tour(directory: str) -> None:
+    path = os.path.join(directory, "tour.bin")
+    async with await anyio.open_file(path, "wb") as f:
+        await f.write(bytes(64 * anymmap.PAGE_SIZE))
+
+    async with await anymmap.MmapRaw.map_raw(path) as m:
+        say(f"mapped a file: {m}")
+        await m.update_region(100, b"durable")
+        start = time.perf_counter()
+        await m.flush_range(100, 7)
+        say(f"flush_range returned after {(time.perf_counter() - start) * 1e3:.2f} ms: durable")
+        await m.flush_async()  # starts writeback, does not wait
+        await m.resize(128 * anymmap.PAGE_SIZE)
+        size = (await anyio.Path(path).stat()).st_size
+        say(f"resized the file and the map together: {size} bytes")
+
+        # Another process truncates the file under the map: the stdlib mmap would die of
+        # SIGBUS on the next read; anymmap raises an exception instead.
+        await anyio.run_process(
+            [sys.executable, "-c", f"import os; os.truncate({path!r}, {anymmap.PAGE_SIZE})"]
+        )
+        try:
+            await m.read(0, len(m))
+        except anymmap.MappingFaultError as exc:
+            say(f"file truncated by another process -> {type(exc).__name__}: {exc}")
+        say(f"the process lives on; the first page still reads: {await m.read(100, 7)!r}")
 
 
 async def tour() -> None:
+    print("RWLock")
     await lock_tour()
+    print("AnonymousMmap and MmapOptions")
+    await anonymous_tour()
+    print("MmapRaw")
+    with tempfile.TemporaryDirectory() as directory:
+        await file_tour(directory)
 
 
 def main() -> None:

@@ -54,13 +54,20 @@ class _Ticket(Waiter):
 # acquire then costs one yield to the event loop plus about a microsecond.
 
 
-class _ReadGuard:
-    """What ``RWLock.read()`` returns; remembers its task from entry to exit."""
+class _Guard:
+    """An async context manager that holds one side of a lock for its block; it remembers
+    its task from entry to exit, so ``__aexit__`` needs no lookup."""
 
     __slots__ = ("_lock", "_task")
 
     def __init__(self, lock: RWLock) -> None:
         self._lock = lock
+
+
+class _ReadGuard(_Guard):
+    """What ``RWLock.read()`` returns."""
+
+    __slots__ = ()
 
     @types.coroutine
     def __aenter__(self) -> Generator[Any, Any, None]:
@@ -93,13 +100,10 @@ class _ReadGuard:
         yield from ()  # a generator that never yields: __aexit__ must be awaitable
 
 
-class _WriteGuard:
-    """What ``RWLock.write()`` returns; remembers its task from entry to exit."""
+class _WriteGuard(_Guard):
+    """What ``RWLock.write()`` returns."""
 
-    __slots__ = ("_lock", "_task")
-
-    def __init__(self, lock: RWLock) -> None:
-        self._lock = lock
+    __slots__ = ()
 
     @types.coroutine
     def __aenter__(self) -> Generator[Any, Any, None]:

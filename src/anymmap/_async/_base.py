@@ -10,14 +10,15 @@ from __future__ import annotations
 import sys
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import anyio.from_thread
 from anyio import WouldBlock
 
 from .._advice import check_advice
 from .._core._checks import byte_view, check_size
-from .._core._map import INLINE_COPY_LIMIT, MapCore, ProgressCallback
+from .._core._handle import CoreT, MapHandle
+from .._core._map import INLINE_COPY_LIMIT, ProgressCallback
 from .._eventloop import checkpoint, current_task, run_sync, shielded, to_thread
 from .._rwlock import RWLock
 
@@ -26,10 +27,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     from typing_extensions import Self
 
-CoreT = TypeVar("CoreT", bound=MapCore)
 
-
-class AsyncMap(Generic[CoreT]):
+class AsyncMap(MapHandle[CoreT]):
     """Base of the async maps.
 
     Copies and borrows take :attr:`lock` (reads share it, writes and writable borrows hold
@@ -37,46 +36,17 @@ class AsyncMap(Generic[CoreT]):
     end instead of failing.  Cheap queries stay synchronous.
     """
 
-    __slots__ = ("__weakref__", "_core", "_lock")
+    __slots__ = ("_lock",)
 
     def __init__(self, core: CoreT) -> None:
-        if not isinstance(core, MapCore):
-            raise TypeError(f"create a {type(self).__name__} with one of its constructors")
-        self._core = core
+        super().__init__(core)
         self._lock = RWLock()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__qualname__} {self._core.describe()}>"
-
-    def __len__(self) -> int:
-        """The length of the map in bytes.
-
-        :raises ClosedMapError: if the map is closed
-        """
-        return self._open_core().length
-
-    def is_empty(self) -> bool:
-        """Whether the map has zero length: always False, as maps of 0 bytes are refused.
-
-        :raises ClosedMapError: if the map is closed
-        """
-        return self._open_core().length == 0
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`aclose` has completed."""
-        return self._core.closed
 
     @property
     def lock(self) -> RWLock:
         """The lock that guards this map's borrows; hold its read side to keep the map
         from being resized or closed across several calls."""
         return self._lock
-
-    def _open_core(self) -> CoreT:
-        core = self._core
-        core.check_open()
-        return core
 
     def _check_not_borrowing(self, what: str) -> None:
         if self._lock._held_by(current_task()):
@@ -176,14 +146,6 @@ class AsyncMap(Generic[CoreT]):
         """
         self._core.check_writable()
         return _Borrow(self, offset, length, writable=True)
-
-    def as_ptr(self) -> int:
-        """The address of byte 0 of the map.
-
-        Unsafe: the address is only valid while the map is open and not resized; writing
-        through it bypasses the lock and the read-only check.
-        """
-        return self._open_core().addr
 
     # -- memory management ------------------------------------------------------------
 

@@ -4,6 +4,7 @@ import sys
 from functools import partial
 
 from .._core._file import FileCore, Mode
+from .._core._handle import FileMapInfo
 from .._eventloop import run_sync
 from ._base import AsyncMap
 
@@ -13,7 +14,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class MmapRaw(AsyncMap[FileCore]):
+class MmapRaw(AsyncMap[FileCore], FileMapInfo):
     """
     A file mapped into memory, with an awaitable flush that never stalls the event loop.
 
@@ -70,16 +71,6 @@ class MmapRaw(AsyncMap[FileCore]):
             partial(FileCore, file, offset=offset, length=length, mode=mode, fault_safe=fault_safe)
         )
         return cls(core)
-
-    @property
-    def mode(self) -> Mode:
-        """The mode the file was mapped with: ``"rw"``, ``"r"`` or ``"copy"``."""
-        return self._core.mode  # type: ignore[return-value]
-
-    @property
-    def offset(self) -> int:
-        """The offset in the file of byte 0 of the map."""
-        return self._core.file_offset
 
     async def flush(self) -> None:
         """Write the map's dirty pages to the file and wait until they are durable

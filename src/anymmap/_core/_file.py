@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import weakref
+from collections.abc import Callable
 from typing import Literal, get_args
 
 from .._errors import (
@@ -62,7 +63,7 @@ class FileCore(MapCore):
         *,
         offset: object = 0,
         length: object = None,
-        mode: str = "rw",
+        mode: Mode = "rw",
         fault_safe: bool = True,
         hint: int | None = None,
         strict: bool = False,
@@ -74,17 +75,14 @@ class FileCore(MapCore):
         if not isinstance(fault_safe, bool):
             raise TypeError("fault_safe must be True or False")
         start = as_int(offset, "offset")
-        if start < 0:
-            raise OutOfBoundsError(start, 0, 0, "file")
-        fd = open_fd(file, mode)  # type: ignore[arg-type]
+        wanted = None if length is None else check_size(length, "length")
+        fd = open_fd(file, mode)
         try:
             size = os.fstat(fd).st_size
             if size == 0:
                 raise InvalidSizeError(0, "cannot map an empty file")
-            if start >= size:
-                raise OutOfBoundsError(start, 0 if length is None else length, size, "file")  # type: ignore[arg-type]
-            count = size - start if length is None else check_size(length, "length")
-            if start + count > size:
+            count = size - start if wanted is None else wanted
+            if start < 0 or start >= size or start + count > size:
                 raise OutOfBoundsError(start, count, size, "file")
 
             base = page_floor(start)
@@ -102,7 +100,7 @@ class FileCore(MapCore):
             raise
 
         self.fd = fd
-        self.mode = mode
+        self.mode: Mode = mode
         self.fault_safe = fault_safe
         self.file_offset = start
         self._fixed = strict
@@ -198,22 +196,22 @@ class FileCore(MapCore):
     # -- copies through the kernel --------------------------------------------------
 
     def _copy_out(self, dst: int, src: int, length: int) -> None:
-        if not self.fault_safe:
-            os_impl.memmove(dst, src, length)
-            return
-        try:
-            os_impl.read_memory(dst, src, length)
-        except OSError as exc:
-            raise self._translate(exc, src) from None
+        self._kernel_copy(os_impl.read_memory, dst, src, length, src)
 
     def _copy_in(self, dst: int, src: int, length: int) -> None:
+        self._kernel_copy(os_impl.write_memory, dst, src, length, dst)
+
+    def _kernel_copy(
+        self, copy: Callable[[int, int, int], None], dst: int, src: int, n: int, mapped: int
+    ) -> None:
+        """Copy with ``copy`` (fault-safe) or plain memmove; ``mapped`` is the map side."""
         if not self.fault_safe:
-            os_impl.memmove(dst, src, length)
+            os_impl.memmove(dst, src, n)
             return
         try:
-            os_impl.write_memory(dst, src, length)
+            copy(dst, src, n)
         except OSError as exc:
-            raise self._translate(exc, dst) from None
+            raise self._translate(exc, mapped) from None
 
     def _translate(self, exc: OSError, address: int) -> OSError:
         if exc.errno != errno.EFAULT:

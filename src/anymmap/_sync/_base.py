@@ -6,13 +6,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Generic, TypeVar
 
 from anyio import WouldBlock
 
 from .._advice import check_advice
 from .._core._checks import byte_view, check_size
-from .._core._map import INLINE_COPY_LIMIT, MapCore, ProgressCallback
+from .._core._handle import CoreT, MapHandle
+from .._core._map import INLINE_COPY_LIMIT, ProgressCallback
 from .._core._threadlock import ThreadRWLock
 
 if sys.version_info >= (3, 11):
@@ -20,47 +20,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     from typing_extensions import Self
 
-CoreT = TypeVar("CoreT", bound=MapCore)
 
-
-class SyncMap(Generic[CoreT]):
+class SyncMap(MapHandle[CoreT]):
     """Base of the blocking maps.  Thread-safe: copies and borrows take a read-write lock
     (many readers or one writer), ``resize`` and ``close`` take it exclusively."""
 
-    __slots__ = ("__weakref__", "_core", "_lock")
+    __slots__ = ("_lock",)
 
     def __init__(self, core: CoreT) -> None:
-        if not isinstance(core, MapCore):
-            raise TypeError(f"create a {type(self).__name__} with one of its constructors")
-        self._core = core
+        super().__init__(core)
         self._lock = ThreadRWLock()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__qualname__} {self._core.describe()}>"
-
-    def __len__(self) -> int:
-        """The length of the map in bytes.
-
-        :raises ClosedMapError: if the map is closed
-        """
-        return self._open_core().length
-
-    def is_empty(self) -> bool:
-        """Whether the map has zero length: always False, as maps of 0 bytes are refused.
-
-        :raises ClosedMapError: if the map is closed
-        """
-        return self._open_core().length == 0
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has completed."""
-        return self._core.closed
-
-    def _open_core(self) -> CoreT:
-        core = self._core
-        core.check_open()
-        return core
 
     # -- copies -----------------------------------------------------------------------
 
@@ -155,14 +124,6 @@ class SyncMap(Generic[CoreT]):
             yield view
         finally:
             core.end_borrow(base, view)
-
-    def as_ptr(self) -> int:
-        """The address of byte 0 of the map.
-
-        Unsafe: the address is only valid while the map is open and not resized; writing
-        through it bypasses the lock and the read-only check.
-        """
-        return self._open_core().addr
 
     # -- memory management ------------------------------------------------------------
 

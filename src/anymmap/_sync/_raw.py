@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 
 from .._core._file import FileCore, Mode
+from .._core._handle import FileMapInfo
 from ._base import SyncMap
 
 if sys.version_info >= (3, 11):
@@ -11,7 +12,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class MmapRaw(SyncMap[FileCore]):
+class MmapRaw(SyncMap[FileCore], FileMapInfo):
     """
     The blocking twin of :class:`anymmap.MmapRaw`: same methods, no ``await``.  Copies are
     fault-safe in the same way; all work runs in the calling thread.
@@ -33,16 +34,6 @@ class MmapRaw(SyncMap[FileCore]):
     ) -> Self:
         """Map ``file``; see :meth:`anymmap.MmapRaw.map_raw`."""
         return cls(FileCore(file, offset=offset, length=length, mode=mode, fault_safe=fault_safe))
-
-    @property
-    def mode(self) -> Mode:
-        """The mode the file was mapped with: ``"rw"``, ``"r"`` or ``"copy"``."""
-        return self._core.mode  # type: ignore[return-value]
-
-    @property
-    def offset(self) -> int:
-        """The offset in the file of byte 0 of the map."""
-        return self._core.file_offset
 
     def flush(self) -> None:
         """Write the dirty pages to the file; durable when it returns (``msync(MS_SYNC)``)."""

@@ -1,0 +1,74 @@
+"""What the async maps and their blocking twins share: the core and the cheap queries."""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from ._file import FileCore, Mode
+from ._map import MapCore
+
+CoreT = TypeVar("CoreT", bound=MapCore)
+
+
+class MapHandle(Generic[CoreT]):
+    """Base of every public map type; the subclasses add a lock and the operations."""
+
+    __slots__ = ("__weakref__", "_core")
+
+    def __init__(self, core: CoreT) -> None:
+        if not isinstance(core, MapCore):
+            raise TypeError(f"create a {type(self).__name__} with one of its constructors")
+        self._core = core
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} {self._core.describe()}>"
+
+    def __len__(self) -> int:
+        """The length of the map in bytes.
+
+        :raises ClosedMapError: if the map is closed
+        """
+        return self._open_core().length
+
+    def is_empty(self) -> bool:
+        """Whether the map has zero length: always False, as maps of 0 bytes are refused.
+
+        :raises ClosedMapError: if the map is closed
+        """
+        return self._open_core().length == 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether the map has been closed."""
+        return self._core.closed
+
+    def as_ptr(self) -> int:
+        """The address of byte 0 of the map.
+
+        Unsafe: the address is only valid while the map is open and not resized; writing
+        through it bypasses the lock and the read-only check.
+        """
+        return self._open_core().addr
+
+    def _open_core(self) -> CoreT:
+        core = self._core
+        core.check_open()
+        return core
+
+
+class FileMapInfo:
+    """The read-only facts of a file map, for both ``MmapRaw`` twins."""
+
+    __slots__ = ()
+
+    _core: FileCore
+
+    @property
+    def mode(self) -> Mode:
+        """The mode the file was mapped with: ``"rw"``, ``"r"`` or ``"copy"``."""
+        return self._core.mode
+
+    @property
+    def offset(self) -> int:
+        """The offset in the file of byte 0 of the map."""
+        return self._core.file_offset
