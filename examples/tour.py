@@ -60,7 +60,9 @@ async def anonymous_tour() -> None:
         chunks: list[int] = []
         await m.resize(48 << 20)
         await m.populate(write=True, progress=lambda done, total: chunks.append(done))
-        say(f"resized to {len(m) >> 20} MiB and populated in a worker thread, {len(chunks)} chunks")
+        say(
+            f"resized to {len(m) >> 20} MiB and populated in a worker thread, {len(chunks)} chunks"
+        )
 
         buf = bytearray(5)
         m.read_into_nowait(0, buf)

@@ -189,7 +189,8 @@ class AsyncMap(MapHandle[CoreT]):
         Runs in a worker thread and is never abandoned halfway.  The address may change
         (except for a ``strict`` map, which must grow in place).  An anonymous map keeps
         its bytes up to the smaller size and reads zeros after; a file map sets the file's
-        size to ``offset + new_size``, allocating new blocks first.
+        size to ``offset + new_size``, allocating new blocks first; the new size is
+        durable once a later ``flush()`` returns.
 
         :raises InvalidSizeError: if ``new_size`` is 0 or above 128 TiB
         :raises ReadOnlyError: if the map is a read-only or copy file map

@@ -264,7 +264,8 @@ class FileCore(MapCore):
 
         Growth allocates the new blocks first (``posix_fallocate``), so a full disk fails
         here with ``OSError(ENOSPC)`` and leaves file and map unchanged, instead of a later
-        write dying with SIGBUS.
+        write dying with SIGBUS.  The new size is durable once a later ``flush`` returns
+        (``msync(MS_SYNC)`` syncs what is needed to read the data back, size included).
         """
         length = check_size(new_length)
         self.check_resizable()
