@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import final
 
 PyBUF_SIMPLE = 0
 PyBUF_WRITABLE = 1
@@ -43,19 +42,30 @@ _bytes_as_string.argtypes = (ctypes.py_object,)
 _bytes_as_string.restype = ctypes.c_void_p
 
 
-@contextmanager
-def buffer_address(obj: object, *, writable: bool) -> Iterator[tuple[int, int]]:
-    """Hold an export of ``obj`` and yield ``(address, nbytes)`` of its contiguous memory.
+@final
+class PinnedBuffer:
+    """Hold an export of a buffer for a ``with`` block and give its contiguous memory's
+    ``address`` and ``nbytes``.
 
     While the block runs, the object cannot be resized or freed, so the address stays valid
-    for a copy in another thread.
+    for a copy in another thread.  (A class, not a generator context manager: this runs on
+    every fault-safe copy and costs a fifth as much.)
     """
-    view = _PyBuffer()
-    _get_buffer(obj, ctypes.byref(view), PyBUF_WRITABLE if writable else PyBUF_SIMPLE)
-    try:
-        yield view.buf or 0, view.len
-    finally:
-        _release_buffer(ctypes.byref(view))
+
+    __slots__ = ("_view", "address", "nbytes")
+
+    def __init__(self, obj: object, *, writable: bool) -> None:
+        view = _PyBuffer()
+        _get_buffer(obj, view, PyBUF_WRITABLE if writable else PyBUF_SIMPLE)
+        self._view = view
+        self.address: int = view.buf or 0
+        self.nbytes: int = view.len
+
+    def __enter__(self) -> PinnedBuffer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _release_buffer(self._view)
 
 
 def new_bytes(size: int) -> tuple[bytes, int]:

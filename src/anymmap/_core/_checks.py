@@ -52,6 +52,8 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
     :raises TypeError: if ``buffer`` does not support the buffer protocol, is not
         contiguous, or is read-only when ``writable`` is set
     """
+    if type(buffer) is bytearray or (type(buffer) is bytes and not writable):
+        return memoryview(buffer)  # always flat, contiguous bytes: skip the checks
     view = buffer if type(buffer) is memoryview else memoryview(buffer)  # type: ignore[arg-type]
     if writable and view.readonly:
         raise TypeError("the destination buffer is read-only")

@@ -26,7 +26,7 @@ from .._errors import (
 )
 from .._sys import os_impl
 from ._anon import map_placed
-from ._buffers import buffer_address
+from ._buffers import PinnedBuffer
 from ._checks import as_int, check_size
 from ._map import MapCore, ProgressCallback, page_ceil, page_floor
 
@@ -160,8 +160,8 @@ class FileCore(MapCore):
             self._raise_if_past_end(offset, n)
             return 0
         if self.fault_safe:
-            with buffer_address(src, writable=False) as (address, _):
-                self._copy_in(self.addr + offset, address, n)
+            with PinnedBuffer(src, writable=False) as pin:
+                self._copy_in(self.addr + offset, pin.address, n)
         else:
             self._view[offset : offset + n] = src
         return n

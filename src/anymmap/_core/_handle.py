@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
+from .._errors import ClosedMapError
 from ._file import FileCore, Mode
 from ._map import MapCore
 
@@ -52,7 +53,8 @@ class MapHandle(Generic[CoreT]):
 
     def _open_core(self) -> CoreT:
         core = self._core
-        core.check_open()
+        if core._closed:
+            raise ClosedMapError(core.kind)
         return core
 
 

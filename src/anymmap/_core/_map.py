@@ -32,7 +32,7 @@ from .._errors import (
     ReadOnlyError,
 )
 from .._sys import os_impl
-from ._buffers import buffer_address, new_bytes
+from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
 
 PAGE_SIZE = os_impl.PAGE_SIZE
@@ -177,10 +177,6 @@ class MapCore:
                 if not self._pins:
                     self._cond.notify_all()
 
-    def check_open(self) -> None:
-        if self._closed:
-            raise ClosedMapError(self.kind)
-
     def resize(self, new_length: object) -> None:
         raise NotImplementedError  # pragma: no cover - every map type defines it
 
@@ -192,6 +188,15 @@ class MapCore:
             raise ReadOnlyError(f"this {self.kind} is read-only")
 
     def check_range(self, offset: object, length: object) -> tuple[int, int]:
+        """Return ``(offset, length)`` as ints inside the map, else raise (see _checks)."""
+        if (
+            type(offset) is int
+            and type(length) is int
+            and offset >= 0
+            and length >= 0
+            and offset + length <= self.length
+        ):
+            return offset, length  # the common case, without a call
         return check_range(offset, length, self.length)
 
     def check_span(self, offset: object, length: object | None) -> tuple[int, int]:
@@ -253,8 +258,8 @@ class MapCore:
         return bytes(self._view[offset : offset + length])
 
     def read_blocking(self, offset: int, dst: memoryview) -> None:
-        with buffer_address(dst, writable=True) as (address, n):
-            self._copy_out(address, self.addr + offset, n)
+        with PinnedBuffer(dst, writable=True) as pin:
+            self._copy_out(pin.address, self.addr + offset, pin.nbytes)
 
     def write_now(self, offset: int, src: memoryview, limit: int) -> int:
         n = len(src)
@@ -264,8 +269,8 @@ class MapCore:
         return n
 
     def write_blocking(self, offset: int, src: memoryview) -> None:
-        with buffer_address(src, writable=False) as (address, n):
-            self._copy_in(self.addr + offset, address, n)
+        with PinnedBuffer(src, writable=False) as pin:
+            self._copy_in(self.addr + offset, pin.address, pin.nbytes)
 
     def read_bytes_blocking(self, offset: int, length: int) -> bytes:
         data, address = new_bytes(length)
