@@ -6,9 +6,17 @@ that the candidates of one table see the same machine state; the ratios are what
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+# The event-loop heartbeat is shared with the tests, which assert on it.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests._helpers import Heartbeat as Heartbeat
+from tests._helpers import heartbeat as heartbeat
 
 
 @dataclass

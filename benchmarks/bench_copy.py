@@ -32,8 +32,7 @@ import mmap
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.lowlevel
@@ -42,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, __file__.rpartition("/")[0])
 
-from _harness import Table, add_ratios, best_of, fmt_time
+from _harness import Table, add_ratios, best_of, fmt_time, heartbeat
 
 import anymmap
 
@@ -163,36 +162,6 @@ async def writes(table: Table, size: int, ops: int) -> None:
 
 
 # -- 2. event-loop lag during populate ------------------------------------------------
-
-
-class Heartbeat:
-    """A task that sleeps 1 ms in a loop and records how late it wakes up."""
-
-    def __init__(self) -> None:
-        self.lags: list[float] = []
-
-    @property
-    def worst(self) -> float:
-        return max(self.lags, default=0.0)
-
-    async def run(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await anyio.sleep(0.001)
-            self.lags.append(time.perf_counter() - before - 0.001)
-
-
-@asynccontextmanager
-async def heartbeat() -> AsyncIterator[Heartbeat]:
-    beat = Heartbeat()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(beat.run)
-        await anyio.sleep(0.01)  # let it settle
-        beat.lags.clear()
-        yield beat
-        # Give the heartbeat a chance to wake (and record the lag) after the work ended.
-        await anyio.sleep(0.005)
-        tg.cancel_scope.cancel()
 
 
 async def ours_populate() -> Closer:

@@ -1,4 +1,4 @@
-"""Measurements the tests make on the real process (no mocks of the OS)."""
+"""Measurements the tests (and the benchmarks) make on the real process; no mocks of the OS."""
 
 from __future__ import annotations
 
@@ -75,4 +75,6 @@ async def heartbeat() -> AsyncIterator[Heartbeat]:
         await anyio.sleep(0.01)  # let it settle
         beat.lags.clear()
         yield beat
+        # Give the heartbeat a chance to wake (and record the lag) after the work ended.
+        await anyio.sleep(0.005)
         tg.cancel_scope.cancel()
