@@ -22,3 +22,21 @@ def test_example_runs(script: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "== trio ==" in result.stdout
+
+
+def test_readme_examples_run(tmp_path: Path) -> None:
+    """The README's first two Python blocks, run as written against a real data.bin."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = readme.split("```python\n")[1:3]
+    code = "\n".join(block.split("```")[0] for block in blocks)
+    (tmp_path / "data.bin").write_bytes(bytes(4096))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("b'record'") == 2  # printed on asyncio and on trio
