@@ -196,6 +196,13 @@ class FileCore(MapCore):
     # -- copies through the kernel --------------------------------------------------
 
     def _copy_out(self, dst: int, src: int, length: int) -> None:
+        if self.mode != "copy":
+            # A shared map shows the page cache: read(2) copies the same bytes, fault-safe,
+            # and reads cold pages ahead faster than page faults do.
+            got = os_impl.pread(self.fd, dst, length, self.file_offset + (src - self.addr))
+            if got == length:
+                return
+            dst, src, length = dst + got, src + got, length - got  # past the end of file
         self._kernel_copy(os_impl.read_memory, dst, src, length, src)
 
     def _copy_in(self, dst: int, src: int, length: int) -> None:

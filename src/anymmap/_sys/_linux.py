@@ -43,6 +43,7 @@ _mremap = _fn("mremap", _void_p, _void_p, _size_t, _size_t, _int, _void_p)
 # argument conversion would cost as much as the system call.
 _mincore = ctypes.CFUNCTYPE(_int, _size_t, _size_t, _size_t, use_errno=True)(("mincore", _libc))
 _memmove = _fn("memmove", _void_p, _void_p, _void_p, _size_t)
+_pread = _fn("pread", ctypes.c_ssize_t, _int, _void_p, _size_t, ctypes.c_int64)
 _sync_file_range = _fn(
     "sync_file_range", _int, _int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
 )
@@ -157,6 +158,23 @@ def memmove(dst: int, src: int, length: int) -> None:
     # SAFETY: both ranges are mapped and stay mapped for the call (the caller holds the
     # lock or buffer export that guarantees it).
     _memmove(dst, src, length)
+
+
+def pread(fd: int, dst: int, length: int, offset: int) -> int:
+    """Read up to ``length`` bytes of the file at ``offset`` into the address ``dst``,
+    without the GIL; return the count (short only at the end of the file)."""
+    done = 0
+    while done < length:
+        # SAFETY: dst is a buffer the caller holds an export of, at least `length` long.
+        n = _pread(fd, dst + done, length - done, offset + done)
+        if n < 0:
+            if ctypes.get_errno() == errno.EINTR:
+                continue
+            _raise_errno("pread")
+        if n == 0:
+            break
+        done += n
+    return done
 
 
 def resident(addr: int, length: int) -> bool:

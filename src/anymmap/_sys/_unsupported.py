@@ -50,5 +50,5 @@ def _unsupported(*args: object) -> NoReturn:
     raise UnsupportedError(f"anymmap on {sys.platform}")
 
 
-mmap = munmap = mprotect = msync = madvise = mremap = memmove = _unsupported
+mmap = munmap = mprotect = msync = madvise = mremap = memmove = pread = _unsupported
 resident = populate = sync_file_range = full_fsync = read_memory = write_memory = _unsupported
