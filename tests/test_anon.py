@@ -534,3 +534,16 @@ async def test_as_ptr_points_at_the_data(amap: AnonymousMmap) -> None:
 
     await amap.update_region(0, b"ptr")
     assert ctypes.string_at(amap.as_ptr(), 3) == b"ptr"
+
+
+async def test_populate_fallback_for_kernels_before_5_14(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels without MADV_POPULATE_* get every page touched by a fault-safe read."""
+    from anymmap._sys import _linux
+
+    monkeypatch.setattr(_linux, "_populate_advice_supported", False)
+    size = 3000 * PAGE  # more than one batch of 1024 pages
+    async with await AnonymousMmap.new(size) as m:
+        await m.update_region(5 * PAGE, b"kept")
+        await m.populate(write=True)
+        assert resident_fraction(m.as_ptr(), size) == 1.0
+        assert await m.read(5 * PAGE, 4) == b"kept"  # contents unchanged
