@@ -24,6 +24,7 @@ from anymmap import (
 )
 
 from ._helpers import PAGE, heartbeat, resident_fraction, wait_until
+from .conftest import ASYNCIO_BACKENDS
 
 pytestmark = pytest.mark.anyio
 
@@ -462,3 +463,20 @@ async def test_sync_twin(data_file: Path) -> None:
         with pytest.raises(MappingFaultError):
             m.read(0, 2 * PAGE + 1)
     assert data_file.read_bytes()[:4] == b"sync"
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+async def test_native_cancel_wins_over_a_failing_worker(big_file: Path) -> None:
+    """Regression test: a task.cancel() during a worker copy that then fails is not lost."""
+    import asyncio
+
+    async with await MmapRaw.map_raw(big_file, mode="r") as m:
+        truncate_in_other_process(big_file, BIG - PAGE)
+        buf = bytearray(BIG)
+        task = asyncio.ensure_future(m.read_into(0, buf))  # worker thread, then EFAULT
+        await wait_until(lambda: m.lock.statistics().readers == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError) as info:
+            await task
+        assert isinstance(info.value.__cause__, MappingFaultError)
+        assert m.lock.statistics().readers == 0

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import types
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Generic, NoReturn, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -145,26 +145,106 @@ def thread_limiter() -> anyio.CapacityLimiter:
 async def run_sync(func: Callable[..., T], *args: object) -> T:
     """Run ``func(*args)`` in a worker thread and wait for it, whatever happens.
 
-    The call is never abandoned (see :func:`shielded`): memory a worker touches is only
-    guaranteed to stay mapped while its caller waits, so an abandoned worker could fault.
-    Worker threads come from anyio, limited per event loop by :func:`thread_limiter`.
+    The call is never abandoned: memory a worker touches is only guaranteed to stay mapped
+    while its caller waits (and holds its lock), so an abandoned worker could fault.  A
+    cancellation that arrives meanwhile is held back until the thread has finished, then
+    delivered; if the call failed too, the cancellation wins and chains the error.
+
+    On asyncio the caller waits for a future that only the worker thread resolves, so not
+    even cancelling every task (as ``asyncio.run`` does on its way out) ends the wait
+    early.  Worker threads come from anyio, limited per event loop by
+    :func:`thread_limiter`.
     """
-    limiter = thread_limiter()
-    return await shielded(lambda: anyio.to_thread.run_sync(func, *args, limiter=limiter))
+    if backend_local.name == "trio":
+        with anyio.CancelScope(shield=True):
+            result = await anyio.to_thread.run_sync(func, *args, limiter=thread_limiter())
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return result
+
+    call = _WorkerCall(func, args, asyncio.get_running_loop())
+    hop = asyncio.ensure_future(anyio.to_thread.run_sync(call.run, limiter=thread_limiter()))
+    hop.add_done_callback(call.hop_done)
+    return await _wait_for(call.outcome)
 
 
-async def to_thread(func: Callable[..., T], *args: object) -> T:
-    """A worker-thread call without the shield, for code already inside :func:`shielded`."""
-    return await anyio.to_thread.run_sync(func, *args, limiter=thread_limiter())
+class _WorkerCall(Generic[T]):
+    """One call for a worker thread; its outcome reaches the event loop from the thread."""
+
+    def __init__(
+        self, func: Callable[..., T], args: tuple[object, ...], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._func = func
+        self._args = args
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._started = False
+        self._abandoned = False
+        self.outcome: asyncio.Future[T] = loop.create_future()
+
+    def run(self) -> None:
+        """The worker thread's part."""
+        with self._lock:
+            if self._abandoned:
+                return
+            self._started = True
+        try:
+            result = self._func(*self._args)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the waiting task
+            self._deliver(self._fail, exc)
+        else:
+            self._deliver(self._succeed, result)
+
+    def _deliver(self, how: Callable[[Any], None], value: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(how, value)
+        except RuntimeError:  # pragma: no cover - the loop was closed under a running task
+            pass
+
+    def _succeed(self, result: T) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(result)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.outcome.done():
+            self.outcome.set_exception(exc)
+
+    def hop_done(self, hop: asyncio.Future[None]) -> None:
+        """anyio's task ended; if the thread never took the call, it never will."""
+        with self._lock:
+            if self._started:
+                return  # the thread delivers the outcome itself
+            self._abandoned = True
+        error = None if hop.cancelled() else hop.exception()
+        self._fail(error or asyncio.CancelledError())
 
 
-async def shielded(start: Callable[[], Awaitable[T]]) -> T:
+async def _wait_for(future: asyncio.Future[T]) -> T:
+    """Wait for ``future`` through any number of cancellations, then deliver the first."""
+    cancelled: BaseException | None = None
+    with anyio.CancelScope(shield=True):
+        while not future.done():
+            try:
+                await asyncio.wait((future,))  # unlike shield(), never touches `future`
+            except asyncio.CancelledError as exc:  # noqa: PERF203 - rare, and must loop
+                if cancelled is None:
+                    cancelled = exc
+    if cancelled is not None:
+        error = None if future.cancelled() else future.exception()
+        raise cancelled from error
+    result = future.result()
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    return result
+
+
+async def shielded(start: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``start()`` to completion even if the caller is cancelled meanwhile, then
     deliver the cancellation (trio's rule for ``aclose``).
 
     On trio (and for anyio cancel scopes on asyncio) a shielded scope is enough.  A native
     ``asyncio.Task.cancel()`` (also ``asyncio.timeout``) goes through any shield, so on
-    asyncio the work runs in a task of its own, which the caller keeps waiting for.
+    asyncio the work runs in a task of its own, which the caller keeps waiting for.  (That
+    task can still be cancelled by whoever cancels every task; its worker threads, run
+    through :func:`run_sync`, are waited for all the same.)
     """
     if backend_local.name == "trio":
         with anyio.CancelScope(shield=True):
@@ -172,22 +252,7 @@ async def shielded(start: Callable[[], Awaitable[T]]) -> T:
         await anyio.lowlevel.checkpoint_if_cancelled()
         return result
 
-    inner = asyncio.ensure_future(start())
-    cancelled: BaseException | None = None
-    with anyio.CancelScope(shield=True):
-        while True:
-            try:
-                result = await asyncio.shield(inner)
-                break
-            except asyncio.CancelledError as exc:
-                if inner.done():
-                    raise
-                cancelled = exc  # keep waiting: the work is still running
-
-    if cancelled is not None:
-        raise cancelled
-    await anyio.lowlevel.checkpoint_if_cancelled()
-    return result
+    return await _wait_for(asyncio.ensure_future(start()))
 
 
 def task_info(task: Any) -> anyio.TaskInfo:

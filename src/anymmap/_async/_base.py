@@ -19,7 +19,7 @@ from .._advice import check_advice
 from .._core._checks import byte_view, check_size
 from .._core._handle import CoreT, MapHandle
 from .._core._map import INLINE_COPY_LIMIT, ProgressCallback
-from .._eventloop import checkpoint, current_task, run_sync, shielded, to_thread
+from .._eventloop import checkpoint, current_task, run_sync, shielded
 from .._rwlock import RWLock
 
 if sys.version_info >= (3, 11):
@@ -221,7 +221,7 @@ class AsyncMap(MapHandle[CoreT]):
 
     async def _close(self) -> None:
         async with self._lock.write():
-            await to_thread(self._core.close)
+            await run_sync(self._core.close)
 
     async def __aenter__(self) -> Self:
         return self

@@ -257,8 +257,11 @@ class MapCore:
             return None
         return bytes(self._view[offset : offset + length])
 
+    # The blocking forms also pin the core: their caller's lock already keeps close and
+    # resize away, and the pin makes sure of it even if that caller stopped waiting.
+
     def read_blocking(self, offset: int, dst: memoryview) -> None:
-        with PinnedBuffer(dst, writable=True) as pin:
+        with self.pinned(), PinnedBuffer(dst, writable=True) as pin:
             self._copy_out(pin.address, self.addr + offset, pin.nbytes)
 
     def write_now(self, offset: int, src: memoryview, limit: int) -> int:
@@ -269,12 +272,13 @@ class MapCore:
         return n
 
     def write_blocking(self, offset: int, src: memoryview) -> None:
-        with PinnedBuffer(src, writable=False) as pin:
+        with self.pinned(), PinnedBuffer(src, writable=False) as pin:
             self._copy_in(self.addr + offset, pin.address, pin.nbytes)
 
     def read_bytes_blocking(self, offset: int, length: int) -> bytes:
         data, address = new_bytes(length)
-        self._copy_out(address, self.addr + offset, length)
+        with self.pinned():
+            self._copy_out(address, self.addr + offset, length)
         return data
 
     def _copy_out(self, dst: int, src: int, length: int) -> None:
