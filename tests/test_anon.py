@@ -547,3 +547,17 @@ async def test_populate_fallback_for_kernels_before_5_14(monkeypatch: pytest.Mon
         await m.populate(write=True)
         assert resident_fraction(m.as_ptr(), size) == 1.0
         assert await m.read(5 * PAGE, 4) == b"kept"  # contents unchanged
+
+
+async def test_the_blocks_own_exception_wins_over_an_escape() -> None:
+    m = await AnonymousMmap.new(PAGE)
+    with pytest.raises(KeyError):  # noqa: PT012 - the borrow block is the subject
+        async with m.as_slice(0, 16) as view:
+            head = view[:4]
+            raise KeyError("bad request")
+    assert m.lock.statistics().readers == 0
+    with pytest.raises(BorrowError):
+        await m.aclose()  # the escape is still reported, here
+    del head
+    await m.aclose()
+    assert m.closed

@@ -270,9 +270,12 @@ class _Borrow:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
+        base, view = self._base, self._view
+        del self._base, self._view  # nothing but the registry may keep `base` once it ends
         try:
-            self._map._core.end_borrow(self._base, self._view)
+            self._map._core.end_borrow(base, view, report=exc_type is None)
         finally:
+            del base, view
             self._release()
 
     def _release(self) -> None:

@@ -70,6 +70,39 @@ def _unmap(addr: int, length: int) -> None:
         pass
 
 
+# Borrow bases that could not be released when their borrow ended (see end_borrow).
+_ESCAPED: list[memoryview] = []
+_ESCAPED_LOCK = threading.Lock()
+
+
+def _try_release(view: memoryview) -> bool:
+    try:
+        view.release()
+    except BufferError:
+        return False
+    return True
+
+
+def release_escaped(blocking: bool = True) -> None:
+    """Release the parked borrow bases whose exports are gone."""
+    if _ESCAPED and _ESCAPED_LOCK.acquire(blocking):
+        try:
+            _ESCAPED[:] = [view for view in _ESCAPED if not _try_release(view)]
+        finally:
+            _ESCAPED_LOCK.release()
+
+
+def _after_gc(phase: str, info: dict[str, int]) -> None:
+    # Escaped slices and arrays usually die in a collection; once they are gone, their
+    # parked bases can go too, and with them the last reference to an unclosed map.
+    # Never block here: the collection may have started inside release_escaped.
+    if phase == "stop":
+        release_escaped(blocking=False)
+
+
+gc.callbacks.append(_after_gc)
+
+
 class MapCore:
     """A mapped range and everything that can be done to it without a lock of its own."""
 
@@ -113,6 +146,7 @@ class MapCore:
         self._view.release()
         if sys.getrefcount(self._exporter) != self._baseline:
             gc.collect()  # a view kept alive only by a reference cycle
+            release_escaped()
         leaked = sys.getrefcount(self._exporter) - self._baseline
         if leaked:
             self._view = memoryview(self._exporter).cast("B")
@@ -222,21 +256,28 @@ class MapCore:
             base = base.toreadonly()
         return base, memoryview(PickleBuffer(base))
 
-    def end_borrow(self, base: memoryview, view: memoryview) -> None:
+    def end_borrow(self, base: memoryview, view: memoryview, *, report: bool = True) -> None:
         """End a borrow started by :meth:`view`.
 
-        :raises BorrowError: if something built on the view (a slice, a NumPy array) is
-            still alive; it keeps the memory mapped, and close / resize refuse until it
-            is gone
+        If something built on the view (a slice, a NumPy array) is still alive, ``base``
+        cannot be released: it is parked in a registry that is always reachable, so the
+        memory stays mapped under it (close and resize refuse meanwhile), and so that the
+        cyclic garbage collector never clears it while exported (CPython then crashes).
+
+        :raises BorrowError: in that case, if ``report`` (a borrow whose block raised
+            passes False: its own exception wins)
         """
         view.release()
-        try:
-            base.release()
-        except BufferError:
+        if _try_release(base):
+            return
+        with _ESCAPED_LOCK:
+            _ESCAPED.append(base)
+        del base, view  # keep them out of the traceback's frames
+        if report:
             raise BorrowError(
                 "a slice or array made from the borrowed view is still alive at the end of "
                 f"the borrow; the {self.kind} cannot be closed or resized until it is gone"
-            ) from None
+            )
 
     # -- copies -----------------------------------------------------------------------
     # Each copy direction has a *now* form, for the calling thread, that copies only what

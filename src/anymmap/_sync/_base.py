@@ -122,8 +122,10 @@ class SyncMap(MapHandle[CoreT]):
         base, view = core.view(start, n, writable)
         try:
             yield view
-        finally:
-            core.end_borrow(base, view)
+        except BaseException:
+            core.end_borrow(base, view, report=False)  # the block's own exception wins
+            raise
+        core.end_borrow(base, view)
 
     # -- memory management ------------------------------------------------------------
 
