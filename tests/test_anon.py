@@ -482,6 +482,21 @@ async def test_progress_callback_error_propagates() -> None:
         await m.update_region(0, b"ok")
 
 
+async def test_discarding_advice_never_touches_bytes_outside_the_range() -> None:
+    """Regression test: DONTNEED on an unaligned range used to widen it to whole pages."""
+    async with await AnonymousMmap.new(4 * PAGE) as m:
+        for advice in (anymmap.Advice.DONTNEED, anymmap.Advice.FREE):
+            await m.update_region(0, b"K" * 4 * PAGE)
+            await m.advise(advice, PAGE - 96, 200)  # inside no whole page: a no-op
+            assert await m.read(0, 4 * PAGE) == b"K" * 4 * PAGE
+            await m.advise(advice, PAGE - 1, 2 * PAGE + 2)  # wholly covers pages 1 and 2
+            data = await m.read(0, 4 * PAGE)
+            assert data[:PAGE] == b"K" * PAGE
+            assert data[3 * PAGE :] == b"K" * PAGE
+            if advice == anymmap.Advice.DONTNEED:
+                assert data[PAGE : 3 * PAGE] == bytes(2 * PAGE)
+
+
 async def test_advise_dontneed_zeroes_anonymous_memory(amap: AnonymousMmap) -> None:
     await amap.update_region(0, b"x" * SIZE)
     await amap.advise(anymmap.Advice.DONTNEED, 0, PAGE)

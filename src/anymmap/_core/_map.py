@@ -46,6 +46,9 @@ POPULATE_CHUNK = 16 << 20
 
 ProgressCallback = Callable[[int, int], object]
 
+#: Advice after which private pages read back as zeros (or as the file's data).
+DISCARDING_ADVICE = frozenset({os_impl.MADV_DONTNEED, os_impl.MADV_FREE})
+
 
 def page_floor(value: int) -> int:
     return value - value % PAGE_SIZE
@@ -56,10 +59,9 @@ def page_ceil(value: int) -> int:
 
 
 def _exporter_type(length: int) -> type[ctypes.Array[ctypes.c_ubyte]]:
-    # ctypes caches one array type per length forever; rounding up to a power of two keeps
-    # that cache to a few dozen types however many sizes are mapped.  Views are always
-    # sliced to the real length.
-    return ctypes.c_ubyte * (1 << (length - 1).bit_length())
+    # An array type of exactly `length` bytes, made fresh: `c_ubyte * n` would be cached by
+    # ctypes forever, one type per length ever mapped.  About 10 µs per map or resize.
+    return type("MappedBytes", (ctypes.Array,), {"_type_": ctypes.c_ubyte, "_length_": length})
 
 
 def _unmap(addr: int, length: int) -> None:
@@ -126,8 +128,8 @@ class MapCore:
         self.delta = delta
         self.length = length
         self.addr = map_addr + delta
-        # SAFETY: the array only describes [addr, addr + length) (its type may be longer,
-        # see _exporter_type); nothing reads past `length`, every view is sliced to it.
+        # SAFETY: the array describes exactly [addr, addr + length), which is mapped for as
+        # long as the array lives (the finalizer below unmaps it only when it dies).
         exporter = _exporter_type(length).from_address(self.addr)
         self._finalizer = weakref.finalize(exporter, _unmap, map_addr, map_len)
         self._finalizer.atexit = False  # the OS reclaims it; views may outlive atexit
@@ -365,9 +367,18 @@ class MapCore:
                     progress(min(done, n), n)
 
     def advise(self, advice: int, offset: object, length: object | None) -> None:
+        """``madvise`` the pages of the range: all pages it touches, except for advice that
+        discards data (``DISCARDING_ADVICE``), which only covers the pages that lie wholly
+        inside it, so no byte outside the range is ever lost."""
         with self.pinned():
             start, n = self.check_span(offset, length)
-            base, span = self.aligned(start, n)
+            if advice in DISCARDING_ADVICE:
+                base = page_ceil(self.addr + start)
+                span = page_floor(self.addr + start + n) - base
+                if span <= 0:
+                    return
+            else:
+                base, span = self.aligned(start, n)
             os_impl.madvise(base, span, advice)
 
     def resident(self, offset: int, length: int) -> bool:
