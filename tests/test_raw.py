@@ -480,3 +480,18 @@ async def test_native_cancel_wins_over_a_failing_worker(big_file: Path) -> None:
             await task
         assert isinstance(info.value.__cause__, MappingFaultError)
         assert m.lock.statistics().readers == 0
+
+
+async def test_a_descriptor_opened_with_o_direct(data_file: Path) -> None:
+    """Regression test: read(2) on an O_DIRECT descriptor wants aligned I/O (EINVAL)."""
+    fd = os.open(data_file, os.O_RDWR | os.O_DIRECT)
+    try:
+        async with await MmapRaw.map_raw(fd) as m:
+            assert await m.read(5, 100) == data_file.read_bytes()[5:105]
+            buf = bytearray(10)
+            m.read_into_nowait(PAGE + 3, buf)
+            await m.update_region(7, b"direct")
+            await m.flush()
+    finally:
+        os.close(fd)
+    assert data_file.read_bytes()[7:13] == b"direct"

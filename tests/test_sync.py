@@ -313,3 +313,26 @@ def test_behaves_like_a_bytearray(size: int, program: list[tuple[str, int, objec
                 model = model[:offset] + bytearray(max(0, offset - len(model)))
             assert len(m) == len(model)
         assert m.read(0, len(model)) == bytes(model)
+
+
+def test_progress_callback_may_close_the_map() -> None:
+    """Regression test: progress ran while the map was pinned, so close() deadlocked."""
+    m = AnonymousMmap.new(64 << 20)
+    outcome: list[BaseException] = []
+
+    def progress(done: int, total: int) -> None:
+        if done >= 16 << 20:
+            m.close()
+
+    def run() -> None:
+        try:
+            m.populate(progress=progress)
+        except ClosedMapError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "populate deadlocked"
+    assert m.closed
+    assert len(outcome) == 1

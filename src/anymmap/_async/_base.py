@@ -161,8 +161,10 @@ class AsyncMap(MapHandle[CoreT]):
 
         Works in 16 MiB chunks and calls ``progress(done, total)`` on the event loop thread
         after each.  ``write=True`` also prepares the pages for writing
-        (``MADV_POPULATE_WRITE``).  Runs beside copies and borrows (it does not change any
-        byte); ``resize`` and ``aclose`` wait for it.
+        (``MADV_POPULATE_WRITE``; on a shared file map that dirties every page).  Runs
+        beside copies and borrows, as it changes no byte; ``resize`` and ``aclose`` wait for
+        the chunk in progress, and the next chunk then raises ``ClosedMapError`` or
+        ``OutOfBoundsError``.
         """
         core = self._open_core()
         core.check_span(offset, length)  # fail fast; checked again once pinned

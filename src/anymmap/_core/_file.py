@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import weakref
 from collections.abc import Callable
@@ -34,6 +35,7 @@ Mode = Literal["rw", "r", "copy"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
 
 def open_fd(file: object, mode: Mode) -> int:
@@ -104,8 +106,10 @@ class FileCore(MapCore):
         self.fault_safe = fault_safe
         self.file_offset = start
         self._fixed = strict
-        # preadv(RWF_NOWAIT) reads what a shared map shows; a private (copy) map may differ
-        self._pread_ok = mode != "copy" and _RWF_NOWAIT is not None
+        # read(2) copies what a shared map shows (a private copy map may differ), unless
+        # the descriptor was opened with O_DIRECT, which wants aligned buffers and offsets.
+        self._pread = mode != "copy" and not fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT
+        self._pread_nowait = self._pread and _RWF_NOWAIT is not None
         self._fd_finalizer = weakref.finalize(self, os.close, fd)
         super().__init__(addr, map_len, delta, count, writable=mode != "r")
 
@@ -123,7 +127,7 @@ class FileCore(MapCore):
         n = len(dst)
         if n > limit or not n:
             return 0
-        if self._pread_ok:
+        if self._pread_nowait:
             # One syscall: copies from the page cache if every page is there, else EAGAIN
             # or a short count; it never waits for the disk and never faults.
             try:
@@ -133,7 +137,7 @@ class FileCore(MapCore):
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise
-                self._pread_ok = False  # e.g. tmpfs: use the mincore path from now on
+                self._pread_nowait = False  # e.g. tmpfs: use the mincore path from now on
             else:
                 if got == n:
                     return n
@@ -196,7 +200,7 @@ class FileCore(MapCore):
     # -- copies through the kernel --------------------------------------------------
 
     def _copy_out(self, dst: int, src: int, length: int) -> None:
-        if self.mode != "copy":
+        if self._pread:
             # A shared map shows the page cache: read(2) copies the same bytes, fault-safe,
             # and reads cold pages ahead faster than page faults do.
             got = os_impl.pread(self.fd, dst, length, self.file_offset + (src - self.addr))

@@ -350,21 +350,24 @@ class MapCore:
     ) -> None:
         """Fault the range in, chunk by chunk, calling ``progress(done, total)``.
 
-        The range is checked once the map is pinned, so a concurrent resize cannot move
-        it in between.
+        Each chunk is checked and faulted in while the map is pinned; ``progress`` runs
+        unpinned, so it may use the map (even close or resize it: the next chunk then
+        raises ClosedMapError or OutOfBoundsError).
         """
         if write:
             self.check_writable()
         with self.pinned():
             start, n = self.check_span(offset, length)
-            base, span = self.aligned(start, n)
-            done = 0
-            while done < span:
-                step = min(POPULATE_CHUNK, span - done)
-                os_impl.populate(base + done, step, write)
-                done += step
-                if progress is not None:
-                    progress(min(done, n), n)
+        done = 0
+        while done < n:
+            step = min(POPULATE_CHUNK, n - done)
+            with self.pinned():
+                self.check_range(start + done, step)
+                base, span = self.aligned(start + done, step)
+                os_impl.populate(base, span, write)
+            done += step
+            if progress is not None:
+                progress(done, n)
 
     def advise(self, advice: int, offset: object, length: object | None) -> None:
         """``madvise`` the pages of the range: all pages it touches, except for advice that
