@@ -85,6 +85,9 @@ async def test_accepts_any_contiguous_buffer(amap: AnonymousMmap) -> None:
         pytest.param(lambda m: m.update_region(0, "text"), TypeError, id="data str"),
         pytest.param(lambda m: m.advise(99999), ValueError, id="unknown advice"),
         pytest.param(lambda m: m.advise("random"), TypeError, id="advice str"),
+        pytest.param(lambda m: m.read(True, 1), TypeError, id="offset bool"),
+        pytest.param(lambda m: m.resize(True), TypeError, id="size bool"),
+        pytest.param(lambda m: m.populate(write="yes"), TypeError, id="write str"),
     ],
 )
 async def test_bad_arguments(

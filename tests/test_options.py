@@ -50,6 +50,7 @@ def _kwargs(opts: MmapOptions) -> dict[str, Any]:
         (lambda: MmapOptions().with_hint(PAGE + 1), InvalidHintError),
         (lambda: MmapOptions().with_hint(-PAGE), InvalidHintError),
         (lambda: MmapOptions().with_hint(0), InvalidHintError),
+        (lambda: MmapOptions().with_hint(2**64), InvalidHintError),
         (lambda: MmapOptions().populate(1), TypeError),  # type: ignore[arg-type]
         (lambda: MmapOptions(strict="yes"), TypeError),  # type: ignore[arg-type]
         (lambda: MmapOptions(size=3), TypeError),  # type: ignore[call-arg]

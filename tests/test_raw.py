@@ -102,8 +102,12 @@ async def test_bad_files(tmp_path: Path, data_file: Path) -> None:
     empty.touch()
     with pytest.raises(InvalidSizeError, match="empty file"):
         await MmapRaw.map_raw(empty)
-    with pytest.raises(OutOfBoundsError, match="outside the file"):
+    with pytest.raises(OutOfBoundsError, match=f"offset={SIZE}, length=0 is outside the file"):
         await MmapRaw.map_raw(data_file, offset=SIZE)
+    with pytest.raises(OutOfBoundsError, match="offset=9223372036854775808, length=0"):
+        await MmapRaw.map_raw(data_file, offset=2**63)
+    with pytest.raises(TypeError, match="bool"):
+        await MmapRaw.map_raw(data_file, offset=True)
     with pytest.raises(OutOfBoundsError, match="outside the file of"):
         await MmapRaw.map_raw(data_file, offset=1, length=SIZE)  # shorter than asked
     with pytest.raises(OutOfBoundsError):
@@ -275,9 +279,10 @@ async def test_truncated_file_raises_instead_of_sigbus(data_file: Path, mode: st
         # The first page and the tail of the second (zeros past the end) are still there.
         assert await m.read(0, 4) == bytes(range(4))
         assert await m.read(PAGE + 10, 4) == bytes(4)
-        with pytest.raises(MappingFaultError) as info:
+        with pytest.raises(MappingFaultError, match="truncated to") as info:
             await m.read(0, SIZE)
         assert info.value.errno == errno.EFAULT
+        assert info.value.address == m.as_ptr() + 2 * PAGE  # the first page past the end
         with pytest.raises(MappingFaultError):
             await m.read_into(3 * PAGE, bytearray(10))
         with pytest.raises(MappingFaultError):
@@ -339,11 +344,20 @@ async def test_resize_grow_and_shrink_keep_data(rw: MmapRaw, data_file: Path) ->
         await rw.read(PAGE + 1, 1)
 
 
-async def test_resize_with_offset_sets_the_file_size(data_file: Path) -> None:
+async def test_resizing_a_window_never_cuts_the_file(data_file: Path) -> None:
+    """Regression test: growing a map of the middle of a file truncated it to the map."""
+    original = data_file.read_bytes()
     async with await MmapRaw.map_raw(data_file, offset=PAGE + 3, length=10) as m:
-        await m.resize(PAGE)
-        assert os.path.getsize(data_file) == 2 * PAGE + 3
+        await m.resize(2 * PAGE)  # grows inside the file: the file stays as it is
+        assert os.path.getsize(data_file) == SIZE
+        await m.resize(5)  # shrinks: the map did not reach the end, the file stays too
+        assert os.path.getsize(data_file) == SIZE
         assert await m.read(0, 4) == bytes(range(3, 7))
+        await m.resize(SIZE)  # now past the end: the file grows to the map's end
+        assert os.path.getsize(data_file) == PAGE + 3 + SIZE
+        await m.resize(PAGE)  # reached the end, so shrinking cuts the file back
+        assert os.path.getsize(data_file) == 2 * PAGE + 3
+    assert data_file.read_bytes() == original[: 2 * PAGE + 3]
 
 
 @pytest.fixture
@@ -377,6 +391,17 @@ async def test_resize_on_a_full_disk_fails_cleanly(small_tmpfs: Path) -> None:
         await m.resize(2 * PAGE)  # what fits still grows
         await m.update_region(PAGE, b"b" * PAGE)  # allocated: no SIGBUS
         assert await m.read(PAGE, 3) == b"bbb"
+
+
+async def test_sparse_file_on_a_full_disk_is_a_clear_fault(small_tmpfs: Path) -> None:
+    """A hole the file system cannot fill is a fault, and the error says why."""
+    path = small_tmpfs / "sparse.bin"
+    with open(path, "wb") as f:
+        f.truncate(4 << 20)  # 4 MiB of holes on a 1 MiB file system
+    async with await MmapRaw.map_raw(path) as m:
+        with pytest.raises(MappingFaultError, match="could not provide the page"):
+            await m.update_region(0, b"x" * (2 << 20))
+        assert len(m) == 4 << 20
 
 
 # --- the event loop stays free ---------------------------------------------------------
@@ -495,3 +520,42 @@ async def test_a_descriptor_opened_with_o_direct(data_file: Path) -> None:
     finally:
         os.close(fd)
     assert data_file.read_bytes()[7:13] == b"direct"
+
+
+async def test_closed_read_only_map_says_closed(data_file: Path) -> None:
+    """Regression test: a closed "r" map answered writes with ReadOnlyError."""
+    m = await MmapRaw.map_raw(data_file, mode="r")
+    await m.aclose()
+    for call in (
+        lambda: m.update_region(0, b"x"),
+        lambda: m.resize(2 * SIZE),
+        lambda: m.flush(),
+        lambda: m.read(0, 1),
+    ):
+        with pytest.raises(anymmap.ClosedMapError):
+            await call()
+    with pytest.raises(anymmap.ClosedMapError):
+        m.as_mut_slice(0, 1)
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[Path]:
+    backing = tmp_path / "disk.img"
+    backing.write_bytes(bytes(range(256)) * (4 << 12))  # 4 MiB
+    made = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], capture_output=True, check=False
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot attach a loop device here: {made.stderr.decode().strip()}")
+    device = Path(made.stdout.decode().strip())
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", str(device)], check=False)
+
+
+async def test_block_device(loop_device: Path) -> None:
+    """A block device's st_size is 0; its size is where it ends."""
+    async with await MmapRaw.map_raw(loop_device, mode="r") as m:
+        assert len(m) == 4 << 20
+        assert await m.read(PAGE + 1, 3) == bytes([1, 2, 3])

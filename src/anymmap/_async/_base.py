@@ -89,7 +89,7 @@ class AsyncMap(MapHandle[CoreT]):
         :raises ReadOnlyError: if the map is read-only
         """
         src = byte_view(data, writable=False)
-        self._core.check_writable()
+        self._open_core().check_writable()
         async with self._lock.write():
             core = self._open_core()
             start, n = core.check_range(offset, len(src))
@@ -144,7 +144,7 @@ class AsyncMap(MapHandle[CoreT]):
 
         :raises ReadOnlyError: if the map is read-only
         """
-        self._core.check_writable()
+        self._open_core().check_writable()
         return _Borrow(self, offset, length, writable=True)
 
     # -- memory management ------------------------------------------------------------
@@ -190,9 +190,10 @@ class AsyncMap(MapHandle[CoreT]):
 
         Runs in a worker thread and is never abandoned halfway.  The address may change
         (except for a ``strict`` map, which must grow in place).  An anonymous map keeps
-        its bytes up to the smaller size and reads zeros after; a file map sets the file's
-        size to ``offset + new_size``, allocating new blocks first; the new size is
-        durable once a later ``flush()`` returns.
+        its bytes up to the smaller size and reads zeros after.  A file map grows the file
+        when it passes the file's end (allocating the blocks first) and cuts it when
+        shrinking only if the map reached the end; the new size is durable once a later
+        ``flush()`` returns.
 
         :raises InvalidSizeError: if ``new_size`` is 0 or above 128 TiB
         :raises ReadOnlyError: if the map is a read-only or copy file map
@@ -200,7 +201,7 @@ class AsyncMap(MapHandle[CoreT]):
         :raises RuntimeError: if the calling task is inside a borrow of this map
         """
         check_size(new_size)
-        self._core.check_resizable()
+        self._open_core().check_resizable()
         self._check_not_borrowing("resize")
         async with self._lock.write():
             await run_sync(self._open_core().resize, new_size)

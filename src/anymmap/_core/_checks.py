@@ -38,8 +38,11 @@ def check_range(offset: object, length: object, total: int) -> tuple[int, int]:
 
 
 def as_int(value: object, what: str) -> int:
+    """``value`` as an int: ints and integer-likes (``operator.index``), but not bools."""
     if type(value) is int:
         return value
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer, not bool")
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:

@@ -14,6 +14,8 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Literal, get_args
@@ -24,6 +26,7 @@ from .._errors import (
     MappingFaultError,
     OutOfBoundsError,
     ReadOnlyError,
+    UnsupportedError,
 )
 from .._sys import os_impl
 from ._anon import map_placed
@@ -36,6 +39,15 @@ MODES: tuple[str, ...] = get_args(Mode)
 
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+
+
+def file_size(fd: int) -> int:
+    """The size of what ``fd`` refers to: a regular file, or a block device (whose
+    ``st_size`` is 0, so it is asked for its end instead)."""
+    info = os.fstat(fd)
+    if stat.S_ISBLK(info.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    return info.st_size
 
 
 def open_fd(file: object, mode: Mode) -> int:
@@ -72,6 +84,8 @@ class FileCore(MapCore):
         populate: bool = False,
         no_reserve: bool = False,
     ) -> None:
+        if not os_impl.SUPPORTED:
+            raise UnsupportedError(f"anymmap file maps on {sys.platform}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
         if not isinstance(fault_safe, bool):
@@ -80,11 +94,13 @@ class FileCore(MapCore):
         wanted = None if length is None else check_size(length, "length")
         fd = open_fd(file, mode)
         try:
-            size = os.fstat(fd).st_size
+            size = file_size(fd)
             if size == 0:
                 raise InvalidSizeError(0, "cannot map an empty file")
+            if start < 0 or start >= size:
+                raise OutOfBoundsError(start, wanted or 0, size, "file")
             count = size - start if wanted is None else wanted
-            if start < 0 or start >= size or start + count > size:
+            if start + count > size:
                 raise OutOfBoundsError(start, count, size, "file")
 
             base = page_floor(start)
@@ -183,7 +199,7 @@ class FileCore(MapCore):
 
     def _past_end(self, offset: int) -> bool:
         """Whether ``offset`` (in the map) is at or past the current end of the file."""
-        return self.file_offset + offset >= os.fstat(self.fd).st_size
+        return self.file_offset + offset >= file_size(self.fd)
 
     def _raise_if_past_end(self, offset: int, length: int) -> None:
         """Raise the fault error if the range reaches a page past the end of the file.
@@ -191,7 +207,7 @@ class FileCore(MapCore):
         Used where a copy would otherwise be sent to a worker or refused with WouldBlock:
         a page past the end will never come into memory.
         """
-        size = os.fstat(self.fd).st_size
+        size = file_size(self.fd)
         last_page_end = page_ceil(self.delta + size - self.file_offset)
         if self.delta + offset + length > last_page_end:
             address = self.map_addr + max(last_page_end, self.delta + offset)
@@ -227,8 +243,14 @@ class FileCore(MapCore):
     def _translate(self, exc: OSError, address: int) -> OSError:
         if exc.errno != errno.EFAULT:
             return exc
-        size = os.fstat(self.fd).st_size
-        return MappingFaultError(address, f"the mapped file is now {size} bytes long")
+        address = getattr(exc, "address", address)  # the page that failed, when known
+        size = file_size(self.fd)
+        file_position = self.file_offset + (address - self.addr)
+        if file_position >= page_ceil(size):
+            why = f"the file was truncated to {size} bytes"
+        else:
+            why = "the file system could not provide the page (out of space, or an I/O error)"
+        return MappingFaultError(address, why)
 
     # -- flush ------------------------------------------------------------------------
 
@@ -271,12 +293,14 @@ class FileCore(MapCore):
     # -- resize -----------------------------------------------------------------------
 
     def resize(self, new_length: object) -> None:
-        """Make the file ``offset + new_length`` bytes long and the map ``new_length``.
+        """Make the map ``new_length`` bytes long, growing the file to match if needed.
 
         Growth allocates the new blocks first (``posix_fallocate``), so a full disk fails
         here with ``OSError(ENOSPC)`` and leaves file and map unchanged, instead of a later
-        write dying with SIGBUS.  The new size is durable once a later ``flush`` returns
-        (``msync(MS_SYNC)`` syncs what is needed to read the data back, size included).
+        write dying with SIGBUS.  Shrinking cuts the file to the map's new end only if the
+        map reached the end of the file; a window in the middle of a file never cuts it.
+        The new size is durable once a later ``flush`` returns (``msync(MS_SYNC)`` syncs
+        what is needed to read the data back, size included).
         """
         length = check_size(new_length)
         self.check_resizable()
@@ -285,7 +309,7 @@ class FileCore(MapCore):
                 raise ClosedMapError(self.kind)
             old_length = self.length
             old_addr, old_map_len = self.map_addr, self.map_len
-            old_size = os.fstat(self.fd).st_size
+            old_size = file_size(self.fd)
             self._retire()
             try:
                 if length > old_length:
@@ -295,8 +319,9 @@ class FileCore(MapCore):
                 addr = os_impl.mremap(old_addr, old_map_len, new_map_len, flags)
             except BaseException:
                 self._install(old_addr, old_map_len, self.delta, old_length)
-                if os.fstat(self.fd).st_size != old_size:
+                if file_size(self.fd) != old_size:
                     os.ftruncate(self.fd, old_size)
                 raise
             self._install(addr, new_map_len, self.delta, length)
-            os.ftruncate(self.fd, self.file_offset + length)
+            if length < old_length and old_size <= self.file_offset + old_length:
+                os.ftruncate(self.fd, self.file_offset + length)

@@ -354,6 +354,8 @@ class MapCore:
         unpinned, so it may use the map (even close or resize it: the next chunk then
         raises ClosedMapError or OutOfBoundsError).
         """
+        if not isinstance(write, bool):
+            raise TypeError(f"write must be True or False, not {type(write).__name__}")
         if write:
             self.check_writable()
         with self.pinned():

@@ -16,6 +16,9 @@ else:  # pragma: no cover
 
 _FIELDS = ("len", "hint", "populate", "no_reserve", "strict")
 
+#: No user address space reaches this far (57-bit virtual addresses at most).
+MAX_HINT = 1 << 57
+
 
 class OptionsBase:
     """Immutable map options with chainable setters; see ``anymmap.MmapOptions``."""
@@ -132,9 +135,10 @@ class OptionsBase:
 
 def _check_hint(hint: object) -> int:
     addr = as_int(hint, "hint")
-    if addr <= 0 or addr % os_impl.PAGE_SIZE:
+    if not 0 < addr < MAX_HINT or addr % os_impl.PAGE_SIZE:
         raise InvalidHintError(
-            f"hint {addr:#x} must be a positive multiple of the page size ({os_impl.PAGE_SIZE})"
+            f"hint {addr:#x} must be a positive multiple of the page size ({os_impl.PAGE_SIZE}) "
+            f"below {MAX_HINT:#x}"
         )
     return addr
 

@@ -151,7 +151,7 @@ class SyncMap(MapHandle[CoreT]):
         """Grow or shrink the map once no borrow or copy is running; see
         :meth:`anymmap.AnonymousMmap.resize`."""
         check_size(new_size)
-        self._core.check_resizable()
+        self._open_core().check_resizable()
         with self._lock.write():
             self._open_core().resize(new_size)
 

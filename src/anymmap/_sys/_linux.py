@@ -306,9 +306,9 @@ def _vm_copy(call: Callable[..., int], local: int, remote: int, length: int, wha
         # SAFETY: iov holds two struct iovec {base, len}; the local range is a buffer the
         # caller holds an export of, the remote range is checked by the kernel.
         n = call(_PID, scratch.iov_addr, 1, scratch.iov_addr + _IOVEC_SIZE, 1, 0)
-        if n < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"{what} at {remote + done:#x}: {os.strerror(code)}")
-        if n == 0:
-            raise OSError(errno.EFAULT, f"{what} at {remote + done:#x}: page not reachable")
+        if n <= 0:
+            code = ctypes.get_errno() if n < 0 else errno.EFAULT
+            error = OSError(code, f"{what} at {remote + done:#x}: {os.strerror(code)}")
+            error.address = remote + done  # type: ignore[attr-defined]
+            raise error
         done += n
