@@ -43,14 +43,6 @@ _limiter: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
 )
 
 
-def in_trio() -> bool:
-    """Whether the calling task runs under trio (else asyncio).
-
-    Hot paths inline this as ``backend_local.name == "trio"``.
-    """
-    return bool(backend_local.name == "trio")
-
-
 def current_task() -> object:
     """Return the running task object (an ``asyncio.Task`` or a ``trio.lowlevel.Task``).
 
@@ -84,7 +76,7 @@ def _trio() -> types.ModuleType:
 def checkpoint() -> Generator[Any, Any, None]:
     """Check for cancellation and let other tasks run (``trio.lowlevel.checkpoint``).
 
-    Hot paths inline this as ``if in_trio(): yield from trio_checkpoint() else: yield``.
+    Hot paths (the RWLock guards) inline it.
     """
     if backend_local.name == "trio":
         yield from trio_checkpoint()

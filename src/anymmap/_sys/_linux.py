@@ -260,12 +260,6 @@ def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
         _raise_errno("sync_file_range")
 
 
-def full_fsync(fd: int) -> None:
-    """Make a file's data durable.  Linux: ``fdatasync`` (msync(MS_SYNC) already did the
-    pages; this is for callers that need the file itself)."""
-    os.fdatasync(fd)
-
-
 class _Scratch(threading.local):
     def __init__(self) -> None:
         self.word = ctypes.c_uint64()

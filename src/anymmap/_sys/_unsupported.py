@@ -51,4 +51,4 @@ def _unsupported(*args: object) -> NoReturn:
 
 
 mmap = munmap = mprotect = msync = madvise = mremap = memmove = pread = _unsupported
-resident = populate = sync_file_range = full_fsync = read_memory = write_memory = _unsupported
+resident = populate = sync_file_range = read_memory = write_memory = _unsupported
