@@ -32,7 +32,7 @@ from .._sys import os_impl
 from ._anon import map_placed
 from ._buffers import PinnedBuffer
 from ._checks import as_int, check_size
-from ._map import MapCore, ProgressCallback, page_ceil, page_floor
+from ._map import MapCore, page_ceil, page_floor
 
 Mode = Literal["rw", "r", "copy"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -271,20 +271,6 @@ class FileCore(MapCore):
             else:
                 file_start = self.file_offset - self.delta + (start - self.map_addr)
                 os_impl.sync_file_range(self.fd, file_start, span, os_impl.SYNC_FILE_RANGE_WRITE)
-
-    def populate(
-        self,
-        offset: object,
-        length: object | None,
-        write: bool,
-        progress: ProgressCallback | None,
-    ) -> None:
-        try:
-            super().populate(offset, length, write, progress)
-        except MappingFaultError:
-            raise
-        except OSError as exc:
-            raise self._translate(exc, self.addr) from None
 
     def check_resizable(self) -> None:
         if self.mode != "rw":

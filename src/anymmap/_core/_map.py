@@ -27,7 +27,6 @@ from typing import ClassVar
 from .._errors import (
     BorrowError,
     ClosedMapError,
-    MappingFaultError,
     OutOfBoundsError,
     ReadOnlyError,
 )
@@ -330,9 +329,10 @@ class MapCore:
     def _copy_in(self, dst: int, src: int, length: int) -> None:
         os_impl.memmove(dst, src, length)
 
-    @staticmethod
-    def _fault(exc: OSError, address: int) -> MappingFaultError:
-        return MappingFaultError(address, exc.strerror or "")
+    def _translate(self, exc: OSError, address: int) -> OSError:
+        """The error to raise for a failed system call on the map at ``address``; file
+        maps turn EFAULT into MappingFaultError."""
+        return exc
 
     # -- memory management ------------------------------------------------------------
 
@@ -366,7 +366,10 @@ class MapCore:
             with self.pinned():
                 self.check_range(start + done, step)
                 base, span = self.aligned(start + done, step)
-                os_impl.populate(base, span, write)
+                try:
+                    os_impl.populate(base, span, write)
+                except OSError as exc:
+                    raise self._translate(exc, base) from None
             done += step
             if progress is not None:
                 progress(done, n)
