@@ -156,7 +156,11 @@ async def run_sync(func: Callable[..., T], *args: object) -> T:
     call = _WorkerCall(func, args, asyncio.get_running_loop())
     hop = asyncio.ensure_future(anyio.to_thread.run_sync(call.run, limiter=thread_limiter()))
     hop.add_done_callback(call.hop_done)
-    return await _wait_for(call.outcome)
+    # Wait for anyio's task as well as for the outcome: the worker delivers the outcome
+    # first, and a caller that resumed before anyio's task ended could let the loop close
+    # with that task pending, leaving anyio's (non-daemon) worker thread waiting forever
+    # for a stop that never comes, and the interpreter waiting for it at exit.
+    return await _wait_for(call.outcome, hop)
 
 
 class _WorkerCall(Generic[T]):
@@ -210,13 +214,15 @@ class _WorkerCall(Generic[T]):
         self._fail(error or asyncio.CancelledError())
 
 
-async def _wait_for(future: asyncio.Future[T]) -> T:
-    """Wait for ``future`` through any number of cancellations, then deliver the first."""
+async def _wait_for(future: asyncio.Future[T], *also: asyncio.Future[Any]) -> T:
+    """Wait for ``future`` (and the futures in ``also``) through any number of
+    cancellations, then deliver the first cancellation, or ``future``'s outcome."""
     cancelled: BaseException | None = None
+    pending = (future, *also)
     with anyio.CancelScope(shield=True):
-        while not future.done():
+        while not all(f.done() for f in pending):
             try:
-                await asyncio.wait((future,))  # unlike shield(), never touches `future`
+                await asyncio.wait(pending)  # unlike shield(), never touches the futures
             except asyncio.CancelledError as exc:  # noqa: PERF203 - rare, and must loop
                 if cancelled is None:
                     cancelled = exc

@@ -1,0 +1,52 @@
+"""Run a scenario in a child process, so that a crash or a hang fails one test instead of
+the whole run.
+
+The child arms ``faulthandler.dump_traceback_later`` first: a hang (also one at interpreter
+exit, where non-daemon threads are joined) dumps every thread's stack to stderr and exits
+with status 1 well before pytest's own timeout, so the report shows where it hung.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+#: Seconds a scenario may take before its stacks are dumped (pytest's timeout is 120).
+CHILD_TIMEOUT = 45.0
+
+_PRELUDE = "import faulthandler; faulthandler.dump_traceback_later({timeout!r}, exit=True)\n"
+
+
+def run_child(
+    code: str, *args: str, timeout: float = CHILD_TIMEOUT, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) in a fresh interpreter with ``args`` as ``sys.argv[1:]``."""
+    source = _PRELUDE.format(timeout=timeout) + textwrap.dedent(code)
+    return subprocess.run(
+        [sys.executable, "-c", source, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,  # faulthandler fires first; this only guards the guard
+        check=False,
+        cwd=cwd,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+    )
+
+
+def describe(result: subprocess.CompletedProcess[str]) -> str:
+    """A failure message: how the child ended and the end of its output."""
+    code = result.returncode
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+    return f"child {how}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+
+
+def check_child(code: str, *args: str, expect: str = "ok", **kwargs: object) -> str:
+    """Run ``code`` in a child; it must exit with status 0 and print ``expect`` last."""
+    result = run_child(code, *args, **kwargs)  # type: ignore[arg-type]
+    assert result.returncode == 0, describe(result)
+    lines = result.stdout.strip().splitlines()
+    assert lines and lines[-1] == expect, describe(result)
+    return result.stdout
