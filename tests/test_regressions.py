@@ -87,3 +87,69 @@ def test_interpreter_exits_when_the_loop_ends_during_worker_calls(
     a map as the loop ended; anyio's worker thread waited for a stop that never came,
     because the caller resumed before anyio's own task (the root of that worker) ended."""
     check_child(_LOOP_ENDS_WHILE_WORKERS_RUN, runner, ending, work)
+
+
+_BORROW_ENDED_ELSEWHERE = """
+    import gc, sys, threading
+    import anyio, anymmap, anymmap.sync
+
+    BACKEND, WRITABLE = sys.argv[1], sys.argv[2] == "mut"
+
+    async def main():
+        m = await anymmap.AnonymousMmap.new(4096)
+
+        async def records():
+            borrow = m.as_mut_slice(0, 16) if WRITABLE else m.as_slice(0, 16)
+            async with borrow as view:
+                yield bytes(view)
+                yield bytes(view)
+
+        async for _ in records():
+            break  # no aclosing(): the generator is finalized by another task
+        gc.collect()
+        with anyio.fail_after(10):
+            while m.lock.locked():  # the finalizer task runs the borrow's exit
+                await anyio.sleep(0.01)
+            await m.update_region(0, b"after")  # a writer gets in
+            await m.resize(8192)
+            await m.aclose()
+        with anyio.fail_after(10):  # a direct release by a non-owner is still refused
+            lock = anymmap.RWLock()
+            await lock.acquire_read()
+            async with anyio.create_task_group() as tg:
+                async def other():
+                    try:
+                        lock.release_read()
+                    except RuntimeError:
+                        print("refused")
+                tg.start_soon(other)
+            lock.release_read()
+
+    anyio.run(main, backend=BACKEND)
+
+    m = anymmap.sync.AnonymousMmap.new(4096)
+    def records():
+        with (m.as_mut_slice(0, 16) if WRITABLE else m.as_slice(0, 16)) as view:
+            yield bytes(view)
+    gen = records()
+    next(gen)
+    closer = threading.Thread(target=gen.close)
+    closer.start()
+    closer.join()
+    m.update_region(0, b"after")
+    m.resize(8192)
+    m.close()
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("kind", ["read", "mut"])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_borrow_ended_by_another_task_or_thread_releases_its_lock(
+    backend: str, kind: str
+) -> None:
+    """Regression test: an async generator finalized by another task (or a generator closed
+    by another thread) inside a borrow raised "not holding the read lock" in the borrow's
+    exit and left the lock held forever: every writer, resize and aclose then hung."""
+    out = check_child(_BORROW_ENDED_ELSEWHERE, backend, kind)
+    assert "refused" in out

@@ -55,13 +55,23 @@ class _Ticket(Waiter):
 
 
 class _Guard:
-    """An async context manager that holds one side of a lock for its block; it remembers
-    its task from entry to exit, so ``__aexit__`` needs no lookup."""
+    """An async context manager that holds one side of a lock for its block.
+
+    It remembers the task that acquired, and its exit releases on behalf of that task,
+    whichever task runs it: an async generator suspended inside the block may be
+    finalized by another task, and the lock must not stay held forever.
+    """
 
     __slots__ = ("_lock", "_task")
 
+    _task: object
+
     def __init__(self, lock: RWLock) -> None:
         self._lock = lock
+
+    def release(self) -> None:
+        """Release what this guard acquired (synchronous; for the maps' borrows)."""
+        raise NotImplementedError  # pragma: no cover
 
 
 class _ReadGuard(_Guard):
@@ -99,6 +109,9 @@ class _ReadGuard(_Guard):
         self._lock._release_read(self._task)
         yield from ()  # a generator that never yields: __aexit__ must be awaitable
 
+    def release(self) -> None:
+        self._lock._release_read(self._task)
+
 
 class _WriteGuard(_Guard):
     """What ``RWLock.write()`` returns."""
@@ -130,6 +143,9 @@ class _WriteGuard(_Guard):
     ) -> Generator[Any, Any, None]:
         self._lock._release_write(self._task)
         yield from ()  # a generator that never yields: __aexit__ must be awaitable
+
+    def release(self) -> None:
+        self._lock._release_write(self._task)
 
 
 class RWLock:

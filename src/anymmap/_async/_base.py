@@ -20,7 +20,7 @@ from .._core._checks import byte_view, check_size
 from .._core._handle import CoreT, MapHandle
 from .._core._map import INLINE_COPY_LIMIT, ProgressCallback
 from .._eventloop import checkpoint, current_task, run_sync, shielded
-from .._rwlock import RWLock
+from .._rwlock import RWLock, _ReadGuard, _WriteGuard
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -239,12 +239,17 @@ class AsyncMap(MapHandle[CoreT]):
 
 
 class _Borrow:
-    """The async context manager behind ``as_slice`` and ``as_mut_slice``."""
+    """The async context manager behind ``as_slice`` and ``as_mut_slice``.
 
-    __slots__ = ("_base", "_length", "_map", "_offset", "_view", "_writable")
+    Its exit releases what its entry acquired, on behalf of the task that entered, even
+    when another task runs the exit (an async generator finalized elsewhere).
+    """
+
+    __slots__ = ("_base", "_guard", "_length", "_map", "_offset", "_view", "_writable")
 
     _base: memoryview
     _view: memoryview
+    _guard: _ReadGuard | _WriteGuard
 
     def __init__(self, owner: AsyncMap[Any], offset: int, length: int, writable: bool):
         self._map = owner
@@ -254,16 +259,15 @@ class _Borrow:
 
     async def __aenter__(self) -> memoryview:
         lock = self._map._lock
-        if self._writable:
-            await lock.acquire_write()
-        else:
-            await lock.acquire_read()
+        guard = lock.write() if self._writable else lock.read()
+        await guard.__aenter__()
+        self._guard = guard
         try:
             core = self._map._open_core()
             start, n = core.check_range(self._offset, self._length)
             self._base, self._view = core.view(start, n, self._writable)
         except BaseException:
-            self._release()
+            guard.release()
             raise
         return self._view
 
@@ -279,10 +283,4 @@ class _Borrow:
             self._map._core.end_borrow(base, view, report=exc_type is None)
         finally:
             del base, view
-            self._release()
-
-    def _release(self) -> None:
-        if self._writable:
-            self._map._lock.release_write()
-        else:
-            self._map._lock.release_read()
+            self._guard.release()

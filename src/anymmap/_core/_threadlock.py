@@ -14,6 +14,10 @@ class ThreadRWLock:
 
     A thread that already reads may read again at once (two nested borrows never deadlock
     behind a waiting writer); asking to write while holding the lock raises RuntimeError.
+
+    The ``read()`` / ``write()`` blocks release on behalf of the thread that entered them,
+    whichever thread runs the exit (a generator suspended inside a borrow may be closed
+    by another thread); a plain ``release_*()`` releases for the calling thread only.
     """
 
     __slots__ = ("_cond", "_readers", "_writer", "_writers_waiting")
@@ -24,12 +28,13 @@ class ThreadRWLock:
         self._writer: int | None = None
         self._writers_waiting = 0
 
-    def acquire_read(self, blocking: bool = True) -> None:
+    def acquire_read(self, blocking: bool = True) -> int:
+        """Acquire for the calling thread and return its identity (for ``_release_*``)."""
         me = threading.get_ident()
         with self._cond:
             if me in self._readers:
                 self._readers[me] += 1
-                return
+                return me
             if self._writer == me:
                 raise RuntimeError("this thread holds the write lock")
             while self._writer is not None or self._writers_waiting:
@@ -37,9 +42,12 @@ class ThreadRWLock:
                     raise WouldBlock
                 self._cond.wait()
             self._readers[me] = 1
+        return me
 
     def release_read(self) -> None:
-        me = threading.get_ident()
+        self._release_read(threading.get_ident())
+
+    def _release_read(self, me: int) -> None:
         with self._cond:
             count = self._readers.pop(me, 0)
             if count > 1:
@@ -49,14 +57,15 @@ class ThreadRWLock:
             elif not self._readers:
                 self._cond.notify_all()
 
-    def acquire_write(self, blocking: bool = True) -> None:
+    def acquire_write(self, blocking: bool = True) -> int:
+        """Acquire for the calling thread and return its identity (for ``_release_*``)."""
         me = threading.get_ident()
         with self._cond:
             if self._writer == me or me in self._readers:
                 raise RuntimeError("this thread already holds the lock")
             if self._writer is None and not self._readers:
                 self._writer = me
-                return
+                return me
             if not blocking:
                 raise WouldBlock
             self._writers_waiting += 1
@@ -66,26 +75,30 @@ class ThreadRWLock:
             finally:
                 self._writers_waiting -= 1
             self._writer = me
+        return me
 
     def release_write(self) -> None:
+        self._release_write(threading.get_ident())
+
+    def _release_write(self, me: int) -> None:
         with self._cond:
-            if self._writer != threading.get_ident():
+            if self._writer != me:
                 raise RuntimeError("this thread is not holding the write lock")
             self._writer = None
             self._cond.notify_all()
 
     @contextmanager
     def read(self, blocking: bool = True) -> Iterator[None]:
-        self.acquire_read(blocking)
+        me = self.acquire_read(blocking)
         try:
             yield
         finally:
-            self.release_read()
+            self._release_read(me)
 
     @contextmanager
     def write(self, blocking: bool = True) -> Iterator[None]:
-        self.acquire_write(blocking)
+        me = self.acquire_write(blocking)
         try:
             yield
         finally:
-            self.release_write()
+            self._release_write(me)
