@@ -153,3 +153,67 @@ def test_a_borrow_ended_by_another_task_or_thread_releases_its_lock(
     exit and left the lock held forever: every writer, resize and aclose then hung."""
     out = check_child(_BORROW_ENDED_ELSEWHERE, backend, kind)
     assert "refused" in out
+
+
+_INDEX_CALLS_BACK = """
+    import os, sys, tempfile
+    import anyio, anyio.from_thread, anymmap, anymmap.sync
+
+    path = tempfile.mktemp()
+    with open(path, "wb") as f:
+        f.truncate(1 << 16)
+
+    class Evil:
+        # An offset whose __index__ closes or resizes the map it is passed to.
+        def __init__(self, action):
+            self.action = action
+        def __index__(self):
+            self.action()
+            return 0
+
+    CALLS = {
+        "advise": lambda m, i: m.advise(anymmap.Advice.RANDOM, i, 4096),
+        "populate": lambda m, i: m.populate(i, 4096),
+        "flush_range": lambda m, i: m.flush_range(i, 4096),
+        "flush_async_range": lambda m, i: m.flush_async_range(i, 4096),
+        "read": lambda m, i: m.read(i, 16),
+        "update_region": lambda m, i: m.update_region(i, b"x"),
+        "resize": lambda m, i: m.resize(i),
+    }
+    outcomes = set()
+    for name, call in CALLS.items():
+        for action in ("close", "resize"):
+            m = anymmap.sync.MmapRaw.map_raw(path)
+            act = m.close if action == "close" else (lambda: m.resize(1 << 15))
+            try:
+                call(m, Evil(act))
+            except (RuntimeError, anymmap.AnymmapError) as exc:
+                outcomes.add(type(exc).__name__)
+            m.close()
+
+    async def main():
+        for name, call in CALLS.items():
+            m = await anymmap.MmapRaw.map_raw(path)
+            # From a worker thread this would wait for the map's own call: a deadlock.
+            evil = Evil(lambda: anyio.from_thread.run(m.aclose))
+            with anyio.fail_after(10):
+                try:
+                    await call(m, evil)
+                except (RuntimeError, anymmap.AnymmapError) as exc:
+                    outcomes.add(type(exc).__name__)
+                await m.aclose()
+
+    anyio.run(main)
+    anyio.run(main, backend="trio")
+    os.unlink(path)
+    print(sorted(outcomes))
+    print("ok")
+"""
+
+
+def test_index_that_closes_or_resizes_the_map_never_hangs() -> None:
+    """Regression test: ``advise``, ``populate`` and ``flush_range`` pinned the map, then
+    converted their arguments; an ``__index__`` that closed or resized the map waited for
+    the pin its own thread held, for ever.  Arguments are now converted before pinning,
+    and closing or resizing from inside a pinned call raises ``RuntimeError``."""
+    check_child(_INDEX_CALLS_BACK, timeout=30)

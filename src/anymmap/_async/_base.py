@@ -166,8 +166,10 @@ class AsyncMap(MapHandle[CoreT]):
         the chunk in progress, and the next chunk then raises ``ClosedMapError`` or
         ``OutOfBoundsError``.
         """
+        if not isinstance(write, bool):
+            raise TypeError(f"write must be True or False, not {type(write).__name__}")
         core = self._open_core()
-        core.check_span(offset, length)  # fail fast; checked again once pinned
+        start, n = core.check_span(offset, length)  # checked again once pinned
         report: ProgressCallback | None = None
         if progress is not None:
             callback = progress
@@ -175,15 +177,15 @@ class AsyncMap(MapHandle[CoreT]):
             def report(done: int, total: int) -> None:
                 anyio.from_thread.run_sync(callback, done, total)
 
-        await run_sync(core.populate, offset, length, write, report)
+        await run_sync(core.populate, start, n, write, report)
 
     async def advise(self, advice: int, offset: int = 0, length: int | None = None) -> None:
         """Give the kernel :class:`~anymmap.Advice` about the range (``madvise``), in a
         worker thread.  ``offset`` and ``length`` need not be page-aligned."""
         value = check_advice(advice)
         core = self._open_core()
-        core.check_span(offset, length)  # fail fast; checked again once pinned
-        await run_sync(core.advise, value, offset, length)
+        start, n = core.check_span(offset, length)  # checked again once pinned
+        await run_sync(core.advise, value, start, n)
 
     async def resize(self, new_size: int) -> None:
         """Grow or shrink the map once no borrow or copy is running.
@@ -200,11 +202,11 @@ class AsyncMap(MapHandle[CoreT]):
         :raises BorrowError: if an object exported from a borrow is still alive
         :raises RuntimeError: if the calling task is inside a borrow of this map
         """
-        check_size(new_size)
+        size = check_size(new_size)
         self._open_core().check_resizable()
         self._check_not_borrowing("resize")
         async with self._lock.write():
-            await run_sync(self._open_core().resize, new_size)
+            await run_sync(self._open_core().resize, size)
 
     async def aclose(self) -> None:
         """Wait for borrows and copies to end, then unmap in a worker thread.

@@ -84,8 +84,8 @@ class MmapRaw(AsyncMap[FileCore], FileMapInfo):
         """Like :meth:`flush`, for the bytes ``[offset, offset + length)``; the range need
         not be page-aligned.  Other dirty pages may be written as well."""
         core = self._open_core()
-        core.check_range(offset, length)  # fail fast; checked again once pinned
-        await run_sync(core.flush, offset, length, True)
+        start, n = core.check_range(offset, length)  # checked again once pinned
+        await run_sync(core.flush, start, n, True)
 
     async def flush_async(self) -> None:
         """Start writing the map's dirty pages to the file and return without waiting.
@@ -100,5 +100,5 @@ class MmapRaw(AsyncMap[FileCore], FileMapInfo):
         """Like :meth:`flush_async`, for the bytes ``[offset, offset + length)``.  Not
         durable."""
         core = self._open_core()
-        core.check_range(offset, length)
-        await run_sync(core.flush, offset, length, False)
+        start, n = core.check_range(offset, length)  # checked again once pinned
+        await run_sync(core.flush, start, n, False)

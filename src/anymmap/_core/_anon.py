@@ -7,7 +7,6 @@ import errno
 
 from .._errors import ClosedMapError, HintNotHonoredError, InvalidHintError
 from .._sys import os_impl
-from ._checks import check_size
 from ._map import MapCore, page_ceil
 
 _RW = os_impl.PROT_READ | os_impl.PROT_WRITE
@@ -65,11 +64,10 @@ class AnonCore(MapCore):
         self._fixed = strict
         super().__init__(addr, map_len, 0, length, writable=True)
 
-    def resize(self, new_length: object) -> None:
+    def resize(self, length: int) -> None:
         """Grow or shrink with ``mremap``; the contents up to the smaller length stay, the
         rest reads as zeros.  The address may change, except for a ``strict`` map, which
         must grow in place (``OSError(ENOMEM)`` if it cannot)."""
-        length = check_size(new_length)
         with self._exclusive() as still_open:
             if not still_open:
                 raise ClosedMapError(self.kind)

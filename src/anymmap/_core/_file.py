@@ -254,7 +254,7 @@ class FileCore(MapCore):
 
     # -- flush ------------------------------------------------------------------------
 
-    def flush(self, offset: object, length: object | None, wait: bool) -> None:
+    def flush(self, first: int, n: int | None, wait: bool) -> None:
         """Write the dirty pages of the range back to the file.
 
         ``wait=True``: ``msync(MS_SYNC)``, durable when it returns.  ``wait=False``: start
@@ -262,7 +262,9 @@ class FileCore(MapCore):
         read-only and copy maps, whose pages never reach the file.
         """
         with self.pinned():
-            first, n = self.check_span(offset, length)
+            if n is None:  # the whole map, as long as it is now
+                n = self.length - first
+            self.check_range(first, n)
             if self.mode != "rw" or not n:
                 return
             start, span = self.aligned(first, n)
@@ -278,8 +280,8 @@ class FileCore(MapCore):
 
     # -- resize -----------------------------------------------------------------------
 
-    def resize(self, new_length: object) -> None:
-        """Make the map ``new_length`` bytes long, growing the file to match if needed.
+    def resize(self, length: int) -> None:
+        """Make the map ``length`` bytes long, growing the file to match if needed.
 
         Growth allocates the new blocks first (``posix_fallocate``), so a full disk fails
         here with ``OSError(ENOSPC)`` and leaves file and map unchanged, instead of a later
@@ -288,7 +290,6 @@ class FileCore(MapCore):
         The new size is durable once a later ``flush`` returns (``msync(MS_SYNC)`` syncs
         what is needed to read the data back, size included).
         """
-        length = check_size(new_length)
         self.check_resizable()
         with self._exclusive() as still_open:
             if not still_open:

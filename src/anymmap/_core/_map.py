@@ -113,6 +113,7 @@ class MapCore:
     def __init__(self, map_addr: int, map_len: int, delta: int, length: int, writable: bool):
         self._cond = threading.Condition(threading.Lock())
         self._pins = 0
+        self._pinners: dict[int, int] = {}  # thread identity -> pins it holds
         self._remapping = False
         self._closed = False
         self.writable = writable
@@ -178,11 +179,19 @@ class MapCore:
 
     @contextmanager
     def _exclusive(self) -> Iterator[bool]:
-        """Hold off new pins and wait for the current ones; yields False if closed."""
+        """Hold off new pins and wait for the current ones; yields False if closed.
+
+        :raises RuntimeError: if the calling thread holds a pin (it would wait for itself)
+        """
         with self._cond:
             if self._closed:
                 yield False
                 return
+            if threading.get_ident() in self._pinners:
+                raise RuntimeError(
+                    f"cannot close or resize a {self.kind} from inside one of its own calls "
+                    "on the same thread"
+                )
             self._remapping = True
             try:
                 while self._pins:
@@ -198,21 +207,27 @@ class MapCore:
 
         :raises ClosedMapError: if the map is closed
         """
+        me = threading.get_ident()
         with self._cond:
             while self._remapping:
                 self._cond.wait()
             if self._closed:
                 raise ClosedMapError(self.kind)
             self._pins += 1
+            self._pinners[me] = self._pinners.get(me, 0) + 1
         try:
             yield
         finally:
             with self._cond:
                 self._pins -= 1
+                if self._pinners[me] == 1:
+                    del self._pinners[me]
+                else:
+                    self._pinners[me] -= 1
                 if not self._pins:
                     self._cond.notify_all()
 
-    def resize(self, new_length: object) -> None:
+    def resize(self, length: int) -> None:
         raise NotImplementedError  # pragma: no cover - every map type defines it
 
     def check_resizable(self) -> None:
@@ -342,24 +357,18 @@ class MapCore:
         return start, page_ceil(self.addr + offset + length) - start
 
     def populate(
-        self,
-        offset: object,
-        length: object | None,
-        write: bool,
-        progress: ProgressCallback | None,
+        self, start: int, n: int, write: bool, progress: ProgressCallback | None
     ) -> None:
         """Fault the range in, chunk by chunk, calling ``progress(done, total)``.
 
+        The arguments are plain ints, converted by the caller before anything is pinned
+        (an ``__index__`` run inside a pin could close the map and wait for itself).
         Each chunk is checked and faulted in while the map is pinned; ``progress`` runs
         unpinned, so it may use the map (even close or resize it: the next chunk then
         raises ClosedMapError or OutOfBoundsError).
         """
-        if not isinstance(write, bool):
-            raise TypeError(f"write must be True or False, not {type(write).__name__}")
         if write:
             self.check_writable()
-        with self.pinned():
-            start, n = self.check_span(offset, length)
         done = 0
         while done < n:
             step = min(POPULATE_CHUNK, n - done)
@@ -374,12 +383,12 @@ class MapCore:
             if progress is not None:
                 progress(done, n)
 
-    def advise(self, advice: int, offset: object, length: object | None) -> None:
+    def advise(self, advice: int, start: int, n: int) -> None:
         """``madvise`` the pages of the range: all pages it touches, except for advice that
         discards data (``DISCARDING_ADVICE``), which only covers the pages that lie wholly
         inside it, so no byte outside the range is ever lost."""
         with self.pinned():
-            start, n = self.check_span(offset, length)
+            self.check_range(start, n)
             if advice in DISCARDING_ADVICE:
                 base = page_ceil(self.addr + start)
                 span = page_floor(self.addr + start + n) - base

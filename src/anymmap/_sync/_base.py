@@ -141,19 +141,26 @@ class SyncMap(MapHandle[CoreT]):
 
         ``progress(done, total)`` is called after each 16 MiB chunk.
         """
-        self._open_core().populate(offset, length, write, progress)
+        if not isinstance(write, bool):
+            raise TypeError(f"write must be True or False, not {type(write).__name__}")
+        core = self._open_core()
+        start, n = core.check_span(offset, length)
+        core.populate(start, n, write, progress)
 
     def advise(self, advice: int, offset: int = 0, length: int | None = None) -> None:
         """Give the kernel :class:`~anymmap.Advice` about the range (``madvise``)."""
-        self._open_core().advise(check_advice(advice), offset, length)
+        value = check_advice(advice)
+        core = self._open_core()
+        start, n = core.check_span(offset, length)
+        core.advise(value, start, n)
 
     def resize(self, new_size: int) -> None:
         """Grow or shrink the map once no borrow or copy is running; see
         :meth:`anymmap.AnonymousMmap.resize`."""
-        check_size(new_size)
+        size = check_size(new_size)
         self._open_core().check_resizable()
         with self._lock.write():
-            self._open_core().resize(new_size)
+            self._open_core().resize(size)
 
     def close(self) -> None:
         """Wait for borrows and copies to finish, then unmap.  Closing twice is fine.

@@ -41,7 +41,8 @@ class MmapRaw(SyncMap[FileCore], FileMapInfo):
 
     def flush_range(self, offset: int, length: int) -> None:
         """Like :meth:`flush`, for ``[offset, offset + length)`` (need not be aligned)."""
-        self._open_core().flush(offset, length, True)
+        core = self._open_core()
+        core.flush(*core.check_range(offset, length), True)
 
     def flush_async(self) -> None:
         """Start writeback of the dirty pages and return; not durable."""
@@ -49,4 +50,5 @@ class MmapRaw(SyncMap[FileCore], FileMapInfo):
 
     def flush_async_range(self, offset: int, length: int) -> None:
         """Start writeback of ``[offset, offset + length)`` and return; not durable."""
-        self._open_core().flush(offset, length, False)
+        core = self._open_core()
+        core.flush(*core.check_range(offset, length), False)
