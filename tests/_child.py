@@ -47,6 +47,6 @@ def check_child(code: str, *args: str, expect: str = "ok", **kwargs: object) -> 
     """Run ``code`` in a child; it must exit with status 0 and print ``expect`` last."""
     result = run_child(code, *args, **kwargs)  # type: ignore[arg-type]
     assert result.returncode == 0, describe(result)
-    lines = result.stdout.strip().splitlines()
-    assert lines and lines[-1] == expect, describe(result)
+    lines = result.stdout.strip().splitlines() or [""]
+    assert lines[-1] == expect, describe(result)
     return result.stdout
