@@ -29,6 +29,7 @@ PUBLIC = {
         "RWLock",
         "RWLockStatistics",
         "ReadOnlyError",
+        "UnmappableFileError",
         "UnsupportedError",
         "sync",
     },

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from anymmap import (
     MmapRaw,
     OutOfBoundsError,
     ReadOnlyError,
+    UnmappableFileError,
 )
 
 from ._helpers import PAGE, heartbeat, resident_fraction, wait_until
@@ -102,9 +104,9 @@ async def test_bad_files(tmp_path: Path, data_file: Path) -> None:
     empty.touch()
     with pytest.raises(InvalidSizeError, match="empty file"):
         await MmapRaw.map_raw(empty)
-    with pytest.raises(OutOfBoundsError, match=f"offset={SIZE}, length=0 is outside the file"):
+    with pytest.raises(OutOfBoundsError, match=f"^offset={SIZE} is outside the file of {SIZE}"):
         await MmapRaw.map_raw(data_file, offset=SIZE)
-    with pytest.raises(OutOfBoundsError, match="offset=9223372036854775808, length=0"):
+    with pytest.raises(OutOfBoundsError, match=r"^offset=9223372036854775808 is outside"):
         await MmapRaw.map_raw(data_file, offset=2**63)
     with pytest.raises(TypeError, match="bool"):
         await MmapRaw.map_raw(data_file, offset=True)
@@ -126,10 +128,45 @@ async def test_bad_files(tmp_path: Path, data_file: Path) -> None:
         await MmapRaw.map_raw(tmp_path)
     fd = os.open(data_file, os.O_RDONLY)
     try:
-        with pytest.raises(PermissionError):  # "rw" needs a writable descriptor
+        with pytest.raises(PermissionError, match="mode='r'"):  # "rw" needs a writable fd
             await MmapRaw.map_raw(fd)
     finally:
         os.close(fd)
+    with open(data_file, "rb") as f, pytest.raises(PermissionError, match="mode='r'"):
+        await MmapRaw.map_raw(f)
+    with pytest.raises(OSError, match="not a file descriptor") as info:
+        await MmapRaw.map_raw(2**31)
+    assert info.value.errno == errno.EBADF
+    data_file.chmod(0o444)
+    if os.geteuid() != 0:  # root may write anyway
+        with pytest.raises(PermissionError, match="mode='r'"):
+            await MmapRaw.map_raw(data_file)
+
+
+@pytest.mark.parametrize("mode", ["rw", "r", "copy"])
+async def test_what_is_not_a_file_is_refused_by_name(tmp_path: Path, mode: str) -> None:
+    """Regression test: a socket, a pipe, /dev/zero and /proc files all said "cannot map
+    an empty file"; the error now names what the file is."""
+    with pytest.raises(UnmappableFileError, match="character device"):
+        await MmapRaw.map_raw("/dev/zero", length=PAGE, mode=mode)  # type: ignore[arg-type]
+    with pytest.raises(UnmappableFileError, match="/proc"):
+        await MmapRaw.map_raw("/proc/self/status", mode="r" if mode == "rw" else mode)  # type: ignore[arg-type]
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(UnmappableFileError, match="FIFO or pipe"):
+            await MmapRaw.map_raw(read_end, mode="r")
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with socket.socket(socket.AF_UNIX) as sock:
+        with pytest.raises(UnmappableFileError, match="socket"):
+            await MmapRaw.map_raw(sock, mode="r")
+        sock.bind(str(tmp_path / "sock"))
+        with pytest.raises(UnmappableFileError, match="socket"):
+            await MmapRaw.map_raw(tmp_path / "sock", mode=mode)  # type: ignore[arg-type]
+    with pytest.raises(IsADirectoryError):
+        await MmapRaw.map_raw(tmp_path, mode=mode)  # type: ignore[arg-type]
+    assert issubclass(UnmappableFileError, OSError)
 
 
 async def test_offset_beyond_4_gib_on_a_sparse_file(tmp_path: Path) -> None:

@@ -217,3 +217,36 @@ def test_index_that_closes_or_resizes_the_map_never_hangs() -> None:
     the pin its own thread held, for ever.  Arguments are now converted before pinning,
     and closing or resizing from inside a pinned call raises ``RuntimeError``."""
     check_child(_INDEX_CALLS_BACK, timeout=30)
+
+
+_FIFO = """
+    import os, sys, tempfile
+    import anyio, anymmap, anymmap.sync
+
+    fifo = os.path.join(tempfile.mkdtemp(), "fifo")
+    os.mkfifo(fifo)
+    for mode in ("r", "copy", "rw"):
+        try:
+            anymmap.sync.MmapRaw.map_raw(fifo, mode=mode)
+        except anymmap.UnmappableFileError as exc:
+            assert "FIFO" in str(exc), exc
+        else:
+            raise AssertionError("a FIFO was mapped")
+
+    async def main():
+        with anyio.fail_after(10):
+            try:
+                await anymmap.MmapRaw.map_raw(fifo, mode="r")
+            except anymmap.UnmappableFileError:
+                pass
+
+    anyio.run(main)
+    os.unlink(fifo)
+    print("ok")
+"""
+
+
+def test_mapping_a_fifo_is_refused_at_once() -> None:
+    """Regression test: ``map_raw`` of a FIFO in mode ``"r"`` or ``"copy"`` blocked for
+    ever in ``open()``, waiting for a writer, and no cancellation could end it."""
+    check_child(_FIFO, timeout=30)

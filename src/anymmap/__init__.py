@@ -20,6 +20,7 @@ from ._errors import InvalidSizeError as InvalidSizeError
 from ._errors import MappingFaultError as MappingFaultError
 from ._errors import OutOfBoundsError as OutOfBoundsError
 from ._errors import ReadOnlyError as ReadOnlyError
+from ._errors import UnmappableFileError as UnmappableFileError
 from ._errors import UnsupportedError as UnsupportedError
 from ._rwlock import RWLock as RWLock
 from ._rwlock import RWLockStatistics as RWLockStatistics

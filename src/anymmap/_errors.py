@@ -23,16 +23,20 @@ class OutOfBoundsError(AnymmapError, IndexError):
     ``offset + length <= total``.
     """
 
-    def __init__(self, offset: int, length: int, total: int, what: str = "map") -> None:
+    def __init__(self, offset: int, length: int | None, total: int, what: str = "map") -> None:
         self.offset = offset
         self.length = length
         self.total = total
         self.what = what
-        super().__init__(
-            f"range offset={offset}, length={length} is outside the {what} of {total} bytes"
-        )
+        if length is None:  # "from offset to the end"
+            message = f"offset={offset} is outside the {what} of {total} bytes"
+        else:
+            message = (
+                f"range offset={offset}, length={length} is outside the {what} of {total} bytes"
+            )
+        super().__init__(message)
 
-    def __reduce__(self) -> tuple[type[OutOfBoundsError], tuple[int, int, int, str]]:
+    def __reduce__(self) -> tuple[type[OutOfBoundsError], tuple[int, int | None, int, str]]:
         return type(self), (self.offset, self.length, self.total, self.what)
 
 
@@ -97,6 +101,27 @@ class MappingFaultError(AnymmapError, OSError):
 
     def __reduce__(self) -> tuple[type[MappingFaultError], tuple[int, str]]:
         return type(self), (self.address, "")
+
+
+class UnmappableFileError(AnymmapError, OSError):
+    """Raised when what was given to map is not a regular file or a block device (a FIFO
+    or pipe, a socket, a character device such as ``/dev/zero``), or is a file of a file
+    system whose files cannot be mapped (``/proc``, ``/sys``).
+
+    ``errno`` is ``errno.ENODEV``, as ``mmap(2)`` says for such files.  (A directory
+    raises :exc:`IsADirectoryError`, as everywhere in Python.)
+    """
+
+    def __init__(self, name: str, kind: str) -> None:
+        self.name = name
+        self.kind = kind
+        super().__init__(
+            errno.ENODEV,
+            f"cannot map {name}: it is {kind}; only regular files and block devices can be mapped",
+        )
+
+    def __reduce__(self) -> tuple[type[UnmappableFileError], tuple[str, str]]:
+        return type(self), (self.name, self.kind)
 
 
 class UnsupportedError(AnymmapError, OSError):

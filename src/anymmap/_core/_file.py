@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import stat
 import sys
@@ -26,6 +25,7 @@ from .._errors import (
     MappingFaultError,
     OutOfBoundsError,
     ReadOnlyError,
+    UnmappableFileError,
     UnsupportedError,
 )
 from .._sys import os_impl
@@ -38,34 +38,92 @@ Mode = Literal["rw", "r", "copy"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
-_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
 
-def file_size(fd: int) -> int:
-    """The size of what ``fd`` refers to: a regular file, or a block device (whose
-    ``st_size`` is 0, so it is asked for its end instead)."""
-    info = os.fstat(fd)
-    if stat.S_ISBLK(info.st_mode):
-        return os.lseek(fd, 0, os.SEEK_END)
-    return info.st_size
+file_size = os_impl.file_size
+
+_PATH_TYPES = (str, bytes, os.PathLike)
 
 
-def open_fd(file: object, mode: Mode) -> int:
-    """Return a new file descriptor for ``file`` (a path, an fd, or an object with
-    ``fileno()``) that the map owns; an fd given by the caller is duplicated."""
-    if isinstance(file, (str, bytes, os.PathLike)):
-        flags = os.O_RDWR if mode == "rw" else os.O_RDONLY
-        return os.open(file, flags | os.O_CLOEXEC)
-    if isinstance(file, bool):
-        raise TypeError("file must be a path, a file descriptor or have fileno()")
+def _name_of(file: object) -> str:
+    if isinstance(file, _PATH_TYPES):
+        return repr(os.fsdecode(file))
     if isinstance(file, int):
-        return os.dup(file)
+        return f"file descriptor {file}"
+    return repr(file)
+
+
+def as_fd(file: object) -> int:
+    """The descriptor number of an int-like or of an object with ``fileno()``.
+
+    :raises TypeError: for anything else (``bool`` included)
+    :raises OSError: ``EBADF`` for a number no descriptor can have
+    """
     fileno = getattr(file, "fileno", None)
-    if fileno is None:
+    if fileno is not None and not isinstance(file, int):
+        file = fileno()
+    if isinstance(file, bool) or not hasattr(type(file), "__index__"):
         raise TypeError(
             f"file must be a path, a file descriptor or have fileno(), not {type(file).__name__}"
         )
-    return os.dup(as_int(fileno(), "fileno()"))
+    fd = as_int(file, "file descriptor")
+    if not 0 <= fd < 1 << 31:
+        raise OSError(errno.EBADF, f"{fd} is not a file descriptor")
+    return fd
+
+
+def open_fd(file: object, mode: Mode) -> tuple[int, int]:
+    """Open what ``file`` names (a path, an fd, or an object with ``fileno()``) for a map
+    of ``mode``; return a descriptor that the map owns (a given fd is duplicated) and the
+    size of the file.
+
+    Never blocks: a path is opened with ``O_NONBLOCK`` (a FIFO would wait for a writer),
+    and anything that is not a regular file or a block device is refused.
+
+    :raises UnmappableFileError: for a FIFO, socket, character device or /proc file
+    :raises PermissionError: if the file or fd does not allow the access ``mode`` needs
+    """
+    writable = mode == "rw"
+    name = _name_of(file)
+    if isinstance(file, _PATH_TYPES):
+        try:
+            fd = os_impl.open_nonblocking(file, writable)
+        except PermissionError as exc:
+            if not writable:
+                raise
+            raise PermissionError(
+                exc.errno,
+                f"cannot open {name} for writing ({exc.strerror}); to map it for reading "
+                "only, pass mode='r' (or mode='copy' for private writes)",
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
+                raise UnmappableFileError(name, os_impl.file_kind(os.stat(file).st_mode)) from None
+            raise
+    else:
+        fd = os.dup(as_fd(file))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISBLK(info.st_mode)):
+            raise UnmappableFileError(name, os_impl.file_kind(info.st_mode))
+        file_system = os_impl.unmappable_file_system(fd)
+        if file_system is not None:
+            raise UnmappableFileError(name, f"a file in {file_system}")
+        readable, can_write = os_impl.access_mode(fd)
+        if not readable or (writable and not can_write):
+            need = "reading and writing" if writable else "reading"
+            hint = " (or map it with mode='r' or mode='copy')" if writable and readable else ""
+            raise PermissionError(
+                errno.EACCES,
+                f"{name} is not open for {need}; a map of mode {mode!r} needs it{hint}",
+            )
+        os_impl.set_blocking(fd)
+        return fd, os_impl.file_size(fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class FileCore(MapCore):
@@ -92,13 +150,12 @@ class FileCore(MapCore):
             raise TypeError("fault_safe must be True or False")
         start = as_int(offset, "offset")
         wanted = None if length is None else check_size(length, "length")
-        fd = open_fd(file, mode)
+        fd, size = open_fd(file, mode)
         try:
-            size = file_size(fd)
             if size == 0:
-                raise InvalidSizeError(0, "cannot map an empty file")
+                raise InvalidSizeError(0, f"cannot map an empty file ({_name_of(file)})")
             if start < 0 or start >= size:
-                raise OutOfBoundsError(start, wanted or 0, size, "file")
+                raise OutOfBoundsError(start, wanted, size, "file")
             count = size - start if wanted is None else wanted
             if start + count > size:
                 raise OutOfBoundsError(start, count, size, "file")
@@ -124,7 +181,7 @@ class FileCore(MapCore):
         self._fixed = strict
         # read(2) copies what a shared map shows (a private copy map may differ), unless
         # the descriptor was opened with O_DIRECT, which wants aligned buffers and offsets.
-        self._pread = mode != "copy" and not fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT
+        self._pread = mode != "copy" and not os_impl.is_direct(fd)
         self._pread_nowait = self._pread and _RWF_NOWAIT is not None
         self._fd_finalizer = weakref.finalize(self, os.close, fd)
         super().__init__(addr, map_len, delta, count, writable=mode != "r")

@@ -254,7 +254,7 @@ class MapCore:
         if length is None:
             start = as_int(offset, "offset")
             if not 0 <= start <= self.length:
-                raise OutOfBoundsError(start, 0, self.length)
+                raise OutOfBoundsError(start, None, self.length)
             return start, self.length - start
         return check_range(offset, length, self.length)
 
@@ -356,9 +356,7 @@ class MapCore:
         start = page_floor(self.addr + offset)
         return start, page_ceil(self.addr + offset + length) - start
 
-    def populate(
-        self, start: int, n: int, write: bool, progress: ProgressCallback | None
-    ) -> None:
+    def populate(self, start: int, n: int, write: bool, progress: ProgressCallback | None) -> None:
         """Fault the range in, chunk by chunk, calling ``progress(done, total)``.
 
         The arguments are plain ints, converted by the caller before anything is pinned

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import mmap as _stdlib_mmap
 import os
+import stat
 import threading
 from collections.abc import Callable
 from typing import NoReturn
@@ -44,6 +46,7 @@ _mremap = _fn("mremap", _void_p, _void_p, _size_t, _size_t, _int, _void_p)
 _mincore = ctypes.CFUNCTYPE(_int, _size_t, _size_t, _size_t, use_errno=True)(("mincore", _libc))
 _memmove = _fn("memmove", _void_p, _void_p, _void_p, _size_t)
 _pread = _fn("pread", ctypes.c_ssize_t, _int, _void_p, _size_t, ctypes.c_int64)
+_fstatfs = _fn("fstatfs", _int, _int, _void_p)
 _sync_file_range = _fn(
     "sync_file_range", _int, _int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
 )
@@ -306,3 +309,72 @@ def _vm_copy(call: Callable[..., int], local: int, remote: int, length: int, wha
             error.address = remote + done  # type: ignore[attr-defined]
             raise error
         done += n
+
+
+# -- files ------------------------------------------------------------------------------
+
+_FILE_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO or pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+# statfs(2) f_type of the file systems whose files report a size but cannot be mapped.
+_UNMAPPABLE_FILE_SYSTEMS = {0x9FA0: "/proc", 0x62656572: "/sys", 0x64626720: "debugfs"}
+
+
+def open_nonblocking(
+    path: str | bytes | os.PathLike[str] | os.PathLike[bytes], writable: bool
+) -> int:
+    """Open ``path`` read-only or read-write with ``O_NONBLOCK``, so that a FIFO never
+    waits for a writer; call :func:`set_blocking` once the file is known to be mappable."""
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
+    return os.open(path, flags)
+
+
+def set_blocking(fd: int) -> None:
+    os.set_blocking(fd, True)
+
+
+def file_kind(mode: int) -> str:
+    """What an ``st_mode`` describes, for messages ("a regular file", "a socket", ...)."""
+    for test, kind in _FILE_KINDS:
+        if test(mode):
+            return kind
+    return "not a regular file"  # pragma: no cover - every mode is one of the above
+
+
+def file_size(fd: int) -> int:
+    """The size of a regular file, or of a block device (whose ``st_size`` is 0)."""
+    info = os.fstat(fd)
+    if stat.S_ISBLK(info.st_mode):
+        return os.lseek(fd, 0, os.SEEK_END)
+    return info.st_size
+
+
+def unmappable_file_system(fd: int) -> str | None:
+    """The name of the file system of ``fd`` if its files cannot be mapped (/proc, /sys)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86-64
+    # SAFETY: fstatfs writes one struct statfs, which fits in buf; f_type comes first.
+    if _fstatfs(fd, ctypes.addressof(buf)) != 0:
+        return None
+    f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    return _UNMAPPABLE_FILE_SYSTEMS.get(f_type)
+
+
+def access_mode(fd: int) -> tuple[bool, bool]:
+    """Whether ``fd`` was opened for reading, and for writing."""
+    access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    return access in (os.O_RDONLY, os.O_RDWR), access in (os.O_WRONLY, os.O_RDWR)
+
+
+def is_direct(fd: int) -> bool:
+    """Whether ``fd`` was opened with ``O_DIRECT`` (read(2) then wants aligned buffers)."""
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
+
+
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
