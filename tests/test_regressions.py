@@ -6,6 +6,8 @@ process (see ``_child``), so that a regression shows as an exit status and a sta
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ._child import check_child
@@ -250,3 +252,66 @@ def test_mapping_a_fifo_is_refused_at_once() -> None:
     """Regression test: ``map_raw`` of a FIFO in mode ``"r"`` or ``"copy"`` blocked for
     ever in ``open()``, waiting for a writer, and no cancellation could end it."""
     check_child(_FIFO, timeout=30)
+
+
+# -- crashes ----------------------------------------------------------------------------
+
+_UNSAFE_READS_OF_A_TRUNCATED_FILE = """
+    import os, subprocess, sys, tempfile
+    import anyio, anymmap, anymmap.sync
+
+    directory, mode = sys.argv[1], sys.argv[2]
+    SIZE = 4 << 20
+    path = tempfile.mktemp(dir=directory)
+
+    def truncate(size):  # another process cuts the file
+        subprocess.run([sys.executable, "-c", f"import os; os.truncate({path!r}, {size})"], check=True)
+
+    async def main():
+        errors = 0
+        for n in (100, 8192, 2 << 20):  # inline copies, and one for a worker thread
+            with open(path, "wb") as f:
+                f.write(os.urandom(SIZE))
+            async with await anymmap.MmapRaw.map_raw(path, mode=mode, fault_safe=False) as m:
+                assert len(await m.read(0, n)) == n  # warm
+                truncate(0)
+                for call in (
+                    lambda: m.read(SIZE - n, n),
+                    lambda: m.read_into(SIZE - n, bytearray(n)),
+                ):
+                    try:
+                        await call()
+                    except anymmap.MappingFaultError:
+                        errors += 1
+                try:
+                    m.read_into_nowait(SIZE - n, bytearray(n))
+                except (anymmap.MappingFaultError, anyio.WouldBlock):
+                    errors += 1
+        return errors
+
+    assert anyio.run(main) == 9
+    with open(path, "wb") as f:
+        f.write(os.urandom(SIZE))
+    with anymmap.sync.MmapRaw.map_raw(path, mode=mode, fault_safe=False) as m:
+        truncate(4096)
+        try:
+            m.read(0, 8192)
+        except anymmap.MappingFaultError:
+            pass
+        else:
+            raise AssertionError("read past the end of the file")
+    os.unlink(path)
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("mode", ["rw", "r"])
+@pytest.mark.parametrize("fs", ["disk", "tmpfs"])
+def test_reads_of_shared_maps_are_fault_safe_even_with_fault_safe_false(
+    tmp_path: Path, fs: str, mode: str
+) -> None:
+    """Regression test: with ``fault_safe=False`` a read of a truncated ``"r"`` or ``"rw"``
+    map died of SIGBUS (a short ``pread`` fell through to a plain ``memmove``), although
+    the documentation says those reads stay fault-safe."""
+    directory = str(tmp_path) if fs == "disk" else "/dev/shm"
+    check_child(_UNSAFE_READS_OF_A_TRUNCATED_FILE, directory, mode)

@@ -183,6 +183,8 @@ class FileCore(MapCore):
         # the descriptor was opened with O_DIRECT, which wants aligned buffers and offsets.
         self._pread = mode != "copy" and not os_impl.is_direct(fd)
         self._pread_nowait = self._pread and _RWF_NOWAIT is not None
+        # Reads of shared maps are fault-safe whatever fault_safe says (documented).
+        self._safe_reads = fault_safe or mode != "copy"
         self._fd_finalizer = weakref.finalize(self, os.close, fd)
         super().__init__(addr, map_len, delta, count, writable=mode != "r")
 
@@ -223,7 +225,7 @@ class FileCore(MapCore):
         if not self.resident(offset, n):
             self._raise_if_past_end(offset, n)
             return 0
-        if self.fault_safe:
+        if self._safe_reads:
             self._copy_out(self._address_of(dst, 0), self.addr + offset, n)
         else:
             dst[:] = self._view[offset : offset + n]
@@ -279,19 +281,24 @@ class FileCore(MapCore):
             got = os_impl.pread(self.fd, dst, length, self.file_offset + (src - self.addr))
             if got == length:
                 return
-            dst, src, length = dst + got, src + got, length - got  # past the end of file
-        self._kernel_copy(os_impl.read_memory, dst, src, length, src)
+            # Past the end of the file: what the map shows there (zeros up to the end of
+            # the file's last page) or EFAULT, through the kernel like every shared read.
+            dst, src, length = dst + got, src + got, length - got
+        elif not self._safe_reads:
+            os_impl.memmove(dst, src, length)
+            return
+        self._fault_safe_copy(os_impl.read_memory, dst, src, length, src)
 
     def _copy_in(self, dst: int, src: int, length: int) -> None:
-        self._kernel_copy(os_impl.write_memory, dst, src, length, dst)
+        if self.fault_safe:
+            self._fault_safe_copy(os_impl.write_memory, dst, src, length, dst)
+        else:
+            os_impl.memmove(dst, src, length)
 
-    def _kernel_copy(
+    def _fault_safe_copy(
         self, copy: Callable[[int, int, int], None], dst: int, src: int, n: int, mapped: int
     ) -> None:
-        """Copy with ``copy`` (fault-safe) or plain memmove; ``mapped`` is the map side."""
-        if not self.fault_safe:
-            os_impl.memmove(dst, src, n)
-            return
+        """Copy with ``copy`` (through the kernel); ``mapped`` is the map side."""
         try:
             copy(dst, src, n)
         except OSError as exc:
