@@ -315,3 +315,60 @@ def test_reads_of_shared_maps_are_fault_safe_even_with_fault_safe_false(
     the documentation says those reads stay fault-safe."""
     directory = str(tmp_path) if fs == "disk" else "/dev/shm"
     check_child(_UNSAFE_READS_OF_A_TRUNCATED_FILE, directory, mode)
+
+
+_OBJECT_BUFFERS = """
+    import ctypes, gc
+    import anyio, numpy as np, anymmap, anymmap.sync
+
+    def buffers():
+        yield np.array([1, "a"], dtype=object)
+        yield np.zeros(2, dtype=[("n", "i4"), ("o", "O")])
+        yield (ctypes.py_object * 2)(1, 2)
+        yield (ctypes.c_void_p * 2)()
+
+    async def main():
+        async with await anymmap.AnonymousMmap.new(4096) as m:
+            await m.update_region(0, b"\\xff" * 4096)
+            for buf in buffers():
+                for call in (
+                    lambda: m.read_into(0, buf),
+                    lambda: m.update_region(0, buf),
+                ):
+                    try:
+                        await call()
+                    except TypeError as exc:
+                        assert "references" in str(exc), exc
+                    else:
+                        raise AssertionError(f"accepted {buf!r}")
+                try:
+                    m.read_into_nowait(0, buf)
+                except TypeError:
+                    pass
+                else:
+                    raise AssertionError(f"accepted {buf!r}")
+                del buf
+                gc.collect()
+            # Plain structured data is fine, whatever its fields are called.
+            plain = np.zeros(2, dtype=[("Ocean", "f8"), ("P", "i4")])
+            await m.read_into(0, plain)
+
+    anyio.run(main)
+    with anymmap.sync.AnonymousMmap.new(4096) as m:
+        m.update_region(0, b"\\xff" * 4096)
+        for buf in buffers():
+            try:
+                m.read_into(0, buf)
+            except TypeError:
+                pass
+            else:
+                raise AssertionError(f"accepted {buf!r}")
+    gc.collect()
+    print("ok")
+"""
+
+
+def test_buffers_that_hold_references_are_refused() -> None:
+    """Regression test: ``read_into`` of a NumPy object array cast its ``O`` format to
+    bytes, overwrote the object pointers, and the process died when the array was freed."""
+    check_child(_OBJECT_BUFFERS)

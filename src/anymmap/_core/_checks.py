@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 
 from .._errors import InvalidSizeError, OutOfBoundsError
 
@@ -49,19 +50,42 @@ def as_int(value: object, what: str) -> int:
         raise TypeError(f"{what} must be an integer, not {type(value).__name__}") from None
 
 
-def byte_view(buffer: object, *, writable: bool) -> memoryview:
-    """Return a flat, byte-typed memoryview of a C-contiguous buffer.
+# Struct field names in a PEP 3118 format ("T{<i:count:O:owner:}"), and the type codes
+# whose items are references (objects, pointers) rather than plain data.
+_FIELD_NAMES = re.compile(":[^:]*:")
+_REFERENCE_CODES = frozenset("OP&")
 
-    :raises TypeError: if ``buffer`` does not support the buffer protocol, is not
-        contiguous, or is read-only when ``writable`` is set
+
+def byte_view(buffer: object, *, writable: bool) -> memoryview:
+    """Return a flat, byte-typed memoryview of a C-contiguous buffer of plain data.
+
+    :raises TypeError: if ``buffer`` does not support the buffer protocol (a ``str``), is
+        not contiguous, is read-only when ``writable`` is set, or holds references
+        (NumPy object arrays, ctypes pointer arrays: overwriting them as bytes would
+        crash the interpreter)
     """
     if type(buffer) is bytearray or (type(buffer) is bytes and not writable):
         return memoryview(buffer)  # always flat, contiguous bytes: skip the checks
-    view = buffer if type(buffer) is memoryview else memoryview(buffer)  # type: ignore[arg-type]
+    if isinstance(buffer, str):
+        raise TypeError("data must be a bytes-like object, not str; encode it first")
+    try:
+        view = buffer if type(buffer) is memoryview else memoryview(buffer)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"a bytes-like object (buffer protocol) is required, not {type(buffer).__name__}"
+        ) from None
+    fmt = view.format
+    if fmt != "B":
+        if not _REFERENCE_CODES.isdisjoint(_FIELD_NAMES.sub("", fmt)):
+            raise TypeError(
+                f"buffers of format {fmt!r} hold references (objects or pointers), not "
+                "plain data; they cannot be copied as bytes"
+            )
+        view = view.cast("B") if view.c_contiguous else view
     if writable and view.readonly:
         raise TypeError("the destination buffer is read-only")
     if not view.c_contiguous:
         raise TypeError("the buffer must be C-contiguous")
-    if view.format != "B" or view.ndim != 1:
+    if view.ndim != 1:
         view = view.cast("B")
     return view
