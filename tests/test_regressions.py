@@ -372,3 +372,37 @@ def test_buffers_that_hold_references_are_refused() -> None:
     """Regression test: ``read_into`` of a NumPy object array cast its ``O`` format to
     bytes, overwrote the object pointers, and the process died when the array was freed."""
     check_child(_OBJECT_BUFFERS)
+
+
+_RAW_FORK = """
+    import ctypes, os, sys, tempfile
+    import anymmap.sync
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    path = tempfile.mktemp()
+    with open(path, "wb") as f:
+        f.write(b"parent" + bytes(4090))
+
+    with anymmap.sync.MmapRaw.map_raw(path, mode="copy") as private:
+        private.update_region(0, b"PARENT")  # private: only this process sees it
+        with anymmap.sync.MmapRaw.map_raw(path) as shared:
+            # glibc's fork(), unlike os.fork(), skips Python's at-fork hooks.
+            pid = libc.fork()
+            if pid == 0:
+                private.update_region(0, b"child!")
+                ok = private.read(0, 6) == b"child!"
+                os._exit(0 if ok else 5)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+            assert private.read(0, 6) == b"PARENT", private.read(0, 6)
+            assert shared.read(0, 6) == b"parent"
+    os.unlink(path)
+    print("ok")
+"""
+
+
+def test_a_raw_fork_child_never_writes_into_its_parent() -> None:
+    """Regression test: the pid used by ``process_vm_writev`` was cached and only reset by
+    ``os.register_at_fork``; after a fork that skips Python's hooks, a child's copies went
+    into its parent's private memory."""
+    check_child(_RAW_FORK)

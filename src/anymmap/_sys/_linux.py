@@ -99,16 +99,7 @@ SYNC_FILE_RANGE_WAIT_AFTER = 4
 #: Whether this platform is supported at all (the unsupported module says False).
 SUPPORTED = True
 
-_PID = os.getpid()
 _IOV_MAX = 1024
-
-
-def _reset_pid() -> None:
-    global _PID
-    _PID = os.getpid()
-
-
-os.register_at_fork(after_in_child=_reset_pid)
 
 
 def _raise_errno(what: str) -> NoReturn:
@@ -250,7 +241,7 @@ def _touch_pages(addr: int, length: int) -> None:
         remote[0::2] = list(range(page, page + count * PAGE_SIZE, PAGE_SIZE))
         remote[1::2] = [1] * count
         # SAFETY: process_vm_readv checks every remote page and writes count bytes to sink.
-        done = _process_vm_readv(_PID, local, 1, remote, count, 0)
+        done = _process_vm_readv(os.getpid(), local, 1, remote, count, 0)
         if done != count:
             if done < 0:
                 _raise_errno("process_vm_readv")
@@ -301,8 +292,11 @@ def _vm_copy(call: Callable[..., int], local: int, remote: int, length: int, wha
         iov[2] = remote + done
         iov[3] = length - done
         # SAFETY: iov holds two struct iovec {base, len}; the local range is a buffer the
-        # caller holds an export of, the remote range is checked by the kernel.
-        n = call(_PID, scratch.iov_addr, 1, scratch.iov_addr + _IOVEC_SIZE, 1, 0)
+        # caller holds an export of, the remote range is checked by the kernel.  The pid
+        # is asked for on every call (about 0.1 us): a cached one goes stale in the child
+        # of a fork that skips Python's at-fork hooks, which would then copy into its
+        # parent's memory.
+        n = call(os.getpid(), scratch.iov_addr, 1, scratch.iov_addr + _IOVEC_SIZE, 1, 0)
         if n <= 0:
             code = ctypes.get_errno() if n < 0 else errno.EFAULT
             error = OSError(code, f"{what} at {remote + done:#x}: {os.strerror(code)}")
