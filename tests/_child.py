@@ -25,15 +25,32 @@ def run_child(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` (dedented) in a fresh interpreter with ``args`` as ``sys.argv[1:]``."""
     source = _PRELUDE.format(timeout=timeout) + textwrap.dedent(code)
-    return subprocess.run(
-        [sys.executable, "-c", source, *args],
-        capture_output=True,
+    command = [sys.executable, "-c", source, *args]
+    # A session of its own: whatever the child forks is killed with it, so a stuck
+    # grandchild cannot hold the output pipes (and the test) open.
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout + 30,  # faulthandler fires first; this only guards the guard
-        check=False,
         cwd=cwd,
         env={**os.environ, "PYTHONFAULTHANDLER": "1"},
-    )
+        start_new_session=True,
+    ) as process:
+        try:
+            # faulthandler fires first; this only guards the guard
+            stdout, stderr = process.communicate(timeout=timeout + 15)
+        except subprocess.TimeoutExpired:
+            stdout, stderr = "", f"no exit within {timeout + 15} s"
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if process.returncode is None:
+            stdout_rest, stderr_rest = process.communicate()
+            stdout, stderr = stdout + stdout_rest, stderr + stderr_rest
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def describe(result: subprocess.CompletedProcess[str]) -> str:

@@ -406,3 +406,83 @@ def test_a_raw_fork_child_never_writes_into_its_parent() -> None:
     ``os.register_at_fork``; after a fork that skips Python's hooks, a child's copies went
     into its parent's private memory."""
     check_child(_RAW_FORK)
+
+
+_DONTFORK = """
+    import ctypes, gc, mmap, os, sys
+    import anyio, anymmap
+
+    FORK = sys.argv[1]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long)
+
+    def mapped(addr):
+        with open("/proc/self/maps") as f:
+            for line in f:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                if lo <= addr < hi:
+                    return True
+        return False
+
+    async def child_side(m, other):
+        assert m.closed
+        for call in (lambda: m.read(0, 16), lambda: m.update_region(0, b"x"),
+                     lambda: m.advise(anymmap.Advice.NORMAL)):
+            try:
+                await call()
+            except anymmap.ClosedMapError as exc:
+                assert "DONTFORK" in str(exc), exc
+            else:
+                raise AssertionError("used a map whose memory is gone")
+        try:
+            m.read_into_nowait(0, bytearray(1))
+        except anymmap.ClosedMapError:
+            pass
+        else:
+            raise AssertionError("used a map whose memory is gone")
+        assert await other.read(0, 5) == b"other"  # maps without the advice still work
+        await m.aclose()
+
+    async def setup():
+        m = await anymmap.AnonymousMmap.new(1 << 20)
+        other = await anymmap.AnonymousMmap.new(4096)
+        await other.update_region(0, b"other")
+        await m.advise(anymmap.Advice.DONTFORK)
+        return m, other
+
+    async def parent_side(m):
+        assert not m.closed
+        await m.update_region(0, b"parent")
+        await m.aclose()
+
+    m, other = anyio.run(setup)
+    addr = m.as_ptr()
+    pid = os.fork() if FORK == "os.fork" else libc.fork()
+    if pid == 0:
+        try:
+            anyio.run(child_side, m, other)
+            # Something else of the child's now lives where the map was: dropping the
+            # map must not unmap it.
+            placed = libc.mmap(addr, 4096, 3, 0x22 | 0x100000, -1, 0)
+            assert placed == addr, (placed, addr)
+            del m
+            gc.collect()
+            assert mapped(addr)
+        except BaseException as exc:
+            print("child:", repr(exc), flush=True)
+            os._exit(7)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    anyio.run(parent_side, m)
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("fork", ["os.fork", "raw fork"])
+def test_a_map_advised_dontfork_is_closed_in_a_child(fork: str) -> None:
+    """Regression test: after ``advise(Advice.DONTFORK)`` and a fork, the child's map said
+    ``closed=False`` and ``read()`` died of SIGSEGV (the memory is not in the child)."""
+    check_child(_DONTFORK, fork)

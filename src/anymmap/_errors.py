@@ -60,12 +60,13 @@ class InvalidHintError(AnymmapError, ValueError):
 class ClosedMapError(AnymmapError, ValueError):
     """Raised when a map is used after it was closed."""
 
-    def __init__(self, what: str = "map") -> None:
+    def __init__(self, what: str = "map", reason: str = "") -> None:
         self.what = what
-        super().__init__(f"the {what} is closed")
+        self.reason = reason
+        super().__init__(f"the {what} is closed" + (f" ({reason})" if reason else ""))
 
-    def __reduce__(self) -> tuple[type[ClosedMapError], tuple[str]]:
-        return type(self), (self.what,)
+    def __reduce__(self) -> tuple[type[ClosedMapError], tuple[str, str]]:
+        return type(self), (self.what, self.reason)
 
 
 class ReadOnlyError(AnymmapError, TypeError):

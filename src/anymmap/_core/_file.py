@@ -190,7 +190,7 @@ class FileCore(MapCore):
 
     def describe(self) -> str:
         text = super().describe()
-        return text if self._closed else f"{text} mode={self.mode!r} offset={self.file_offset}"
+        return text if self.closed else f"{text} mode={self.mode!r} offset={self.file_offset}"
 
     def _unmap_now(self) -> None:
         super()._unmap_now()

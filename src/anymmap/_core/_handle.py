@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from .._errors import ClosedMapError
 from ._file import FileCore, Mode
 from ._map import MapCore
 
@@ -53,8 +52,8 @@ class MapHandle(Generic[CoreT]):
 
     def _open_core(self) -> CoreT:
         core = self._core
-        if core._closed:
-            raise ClosedMapError(core.kind)
+        if core._closed or core._fork_guard:
+            core.check_open()
         return core
 
 

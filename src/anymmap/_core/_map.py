@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import sys
 import threading
 import weakref
@@ -63,8 +64,11 @@ def _exporter_type(length: int) -> type[ctypes.Array[ctypes.c_ubyte]]:
     return type("MappedBytes", (ctypes.Array,), {"_type_": ctypes.c_ubyte, "_length_": length})
 
 
-def _unmap(addr: int, length: int) -> None:
-    # Runs when the exporter dies: no view of the range can exist any more.
+def _unmap(addr: int, length: int, fork_guard: list[int]) -> None:
+    # Runs when the exporter dies: no view of the range can exist any more.  In the child
+    # of a fork after DONTFORK advice the range is not ours (see MapCore.forked_away).
+    if fork_guard and fork_guard[0] != os.getpid():
+        return
     try:
         os_impl.munmap(addr, length)
     except OSError:  # pragma: no cover - the range was ours; nothing sensible to do
@@ -116,6 +120,8 @@ class MapCore:
         self._pinners: dict[int, int] = {}  # thread identity -> pins it holds
         self._remapping = False
         self._closed = False
+        # The pid of the process that advised DONTFORK on part of the map (empty if none).
+        self._fork_guard: list[int] = []
         self.writable = writable
         self._install(map_addr, map_len, delta, length)
 
@@ -131,7 +137,7 @@ class MapCore:
         # SAFETY: the array describes exactly [addr, addr + length), which is mapped for as
         # long as the array lives (the finalizer below unmaps it only when it dies).
         exporter = _exporter_type(length).from_address(self.addr)
-        self._finalizer = weakref.finalize(exporter, _unmap, map_addr, map_len)
+        self._finalizer = weakref.finalize(exporter, _unmap, map_addr, map_len, self._fork_guard)
         self._finalizer.atexit = False  # the OS reclaims it; views may outlive atexit
         self._exporter = exporter
         del exporter
@@ -161,13 +167,43 @@ class MapCore:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closed or self.forked_away()
+
+    def forked_away(self) -> bool:
+        """Whether this is the child of a fork made after part of the map was advised
+        ``DONTFORK``: the memory is not in this process, so the map counts as closed
+        here, and closing it must not unmap what the child may have put there since."""
+        guard = self._fork_guard
+        return bool(guard) and guard[0] != os.getpid()
+
+    def check_open(self) -> None:
+        """:raises ClosedMapError: if the map is closed, or its memory was not inherited"""
+        if self._closed or self.forked_away():
+            raise self.closed_error()
+
+    def closed_error(self) -> ClosedMapError:
+        if not self._closed and self.forked_away():
+            return ClosedMapError(
+                self.kind, "advised DONTFORK, so its memory is not in this child process"
+            )
+        return ClosedMapError(self.kind)
+
+    def note_advice(self, advice: int, whole: bool) -> None:
+        """Remember DONTFORK (and forget it after DOFORK over the whole map)."""
+        if advice == os_impl.MADV_DONTFORK:
+            self._fork_guard[:] = [os.getpid()]
+        elif advice == os_impl.MADV_DOFORK and whole:
+            self._fork_guard.clear()
 
     def close(self) -> None:
         """Unmap the range (idempotent); waits for pinned operations to finish.
 
         :raises BorrowError: if a view of the range is still alive (the map stays open)
         """
+        if self.forked_away():
+            self._closed = True  # nothing of it is mapped here
+            self._finalizer.detach()
+            return
         with self._exclusive() as proceed:
             if proceed:
                 self._retire()
@@ -211,8 +247,8 @@ class MapCore:
         with self._cond:
             while self._remapping:
                 self._cond.wait()
-            if self._closed:
-                raise ClosedMapError(self.kind)
+            if self._closed or self.forked_away():
+                raise self.closed_error()
             self._pins += 1
             self._pinners[me] = self._pinners.get(me, 0) + 1
         try:
@@ -395,6 +431,7 @@ class MapCore:
             else:
                 base, span = self.aligned(start, n)
             os_impl.madvise(base, span, advice)
+            self.note_advice(advice, whole=start == 0 and n == self.length)
 
     def resident(self, offset: int, length: int) -> bool:
         """Whether every page of the range is in memory (mincore)."""
@@ -402,6 +439,6 @@ class MapCore:
         return os_impl.resident(start, span)
 
     def describe(self) -> str:
-        if self._closed:
+        if self.closed:
             return "closed"
         return f"len={self.length} addr={self.addr:#x}"
