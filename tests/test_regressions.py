@@ -486,3 +486,75 @@ def test_a_map_advised_dontfork_is_closed_in_a_child(fork: str) -> None:
     """Regression test: after ``advise(Advice.DONTFORK)`` and a fork, the child's map said
     ``closed=False`` and ``read()`` died of SIGSEGV (the memory is not in the child)."""
     check_child(_DONTFORK, fork)
+
+
+_WRAPPED_VIEWS = """
+    import gc, pickle, re, struct
+    import anyio, anymmap, anymmap.sync
+
+    WRAPPERS = {
+        "PickleBuffer": lambda view: pickle.PickleBuffer(view),
+        "struct.iter_unpack": lambda view: struct.iter_unpack("<I", view),
+        "re.finditer": lambda view: re.finditer(rb"a", view),
+    }
+
+    def check_released(view):
+        try:
+            view[0]
+        except ValueError:
+            return
+        raise AssertionError("the view is still usable after its wrapper died")
+
+    async def main():
+        for name, wrap in WRAPPERS.items():
+            m = await anymmap.AnonymousMmap.new(4096)
+            await m.update_region(0, b"abcd" * 4)
+            try:
+                async with m.as_slice(0, 16) as view:
+                    wrapper = wrap(view)
+            except anymmap.BorrowError:
+                pass
+            else:
+                raise AssertionError(f"{name}: no BorrowError")
+            try:
+                await m.aclose()  # the memory must stay mapped under the wrapper
+            except anymmap.BorrowError:
+                pass
+            else:
+                raise AssertionError(f"{name}: closed under a live export")
+            if name == "PickleBuffer":
+                assert bytes(memoryview(wrapper)) == b"abcd" * 4
+            cycle = [wrapper, view]
+            cycle.append(cycle)
+            del wrapper, cycle
+            gc.collect()
+            check_released(view)
+            del view
+            await m.aclose()
+
+    anyio.run(main)
+    anyio.run(main, backend="trio")
+    for name, wrap in WRAPPERS.items():
+        m = anymmap.sync.AnonymousMmap.new(4096)
+        try:
+            with m.as_slice(0, 16) as view:
+                wrapper = wrap(view)
+        except anymmap.BorrowError:
+            pass
+        else:
+            raise AssertionError(f"{name}: no BorrowError")
+        cycle = [wrapper, view]
+        cycle.append(cycle)
+        del wrapper, view, cycle
+        gc.collect()
+        m.close()
+    print("ok")
+"""
+
+
+def test_views_wrapped_by_their_own_exporter_are_borrow_errors() -> None:
+    """Regression test: a view wrapped by something holding its own export
+    (``PickleBuffer``, ``struct.iter_unpack``, ``re.finditer``) that outlived the borrow
+    ended the block with a plain ``BufferError`` and left the borrow's base unparked, so
+    a reference cycle through it could crash the garbage collector."""
+    check_child(_WRAPPED_VIEWS)

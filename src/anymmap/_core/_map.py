@@ -311,18 +311,24 @@ class MapCore:
     def end_borrow(self, base: memoryview, view: memoryview, *, report: bool = True) -> None:
         """End a borrow started by :meth:`view`.
 
-        If something built on the view (a slice, a NumPy array) is still alive, ``base``
-        cannot be released: it is parked in a registry that is always reachable, so the
-        memory stays mapped under it (close and resize refuse meanwhile), and so that the
-        cyclic garbage collector never clears it while exported (CPython then crashes).
+        If something built on the view is still alive, ``base`` cannot be released: a
+        slice or a NumPy array holds ``base``'s export through the view's managed buffer;
+        an object that took its own export of the view (``PickleBuffer(view)``,
+        ``struct.iter_unpack``, ``re.finditer``) keeps the view itself from being
+        released.  What cannot be released is parked in a registry that is always
+        reachable, so the memory stays mapped under it (close and resize refuse
+        meanwhile), and so that the cyclic garbage collector never clears it while
+        exported (CPython then crashes).  It is released once those objects are gone.
 
         :raises BorrowError: in that case, if ``report`` (a borrow whose block raised
             passes False: its own exception wins)
         """
-        view.release()
-        if _try_release(base):
+        view_released = _try_release(view)  # fails if a PickleBuffer etc. wraps it
+        if view_released and _try_release(base):
             return
         with _ESCAPED_LOCK:
+            if not view_released:
+                _ESCAPED.append(view)  # before base: releasing it frees base's export
             _ESCAPED.append(base)
         del base, view  # keep them out of the traceback's frames
         if report:
