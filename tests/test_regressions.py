@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
+import anymmap
+import anymmap.sync
+
 from ._child import check_child
+from ._helpers import PAGE
 
 # -- hangs ------------------------------------------------------------------------------
 
@@ -558,3 +562,46 @@ def test_views_wrapped_by_their_own_exporter_are_borrow_errors() -> None:
     ended the block with a plain ``BufferError`` and left the borrow's base unparked, so
     a reference cycle through it could crash the garbage collector."""
     check_child(_WRAPPED_VIEWS)
+
+
+# -- wrong results ----------------------------------------------------------------------
+
+ADVICE = [a for a in anymmap.Advice if a not in (anymmap.Advice.FREE,)]
+
+
+@pytest.mark.parametrize("advice", ADVICE, ids=lambda a: a.name)
+@pytest.mark.parametrize("kind", ["anonymous", "file", "strict"])
+def test_resize_works_after_advice_on_part_of_the_map(
+    tmp_path: Path, kind: str, advice: anymmap.Advice
+) -> None:
+    """Regression test: advice on part of a map split its mapping in the kernel, and every
+    later growing ``resize`` failed with ``OSError(EFAULT)`` ("mremap: Bad address"); a
+    zero-length advice at the end, documented as a no-op, advised a page too."""
+    size = 4 * PAGE + 1
+    if kind == "file":
+        path = tmp_path / "f"
+        path.write_bytes(bytes(size))
+        m = anymmap.sync.MmapRaw.map_raw(path)
+    elif kind == "strict":
+        probe = anymmap.sync.AnonymousMmap.new(1 << 24)  # find a free range, then free it
+        hint = probe.as_ptr()
+        probe.close()
+        m = anymmap.sync.MmapOptions(len=size, hint=hint, strict=True).map_anon()
+    else:
+        m = anymmap.sync.AnonymousMmap.new(size)
+    with m:
+        m.update_region(0, bytes(range(256)) * (size // 256) + b"!")
+        before = m.read(0, size)
+        m.advise(advice, size, 0)  # zero-length: nothing at all
+        m.advise(advice, PAGE + 10, PAGE)  # a range in the middle: the mapping splits
+        m.advise(advice, 3 * PAGE, 5)
+        for new_size in (size + 3 * PAGE, 1 << 20, 8 << 20, 2 * PAGE, 9 * PAGE):
+            m.resize(new_size)
+            assert len(m) == new_size
+            keep = min(size, new_size, 2 * PAGE)
+            got = m.read(0, keep)
+            if advice in (anymmap.Advice.DONTNEED, anymmap.Advice.PAGEOUT) and kind != "file":
+                continue  # discarded or paged out: private pages may read as zeros
+            assert got == before[:keep]
+        m.update_region(new_size - 1, b"z")
+        assert m.read(new_size - 1, 1) == b"z"

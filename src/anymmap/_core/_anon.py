@@ -75,12 +75,7 @@ class AnonCore(MapCore):
             old_addr, old_map_len = self.map_addr, self.map_len
             new_map_len = page_ceil(length)
             try:
-                addr = os_impl.mremap(
-                    old_addr,
-                    old_map_len,
-                    new_map_len,
-                    0 if self._fixed else os_impl.MREMAP_MAYMOVE,
-                )
+                addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
             except BaseException:
                 self._install(old_addr, old_map_len, 0, self.length)
                 raise

@@ -366,8 +366,7 @@ class FileCore(MapCore):
                 if length > old_length:
                     os.posix_fallocate(self.fd, self.file_offset + old_length, length - old_length)
                 new_map_len = page_ceil(self.delta + length)
-                flags = 0 if self._fixed else os_impl.MREMAP_MAYMOVE
-                addr = os_impl.mremap(old_addr, old_map_len, new_map_len, flags)
+                addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
             except BaseException:
                 self._install(old_addr, old_map_len, self.delta, old_length)
                 if file_size(self.fd) != old_size:

@@ -427,6 +427,8 @@ class MapCore:
         """``madvise`` the pages of the range: all pages it touches, except for advice that
         discards data (``DISCARDING_ADVICE``), which only covers the pages that lie wholly
         inside it, so no byte outside the range is ever lost."""
+        if not n:
+            return  # a zero-length range advises nothing (no page is "touched")
         with self.pinned():
             self.check_range(start, n)
             if advice in DISCARDING_ADVICE:

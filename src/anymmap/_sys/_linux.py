@@ -76,6 +76,7 @@ MS_ASYNC = 1
 MS_INVALIDATE = 2
 MS_SYNC = 4
 MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2
 MADV_NORMAL = 0
 MADV_RANDOM = 1
 MADV_SEQUENTIAL = 2
@@ -144,6 +145,75 @@ def mremap(addr: int, old_length: int, new_length: int, flags: int) -> int:
     if result is None or result == MAP_FAILED:
         _raise_errno("mremap")
     return result
+
+
+def remap(addr: int, old_length: int, new_length: int, may_move: bool) -> int:
+    """Grow or shrink the mapping ``[addr, addr + old_length)``; return its new address.
+
+    Unlike a bare ``mremap``, this works when the range is made of several kernel
+    mappings (advice on part of a map splits it, and ``mremap`` then fails with
+    ``EFAULT`` when growing): the last piece grows in place, or, if there is no room and
+    ``may_move``, every piece moves into a new range, in order, with the last one grown.
+    On failure the range is left as it was.
+    """
+    flags = MREMAP_MAYMOVE if may_move else 0
+    try:
+        return mremap(addr, old_length, new_length, flags)
+    except OSError as exc:
+        if exc.errno != errno.EFAULT or new_length <= old_length:
+            raise
+        pieces = _mappings_in(addr, old_length)
+        if len(pieces) < 2:
+            raise
+    last_start, last_length = pieces[-1]
+    growth = new_length - old_length
+    try:
+        mremap(last_start, last_length, last_length + growth, 0)
+        return addr
+    except OSError as exc:
+        if exc.errno != errno.ENOMEM or not may_move:
+            raise
+    # SAFETY: a fresh reservation of the new size; every piece is moved onto it with
+    # MREMAP_FIXED, which replaces the reserved pages it lands on and nothing else.
+    target = mmap(0, new_length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
+    moved: list[tuple[int, int, int]] = []  # (from, to, length now)
+    try:
+        for start, length in pieces:
+            size = length + (growth if start == last_start else 0)
+            _mremap_fixed(start, length, size, target + (start - addr))
+            moved.append((start, target + (start - addr), size))
+    except BaseException:
+        for start, dest, size in reversed(moved):  # put back what moved, then drop the rest
+            original = size - (growth if start == last_start else 0)
+            _mremap_fixed(dest, size, original, start)
+        munmap(target, new_length)
+        raise
+    return target
+
+
+def _mremap_fixed(addr: int, old_length: int, new_length: int, new_addr: int) -> None:
+    # SAFETY: the caller owns both ranges; the destination only holds its own reservation.
+    result = _mremap(addr, old_length, new_length, MREMAP_MAYMOVE | MREMAP_FIXED, new_addr)
+    if result is None or result == MAP_FAILED:
+        _raise_errno("mremap")
+
+
+def _mappings_in(addr: int, length: int) -> list[tuple[int, int]]:
+    """The kernel mappings (VMAs) that make up ``[addr, addr + length)``, clipped to it,
+    as ``(start, length)`` pairs in address order (from ``/proc/self/maps``)."""
+    end = addr + length
+    pieces = []
+    with open("/proc/self/maps", "rb") as maps:
+        for line in maps:
+            low, _, high = line.partition(b" ")[0].partition(b"-")
+            lo, hi = int(low, 16), int(high, 16)
+            if hi <= addr:
+                continue
+            if lo >= end:
+                break
+            start = max(lo, addr)
+            pieces.append((start, min(hi, end) - start))
+    return pieces
 
 
 def memmove(dst: int, src: int, length: int) -> None:

@@ -52,3 +52,9 @@ def _unsupported(*args: object) -> NoReturn:
 
 mmap = munmap = mprotect = msync = madvise = mremap = memmove = pread = _unsupported
 resident = populate = sync_file_range = read_memory = write_memory = _unsupported
+remap = open_nonblocking = set_blocking = file_size = unmappable_file_system = _unsupported
+access_mode = is_direct = _unsupported
+
+
+def file_kind(mode: int) -> str:
+    return "not a regular file"
