@@ -578,6 +578,7 @@ def test_resize_works_after_advice_on_part_of_the_map(
     later growing ``resize`` failed with ``OSError(EFAULT)`` ("mremap: Bad address"); a
     zero-length advice at the end, documented as a no-op, advised a page too."""
     size = 4 * PAGE + 1
+    m: anymmap.sync.MmapRaw | anymmap.sync.AnonymousMmap
     if kind == "file":
         path = tmp_path / "f"
         path.write_bytes(bytes(size))
