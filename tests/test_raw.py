@@ -606,3 +606,22 @@ async def test_block_device(loop_device: Path) -> None:
     async with await MmapRaw.map_raw(loop_device, mode="r") as m:
         assert len(m) == 4 << 20
         assert await m.read(PAGE + 1, 3) == bytes([1, 2, 3])
+
+
+async def test_resizing_a_block_device_map(loop_device: Path) -> None:
+    """Regression test: shrinking a map of a block device tried to cut the device, failed,
+    and left the map shrunk anyway.  A device is never cut; it cannot grow either."""
+    async with await MmapRaw.map_raw(loop_device) as m:
+        await m.resize(PAGE)
+        assert len(m) == PAGE
+        assert await m.read(1, 3) == bytes([1, 2, 3])
+        with pytest.raises(OutOfBoundsError, match="outside the device"):
+            await m.resize(8 << 20)
+        assert len(m) == PAGE
+        await m.resize(4 << 20)
+        assert await m.read((4 << 20) - 1, 1) == bytes([255])
+    fd = os.open(loop_device, os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_END) == 4 << 20
+    finally:
+        os.close(fd)

@@ -6,6 +6,8 @@ process (see ``_child``), so that a regression shows as an exit status and a sta
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 import pytest
@@ -606,3 +608,26 @@ def test_resize_works_after_advice_on_part_of_the_map(
             assert got == before[:keep]
         m.update_region(new_size - 1, b"z")
         assert m.read(new_size - 1, 1) == b"z"
+
+
+@pytest.mark.parametrize("seal", ["shrink", "grow"])
+def test_a_failed_resize_leaves_map_and_file_as_they_were(seal: str) -> None:
+    """Regression test: with a memfd sealed against shrinking, ``resize`` raised but
+    ``len(m)`` was already the new size while the file kept the old one."""
+    fd = os.memfd_create("sealed", os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, 4 * PAGE)
+        os.pwrite(fd, bytes(range(256)) * (4 * PAGE // 256), 0)
+        fcntl.fcntl(
+            fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK if seal == "shrink" else fcntl.F_SEAL_GROW
+        )
+        with anymmap.sync.MmapRaw.map_raw(fd) as m:
+            with pytest.raises(PermissionError):
+                m.resize(PAGE if seal == "shrink" else 8 * PAGE)
+            assert len(m) == 4 * PAGE
+            assert os.fstat(fd).st_size == 4 * PAGE
+            assert m.read(0, 4 * PAGE) == bytes(range(256)) * (4 * PAGE // 256)
+            m.update_region(4 * PAGE - 1, b"!")
+            m.resize(3 * PAGE + 1 if seal == "grow" else 4 * PAGE)  # still usable
+    finally:
+        os.close(fd)

@@ -179,6 +179,7 @@ class FileCore(MapCore):
         self.fault_safe = fault_safe
         self.file_offset = start
         self._fixed = strict
+        self._block_device = stat.S_ISBLK(os.fstat(fd).st_mode)
         # read(2) copies what a shared map shows (a private copy map may differ), unless
         # the descriptor was opened with O_DIRECT, which wants aligned buffers and offsets.
         self._pread = mode != "copy" and not os_impl.is_direct(fd)
@@ -350,7 +351,9 @@ class FileCore(MapCore):
         Growth allocates the new blocks first (``posix_fallocate``), so a full disk fails
         here with ``OSError(ENOSPC)`` and leaves file and map unchanged, instead of a later
         write dying with SIGBUS.  Shrinking cuts the file to the map's new end only if the
-        map reached the end of the file; a window in the middle of a file never cuts it.
+        map reached the end of the file; a window in the middle of a file never cuts it,
+        nor does a map of a block device.  If the file cannot be grown or cut, the map and
+        the file stay as they were.
         The new size is durable once a later ``flush`` returns (``msync(MS_SYNC)`` syncs
         what is needed to read the data back, size included).
         """
@@ -361,17 +364,28 @@ class FileCore(MapCore):
             old_length = self.length
             old_addr, old_map_len = self.map_addr, self.map_len
             old_size = file_size(self.fd)
+            cuts_file = (
+                length < old_length
+                and old_size <= self.file_offset + old_length
+                and not self._block_device  # a device has the size it has
+            )
             self._retire()
+            # The file changes first: growing or cutting it is what can fail (a full disk,
+            # a sealed memfd, a block device), and then the map has not changed yet.
+            # Remapping can then only fail for want of address space.
             try:
-                if length > old_length:
+                if self._block_device:
+                    if self.file_offset + length > old_size:
+                        raise OutOfBoundsError(self.file_offset, length, old_size, "device")
+                elif length > old_length:
                     os.posix_fallocate(self.fd, self.file_offset + old_length, length - old_length)
+                elif cuts_file:
+                    os.ftruncate(self.fd, self.file_offset + length)
                 new_map_len = page_ceil(self.delta + length)
                 addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
             except BaseException:
                 self._install(old_addr, old_map_len, self.delta, old_length)
                 if file_size(self.fd) != old_size:
-                    os.ftruncate(self.fd, old_size)
+                    os.ftruncate(self.fd, old_size)  # after a cut, the cut bytes read as 0
                 raise
             self._install(addr, new_map_len, self.delta, length)
-            if length < old_length and old_size <= self.file_offset + old_length:
-                os.ftruncate(self.fd, self.file_offset + length)
