@@ -21,23 +21,27 @@ def say(text: str) -> None:
 
 async def lock_tour() -> None:
     lock = anymmap.RWLock()
-    order: list[str] = []
+    grants: list[set[str]] = []  # who holds the lock, each time it changes hands
 
     async def reader(name: str) -> None:
         async with lock.read():
-            order.append(f"{name} reads")
+            grants[-1].add(name)
             await anyio.sleep(0.01)
 
     async def writer(name: str) -> None:
         async with lock.write():
-            order.append(f"{name} writes alone")
+            grants.append({name})
             await anyio.sleep(0.01)
+            grants.append(set())  # the readers queued behind this writer come in together
 
+    grants.append(set())
     async with anyio.create_task_group() as tg:
         for name, fn in [("R1", reader), ("W1", writer), ("R2", reader), ("R3", reader)]:
             tg.start_soon(fn, name)
             await anyio.wait_all_tasks_blocked()
-    say("RWLock grants in arrival order, readers together: " + ", ".join(order))
+    # Readers let in together wake in no particular order: print each group sorted.
+    groups = ["+".join(sorted(group)) for group in grants if group]
+    say("RWLock grants in arrival order, queued readers together: " + ", then ".join(groups))
     say(f"afterwards: {lock}")
 
 

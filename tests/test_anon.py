@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -435,7 +436,8 @@ async def test_native_cancel_of_a_worker_copy_waits_for_it() -> None:
     payload = b"\xcd" * (64 << 20)
     async with await AnonymousMmap.new(len(payload)) as m:
         task = asyncio.ensure_future(m.update_region(0, payload))
-        await wait_until(lambda: m.lock.statistics().writer is not None)
+        first_byte = ctypes.c_char.from_address(m.as_ptr())
+        await wait_until(lambda: first_byte.value == b"\xcd")  # the worker is copying
         task.cancel()
         task.cancel()  # twice, as a nervous caller would
         with pytest.raises(asyncio.CancelledError):

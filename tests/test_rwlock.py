@@ -213,6 +213,51 @@ async def test_fifo_batches() -> None:
     assert_idle(lock)
 
 
+@pytest.mark.parametrize("shape", ["writers", "readers behind a writer"])
+async def test_grant_order_is_arrival_order(shape: str) -> None:
+    """Regression test: three tasks looping over ``async with lock.write()`` were served in
+    the reverse of their arrival order on trio, every run: the acquire checkpointed
+    before it claimed, and trio reorders tasks woken from a checkpoint.  The shape is
+    trio's ``test_generic_lock_fifo_fairness``.  Readers that never wait are not ordered
+    by the lock at all, so the reader shape makes them queue behind a writer each round.
+    """
+    lock = RWLock()
+    initial_order: list[int] = []
+    record: list[int] = []
+    loops = 5
+
+    async def loopy(name: int) -> None:
+        initial_order.append(name)
+        for _ in range(loops):
+            async with lock.write():
+                record.append(name)
+
+    async def reader(name: int) -> None:
+        async with lock.read():
+            record.append(name)
+
+    if shape == "writers":
+        async with anyio.create_task_group() as tg:
+            for name in (1, 2, 3):
+                tg.start_soon(loopy, name)
+        for i in range(loops):
+            assert record[3 * i : 3 * (i + 1)] == initial_order
+        return
+
+    for _ in range(loops):
+        record.clear()
+        await lock.acquire_write()  # the readers queue behind this writer
+        async with anyio.create_task_group() as tg:
+            for name in (1, 2, 3):
+                tg.start_soon(reader, name)
+                await wait_all_tasks_blocked()
+            assert lock.statistics().readers_waiting == 3
+            lock.release_write()  # all three are granted together, in arrival order
+            assert lock.statistics().readers == 3
+        assert sorted(record) == [1, 2, 3]  # admitted together, they may run in any order
+    assert_idle(lock)
+
+
 @pytest.mark.parametrize("waiter_writes", [True, False], ids=["writer", "reader"])
 async def test_no_barging(waiter_writes: bool) -> None:
     """release() hands the lock to the waiter at once; a newcomer cannot take it first."""

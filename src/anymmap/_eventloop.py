@@ -91,6 +91,16 @@ def trio_checkpoint() -> Generator[Any, Any, None]:
     return _trio().lowlevel.checkpoint().__await__()  # type: ignore[no-any-return]
 
 
+def trio_checkpoint_if_cancelled() -> Generator[Any, Any, None]:
+    """``trio.lowlevel.checkpoint_if_cancelled()``: raise if cancelled, else no yield."""
+    return _trio().lowlevel.checkpoint_if_cancelled().__await__()  # type: ignore[no-any-return]
+
+
+def trio_cancel_shielded_checkpoint() -> Generator[Any, Any, None]:
+    """``trio.lowlevel.cancel_shielded_checkpoint()``: yield, but never raise Cancelled."""
+    return _trio().lowlevel.cancel_shielded_checkpoint().__await__()  # type: ignore[no-any-return]
+
+
 class Waiter:
     """A one-shot wake-up for a task parked in a queue.
 

@@ -13,9 +13,11 @@ from ._eventloop import (
     Waiter,
     asyncio_current_task,
     backend_local,
+    current_task,
     not_in_a_task,
     task_info,
-    trio_checkpoint,
+    trio_cancel_shielded_checkpoint,
+    trio_checkpoint_if_cancelled,
     trio_current_task,
 )
 
@@ -52,6 +54,13 @@ class _Ticket(Waiter):
 # The guards are where acquiring happens; the explicit acquire_*() methods use them too.
 # Their __aenter__ is a generator-based coroutine with the fast path inline: an uncontended
 # acquire then costs one yield to the event loop plus about a microsecond.
+#
+# An uncontended acquire claims the lock first and checkpoints after, as trio's own locks
+# do: trio reorders tasks woken from a checkpoint, so checkpointing first would grant the
+# lock in the order the scheduler happens to pick, not in the order the tasks asked.  On
+# trio the checkpoint after the claim is cancel-shielded (a cancellation already pending
+# is delivered before the claim); on asyncio a cancellation delivered at that yield
+# releases the claim again.
 
 
 class _Guard:
@@ -81,21 +90,23 @@ class _ReadGuard(_Guard):
 
     @types.coroutine
     def __aenter__(self) -> Generator[Any, Any, None]:
+        lock = self._lock
         if backend_local.name == "trio":
             self._task = task = trio_current_task()
-            yield from trio_checkpoint()
-        else:
-            self._task = task = asyncio_current_task() or not_in_a_task()
-            yield  # asyncio's checkpoint, as in asyncio.sleep(0)
+            yield from trio_checkpoint_if_cancelled()
+            if lock._try_read(task):
+                yield from trio_cancel_shielded_checkpoint()
+            else:
+                yield from lock._wait(task, write=False)
+            return
 
-        lock = self._lock
-        readers = lock._readers
-        if task in readers:
-            readers[task] += 1
-        elif lock._writer is None and not lock._queue:
-            readers[task] = 1
-        elif task is lock._writer:
-            raise RuntimeError("this task holds the write lock; it cannot also take a read lock")
+        self._task = task = asyncio_current_task() or not_in_a_task()
+        if lock._try_read(task):
+            try:
+                yield  # asyncio's checkpoint, as in asyncio.sleep(0)
+            except BaseException:
+                lock._release_read(task)
+                raise
         else:
             yield from lock._wait(task, write=False)
 
@@ -120,18 +131,24 @@ class _WriteGuard(_Guard):
 
     @types.coroutine
     def __aenter__(self) -> Generator[Any, Any, None]:
+        lock = self._lock
         if backend_local.name == "trio":
             self._task = task = trio_current_task()
-            yield from trio_checkpoint()
-        else:
-            self._task = task = asyncio_current_task() or not_in_a_task()
-            yield  # asyncio's checkpoint, as in asyncio.sleep(0)
+            yield from trio_checkpoint_if_cancelled()
+            if lock._try_write(task):
+                yield from trio_cancel_shielded_checkpoint()
+            else:
+                yield from lock._wait(task, write=True)
+            return
 
-        lock = self._lock
-        if lock._writer is None and not lock._readers and not lock._queue:
-            lock._writer = task
+        self._task = task = asyncio_current_task() or not_in_a_task()
+        if lock._try_write(task):
+            try:
+                yield  # asyncio's checkpoint, as in asyncio.sleep(0)
+            except BaseException:
+                lock._release_write(task)
+                raise
         else:
-            lock._check_can_write(task)
             yield from lock._wait(task, write=True)
 
     @types.coroutine
@@ -236,19 +253,7 @@ class RWLock:
         :raises RuntimeError: if the current task holds the write lock
 
         """
-        task = (
-            trio_current_task()
-            if backend_local.name == "trio"
-            else asyncio_current_task() or not_in_a_task()
-        )
-        readers = self._readers
-        if task in readers:
-            readers[task] += 1
-        elif self._writer is None and not self._queue:
-            readers[task] = 1
-        elif task is self._writer:
-            raise RuntimeError("this task holds the write lock; it cannot also take a read lock")
-        else:
+        if not self._try_read(current_task()):
             raise WouldBlock
 
     async def acquire_write(self) -> None:
@@ -268,15 +273,7 @@ class RWLock:
         :raises RuntimeError: if the current task already holds the read or write lock
 
         """
-        task = (
-            trio_current_task()
-            if backend_local.name == "trio"
-            else asyncio_current_task() or not_in_a_task()
-        )
-        if self._writer is None and not self._readers and not self._queue:
-            self._writer = task
-        else:
-            self._check_can_write(task)
+        if not self._try_write(current_task()):
             raise WouldBlock
 
     def release_read(self) -> None:
@@ -286,12 +283,7 @@ class RWLock:
         :raises RuntimeError: if the current task does not hold the read lock
 
         """
-        task = (
-            trio_current_task()
-            if backend_local.name == "trio"
-            else asyncio_current_task() or not_in_a_task()
-        )
-        self._release_read(task)
+        self._release_read(current_task())
 
     def release_write(self) -> None:
         """
@@ -300,12 +292,7 @@ class RWLock:
         :raises RuntimeError: if the current task does not hold the write lock
 
         """
-        task = (
-            trio_current_task()
-            if backend_local.name == "trio"
-            else asyncio_current_task() or not_in_a_task()
-        )
-        self._release_write(task)
+        self._release_write(current_task())
 
     def locked(self) -> bool:
         """Return ``True`` if any task holds the read or the write lock."""
@@ -338,6 +325,33 @@ class RWLock:
 
     def _held_by(self, task: object) -> bool:
         return task is self._writer or task in self._readers
+
+    def _try_read(self, task: object) -> bool:
+        """Take the read lock for ``task`` if that needs no waiting; return whether it did.
+
+        :raises RuntimeError: if ``task`` holds the write lock
+        """
+        readers = self._readers
+        if task in readers:
+            readers[task] += 1
+        elif self._writer is None and not self._queue:
+            readers[task] = 1
+        elif task is self._writer:
+            raise RuntimeError("this task holds the write lock; it cannot also take a read lock")
+        else:
+            return False
+        return True
+
+    def _try_write(self, task: object) -> bool:
+        """Take the write lock for ``task`` if that needs no waiting; return whether it did.
+
+        :raises RuntimeError: if ``task`` already holds the read or the write lock
+        """
+        if self._writer is None and not self._readers and not self._queue:
+            self._writer = task
+            return True
+        self._check_can_write(task)
+        return False
 
     def _check_can_write(self, task: object) -> None:
         if task is self._writer:
