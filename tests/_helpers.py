@@ -67,6 +67,21 @@ class Heartbeat:
             self.lags.append(time.perf_counter() - before - 0.001)
 
 
+def assert_loop_kept_running(beat: Heartbeat, took: float) -> None:
+    """The event loop was never stalled for a large part of an operation that took
+    ``took`` seconds.
+
+    The operation's own duration is the control: a loop blocked by it (the GIL held
+    through a system call, a page fault on the loop thread) misses its heartbeat for
+    about ``took``; a free loop misses it only by scheduling noise, which grows with
+    the machine's load as ``took`` does.  No absolute figure: those are in benchmarks/.
+    """
+    assert beat.lags, "the heartbeat never ran"
+    assert beat.worst < took / 2, (
+        f"the loop stalled for {beat.worst * 1e3:.1f} ms of a {took * 1e3:.1f} ms operation"
+    )
+
+
 @asynccontextmanager
 async def heartbeat() -> AsyncIterator[Heartbeat]:
     beat = Heartbeat()

@@ -21,7 +21,14 @@ from anymmap import (
     OutOfBoundsError,
 )
 
-from ._helpers import PAGE, heartbeat, is_mapped, resident_fraction, wait_until
+from ._helpers import (
+    PAGE,
+    assert_loop_kept_running,
+    heartbeat,
+    is_mapped,
+    resident_fraction,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -521,8 +528,7 @@ async def test_populate_does_not_stall_the_loop() -> None:
             await m.populate(write=True)
             took = time.perf_counter() - start
         print(f"\npopulate 256 MiB: {took * 1e3:.1f} ms, worst loop lag {beat.worst * 1e3:.2f} ms")
-        assert beat.lags, "the heartbeat never ran"
-        assert beat.worst < 0.1
+        assert_loop_kept_running(beat, took)
 
 
 async def test_unclosed_map_is_unmapped_when_collected() -> None:

@@ -25,7 +25,7 @@ from anymmap import (
     UnmappableFileError,
 )
 
-from ._helpers import PAGE, heartbeat, resident_fraction, wait_until
+from ._helpers import PAGE, assert_loop_kept_running, heartbeat, resident_fraction, wait_until
 from .conftest import ASYNCIO_BACKENDS
 
 pytestmark = pytest.mark.anyio
@@ -472,7 +472,7 @@ async def test_loop_lag_during_flush_of_256_mib(big_file: Path) -> None:
         f"\nflush 256 MiB: {took * 1e3:.0f} ms; worst loop lag {ours.worst * 1e3:.2f} ms "
         f"(to_thread(stdlib mmap.flush): {theirs.worst * 1e3:.1f} ms)"
     )
-    assert ours.worst < 0.1
+    assert_loop_kept_running(ours, took)
 
 
 async def test_loop_lag_reading_256_mib_of_cold_pages(big_file: Path) -> None:
@@ -484,8 +484,10 @@ async def test_loop_lag_reading_256_mib_of_cold_pages(big_file: Path) -> None:
 
     async with await MmapRaw.map_raw(big_file, mode="r") as m:
         assert resident_fraction(m.as_ptr(), BIG) < 0.5
+        # A page that is not in memory right now is refused, never faulted in here.
+        cold = next(p for p in range(0, BIG, PAGE) if not resident_fraction(m.as_ptr() + p, 1))
         with pytest.raises(WouldBlock):
-            m.read_into_nowait(0, bytearray(PAGE))  # cold: refused, never faulted in here
+            m.read_into_nowait(cold, bytearray(PAGE))
         buf = bytearray(BIG)
         async with heartbeat() as ours:
             start = time.perf_counter()
@@ -493,7 +495,7 @@ async def test_loop_lag_reading_256_mib_of_cold_pages(big_file: Path) -> None:
             took = time.perf_counter() - start
         assert buf[::PAGE] == b"\x05" * (BIG // PAGE)
     print(f"\ncold read 256 MiB: {took * 1e3:.0f} ms; worst loop lag {ours.worst * 1e3:.2f} ms")
-    assert ours.worst < 0.1
+    assert_loop_kept_running(ours, took)
 
 
 async def test_warm_nowait_read(rw: MmapRaw) -> None:
