@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import numpy as np
 import pytest
@@ -394,10 +395,20 @@ async def test_nowait_raises_while_a_writer_holds(amap: AnonymousMmap) -> None:
 
 
 async def test_update_nowait_raises_while_a_reader_holds(amap: AnonymousMmap) -> None:
-    async with amap.as_slice(0, 4):
+    async def borrow(task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with amap.as_slice(0, 4):
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(borrow)
         buf = bytearray(4)
         amap.read_into_nowait(0, buf)  # readers share
-        with pytest.raises(WouldBlock):
+        with pytest.raises(WouldBlock, match="borrowed or being written by another task"):
+            amap.update_region_nowait(0, b"x")
+        tg.cancel_scope.cancel()
+    async with amap.as_slice(0, 4):  # in this task's own borrow, waiting cannot help
+        with pytest.raises(RuntimeError):
             amap.update_region_nowait(0, b"x")
 
 

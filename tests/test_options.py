@@ -53,7 +53,7 @@ def _kwargs(opts: MmapOptions) -> dict[str, Any]:
         (lambda: MmapOptions().with_hint(2**64), InvalidHintError),
         (lambda: MmapOptions().populate(1), TypeError),  # type: ignore[arg-type]
         (lambda: MmapOptions(strict="yes"), TypeError),  # type: ignore[arg-type]
-        (lambda: MmapOptions(size=3), TypeError),  # type: ignore[call-arg]
+        (lambda: MmapOptions(size=3), TypeError),  # type: ignore[arg-type]
     ],
 )
 def test_bad_values_fail_at_once(make: object, error: type[Exception]) -> None:
@@ -126,3 +126,12 @@ async def test_no_reserve_terabyte_costs_little() -> None:
         await m.update_region(0, b"head")
         assert await m.read((1 << 40) - 5, 5) == b"tail!"
         assert rss_bytes() - before < 64 << 20
+
+
+def test_a_misspelt_field_names_the_public_class_and_the_field() -> None:
+    """Regression test: ``MmapOptions(length=4096)`` named the internal ``OptionsBase``."""
+    for cls in (MmapOptions, anymmap.sync.MmapOptions):
+        with pytest.raises(TypeError, match=r"^MmapOptions\(\) .* 'length'; did you mean len="):
+            cls(length=4096)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"^MmapOptions\(\) takes keyword arguments only"):
+            cls(4096)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import types
 
 import pytest
@@ -69,3 +70,21 @@ def test_errors_subclass_what_users_catch() -> None:
         value = getattr(anymmap, name)
         if inspect.isclass(value) and issubclass(value, Exception):
             assert issubclass(value, anymmap.AnymmapError)
+
+
+@pytest.mark.parametrize(
+    ("cls", "hint"),
+    [
+        (anymmap.AnonymousMmap, "await anymmap.AnonymousMmap.new(size)"),
+        (anymmap.MmapRaw, "await anymmap.MmapRaw.map_raw(file, ...)"),
+        (anymmap.sync.AnonymousMmap, "anymmap.sync.AnonymousMmap.new(size)"),
+        (anymmap.sync.MmapRaw, "anymmap.sync.MmapRaw.map_raw(file, ...)"),
+    ],
+    ids=lambda x: getattr(x, "__qualname__", ""),
+)
+def test_calling_a_map_type_names_its_constructors(cls: type, hint: str) -> None:
+    """Regression test: ``anymmap.MmapRaw("data.bin")`` said "create a MmapRaw with one of
+    its constructors" without naming them, and the signature showed a private core."""
+    with pytest.raises(TypeError, match=re.escape(hint)):
+        cls("data.bin")
+    assert "core" not in str(inspect.signature(cls))

@@ -6,10 +6,15 @@ process (see ``_child``), so that a regression shows as an exit status and a sta
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 
+import anyio
+import anyio.abc
+import numpy as np
 import pytest
 
 import anymmap
@@ -631,3 +636,83 @@ def test_a_failed_resize_leaves_map_and_file_as_they_were(seal: str) -> None:
             m.resize(3 * PAGE + 1 if seal == "grow" else 4 * PAGE)  # still usable
     finally:
         os.close(fd)
+
+
+# -- errors a newcomer found unclear ----------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_copies_through_the_map_inside_the_tasks_own_borrow() -> None:
+    """Regression test: ``read_into_nowait`` inside the task's own ``as_mut_slice`` raised
+    ``WouldBlock`` with an empty message, though waiting could never help."""
+    async with await anymmap.AnonymousMmap.new(PAGE) as m:
+        async with m.as_mut_slice(0, 4) as view:
+            view[:] = b"mine"
+            with pytest.raises(RuntimeError, match="view"):
+                m.read_into_nowait(0, bytearray(1))
+            with pytest.raises(RuntimeError, match="view"):
+                m.update_region_nowait(0, b"x")
+            with pytest.raises(RuntimeError):
+                await m.read(0, 1)
+            with pytest.raises(RuntimeError):
+                await m.update_region(0, b"x")
+        async with m.as_slice(0, 4) as view:
+            assert await m.read(0, 4) == b"mine"  # reading again is fine
+            m.read_into_nowait(0, bytearray(4))
+            with pytest.raises(RuntimeError, match="as_mut_slice"):
+                m.update_region_nowait(0, b"x")
+            with pytest.raises(RuntimeError):
+                await m.update_region(0, b"x")
+
+        async def hold(task_status: anyio.abc.TaskStatus[None]) -> None:
+            async with m.as_mut_slice(0, 1):
+                task_status.started()
+                await anyio.sleep_forever()
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(hold)
+            with pytest.raises(anyio.WouldBlock, match="another task"):
+                m.read_into_nowait(0, bytearray(1))
+            tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_unclear_errors_now_say_what_to_do(tmp_path: Path) -> None:
+    """Regression tests: each of these raised a bare or misleading error."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(4 * PAGE))
+    async with await anymmap.MmapRaw.map_raw(path) as m:
+        with pytest.raises(TypeError, match="not str"):
+            await m.update_region(0, "abc")
+        with pytest.raises(TypeError, match="progress must be a callable"):
+            await m.populate(progress=1)  # type: ignore[arg-type]
+        with pytest.raises(OSError, match=r"Advice\.FREE only applies to anonymous") as info:
+            await m.advise(anymmap.Advice.FREE)
+        assert info.value.errno == errno.EINVAL
+        await m.advise(np.int32(anymmap.Advice.RANDOM))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        async with await anymmap.MmapRaw.map_raw(np.int64(fd)) as m:
+            assert len(m) == 4 * PAGE
+    finally:
+        os.close(fd)
+    hint = anymmap.MmapOptions(len=PAGE, hint=1 << 50, strict=True)
+    with pytest.raises(anymmap.InvalidHintError, match="user address space"):
+        await hint.map_anon()
+
+
+@pytest.mark.anyio
+async def test_never_written_tmpfs_pages_read_without_waiting() -> None:
+    """Regression test: ``read_into_nowait`` on never-written tmpfs pages raised
+    ``WouldBlock`` for ever (``mincore`` calls a hole "not in memory"), until populate()."""
+    with tempfile.NamedTemporaryFile(dir="/dev/shm") as f:
+        f.truncate(64 * PAGE)
+        f.flush()
+        async with await anymmap.MmapRaw.map_raw(f.name) as m:
+            buf = bytearray(b"x" * 3 * PAGE)
+            m.read_into_nowait(PAGE + 5, buf)
+            assert buf == bytes(3 * PAGE)
+            await m.update_region(0, b"data")  # a page with data, then holes
+            out = bytearray(4)
+            m.read_into_nowait(0, out)
+            assert out == b"data"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import enum
+import operator
 
 from ._sys import os_impl
 
@@ -39,9 +40,10 @@ def check_advice(advice: object) -> int:
     :raises ValueError: if it is not one of :class:`Advice`
     :raises TypeError: if it is not an integer
     """
-    if isinstance(advice, bool) or not isinstance(advice, int):
+    if isinstance(advice, bool) or not hasattr(type(advice), "__index__"):
         raise TypeError(f"advice must be an anymmap.Advice, not {type(advice).__name__}")
+    value = operator.index(advice)  # type: ignore[arg-type]
     try:
-        return int(Advice(advice))
+        return int(Advice(value))
     except ValueError:
         raise ValueError(f"unknown advice {advice!r}; use anymmap.Advice") from None

@@ -32,6 +32,10 @@ class AnonymousMmap(AsyncMap[AnonCore]):
 
     __slots__ = ()
 
+    _constructors = (
+        "'await anymmap.AnonymousMmap.new(size)' or 'await anymmap.MmapOptions(...).map_anon()'"
+    )
+
     @classmethod
     async def new(cls, size: int) -> Self:
         """Map ``size`` bytes of zero-filled memory (the kernel zeroes each page on first
@@ -42,4 +46,4 @@ class AnonymousMmap(AsyncMap[AnonCore]):
         """
         length = check_size(size)
         await checkpoint()
-        return cls(AnonCore(length))
+        return cls._create(AnonCore(length))

@@ -16,7 +16,7 @@ import anyio.from_thread
 from anyio import WouldBlock
 
 from .._advice import check_advice
-from .._core._checks import byte_view, check_size
+from .._core._checks import byte_view, check_populate_args, check_size
 from .._core._handle import CoreT, MapHandle
 from .._core._map import INLINE_COPY_LIMIT, ProgressCallback
 from .._eventloop import checkpoint, current_task, run_sync, shielded
@@ -26,6 +26,12 @@ if sys.version_info >= (3, 11):
     from typing import Self
 else:  # pragma: no cover
     from typing_extensions import Self
+
+
+_NOT_IN_MEMORY = (
+    "a page of the range is not in memory (it would be read from the disk); "
+    "'await {call}(...)' copies it in a worker thread"
+)
 
 
 class AsyncMap(MapHandle[CoreT]):
@@ -38,8 +44,7 @@ class AsyncMap(MapHandle[CoreT]):
 
     __slots__ = ("_lock",)
 
-    def __init__(self, core: CoreT) -> None:
-        super().__init__(core)
+    def _setup(self) -> None:
         self._lock = RWLock()
 
     @property
@@ -106,23 +111,39 @@ class AsyncMap(MapHandle[CoreT]):
         """
         dst = byte_view(buf, writable=True)
         if not self._lock._free_for_reading():
-            raise WouldBlock
+            raise self._busy(writing=False)
         core = self._open_core()
         start, n = core.check_range(offset, len(dst))
         if core.read_now(start, dst, n) < n:
-            raise WouldBlock
+            raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
 
     def update_region_nowait(self, offset: int, data: object) -> None:
         """Copy ``data`` into the map at once, on this thread, or raise
         :exc:`anyio.WouldBlock` while the lock is held or a page is not in memory."""
         src = byte_view(data, writable=False)
         if not self._lock._free_for_writing():
-            raise WouldBlock
+            raise self._busy(writing=True)
         core = self._open_core()
         core.check_writable()
         start, n = core.check_range(offset, len(src))
         if core.write_now(start, src, n) < n:
-            raise WouldBlock
+            raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
+
+    def _busy(self, writing: bool) -> Exception:
+        """The error for a ``*_nowait`` copy that finds the lock taken: RuntimeError if
+        the calling task holds it itself (waiting could never help), else WouldBlock."""
+        if self._lock._held_by(current_task()):
+            if writing:
+                return RuntimeError(
+                    "this task borrows the map (as_slice or as_mut_slice); write through an "
+                    "as_mut_slice view instead of through the map"
+                )
+            return RuntimeError(
+                "this task holds the map's write lock (as_mut_slice); read through its view "
+                "instead of through the map"
+            )
+        holder = "borrowed or being written" if writing else "being written"
+        return WouldBlock(f"the map is {holder} by another task; await the call to wait")
 
     # -- borrows ----------------------------------------------------------------------
 
@@ -166,8 +187,7 @@ class AsyncMap(MapHandle[CoreT]):
         the chunk in progress, and the next chunk then raises ``ClosedMapError`` or
         ``OutOfBoundsError``.
         """
-        if not isinstance(write, bool):
-            raise TypeError(f"write must be True or False, not {type(write).__name__}")
+        check_populate_args(write, progress)
         core = self._open_core()
         start, n = core.check_span(offset, length)  # checked again once pinned
         report: ProgressCallback | None = None

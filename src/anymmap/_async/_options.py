@@ -41,7 +41,7 @@ class MmapOptions(OptionsBase):
         else:
             await checkpoint()
             core = AnonCore(**kwargs)
-        return AnonymousMmap(core)
+        return AnonymousMmap._create(core)
 
     async def map_raw(
         self, file: object, *, offset: int = 0, mode: Mode = "rw", fault_safe: bool = True
@@ -52,4 +52,4 @@ class MmapOptions(OptionsBase):
         core = await run_sync(
             partial(FileCore, file, offset=offset, mode=mode, fault_safe=fault_safe, **kwargs)
         )
-        return MmapRaw(core)
+        return MmapRaw._create(core)

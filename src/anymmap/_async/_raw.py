@@ -39,6 +39,11 @@ class MmapRaw(AsyncMap[FileCore], FileMapInfo):
 
     __slots__ = ()
 
+    _constructors = (
+        "'await anymmap.MmapRaw.map_raw(file, ...)' or "
+        "'await anymmap.MmapOptions(...).map_raw(file)'"
+    )
+
     @classmethod
     async def map_raw(
         cls,
@@ -70,7 +75,7 @@ class MmapRaw(AsyncMap[FileCore], FileMapInfo):
         core = await run_sync(
             partial(FileCore, file, offset=offset, length=length, mode=mode, fault_safe=fault_safe)
         )
-        return cls(core)
+        return cls._create(core)
 
     async def flush(self) -> None:
         """Write the map's dirty pages to the file and wait until they are durable

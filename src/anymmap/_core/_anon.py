@@ -10,6 +10,7 @@ from .._sys import os_impl
 from ._map import MapCore, page_ceil
 
 _RW = os_impl.PROT_READ | os_impl.PROT_WRITE
+USER_ADDRESS_SPACE = os_impl.USER_ADDRESS_SPACE
 
 
 def map_placed(
@@ -35,6 +36,11 @@ def map_placed(
     except OSError as exc:
         if strict and exc.errno == errno.EEXIST:
             raise HintNotHonoredError(hint) from None
+        if strict and exc.errno == errno.ENOMEM and hint + length > USER_ADDRESS_SPACE:
+            raise InvalidHintError(
+                f"cannot map {length} bytes at hint {hint:#x}: the range passes the end of "
+                f"the user address space ({USER_ADDRESS_SPACE:#x})"
+            ) from None
         raise
     if strict and addr != hint:
         os_impl.munmap(addr, length)
@@ -44,6 +50,7 @@ def map_placed(
 
 class AnonCore(MapCore):
     kind = "anonymous map"
+    anonymous = True
 
     def __init__(
         self,

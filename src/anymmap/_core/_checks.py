@@ -89,3 +89,13 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
     if view.ndim != 1:
         view = view.cast("B")
     return view
+
+
+def check_populate_args(write: object, progress: object) -> None:
+    """:raises TypeError: unless ``write`` is a bool and ``progress`` None or callable"""
+    if not isinstance(write, bool):
+        raise TypeError(f"write must be True or False, not {type(write).__name__}")
+    if progress is not None and not callable(progress):
+        raise TypeError(
+            f"progress must be a callable taking (done, total), not {type(progress).__name__}"
+        )

@@ -108,9 +108,9 @@ def open_fd(file: object, mode: Mode) -> tuple[int, int]:
             raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
         if not (stat.S_ISREG(info.st_mode) or stat.S_ISBLK(info.st_mode)):
             raise UnmappableFileError(name, os_impl.file_kind(info.st_mode))
-        file_system = os_impl.unmappable_file_system(fd)
-        if file_system is not None:
-            raise UnmappableFileError(name, f"a file in {file_system}")
+        where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(fd))
+        if where is not None:
+            raise UnmappableFileError(name, f"a file in {where}")
         readable, can_write = os_impl.access_mode(fd)
         if not readable or (writable and not can_write):
             need = "reading and writing" if writable else "reading"
@@ -184,6 +184,9 @@ class FileCore(MapCore):
         # the descriptor was opened with O_DIRECT, which wants aligned buffers and offsets.
         self._pread = mode != "copy" and not os_impl.is_direct(fd)
         self._pread_nowait = self._pread and _RWF_NOWAIT is not None
+        # On tmpfs a page that is not in memory is either swapped out or a hole never
+        # written, and a hole reads as zeros with no I/O: the *_nowait reads check.
+        self._holes_are_free = self._pread and os_impl.file_system(fd) == "tmpfs"
         # Reads of shared maps are fault-safe whatever fault_safe says (documented).
         self._safe_reads = fault_safe or mode != "copy"
         self._fd_finalizer = weakref.finalize(self, os.close, fd)
@@ -225,7 +228,10 @@ class FileCore(MapCore):
                 return got
         if not self.resident(offset, n):
             self._raise_if_past_end(offset, n)
-            return 0
+            if not (
+                self._holes_are_free and os_impl.is_hole(self.fd, self.file_offset + offset, n)
+            ):
+                return 0
         if self._safe_reads:
             self._copy_out(self._address_of(dst, 0), self.addr + offset, n)
         else:

@@ -2,23 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import sys
+from typing import ClassVar, Generic, TypeVar
 
 from ._file import FileCore, Mode
 from ._map import MapCore
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
 
 CoreT = TypeVar("CoreT", bound=MapCore)
 
 
 class MapHandle(Generic[CoreT]):
-    """Base of every public map type; the subclasses add a lock and the operations."""
+    """Base of every public map type; the subclasses add a lock and the operations.
+
+    Maps are made by their constructors (``await AnonymousMmap.new(...)``), which build
+    the core first and then call :meth:`_create`; calling the class directly is refused
+    with a message that names them (``_constructors``).
+    """
 
     __slots__ = ("__weakref__", "_core")
 
-    def __init__(self, core: CoreT) -> None:
-        if not isinstance(core, MapCore):
-            raise TypeError(f"create a {type(self).__name__} with one of its constructors")
-        self._core = core
+    _core: CoreT
+
+    #: How to make one, for the error that calling the class directly raises.
+    _constructors: ClassVar[str] = ""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        name = type(self).__name__
+        raise TypeError(f"{name} has no public constructor; use {self._constructors}")
+
+    @classmethod
+    def _create(cls, core: CoreT) -> Self:
+        handle = cls.__new__(cls)
+        handle._core = core
+        handle._setup()
+        return handle
+
+    def _setup(self) -> None:
+        """Set the subclass's own fields (there is no ``__init__`` to do it)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} {self._core.describe()}>"

@@ -15,6 +15,7 @@ that first checks no view is left.  A view can therefore never outlive its memor
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import os
 import sys
@@ -113,6 +114,8 @@ class MapCore:
 
     #: Name used in error messages and reprs.
     kind: ClassVar[str] = "map"
+    #: Whether the memory is private anonymous memory (no file behind it).
+    anonymous: ClassVar[bool] = False
 
     def __init__(self, map_addr: int, map_len: int, delta: int, length: int, writable: bool):
         self._cond = threading.Condition(threading.Lock())
@@ -427,6 +430,12 @@ class MapCore:
         """``madvise`` the pages of the range: all pages it touches, except for advice that
         discards data (``DISCARDING_ADVICE``), which only covers the pages that lie wholly
         inside it, so no byte outside the range is ever lost."""
+        if advice == os_impl.MADV_FREE and not self.anonymous:
+            raise OSError(
+                errno.EINVAL,
+                f"Advice.FREE only applies to anonymous memory, not to a {self.kind}; use "
+                "Advice.DONTNEED (or Advice.PAGEOUT) there",
+            )
         if not n:
             return  # a zero-length range advises nothing (no page is "touched")
         with self.pinned():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from .._errors import InvalidHintError, InvalidSizeError
 from .._sys import os_impl
@@ -15,6 +15,14 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 _FIELDS = ("len", "hint", "populate", "no_reserve", "strict")
+_SPELLINGS = {
+    "length": "len",
+    "size": "len",
+    "addr": "hint",
+    "address": "hint",
+    "with_hint": "hint",
+    "noreserve": "no_reserve",
+}
 
 #: No user address space reaches this far (57-bit virtual addresses at most).
 MAX_HINT = 1 << 57
@@ -33,13 +41,24 @@ class OptionsBase:
 
     def __init__(
         self,
-        *,
+        *args: NoReturn,  # NoReturn: a type checker flags any argument given here
         len: int | None = None,
         hint: int | None = None,
         populate: bool = False,
         no_reserve: bool = False,
         strict: bool = False,
+        **unknown: NoReturn,
     ) -> None:
+        name = type(self).__name__
+        if args:
+            raise TypeError(f"{name}() takes keyword arguments only (len=, hint=, ...)")
+        for key in unknown:
+            maybe = _SPELLINGS.get(key)
+            hint_text = f"; did you mean {maybe}=?" if maybe else ""
+            raise TypeError(
+                f"{name}() got an unexpected keyword argument {key!r}{hint_text} "
+                f"(its fields: {', '.join(_FIELDS)})"
+            )
         set_ = object.__setattr__
         set_(self, "_len", None if len is None else check_size(len, "len"))
         set_(self, "_hint", None if hint is None else _check_hint(hint))

@@ -39,7 +39,7 @@ class ThreadRWLock:
                 raise RuntimeError("this thread holds the write lock")
             while self._writer is not None or self._writers_waiting:
                 if not blocking:
-                    raise WouldBlock
+                    raise WouldBlock("the map is being written by another thread")
                 self._cond.wait()
             self._readers[me] = 1
         return me
@@ -67,7 +67,7 @@ class ThreadRWLock:
                 self._writer = me
                 return me
             if not blocking:
-                raise WouldBlock
+                raise WouldBlock("the map is borrowed or being written by another thread")
             self._writers_waiting += 1
             try:
                 while self._writer is not None or self._readers:

@@ -22,10 +22,14 @@ class AnonymousMmap(SyncMap[AnonCore]):
 
     __slots__ = ()
 
+    _constructors = (
+        "'anymmap.sync.AnonymousMmap.new(size)' or 'anymmap.sync.MmapOptions(...).map_anon()'"
+    )
+
     @classmethod
     def new(cls, size: int) -> Self:
         """Map ``size`` bytes of zero-filled memory.
 
         :raises InvalidSizeError: if ``size`` is 0 or above 128 TiB
         """
-        return cls(AnonCore(check_size(size)))
+        return cls._create(AnonCore(check_size(size)))

@@ -10,7 +10,7 @@ from types import TracebackType
 from anyio import WouldBlock
 
 from .._advice import check_advice
-from .._core._checks import byte_view, check_size
+from .._core._checks import byte_view, check_populate_args, check_size
 from .._core._handle import CoreT, MapHandle
 from .._core._map import INLINE_COPY_LIMIT, ProgressCallback
 from .._core._threadlock import ThreadRWLock
@@ -21,14 +21,18 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
+_NOT_IN_MEMORY = (
+    "a page of the range is not in memory (it would be read from the disk); {call}() waits for it"
+)
+
+
 class SyncMap(MapHandle[CoreT]):
     """Base of the blocking maps.  Thread-safe: copies and borrows take a read-write lock
     (many readers or one writer), ``resize`` and ``close`` take it exclusively."""
 
     __slots__ = ("_lock",)
 
-    def __init__(self, core: CoreT) -> None:
-        super().__init__(core)
+    def _setup(self) -> None:
         self._lock = ThreadRWLock()
 
     # -- copies -----------------------------------------------------------------------
@@ -79,7 +83,7 @@ class SyncMap(MapHandle[CoreT]):
             core = self._open_core()
             start, n = core.check_range(offset, len(dst))
             if core.read_now(start, dst, n) < n:
-                raise WouldBlock
+                raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
 
     def update_region_nowait(self, offset: int, data: object) -> None:
         """Like :meth:`update_region`, but raise :exc:`anyio.WouldBlock` instead of waiting
@@ -90,7 +94,7 @@ class SyncMap(MapHandle[CoreT]):
             core.check_writable()
             start, n = core.check_range(offset, len(src))
             if core.write_now(start, src, n) < n:
-                raise WouldBlock
+                raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
 
     # -- borrows ----------------------------------------------------------------------
 
@@ -141,8 +145,7 @@ class SyncMap(MapHandle[CoreT]):
 
         ``progress(done, total)`` is called after each 16 MiB chunk.
         """
-        if not isinstance(write, bool):
-            raise TypeError(f"write must be True or False, not {type(write).__name__}")
+        check_populate_args(write, progress)
         core = self._open_core()
         start, n = core.check_span(offset, length)
         core.populate(start, n, write, progress)

@@ -19,12 +19,12 @@ class MmapOptions(OptionsBase):
 
     def map_anon(self) -> AnonymousMmap:
         """Create an :class:`anymmap.sync.AnonymousMmap` with these options."""
-        return AnonymousMmap(AnonCore(**self._anon_kwargs()))
+        return AnonymousMmap._create(AnonCore(**self._anon_kwargs()))
 
     def map_raw(
         self, file: object, *, offset: int = 0, mode: Mode = "rw", fault_safe: bool = True
     ) -> MmapRaw:
         """Map ``file`` with these options; see :meth:`anymmap.MmapOptions.map_raw`."""
-        return MmapRaw(
+        return MmapRaw._create(
             FileCore(file, offset=offset, mode=mode, fault_safe=fault_safe, **self._file_kwargs())
         )

@@ -22,6 +22,11 @@ class MmapRaw(SyncMap[FileCore], FileMapInfo):
 
     __slots__ = ()
 
+    _constructors = (
+        "'anymmap.sync.MmapRaw.map_raw(file, ...)' or "
+        "'anymmap.sync.MmapOptions(...).map_raw(file)'"
+    )
+
     @classmethod
     def map_raw(
         cls,
@@ -33,7 +38,9 @@ class MmapRaw(SyncMap[FileCore], FileMapInfo):
         fault_safe: bool = True,
     ) -> Self:
         """Map ``file``; see :meth:`anymmap.MmapRaw.map_raw`."""
-        return cls(FileCore(file, offset=offset, length=length, mode=mode, fault_safe=fault_safe))
+        return cls._create(
+            FileCore(file, offset=offset, length=length, mode=mode, fault_safe=fault_safe)
+        )
 
     def flush(self) -> None:
         """Write the dirty pages to the file; durable when it returns (``msync(MS_SYNC)``)."""

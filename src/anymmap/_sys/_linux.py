@@ -60,6 +60,9 @@ _process_vm_writev = _fn(
 )  # fmt: skip
 
 PAGE_SIZE: int = _stdlib_mmap.PAGESIZE
+#: Where user space ends with 4-level page tables (x86-64, arm64 with 48-bit VAs); the
+#: kernel places maps above it only when asked to with a hint there (5-level paging).
+USER_ADDRESS_SPACE = 1 << 47
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 PROT_NONE = 0x0
@@ -387,8 +390,10 @@ _FILE_KINDS = (
     (stat.S_ISLNK, "a symbolic link"),
 )
 
-# statfs(2) f_type of the file systems whose files report a size but cannot be mapped.
-_UNMAPPABLE_FILE_SYSTEMS = {0x9FA0: "/proc", 0x62656572: "/sys", 0x64626720: "debugfs"}
+# statfs(2) f_type of the file systems anymmap treats specially.
+_FILE_SYSTEMS = {0x9FA0: "proc", 0x62656572: "sysfs", 0x64626720: "debugfs", 0x01021994: "tmpfs"}
+#: File systems whose files report a size but cannot be mapped, and where they live.
+UNMAPPABLE_FILE_SYSTEMS = {"proc": "/proc", "sysfs": "/sys", "debugfs": "debugfs"}
 
 
 def open_nonblocking(
@@ -420,14 +425,27 @@ def file_size(fd: int) -> int:
     return info.st_size
 
 
-def unmappable_file_system(fd: int) -> str | None:
-    """The name of the file system of ``fd`` if its files cannot be mapped (/proc, /sys)."""
+def file_system(fd: int) -> str:
+    """The name of the file system of ``fd`` if anymmap treats it specially ("tmpfs",
+    "proc", ...), else "other"."""
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86-64
     # SAFETY: fstatfs writes one struct statfs, which fits in buf; f_type comes first.
     if _fstatfs(fd, ctypes.addressof(buf)) != 0:
-        return None
+        return "other"
     f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
-    return _UNMAPPABLE_FILE_SYSTEMS.get(f_type)
+    return _FILE_SYSTEMS.get(f_type, "other")
+
+
+def is_hole(fd: int, offset: int, length: int) -> bool:
+    """Whether ``[offset, offset + length)`` of the file holds no data at all (never
+    written: it reads as zeros without any I/O).  Asks the file system (SEEK_DATA)."""
+    try:
+        data = os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # no data from offset to the end of the file
+            return True
+        raise
+    return data >= offset + length
 
 
 def access_mode(fd: int) -> tuple[bool, bool]:

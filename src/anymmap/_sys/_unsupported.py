@@ -13,6 +13,7 @@ from typing import NoReturn
 from .._errors import UnsupportedError
 
 PAGE_SIZE: int = _stdlib_mmap.PAGESIZE
+USER_ADDRESS_SPACE = 1 << 47
 SUPPORTED = False
 
 PROT_NONE = 0x0
@@ -44,6 +45,7 @@ MADV_DODUMP = -1
 MADV_COLD = -1
 MADV_PAGEOUT = -1
 SYNC_FILE_RANGE_WRITE = 0
+UNMAPPABLE_FILE_SYSTEMS: dict[str, str] = {}
 
 
 def _unsupported(*args: object) -> NoReturn:
@@ -52,7 +54,7 @@ def _unsupported(*args: object) -> NoReturn:
 
 mmap = munmap = mprotect = msync = madvise = mremap = memmove = pread = _unsupported
 resident = populate = sync_file_range = read_memory = write_memory = _unsupported
-remap = open_nonblocking = set_blocking = file_size = unmappable_file_system = _unsupported
+remap = open_nonblocking = set_blocking = file_size = file_system = is_hole = _unsupported
 access_mode = is_direct = _unsupported
 
 
