@@ -42,6 +42,7 @@ PUBLIC = {
 def test_public_names_are_deliberate_and_say_where_they_live(module: types.ModuleType) -> None:
     names = {n for n in vars(module) if not n.startswith("_") and n != "annotations"}
     assert names == PUBLIC[module.__name__]
+    assert sorted(module.__all__) == sorted(names - {"sync"})  # a module is not a name
     for name in names:
         value = getattr(module, name)
         if inspect.isclass(value) or inspect.isfunction(value):
@@ -88,3 +89,9 @@ def test_calling_a_map_type_names_its_constructors(cls: type, hint: str) -> None
     with pytest.raises(TypeError, match=re.escape(hint)):
         cls("data.bin")
     assert "core" not in str(inspect.signature(cls))
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    assert anymmap.__version__ == version("anymmap")

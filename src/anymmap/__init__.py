@@ -26,8 +26,32 @@ from ._rwlock import RWLock as RWLock
 from ._rwlock import RWLockStatistics as RWLockStatistics
 from ._sys import os_impl as _os_impl
 
+__version__ = "0.1.0.dev0"
+
 #: The size of a memory page on this machine.
 PAGE_SIZE: int = _os_impl.PAGE_SIZE
+
+__all__ = [
+    "INLINE_COPY_LIMIT",
+    "PAGE_SIZE",
+    "Advice",
+    "AnonymousMmap",
+    "AnymmapError",
+    "BorrowError",
+    "ClosedMapError",
+    "HintNotHonoredError",
+    "InvalidHintError",
+    "InvalidSizeError",
+    "MappingFaultError",
+    "MmapOptions",
+    "MmapRaw",
+    "OutOfBoundsError",
+    "RWLock",
+    "RWLockStatistics",
+    "ReadOnlyError",
+    "UnmappableFileError",
+    "UnsupportedError",
+]
 
 # Re-export the public names as if they were defined here, so that reprs and tracebacks
 # say ``anymmap.RWLock`` (the anyio convention).

@@ -11,6 +11,8 @@ from ._sync._anon import AnonymousMmap as AnonymousMmap
 from ._sync._options import MmapOptions as MmapOptions
 from ._sync._raw import MmapRaw as MmapRaw
 
+__all__ = ["AnonymousMmap", "MmapOptions", "MmapRaw"]
+
 for __value in list(locals().values()):
     if getattr(__value, "__module__", "").startswith("anymmap._"):
         __value.__module__ = __name__
