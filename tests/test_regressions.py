@@ -389,7 +389,6 @@ _RAW_FORK = """
     import ctypes, os, sys, tempfile
     import anymmap.sync
 
-    libc = ctypes.CDLL(None, use_errno=True)
     path = tempfile.mktemp()
     with open(path, "wb") as f:
         f.write(b"parent" + bytes(4090))
@@ -397,8 +396,10 @@ _RAW_FORK = """
     with anymmap.sync.MmapRaw.map_raw(path, mode="copy") as private:
         private.update_region(0, b"PARENT")  # private: only this process sees it
         with anymmap.sync.MmapRaw.map_raw(path) as shared:
-            # glibc's fork(), unlike os.fork(), skips Python's at-fork hooks.
-            pid = libc.fork()
+            # glibc's fork(), unlike os.fork(), skips Python's at-fork hooks.  (Through
+            # PyDLL, which keeps the GIL: a fork while another thread held the GIL would
+            # leave the child without one.)
+            pid = ctypes.PyDLL(None).fork()
             if pid == 0:
                 private.update_region(0, b"child!")
                 ok = private.read(0, 6) == b"child!"
@@ -470,7 +471,7 @@ _DONTFORK = """
 
     m, other = anyio.run(setup)
     addr = m.as_ptr()
-    pid = os.fork() if FORK == "os.fork" else libc.fork()
+    pid = os.fork() if FORK == "os.fork" else ctypes.PyDLL(None).fork()  # keeps the GIL
     if pid == 0:
         try:
             anyio.run(child_side, m, other)
