@@ -90,18 +90,22 @@ class MappingFaultError(AnymmapError, OSError):
     """Raised when a copy touches a page that is not there — the mapped file was truncated
     under the map, or the range crosses a hole — instead of crashing with SIGBUS.
 
-    ``errno`` is ``errno.EFAULT``.
+    ``errno`` is ``errno.EFAULT``; ``offset`` is the offset in the map of the first byte
+    that could not be accessed (the start of its page, or of the range), ``address`` its
+    address, and ``cause`` says why.
     """
 
-    def __init__(self, address: int, detail: str = "") -> None:
+    def __init__(self, offset: int, address: int, cause: str = "") -> None:
+        self.offset = offset
         self.address = address
-        message = f"page at {address:#x} could not be accessed"
-        if detail:
-            message += f" ({detail})"
+        self.cause = cause
+        message = f"offset {offset} of the map (address {address:#x}) could not be accessed"
+        if cause:
+            message += f": {cause}"
         super().__init__(errno.EFAULT, message)
 
-    def __reduce__(self) -> tuple[type[MappingFaultError], tuple[int, str]]:
-        return type(self), (self.address, "")
+    def __reduce__(self) -> tuple[type[MappingFaultError], tuple[int, int, str]]:
+        return type(self), (self.offset, self.address, self.cause)
 
 
 class UnmappableFileError(AnymmapError, OSError):

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 from anyio import TaskInfo, WouldBlock
 
-from ._eventloop import (
+from ._backend import (
     Waiter,
     asyncio_current_task,
     backend_local,
@@ -64,105 +64,58 @@ class _Ticket(Waiter):
 
 
 class _Guard:
-    """An async context manager that holds one side of a lock for its block.
+    """An async context manager that holds one side of a lock for its block (what
+    ``RWLock.read()`` and ``RWLock.write()`` return).
 
     It remembers the task that acquired, and its exit releases on behalf of that task,
     whichever task runs it: an async generator suspended inside the block may be
     finalized by another task, and the lock must not stay held forever.
     """
 
-    __slots__ = ("_lock", "_task")
+    __slots__ = ("_lock", "_task", "_write")
 
     _task: object
 
-    def __init__(self, lock: RWLock) -> None:
+    def __init__(self, lock: RWLock, write: bool) -> None:
         self._lock = lock
+        self._write = write
+
+    @types.coroutine
+    def __aenter__(self) -> Generator[Any, Any, None]:
+        lock = self._lock
+        write = self._write
+        if backend_local.name == "trio":
+            self._task = task = trio_current_task()
+            yield from trio_checkpoint_if_cancelled()
+            if (lock._try_write if write else lock._try_read)(task):
+                yield from trio_cancel_shielded_checkpoint()
+            else:
+                yield from lock._wait(task, write)
+            return
+
+        self._task = task = asyncio_current_task() or not_in_a_task()
+        if (lock._try_write if write else lock._try_read)(task):
+            try:
+                yield  # asyncio's checkpoint, as in asyncio.sleep(0)
+            except BaseException:
+                lock._release(task, write)
+                raise
+        else:
+            yield from lock._wait(task, write)
+
+    @types.coroutine
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> Generator[Any, Any, None]:
+        self._lock._release(self._task, self._write)
+        yield from ()  # a generator that never yields: __aexit__ must be awaitable
 
     def release(self) -> None:
         """Release what this guard acquired (synchronous; for the maps' borrows)."""
-        raise NotImplementedError  # pragma: no cover
-
-
-class _ReadGuard(_Guard):
-    """What ``RWLock.read()`` returns."""
-
-    __slots__ = ()
-
-    @types.coroutine
-    def __aenter__(self) -> Generator[Any, Any, None]:
-        lock = self._lock
-        if backend_local.name == "trio":
-            self._task = task = trio_current_task()
-            yield from trio_checkpoint_if_cancelled()
-            if lock._try_read(task):
-                yield from trio_cancel_shielded_checkpoint()
-            else:
-                yield from lock._wait(task, write=False)
-            return
-
-        self._task = task = asyncio_current_task() or not_in_a_task()
-        if lock._try_read(task):
-            try:
-                yield  # asyncio's checkpoint, as in asyncio.sleep(0)
-            except BaseException:
-                lock._release_read(task)
-                raise
-        else:
-            yield from lock._wait(task, write=False)
-
-    @types.coroutine
-    def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> Generator[Any, Any, None]:
-        self._lock._release_read(self._task)
-        yield from ()  # a generator that never yields: __aexit__ must be awaitable
-
-    def release(self) -> None:
-        self._lock._release_read(self._task)
-
-
-class _WriteGuard(_Guard):
-    """What ``RWLock.write()`` returns."""
-
-    __slots__ = ()
-
-    @types.coroutine
-    def __aenter__(self) -> Generator[Any, Any, None]:
-        lock = self._lock
-        if backend_local.name == "trio":
-            self._task = task = trio_current_task()
-            yield from trio_checkpoint_if_cancelled()
-            if lock._try_write(task):
-                yield from trio_cancel_shielded_checkpoint()
-            else:
-                yield from lock._wait(task, write=True)
-            return
-
-        self._task = task = asyncio_current_task() or not_in_a_task()
-        if lock._try_write(task):
-            try:
-                yield  # asyncio's checkpoint, as in asyncio.sleep(0)
-            except BaseException:
-                lock._release_write(task)
-                raise
-        else:
-            yield from lock._wait(task, write=True)
-
-    @types.coroutine
-    def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> Generator[Any, Any, None]:
-        self._lock._release_write(self._task)
-        yield from ()  # a generator that never yields: __aexit__ must be awaitable
-
-    def release(self) -> None:
-        self._lock._release_write(self._task)
+        self._lock._release(self._task, self._write)
 
 
 class RWLock:
@@ -218,23 +171,23 @@ class RWLock:
     def __exit__(self, *exc_info: object) -> None:  # pragma: no cover - __enter__ raises
         pass
 
-    def read(self) -> _ReadGuard:
+    def read(self) -> _Guard:
         """
         Return an async context manager that holds the read lock for its block.
 
         ``async with lock.read(): ...`` is :meth:`acquire_read` on entry and
         :meth:`release_read` on exit.
         """
-        return _ReadGuard(self)
+        return _Guard(self, write=False)
 
-    def write(self) -> _WriteGuard:
+    def write(self) -> _Guard:
         """
         Return an async context manager that holds the write lock for its block.
 
         ``async with lock.write(): ...`` is :meth:`acquire_write` on entry and
         :meth:`release_write` on exit.
         """
-        return _WriteGuard(self)
+        return _Guard(self, write=True)
 
     async def acquire_read(self) -> None:
         """
@@ -243,7 +196,7 @@ class RWLock:
         :raises RuntimeError: if the current task holds the write lock
 
         """
-        await _ReadGuard(self).__aenter__()
+        await _Guard(self, write=False).__aenter__()
 
     def acquire_read_nowait(self) -> None:
         """
@@ -263,7 +216,7 @@ class RWLock:
         :raises RuntimeError: if the current task already holds the read or write lock
 
         """
-        await _WriteGuard(self).__aenter__()
+        await _Guard(self, write=True).__aenter__()
 
     def acquire_write_nowait(self) -> None:
         """
@@ -315,16 +268,11 @@ class RWLock:
         if self._queue:
             self._grant()
 
-    # For the maps' *_nowait copies, which complete without yielding, so they only need
-    # the lock to be free at this instant (a queued writer is not delayed by them).
-    def _free_for_reading(self) -> bool:
-        return self._writer is None
-
-    def _free_for_writing(self) -> bool:
-        return self._writer is None and not self._readers
-
-    def _held_by(self, task: object) -> bool:
-        return task is self._writer or task in self._readers
+    def _release(self, task: object, write: bool) -> None:
+        if write:
+            self._release_write(task)
+        else:
+            self._release_read(task)
 
     def _try_read(self, task: object) -> bool:
         """Take the read lock for ``task`` if that needs no waiting; return whether it did.
@@ -427,3 +375,22 @@ class RWLock:
                 ticket.wake()
             else:
                 return
+
+
+class MapLock(RWLock):
+    """The lock of a map: an :class:`RWLock` with the few questions the map's own
+    ``*_nowait`` copies and its ``resize`` / ``aclose`` ask of it."""
+
+    __slots__ = ()
+
+    # The *_nowait copies complete without yielding, so they only need the lock to be free
+    # at this instant (a queued writer is not delayed by them).
+    def free_for_reading(self) -> bool:
+        return self._writer is None
+
+    def free_for_writing(self) -> bool:
+        return self._writer is None and not self._readers
+
+    def held_by_current_task(self) -> bool:
+        task = current_task()
+        return task is self._writer or task in self._readers

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import sys
 
+from .._backend import checkpoint
 from .._core._anon import AnonCore
 from .._core._checks import check_size
-from .._eventloop import checkpoint
 from ._base import AsyncMap
 
 if sys.version_info >= (3, 11):

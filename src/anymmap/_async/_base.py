@@ -16,11 +16,11 @@ import anyio.from_thread
 from anyio import WouldBlock
 
 from .._advice import check_advice
+from .._backend import checkpoint, run_sync, shielded
 from .._core._checks import byte_view, check_populate_args, check_size
 from .._core._handle import CoreT, MapHandle
-from .._core._map import INLINE_COPY_LIMIT, ProgressCallback
-from .._eventloop import checkpoint, current_task, run_sync, shielded
-from .._rwlock import RWLock, _ReadGuard, _WriteGuard
+from .._core._map import Borrowed, ProgressCallback
+from .._rwlock import MapLock, RWLock, _Guard
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -44,8 +44,10 @@ class AsyncMap(MapHandle[CoreT]):
 
     __slots__ = ("_lock",)
 
+    _lock: MapLock
+
     def _setup(self) -> None:
-        self._lock = RWLock()
+        self._lock = MapLock()
 
     @property
     def lock(self) -> RWLock:
@@ -54,7 +56,7 @@ class AsyncMap(MapHandle[CoreT]):
         return self._lock
 
     def _check_not_borrowing(self, what: str) -> None:
-        if self._lock._held_by(current_task()):
+        if self._lock.held_by_current_task():
             raise RuntimeError(f"cannot {what} a map while this task borrows it")
 
     # -- copies -----------------------------------------------------------------------
@@ -71,21 +73,15 @@ class AsyncMap(MapHandle[CoreT]):
         """
         dst = byte_view(buf, writable=True)
         async with self._lock.read():
-            core = self._open_core()
-            start, n = core.check_range(offset, len(dst))
-            done = core.read_now(start, dst, INLINE_COPY_LIMIT)
-            if done < n:
-                await run_sync(core.read_blocking, start + done, dst[done:])
+            rest = self._open_core().start_read(offset, dst)
+            if rest is not None:
+                await run_sync(rest)
 
     async def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset`` (see :meth:`read_into`)."""
         async with self._lock.read():
-            core = self._open_core()
-            start, n = core.check_range(offset, length)
-            data = core.read_bytes_now(start, n, INLINE_COPY_LIMIT)
-            if data is None:
-                data = await run_sync(core.read_bytes_blocking, start, n)
-            return data
+            data = self._open_core().read_bytes(offset, length)
+            return data if isinstance(data, bytes) else await run_sync(data)
 
     async def update_region(self, offset: int, data: object) -> None:
         """Copy the bytes-like ``data`` into the map at ``offset``, holding the write lock.
@@ -96,11 +92,9 @@ class AsyncMap(MapHandle[CoreT]):
         src = byte_view(data, writable=False)
         self._open_core().check_writable()
         async with self._lock.write():
-            core = self._open_core()
-            start, n = core.check_range(offset, len(src))
-            done = core.write_now(start, src, INLINE_COPY_LIMIT)
-            if done < n:
-                await run_sync(core.write_blocking, start + done, src[done:])
+            rest = self._open_core().start_write(offset, src)
+            if rest is not None:
+                await run_sync(rest)
 
     def read_into_nowait(self, offset: int, buf: object) -> None:
         """Copy into ``buf`` at once, on this thread, or raise :exc:`anyio.WouldBlock`.
@@ -110,29 +104,24 @@ class AsyncMap(MapHandle[CoreT]):
         here.  After WouldBlock the contents of ``buf`` are unspecified.
         """
         dst = byte_view(buf, writable=True)
-        if not self._lock._free_for_reading():
+        if not self._lock.free_for_reading():
             raise self._busy(writing=False)
-        core = self._open_core()
-        start, n = core.check_range(offset, len(dst))
-        if core.read_now(start, dst, n) < n:
+        if not self._open_core().try_read(offset, dst):
             raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
 
     def update_region_nowait(self, offset: int, data: object) -> None:
         """Copy ``data`` into the map at once, on this thread, or raise
         :exc:`anyio.WouldBlock` while the lock is held or a page is not in memory."""
         src = byte_view(data, writable=False)
-        if not self._lock._free_for_writing():
+        if not self._lock.free_for_writing():
             raise self._busy(writing=True)
-        core = self._open_core()
-        core.check_writable()
-        start, n = core.check_range(offset, len(src))
-        if core.write_now(start, src, n) < n:
+        if not self._open_core().try_write(offset, src):
             raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
 
     def _busy(self, writing: bool) -> Exception:
         """The error for a ``*_nowait`` copy that finds the lock taken: RuntimeError if
         the calling task holds it itself (waiting could never help), else WouldBlock."""
-        if self._lock._held_by(current_task()):
+        if self._lock.held_by_current_task():
             if writing:
                 return RuntimeError(
                     "this task borrows the map (as_slice or as_mut_slice); write through an "
@@ -267,11 +256,10 @@ class _Borrow:
     when another task runs the exit (an async generator finalized elsewhere).
     """
 
-    __slots__ = ("_base", "_guard", "_length", "_map", "_offset", "_view", "_writable")
+    __slots__ = ("_borrowed", "_guard", "_length", "_map", "_offset", "_writable")
 
-    _base: memoryview
-    _view: memoryview
-    _guard: _ReadGuard | _WriteGuard
+    _borrowed: Borrowed
+    _guard: _Guard
 
     def __init__(self, owner: AsyncMap[Any], offset: int, length: int, writable: bool):
         self._map = owner
@@ -285,13 +273,13 @@ class _Borrow:
         await guard.__aenter__()
         self._guard = guard
         try:
-            core = self._map._open_core()
-            start, n = core.check_range(self._offset, self._length)
-            self._base, self._view = core.view(start, n, self._writable)
+            self._borrowed = self._map._open_core().borrow(
+                self._offset, self._length, self._writable
+            )
         except BaseException:
             guard.release()
             raise
-        return self._view
+        return self._borrowed[2]
 
     async def __aexit__(
         self,
@@ -299,10 +287,10 @@ class _Borrow:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        base, view = self._base, self._view
-        del self._base, self._view  # nothing but the registry may keep `base` once it ends
+        borrowed = self._borrowed
+        del self._borrowed  # nothing but the registry may keep its views once it ends
         try:
-            self._map._core.end_borrow(base, view, report=exc_type is None)
+            self._map._core.end_borrow(borrowed, report=exc_type is None)
         finally:
-            del base, view
+            del borrowed
             self._guard.release()

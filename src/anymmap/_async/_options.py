@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from functools import partial
 
+from .._backend import checkpoint, run_sync
 from .._core._anon import AnonCore
 from .._core._file import FileCore, Mode
 from .._core._options import OptionsBase
-from .._eventloop import checkpoint, run_sync
 from ._anon import AnonymousMmap
 from ._raw import MmapRaw
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import sys
 from functools import partial
 
+from .._backend import run_sync
 from .._core._file import FileCore, Mode
 from .._core._handle import FileMapInfo
-from .._eventloop import run_sync
 from ._base import AsyncMap
 
 if sys.version_info >= (3, 11):

@@ -77,7 +77,7 @@ class MapHandle(Generic[CoreT]):
 
     def _open_core(self) -> CoreT:
         core = self._core
-        if core._closed or core._fork_guard:
+        if not core.usable:
             core.check_open()
         return core
 

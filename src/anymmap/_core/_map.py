@@ -1,40 +1,43 @@
-"""The sync core shared by every map type: one mapped range and the rules for using it.
+"""The sync core every map type is made of: ranges, pieces, copies, pins and closing.
 
-A :class:`MapCore` owns the address range, hands out memoryviews of it, copies in and out,
-and unmaps it.  It does no borrow locking of its own: the blocking twins (``anymmap.sync``)
-wrap it in a thread lock, the async types in :class:`anymmap.RWLock`.  Operations that run
-in a worker thread without that lock (flush, populate, advise) *pin* the core instead, and
-``close`` / ``resize`` wait for the pins to drain.
+A :class:`MapCore` is a map without a lock of its own and without an event loop: the
+blocking twins (``anymmap.sync``) wrap it in a thread lock, the async types in
+:class:`anymmap.RWLock`, and both call the same methods.  It owns
 
-Lifetime: the memory belongs to an *exporter*, a ctypes array placed over the range.  Every
-memoryview handed out is taken from it, so each live view keeps it alive, and the range is
-unmapped only when it dies (a ``weakref.finalize`` on the exporter) or on an explicit close
-that first checks no view is left.  A view can therefore never outlive its memory.
+* the :class:`~anymmap._core._lifetime.Memory` (the mapped range and every view of it);
+* the *pieces* that make up the map, each ``(offset, length, copier)``: one for an
+  anonymous or file map, several for a sparse one; the copier of a piece was chosen for
+  its backing when it was mapped (see ``_copier``);
+* the copy handshake: :meth:`start_read` / :meth:`start_write` copy on the calling thread
+  what needs no disk and no more than :data:`INLINE_COPY_LIMIT` bytes, and return the rest
+  as a call for a worker thread (the async facade awaits it there; the sync one calls it);
+* the one place where ``EFAULT`` becomes :class:`~anymmap.MappingFaultError`
+  (:meth:`fault_error`), with the map offset and the cause the piece's copier gives;
+* *pins*: operations that run in a worker thread without holding the facade's lock
+  (flush, populate, advise) pin the core, and ``close`` / ``resize`` wait for the pins to
+  drain.  A close or resize from a thread that holds a pin raises ``RuntimeError`` (it
+  would wait for itself).
+
+Offsets are checked (``check_range``) before any system call and converted to addresses
+in one place (:meth:`_spans`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import gc
 import os
-import sys
 import threading
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pickle import PickleBuffer
+from functools import partial
 from typing import ClassVar
 
-from .._errors import (
-    BorrowError,
-    ClosedMapError,
-    OutOfBoundsError,
-    ReadOnlyError,
-)
+from .._errors import ClosedMapError, MappingFaultError, OutOfBoundsError, ReadOnlyError
 from .._sys import os_impl
 from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
+from ._copier import Copier, page_ceil, page_floor
+from ._lifetime import Memory
 
 PAGE_SIZE = os_impl.PAGE_SIZE
 
@@ -50,123 +53,40 @@ ProgressCallback = Callable[[int, int], object]
 #: Advice after which private pages read back as zeros (or as the file's data).
 DISCARDING_ADVICE = frozenset({os_impl.MADV_DONTNEED, os_impl.MADV_FREE})
 
-
-def page_floor(value: int) -> int:
-    return value - value % PAGE_SIZE
-
-
-def page_ceil(value: int) -> int:
-    return -(-value // PAGE_SIZE) * PAGE_SIZE
-
-
-def _exporter_type(length: int) -> type[ctypes.Array[ctypes.c_ubyte]]:
-    # An array type of exactly `length` bytes, made fresh: `c_ubyte * n` would be cached by
-    # ctypes forever, one type per length ever mapped.  About 10 µs per map or resize.
-    return type("MappedBytes", (ctypes.Array,), {"_type_": ctypes.c_ubyte, "_length_": length})
-
-
-def _unmap(addr: int, length: int, fork_guard: list[int]) -> None:
-    # Runs when the exporter dies: no view of the range can exist any more.  In the child
-    # of a fork after DONTFORK advice the range is not ours (see MapCore.forked_away).
-    if fork_guard and fork_guard[0] != os.getpid():
-        return
-    try:
-        os_impl.munmap(addr, length)
-    except OSError:  # pragma: no cover - the range was ours; nothing sensible to do
-        pass
-
-
-# Borrow bases that could not be released when their borrow ended (see end_borrow).
-_ESCAPED: list[memoryview] = []
-_ESCAPED_LOCK = threading.Lock()
-
-
-def _try_release(view: memoryview) -> bool:
-    try:
-        view.release()
-    except BufferError:
-        return False
-    return True
-
-
-def release_escaped(blocking: bool = True) -> None:
-    """Release the parked borrow bases whose exports are gone."""
-    if _ESCAPED and _ESCAPED_LOCK.acquire(blocking):
-        try:
-            _ESCAPED[:] = [view for view in _ESCAPED if not _try_release(view)]
-        finally:
-            _ESCAPED_LOCK.release()
-
-
-def _after_gc(phase: str, info: dict[str, int]) -> None:
-    # Escaped slices and arrays usually die in a collection; once they are gone, their
-    # parked bases can go too, and with them the last reference to an unclosed map.
-    # Never block here: the collection may have started inside release_escaped.
-    if phase == "stop":
-        release_escaped(blocking=False)
-
-
-gc.callbacks.append(_after_gc)
+#: ``(offset, length, copier)`` of one piece of a map.
+Piece = tuple[int, int, Copier]
+#: A borrow in progress: its offset in the memory, its base view and the user's view.
+Borrowed = tuple[int, memoryview, memoryview]
 
 
 class MapCore:
-    """A mapped range and everything that can be done to it without a lock of its own."""
+    """A map: its memory, its pieces and everything that can be done to it."""
 
     #: Name used in error messages and reprs.
     kind: ClassVar[str] = "map"
     #: Whether the memory is private anonymous memory (no file behind it).
     anonymous: ClassVar[bool] = False
 
-    def __init__(self, map_addr: int, map_len: int, delta: int, length: int, writable: bool):
+    memory: Memory
+    #: The address of byte 0 of the map, and its length.
+    addr: int
+    length: int
+
+    def __init__(self, writable: bool) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._pins = 0
         self._pinners: dict[int, int] = {}  # thread identity -> pins it holds
         self._remapping = False
         self._closed = False
+        #: False once the map may be unusable here (closed, or DONTFORK was advised): the
+        #: facades' one-attribute test before they call :meth:`check_open`.
+        self.usable = True
         # The pid of the process that advised DONTFORK on part of the map (empty if none).
         self._fork_guard: list[int] = []
+        self._pieces: Sequence[Piece] = ()
         self.writable = writable
-        self._install(map_addr, map_len, delta, length)
 
-    # -- lifetime ---------------------------------------------------------------------
-
-    def _install(self, map_addr: int, map_len: int, delta: int, length: int) -> None:
-        """Adopt ``[map_addr, map_addr + map_len)``, whose user part starts at ``delta``."""
-        self.map_addr = map_addr
-        self.map_len = map_len
-        self.delta = delta
-        self.length = length
-        self.addr = map_addr + delta
-        # SAFETY: the array describes exactly [addr, addr + length), which is mapped for as
-        # long as the array lives (the finalizer below unmaps it only when it dies).
-        exporter = _exporter_type(length).from_address(self.addr)
-        self._finalizer = weakref.finalize(exporter, _unmap, map_addr, map_len, self._fork_guard)
-        self._finalizer.atexit = False  # the OS reclaims it; views may outlive atexit
-        self._exporter = exporter
-        del exporter
-        # References now: self._exporter and getrefcount's argument.  Each live view adds
-        # one (through its managed buffer); _retire() compares against this.
-        self._baseline = sys.getrefcount(self._exporter)
-        self._view = memoryview(self._exporter).cast("B")
-
-    def _retire(self) -> None:
-        """Give up the exporter before the range is unmapped or moved.
-
-        :raises BorrowError: if a view of the range is still alive
-        """
-        self._view.release()
-        if sys.getrefcount(self._exporter) != self._baseline:
-            gc.collect()  # a view kept alive only by a reference cycle
-            release_escaped()
-        leaked = sys.getrefcount(self._exporter) - self._baseline
-        if leaked:
-            self._view = memoryview(self._exporter).cast("B")
-            raise BorrowError(
-                f"{leaked} buffer(s) exported from this {self.kind} are still alive; drop "
-                "every view, slice or array taken from a borrow before closing or resizing"
-            )
-        self._finalizer.detach()
-        del self._exporter
+    # -- state ------------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
@@ -182,9 +102,9 @@ class MapCore:
     def check_open(self) -> None:
         """:raises ClosedMapError: if the map is closed, or its memory was not inherited"""
         if self._closed or self.forked_away():
-            raise self.closed_error()
+            raise self._closed_error()
 
-    def closed_error(self) -> ClosedMapError:
+    def _closed_error(self) -> ClosedMapError:
         if not self._closed and self.forked_away():
             return ClosedMapError(
                 self.kind, "advised DONTFORK, so its memory is not in this child process"
@@ -195,86 +115,27 @@ class MapCore:
         """Remember DONTFORK (and forget it after DOFORK over the whole map)."""
         if advice == os_impl.MADV_DONTFORK:
             self._fork_guard[:] = [os.getpid()]
+            self.usable = False
         elif advice == os_impl.MADV_DOFORK and whole:
             self._fork_guard.clear()
+            self.usable = not self._closed
 
-    def close(self) -> None:
-        """Unmap the range (idempotent); waits for pinned operations to finish.
+    def describe(self) -> str:
+        if self.closed:
+            return "closed"
+        return f"len={self.length} addr={self.addr:#x}"
 
-        :raises BorrowError: if a view of the range is still alive (the map stays open)
-        """
-        if self.forked_away():
-            self._closed = True  # nothing of it is mapped here
-            self._finalizer.detach()
-            return
-        with self._exclusive() as proceed:
-            if proceed:
-                self._retire()
-                self._unmap_now()
-                self._closed = True
-
-    def _unmap_now(self) -> None:
-        os_impl.munmap(self.map_addr, self.map_len)
-
-    @contextmanager
-    def _exclusive(self) -> Iterator[bool]:
-        """Hold off new pins and wait for the current ones; yields False if closed.
-
-        :raises RuntimeError: if the calling thread holds a pin (it would wait for itself)
-        """
-        with self._cond:
-            if self._closed:
-                yield False
-                return
-            if threading.get_ident() in self._pinners:
-                raise RuntimeError(
-                    f"cannot close or resize a {self.kind} from inside one of its own calls "
-                    "on the same thread"
-                )
-            self._remapping = True
-            try:
-                while self._pins:
-                    self._cond.wait()
-                yield True
-            finally:
-                self._remapping = False
-                self._cond.notify_all()
-
-    @contextmanager
-    def pinned(self) -> Iterator[None]:
-        """Keep the range mapped at its address for the block (thread-safe).
-
-        :raises ClosedMapError: if the map is closed
-        """
-        me = threading.get_ident()
-        with self._cond:
-            while self._remapping:
-                self._cond.wait()
-            if self._closed or self.forked_away():
-                raise self.closed_error()
-            self._pins += 1
-            self._pinners[me] = self._pinners.get(me, 0) + 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._pins -= 1
-                if self._pinners[me] == 1:
-                    del self._pinners[me]
-                else:
-                    self._pinners[me] -= 1
-                if not self._pins:
-                    self._cond.notify_all()
-
-    def resize(self, length: int) -> None:
-        raise NotImplementedError  # pragma: no cover - every map type defines it
-
-    def check_resizable(self) -> None:
-        """Raise if this map can never be resized (see FileCore)."""
+    # -- argument checks --------------------------------------------------------------
 
     def check_writable(self) -> None:
         if not self.writable:
             raise ReadOnlyError(f"this {self.kind} is read-only")
+
+    def check_resizable(self) -> None:
+        """Raise if this map can never be resized (see FileCore)."""
+
+    def resize(self, length: int) -> None:
+        raise NotImplementedError  # pragma: no cover - every resizable map type defines it
 
     def check_range(self, offset: object, length: object) -> tuple[int, int]:
         """Return ``(offset, length)`` as ints inside the map, else raise (see _checks)."""
@@ -297,102 +158,232 @@ class MapCore:
             return start, self.length - start
         return check_range(offset, length, self.length)
 
-    # -- views ------------------------------------------------------------------------
+    # -- pins and exclusive access ----------------------------------------------------
 
-    def view(self, offset: int, length: int, writable: bool) -> tuple[memoryview, memoryview]:
-        """Start a borrow of ``[offset, offset + length)``: return ``(base, view)``.
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Keep the map mapped at its address for the block (thread-safe).
 
-        ``view`` is what the borrower gets.  It is exported from ``base`` through a
-        ``PickleBuffer``, so anything still built on it when the borrow ends (a slice, a
-        NumPy array) shows up as an export of ``base`` in :meth:`end_borrow`.
+        :raises ClosedMapError: if the map is closed
         """
-        base = memoryview(self._exporter).cast("B")[offset : offset + length]
-        if not writable:
-            base = base.toreadonly()
-        return base, memoryview(PickleBuffer(base))
+        me = threading.get_ident()
+        with self._cond:
+            while self._remapping:
+                self._cond.wait()
+            self.check_open()
+            self._pins += 1
+            self._pinners[me] = self._pinners.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._pins -= 1
+                if self._pinners[me] == 1:
+                    del self._pinners[me]
+                else:
+                    self._pinners[me] -= 1
+                if not self._pins:
+                    self._cond.notify_all()
 
-    def end_borrow(self, base: memoryview, view: memoryview, *, report: bool = True) -> None:
-        """End a borrow started by :meth:`view`.
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold off new pins and wait for the current ones, to change the mapping.
 
-        If something built on the view is still alive, ``base`` cannot be released: a
-        slice or a NumPy array holds ``base``'s export through the view's managed buffer;
-        an object that took its own export of the view (``PickleBuffer(view)``,
-        ``struct.iter_unpack``, ``re.finditer``) keeps the view itself from being
-        released.  What cannot be released is parked in a registry that is always
-        reachable, so the memory stays mapped under it (close and resize refuse
-        meanwhile), and so that the cyclic garbage collector never clears it while
-        exported (CPython then crashes).  It is released once those objects are gone.
-
-        :raises BorrowError: in that case, if ``report`` (a borrow whose block raised
-            passes False: its own exception wins)
+        :raises ClosedMapError: if the map is closed
+        :raises RuntimeError: if the calling thread holds a pin (it would wait for itself)
         """
-        view_released = _try_release(view)  # fails if a PickleBuffer etc. wraps it
-        if view_released and _try_release(base):
+        with self._cond:
+            self.check_open()
+            if threading.get_ident() in self._pinners:
+                raise RuntimeError(
+                    f"cannot close or resize a {self.kind} from inside one of its own calls "
+                    "on the same thread"
+                )
+            self._remapping = True
+            try:
+                while self._pins:
+                    self._cond.wait()
+                yield
+            finally:
+                self._remapping = False
+                self._cond.notify_all()
+
+    # -- closing ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap the map (idempotent); waits for pinned operations to finish.
+
+        :raises BorrowError: if a view of it is still alive (the map stays open)
+        """
+        if self._closed:
             return
-        with _ESCAPED_LOCK:
-            if not view_released:
-                _ESCAPED.append(view)  # before base: releasing it frees base's export
-            _ESCAPED.append(base)
-        del base, view  # keep them out of the traceback's frames
-        if report:
-            raise BorrowError(
-                "a slice or array made from the borrowed view is still alive at the end of "
-                f"the borrow; the {self.kind} cannot be closed or resized until it is gone"
-            )
+        if self.forked_away():
+            self._closed = True  # nothing of it is mapped here
+            self.memory.forget()
+            self._release_resources()
+            return
+        with self.exclusive():
+            self.memory.retire()
+            self._unmap()
+            self._closed = True
+            self.usable = False
+            self._release_resources()
+
+    def _unmap(self) -> None:
+        raise NotImplementedError  # pragma: no cover - every map type defines it
+
+    def _release_resources(self) -> None:
+        """Let go of what the map holds besides its memory (a file descriptor)."""
+
+    # -- pieces -----------------------------------------------------------------------
+
+    def _spans(self, offset: int, length: int) -> Iterator[tuple[Copier, int, int, int]]:
+        """``(copier, offset in its piece, count, position in the copy)`` for each piece
+        that ``[offset, offset + length)`` crosses, in order; the range is checked."""
+        pieces = self._pieces
+        if len(pieces) == 1:
+            start, _, copier = pieces[0]
+            yield copier, offset - start, length, 0
+            return
+        end = offset + length
+        for start, size, copier in pieces:
+            if start + size <= offset:
+                continue
+            if start >= end:
+                break
+            first = max(start, offset)
+            yield copier, first - start, min(start + size, end) - first, first - offset
+
+    def fault_error(self, exc: OSError, copier: Copier, offset: int, length: int) -> OSError:
+        """The error for a system call that failed on ``[offset, offset + length)`` of the
+        piece of ``copier``: ``EFAULT`` becomes :class:`~anymmap.MappingFaultError` with
+        the map offset of the first page that is not there and why; other errors stay."""
+        if exc.errno != errno.EFAULT:
+            return exc
+        address = getattr(exc, "address", None)  # the exact page, when the call said it
+        if address is not None and copier.addr <= address < copier.addr + offset + length:
+            offset, length = address - copier.addr, 1
+        first, cause = copier.fault(offset, length)
+        map_offset = copier.addr + first - self.addr
+        return MappingFaultError(max(map_offset, 0), copier.addr + first, cause)
 
     # -- copies -----------------------------------------------------------------------
-    # Each copy direction has a *now* form, for the calling thread, that copies only what
-    # it can without blocking on the disk or taking long, and a *blocking* form for a
-    # worker thread that releases the GIL.  Ranges are checked by the caller.
 
-    def read_now(self, offset: int, dst: memoryview, limit: int) -> int:
-        """Copy into ``dst`` if it is at most ``limit`` bytes; return the bytes copied."""
-        n = len(dst)
-        if n > limit:
-            return 0
-        dst[:] = self._view[offset : offset + n]
-        return n
+    def try_read(self, offset: object, dst: memoryview) -> bool:
+        """Copy into ``dst`` now if no page has to come from the disk; return whether it
+        did (if not, the contents of ``dst`` are unspecified).  Any size."""
+        start, n = self.check_range(offset, len(dst))
+        try:
+            for copier, at, count, pos in self._spans(start, n):
+                if not copier.read_now(at, dst if count == n else dst[pos : pos + count]):
+                    return False
+        except OSError as exc:
+            raise self.fault_error(exc, copier, at, count) from None
+        return True
 
-    def read_bytes_now(self, offset: int, length: int, limit: int) -> bytes | None:
-        """Return the bytes if they can be had without blocking, else None."""
-        if length > limit:
+    def start_read(self, offset: object, dst: memoryview) -> Callable[[], None] | None:
+        """Copy into ``dst`` on this thread if that cannot wait for the disk or take long;
+        else return the copy as a call for a worker thread."""
+        start, n = self.check_range(offset, len(dst))
+        if n <= INLINE_COPY_LIMIT and self.try_read(start, dst):
             return None
-        return bytes(self._view[offset : offset + length])
+        return partial(self.read_blocking, start, dst)
 
-    # The blocking forms also pin the core: their caller's lock already keeps close and
-    # resize away, and the pin makes sure of it even if that caller stopped waiting.
+    def read(self, offset: object, dst: memoryview) -> None:
+        """Copy into ``dst`` on this thread, whatever it takes."""
+        rest = self.start_read(offset, dst)
+        if rest is not None:
+            rest()
 
-    def read_blocking(self, offset: int, dst: memoryview) -> None:
+    def read_blocking(self, start: int, dst: memoryview) -> None:
         with self.pinned(), PinnedBuffer(dst, writable=True) as pin:
-            self._copy_out(pin.address, self.addr + offset, pin.nbytes)
+            self._read_to(pin.address, start, pin.nbytes)
 
-    def write_now(self, offset: int, src: memoryview, limit: int) -> int:
-        n = len(src)
-        if n > limit:
-            return 0
-        self._view[offset : offset + n] = src
-        return n
+    def _read_to(self, address: int, start: int, n: int) -> None:
+        try:
+            for copier, at, count, pos in self._spans(start, n):
+                copier.read(address + pos, at, count)
+        except OSError as exc:
+            raise self.fault_error(exc, copier, at, count) from None
 
-    def write_blocking(self, offset: int, src: memoryview) -> None:
-        with self.pinned(), PinnedBuffer(src, writable=False) as pin:
-            self._copy_in(self.addr + offset, pin.address, pin.nbytes)
+    def read_bytes(self, offset: object, length: object) -> bytes | Callable[[], bytes]:
+        """The bytes of the range, or a call for a worker thread that returns them."""
+        start, n = self.check_range(offset, length)
+        if n <= INLINE_COPY_LIMIT:
+            pieces = self._pieces
+            if len(pieces) == 1:
+                first, _, copier = pieces[0]
+                try:
+                    data = copier.bytes_now(start - first, n)
+                except OSError as exc:
+                    raise self.fault_error(exc, copier, start - first, n) from None
+                if data is not None:
+                    return data
+            else:
+                buf = bytearray(n)
+                if self.try_read(start, memoryview(buf)):
+                    return bytes(buf)
+        return partial(self.read_bytes_blocking, start, n)
 
-    def read_bytes_blocking(self, offset: int, length: int) -> bytes:
-        data, address = new_bytes(length)
+    def read_bytes_blocking(self, start: int, n: int) -> bytes:
+        data, address = new_bytes(n)
         with self.pinned():
-            self._copy_out(address, self.addr + offset, length)
+            self._read_to(address, start, n)
         return data
 
-    def _copy_out(self, dst: int, src: int, length: int) -> None:
-        os_impl.memmove(dst, src, length)
+    def try_write(self, offset: object, src: memoryview) -> bool:
+        """Copy ``src`` into the map now if no page has to come from the disk; return
+        whether it did (if not, part of it may have been written).  Any size."""
+        self.check_writable()
+        start, n = self.check_range(offset, len(src))
+        try:
+            for copier, at, count, pos in self._spans(start, n):
+                if not copier.write_now(at, src if count == n else src[pos : pos + count]):
+                    return False
+        except OSError as exc:
+            raise self.fault_error(exc, copier, at, count) from None
+        return True
 
-    def _copy_in(self, dst: int, src: int, length: int) -> None:
-        os_impl.memmove(dst, src, length)
+    def start_write(self, offset: object, src: memoryview) -> Callable[[], None] | None:
+        """Like :meth:`start_read`, the other way."""
+        self.check_writable()
+        start, n = self.check_range(offset, len(src))
+        if n <= INLINE_COPY_LIMIT and self.try_write(start, src):
+            return None
+        return partial(self.write_blocking, start, src)
 
-    def _translate(self, exc: OSError, address: int) -> OSError:
-        """The error to raise for a failed system call on the map at ``address``; file
-        maps turn EFAULT into MappingFaultError."""
-        return exc
+    def write(self, offset: object, src: memoryview) -> None:
+        rest = self.start_write(offset, src)
+        if rest is not None:
+            rest()
+
+    def write_blocking(self, start: int, src: memoryview) -> None:
+        with self.pinned(), PinnedBuffer(src, writable=False) as pin:
+            try:
+                for copier, at, count, pos in self._spans(start, pin.nbytes):
+                    copier.write(at, pin.address + pos, count)
+            except OSError as exc:
+                raise self.fault_error(exc, copier, at, count) from None
+
+    # -- borrows ----------------------------------------------------------------------
+
+    def borrow(self, offset: object, length: object, writable: bool) -> Borrowed:
+        """Start a borrow of a range (checked); end it with :meth:`end_borrow`."""
+        if writable:
+            self.check_writable()
+        start, n = self.check_range(offset, length)
+        self.check_borrowable(start, n, writable)
+        at = self.addr - self.memory.addr + start  # in the memory
+        base, view = self.memory.borrow(at, n, writable)
+        return at, base, view
+
+    def check_borrowable(self, start: int, n: int, writable: bool) -> None:
+        """Raise if a direct view of the range would not be safe to touch (sparse maps)."""
+
+    def end_borrow(self, borrowed: Borrowed, *, report: bool = True) -> None:
+        at, base, view = borrowed
+        del borrowed
+        self.memory.end_borrow(at, base, view, report=report)
 
     # -- memory management ------------------------------------------------------------
 
@@ -400,6 +391,12 @@ class MapCore:
         """The page-aligned absolute range covering ``[offset, offset + length)``."""
         start = page_floor(self.addr + offset)
         return start, page_ceil(self.addr + offset + length) - start
+
+    def _mapped_spans(self, offset: int, length: int) -> Iterator[tuple[Copier, int, int]]:
+        """``(copier, offset in its piece, count)`` of the pieces with memory behind them
+        in the range (sparse maps leave holes out)."""
+        for copier, at, count, _ in self._spans(offset, length):
+            yield copier, at, count
 
     def populate(self, start: int, n: int, write: bool, progress: ProgressCallback | None) -> None:
         """Fault the range in, chunk by chunk, calling ``progress(done, total)``.
@@ -417,11 +414,13 @@ class MapCore:
             step = min(POPULATE_CHUNK, n - done)
             with self.pinned():
                 self.check_range(start + done, step)
-                base, span = self.aligned(start + done, step)
-                try:
-                    os_impl.populate(base, span, write)
-                except OSError as exc:
-                    raise self._translate(exc, base) from None
+                for copier, at, count in self._mapped_spans(start + done, step):
+                    base = page_floor(copier.addr + at)
+                    span = page_ceil(copier.addr + at + count) - base
+                    try:
+                        os_impl.populate(base, span, write)
+                    except OSError as exc:
+                        raise self.fault_error(exc, copier, at, count) from None
             done += step
             if progress is not None:
                 progress(done, n)
@@ -440,22 +439,17 @@ class MapCore:
             return  # a zero-length range advises nothing (no page is "touched")
         with self.pinned():
             self.check_range(start, n)
-            if advice in DISCARDING_ADVICE:
-                base = page_ceil(self.addr + start)
-                span = page_floor(self.addr + start + n) - base
+            for copier, at, count in self._mapped_spans(start, n):
+                if advice in DISCARDING_ADVICE:
+                    base = page_ceil(copier.addr + at)
+                    span = page_floor(copier.addr + at + count) - base
+                else:
+                    base = page_floor(copier.addr + at)
+                    span = page_ceil(copier.addr + at + count) - base
                 if span <= 0:
-                    return
-            else:
-                base, span = self.aligned(start, n)
-            os_impl.madvise(base, span, advice)
+                    continue
+                try:
+                    os_impl.madvise(base, span, advice)
+                except OSError as exc:
+                    raise self.fault_error(exc, copier, at, count) from None
             self.note_advice(advice, whole=start == 0 and n == self.length)
-
-    def resident(self, offset: int, length: int) -> bool:
-        """Whether every page of the range is in memory (mincore)."""
-        start, span = self.aligned(offset, length)
-        return os_impl.resident(start, span)
-
-    def describe(self) -> str:
-        if self.closed:
-            return "closed"
-        return f"len={self.length} addr={self.addr:#x}"

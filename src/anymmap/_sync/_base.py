@@ -12,7 +12,7 @@ from anyio import WouldBlock
 from .._advice import check_advice
 from .._core._checks import byte_view, check_populate_args, check_size
 from .._core._handle import CoreT, MapHandle
-from .._core._map import INLINE_COPY_LIMIT, ProgressCallback
+from .._core._map import ProgressCallback
 from .._core._threadlock import ThreadRWLock
 
 if sys.version_info >= (3, 11):
@@ -46,19 +46,13 @@ class SyncMap(MapHandle[CoreT]):
         """
         dst = byte_view(buf, writable=True)
         with self._lock.read():
-            core = self._open_core()
-            start, n = core.check_range(offset, len(dst))
-            done = core.read_now(start, dst, INLINE_COPY_LIMIT)
-            if done < n:
-                core.read_blocking(start + done, dst[done:])
+            self._open_core().read(offset, dst)
 
     def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset``."""
         with self._lock.read():
-            core = self._open_core()
-            start, n = core.check_range(offset, length)
-            data = core.read_bytes_now(start, n, INLINE_COPY_LIMIT)
-            return data if data is not None else core.read_bytes_blocking(start, n)
+            data = self._open_core().read_bytes(offset, length)
+            return data if isinstance(data, bytes) else data()
 
     def update_region(self, offset: int, data: object) -> None:
         """Copy the bytes-like ``data`` into the map at ``offset``.
@@ -68,21 +62,14 @@ class SyncMap(MapHandle[CoreT]):
         """
         src = byte_view(data, writable=False)
         with self._lock.write():
-            core = self._open_core()
-            core.check_writable()
-            start, n = core.check_range(offset, len(src))
-            done = core.write_now(start, src, INLINE_COPY_LIMIT)
-            if done < n:
-                core.write_blocking(start + done, src[done:])
+            self._open_core().write(offset, src)
 
     def read_into_nowait(self, offset: int, buf: object) -> None:
         """Like :meth:`read_into`, but raise :exc:`anyio.WouldBlock` instead of waiting for
         a writer or for the disk (the contents of ``buf`` are then unspecified)."""
         dst = byte_view(buf, writable=True)
         with self._lock.read(blocking=False):
-            core = self._open_core()
-            start, n = core.check_range(offset, len(dst))
-            if core.read_now(start, dst, n) < n:
+            if not self._open_core().try_read(offset, dst):
                 raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
 
     def update_region_nowait(self, offset: int, data: object) -> None:
@@ -90,10 +77,7 @@ class SyncMap(MapHandle[CoreT]):
         for a borrow or for the disk."""
         src = byte_view(data, writable=False)
         with self._lock.write(blocking=False):
-            core = self._open_core()
-            core.check_writable()
-            start, n = core.check_range(offset, len(src))
-            if core.write_now(start, src, n) < n:
+            if not self._open_core().try_write(offset, src):
                 raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
 
     # -- borrows ----------------------------------------------------------------------
@@ -122,14 +106,13 @@ class SyncMap(MapHandle[CoreT]):
 
     def _borrow(self, offset: int, length: int, writable: bool) -> Iterator[memoryview]:
         core = self._open_core()
-        start, n = core.check_range(offset, length)
-        base, view = core.view(start, n, writable)
+        borrowed = core.borrow(offset, length, writable)
         try:
-            yield view
+            yield borrowed[2]
         except BaseException:
-            core.end_borrow(base, view, report=False)  # the block's own exception wins
+            core.end_borrow(borrowed, report=False)  # the block's own exception wins
             raise
-        core.end_borrow(base, view)
+        core.end_borrow(borrowed)
 
     # -- memory management ------------------------------------------------------------
 

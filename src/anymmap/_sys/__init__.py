@@ -1,4 +1,4 @@
-"""The system-call layer: one module per OS, chosen here once.
+"""The system-call layer: one module per OS behind one interface, chosen here once.
 
 Linux is implemented and tested.  Elsewhere every call raises
 :class:`~anymmap.UnsupportedError`; the public types never branch on the platform.
@@ -7,10 +7,22 @@ Linux is implemented and tested.  Elsewhere every call raises
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
+from ._interface import OSInterface
+
+os_impl: OSInterface
 if sys.platform == "linux":
     from . import _linux as os_impl
 else:  # pragma: no cover - only Linux runs the tests
     from . import _unsupported as os_impl
 
-__all__ = ["os_impl"]
+if TYPE_CHECKING:
+    # Each platform module must implement the whole interface: mypy checks both here,
+    # whatever platform it runs on.
+    from . import _linux, _unsupported
+
+    _linux_implements: OSInterface = _linux
+    _unsupported_implements: OSInterface = _unsupported
+
+__all__ = ["OSInterface", "os_impl"]

@@ -1,8 +1,10 @@
-"""Linux system calls, through ``ctypes.CDLL`` so that the GIL is released during each call.
+"""Linux: every system call anymmap makes, behind the interface of ``_interface.py``.
 
-Everything here takes and returns plain integers (addresses, lengths, flags).  Callers
-validate ranges first; this module trusts them and says where memory is touched by address.
-Failures raise ``OSError`` with the call's ``errno``.
+Calls that may block or touch mapped memory go through ``ctypes.CDLL``, which releases
+the GIL for the duration of each call.  Everything takes and returns plain integers
+(addresses, lengths, flags); callers validate ranges first, this module trusts them and
+says where memory is touched by address.  Failures raise ``OSError`` with the call's
+``errno``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import stat
 import threading
 from collections.abc import Callable
 from typing import NoReturn
+
+from ._interface import PathArg
 
 # SAFETY: CDLL (not PyDLL) drops the GIL for the duration of every foreign call, which is
 # the reason this module exists (stdlib mmap holds the GIL through msync and page faults).
@@ -45,6 +49,7 @@ _mremap = _fn("mremap", _void_p, _void_p, _size_t, _size_t, _int, _void_p)
 # argument conversion would cost as much as the system call.
 _mincore = ctypes.CFUNCTYPE(_int, _size_t, _size_t, _size_t, use_errno=True)(("mincore", _libc))
 _memmove = _fn("memmove", _void_p, _void_p, _void_p, _size_t)
+_memset = _fn("memset", _void_p, _void_p, _int, _size_t)
 _pread = _fn("pread", ctypes.c_ssize_t, _int, _void_p, _size_t, ctypes.c_int64)
 _fstatfs = _fn("fstatfs", _int, _int, _void_p)
 _sync_file_range = _fn(
@@ -68,15 +73,21 @@ MAP_FAILED = ctypes.c_void_p(-1).value
 PROT_NONE = 0x0
 PROT_READ = 0x1
 PROT_WRITE = 0x2
+PROT_EXEC = 0x4
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
+MAP_SHARED_VALIDATE = 0x03
 MAP_FIXED = 0x10
 MAP_ANONYMOUS = 0x20
+MAP_GROWSDOWN = 0x0100
+MAP_LOCKED = 0x2000
 MAP_NORESERVE = 0x4000
 MAP_POPULATE = 0x8000
+MAP_STACK = 0x20000
+MAP_HUGETLB = 0x40000
+MAP_SYNC = 0x80000
 MAP_FIXED_NOREPLACE = 0x100000  # Linux 4.17; older kernels ignore it and treat addr as a hint
-MS_ASYNC = 1
-MS_INVALIDATE = 2
+MAP_HUGE_SHIFT = 26
 MS_SYNC = 4
 MREMAP_MAYMOVE = 1
 MREMAP_FIXED = 2
@@ -96,9 +107,7 @@ MADV_COLD = 20
 MADV_PAGEOUT = 21
 MADV_POPULATE_READ = 22  # Linux 5.14
 MADV_POPULATE_WRITE = 23  # Linux 5.14
-SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
-SYNC_FILE_RANGE_WAIT_AFTER = 4
 
 #: Whether this platform is supported at all (the unsupported module says False).
 SUPPORTED = True
@@ -130,8 +139,10 @@ def mprotect(addr: int, length: int, prot: int) -> None:
         _raise_errno("mprotect")
 
 
-def msync(addr: int, length: int, flags: int) -> None:
-    if _msync(addr, length, flags) != 0:
+def sync_memory(addr: int, length: int) -> None:
+    """Write the dirty pages of a shared file map back and wait until they are durable
+    (``msync(MS_SYNC)``: on Linux also what is needed to read them back, size included)."""
+    if _msync(addr, length, MS_SYNC) != 0:
         _raise_errno("msync")
 
 
@@ -217,6 +228,11 @@ def _mappings_in(addr: int, length: int) -> list[tuple[int, int]]:
             start = max(lo, addr)
             pieces.append((start, min(hi, end) - start))
     return pieces
+
+
+def memset(addr: int, byte: int, length: int) -> None:
+    # SAFETY: the caller owns the writable range [addr, addr + length).
+    _memset(addr, byte, length)
 
 
 def memmove(dst: int, src: int, length: int) -> None:
@@ -322,8 +338,10 @@ def _touch_pages(addr: int, length: int) -> None:
         page += count * PAGE_SIZE
 
 
-def sync_file_range(fd: int, offset: int, length: int, flags: int) -> None:
-    if _sync_file_range(fd, offset, length, flags) != 0:
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing the dirty pages of a file range back, without waiting
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``; ``msync(MS_ASYNC)`` is a no-op on Linux)."""
+    if _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) != 0:
         _raise_errno("sync_file_range")
 
 
@@ -381,24 +399,23 @@ def _vm_copy(call: Callable[..., int], local: int, remote: int, length: int, wha
 # -- files ------------------------------------------------------------------------------
 
 _FILE_KINDS = (
-    (stat.S_ISREG, "a regular file"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO or pipe"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISREG, "regular file"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "FIFO or pipe"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISLNK, "symbolic link"),
 )
 
 # statfs(2) f_type of the file systems anymmap treats specially.
 _FILE_SYSTEMS = {0x9FA0: "proc", 0x62656572: "sysfs", 0x64626720: "debugfs", 0x01021994: "tmpfs"}
-#: File systems whose files report a size but cannot be mapped, and where they live.
 UNMAPPABLE_FILE_SYSTEMS = {"proc": "/proc", "sysfs": "/sys", "debugfs": "debugfs"}
+_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
 
-def open_nonblocking(
-    path: str | bytes | os.PathLike[str] | os.PathLike[bytes], writable: bool
-) -> int:
+def open_nonblocking(path: PathArg, writable: bool) -> int:
     """Open ``path`` read-only or read-write with ``O_NONBLOCK``, so that a FIFO never
     waits for a writer; call :func:`set_blocking` once the file is known to be mappable."""
     flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
@@ -409,12 +426,30 @@ def set_blocking(fd: int) -> None:
     os.set_blocking(fd, True)
 
 
-def file_kind(mode: int) -> str:
-    """What an ``st_mode`` describes, for messages ("a regular file", "a socket", ...)."""
+def dup(fd: int) -> int:
+    return os.dup(fd)
+
+
+def close(fd: int) -> None:
+    os.close(fd)
+
+
+def _kind(mode: int) -> str:
     for test, kind in _FILE_KINDS:
         if test(mode):
             return kind
-    return "not a regular file"  # pragma: no cover - every mode is one of the above
+    return "special file"  # pragma: no cover - every mode is one of the above
+
+
+def file_kind(fd: int) -> str:
+    """What ``fd`` is: "regular file", "block device", "directory", "FIFO or pipe",
+    "socket", "character device"."""
+    return _kind(os.fstat(fd).st_mode)
+
+
+def path_kind(path: PathArg) -> str:
+    """What ``path`` is (see :func:`file_kind`), following symbolic links."""
+    return _kind(os.stat(path).st_mode)
 
 
 def file_size(fd: int) -> int:
@@ -436,6 +471,17 @@ def file_system(fd: int) -> str:
     return _FILE_SYSTEMS.get(f_type, "other")
 
 
+def access_mode(fd: int) -> tuple[bool, bool]:
+    """Whether ``fd`` was opened for reading, and for writing."""
+    access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    return access in (os.O_RDONLY, os.O_RDWR), access in (os.O_WRONLY, os.O_RDWR)
+
+
+def is_direct(fd: int) -> bool:
+    """Whether ``fd`` was opened with ``O_DIRECT`` (read(2) then wants aligned buffers)."""
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
+
+
 def is_hole(fd: int, offset: int, length: int) -> bool:
     """Whether ``[offset, offset + length)`` of the file holds no data at all (never
     written: it reads as zeros without any I/O).  Asks the file system (SEEK_DATA)."""
@@ -448,15 +494,38 @@ def is_hole(fd: int, offset: int, length: int) -> bool:
     return data >= offset + length
 
 
-def access_mode(fd: int) -> tuple[bool, bool]:
-    """Whether ``fd`` was opened for reading, and for writing."""
-    access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
-    return access in (os.O_RDONLY, os.O_RDWR), access in (os.O_WRONLY, os.O_RDWR)
+def nowait_reads(fd: int) -> bool:
+    """Whether :func:`pread_nowait` works on ``fd`` (tmpfs, for one, refuses the flag).
+
+    Probes with a 1-byte read at offset 0 (the file is not empty)."""
+    if not _RWF_NOWAIT:
+        return False
+    try:
+        os.preadv(fd, (bytearray(1),), 0, _RWF_NOWAIT)
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return False
+        raise
+    return True
 
 
-def is_direct(fd: int) -> bool:
-    """Whether ``fd`` was opened with ``O_DIRECT`` (read(2) then wants aligned buffers)."""
-    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
+def pread_nowait(fd: int, dst: memoryview, offset: int) -> int:
+    """Read into ``dst`` from the page cache only (``preadv(RWF_NOWAIT)``): return the
+    count (short at the end of the file or where a page is not cached), or -1 if the
+    first page is not cached.  Never waits for the disk; holds the GIL (it is short)."""
+    try:
+        return os.preadv(fd, (dst,), offset, _RWF_NOWAIT)
+    except BlockingIOError:
+        return -1
 
 
-_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+def allocate(fd: int, offset: int, length: int) -> None:
+    """Allocate the blocks of a file range (``posix_fallocate``), growing the file if the
+    range passes its end; a full disk fails here (``ENOSPC``)."""
+    os.posix_fallocate(fd, offset, length)
+
+
+def truncate(fd: int, size: int) -> None:
+    os.ftruncate(fd, size)

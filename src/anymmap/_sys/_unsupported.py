@@ -1,7 +1,8 @@
-"""The syscall interface on platforms anymmap does not support yet.
+"""The system-call interface on platforms anymmap does not support yet.
 
-Same names as ``_linux``; importing works (so ``anymmap`` imports everywhere), and every
-call raises :class:`~anymmap.UnsupportedError`.  Flags that only tune behaviour are 0.
+Every name of ``_interface.OSInterface`` exists here (``mypy`` checks it), so ``import
+anymmap`` works everywhere; every call raises :class:`~anymmap.UnsupportedError`.  Flags
+that only tune behaviour are 0, and advice that does not exist is -1 (never a valid one).
 """
 
 from __future__ import annotations
@@ -12,24 +13,28 @@ from typing import NoReturn
 
 from .._errors import UnsupportedError
 
+SUPPORTED = False
 PAGE_SIZE: int = _stdlib_mmap.PAGESIZE
 USER_ADDRESS_SPACE = 1 << 47
-SUPPORTED = False
 
 PROT_NONE = 0x0
 PROT_READ = 0x1
 PROT_WRITE = 0x2
+PROT_EXEC = 0x4
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
+MAP_SHARED_VALIDATE = 0
 MAP_FIXED = 0x10
 MAP_ANONYMOUS = 0
+MAP_GROWSDOWN = 0
+MAP_LOCKED = 0
 MAP_NORESERVE = 0
 MAP_POPULATE = 0
+MAP_STACK = 0
+MAP_HUGETLB = 0
+MAP_SYNC = 0
 MAP_FIXED_NOREPLACE = 0
-MS_ASYNC = 1
-MS_INVALIDATE = 2
-MS_SYNC = 4
-MREMAP_MAYMOVE = 0
+MAP_HUGE_SHIFT = 26
 MADV_NORMAL = 0
 MADV_RANDOM = 1
 MADV_SEQUENTIAL = 2
@@ -44,19 +49,15 @@ MADV_DONTDUMP = -1
 MADV_DODUMP = -1
 MADV_COLD = -1
 MADV_PAGEOUT = -1
-SYNC_FILE_RANGE_WRITE = 0
 UNMAPPABLE_FILE_SYSTEMS: dict[str, str] = {}
 
 
-def _unsupported(*args: object) -> NoReturn:
+def _unsupported(*args: object, **kwargs: object) -> NoReturn:
     raise UnsupportedError(f"anymmap on {sys.platform}")
 
 
-mmap = munmap = mprotect = msync = madvise = mremap = memmove = pread = _unsupported
-resident = populate = sync_file_range = read_memory = write_memory = _unsupported
-remap = open_nonblocking = set_blocking = file_size = file_system = is_hole = _unsupported
-access_mode = is_direct = _unsupported
-
-
-def file_kind(mode: int) -> str:
-    return "not a regular file"
+mmap = munmap = mprotect = madvise = remap = sync_memory = memmove = memset = _unsupported
+resident = populate = read_memory = write_memory = _unsupported
+open_nonblocking = set_blocking = dup = close = file_kind = path_kind = file_size = _unsupported
+file_system = access_mode = is_direct = is_hole = pread = nowait_reads = _unsupported
+pread_nowait = allocate = truncate = start_writeback = _unsupported

@@ -1,8 +1,39 @@
-"""The few event-loop primitives anymmap needs, for asyncio and trio.
+"""The backend layer: the few event-loop primitives the async maps and the lock need.
 
-anyio offers all of these, but its generic paths cost a few microseconds each (a backend
-lookup, a ``TaskInfo`` per ``get_current_task()``), which would triple the price of an
-uncontended lock acquire.  Each function here does one cheap backend check instead.
+Layers: ``_sys`` (system calls) → ``_core`` (sync maps, no event loop) → **this module**
+(and ``_rwlock``, built on it) → the facades (``_async``, ``_sync``).  It imports nothing
+of anymmap.
+
+What it gives, for asyncio (also with uvloop) and trio:
+
+* **Task identity and checkpoints** (:func:`current_task`, :func:`checkpoint`,
+  :class:`Waiter`).  anyio has them too, but its generic paths cost a few microseconds
+  each (a backend lookup, a ``TaskInfo`` per ``get_current_task()``), which would triple
+  the price of an uncontended lock acquire; each function here makes one cheap backend
+  test (sniffio's thread-local says "trio" while trio runs a task) and goes straight to
+  the backend's own primitive.
+
+* **Worker calls that are never abandoned** (:func:`run_sync`).  Memory a worker thread
+  touches is only guaranteed to stay mapped while its caller waits for it (the caller
+  holds the map's lock or pin), so the caller must wait for the thread whatever happens,
+  and only then see a cancellation.
+
+  - *trio*: ``anyio.to_thread.run_sync`` inside a shielded cancel scope is enough: trio
+    delivers cancellation only through its scopes.
+  - *asyncio*: a native ``Task.cancel()`` (``asyncio.run`` cancelling every task on its
+    way out, ``asyncio.timeout``) goes through anyio's shield.  So anyio's worker call runs
+    in a task of its own (the *hop*), the worker hands the outcome straight to a future of
+    ours, and the caller waits — through any number of cancellations — for that outcome
+    **and** for the hop to end.  The second half matters at shutdown: anyio stops its
+    (non-daemon) worker threads from a callback of their root task, which may be the
+    hop; a caller that resumed before the hop ended could let the loop close with the hop
+    pending, and the interpreter would wait for that worker at exit for ever.
+
+* **Closing that survives cancellation** (:func:`shielded`): on trio a shielded scope;
+  on asyncio the work runs in a task of its own that the caller waits for, as above.
+
+* **The worker limiter** (:func:`thread_limiter`): one ``CapacityLimiter`` per event loop
+  for anymmap's blocking calls.
 """
 
 from __future__ import annotations

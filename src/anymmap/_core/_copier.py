@@ -1,0 +1,313 @@
+"""Copies in and out of mapped memory that never crash the process, chosen once per piece.
+
+A map is made of one or more *pieces*, each backed one way (private anonymous memory, a
+window of a file, a hole of a sparse map, ...).  When a piece is mapped it gets the
+:class:`Copier` that suits its backing, and every copy in or out of it goes through that
+copier; nothing re-tests the backing per call:
+
+=====================  =============================  ======================================
+copier                 reads                          writes
+=====================  =============================  ======================================
+:class:`MemoryCopier`  memoryview copy / ``memmove``  the same (read-only pieces: EFAULT)
+(private anonymous     (it cannot fault)
+memory)
+:class:`FileCopier`    shared: ``pread`` from the     ``process_vm_writev`` (fault-safe) or
+(a file window)        page cache; private (copy      a plain copy under ``fault_safe=False``
+                       maps): ``process_vm_readv``
+                       or, under ``fault_safe=False``,
+                       a plain copy
+:class:`KernelCopier`  ``process_vm_readv``           ``process_vm_writev``
+(any other backing)
+:class:`HoleCopier`    EFAULT                         EFAULT
+(nothing mapped)
+=====================  =============================  ======================================
+
+Each copier has two speeds.  ``read_now`` / ``write_now`` run on the calling thread (the
+event loop's, for the async maps) and copy only if no page has to come from the disk
+(``preadv(RWF_NOWAIT)`` or ``mincore``); they return False otherwise, having copied
+nothing the caller relies on.  ``read`` / ``write`` block, without the GIL, for a worker
+thread.  A page that is not there (a file truncated by another process, a hole) makes any
+of them raise ``OSError(EFAULT)`` with the failing ``address`` when known, never a signal;
+the map turns that into :class:`~anymmap.MappingFaultError` in one place, asking the
+copier *why* (:meth:`Copier.fault`).  Offsets given to a copier are relative to its piece.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import ClassVar
+
+from .._sys import os_impl
+from ._buffers import PinnedBuffer
+from ._lifetime import Memory
+
+PAGE_SIZE = os_impl.PAGE_SIZE
+
+
+def page_floor(value: int) -> int:
+    return value - value % PAGE_SIZE
+
+
+def page_ceil(value: int) -> int:
+    return -(-value // PAGE_SIZE) * PAGE_SIZE
+
+
+def efault(address: int, what: str) -> OSError:
+    """The error a copier raises for a page that is not there (``address`` included)."""
+    error = OSError(errno.EFAULT, f"{what} at {address:#x}: Bad address")
+    error.address = address  # type: ignore[attr-defined]
+    return error
+
+
+def address_of(view: memoryview) -> int:
+    """The address of a writable buffer's first byte (the caller holds it meanwhile)."""
+    with PinnedBuffer(view, writable=True) as pin:
+        return pin.address
+
+
+class Copier:
+    """How bytes move in and out of one piece of a map (see the module docstring).
+
+    ``memory`` is the map's :class:`Memory`; the piece starts ``base`` bytes into it, at
+    the address ``addr``.
+    """
+
+    __slots__ = ("addr", "base", "memory", "writable")
+
+    #: What :meth:`fault` says when it knows nothing better.
+    cause: ClassVar[str] = "the page could not be accessed"
+
+    def __init__(self, memory: Memory, base: int, writable: bool) -> None:
+        self.memory = memory
+        self.base = base
+        self.addr = memory.addr + base
+        self.writable = writable
+
+    def read_now(self, offset: int, dst: memoryview) -> bool:
+        raise NotImplementedError  # pragma: no cover
+
+    def write_now(self, offset: int, src: memoryview) -> bool:
+        raise NotImplementedError  # pragma: no cover
+
+    def read(self, dst: int, offset: int, length: int) -> None:
+        os_impl.read_memory(dst, self.addr + offset, length)
+
+    def write(self, offset: int, src: int, length: int) -> None:
+        os_impl.write_memory(self.addr + offset, src, length)
+
+    def bytes_now(self, offset: int, length: int) -> bytes | None:
+        """The bytes of the range if :meth:`read_now` can have them, else None."""
+        buf = bytearray(length)
+        return bytes(buf) if self.read_now(offset, memoryview(buf)) else None
+
+    def fault(self, offset: int, length: int) -> tuple[int, str]:
+        """Where in ``[offset, offset + length)`` a copy that failed with EFAULT first hit
+        a page that is not there, and why."""
+        return offset, self.cause
+
+    def _read_only(self, offset: int) -> OSError:
+        return efault(self.addr + offset, "write to a read-only page")
+
+
+class MemoryCopier(Copier):
+    """Private anonymous memory: it is always there, so plain copies are safe.
+
+    A read-only piece (zero pages of a sparse map) refuses writes with EFAULT.
+    """
+
+    __slots__ = ()
+
+    cause = "the page is read-only"
+
+    def read_now(self, offset: int, dst: memoryview) -> bool:
+        start = self.base + offset
+        dst[:] = self.memory.view[start : start + len(dst)]
+        return True
+
+    def bytes_now(self, offset: int, length: int) -> bytes:
+        start = self.base + offset
+        return bytes(self.memory.view[start : start + length])
+
+    def write_now(self, offset: int, src: memoryview) -> bool:
+        if not self.writable:
+            raise self._read_only(offset)
+        start = self.base + offset
+        self.memory.view[start : start + len(src)] = src
+        return True
+
+    def read(self, dst: int, offset: int, length: int) -> None:
+        # SAFETY: private anonymous pages cannot fault; the caller pins both ranges.
+        os_impl.memmove(dst, self.addr + offset, length)
+
+    def write(self, offset: int, src: int, length: int) -> None:
+        if not self.writable:
+            raise self._read_only(offset)
+        # SAFETY: as in read().
+        os_impl.memmove(self.addr + offset, src, length)
+
+
+class KernelCopier(Copier):
+    """Any backing anymmap did not choose (a pass-through ``mmap``): every copy goes
+    through the kernel, and pages not in memory are left to a worker thread."""
+
+    __slots__ = ()
+
+    cause = "the page is not mapped, is protected, or its file was truncated"
+
+    def read_now(self, offset: int, dst: memoryview) -> bool:
+        n = len(dst)
+        if not self.resident(offset, n):
+            return False
+        self.read(address_of(dst), offset, n)
+        return True
+
+    def write_now(self, offset: int, src: memoryview) -> bool:
+        n = len(src)
+        if not self.resident(offset, n):
+            return False
+        with PinnedBuffer(src, writable=False) as pin:
+            self.write(offset, pin.address, n)
+        return True
+
+    def resident(self, offset: int, length: int) -> bool:
+        start = page_floor(self.addr + offset)
+        return os_impl.resident(start, page_ceil(self.addr + offset + length) - start)
+
+
+class HoleCopier(Copier):
+    """Nothing is mapped here (reserved address space): every access is a fault."""
+
+    __slots__ = ()
+
+    cause = "nothing is mapped there (a hole)"
+
+    def read_now(self, offset: int, dst: memoryview) -> bool:
+        raise efault(self.addr + offset, "read")
+
+    def write_now(self, offset: int, src: memoryview) -> bool:
+        raise efault(self.addr + offset, "write")
+
+    def read(self, dst: int, offset: int, length: int) -> None:
+        raise efault(self.addr + offset, "read")
+
+    def write(self, offset: int, src: int, length: int) -> None:
+        raise efault(self.addr + offset, "write")
+
+
+class FileCopier(KernelCopier):
+    """A window of a file, shared (``"rw"``, ``"r"``) or private (``"copy"``).
+
+    Shared pages are the page cache, so reads are ``pread`` from the file: fault-safe
+    whatever ``fault_safe`` says, and faster than page faults for cold pages.  Past the end
+    of the file (after another process truncated it) the map shows zeros up to the end of
+    the file's last page and nothing after; those reads go through the kernel.
+    """
+
+    __slots__ = ("_holes_free", "_nowait", "_pread", "fault_safe", "fd", "file_offset")
+
+    def __init__(
+        self,
+        memory: Memory,
+        base: int,
+        writable: bool,
+        *,
+        fd: int,
+        file_offset: int,
+        shared: bool,
+        fault_safe: bool,
+    ) -> None:
+        super().__init__(memory, base, writable)
+        self.fd = fd
+        self.file_offset = file_offset  # of the piece's first byte
+        self.fault_safe = fault_safe
+        # read(2) copies what a shared map shows (a private copy map may differ), unless
+        # the descriptor was opened with O_DIRECT, which wants aligned buffers and offsets.
+        self._pread = shared and not os_impl.is_direct(fd)
+        self._nowait = self._pread and os_impl.nowait_reads(fd)
+        # On tmpfs a page that is not in memory is either swapped out or a hole never
+        # written, and a hole reads as zeros with no I/O: reads on this thread check.
+        self._holes_free = self._pread and os_impl.file_system(fd) == "tmpfs"
+
+    # -- on the calling thread --------------------------------------------------------
+
+    def read_now(self, offset: int, dst: memoryview) -> bool:
+        n = len(dst)
+        if self._nowait:
+            # One syscall: copies from the page cache if every page is there, else a short
+            # count or -1; it never waits for the disk and never faults.
+            got = os_impl.pread_nowait(self.fd, dst, self.file_offset + offset)
+            if got == n:
+                return True
+            if got < 0 or not self._past_end(offset + got):
+                return False
+            # The file ends inside the range: copy what the map really shows there.
+            self._read_past_end(address_of(dst) + got, offset + got, n - got)
+            return True
+        if not self.resident(offset, n):
+            self._raise_if_past_end(offset, n)
+            if not (self._holes_free and os_impl.is_hole(self.fd, self.file_offset + offset, n)):
+                return False
+        if self._pread or self.fault_safe:
+            self.read(address_of(dst), offset, n)
+        else:
+            start = self.base + offset
+            dst[:] = self.memory.view[start : start + n]
+        return True
+
+    def write_now(self, offset: int, src: memoryview) -> bool:
+        n = len(src)
+        if not self.resident(offset, n):
+            self._raise_if_past_end(offset, n)
+            return False
+        if self.fault_safe:
+            with PinnedBuffer(src, writable=False) as pin:
+                os_impl.write_memory(self.addr + offset, pin.address, n)
+        else:
+            start = self.base + offset
+            self.memory.view[start : start + n] = src
+        return True
+
+    # -- blocking, without the GIL ----------------------------------------------------
+
+    def read(self, dst: int, offset: int, length: int) -> None:
+        if self._pread:
+            got = os_impl.pread(self.fd, dst, length, self.file_offset + offset)
+            if got < length:
+                self._read_past_end(dst + got, offset + got, length - got)
+        elif self.fault_safe:
+            os_impl.read_memory(dst, self.addr + offset, length)
+        else:
+            # SAFETY: fault_safe=False: the caller accepted SIGBUS on a truncated file.
+            os_impl.memmove(dst, self.addr + offset, length)
+
+    def write(self, offset: int, src: int, length: int) -> None:
+        if self.fault_safe:
+            os_impl.write_memory(self.addr + offset, src, length)
+        else:
+            # SAFETY: as in read().
+            os_impl.memmove(self.addr + offset, src, length)
+
+    # -- the end of the file ----------------------------------------------------------
+
+    def _read_past_end(self, dst: int, offset: int, length: int) -> None:
+        # Zeros up to the end of the file's last page, EFAULT after: through the kernel,
+        # like every read of a shared map, whatever fault_safe says.
+        os_impl.read_memory(dst, self.addr + offset, length)
+
+    def _past_end(self, offset: int) -> bool:
+        """Whether ``offset`` (in the piece) is at or past the current end of the file."""
+        return self.file_offset + offset >= os_impl.file_size(self.fd)
+
+    def _raise_if_past_end(self, offset: int, length: int) -> None:
+        """Raise EFAULT if the range reaches a page past the end of the file: such a page
+        will never come into memory, so WouldBlock or a worker thread would not help."""
+        last_page_end = page_ceil(os_impl.file_size(self.fd)) - self.file_offset
+        if offset + length > last_page_end:
+            raise efault(self.addr + max(offset, last_page_end), "access")
+
+    def fault(self, offset: int, length: int) -> tuple[int, str]:
+        size = os_impl.file_size(self.fd)
+        last_page_end = page_ceil(size) - self.file_offset  # in the piece
+        if offset + length > last_page_end:
+            return max(offset, last_page_end), f"the file was truncated to {size} bytes"
+        return offset, "the file system could not provide the page (out of space, or an I/O error)"

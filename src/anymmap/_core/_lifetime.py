@@ -1,0 +1,219 @@
+"""Lifetimes: how mapped memory outlives every view of it, and borrows end cleanly.
+
+The promise: **a view can never outlive its memory**, whatever the user does with it, and
+a map that is never closed is unmapped once it and every view of it are garbage.
+
+The mechanism, in one page:
+
+1. **The exporter.**  A :class:`Memory` places a ctypes array of exactly its length over
+   the mapped address range (``from_address``).  Every memoryview anymmap hands out or uses
+   is taken from that array, so every live view holds a reference to it (through the
+   view's managed buffer).  A ``weakref.finalize`` on the array unmaps the range when the
+   array dies, which is only when no view is left.  An explicit close first *retires* the
+   memory: it counts the references to the array against the count it had when nothing
+   else used it (``sys.getrefcount``); if any view is still alive it refuses with
+   :class:`~anymmap.BorrowError` and the memory stays mapped.
+
+2. **Borrows.**  ``as_slice`` / ``as_mut_slice`` hand out a view taken from a *base* view
+   through a ``PickleBuffer``, so that whatever is built on the user's view (a slice, a
+   NumPy array) holds an export of the base, and whatever takes its own export of the
+   user's view (``PickleBuffer(view)``, ``struct.iter_unpack``, ``re.finditer``) holds an
+   export of that view.  When the borrow ends both are released; if either cannot be
+   (``BufferError``: something built on it is alive), it is *parked*.
+
+3. **Parking.**  Parked views go into a module-level registry, which is always reachable:
+   the memory under them stays mapped (the views hold the array), close and resize refuse,
+   and the cyclic garbage collector can never clear a managed buffer that still has
+   exports (CPython's ``mbuf_clear`` releases the buffer regardless, and the next access
+   through a surviving view would crash).  After each collection, and before each retire,
+   parked views whose exports are gone are released, oldest first (a user view before its
+   base).  Each parked entry remembers the range it covers, so a map made of several
+   pieces can refuse to unmap just the pieces an escaped view still covers
+   (:meth:`Memory.escaped_in`).
+
+4. **Fork.**  After ``Advice.DONTFORK`` a child process does not inherit the memory; the
+   finalizer then must not unmap whatever the child has put at that address since, so it
+   checks the pid recorded with the advice (``fork_guard``).
+
+Why not ``__buffer__`` / ``__release_buffer__`` (PEP 688, Python 3.12): it would let a
+Python object count its exports exactly, without reading reference counts, but anymmap
+supports Python 3.10 and 3.11, where only this mechanism works; two mechanisms would mean
+two sets of lifetime bugs.  ``sys.getrefcount`` on an object only anymmap can reach is
+exact on every supported CPython.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable
+from pickle import PickleBuffer
+
+from .._errors import BorrowError
+
+
+def _exporter_type(length: int) -> type[ctypes.Array[ctypes.c_ubyte]]:
+    # An array type of exactly `length` bytes, made fresh: `c_ubyte * n` would be cached by
+    # ctypes forever, one type per length ever mapped.  About 10 µs per map or resize.
+    return type("MappedBytes", (ctypes.Array,), {"_type_": ctypes.c_ubyte, "_length_": length})
+
+
+def _finalize(unmap: Callable[[], None], fork_guard: list[int]) -> None:
+    # Runs when the exporter dies: no view of the range can exist any more.  In the child
+    # of a fork after DONTFORK advice the range is not ours.
+    if fork_guard and fork_guard[0] != os.getpid():
+        return
+    try:
+        unmap()
+    except OSError:  # pragma: no cover - the range was ours; nothing sensible to do
+        pass
+
+
+class Memory:
+    """``length`` bytes of mapped memory at ``addr`` and every view of it.
+
+    ``unmap`` releases the mapping behind it; it runs once, when the last view is gone,
+    unless :meth:`retire` ran first (the owner then unmaps or remaps it itself).
+    """
+
+    __slots__ = ("_baseline", "_exporter", "_finalizer", "addr", "length", "view")
+
+    def __init__(
+        self, addr: int, length: int, unmap: Callable[[], None], fork_guard: list[int]
+    ) -> None:
+        self.addr = addr
+        self.length = length
+        # SAFETY: the array describes exactly [addr, addr + length), which stays mapped for
+        # as long as the array lives (the finalizer unmaps it only when it dies).
+        exporter = _exporter_type(length).from_address(addr)
+        self._finalizer = weakref.finalize(exporter, _finalize, unmap, fork_guard)
+        self._finalizer.atexit = False  # the OS reclaims it; views may outlive atexit
+        self._exporter = exporter
+        del exporter
+        # References now: self._exporter and getrefcount's argument.  Each live managed
+        # buffer of it adds one; retire() compares against this.
+        self._baseline = sys.getrefcount(self._exporter)
+        #: The whole range as bytes, for copies on the calling thread (slices of it are
+        #: temporaries; nothing keeps one).
+        self.view = memoryview(self._exporter).cast("B")
+
+    def retire(self) -> None:
+        """Give up the memory before it is unmapped or moved; the object is unusable after.
+
+        :raises BorrowError: if a view of it is still alive (it then stays usable)
+        """
+        self.view.release()
+        if sys.getrefcount(self._exporter) != self._baseline:
+            gc.collect()  # a view kept alive only by a reference cycle
+            release_escaped()
+        leaked = sys.getrefcount(self._exporter) - self._baseline
+        if leaked:
+            self.view = memoryview(self._exporter).cast("B")
+            raise BorrowError(
+                f"{leaked} buffer(s) exported from this map are still alive; drop every "
+                "view, slice or array taken from a borrow first"
+            )
+        self._finalizer.detach()
+        del self._exporter
+
+    def forget(self) -> None:
+        """Never unmap (the memory is not ours: a child after DONTFORK)."""
+        self._finalizer.detach()
+
+    # -- borrows ------------------------------------------------------------------------
+
+    def borrow(self, offset: int, length: int, writable: bool) -> tuple[memoryview, memoryview]:
+        """Start a borrow of ``[offset, offset + length)``: return ``(base, view)``; the
+        caller hands out ``view`` and ends the borrow with :meth:`end_borrow`."""
+        base = memoryview(self._exporter).cast("B")[offset : offset + length]
+        if not writable:
+            base = base.toreadonly()
+        return base, memoryview(PickleBuffer(base))
+
+    def end_borrow(
+        self, offset: int, base: memoryview, view: memoryview, *, report: bool = True
+    ) -> None:
+        """End a borrow started at ``offset`` by :meth:`borrow`; park what cannot be
+        released (see the module docstring).
+
+        :raises BorrowError: if something was parked, and ``report`` (a borrow whose block
+            raised passes False: its own exception wins)
+        """
+        view_released = _try_release(view)
+        if view_released and _try_release(base):
+            return
+        parked = [base] if view_released else [view, base]  # the view first: it pins base
+        with _ESCAPED_LOCK:
+            _ESCAPED.append(_Escape(self, offset, len(base), parked))
+        del base, view, parked  # keep them out of the traceback's frames
+        if report:
+            raise BorrowError(
+                "a slice, array or buffer made from the borrowed view is still alive at the "
+                "end of the borrow; the map cannot be closed or resized until it is gone"
+            )
+
+    def escaped_in(self, offset: int, length: int) -> bool:
+        """Whether a parked view of this memory still covers part of the range."""
+        release_escaped()
+        end = offset + length
+        with _ESCAPED_LOCK:
+            return any(
+                e.memory is self and e.offset < end and offset < e.offset + e.length
+                for e in _ESCAPED
+            )
+
+
+class _Escape:
+    """Views of one borrow that could not be released when it ended."""
+
+    __slots__ = ("length", "memory", "offset", "views")
+
+    def __init__(self, memory: Memory, offset: int, length: int, views: list[memoryview]):
+        self.memory = memory
+        self.offset = offset
+        self.length = length
+        self.views = views
+
+    def release(self) -> bool:
+        """Release what can be, in order; return whether all of it is released."""
+        while self.views:
+            if not _try_release(self.views[0]):
+                return False
+            del self.views[0]
+        return True
+
+
+_ESCAPED: list[_Escape] = []
+_ESCAPED_LOCK = threading.Lock()
+
+
+def _try_release(view: memoryview) -> bool:
+    try:
+        view.release()
+    except BufferError:
+        return False
+    return True
+
+
+def release_escaped(blocking: bool = True) -> None:
+    """Release the parked views whose exports are gone."""
+    if _ESCAPED and _ESCAPED_LOCK.acquire(blocking):
+        try:
+            _ESCAPED[:] = [escape for escape in _ESCAPED if not escape.release()]
+        finally:
+            _ESCAPED_LOCK.release()
+
+
+def _after_gc(phase: str, info: dict[str, int]) -> None:
+    # Escaped slices and arrays usually die in a collection; once they are gone, their
+    # parked views can go too, and with them the last reference to an unclosed map.
+    # Never block here: the collection may have started inside release_escaped.
+    if phase == "stop":
+        release_escaped(blocking=False)
+
+
+gc.callbacks.append(_after_gc)
