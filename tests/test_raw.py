@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -306,6 +307,39 @@ def truncate_in_other_process(path: Path, size: int) -> None:
     subprocess.run(
         [sys.executable, "-c", f"import os; os.truncate({str(path)!r}, {size})"], check=True
     )
+
+
+async def test_every_fault_names_the_first_missing_page_and_why(data_file: Path) -> None:
+    """Regression test: ``populate()`` after another process truncated the file reported
+    offset 0x0 and "out of space, or an I/O error", while ``read()`` named the page and
+    the truncation.  EFAULT is now translated in one place, for every call."""
+    async with await MmapRaw.map_raw(data_file) as m:
+        truncate_in_other_process(data_file, 4 * PAGE + 100)
+        first_missing = 5 * PAGE  # the file's last page ends there
+        for call in (
+            lambda: m.populate(),
+            lambda: m.populate(write=True),
+            lambda: m.read(0, SIZE),
+            lambda: m.read_into(2 * PAGE, bytearray(SIZE - 2 * PAGE)),
+            lambda: m.update_region(0, bytes(SIZE)),
+        ):
+            with pytest.raises(MappingFaultError) as info:
+                await call()
+            error = info.value
+            assert error.offset == first_missing, error
+            assert error.address == m.as_ptr() + first_missing
+            assert error.cause == f"the file was truncated to {4 * PAGE + 100} bytes"
+            assert error.errno == errno.EFAULT
+            assert str(error).startswith(f"[Errno 14] offset {first_missing} of the map")
+        with pytest.raises(MappingFaultError) as info:
+            await m.read(7 * PAGE + 1, 10)  # starts past the end: its first byte
+        assert info.value.offset == 7 * PAGE + 1
+        copy = pickle.loads(pickle.dumps(info.value))
+        assert (copy.offset, copy.address, copy.cause) == (
+            info.value.offset,
+            info.value.address,
+            info.value.cause,
+        )
 
 
 @pytest.mark.parametrize("mode", ["rw", "r", "copy"])
