@@ -2,6 +2,21 @@
 
 The async types live here; :mod:`anymmap.sync` has a blocking twin of each, with the same
 method names.
+
+How the package is layered (each layer imports only from the ones below it; a test
+checks)::
+
+    anymmap, anymmap.sync      the public names (re-exports)
+          |
+    _async/   _sync/           the facades: where work runs (event loop thread or worker
+          |       |            thread; the calling thread) and which lock guards it
+    _backend, _rwlock          the event-loop layer: task identity, checkpoints, worker
+          |                    calls that are never abandoned; the read-write lock
+    _core/                     the sync core, no event loop: argument checks, pieces and
+          |                    their copiers, lifetimes and borrows, one class per map type
+    _sys/                      every system call, one module per OS behind one interface
+          |
+    _errors                    every exception
 """
 
 from __future__ import annotations
