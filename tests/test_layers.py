@@ -35,7 +35,7 @@ def imports_of(path: Path) -> set[str]:
     """The anymmap modules ``path`` imports, relative to the package."""
     relative = path.relative_to(PACKAGE).with_suffix("")
     parts = list(relative.parts)
-    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    package = parts[:-1]  # the package a module (or __init__) is in
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
