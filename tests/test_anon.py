@@ -598,3 +598,34 @@ async def test_the_blocks_own_exception_wins_over_an_escape() -> None:
     del head
     await m.aclose()
     assert m.closed
+
+
+async def test_copies_run_in_call_order_and_honour_a_cancelled_scope(amap: AnonymousMmap) -> None:
+    """The awaited copies that need no worker take no lock (nothing else runs while they
+    copy); they still run in the order the calls were made (trio reorders tasks woken
+    from a checkpoint: the copy comes before the yield there), and a cancelled scope
+    stops them before they write."""
+    order: list[bytes] = []
+
+    async def write(name: bytes) -> None:
+        order.append(name)
+        await amap.update_region(0, name)
+
+    for _ in range(8):  # trio reverses a batch of woken tasks half of the time
+        order.clear()
+        async with anyio.create_task_group() as tg:
+            for name in (b"A", b"B", b"C", b"D"):
+                tg.start_soon(write, name)
+        assert await amap.read(0, 1) == order[-1]
+
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await amap.update_region(0, b"X")
+    assert scope.cancelled_caught
+    assert await amap.read(0, 1) == order[-1]
+    buf = bytearray(1)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await amap.read_into(0, buf)
+    assert scope.cancelled_caught
+    assert buf == b"\0"

@@ -117,6 +117,30 @@ def checkpoint() -> Generator[Any, Any, None]:
         yield
 
 
+@types.coroutine
+def checkpoint_before() -> Generator[Any, Any, None]:
+    """The first half of a checkpoint around work that completes without yielding.
+
+    The work then runs in the order the calls were made, on every backend: on trio this
+    half only raises if the task is cancelled (trio reorders tasks woken from a
+    checkpoint, so the yield comes after the work, in :func:`checkpoint_after`); asyncio
+    runs tasks in order, so here the whole checkpoint comes first and a cancellation is
+    delivered before any work is done.
+    """
+    if backend_local.name == "trio":
+        yield from trio_checkpoint_if_cancelled()
+    else:
+        yield
+
+
+@types.coroutine
+def checkpoint_after() -> Generator[Any, Any, None]:
+    """The second half (see :func:`checkpoint_before`): a cancel-shielded yield on trio,
+    as the work is done; nothing on asyncio."""
+    if backend_local.name == "trio":
+        yield from trio_cancel_shielded_checkpoint()
+
+
 def trio_checkpoint() -> Generator[Any, Any, None]:
     """``trio.lowlevel.checkpoint()`` as an iterator for ``yield from``."""
     return _trio().lowlevel.checkpoint().__await__()  # type: ignore[no-any-return]

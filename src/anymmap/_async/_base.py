@@ -16,10 +16,10 @@ import anyio.from_thread
 from anyio import WouldBlock
 
 from .._advice import check_advice
-from .._backend import checkpoint, run_sync, shielded
+from .._backend import checkpoint, checkpoint_after, checkpoint_before, run_sync, shielded
 from .._core._checks import byte_view, check_populate_args, check_size
 from .._core._handle import CoreT, MapHandle
-from .._core._map import Borrowed, ProgressCallback
+from .._core._map import INLINE_COPY_LIMIT, Borrowed, ProgressCallback
 from .._rwlock import MapLock, RWLock, _Guard
 
 if sys.version_info >= (3, 11):
@@ -72,6 +72,14 @@ class AsyncMap(MapHandle[CoreT]):
         :raises ClosedMapError: if the map is closed
         """
         dst = byte_view(buf, writable=True)
+        await checkpoint_before()
+        # A copy that does not yield needs no lock: no other task runs while it does.
+        # This is the *_nowait copy inside a checkpoint, and the usual case.
+        if self._lock.free_for_reading() and self._open_core().try_read(
+            offset, dst, INLINE_COPY_LIMIT
+        ):
+            await checkpoint_after()
+            return
         async with self._lock.read():
             rest = self._open_core().start_read(offset, dst)
             if rest is not None:
@@ -79,6 +87,12 @@ class AsyncMap(MapHandle[CoreT]):
 
     async def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset`` (see :meth:`read_into`)."""
+        await checkpoint_before()
+        if self._lock.free_for_reading():  # as in read_into
+            data = self._open_core().read_bytes(offset, length)
+            if isinstance(data, bytes):
+                await checkpoint_after()
+                return data
         async with self._lock.read():
             data = self._open_core().read_bytes(offset, length)
             return data if isinstance(data, bytes) else await run_sync(data)
@@ -91,6 +105,12 @@ class AsyncMap(MapHandle[CoreT]):
         """
         src = byte_view(data, writable=False)
         self._open_core().check_writable()
+        await checkpoint_before()
+        if self._lock.free_for_writing() and self._open_core().try_write(  # as in read_into
+            offset, src, INLINE_COPY_LIMIT
+        ):
+            await checkpoint_after()
+            return
         async with self._lock.write():
             rest = self._open_core().start_write(offset, src)
             if rest is not None:

@@ -269,10 +269,23 @@ class MapCore:
 
     # -- copies -----------------------------------------------------------------------
 
-    def try_read(self, offset: object, dst: memoryview) -> bool:
-        """Copy into ``dst`` now if no page has to come from the disk; return whether it
-        did (if not, the contents of ``dst`` are unspecified).  Any size."""
+    def try_read(self, offset: object, dst: memoryview, limit: int | None = None) -> bool:
+        """Copy into ``dst`` now, if it is at most ``limit`` bytes and no page has to come
+        from the disk; return whether it did (if not, the contents of ``dst`` are
+        unspecified)."""
         start, n = self.check_range(offset, len(dst))
+        return (limit is None or n <= limit) and self._read_now(start, n, dst)
+
+    def _read_now(self, start: int, n: int, dst: memoryview) -> bool:
+        pieces = self._pieces
+        if not n:
+            return True  # a no-op anywhere, even over a hole
+        if len(pieces) == 1:  # the usual case, without _spans' generator
+            first, _, copier = pieces[0]
+            try:
+                return copier.read_now(start - first, dst)
+            except OSError as exc:
+                raise self.fault_error(exc, copier, start - first, n) from None
         try:
             for copier, at, count, pos in self._spans(start, n):
                 if not copier.read_now(at, dst if count == n else dst[pos : pos + count]):
@@ -285,7 +298,7 @@ class MapCore:
         """Copy into ``dst`` on this thread if that cannot wait for the disk or take long;
         else return the copy as a call for a worker thread."""
         start, n = self.check_range(offset, len(dst))
-        if n <= INLINE_COPY_LIMIT and self.try_read(start, dst):
+        if n <= INLINE_COPY_LIMIT and self._read_now(start, n, dst):
             return None
         return partial(self.read_blocking, start, dst)
 
@@ -309,6 +322,8 @@ class MapCore:
     def read_bytes(self, offset: object, length: object) -> bytes | Callable[[], bytes]:
         """The bytes of the range, or a call for a worker thread that returns them."""
         start, n = self.check_range(offset, length)
+        if not n:
+            return b""
         if n <= INLINE_COPY_LIMIT:
             pieces = self._pieces
             if len(pieces) == 1:
@@ -321,7 +336,7 @@ class MapCore:
                     return data
             else:
                 buf = bytearray(n)
-                if self.try_read(start, memoryview(buf)):
+                if self._read_now(start, n, memoryview(buf)):
                     return bytes(buf)
         return partial(self.read_bytes_blocking, start, n)
 
@@ -331,11 +346,24 @@ class MapCore:
             self._read_to(address, start, n)
         return data
 
-    def try_write(self, offset: object, src: memoryview) -> bool:
-        """Copy ``src`` into the map now if no page has to come from the disk; return
-        whether it did (if not, part of it may have been written).  Any size."""
+    def try_write(self, offset: object, src: memoryview, limit: int | None = None) -> bool:
+        """Copy ``src`` into the map now, if it is at most ``limit`` bytes and no page has
+        to come from the disk; return whether it did (if not, part of it may have been
+        written)."""
         self.check_writable()
         start, n = self.check_range(offset, len(src))
+        return (limit is None or n <= limit) and self._write_now(start, n, src)
+
+    def _write_now(self, start: int, n: int, src: memoryview) -> bool:
+        pieces = self._pieces
+        if not n:
+            return True
+        if len(pieces) == 1:
+            first, _, copier = pieces[0]
+            try:
+                return copier.write_now(start - first, src)
+            except OSError as exc:
+                raise self.fault_error(exc, copier, start - first, n) from None
         try:
             for copier, at, count, pos in self._spans(start, n):
                 if not copier.write_now(at, src if count == n else src[pos : pos + count]):
@@ -348,7 +376,7 @@ class MapCore:
         """Like :meth:`start_read`, the other way."""
         self.check_writable()
         start, n = self.check_range(offset, len(src))
-        if n <= INLINE_COPY_LIMIT and self.try_write(start, src):
+        if n <= INLINE_COPY_LIMIT and self._write_now(start, n, src):
             return None
         return partial(self.write_blocking, start, src)
 
