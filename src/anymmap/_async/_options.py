@@ -4,7 +4,8 @@ from functools import partial
 
 from .._backend import checkpoint, run_sync
 from .._core._anon import AnonCore
-from .._core._file import FileCore, Mode
+from .._core._file import FileCore
+from .._core._files import Mode
 from .._core._options import OptionsBase
 from ._anon import AnonymousMmap
 from ._raw import MmapRaw

@@ -4,7 +4,8 @@ import sys
 from functools import partial
 
 from .._backend import run_sync
-from .._core._file import FileCore, Mode
+from .._core._file import FileCore
+from .._core._files import Mode
 from .._core._handle import FileMapInfo
 from ._base import AsyncMap
 

@@ -34,11 +34,13 @@ copier *why* (:meth:`Copier.fault`).  Offsets given to a copier are relative to 
 
 from __future__ import annotations
 
+import copy
 import errno
 from typing import ClassVar
 
 from .._sys import os_impl
 from ._buffers import PinnedBuffer
+from ._files import FileRef
 from ._lifetime import Memory
 
 PAGE_SIZE = os_impl.PAGE_SIZE
@@ -72,16 +74,31 @@ class Copier:
     the address ``addr``.
     """
 
-    __slots__ = ("addr", "base", "memory", "writable")
+    __slots__ = ("addr", "base", "kind", "memory", "writable")
 
     #: What :meth:`fault` says when it knows nothing better.
     cause: ClassVar[str] = "the page could not be accessed"
 
-    def __init__(self, memory: Memory, base: int, writable: bool) -> None:
+    def __init__(self, memory: Memory, base: int, writable: bool, kind: str) -> None:
         self.memory = memory
         self.base = base
         self.addr = memory.addr + base
         self.writable = writable
+        #: What the piece is, for ``pieces()``: "anonymous", "zero", "file", ...
+        self.kind = kind
+
+    def moved(self, by: int) -> Copier:
+        """The same copier for the part of the piece that starts ``by`` bytes later (when
+        the front of a piece is replaced)."""
+        other = copy.copy(self)
+        other.base += by
+        other.addr += by
+        return other
+
+    @property
+    def label(self) -> str | None:
+        """What backs the piece, for ``pieces()`` (a file's name), if anything."""
+        return None
 
     def read_now(self, offset: int, dst: memoryview) -> bool:
         raise NotImplementedError  # pragma: no cover
@@ -203,7 +220,7 @@ class FileCopier(KernelCopier):
     the file's last page and nothing after; those reads go through the kernel.
     """
 
-    __slots__ = ("_holes_free", "_nowait", "_pread", "fault_safe", "fd", "file_offset")
+    __slots__ = ("_holes_free", "_nowait", "_pread", "fault_safe", "fd", "file", "file_offset")
 
     def __init__(
         self,
@@ -211,13 +228,14 @@ class FileCopier(KernelCopier):
         base: int,
         writable: bool,
         *,
-        fd: int,
+        file: FileRef,
         file_offset: int,
         shared: bool,
         fault_safe: bool,
     ) -> None:
-        super().__init__(memory, base, writable)
-        self.fd = fd
+        super().__init__(memory, base, writable, "file")
+        self.file = file  # keeps the descriptor open for as long as the piece needs it
+        fd = self.fd = file.fd
         self.file_offset = file_offset  # of the piece's first byte
         self.fault_safe = fault_safe
         # read(2) copies what a shared map shows (a private copy map may differ), unless
@@ -304,6 +322,16 @@ class FileCopier(KernelCopier):
         last_page_end = page_ceil(os_impl.file_size(self.fd)) - self.file_offset
         if offset + length > last_page_end:
             raise efault(self.addr + max(offset, last_page_end), "access")
+
+    def moved(self, by: int) -> Copier:
+        other = super().moved(by)
+        assert isinstance(other, FileCopier)
+        other.file_offset += by
+        return other
+
+    @property
+    def label(self) -> str | None:
+        return self.file.name
 
     def fault(self, offset: int, length: int) -> tuple[int, str]:
         size = os_impl.file_size(self.fd)

@@ -8,114 +8,22 @@ refusing what cannot be mapped, by name), maps it, and keeps map and file consis
 
 from __future__ import annotations
 
-import errno
-import os
 import sys
-import weakref
 from functools import partial
-from typing import Literal, get_args
 
 from .._errors import (
     InvalidSizeError,
     OutOfBoundsError,
     ReadOnlyError,
-    UnmappableFileError,
     UnsupportedError,
 )
 from .._sys import os_impl
 from ._checks import as_int, check_size
 from ._copier import FileCopier, page_ceil, page_floor
+from ._files import MODES, FileRef, Mode, name_of, open_fd
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
-
-Mode = Literal["rw", "r", "copy"]
-MODES: tuple[str, ...] = get_args(Mode)
-#: What ``os_impl.file_kind`` says of the files that can be mapped.
-MAPPABLE_KINDS = ("regular file", "block device")
-
-_PATH_TYPES = (str, bytes, os.PathLike)
-
-
-def _name_of(file: object) -> str:
-    if isinstance(file, _PATH_TYPES):
-        return repr(os.fsdecode(file))
-    if isinstance(file, int):
-        return f"file descriptor {file}"
-    return repr(file)
-
-
-def as_fd(file: object) -> int:
-    """The descriptor number of an int-like or of an object with ``fileno()``.
-
-    :raises TypeError: for anything else (``bool`` included)
-    :raises OSError: ``EBADF`` for a number no descriptor can have
-    """
-    fileno = getattr(file, "fileno", None)
-    if fileno is not None and not isinstance(file, int):
-        file = fileno()
-    if isinstance(file, bool) or not hasattr(type(file), "__index__"):
-        raise TypeError(
-            f"file must be a path, a file descriptor or have fileno(), not {type(file).__name__}"
-        )
-    fd = as_int(file, "file descriptor")
-    if not 0 <= fd < 1 << 31:
-        raise OSError(errno.EBADF, f"{fd} is not a file descriptor")
-    return fd
-
-
-def open_fd(file: object, mode: Mode) -> tuple[int, int]:
-    """Open what ``file`` names (a path, an fd, or an object with ``fileno()``) for a map
-    of ``mode``; return a descriptor that the map owns (a given fd is duplicated) and the
-    size of the file.
-
-    Never blocks: a path is opened with ``O_NONBLOCK`` (a FIFO would wait for a writer),
-    and anything that is not a regular file or a block device is refused.
-
-    :raises UnmappableFileError: for a FIFO, socket, character device or /proc file
-    :raises PermissionError: if the file or fd does not allow the access ``mode`` needs
-    """
-    writable = mode == "rw"
-    name = _name_of(file)
-    if isinstance(file, _PATH_TYPES):
-        try:
-            fd = os_impl.open_nonblocking(file, writable)
-        except PermissionError as exc:
-            if not writable:
-                raise
-            raise PermissionError(
-                exc.errno,
-                f"cannot open {name} for writing ({exc.strerror}); to map it for reading "
-                "only, pass mode='r' (or mode='copy' for private writes)",
-            ) from None
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
-                raise UnmappableFileError(name, os_impl.path_kind(file)) from None
-            raise
-    else:
-        fd = os_impl.dup(as_fd(file))
-    try:
-        kind = os_impl.file_kind(fd)
-        if kind == "directory":
-            raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
-        if kind not in MAPPABLE_KINDS:
-            raise UnmappableFileError(name, kind)
-        where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(fd))
-        if where is not None:
-            raise UnmappableFileError(name, f"file in {where}")
-        readable, can_write = os_impl.access_mode(fd)
-        if not readable or (writable and not can_write):
-            need = "reading and writing" if writable else "reading"
-            hint = " (or map it with mode='r' or mode='copy')" if writable and readable else ""
-            raise PermissionError(
-                errno.EACCES,
-                f"{name} is not open for {need}; a map of mode {mode!r} needs it{hint}",
-            )
-        os_impl.set_blocking(fd)
-        return fd, os_impl.file_size(fd)
-    except BaseException:
-        os_impl.close(fd)
-        raise
 
 
 class FileCore(MapCore):
@@ -146,7 +54,7 @@ class FileCore(MapCore):
         fd, size = open_fd(file, mode)
         try:
             if size == 0:
-                raise InvalidSizeError(0, f"cannot map an empty file ({_name_of(file)})")
+                raise InvalidSizeError(0, f"cannot map an empty file ({name_of(file)})")
             if start < 0 or start >= size:
                 raise OutOfBoundsError(start, wanted, size, "file")
             count = size - start if wanted is None else wanted
@@ -167,6 +75,7 @@ class FileCore(MapCore):
             os_impl.close(fd)
             raise
 
+        self.file = FileRef(fd, name_of(file))
         self.fd = fd
         self.mode: Mode = mode
         self.fault_safe = fault_safe
@@ -174,7 +83,6 @@ class FileCore(MapCore):
         self._delta = delta  # from the page-aligned start of the mapping to byte 0
         self._fixed = strict
         self._block_device = os_impl.file_kind(fd) == "block device"
-        self._fd_finalizer = weakref.finalize(self, os_impl.close, fd)
         self._install(addr, map_len, count)
 
     def _install(self, map_addr: int, map_len: int, length: int) -> None:
@@ -191,7 +99,7 @@ class FileCore(MapCore):
             self.memory,
             0,
             self.writable,
-            fd=self.fd,
+            file=self.file,
             file_offset=self.file_offset,
             shared=self.mode != "copy",
             fault_safe=self.fault_safe,
@@ -206,7 +114,7 @@ class FileCore(MapCore):
         os_impl.munmap(self.map_addr, self.map_len)
 
     def _release_resources(self) -> None:
-        self._fd_finalizer()  # closes the fd
+        self.file.close()
 
     # -- flush ------------------------------------------------------------------------
 

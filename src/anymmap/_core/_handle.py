@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import ClassVar, Generic, TypeVar
 
-from ._file import FileCore, Mode
+from ._file import FileCore
+from ._files import Mode
 from ._map import MapCore
 
 if sys.version_info >= (3, 11):

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import sys
 
-from .._core._file import FileCore, Mode
+from .._core._file import FileCore
+from .._core._files import Mode
 from .._core._handle import FileMapInfo
 from ._base import SyncMap
 

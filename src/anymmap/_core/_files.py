@@ -1,0 +1,128 @@
+"""Opening what a map maps: paths, descriptors and objects with ``fileno()``, safely.
+
+Nothing here blocks: a path is opened with ``O_NONBLOCK`` (a FIFO would wait for a writer),
+then anything that is not a regular file or a block device is refused by name.  A map
+keeps the descriptor it opened (or duplicated) in a :class:`FileRef`, which closes it once
+nothing uses it any more.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import weakref
+from typing import Literal, get_args
+
+from .._errors import UnmappableFileError
+from .._sys import os_impl
+from ._checks import as_int
+
+Mode = Literal["rw", "r", "copy"]
+MODES: tuple[str, ...] = get_args(Mode)
+#: What ``os_impl.file_kind`` says of the files that can be mapped.
+MAPPABLE_KINDS = ("regular file", "block device")
+
+
+class FileRef:
+    """A file descriptor a map owns, with the name it was given by (for messages).
+
+    It is closed by :meth:`close`, or when the last object holding it goes away.
+    """
+
+    __slots__ = ("__weakref__", "_closer", "fd", "name")
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+        self._closer = weakref.finalize(self, os_impl.close, fd)
+
+    def close(self) -> None:
+        self._closer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._closer.alive
+
+
+_PATH_TYPES = (str, bytes, os.PathLike)
+
+
+def name_of(file: object) -> str:
+    if isinstance(file, _PATH_TYPES):
+        return repr(os.fsdecode(file))
+    if isinstance(file, int):
+        return f"file descriptor {file}"
+    return repr(file)
+
+
+def as_fd(file: object) -> int:
+    """The descriptor number of an int-like or of an object with ``fileno()``.
+
+    :raises TypeError: for anything else (``bool`` included)
+    :raises OSError: ``EBADF`` for a number no descriptor can have
+    """
+    fileno = getattr(file, "fileno", None)
+    if fileno is not None and not isinstance(file, int):
+        file = fileno()
+    if isinstance(file, bool) or not hasattr(type(file), "__index__"):
+        raise TypeError(
+            f"file must be a path, a file descriptor or have fileno(), not {type(file).__name__}"
+        )
+    fd = as_int(file, "file descriptor")
+    if not 0 <= fd < 1 << 31:
+        raise OSError(errno.EBADF, f"{fd} is not a file descriptor")
+    return fd
+
+
+def open_fd(file: object, mode: Mode) -> tuple[int, int]:
+    """Open what ``file`` names (a path, an fd, or an object with ``fileno()``) for a map
+    of ``mode``; return a descriptor that the map owns (a given fd is duplicated) and the
+    size of the file.
+
+    Never blocks: a path is opened with ``O_NONBLOCK`` (a FIFO would wait for a writer),
+    and anything that is not a regular file or a block device is refused.
+
+    :raises UnmappableFileError: for a FIFO, socket, character device or /proc file
+    :raises PermissionError: if the file or fd does not allow the access ``mode`` needs
+    """
+    writable = mode == "rw"
+    name = name_of(file)
+    if isinstance(file, _PATH_TYPES):
+        try:
+            fd = os_impl.open_nonblocking(file, writable)
+        except PermissionError as exc:
+            if not writable:
+                raise
+            raise PermissionError(
+                exc.errno,
+                f"cannot open {name} for writing ({exc.strerror}); to map it for reading "
+                "only, pass mode='r' (or mode='copy' for private writes)",
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
+                raise UnmappableFileError(name, os_impl.path_kind(file)) from None
+            raise
+    else:
+        fd = os_impl.dup(as_fd(file))
+    try:
+        kind = os_impl.file_kind(fd)
+        if kind == "directory":
+            raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
+        if kind not in MAPPABLE_KINDS:
+            raise UnmappableFileError(name, kind)
+        where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(fd))
+        if where is not None:
+            raise UnmappableFileError(name, f"file in {where}")
+        readable, can_write = os_impl.access_mode(fd)
+        if not readable or (writable and not can_write):
+            need = "reading and writing" if writable else "reading"
+            hint = " (or map it with mode='r' or mode='copy')" if writable and readable else ""
+            raise PermissionError(
+                errno.EACCES,
+                f"{name} is not open for {need}; a map of mode {mode!r} needs it{hint}",
+            )
+        os_impl.set_blocking(fd)
+        return fd, os_impl.file_size(fd)
+    except BaseException:
+        os_impl.close(fd)
+        raise
