@@ -30,11 +30,13 @@ PUBLIC = {
         "RWLock",
         "RWLockStatistics",
         "ReadOnlyError",
+        "SparseMapping",
+        "SparsePiece",
         "UnmappableFileError",
         "UnsupportedError",
         "sync",
     },
-    "anymmap.sync": {"AnonymousMmap", "MmapOptions", "MmapRaw"},
+    "anymmap.sync": {"AnonymousMmap", "MmapOptions", "MmapRaw", "SparseMapping"},
 }
 
 
@@ -50,7 +52,7 @@ def test_public_names_are_deliberate_and_say_where_they_live(module: types.Modul
 
 
 def test_sync_twins_have_the_same_method_names() -> None:
-    for name in ("AnonymousMmap", "MmapOptions", "MmapRaw"):
+    for name in ("AnonymousMmap", "MmapOptions", "MmapRaw", "SparseMapping"):
         async_type = getattr(anymmap, name)
         sync_type = getattr(anymmap.sync, name)
         public = {n for n in dir(async_type) if not n.startswith("_")}

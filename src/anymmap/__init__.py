@@ -25,7 +25,9 @@ from ._advice import Advice as Advice
 from ._async._anon import AnonymousMmap as AnonymousMmap
 from ._async._options import MmapOptions as MmapOptions
 from ._async._raw import MmapRaw as MmapRaw
+from ._async._sparse import SparseMapping as SparseMapping
 from ._core._map import INLINE_COPY_LIMIT as INLINE_COPY_LIMIT
+from ._core._sparse import SparsePiece as SparsePiece
 from ._errors import AnymmapError as AnymmapError
 from ._errors import BorrowError as BorrowError
 from ._errors import ClosedMapError as ClosedMapError
@@ -64,6 +66,8 @@ __all__ = [
     "RWLock",
     "RWLockStatistics",
     "ReadOnlyError",
+    "SparseMapping",
+    "SparsePiece",
     "UnmappableFileError",
     "UnsupportedError",
 ]

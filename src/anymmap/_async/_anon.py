@@ -5,7 +5,7 @@ import sys
 from .._backend import checkpoint
 from .._core._anon import AnonCore
 from .._core._checks import check_size
-from ._base import AsyncMap
+from ._base import ResizableAsyncMap
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -13,7 +13,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class AnonymousMmap(AsyncMap[AnonCore]):
+class AnonymousMmap(ResizableAsyncMap[AnonCore]):
     """
     Private, zero-filled anonymous memory (``mmap(MAP_PRIVATE | MAP_ANONYMOUS)``).
 

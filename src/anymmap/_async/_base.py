@@ -8,6 +8,7 @@ the disk, a worker thread for the rest) and the :class:`~anymmap.RWLock` around 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
@@ -216,26 +217,13 @@ class AsyncMap(MapHandle[CoreT]):
         start, n = core.check_span(offset, length)  # checked again once pinned
         await run_sync(core.advise, value, start, n)
 
-    async def resize(self, new_size: int) -> None:
-        """Grow or shrink the map once no borrow or copy is running.
-
-        Runs in a worker thread and is never abandoned halfway.  The address may change
-        (except for a ``strict`` map, which must grow in place).  An anonymous map keeps
-        its bytes up to the smaller size and reads zeros after.  A file map grows the file
-        when it passes the file's end (allocating the blocks first) and cuts it when
-        shrinking only if the map reached the end; the new size is durable once a later
-        ``flush()`` returns.
-
-        :raises InvalidSizeError: if ``new_size`` is 0 or above 128 TiB
-        :raises ReadOnlyError: if the map is a read-only or copy file map
-        :raises BorrowError: if an object exported from a borrow is still alive
-        :raises RuntimeError: if the calling task is inside a borrow of this map
-        """
-        size = check_size(new_size)
-        self._open_core().check_resizable()
-        self._check_not_borrowing("resize")
+    async def _change_mapping(self, what: str, change: Callable[..., None], *args: object) -> None:
+        """Run ``change(*args)``, which changes what is mapped where, in a worker thread
+        under the write lock (it waits for borrows and copies to end)."""
+        self._check_not_borrowing(what)
         async with self._lock.write():
-            await run_sync(self._open_core().resize, size)
+            self._open_core()
+            await run_sync(change, *args)
 
     async def aclose(self) -> None:
         """Wait for borrows and copies to end, then unmap in a worker thread.
@@ -267,6 +255,31 @@ class AsyncMap(MapHandle[CoreT]):
         exc_tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class ResizableAsyncMap(AsyncMap[CoreT]):
+    """An async map whose size can change (anonymous and file maps)."""
+
+    __slots__ = ()
+
+    async def resize(self, new_size: int) -> None:
+        """Grow or shrink the map once no borrow or copy is running.
+
+        Runs in a worker thread and is never abandoned halfway.  The address may change
+        (except for a ``strict`` map, which must grow in place).  An anonymous map keeps
+        its bytes up to the smaller size and reads zeros after.  A file map grows the file
+        when it passes the file's end (allocating the blocks first) and cuts it when
+        shrinking only if the map reached the end; the new size is durable once a later
+        ``flush()`` returns.
+
+        :raises InvalidSizeError: if ``new_size`` is 0 or above 128 TiB
+        :raises ReadOnlyError: if the map is a read-only or copy file map
+        :raises BorrowError: if an object exported from a borrow is still alive
+        :raises RuntimeError: if the calling task is inside a borrow of this map
+        """
+        size = check_size(new_size)
+        self._open_core().check_resizable()
+        await self._change_mapping("resize", self._core.resize, size)
 
 
 class _Borrow:

@@ -7,8 +7,10 @@ from .._core._anon import AnonCore
 from .._core._file import FileCore
 from .._core._files import Mode
 from .._core._options import OptionsBase
+from .._core._sparse import SparseCore
 from ._anon import AnonymousMmap
 from ._raw import MmapRaw
+from ._sparse import SparseMapping
 
 
 class MmapOptions(OptionsBase):
@@ -54,3 +56,14 @@ class MmapOptions(OptionsBase):
             partial(FileCore, file, offset=offset, mode=mode, fault_safe=fault_safe, **kwargs)
         )
         return MmapRaw._create(core)
+
+    async def map_sparse(self) -> SparseMapping:
+        """Reserve a :class:`~anymmap.SparseMapping` of ``len`` bytes at the hint (exactly,
+        under ``strict``).  ``no_reserve`` is a no-op (a reservation never reserves swap);
+        ``populate`` is refused with ``ValueError`` (nothing is mapped yet).
+
+        :raises InvalidSizeError: if no length was set
+        """
+        kwargs = self._sparse_kwargs()
+        await checkpoint()
+        return SparseMapping._create(SparseCore(**kwargs))

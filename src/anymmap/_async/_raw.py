@@ -7,7 +7,7 @@ from .._backend import run_sync
 from .._core._file import FileCore
 from .._core._files import Mode
 from .._core._handle import FileMapInfo
-from ._base import AsyncMap
+from ._base import ResizableAsyncMap
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -15,7 +15,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class MmapRaw(AsyncMap[FileCore], FileMapInfo):
+class MmapRaw(ResizableAsyncMap[FileCore], FileMapInfo):
     """
     A file mapped into memory, with an awaitable flush that never stalls the event loop.
 

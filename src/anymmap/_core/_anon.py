@@ -46,7 +46,7 @@ class AnonCore(MapCore):
         self.memory = Memory(
             addr, length, partial(os_impl.munmap, addr, map_len), self._fork_guard
         )
-        self._pieces = ((0, length, MemoryCopier(self.memory, 0, True, "anonymous")),)
+        self._set_pieces(((0, length, MemoryCopier(self.memory, 0, True, "anonymous")),))
 
     def _unmap(self) -> None:
         os_impl.munmap(self.addr, self.map_len)

@@ -220,7 +220,16 @@ class FileCopier(KernelCopier):
     the file's last page and nothing after; those reads go through the kernel.
     """
 
-    __slots__ = ("_holes_free", "_nowait", "_pread", "fault_safe", "fd", "file", "file_offset")
+    __slots__ = (
+        "_holes_free",
+        "_mapped_size",
+        "_nowait",
+        "_pread",
+        "fault_safe",
+        "fd",
+        "file",
+        "file_offset",
+    )
 
     def __init__(
         self,
@@ -237,6 +246,9 @@ class FileCopier(KernelCopier):
         self.file = file  # keeps the descriptor open for as long as the piece needs it
         fd = self.fd = file.fd
         self.file_offset = file_offset  # of the piece's first byte
+        self._mapped_size = os_impl.file_size(
+            fd
+        )  # to tell a truncation from a window past the end
         self.fault_safe = fault_safe
         # read(2) copies what a shared map shows (a private copy map may differ), unless
         # the descriptor was opened with O_DIRECT, which wants aligned buffers and offsets.
@@ -337,5 +349,9 @@ class FileCopier(KernelCopier):
         size = os_impl.file_size(self.fd)
         last_page_end = page_ceil(size) - self.file_offset  # in the piece
         if offset + length > last_page_end:
-            return max(offset, last_page_end), f"the file was truncated to {size} bytes"
+            if size < self._mapped_size:
+                why = f"the file was truncated to {size} bytes"
+            else:
+                why = f"the page lies past the end of the file ({size} bytes)"
+            return max(offset, last_page_end), why
         return offset, "the file system could not provide the page (out of space, or an I/O error)"

@@ -20,7 +20,7 @@ from .._errors import (
 from .._sys import os_impl
 from ._checks import as_int, check_size
 from ._copier import FileCopier, page_ceil, page_floor
-from ._files import MODES, FileRef, Mode, name_of, open_fd
+from ._files import MODES, FileRef, Mode, label_of, name_of, open_fd
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
@@ -75,7 +75,7 @@ class FileCore(MapCore):
             os_impl.close(fd)
             raise
 
-        self.file = FileRef(fd, name_of(file))
+        self.file = FileRef(fd, label_of(file))
         self.fd = fd
         self.mode: Mode = mode
         self.fault_safe = fault_safe
@@ -104,7 +104,7 @@ class FileCore(MapCore):
             shared=self.mode != "copy",
             fault_safe=self.fault_safe,
         )
-        self._pieces = ((0, length, copier),)
+        self._set_pieces(((0, length, copier),))
 
     def describe(self) -> str:
         text = super().describe()

@@ -24,7 +24,7 @@ MAPPABLE_KINDS = ("regular file", "block device")
 
 
 class FileRef:
-    """A file descriptor a map owns, with the name it was given by (for messages).
+    """A file descriptor a map owns, with what the file was called (``label_of``).
 
     It is closed by :meth:`close`, or when the last object holding it goes away.
     """
@@ -47,7 +47,18 @@ class FileRef:
 _PATH_TYPES = (str, bytes, os.PathLike)
 
 
+def label_of(file: object) -> str:
+    """What ``file`` is called: a path as a str, ``"fd 5"``, or a file object's name."""
+    if isinstance(file, _PATH_TYPES):
+        return os.fsdecode(file)
+    if isinstance(file, int):
+        return f"fd {file}"
+    name = getattr(file, "name", None)
+    return name if isinstance(name, str) else repr(file)
+
+
 def name_of(file: object) -> str:
+    """How messages name ``file``."""
     if isinstance(file, _PATH_TYPES):
         return repr(os.fsdecode(file))
     if isinstance(file, int):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -84,6 +85,7 @@ class MapCore:
         # The pid of the process that advised DONTFORK on part of the map (empty if none).
         self._fork_guard: list[int] = []
         self._pieces: Sequence[Piece] = ()
+        self._starts: list[int] = []  # the pieces' offsets, for bisect
         self.writable = writable
 
     # -- state ------------------------------------------------------------------------
@@ -237,6 +239,11 @@ class MapCore:
 
     # -- pieces -----------------------------------------------------------------------
 
+    def _set_pieces(self, pieces: Sequence[Piece]) -> None:
+        """Adopt ``pieces``: in order, contiguous, covering the whole map."""
+        self._pieces = pieces
+        self._starts = [piece[0] for piece in pieces]
+
     def _spans(self, offset: int, length: int) -> Iterator[tuple[Copier, int, int, int]]:
         """``(copier, offset in its piece, count, position in the copy)`` for each piece
         that ``[offset, offset + length)`` crosses, in order; the range is checked."""
@@ -246,9 +253,8 @@ class MapCore:
             yield copier, offset - start, length, 0
             return
         end = offset + length
-        for start, size, copier in pieces:
-            if start + size <= offset:
-                continue
+        for i in range(max(bisect_right(self._starts, offset) - 1, 0), len(pieces)):
+            start, size, copier = pieces[i]
             if start >= end:
                 break
             first = max(start, offset)

@@ -146,6 +146,18 @@ class OptionsBase:
             "no_reserve": self._no_reserve,
         }
 
+    def _sparse_kwargs(self) -> dict[str, Any]:
+        """For ``map_sparse``: the length and placement (a reservation is always
+        ``MAP_NORESERVE``, so ``no_reserve`` changes nothing; nothing is mapped yet, so
+        there is nothing to populate)."""
+        if self._len is None:
+            raise InvalidSizeError(None, "set a length with MmapOptions.len() before map_sparse")
+        if self._populate:
+            raise ValueError("populate does not apply to a sparse map: nothing is mapped yet")
+        if self._strict and self._hint is None:
+            raise InvalidHintError("strict placement needs a hint address (with_hint)")
+        return {"length": self._len, "hint": self._hint, "strict": self._strict}
+
     def _anon_kwargs(self) -> dict[str, Any]:
         if self._len is None:
             raise InvalidSizeError(None, "set a length with MmapOptions.len() before map_anon")

@@ -4,7 +4,7 @@ import sys
 
 from .._core._anon import AnonCore
 from .._core._checks import check_size
-from ._base import SyncMap
+from ._base import ResizableSyncMap
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -12,7 +12,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class AnonymousMmap(SyncMap[AnonCore]):
+class AnonymousMmap(ResizableSyncMap[AnonCore]):
     """
     The blocking twin of :class:`anymmap.AnonymousMmap`: same methods, no ``await``,
     ``with`` instead of ``async with``.  Safe to share between threads.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
@@ -140,13 +140,12 @@ class SyncMap(MapHandle[CoreT]):
         start, n = core.check_span(offset, length)
         core.advise(value, start, n)
 
-    def resize(self, new_size: int) -> None:
-        """Grow or shrink the map once no borrow or copy is running; see
-        :meth:`anymmap.AnonymousMmap.resize`."""
-        size = check_size(new_size)
-        self._open_core().check_resizable()
+    def _change_mapping(self, change: Callable[..., None], *args: object) -> None:
+        """Run ``change(*args)``, which changes what is mapped where, under the write lock
+        (it waits for borrows and copies of other threads to end)."""
         with self._lock.write():
-            self._open_core().resize(size)
+            self._open_core()
+            change(*args)
 
     def close(self) -> None:
         """Wait for borrows and copies to finish, then unmap.  Closing twice is fine.
@@ -167,3 +166,17 @@ class SyncMap(MapHandle[CoreT]):
         exc_tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class ResizableSyncMap(SyncMap[CoreT]):
+    """A blocking map whose size can change (anonymous and file maps)."""
+
+    __slots__ = ()
+
+    def resize(self, new_size: int) -> None:
+        """Grow or shrink the map once no borrow or copy is running; see
+        :meth:`anymmap.AnonymousMmap.resize`."""
+        size = check_size(new_size)
+        self._open_core().check_resizable()
+        with self._lock.write():
+            self._open_core().resize(size)

@@ -4,8 +4,10 @@ from .._core._anon import AnonCore
 from .._core._file import FileCore
 from .._core._files import Mode
 from .._core._options import OptionsBase
+from .._core._sparse import SparseCore
 from ._anon import AnonymousMmap
 from ._raw import MmapRaw
+from ._sparse import SparseMapping
 
 
 class MmapOptions(OptionsBase):
@@ -29,3 +31,8 @@ class MmapOptions(OptionsBase):
         return MmapRaw._create(
             FileCore(file, offset=offset, mode=mode, fault_safe=fault_safe, **self._file_kwargs())
         )
+
+    def map_sparse(self) -> SparseMapping:
+        """Reserve an :class:`anymmap.sync.SparseMapping`; see
+        :meth:`anymmap.MmapOptions.map_sparse`."""
+        return SparseMapping._create(SparseCore(**self._sparse_kwargs()))

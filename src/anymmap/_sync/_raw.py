@@ -5,7 +5,7 @@ import sys
 from .._core._file import FileCore
 from .._core._files import Mode
 from .._core._handle import FileMapInfo
-from ._base import SyncMap
+from ._base import ResizableSyncMap
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -13,7 +13,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class MmapRaw(SyncMap[FileCore], FileMapInfo):
+class MmapRaw(ResizableSyncMap[FileCore], FileMapInfo):
     """
     The blocking twin of :class:`anymmap.MmapRaw`: same methods, no ``await``.  Copies are
     fault-safe in the same way; all work runs in the calling thread.

@@ -1,0 +1,403 @@
+"""Sparse maps (seed 002, ``SparseMapping``): a reservation filled piece by piece.
+
+The map is a reservation (see ``_reservation``) cut into pieces, each ``(offset, length,
+copier)``: holes (reserved, nothing mapped), private memory, read-only zero pages,
+windows of files, and whatever a pass-through ``mmap`` put there.  Filling a range
+replaces the pieces it overlaps (the kernel's ``MAP_FIXED`` semantics), keeping what lies
+outside it; :meth:`SparseCore.unmap` turns a range back into a hole.  Every copy goes
+through the copier of each piece it crosses, so a hole, a read-only page or a window past
+the end of its file raises :class:`~anymmap.MappingFaultError` instead of crashing.
+
+The facades hold the map's write lock around every change of pieces and run it in a
+worker thread; the core's ``exclusive()`` also waits for pinned work (populate, advise).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+from .._errors import BorrowError, MappingFaultError, OutOfBoundsError
+from .._sys import os_impl
+from ._checks import as_int, check_size
+from ._copier import (
+    PAGE_SIZE,
+    Copier,
+    FileCopier,
+    HoleCopier,
+    KernelCopier,
+    MemoryCopier,
+    page_ceil,
+)
+from ._files import FileRef, label_of, open_fd
+from ._lifetime import Memory
+from ._map import INLINE_COPY_LIMIT, MapCore, Piece
+from ._reservation import clear, place, reserve
+
+_ANON_PRIVATE = os_impl.MAP_PRIVATE | os_impl.MAP_ANONYMOUS
+_MAP_TYPES = os_impl.MAP_SHARED | os_impl.MAP_PRIVATE  # MAP_SHARED_VALIDATE is both bits
+_PROTS = os_impl.PROT_READ | os_impl.PROT_WRITE | os_impl.PROT_EXEC
+
+#: Flags a pass-through ``mmap`` refuses, and why.
+_REFUSED_FLAGS = {
+    os_impl.MAP_LOCKED: "MAP_LOCKED pins the pages: they could not be given back",
+    os_impl.MAP_FIXED_NOREPLACE: "MAP_FIXED_NOREPLACE would refuse the reservation itself",
+    os_impl.MAP_GROWSDOWN: "MAP_GROWSDOWN grows past the piece, out of the reservation",
+}
+
+#: Sizes of the aligned loads and stores that are single instructions (see atomic_load).
+ATOMIC_TYPES: dict[
+    int, type[ctypes.c_uint8 | ctypes.c_uint16 | ctypes.c_uint32 | ctypes.c_uint64]
+] = {
+    1: ctypes.c_uint8,
+    2: ctypes.c_uint16,
+    4: ctypes.c_uint32,
+    8: ctypes.c_uint64,
+}
+
+FILL_CHUNK = 1 << 20
+
+
+class SparsePiece(NamedTuple):
+    """One piece of a :class:`~anymmap.SparseMapping`, as ``pieces()`` reports it.
+
+    ``kind`` is ``"hole"`` (nothing mapped), ``"private"`` (``alloc``), ``"zero"``
+    (``map_zero``), ``"file"`` (``map_file``) or ``"mmap"`` (a pass-through ``mmap`` or
+    ``mmap_anonymous``); ``file`` names the file of a ``"file"`` piece.
+    """
+
+    offset: int
+    length: int
+    kind: str
+    writable: bool
+    file: str | None
+
+
+def _check_aligned(value: int, what: str, unit: int = PAGE_SIZE) -> None:
+    if value % unit:
+        raise ValueError(f"{what} {value} is not a multiple of {unit}")
+
+
+def _huge_page_size(flags: int) -> int:
+    """The page size a ``MAP_HUGETLB`` mapping uses: the one encoded in the flags, else
+    the system's default huge page size."""
+    shift = (flags >> os_impl.MAP_HUGE_SHIFT) & 0x3F
+    if shift:
+        return 1 << shift
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("Hugepagesize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - /proc is always there on Linux
+        pass
+    return 2 << 20  # pragma: no cover
+
+
+class SparseCore(MapCore):
+    kind = "sparse map"
+
+    def __init__(self, length: int, *, hint: int | None = None, strict: bool = False) -> None:
+        super().__init__(writable=True)
+        size = page_ceil(length)
+        self.addr = reserve(size, hint=hint, strict=strict)
+        self.length = size
+        self.memory = Memory(
+            self.addr, size, partial(os_impl.munmap, self.addr, size), self._fork_guard
+        )
+        self._set_pieces(((0, size, HoleCopier(self.memory, 0, False, "hole")),))
+
+    def _unmap(self) -> None:
+        os_impl.munmap(self.addr, self.length)
+
+    def _release_resources(self) -> None:
+        for _, _, copier in self._pieces:
+            if isinstance(copier, FileCopier):
+                copier.file.close()
+        self._set_pieces(())
+
+    # -- what is where --------------------------------------------------------------
+
+    def pieces(self) -> list[SparsePiece]:
+        self.check_open()
+        return [
+            SparsePiece(offset, length, copier.kind, copier.writable, copier.label)
+            for offset, length, copier in self._pieces
+        ]
+
+    def check_piece_range(self, offset: object, length: object) -> tuple[int, int]:
+        """``(offset, length)`` as ints, page-aligned, non-empty and inside the map."""
+        start = as_int(offset, "offset")
+        n = check_size(length, "length")
+        if start < 0 or start + n > self.length:
+            raise OutOfBoundsError(start, n, self.length)
+        _check_aligned(start, "offset")
+        _check_aligned(n, "length")
+        return start, n
+
+    def _replace(
+        self, start: int, n: int, make: Callable[[], Copier], map_it: Callable[[], None]
+    ) -> None:
+        """Map ``[start, start + n)`` with ``map_it()`` and make it one piece, whose copier
+        ``make()`` gives, replacing what overlapped it (the parts outside stay).
+
+        If the kernel refuses the new mapping, ``MAP_FIXED`` may already have removed the
+        old one: the range is then given back to the reservation, as a hole.
+        """
+        with self.exclusive():
+            if self.memory.escaped_in(self.addr - self.memory.addr + start, n):
+                raise BorrowError(
+                    "a view of this range escaped its borrow and is still alive; the range "
+                    "cannot be remapped until it is gone"
+                )
+            try:
+                map_it()
+                copier = make()
+            except BaseException:
+                clear(self.addr + start, n)
+                self._set_range(start, n, HoleCopier(self.memory, start, False, "hole"))
+                self._merge_holes()
+                raise
+            self._set_range(start, n, copier)
+
+    def _set_range(self, start: int, n: int, copier: Copier) -> None:
+        """Make ``[start, start + n)`` one piece with ``copier``; trim what overlapped."""
+        end = start + n
+        pieces: list[Piece] = []
+        for first, size, old in self._pieces:
+            last = first + size
+            if last <= start or first >= end:
+                pieces.append((first, size, old))
+                continue
+            if first < start:
+                pieces.append((first, start - first, old))
+            if last > end:
+                pieces.append((end, last - end, old.moved(end - first)))
+        pieces.append((start, n, copier))
+        pieces.sort(key=lambda piece: piece[0])
+        self._set_pieces(tuple(pieces))
+
+    # -- filling holes --------------------------------------------------------------
+
+    def alloc(self, start: int, n: int) -> None:
+        """Private, writable, zero-filled memory (pages are allocated on first touch)."""
+        self._replace(
+            start,
+            n,
+            lambda: MemoryCopier(self.memory, start, True, "private"),
+            lambda: place(
+                self.addr + start, n, os_impl.PROT_READ | os_impl.PROT_WRITE, _ANON_PRIVATE
+            ),
+        )
+
+    def map_zero(self, start: int, n: int) -> None:
+        """Read-only zero pages."""
+        self._replace(
+            start,
+            n,
+            lambda: MemoryCopier(self.memory, start, False, "zero"),
+            lambda: place(self.addr + start, n, os_impl.PROT_READ, _ANON_PRIVATE),
+        )
+
+    def map_file(self, start: int, n: int, file: object, file_offset: int, writable: bool) -> None:
+        """A shared window of ``file`` (``writable``: writes reach the file)."""
+        _check_aligned(file_offset, "file_offset")
+        if file_offset < 0:
+            raise ValueError(f"file_offset {file_offset} is negative")
+        fd, _ = open_fd(file, "rw" if writable else "r")
+        ref = FileRef(fd, label_of(file))
+        prot = os_impl.PROT_READ | (os_impl.PROT_WRITE if writable else 0)
+        try:
+            self._replace(
+                start,
+                n,
+                lambda: FileCopier(
+                    self.memory,
+                    start,
+                    writable,
+                    file=ref,
+                    file_offset=file_offset,
+                    shared=True,
+                    fault_safe=True,
+                ),
+                lambda: place(self.addr + start, n, prot, os_impl.MAP_SHARED, fd, file_offset),
+            )
+        except BaseException:
+            ref.close()
+            raise
+
+    def mmap(
+        self, start: int, n: int, prot: int, flags: int, fd: int | None, file_offset: int
+    ) -> None:
+        """Pass ``prot`` and ``flags`` through to ``mmap`` (``MAP_FIXED`` forced), for a
+        file (``fd``) or, with ``fd=None``, anonymous memory."""
+        if prot & ~_PROTS:
+            raise ValueError(f"prot {prot:#x} has bits other than PROT_READ/WRITE/EXEC")
+        for flag, why in _REFUSED_FLAGS.items():
+            if flag and flags & flag:
+                raise ValueError(f"refused flag: {why}")
+        if not flags & _MAP_TYPES:
+            raise ValueError("flags need MAP_SHARED, MAP_PRIVATE or MAP_SHARED_VALIDATE")
+        if flags & os_impl.MAP_HUGETLB:
+            size = _huge_page_size(flags)
+            _check_aligned(start, "offset (MAP_HUGETLB)", size)
+            _check_aligned(n, "length (MAP_HUGETLB)", size)
+        if fd is None:
+            flags |= os_impl.MAP_ANONYMOUS
+            fd, file_offset = -1, 0
+        elif flags & os_impl.MAP_ANONYMOUS:
+            raise ValueError("MAP_ANONYMOUS with a file: use mmap_anonymous()")
+        else:
+            _check_aligned(file_offset, "file_offset")
+            if file_offset < 0:
+                raise ValueError(f"file_offset {file_offset} is negative")
+        writable = bool(prot & os_impl.PROT_WRITE)
+        self._replace(
+            start,
+            n,
+            lambda: KernelCopier(self.memory, start, writable, "mmap"),
+            lambda: place(self.addr + start, n, prot, flags, fd, file_offset),
+        )
+
+    def unmap(self, start: int, n: int) -> None:
+        """Turn the range back into a hole: the bytes are gone."""
+        self._replace(
+            start,
+            n,
+            lambda: HoleCopier(self.memory, start, False, "hole"),
+            lambda: clear(self.addr + start, n),
+        )
+        self._merge_holes()
+
+    def _merge_holes(self) -> None:
+        pieces: list[Piece] = []
+        for piece in self._pieces:
+            if pieces and piece[2].kind == "hole" and pieces[-1][2].kind == "hole":
+                first, size, copier = pieces[-1]
+                pieces[-1] = (first, size + piece[1], copier)
+            else:
+                pieces.append(piece)
+        self._set_pieces(tuple(pieces))
+
+    # -- the seed's accessors -------------------------------------------------------
+
+    def start_fill(
+        self, offset: object, value: object, length: object
+    ) -> Callable[[], None] | None:
+        """Write ``length`` bytes of ``value`` at ``offset``; like ``start_write``."""
+        byte = as_int(value, "value")
+        if not 0 <= byte <= 255:
+            raise ValueError(f"value {byte} is not a byte (0 to 255)")
+        start, n = self.check_range(offset, length)
+        if n <= INLINE_COPY_LIMIT and self.try_write(start, memoryview(bytes([byte]) * n)):
+            return None
+        return partial(self._fill_blocking, start, byte, n)
+
+    def _fill_blocking(self, start: int, byte: int, n: int) -> None:
+        chunk = memoryview(bytes([byte]) * min(n, FILL_CHUNK))
+        done = 0
+        while done < n:
+            step = min(len(chunk), n - done)
+            self.write_blocking(start + done, chunk[:step])
+            done += step
+
+    @staticmethod
+    def plain_size(fmt: object) -> tuple[struct.Struct, int]:
+        """The ``struct`` format of one plain value, and its size.
+
+        :raises TypeError: if ``fmt`` is not a str
+        :raises ValueError: if it is not a struct format of exactly one value
+        """
+        if not isinstance(fmt, str):
+            raise TypeError(f"fmt must be a struct format string, not {type(fmt).__name__}")
+        try:
+            layout = struct.Struct(fmt)
+        except struct.error as exc:
+            raise ValueError(f"bad struct format {fmt!r}: {exc}") from None
+        if len(layout.unpack(bytes(layout.size))) != 1:
+            raise ValueError(f"format {fmt!r} describes more than one value")
+        return layout, layout.size
+
+    # -- direct single-instruction access ------------------------------------------
+
+    def atomic_address(self, offset: object, size: object, store: bool) -> tuple[int, int]:
+        """The address and width of an aligned 1, 2, 4 or 8-byte value in a piece where a
+        direct access cannot fault.
+
+        :raises ValueError: for another size, or an unaligned offset
+        :raises MappingFaultError: for a hole, a read-only piece (``store``), a
+            pass-through piece, or a file window past the end of its file
+        """
+        width = as_int(size, "size")
+        if width not in ATOMIC_TYPES:
+            raise ValueError(f"size must be 1, 2, 4 or 8, not {width}")
+        start, _ = self.check_range(offset, width)
+        if start % width:
+            raise ValueError(f"offset {start} is not aligned to the size {width}")
+        for copier, at, count, _ in self._spans(start, width):
+            if isinstance(copier, MemoryCopier) or (
+                isinstance(copier, FileCopier) and self._within_file(copier, at, count)
+            ):
+                if store and not copier.writable:
+                    raise MappingFaultError(start, self.addr + start, "the page is read-only")
+            elif isinstance(copier, (HoleCopier, FileCopier)):
+                raise MappingFaultError(start, self.addr + start, copier.fault(at, count)[1])
+            else:
+                raise MappingFaultError(
+                    start,
+                    self.addr + start,
+                    "direct access to a pass-through mapping is not offered; use read_at",
+                )
+        return self.addr + start, width
+
+    @staticmethod
+    def _within_file(copier: FileCopier, at: int, count: int) -> bool:
+        return copier.file_offset + at + count <= page_ceil(os_impl.file_size(copier.fd))
+
+    def check_borrowable(self, start: int, n: int, writable: bool) -> None:
+        """A borrow must only cover pieces a direct access cannot fault in: memory, or
+        file windows inside their file (checked now: a later truncation by another
+        process is not protected, as for any view)."""
+        for copier, at, count, _ in self._spans(start, n):
+            if isinstance(copier, HoleCopier):
+                why = "it covers a hole"
+            elif writable and not copier.writable:
+                why = "it covers a read-only piece"
+            elif isinstance(copier, FileCopier) and not self._within_file(copier, at, count):
+                why = "it covers pages past the end of a mapped file"
+            elif not isinstance(copier, (MemoryCopier, FileCopier)):
+                why = "it covers a pass-through mapping, which a view could fault on"
+            else:
+                continue
+            raise MappingFaultError(
+                copier.addr + at - self.addr,
+                copier.addr + at,
+                f"a {'writable ' if writable else ''}borrow of offset={start}, length={n} is "
+                f"refused: {why}",
+            )
+
+    def describe(self) -> str:
+        if self.closed:
+            return "closed"
+        mapped = sum(size for _, size, copier in self._pieces if copier.kind != "hole")
+        return f"len={self.length} addr={self.addr:#x} mapped={mapped} pieces={len(self._pieces)}"
+
+
+def atomic_load(address: int, width: int) -> int:
+    """Load the ``width``-byte value at ``address`` with one aligned load."""
+    # SAFETY: atomic_address checked that the value is aligned and lies in a piece where
+    # a direct access cannot fault; ctypes copies a fixed-size scalar with one memcpy of
+    # that size, which compiles to a single load on x86-64 and arm64.
+    return ATOMIC_TYPES[width].from_address(address).value
+
+
+def atomic_store(address: int, width: int, value: object) -> None:
+    """Store ``value`` in the ``width`` bytes at ``address`` with one aligned store."""
+    number = as_int(value, "value")
+    if not 0 <= number < 1 << (8 * width):
+        raise ValueError(f"value {number} does not fit in {width} unsigned byte(s)")
+    # SAFETY: as in atomic_load, and the piece is writable.
+    ATOMIC_TYPES[width].from_address(address).value = number
