@@ -7,15 +7,25 @@ ANYMMAP_BENCH_DIR to put them elsewhere, but not on a tmpfs such as /dev/shm)
 1. Random 4 KiB reads from a warm 64 MiB file (written, fsynced and read through first, so
    every page is in the page cache), at 4096 offsets from ``random.Random(0)``: three in
    four page-aligned, one in four not (those span two pages).  ``await m.read_into()`` and
-   ``m.read_into_nowait()`` on a ``"rw"`` MmapRaw against aiofiles (asyncio only: ``await
-   f.seek(o); await f.read(4096)`` on a file opened once, and the same inside ``async with
-   aiofiles.open(path, "rb") as f`` for every read), ``anyio.open_file`` (seek + read on a
-   file opened once) and the stdlib floor ``memoryview(buf)[:] = memoryview(mmap)[a:b]``.
-   The peers, which take a worker thread per call, read the first 1024 offsets per round;
+   ``m.read_into_nowait()`` on a ``"rw"`` MmapRaw against aiofile (asyncio only: ``await
+   f.read_bytes(4096, o)`` on an ``aiofile.AIOFile`` opened once, which reads through
+   caio, the kernel's native async I/O, with no thread hop: io_uring where the kernel
+   allows it), aiofiles (asyncio only: ``await f.seek(o); await f.read(4096)`` on a file
+   opened once, and the same inside ``async with aiofiles.open(path, "rb") as f`` for
+   every read), ``anyio.open_file`` (seek + read on a file opened once) and the stdlib
+   floor ``memoryview(buf)[:] = memoryview(mmap)[a:b]``.  aiofile runs twice when caio's
+   default ring has an SQPOLL kernel thread (what a user gets by default): as is, and on a
+   plain ring (``caio.AsyncioContext(sqpoll=False)``), where a read of a cached page
+   completes inside the submitting call, without yielding to the loop.  The SQPOLL thread
+   polls for 100 ms after the last read, and a busy second core makes thread hops several
+   times cheaper (on a VM above all), so that row runs its rounds alone, first, and the
+   others start once the thread sleeps.  The peers read the first 1024 offsets per round;
    the three in-memory copies also run more rounds over all 4096, and keep their best.
-   Followed by the project's aims (``read_into_nowait`` at least 100x faster than aiofiles
-   and at most 3x the stdlib copy, ``await read_into`` at least 25x faster than aiofiles),
-   checked against both aiofiles patterns.
+   Followed by the project's aims (``read_into_nowait`` at least 100x faster than
+   aiofiles, at least 10x faster than aiofile and at most 3x the stdlib copy; ``await
+   read_into`` at least 25x faster than aiofiles and at least 4x faster than aiofile),
+   checked against both aiofiles patterns and every aiofile row, and by the caio backend
+   aiofile used.
 
 2. The cost of fault safety on a 4 KiB copy at the same offsets: ``read_into_nowait`` and
    ``update_region_nowait`` on a ``"rw"`` and a ``"copy"`` map made with
@@ -62,7 +72,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -74,6 +84,9 @@ from _harness import Table, add_ratios, best_of, fmt_time, heartbeat
 import anymmap
 import anymmap.sync
 
+if TYPE_CHECKING:
+    from aiofile import AIOFile
+
 KiB = 1 << 10
 MiB = 1 << 20
 PAGE = mmap.PAGESIZE
@@ -84,7 +97,7 @@ READ_SIZE = 4 * KiB
 OFFSETS = 4096
 #: One offset in this many is not page-aligned.
 UNALIGNED_EVERY = 4
-#: The thread-hopping peers read only this many of them (the first ones) per round.
+#: The peers (aiofile, aiofiles, anyio) read only this many of them (the first ones) per round.
 PEER_OFFSETS = 1024
 ROUNDS = 5
 #: The in-memory copies of section 1 then run this many more rounds over every offset.
@@ -94,6 +107,11 @@ LOCAL = (AWAITED, NOWAIT, STDLIB) = (
     "anymmap read_into_nowait",
     "stdlib memoryview(buf)[:] = memoryview(mmap)[a:b]",
 )
+AIOFILE = "aiofile read_bytes (file opened once)"
+AIOFILE_PLAIN = "aiofile read_bytes, caio ring without SQPOLL (file opened once)"
+#: How long the peers wait after aiofile's SQPOLL rounds: caio lets its kernel thread poll
+#: for 100 ms (sq_thread_idle) after the last read before it sleeps.
+SQPOLL_SETTLE = 0.25
 AIOFILES_ONCE = "aiofiles seek + read (file opened once)"
 AIOFILES_EACH = "aiofiles open + seek + read + close (per read)"
 FAULT_ROUNDS = 7
@@ -213,11 +231,33 @@ async def random_reads(label: str, out: list[str], path: Path) -> None:
         afile = await anyio.open_file(path, "rb")
         closers.append(afile.aclose)
         peer: Any = None
+        natives: dict[str, AIOFile] = {}
+        sqpoll = False
+        backend = ""
         if label != "trio":
+            import aiofile
             import aiofiles
+            import caio
 
             peer = await aiofiles.open(path, "rb")
             closers.append(peer.close)
+            natives[AIOFILE] = aiofile.AIOFile(path, "rb")
+            # The loop's caio context, which that file reads through.
+            context = aiofile.aio.get_default_context()
+            backend = type(context).__module__.removesuffix("_asyncio")
+            sqpoll = bool(getattr(context.context, "sqpoll", False))
+            if sqpoll:
+                backend += " with an SQPOLL kernel thread"
+                ring = caio.AsyncioContext(sqpoll=False)
+
+                async def close_ring() -> None:
+                    ring.close()
+
+                closers.append(close_ring)
+                natives[AIOFILE_PLAIN] = aiofile.AIOFile(path, "rb", context=ring)
+            for native in natives.values():
+                await native.open()
+                closers.append(native.close)
 
         def candidates(offs: list[int]) -> Candidates:
             async def ours() -> None:
@@ -227,6 +267,13 @@ async def random_reads(label: str, out: list[str], path: Path) -> None:
             async def ours_nowait() -> None:
                 for o in offs:
                     m.read_into_nowait(o, buf)
+
+            def aiofile_once(native: AIOFile) -> Callable[[], Awaitable[None]]:
+                async def run() -> None:
+                    for o in offs:
+                        await native.read_bytes(READ_SIZE, o)
+
+                return run
 
             async def aiofiles_once() -> None:
                 for o in offs:
@@ -251,6 +298,8 @@ async def random_reads(label: str, out: list[str], path: Path) -> None:
                     memoryview(buf)[:] = memoryview(std)[o : o + READ_SIZE]
 
             cands: Candidates = {AWAITED: ours, NOWAIT: ours_nowait}
+            for name, native in natives.items():
+                cands[name] = aiofile_once(native)
             if peer is not None:
                 cands[AIOFILES_ONCE] = aiofiles_once
                 cands[AIOFILES_EACH] = aiofiles_each
@@ -267,13 +316,21 @@ async def random_reads(label: str, out: list[str], path: Path) -> None:
             assert buf == expected, o
             await afile.seek(o)
             assert await afile.read(READ_SIZE) == expected, o
+            for native in natives.values():
+                assert await native.read_bytes(READ_SIZE, o) == expected, o
 
         # Everything over the first PEER_OFFSETS offsets (the thread-hopping peers take
-        # 0.1-0.5 ms a read), then the in-memory copies again over all of them, with more
-        # rounds; each row keeps its best figure.
-        results = await best_of(
-            candidates(offsets[:PEER_OFFSETS]), ops=PEER_OFFSETS, rounds=ROUNDS
-        )
+        # 0.1-0.5 ms a read, aiofile 4-40 µs), then the in-memory copies again over all of
+        # them, with more rounds; each row keeps its best figure.  aiofile on an SQPOLL ring
+        # goes first and alone: its polling kernel thread would speed up the thread hops.
+        peers = candidates(offsets[:PEER_OFFSETS])
+        order = list(peers)
+        alone = {AIOFILE: peers.pop(AIOFILE)} if sqpoll else {}
+        results = await best_of(alone, ops=PEER_OFFSETS, rounds=ROUNDS)
+        if alone:
+            await anyio.sleep(SQPOLL_SETTLE)
+        results.update(await best_of(peers, ops=PEER_OFFSETS, rounds=ROUNDS))
+        results = {name: results[name] for name in order}
         local = {name: run for name, run in candidates(offsets).items() if name in LOCAL}
         for name, seconds in (await best_of(local, ops=len(offsets), rounds=LOCAL_ROUNDS)).items():
             results[name] = min(results[name], seconds)
@@ -306,11 +363,15 @@ async def random_reads(label: str, out: list[str], path: Path) -> None:
 
     lines: list[str] = []
     if peer is None:
-        lines.append("aim: vs aiofiles: n/a (aiofiles does not run on trio)")
+        lines.append("aim: vs aiofiles and aiofile: n/a (neither runs on trio)")
     else:
         for rival in (AIOFILES_ONCE, AIOFILES_EACH):
             lines.append(aim(NOWAIT, rival, 100))
             lines.append(aim(AWAITED, rival, 25))
+        for rival in natives:
+            lines.append(aim(NOWAIT, rival, 10))
+            lines.append(aim(AWAITED, rival, 4))
+        lines.append(f"(aiofile's default context: {backend})")
     floor = results[NOWAIT] / results[STDLIB]
     lines.append(
         f"aim: read_into_nowait vs stdlib copy: {floor:.2f}x its time (aim <= 3x): "
