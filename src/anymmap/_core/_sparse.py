@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import NamedTuple
 
@@ -281,6 +281,11 @@ class SparseCore(MapCore):
             else:
                 pieces.append(piece)
         self._set_pieces(tuple(pieces))
+
+    def _mapped_spans(self, offset: int, length: int) -> Iterator[tuple[Copier, int, int]]:
+        for copier, at, count, _ in self._spans(offset, length):
+            if not isinstance(copier, HoleCopier):
+                yield copier, at, count
 
     # -- the seed's accessors -------------------------------------------------------
 
