@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.from_thread
 from anyio import WouldBlock
@@ -19,6 +19,7 @@ from anyio import WouldBlock
 from .._advice import check_advice
 from .._backend import checkpoint, checkpoint_after, checkpoint_before, run_sync, shielded
 from .._core._checks import byte_view, check_populate_args, check_size
+from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._map import INLINE_COPY_LIMIT, Borrowed, ProgressCallback
 from .._rwlock import MapLock, RWLock, _Guard
@@ -33,6 +34,9 @@ _NOT_IN_MEMORY = (
     "a page of the range is not in memory (it would be read from the disk); "
     "'await {call}(...)' copies it in a worker thread"
 )
+
+
+FileCoreT = TypeVar("FileCoreT", bound=FileBackedCore)
 
 
 class AsyncMap(MapHandle[CoreT]):
@@ -280,6 +284,43 @@ class ResizableAsyncMap(AsyncMap[CoreT]):
         size = check_size(new_size)
         self._open_core().check_resizable()
         await self._change_mapping("resize", self._core.resize, size)
+
+
+class FlushingAsyncMap(AsyncMap[FileCoreT]):
+    """The flush family of the maps of files (file maps and shared regions)."""
+
+    __slots__ = ()
+
+    async def flush(self) -> None:
+        """Write the map's dirty pages to the file and wait until they are durable
+        (``msync(MS_SYNC)`` in a worker thread; the event loop keeps running).
+
+        A no-op for ``"r"`` and ``"copy"`` maps, whose pages never reach the file.
+        """
+        await run_sync(self._open_core().flush, 0, None, True)
+
+    async def flush_range(self, offset: int, length: int) -> None:
+        """Like :meth:`flush`, for the bytes ``[offset, offset + length)``; the range need
+        not be page-aligned.  Other dirty pages may be written as well."""
+        core = self._open_core()
+        start, n = core.check_range(offset, length)  # checked again once pinned
+        await run_sync(core.flush, start, n, True)
+
+    async def flush_async(self) -> None:
+        """Start writing the map's dirty pages to the file and return without waiting.
+
+        Not durable: it only gets writeback going
+        (``sync_file_range(SYNC_FILE_RANGE_WRITE)``), so a later :meth:`flush` has less
+        to wait for.  (``msync(MS_ASYNC)`` does nothing at all on Linux.)
+        """
+        await run_sync(self._open_core().flush, 0, None, False)
+
+    async def flush_async_range(self, offset: int, length: int) -> None:
+        """Like :meth:`flush_async`, for the bytes ``[offset, offset + length)``.  Not
+        durable."""
+        core = self._open_core()
+        start, n = core.check_range(offset, length)  # checked again once pinned
+        await run_sync(core.flush, start, n, False)
 
 
 class _Borrow:

@@ -7,7 +7,7 @@ from .._backend import run_sync
 from .._core._file import FileCore
 from .._core._files import Mode
 from .._core._handle import FileMapInfo
-from ._base import ResizableAsyncMap
+from ._base import FlushingAsyncMap, ResizableAsyncMap
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -15,7 +15,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class MmapRaw(ResizableAsyncMap[FileCore], FileMapInfo):
+class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapInfo):
     """
     A file mapped into memory, with an awaitable flush that never stalls the event loop.
 
@@ -77,34 +77,3 @@ class MmapRaw(ResizableAsyncMap[FileCore], FileMapInfo):
             partial(FileCore, file, offset=offset, length=length, mode=mode, fault_safe=fault_safe)
         )
         return cls._create(core)
-
-    async def flush(self) -> None:
-        """Write the map's dirty pages to the file and wait until they are durable
-        (``msync(MS_SYNC)`` in a worker thread; the event loop keeps running).
-
-        A no-op for ``"r"`` and ``"copy"`` maps, whose pages never reach the file.
-        """
-        await run_sync(self._open_core().flush, 0, None, True)
-
-    async def flush_range(self, offset: int, length: int) -> None:
-        """Like :meth:`flush`, for the bytes ``[offset, offset + length)``; the range need
-        not be page-aligned.  Other dirty pages may be written as well."""
-        core = self._open_core()
-        start, n = core.check_range(offset, length)  # checked again once pinned
-        await run_sync(core.flush, start, n, True)
-
-    async def flush_async(self) -> None:
-        """Start writing the map's dirty pages to the file and return without waiting.
-
-        Not durable: it only gets writeback going
-        (``sync_file_range(SYNC_FILE_RANGE_WRITE)``), so a later :meth:`flush` has less
-        to wait for.  (``msync(MS_ASYNC)`` does nothing at all on Linux.)
-        """
-        await run_sync(self._open_core().flush, 0, None, False)
-
-    async def flush_async_range(self, offset: int, length: int) -> None:
-        """Like :meth:`flush_async`, for the bytes ``[offset, offset + length)``.  Not
-        durable."""
-        core = self._open_core()
-        start, n = core.check_range(offset, length)  # checked again once pinned
-        await run_sync(core.flush, start, n, False)

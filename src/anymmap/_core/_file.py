@@ -26,9 +26,45 @@ from ._map import MapCore
 from ._placement import map_placed
 
 
-class FileCore(MapCore):
-    kind = "file map"
+class FileBackedCore(MapCore):
+    """A map of a file: what file maps and shared regions have in common (the flush
+    family).  Subclasses set ``file``, ``fd``, ``mode`` and ``file_offset`` (the position
+    in the file of byte 0 of the map)."""
 
+    kind = "file map"
+    file: FileRef
+    fd: int
+    mode: Mode
+    file_offset: int
+
+    # -- flush ------------------------------------------------------------------------
+
+    def flush(self, first: int, n: int | None, wait: bool) -> None:
+        """Write the dirty pages of the range back to the file.
+
+        ``wait=True``: durable when it returns (``msync(MS_SYNC)``).  ``wait=False``: start
+        writeback and return.  A no-op for read-only and copy maps, whose pages never
+        reach the file.  ``n=None`` means to the end of the map, as long as it is now.
+        """
+        with self.pinned():
+            if n is None:
+                n = self.length - first
+            self.check_range(first, n)
+            if self.mode != "rw" or not n:
+                return
+            start, span = self.aligned(first, n)
+            copier = self._pieces[0][2]
+            try:
+                if wait:
+                    os_impl.sync_memory(start, span)
+                else:
+                    file_start = self.file_offset + (start - self.addr)
+                    os_impl.start_writeback(self.fd, file_start, span)
+            except OSError as exc:
+                raise self.fault_error(exc, copier, first, n) from None
+
+
+class FileCore(FileBackedCore):
     def __init__(
         self,
         file: object,
@@ -115,32 +151,6 @@ class FileCore(MapCore):
 
     def _release_resources(self) -> None:
         self.file.close()
-
-    # -- flush ------------------------------------------------------------------------
-
-    def flush(self, first: int, n: int | None, wait: bool) -> None:
-        """Write the dirty pages of the range back to the file.
-
-        ``wait=True``: durable when it returns (``msync(MS_SYNC)``).  ``wait=False``: start
-        writeback and return.  A no-op for read-only and copy maps, whose pages never
-        reach the file.  ``n=None`` means to the end of the map, as long as it is now.
-        """
-        with self.pinned():
-            if n is None:
-                n = self.length - first
-            self.check_range(first, n)
-            if self.mode != "rw" or not n:
-                return
-            start, span = self.aligned(first, n)
-            copier = self._pieces[0][2]
-            try:
-                if wait:
-                    os_impl.sync_memory(start, span)
-                else:
-                    file_start = self.file_offset - self._delta + (start - self.map_addr)
-                    os_impl.start_writeback(self.fd, file_start, span)
-            except OSError as exc:
-                raise self.fault_error(exc, copier, first, n) from None
 
     def check_resizable(self) -> None:
         if self.mode != "rw":

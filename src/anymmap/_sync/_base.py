@@ -6,11 +6,13 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import TypeVar
 
 from anyio import WouldBlock
 
 from .._advice import check_advice
 from .._core._checks import byte_view, check_populate_args, check_size
+from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._map import ProgressCallback
 from .._core._threadlock import ThreadRWLock
@@ -24,6 +26,9 @@ else:  # pragma: no cover
 _NOT_IN_MEMORY = (
     "a page of the range is not in memory (it would be read from the disk); {call}() waits for it"
 )
+
+
+FileCoreT = TypeVar("FileCoreT", bound=FileBackedCore)
 
 
 class SyncMap(MapHandle[CoreT]):
@@ -180,3 +185,27 @@ class ResizableSyncMap(SyncMap[CoreT]):
         self._open_core().check_resizable()
         with self._lock.write():
             self._open_core().resize(size)
+
+
+class FlushingSyncMap(SyncMap[FileCoreT]):
+    """The flush family of the blocking maps of files."""
+
+    __slots__ = ()
+
+    def flush(self) -> None:
+        """Write the dirty pages to the file; durable when it returns (``msync(MS_SYNC)``)."""
+        self._open_core().flush(0, None, True)
+
+    def flush_range(self, offset: int, length: int) -> None:
+        """Like :meth:`flush`, for ``[offset, offset + length)`` (need not be aligned)."""
+        core = self._open_core()
+        core.flush(*core.check_range(offset, length), True)
+
+    def flush_async(self) -> None:
+        """Start writeback of the dirty pages and return; not durable."""
+        self._open_core().flush(0, None, False)
+
+    def flush_async_range(self, offset: int, length: int) -> None:
+        """Start writeback of ``[offset, offset + length)`` and return; not durable."""
+        core = self._open_core()
+        core.flush(*core.check_range(offset, length), False)
