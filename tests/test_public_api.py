@@ -18,6 +18,7 @@ PUBLIC = {
         "AnymmapError",
         "BorrowError",
         "ClosedMapError",
+        "FileCleanup",
         "HintNotHonoredError",
         "INLINE_COPY_LIMIT",
         "InvalidHintError",
@@ -25,10 +26,12 @@ PUBLIC = {
         "MappingFaultError",
         "MmapOptions",
         "MmapRaw",
+        "MmapRegion",
         "OutOfBoundsError",
         "PAGE_SIZE",
         "RWLock",
         "RWLockStatistics",
+        "Region",
         "ReadOnlyError",
         "SparseMapping",
         "SparsePiece",
@@ -36,7 +39,7 @@ PUBLIC = {
         "UnsupportedError",
         "sync",
     },
-    "anymmap.sync": {"AnonymousMmap", "MmapOptions", "MmapRaw", "SparseMapping"},
+    "anymmap.sync": {"AnonymousMmap", "MmapOptions", "MmapRaw", "MmapRegion", "SparseMapping"},
 }
 
 
@@ -52,7 +55,7 @@ def test_public_names_are_deliberate_and_say_where_they_live(module: types.Modul
 
 
 def test_sync_twins_have_the_same_method_names() -> None:
-    for name in ("AnonymousMmap", "MmapOptions", "MmapRaw", "SparseMapping"):
+    for name in ("AnonymousMmap", "MmapOptions", "MmapRaw", "MmapRegion", "SparseMapping"):
         async_type = getattr(anymmap, name)
         sync_type = getattr(anymmap.sync, name)
         public = {n for n in dir(async_type) if not n.startswith("_")}

@@ -25,8 +25,11 @@ from ._advice import Advice as Advice
 from ._async._anon import AnonymousMmap as AnonymousMmap
 from ._async._options import MmapOptions as MmapOptions
 from ._async._raw import MmapRaw as MmapRaw
+from ._async._region import MmapRegion as MmapRegion
 from ._async._sparse import SparseMapping as SparseMapping
 from ._core._map import INLINE_COPY_LIMIT as INLINE_COPY_LIMIT
+from ._core._region import FileCleanup as FileCleanup
+from ._core._region import Region as Region
 from ._core._sparse import SparsePiece as SparsePiece
 from ._errors import AnymmapError as AnymmapError
 from ._errors import BorrowError as BorrowError
@@ -56,16 +59,19 @@ __all__ = [
     "AnymmapError",
     "BorrowError",
     "ClosedMapError",
+    "FileCleanup",
     "HintNotHonoredError",
     "InvalidHintError",
     "InvalidSizeError",
     "MappingFaultError",
     "MmapOptions",
     "MmapRaw",
+    "MmapRegion",
     "OutOfBoundsError",
     "RWLock",
     "RWLockStatistics",
     "ReadOnlyError",
+    "Region",
     "SparseMapping",
     "SparsePiece",
     "UnmappableFileError",

@@ -10,9 +10,10 @@ from __future__ import annotations
 from ._sync._anon import AnonymousMmap as AnonymousMmap
 from ._sync._options import MmapOptions as MmapOptions
 from ._sync._raw import MmapRaw as MmapRaw
+from ._sync._region import MmapRegion as MmapRegion
 from ._sync._sparse import SparseMapping as SparseMapping
 
-__all__ = ["AnonymousMmap", "MmapOptions", "MmapRaw", "SparseMapping"]
+__all__ = ["AnonymousMmap", "MmapOptions", "MmapRaw", "MmapRegion", "SparseMapping"]
 
 for __value in list(locals().values()):
     if getattr(__value, "__module__", "").startswith("anymmap._"):

@@ -529,3 +529,60 @@ def allocate(fd: int, offset: int, length: int) -> None:
 
 def truncate(fd: int, size: int) -> None:
     os.ftruncate(fd, size)
+
+
+def open_new(path: PathArg, mode: int) -> int:
+    """Create ``path`` for reading and writing; it must not exist, not even as a
+    symbolic link (``O_CREAT | O_EXCL | O_NOFOLLOW``).  Its permissions are set to
+    ``mode`` exactly, whatever the umask."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask took bits away from the mode open() used
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_no_follow(path: PathArg, writable: bool) -> int:
+    """Open an existing ``path`` without following a symbolic link at its end (``ELOOP``)
+    and without blocking on a FIFO (``O_NONBLOCK``: see :func:`set_blocking`)."""
+    flags = os.O_RDWR if writable else os.O_RDONLY
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def file_owner(fd: int) -> tuple[int, int]:
+    """The owner's user id and the permission bits of ``fd``'s file."""
+    info = os.fstat(fd)
+    return info.st_uid, stat.S_IMODE(info.st_mode)
+
+
+def current_uid() -> int:
+    return os.geteuid()
+
+
+def rename(source: PathArg, target: PathArg) -> None:
+    """Rename ``source`` over ``target`` atomically; a symbolic link at ``target`` is
+    replaced, never followed."""
+    os.rename(source, target)
+
+
+def unlink(path: PathArg) -> None:
+    os.unlink(path)
+
+
+def file_identity(fd: int) -> tuple[int, int]:
+    """``(device, inode)`` of ``fd``'s file."""
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def path_identity(path: PathArg) -> tuple[int, int] | None:
+    """``(device, inode)`` of what ``path`` names (a link itself, not followed), or None if
+    nothing is there."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino

@@ -1,0 +1,382 @@
+"""Shared regions (seed 003, ``MmapRegion``): a file mapped shared by several processes,
+that grows without its base address ever moving.
+
+A region reserves ``max_size`` bytes of address space once (see ``_reservation``) and maps
+the file at the start of it; growth maps the file's new pages right after the old ones,
+inside the reservation.  So addresses, views and :class:`Region` values taken before a
+growth stay valid; nothing is ever remapped elsewhere.  The copies are those of any file
+map (``FileCopier``): a peer that truncates the file makes them raise
+:class:`~anymmap.MappingFaultError`, never SIGBUS.
+
+Files are created ``O_CREAT | O_EXCL | O_NOFOLLOW`` with mode 0600 and their blocks
+allocated (a full disk fails in ``create``, not later as SIGBUS); attaching refuses
+symbolic links, anything but a regular file, and by default files another user owns or
+others may write.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import secrets
+import threading
+import weakref
+from dataclasses import dataclass, field
+from functools import partial
+
+from .._errors import InvalidSizeError, UnmappableFileError
+from .._sys import os_impl
+from ._checks import MAX_SIZE, byte_view, check_range, check_size
+from ._copier import FileCopier, page_ceil
+from ._file import FileBackedCore
+from ._files import FileRef, as_fd, label_of, name_of
+from ._lifetime import Memory
+from ._reservation import place, reserve
+
+_RW = os_impl.PROT_READ | os_impl.PROT_WRITE
+
+#: The address space a region reserves by default: 64 GiB, or four times the file if that
+#: is more.  Address space is cheap on 64-bit (128 TiB); only what is mapped costs.
+DEFAULT_MAX_SIZE = 64 << 30
+
+
+class FileCleanup(enum.Enum):
+    """What happens to a region's file.
+
+    .. versionadded:: 0.1
+    """
+
+    #: The owner (the creator, until it calls ``release_ownership()``) deletes the file
+    #: when it closes the region.
+    MANUAL = "manual"
+    #: The path is unlinked as soon as the region is mapped: the memory lives while some
+    #: process maps it; peers attach through a descriptor (``attach_fd``).
+    AUTO = "auto"
+
+
+def default_max_size(size: int) -> int:
+    return min(max(DEFAULT_MAX_SIZE, 4 * size), MAX_SIZE)
+
+
+def _remove_if_ours(owner: list[bool], path: str, identity: tuple[int, int]) -> None:
+    """Unlink ``path`` if this process owns the file (``owner[0]``) and the path still
+    names it (a peer may have replaced it: never delete someone else's file)."""
+    if not owner[0]:
+        return
+    owner[0] = False
+    try:
+        if os_impl.path_identity(path) == identity:
+            os_impl.unlink(path)
+    except OSError:  # pragma: no cover - gone already, or the directory is not ours
+        pass
+
+
+class RegionCore(FileBackedCore):
+    kind = "shared region"
+
+    def __init__(
+        self,
+        fd: int,
+        label: str,
+        path: str | None,
+        *,
+        max_size: object,
+        owner: bool,
+    ) -> None:
+        super().__init__(writable=True)
+        self.mode = "rw"
+        self.file_offset = 0
+        self.path = path
+        size = os_impl.file_size(fd)
+        if size == 0:
+            raise InvalidSizeError(0, f"cannot map an empty file ({label})")
+        limit = page_ceil(
+            default_max_size(size) if max_size is None else check_size(max_size, "max_size")
+        )
+        if size > limit:
+            raise InvalidSizeError(size, f"the file is larger than max_size ({limit} bytes)")
+        self.max_size = limit
+        self.addr = reserve(limit)
+        try:
+            place(self.addr, page_ceil(size), _RW, os_impl.MAP_SHARED, fd)
+        except BaseException:
+            os_impl.munmap(self.addr, limit)
+            raise
+        self.file = FileRef(fd, label)
+        self.fd = fd
+        self.memory = Memory(
+            self.addr, limit, partial(os_impl.munmap, self.addr, limit), self._fork_guard
+        )
+        self._copier = FileCopier(
+            self.memory, 0, True, file=self.file, file_offset=0, shared=True, fault_safe=True
+        )
+        self._grow = threading.Lock()
+        self._mapped = page_ceil(size)
+        self._set_length(size)
+        # Deleting the file: at close if this process owns it, or when the region is
+        # garbage (as tempfile does).  ``_owner[0]`` says whether it does, now.
+        self._owner = [owner and path is not None]
+        self._cleanup = weakref.finalize(
+            self, _remove_if_ours, self._owner, path or "", os_impl.file_identity(fd)
+        )
+        self._cleanup.atexit = False
+
+    def _set_length(self, size: int) -> None:
+        self.length = size
+        self._set_pieces(((0, size, self._copier),))
+
+    def describe(self) -> str:
+        if self.closed:
+            return "closed"
+        return f"len={self.length} addr={self.addr:#x} max_size={self.max_size}"
+
+    # -- ownership ----------------------------------------------------------------------
+
+    @property
+    def owner(self) -> bool:
+        return self._owner[0]
+
+    def set_owner(self, owner: bool) -> None:
+        """Delete the file at close (True) or not; only a region opened by path can."""
+        self._owner[0] = owner and self.path is not None
+
+    def unlink_now(self) -> None:
+        """Remove the path at once (``FileCleanup.AUTO``); the memory stays mapped."""
+        self._cleanup()
+
+    # -- closing ------------------------------------------------------------------------
+
+    def _unmap(self) -> None:
+        os_impl.munmap(self.addr, self.max_size)
+
+    def _release_resources(self) -> None:
+        self._cleanup()  # unlinks the path if this process owns the file
+        self.file.close()
+
+    # -- growth -------------------------------------------------------------------------
+
+    def resize(self, length: int) -> None:
+        """Grow to ``length`` bytes: allocate the file's new blocks, then map them after
+        the old ones.  The same length is a no-op.
+
+        :raises ValueError: to shrink
+        :raises InvalidSizeError: past ``max_size``
+        :raises OSError: ``ENOSPC`` if the blocks cannot be allocated (nothing changes)
+        """
+        with self.pinned(), self._grow:
+            if length < self.length:
+                raise ValueError(
+                    f"a shared region only grows: {length} is less than its {self.length} bytes"
+                )
+            if length == self.length:
+                return
+            self._check_fits(length)
+            os_impl.allocate(self.fd, self.length, length - self.length)
+            self._map_to(length)
+
+    def check_and_remap(self) -> bool:
+        """Follow the file's growth by another process: map what it gained and return
+        True, or return False if it did not grow.  A borrow of the old part may stay alive
+        meanwhile (growth only adds pages after the end).
+
+        :raises InvalidSizeError: if the file grew past this region's ``max_size``
+        """
+        with self.pinned(), self._grow:
+            size = os_impl.file_size(self.fd)
+            if size <= self.length:
+                return False
+            self._check_fits(size)
+            self._map_to(size)
+            return True
+
+    def grew(self) -> bool:
+        """Whether the file is longer than the map (cheap: one ``fstat``)."""
+        return os_impl.file_size(self.fd) > self.length
+
+    def _check_fits(self, length: int) -> None:
+        if length > self.max_size:
+            raise InvalidSizeError(
+                length,
+                f"a region can grow to its max_size of {self.max_size} bytes (the address "
+                "space reserved for it); create or attach it with a larger max_size",
+            )
+
+    def _map_to(self, length: int) -> None:
+        mapped = page_ceil(length)
+        if mapped > self._mapped:
+            # SAFETY: the new pages go right after the mapped ones, inside the reservation.
+            place(
+                self.addr + self._mapped,
+                mapped - self._mapped,
+                _RW,
+                os_impl.MAP_SHARED,
+                self.fd,
+                self._mapped,
+            )
+            self._mapped = mapped
+        self._set_length(length)
+
+    # -- Region values ------------------------------------------------------------------
+
+    def region(self) -> Region:
+        self.check_open()
+        return Region(self.addr, self.length, self)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A region's memory by address, as the seed's ``Region``: ``address`` and ``length``
+    (the region's length when it was taken), with bounds-checked, fault-safe copies.
+
+    It never goes stale while the region is open: growth maps new pages after the old
+    ones and never moves them, so ``address`` stays valid (it covers only the first
+    ``length`` bytes; take a new one to see the growth).  After the region is closed its
+    copies raise :class:`~anymmap.ClosedMapError` and ``address`` must not be used.
+
+    The copies are synchronous and run on the calling thread (in async code, prefer the
+    region's own awaitable copies, which keep the event loop off the disk).
+
+    .. versionadded:: 0.1
+    """
+
+    address: int
+    length: int
+    _core: RegionCore = field(repr=False, compare=False)
+
+    def read_into(self, offset: int, buf: object) -> None:
+        """Copy ``len(buf)`` bytes from ``offset`` into ``buf``.
+
+        :raises OutOfBoundsError: outside ``[0, length)``
+        :raises MappingFaultError: if another process truncated the file under it
+        """
+        dst = byte_view(buf, writable=True)
+        start, _ = self._check(offset, len(dst))
+        self._core.read_blocking(start, dst)
+
+    def write(self, offset: int, data: object) -> None:
+        """Copy the bytes-like ``data`` to ``offset``; see :meth:`read_into`."""
+        src = byte_view(data, writable=False)
+        start, _ = self._check(offset, len(src))
+        self._core.write_blocking(start, src)
+
+    def _check(self, offset: object, length: int) -> tuple[int, int]:
+        self._core.check_open()
+        return check_range(offset, length, self.length)
+
+
+# -- opening ------------------------------------------------------------------------------
+
+
+def create_region(
+    path: object,
+    size: object,
+    cleanup: FileCleanup,
+    *,
+    max_size: object = None,
+    replace: bool = False,
+) -> RegionCore:
+    """Create ``path`` (mode 0600, its blocks allocated) and map it as a region."""
+    if not isinstance(cleanup, FileCleanup):
+        raise TypeError(f"cleanup must be an anymmap.FileCleanup, not {type(cleanup).__name__}")
+    if not isinstance(replace, bool):
+        raise TypeError("replace must be True or False")
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a path, not {type(path).__name__}")
+    length = check_size(size)
+    target = os.fsdecode(os.fspath(path))
+    where = target
+    if replace:
+        # Build the new file beside the old one, then rename it over: the path changes
+        # atomically, and a symbolic link there is replaced, never followed.
+        where = f"{target}.{secrets.token_hex(8)}.tmp"
+    try:
+        fd = os_impl.open_new(where, 0o600)
+    except FileExistsError:
+        raise FileExistsError(
+            errno.EEXIST,
+            f"{name_of(target)} exists (as a file or a symbolic link); pass replace=True to "
+            "replace it",
+        ) from None
+    try:
+        os_impl.allocate(fd, 0, length)
+        if replace:
+            os_impl.rename(where, target)
+        core = RegionCore(fd, label_of(target), target, max_size=max_size, owner=True)
+    except BaseException:
+        try:
+            os_impl.unlink(where)
+        except OSError:  # pragma: no cover - already renamed over the target
+            pass
+        os_impl.close(fd)
+        raise
+    if cleanup is FileCleanup.AUTO:
+        core.unlink_now()
+    return core
+
+
+def attach_region(
+    path: object, *, max_size: object = None, trust_others: bool = False
+) -> RegionCore:
+    """Map the existing region file ``path`` at its current size."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a path, not {type(path).__name__}")
+    if not isinstance(trust_others, bool):
+        raise TypeError("trust_others must be True or False")
+    name = name_of(path)
+    try:
+        fd = os_impl.open_no_follow(path, writable=True)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(
+                errno.ELOOP, f"{name} is a symbolic link; attach() does not follow links"
+            ) from None
+        if exc.errno == errno.ENXIO:  # a socket
+            raise UnmappableFileError(name, os_impl.path_kind(path)) from None
+        raise
+    try:
+        _check_regular(fd, name)
+        if not trust_others:
+            owner, mode = os_impl.file_owner(fd)
+            me = os_impl.current_uid()
+            if owner != me:
+                raise PermissionError(
+                    errno.EACCES,
+                    f"{name} belongs to user {owner}, not to this process's user {me}; pass "
+                    "trust_others=True to attach anyway",
+                )
+            if mode & 0o022:
+                raise PermissionError(
+                    errno.EACCES,
+                    f"{name} may be written by its group or others (mode {mode:#o}); pass "
+                    "trust_others=True to attach anyway",
+                )
+        return RegionCore(fd, label_of(path), None, max_size=max_size, owner=False)
+    except BaseException:
+        os_impl.close(fd)
+        raise
+
+
+def attach_region_fd(fd: object, *, max_size: object = None) -> RegionCore:
+    """Map the region file open as ``fd`` (duplicated: the region keeps its own)."""
+    number = as_fd(fd)
+    name = name_of(number)
+    own = os_impl.dup(number)
+    try:
+        _check_regular(own, name)
+        return RegionCore(own, label_of(number), None, max_size=max_size, owner=False)
+    except BaseException:
+        os_impl.close(own)
+        raise
+
+
+def _check_regular(fd: int, name: str) -> None:
+    kind = os_impl.file_kind(fd)
+    if kind == "directory":
+        raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
+    if kind != "regular file":
+        raise UnmappableFileError(name, kind)
+    readable, writable = os_impl.access_mode(fd)
+    if not (readable and writable):
+        raise PermissionError(errno.EACCES, f"{name} is not open for reading and writing")
+    os_impl.set_blocking(fd)

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import sys
+
+from .._core._checks import check_size
+from .._core._region import (
+    FileCleanup,
+    Region,
+    RegionCore,
+    attach_region,
+    attach_region_fd,
+    create_region,
+)
+from ._base import FlushingSyncMap
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
+
+
+class MmapRegion(FlushingSyncMap[RegionCore]):
+    """
+    The blocking twin of :class:`anymmap.MmapRegion`: same methods, no ``await``.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ()
+
+    _constructors = (
+        "'anymmap.sync.MmapRegion.create(path, size)', 'anymmap.sync.MmapRegion.attach(path)' "
+        "or 'anymmap.sync.MmapRegion.attach_fd(fd)'"
+    )
+
+    @classmethod
+    def create(
+        cls,
+        path: str | bytes,
+        size: int,
+        cleanup: FileCleanup = FileCleanup.MANUAL,
+        *,
+        max_size: int | None = None,
+        replace: bool = False,
+    ) -> Self:
+        """Create and map a region file; see :meth:`anymmap.MmapRegion.create`."""
+        return cls._create(create_region(path, size, cleanup, max_size=max_size, replace=replace))
+
+    @classmethod
+    def attach(
+        cls, path: str | bytes, *, max_size: int | None = None, trust_others: bool = False
+    ) -> Self:
+        """Map an existing region file; see :meth:`anymmap.MmapRegion.attach`."""
+        return cls._create(attach_region(path, max_size=max_size, trust_others=trust_others))
+
+    @classmethod
+    def attach_fd(cls, fd: object, *, max_size: int | None = None) -> Self:
+        """Map the region file open as ``fd``; see :meth:`anymmap.MmapRegion.attach_fd`."""
+        return cls._create(attach_region_fd(fd, max_size=max_size))
+
+    @property
+    def path(self) -> str | None:
+        """The path the region was created with; None if attached."""
+        return self._core.path
+
+    @property
+    def max_size(self) -> int:
+        """How far the region can grow."""
+        return self._core.max_size
+
+    def fileno(self) -> int:
+        """The region's own descriptor of the file."""
+        return self._open_core().fd
+
+    def take_ownership(self) -> None:
+        """Delete the file when this region closes."""
+        self._open_core().set_owner(True)
+
+    def release_ownership(self) -> None:
+        """Do not delete the file when this region closes."""
+        self._open_core().set_owner(False)
+
+    @property
+    def owns_file(self) -> bool:
+        """Whether closing this region deletes its file."""
+        return self._core.owner
+
+    def region(self) -> Region:
+        """A :class:`anymmap.Region` of the current length."""
+        return self._open_core().region()
+
+    def resize(self, new_size: int) -> None:
+        """Grow the region; see :meth:`anymmap.MmapRegion.resize`."""
+        self._change_mapping(self._open_core().resize, check_size(new_size))
+
+    def check_and_remap(self) -> bool:
+        """Follow growth by another process; see :meth:`anymmap.MmapRegion.check_and_remap`."""
+        core = self._open_core()
+        return core.grew() and core.check_and_remap()
