@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["bench_rwlock.py", "bench_copy.py", "bench_file.py"]
+SCRIPTS = ["bench_rwlock.py", "bench_copy.py", "bench_file.py", "bench_sparse.py"]
 
 
 def main() -> None:

@@ -106,6 +106,22 @@ async def file_tour(directory: str) -> None:
         say(f"the process lives on; the first page still reads: {await m.read(100, 7)!r}")
 
 
+async def sparse_tour() -> None:
+    async with await anymmap.SparseMapping.new(1 << 40) as m:  # address space only
+        say(f"reserved 1 TiB, nothing mapped yet: {m}")
+        await m.alloc(1 << 20, 1 << 20)  # commit 1 MiB of private memory at 1 MiB
+        await m.write_at(1 << 20, b"sparse")
+        buf = bytearray(6)
+        await m.read_at(1 << 20, buf)
+        say(f"wrote and read back in the alloc'ed piece: {bytes(buf)!r}")
+        try:
+            await m.read_at(0, bytearray(8))  # the hole before the piece
+        except anymmap.MappingFaultError as exc:
+            say(f"a read of a hole -> {type(exc).__name__}: {exc}")
+        for piece in m.pieces():
+            say(f"{piece}")
+
+
 async def tour() -> None:
     print("RWLock")
     await lock_tour()
@@ -114,6 +130,8 @@ async def tour() -> None:
     print("MmapRaw")
     with tempfile.TemporaryDirectory() as directory:
         await file_tour(directory)
+    print("SparseMapping")
+    await sparse_tour()
 
 
 def main() -> None:
