@@ -21,6 +21,7 @@ from .._backend import checkpoint, checkpoint_after, checkpoint_before, run_sync
 from .._core._checks import byte_view, check_populate_args, check_size
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
+from .._core._lifetime import escape_error
 from .._core._map import INLINE_COPY_LIMIT, Borrowed, ProgressCallback
 from .._rwlock import MapLock, RWLock, _Guard
 
@@ -364,7 +365,9 @@ class _Borrow:
         borrowed = self._borrowed
         del self._borrowed  # nothing but the registry may keep its views once it ends
         try:
-            self._map._core.end_borrow(borrowed, report=exc_type is None)
+            escaped = self._map._core.end_borrow(borrowed)
         finally:
-            del borrowed
+            del borrowed  # (a traceback through this frame must not hold the views)
             self._guard.release()
+        if escaped and exc_type is None:  # the block's own exception wins
+            raise escape_error()

@@ -5,6 +5,7 @@ from functools import partial
 
 from .._backend import checkpoint, run_sync
 from .._core._checks import check_size
+from .._core._files import PathArg
 from .._core._region import (
     FileCleanup,
     Region,
@@ -61,7 +62,7 @@ class MmapRegion(FlushingAsyncMap[RegionCore]):
     @classmethod
     async def create(
         cls,
-        path: str | bytes,
+        path: PathArg,
         size: int,
         cleanup: FileCleanup = FileCleanup.MANUAL,
         *,
@@ -88,7 +89,7 @@ class MmapRegion(FlushingAsyncMap[RegionCore]):
 
     @classmethod
     async def attach(
-        cls, path: str | bytes, *, max_size: int | None = None, trust_others: bool = False
+        cls, path: PathArg, *, max_size: int | None = None, trust_others: bool = False
     ) -> Self:
         """Map the existing region file ``path`` at its current size, in a worker thread.
 

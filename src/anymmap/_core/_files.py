@@ -15,6 +15,7 @@ from typing import Literal, get_args
 
 from .._errors import UnmappableFileError
 from .._sys import os_impl
+from .._sys._interface import PathArg as PathArg  # a path anymmap accepts
 from ._checks import as_int
 
 Mode = Literal["rw", "r", "copy"]

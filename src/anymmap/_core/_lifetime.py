@@ -134,27 +134,21 @@ class Memory:
             base = base.toreadonly()
         return base, memoryview(PickleBuffer(base))
 
-    def end_borrow(
-        self, offset: int, base: memoryview, view: memoryview, *, report: bool = True
-    ) -> None:
+    def end_borrow(self, offset: int, base: memoryview, view: memoryview) -> bool:
         """End a borrow started at ``offset`` by :meth:`borrow`; park what cannot be
-        released (see the module docstring).
+        released (see the module docstring) and return whether anything was.
 
-        :raises BorrowError: if something was parked, and ``report`` (a borrow whose block
-            raised passes False: its own exception wins)
+        The caller raises :func:`escape_error` then, once its own references to ``base``
+        and ``view`` are gone: a traceback holding them would keep them from ever being
+        released.
         """
         view_released = _try_release(view)
         if view_released and _try_release(base):
-            return
+            return False
         parked = [base] if view_released else [view, base]  # the view first: it pins base
         with _ESCAPED_LOCK:
             _ESCAPED.append(_Escape(self, offset, len(base), parked))
-        del base, view, parked  # keep them out of the traceback's frames
-        if report:
-            raise BorrowError(
-                "a slice, array or buffer made from the borrowed view is still alive at the "
-                "end of the borrow; the map cannot be closed or resized until it is gone"
-            )
+        return True
 
     def escaped_in(self, offset: int, length: int) -> bool:
         """Whether a parked view of this memory still covers part of the range."""
@@ -189,6 +183,14 @@ class _Escape:
 
 _ESCAPED: list[_Escape] = []
 _ESCAPED_LOCK = threading.Lock()
+
+
+def escape_error() -> BorrowError:
+    """The error for a borrow whose views had to be parked."""
+    return BorrowError(
+        "a slice, array or buffer made from the borrowed view is still alive at the end of "
+        "the borrow; the map cannot be closed or resized until it is gone"
+    )
 
 
 def _try_release(view: memoryview) -> bool:

@@ -414,10 +414,10 @@ class MapCore:
     def check_borrowable(self, start: int, n: int, writable: bool) -> None:
         """Raise if a direct view of the range would not be safe to touch (sparse maps)."""
 
-    def end_borrow(self, borrowed: Borrowed, *, report: bool = True) -> None:
-        at, base, view = borrowed
-        del borrowed
-        self.memory.end_borrow(at, base, view, report=report)
+    def end_borrow(self, borrowed: Borrowed) -> bool:
+        """End a borrow; return whether something built on its view is still alive (the
+        caller then raises :func:`escape_error`, having dropped ``borrowed``)."""
+        return self.memory.end_borrow(*borrowed)
 
     # -- memory management ------------------------------------------------------------
 

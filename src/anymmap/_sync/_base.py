@@ -14,6 +14,7 @@ from .._advice import check_advice
 from .._core._checks import byte_view, check_populate_args, check_size
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
+from .._core._lifetime import escape_error
 from .._core._map import ProgressCallback
 from .._core._threadlock import ThreadRWLock
 
@@ -115,9 +116,12 @@ class SyncMap(MapHandle[CoreT]):
         try:
             yield borrowed[2]
         except BaseException:
-            core.end_borrow(borrowed, report=False)  # the block's own exception wins
+            core.end_borrow(borrowed)  # the block's own exception wins
             raise
-        core.end_borrow(borrowed)
+        escaped = core.end_borrow(borrowed)
+        del borrowed  # (a traceback through this frame must not hold the views)
+        if escaped:
+            raise escape_error()
 
     # -- memory management ------------------------------------------------------------
 

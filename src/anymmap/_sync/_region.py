@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 
 from .._core._checks import check_size
+from .._core._files import PathArg
 from .._core._region import (
     FileCleanup,
     Region,
@@ -36,7 +37,7 @@ class MmapRegion(FlushingSyncMap[RegionCore]):
     @classmethod
     def create(
         cls,
-        path: str | bytes,
+        path: PathArg,
         size: int,
         cleanup: FileCleanup = FileCleanup.MANUAL,
         *,
@@ -48,7 +49,7 @@ class MmapRegion(FlushingSyncMap[RegionCore]):
 
     @classmethod
     def attach(
-        cls, path: str | bytes, *, max_size: int | None = None, trust_others: bool = False
+        cls, path: PathArg, *, max_size: int | None = None, trust_others: bool = False
     ) -> Self:
         """Map an existing region file; see :meth:`anymmap.MmapRegion.attach`."""
         return cls._create(attach_region(path, max_size=max_size, trust_others=trust_others))

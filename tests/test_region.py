@@ -1,0 +1,506 @@
+"""MmapRegion: shared memory between real processes, growing without moving, safe against
+a hostile peer.  The peers are real second processes driven over pipes, never sleeps."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import numpy as np
+import pytest
+from anyio import wait_all_tasks_blocked
+
+import anymmap
+import anymmap.sync
+from anymmap import (
+    ClosedMapError,
+    FileCleanup,
+    InvalidSizeError,
+    MappingFaultError,
+    MmapRegion,
+    UnmappableFileError,
+)
+
+from ._helpers import PAGE, wait_until
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+# A peer process: attaches (by path or by an inherited fd) and answers one command per
+# line on stdin with one line on stdout.
+_PEER = textwrap.dedent(
+    """
+    import os, sys
+    import anymmap.sync
+
+    how, what = sys.argv[1], sys.argv[2]
+    trust = len(sys.argv) > 3
+    if how == "fd":
+        region = anymmap.sync.MmapRegion.attach_fd(int(what))
+    else:
+        region = anymmap.sync.MmapRegion.attach(what, trust_others=trust)
+    print("attached", len(region), region.as_ptr(), flush=True)
+    for line in sys.stdin:
+        cmd, *args = line.split()
+        try:
+            if cmd == "read":
+                out = region.read(int(args[0]), int(args[1])).hex()
+            elif cmd == "write":
+                region.update_region(int(args[0]), bytes.fromhex(args[1]))
+                out = "ok"
+            elif cmd == "remap":
+                out = f"{region.check_and_remap()} {len(region)} {region.as_ptr()}"
+            elif cmd == "truncate":
+                os.truncate(region.fileno(), int(args[0]))
+                out = "ok"
+            elif cmd == "spin":  # write forever, until killed
+                print("spinning", flush=True)
+                i = 0
+                while True:
+                    region.update_region(0, i.to_bytes(8, "little") * 512)
+                    i += 1
+            else:
+                out = "?"
+        except Exception as exc:
+            out = f"error {type(exc).__name__}: {exc}"
+        print(out, flush=True)
+    """
+)
+
+
+class Peer:
+    """A second process attached to a region."""
+
+    def __init__(self, *args: str, pass_fds: tuple[int, ...] = ()) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _PEER, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            pass_fds=pass_fds,
+        )
+        first = self.line()
+        assert first.startswith("attached"), first + self.errors()
+        _, length, addr = first.split()
+        self.length, self.addr = int(length), int(addr)
+
+    def line(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def errors(self) -> str:
+        assert self.process.stderr is not None
+        self.process.kill()
+        return self.process.stderr.read()
+
+    def ask(self, command: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.line()
+
+    def close(self) -> None:
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        self.process.wait(30)
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    started: list[Peer] = []
+    yield started
+    for peer in started:
+        peer.close()
+
+
+@pytest.fixture
+async def host(tmp_path: Path) -> AsyncIterator[MmapRegion]:
+    async with await MmapRegion.create(tmp_path / "region", 4 * PAGE) as region:
+        yield region
+
+
+# --- sharing ------------------------------------------------------------------------------
+
+
+async def test_host_and_guest_see_each_others_bytes(
+    host: MmapRegion, tmp_path: Path, peers: list[Peer]
+) -> None:
+    guest = Peer("path", str(tmp_path / "region"))
+    peers.append(guest)
+    assert guest.length == 4 * PAGE
+    await host.update_region(10, b"from the host")
+    assert bytes.fromhex(guest.ask("read 10 13")) == b"from the host"
+    assert guest.ask(f"write {PAGE} {b'from the guest'.hex()}") == "ok"
+    assert await host.read(PAGE, 14) == b"from the guest"
+    region = host.region()
+    assert region.length == 4 * PAGE
+    assert region.address == host.as_ptr()
+    buf = bytearray(14)
+    region.read_into(PAGE, buf)
+    assert buf == b"from the guest"
+
+
+async def test_growth_from_1_to_16_gib_never_moves_either_base(
+    tmp_path: Path, peers: list[Peer]
+) -> None:
+    """The host grows the region 1 GiB at a time; a guest process follows with
+    check_and_remap and reads each new tail.  Neither base address ever changes."""
+    async with await MmapRegion.create(tmp_path / "big", GiB, max_size=16 * GiB) as host:
+        guest = Peer("path", str(tmp_path / "big"))
+        peers.append(guest)
+        base = host.as_ptr()
+        region = host.region()
+        await host.update_region(0, b"first page")
+        # A NumPy array over an earlier borrow, kept on purpose past the borrow's end:
+        # BorrowError, and the memory under it stays mapped; growth never moves it.
+        with pytest.raises(anymmap.BorrowError):
+            async with host.as_slice(0, 10) as view:
+                array = np.frombuffer(view, dtype=np.uint8)
+        for step in range(2, 17):
+            await host.resize(step * GiB)
+            expected = f"tail of {step:2d} GiB".encode()
+            tail = step * GiB - len(expected)
+            await host.update_region(tail, expected)
+            assert guest.ask("remap") == f"True {step * GiB} {guest.addr}"
+            assert bytes.fromhex(guest.ask(f"read {tail} {len(expected)}")) == expected
+            assert host.as_ptr() == base
+            assert array.tobytes() == b"first page"
+        del array
+        assert guest.ask("remap") == f"False {16 * GiB} {guest.addr}"
+        assert region.address == base  # a Region taken before every growth
+        buf = bytearray(10)
+        region.read_into(0, buf)
+        assert buf == b"first page"
+        with pytest.raises(InvalidSizeError, match="max_size"):
+            await host.resize(16 * GiB + 1)
+
+
+async def test_check_and_remap_works_while_the_guest_borrows(
+    host: MmapRegion, tmp_path: Path
+) -> None:
+    async with await MmapRegion.attach(tmp_path / "region") as guest:
+        async with guest.as_slice(0, 4) as view:
+            await host.resize(8 * PAGE)
+            assert await guest.check_and_remap()  # no write lock needed: only pages added
+            assert len(guest) == 8 * PAGE
+            assert bytes(view) == bytes(4)
+        assert not await guest.check_and_remap()
+
+
+async def test_resize_rules(host: MmapRegion, tmp_path: Path) -> None:
+    await host.resize(4 * PAGE)  # the same size: a no-op
+    with pytest.raises(ValueError, match="only grows"):
+        await host.resize(PAGE)
+    with pytest.raises(InvalidSizeError):
+        await host.resize(0)
+    await host.resize(4 * PAGE + 7)  # not page-aligned: fine
+    assert len(host) == 4 * PAGE + 7
+    assert os.path.getsize(tmp_path / "region") == 4 * PAGE + 7
+    async with await MmapRegion.attach(tmp_path / "region", max_size=8 * PAGE) as small:
+        await host.resize(9 * PAGE)
+        with pytest.raises(InvalidSizeError, match="max_size"):
+            await small.check_and_remap()
+    with pytest.raises(InvalidSizeError, match="larger than max_size"):
+        await MmapRegion.attach(tmp_path / "region", max_size=PAGE)
+
+
+# --- creating and attaching safely ----------------------------------------------------------
+
+
+async def test_create_is_0600_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        async with await MmapRegion.create(tmp_path / "r", PAGE):
+            mode = stat.S_IMODE(os.stat(tmp_path / "r").st_mode)
+    finally:
+        os.umask(old)
+    assert mode == 0o600
+
+
+async def test_create_refuses_what_exists_and_replace_never_follows_a_link(
+    tmp_path: Path,
+) -> None:
+    existing = tmp_path / "existing"
+    existing.write_bytes(b"keep me")
+    target = tmp_path / "target"
+    target.write_bytes(b"victim")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    for path in (existing, link, dangling):
+        with pytest.raises(FileExistsError, match="replace=True"):
+            await MmapRegion.create(path, PAGE)
+    assert existing.read_bytes() == b"keep me"
+    assert not (tmp_path / "nowhere").exists()
+    async with await MmapRegion.create(link, PAGE, replace=True) as region:
+        assert not link.is_symlink()  # the link itself was replaced
+        assert target.read_bytes() == b"victim"  # ... and its target untouched
+        await region.update_region(0, b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "existing", "target"]
+    with pytest.raises(InvalidSizeError):
+        await MmapRegion.create(tmp_path / "zero", 0)
+    assert not (tmp_path / "zero").exists()
+
+
+async def test_create_on_a_full_disk_fails_at_once(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = await anyio.run_process(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=False
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        with pytest.raises(OSError, match="No space") as info:
+            await MmapRegion.create(small / "r", 8 * MiB)
+        assert info.value.errno == 28
+        assert list(small.iterdir()) == []  # nothing left behind
+        async with await MmapRegion.create(small / "r", 512 * 1024) as region:
+            with pytest.raises(OSError, match="No space"):
+                await region.resize(4 * MiB)
+            assert len(region) == 512 * 1024
+    finally:
+        await anyio.run_process(["umount", str(small)], check=False)
+
+
+async def test_attach_refuses_what_it_should(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_bytes(bytes(PAGE))
+    target.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(OSError, match="symbolic link") as info:
+        await MmapRegion.attach(link)
+    assert info.value.errno == 40  # ELOOP
+    with pytest.raises(IsADirectoryError):
+        await MmapRegion.attach(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with anyio.fail_after(10), pytest.raises(UnmappableFileError, match="FIFO"):
+        await MmapRegion.attach(fifo)
+    empty = tmp_path / "empty"
+    empty.touch()
+    empty.chmod(0o600)
+    with pytest.raises(InvalidSizeError, match="empty"):
+        await MmapRegion.attach(empty)
+    with pytest.raises(UnmappableFileError, match="character device"):
+        await MmapRegion.attach("/dev/zero")
+    target.chmod(0o666)
+    with pytest.raises(PermissionError, match="trust_others"):
+        await MmapRegion.attach(target)
+    async with await MmapRegion.attach(target, trust_others=True) as region:
+        assert len(region) == PAGE
+    target.chmod(0o600)
+    if os.geteuid() == 0:  # as root, give the file to another user
+        os.chown(target, 65534, -1)
+        with pytest.raises(PermissionError, match="belongs to user 65534"):
+            await MmapRegion.attach(target)
+        async with await MmapRegion.attach(target, trust_others=True):
+            pass
+
+
+# --- cleanup -----------------------------------------------------------------------------------
+
+
+async def test_manual_cleanup_deletes_on_the_owners_close(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    region = await MmapRegion.create(path, PAGE)
+    guest = await MmapRegion.attach(path)
+    assert region.owns_file
+    assert not guest.owns_file
+    await guest.aclose()
+    assert path.exists()  # an attached region never deletes
+    await region.aclose()
+    assert not path.exists()
+
+    region = await MmapRegion.create(path, PAGE)
+    region.release_ownership()
+    await region.aclose()
+    assert path.exists()  # released: kept
+    path.unlink()
+
+    region = await MmapRegion.create(path, PAGE)
+    path.unlink()
+    path.write_bytes(b"someone else's")  # a peer replaced the file
+    await region.aclose()
+    assert path.read_bytes() == b"someone else's"  # never deleted
+
+
+async def test_auto_cleanup_unlinks_at_once_and_peers_attach_by_fd(
+    tmp_path: Path, peers: list[Peer]
+) -> None:
+    path = tmp_path / "auto"
+    async with await MmapRegion.create(path, 2 * PAGE, FileCleanup.AUTO) as region:
+        assert not path.exists()
+        assert region.path == str(path)
+        await region.update_region(0, b"by fd")
+        fd = region.fileno()
+        guest = Peer("fd", str(fd), pass_fds=(fd,))
+        peers.append(guest)
+        assert bytes.fromhex(guest.ask("read 0 5")) == b"by fd"
+        async with await MmapRegion.attach_fd(fd) as same:
+            assert await same.read(0, 5) == b"by fd"
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_region_dropped_without_closing_deletes_what_it_owns(tmp_path: Path) -> None:
+    path = tmp_path / "dropped"
+    region = await MmapRegion.create(path, PAGE)
+    del region
+    gc.collect()
+    await wait_until(lambda: not path.exists())
+
+
+# --- a hostile peer ----------------------------------------------------------------------
+
+
+async def test_a_guest_truncating_the_file_cannot_crash_the_host(
+    host: MmapRegion, tmp_path: Path, peers: list[Peer]
+) -> None:
+    await host.update_region(0, b"x" * 4 * PAGE)
+    guest = Peer("path", str(tmp_path / "region"))
+    peers.append(guest)
+    assert guest.ask("truncate 100") == "ok"
+    with pytest.raises(MappingFaultError, match="truncated to 100 bytes") as info:
+        await host.read(0, 4 * PAGE)
+    assert info.value.offset == PAGE
+    with pytest.raises(MappingFaultError):
+        host.region().read_into(2 * PAGE, bytearray(10))
+    assert await host.read(0, 10) == b"x" * 10  # the first page is still there
+    assert "error MappingFaultError" in guest.ask(f"read {PAGE} 10")  # the guest lives too
+
+
+async def test_a_guest_killed_while_writing_leaves_the_host_intact(
+    host: MmapRegion, tmp_path: Path, peers: list[Peer]
+) -> None:
+    await host.update_region(PAGE, b"host data")
+    guest = Peer("path", str(tmp_path / "region"))
+    peers.append(guest)
+    assert guest.ask("spin") == "spinning"
+    guest.process.send_signal(signal.SIGKILL)
+    assert guest.process.wait(30) == -signal.SIGKILL
+    assert await host.read(PAGE, 9) == b"host data"
+    await host.update_region(0, b"after")
+    assert await host.read(0, 5) == b"after"
+
+
+# --- leaks ------------------------------------------------------------------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+def test_a_thousand_cycles_leave_nothing_behind(tmp_path: Path) -> None:
+    path = tmp_path / "cycle"
+    anymmap.sync.MmapRegion.create(path, PAGE).close()  # warm up lazy imports
+    fds, maps = _open_fds(), _maps()
+    for i in range(1000):
+        with (
+            anymmap.sync.MmapRegion.create(path, PAGE, max_size=MiB) as host,
+            anymmap.sync.MmapRegion.attach(path) as guest,
+        ):
+            guest.update_region(0, i.to_bytes(4, "little"))
+            assert host.read(0, 4) == i.to_bytes(4, "little")
+        assert not path.exists()
+    assert _open_fds() == fds
+    assert _maps() == maps
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the rest of the API -------------------------------------------------------------------
+
+
+async def test_flush_and_the_file_map_api(host: MmapRegion, tmp_path: Path) -> None:
+    await host.update_region(0, b"durable")
+    await host.flush_range(0, 7)
+    await host.flush()
+    await host.flush_async_range(0, 7)
+    assert (tmp_path / "region").read_bytes()[:7] == b"durable"
+    buf = bytearray(7)
+    host.read_into_nowait(0, buf)
+    assert buf == b"durable"
+    async with host.as_mut_slice(0, 3) as view:
+        view[:] = b"DUR"
+    await host.populate()
+    assert host.max_size == 64 * GiB
+    assert repr(host).startswith("<anymmap.MmapRegion len=")
+
+
+async def test_calling_the_type_names_its_constructors() -> None:
+    with pytest.raises(TypeError, match=r"MmapRegion\.create"):
+        MmapRegion("x")
+
+
+async def test_every_call_on_a_closed_region(tmp_path: Path) -> None:
+    region = await MmapRegion.create(tmp_path / "r", PAGE)
+    value = region.region()
+    await region.aclose()
+    await region.aclose()
+    with pytest.raises(ClosedMapError):
+        await region.resize(2 * PAGE)
+    with pytest.raises(ClosedMapError):
+        await region.check_and_remap()
+    with pytest.raises(ClosedMapError):
+        await region.read(0, 1)
+    with pytest.raises(ClosedMapError):
+        value.read_into(0, bytearray(1))
+    for call in (region.region, region.fileno, region.take_ownership):
+        with pytest.raises(ClosedMapError):
+            call()
+
+
+async def test_resize_waits_for_borrows_and_copies(host: MmapRegion) -> None:
+    release = anyio.Event()
+
+    async def hold(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with host.as_slice(0, 4):
+            task_status.started()
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(hold)
+        tg.start_soon(host.resize, 8 * PAGE)
+        await wait_all_tasks_blocked()
+        assert len(host) == 4 * PAGE  # waiting for the borrow
+        release.set()
+    assert len(host) == 8 * PAGE
+
+
+def test_sync_twin(tmp_path: Path) -> None:
+    path = tmp_path / "sync"
+    with (
+        anymmap.sync.MmapRegion.create(path, PAGE, max_size=GiB) as host,
+        anymmap.sync.MmapRegion.attach(path) as guest,
+    ):
+        host.update_region(0, b"sync")
+        assert guest.read(0, 4) == b"sync"
+        base = host.as_ptr()
+        host.resize(MiB)
+        assert guest.check_and_remap()
+        assert not guest.check_and_remap()
+        assert host.as_ptr() == base
+        guest.update_region(MiB - 4, b"tail")
+        host.flush()
+        assert host.read(MiB - 4, 4) == b"tail"
+        assert host.max_size == GiB
+    assert not path.exists()
