@@ -660,3 +660,41 @@ def test_every_access_to_what_is_not_there_raises_and_the_process_lives(backend:
     """Holes, read-only pages and a window whose file another process truncated: every
     copy, nowait copy, direct access and borrow raises, none kills the process."""
     check_child(_HOSTILE, backend)
+
+
+async def test_an_arena_growing_by_alloc_stays_one_piece(sparse: SparseMapping) -> None:
+    """Regression test: adjacent allocs stayed separate pieces, so an arena growing 1 MiB
+    at a time made every later change (and every copy) slower."""
+    for i in range(16):
+        await sparse.alloc(i * MiB, MiB)
+    assert kinds(sparse)[0] == (0, 16 * MiB, "private")
+    assert len(sparse.pieces()) == 2
+    await sparse.write_at(MiB - 2, b"span")  # across two former pieces: one copy
+    assert await sparse.read(MiB - 2, 4) == b"span"
+    await sparse.unmap(4 * MiB, MiB)
+    await sparse.alloc(4 * MiB, MiB)
+    assert kinds(sparse)[0] == (0, 16 * MiB, "private")
+
+
+async def test_zero_length_borrows_are_no_ops_anywhere(sparse: SparseMapping) -> None:
+    async with sparse.as_slice(PAGE, 0) as view:  # over a hole: nothing to touch
+        assert len(view) == 0
+
+
+async def test_direct_access_while_another_task_writes(sparse: SparseMapping) -> None:
+    await sparse.alloc(0, PAGE)
+
+    async def hold(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with sparse.as_mut_slice(0, 8):
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(hold)
+        with pytest.raises(anyio.WouldBlock, match="try again"):
+            sparse.atomic_load(8, 8)
+        tg.cancel_scope.cancel()
+    async with sparse.as_mut_slice(0, 8):
+        with pytest.raises(RuntimeError):
+            sparse.atomic_store(8, 8, 1)
+    assert sparse.atomic_load(8, 8) == 0

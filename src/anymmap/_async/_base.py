@@ -129,7 +129,7 @@ class AsyncMap(MapHandle[CoreT]):
         not in memory (a file map) — never faults on the disk.  Copies of any size run
         here.  After WouldBlock the contents of ``buf`` are unspecified.
         """
-        dst = byte_view(buf, writable=True)
+        dst = memoryview(buf) if type(buf) is bytearray else byte_view(buf, writable=True)
         if not self._lock.free_for_reading():
             raise self._busy(writing=False)
         if not self._open_core().try_read(offset, dst):
@@ -138,15 +138,16 @@ class AsyncMap(MapHandle[CoreT]):
     def update_region_nowait(self, offset: int, data: object) -> None:
         """Copy ``data`` into the map at once, on this thread, or raise
         :exc:`anyio.WouldBlock` while the lock is held or a page is not in memory."""
-        src = byte_view(data, writable=False)
+        src = memoryview(data) if type(data) is bytes else byte_view(data, writable=False)
         if not self._lock.free_for_writing():
             raise self._busy(writing=True)
         if not self._open_core().try_write(offset, src):
             raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
 
-    def _busy(self, writing: bool) -> Exception:
+    def _busy(self, writing: bool, then: str = "await the call to wait") -> Exception:
         """The error for a ``*_nowait`` copy that finds the lock taken: RuntimeError if
-        the calling task holds it itself (waiting could never help), else WouldBlock."""
+        the calling task holds it itself (waiting could never help), else WouldBlock
+        (whose message ends with ``then``)."""
         if self._lock.held_by_current_task():
             if writing:
                 return RuntimeError(
@@ -158,7 +159,7 @@ class AsyncMap(MapHandle[CoreT]):
                 "instead of through the map"
             )
         holder = "borrowed or being written" if writing else "being written"
-        return WouldBlock(f"the map is {holder} by another task; await the call to wait")
+        return WouldBlock(f"the map is {holder} by another task; {then}")
 
     # -- borrows ----------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
+_RETRY = "try again once it is done (the direct accesses do not wait)"
+
+
 class SparseMapping(AsyncMap[SparseCore]):
     """
     A reserved range of address space, filled piece by piece, whose accessors fail with
@@ -194,10 +197,12 @@ class SparseMapping(AsyncMap[SparseCore]):
             of it
         :raises MappingFaultError: over a hole, a pass-through piece, or past the end of
             a mapped file
-        :raises anyio.WouldBlock: while the pieces are being changed
+        :raises anyio.WouldBlock: while another task holds the map's write lock (a
+            writable borrow, a copy in a worker thread, or a change of pieces)
+        :raises RuntimeError: while this task holds it (in its own ``as_mut_slice``)
         """
         if not self._lock.free_for_reading():
-            raise self._busy(writing=False)
+            raise self._busy(writing=False, then=_RETRY)
         address, width = self._open_core().atomic_address(offset, size, store=False)
         return atomic_load(address, width)
 
@@ -206,6 +211,6 @@ class SparseMapping(AsyncMap[SparseCore]):
         (see :meth:`atomic_load`); read-only pieces raise
         :class:`~anymmap.MappingFaultError`."""
         if not self._lock.free_for_reading():
-            raise self._busy(writing=False)
+            raise self._busy(writing=False, then=_RETRY)
         address, width = self._open_core().atomic_address(offset, size, store=True)
         atomic_store(address, width, value)

@@ -100,6 +100,11 @@ class Copier:
         """What backs the piece, for ``pieces()`` (a file's name), if anything."""
         return None
 
+    def continued_by(self, other: Copier, length: int) -> bool:
+        """Whether ``other``, for the piece right after this one's ``length`` bytes, is
+        the same backing going on (then the two pieces can be one)."""
+        return False
+
     def read_now(self, offset: int, dst: memoryview) -> bool:
         raise NotImplementedError  # pragma: no cover
 
@@ -133,6 +138,14 @@ class MemoryCopier(Copier):
     """
 
     __slots__ = ()
+
+    def continued_by(self, other: Copier, length: int) -> bool:
+        return (
+            type(other) is type(self)
+            and other.kind == self.kind
+            and other.writable == self.writable
+            and other.base == self.base + length
+        )
 
     cause = "the page is read-only"
 
@@ -195,6 +208,9 @@ class HoleCopier(Copier):
     """Nothing is mapped here (reserved address space): every access is a fault."""
 
     __slots__ = ()
+
+    def continued_by(self, other: Copier, length: int) -> bool:
+        return type(other) is HoleCopier
 
     cause = "nothing is mapped there (a hole)"
 
@@ -344,6 +360,16 @@ class FileCopier(KernelCopier):
     @property
     def label(self) -> str | None:
         return self.file.name
+
+    def continued_by(self, other: Copier, length: int) -> bool:
+        return (
+            isinstance(other, FileCopier)
+            and other.file is self.file
+            and other.writable == self.writable
+            and other.fault_safe == self.fault_safe
+            and other.base == self.base + length
+            and other.file_offset == self.file_offset + length
+        )
 
     def fault(self, offset: int, length: int) -> tuple[int, str]:
         size = os_impl.file_size(self.fd)

@@ -278,16 +278,46 @@ class MapCore:
     def try_read(self, offset: object, dst: memoryview, limit: int | None = None) -> bool:
         """Copy into ``dst`` now, if it is at most ``limit`` bytes and no page has to come
         from the disk; return whether it did (if not, the contents of ``dst`` are
-        unspecified)."""
-        start, n = self.check_range(offset, len(dst))
-        return (limit is None or n <= limit) and self._read_now(start, n, dst)
+        unspecified).
+
+        The hot path of every small copy: the usual case (an int offset, a range inside
+        one piece) runs without a further Python call before the copier's.
+        """
+        n = len(dst)
+        if type(offset) is int and offset >= 0 and offset + n <= self.length:
+            start = offset
+        else:
+            start, n = check_range(offset, n, self.length)
+        if (limit is not None and n > limit) or not n:
+            return not n
+        pieces = self._pieces
+        if len(pieces) == 1:
+            first, _, copier = pieces[0]
+        else:
+            first, size, copier = pieces[bisect_right(self._starts, start) - 1]
+            if start + n > first + size:
+                return self._read_now(start, n, dst)
+        try:
+            return copier.read_now(start - first, dst)
+        except OSError as exc:
+            raise self.fault_error(exc, copier, start - first, n) from None
+
+    def _piece_of(self, start: int, n: int) -> tuple[int, Copier] | None:
+        """``(offset of its piece, copier)`` if ``[start, start + n)`` lies in one piece
+        (the usual case, copied without ``_spans``' generator), else None."""
+        pieces = self._pieces
+        if len(pieces) == 1:
+            first, _, copier = pieces[0]
+            return first, copier
+        first, size, copier = pieces[bisect_right(self._starts, start) - 1]
+        return (first, copier) if start + n <= first + size else None
 
     def _read_now(self, start: int, n: int, dst: memoryview) -> bool:
-        pieces = self._pieces
         if not n:
             return True  # a no-op anywhere, even over a hole
-        if len(pieces) == 1:  # the usual case, without _spans' generator
-            first, _, copier = pieces[0]
+        one = self._piece_of(start, n)
+        if one is not None:
+            first, copier = one
             try:
                 return copier.read_now(start - first, dst)
             except OSError as exc:
@@ -331,9 +361,9 @@ class MapCore:
         if not n:
             return b""
         if n <= INLINE_COPY_LIMIT:
-            pieces = self._pieces
-            if len(pieces) == 1:
-                first, _, copier = pieces[0]
+            one = self._piece_of(start, n)
+            if one is not None:
+                first, copier = one
                 try:
                     data = copier.bytes_now(start - first, n)
                 except OSError as exc:
@@ -361,11 +391,11 @@ class MapCore:
         return (limit is None or n <= limit) and self._write_now(start, n, src)
 
     def _write_now(self, start: int, n: int, src: memoryview) -> bool:
-        pieces = self._pieces
         if not n:
             return True
-        if len(pieces) == 1:
-            first, _, copier = pieces[0]
+        one = self._piece_of(start, n)
+        if one is not None:
+            first, copier = one
             try:
                 return copier.write_now(start - first, src)
             except OSError as exc:

@@ -159,25 +159,34 @@ class SparseCore(MapCore):
             except BaseException:
                 clear(self.addr + start, n)
                 self._set_range(start, n, HoleCopier(self.memory, start, False, "hole"))
-                self._merge_holes()
                 raise
             self._set_range(start, n, copier)
 
     def _set_range(self, start: int, n: int, copier: Copier) -> None:
-        """Make ``[start, start + n)`` one piece with ``copier``; trim what overlapped."""
+        """Make ``[start, start + n)`` one piece with ``copier``; trim what overlapped, and
+        merge neighbours that are the same backing going on (an arena growing by ``alloc``
+        stays one piece)."""
         end = start + n
-        pieces: list[Piece] = []
+        before: list[Piece] = []
+        after: list[Piece] = []
         for first, size, old in self._pieces:
             last = first + size
-            if last <= start or first >= end:
-                pieces.append((first, size, old))
-                continue
-            if first < start:
-                pieces.append((first, start - first, old))
-            if last > end:
-                pieces.append((end, last - end, old.moved(end - first)))
-        pieces.append((start, n, copier))
-        pieces.sort(key=lambda piece: piece[0])
+            if last <= start:
+                before.append((first, size, old))
+            elif first >= end:
+                after.append((first, size, old))
+            else:
+                if first < start:
+                    before.append((first, start - first, old))
+                if last > end:
+                    after.append((end, last - end, old.moved(end - first)))
+        pieces = before
+        for piece in [(start, n, copier), *after]:
+            if pieces and pieces[-1][2].continued_by(piece[2], pieces[-1][1]):
+                first, size, kept = pieces[-1]
+                pieces[-1] = (first, size + piece[1], kept)
+            else:
+                pieces.append(piece)
         self._set_pieces(tuple(pieces))
 
     # -- filling holes --------------------------------------------------------------
@@ -270,17 +279,6 @@ class SparseCore(MapCore):
             lambda: HoleCopier(self.memory, start, False, "hole"),
             lambda: clear(self.addr + start, n),
         )
-        self._merge_holes()
-
-    def _merge_holes(self) -> None:
-        pieces: list[Piece] = []
-        for piece in self._pieces:
-            if pieces and piece[2].kind == "hole" and pieces[-1][2].kind == "hole":
-                first, size, copier = pieces[-1]
-                pieces[-1] = (first, size + piece[1], copier)
-            else:
-                pieces.append(piece)
-        self._set_pieces(tuple(pieces))
 
     def _mapped_spans(self, offset: int, length: int) -> Iterator[tuple[Copier, int, int]]:
         for copier, at, count, _ in self._spans(offset, length):
@@ -366,6 +364,8 @@ class SparseCore(MapCore):
         """A borrow must only cover pieces a direct access cannot fault in: memory, or
         file windows inside their file (checked now: a later truncation by another
         process is not protected, as for any view)."""
+        if not n:
+            return  # a zero-length borrow is a no-op anywhere, as a zero-length copy is
         for copier, at, count, _ in self._spans(start, n):
             if isinstance(copier, HoleCopier):
                 why = "it covers a hole"
