@@ -422,8 +422,8 @@ def test_a_thousand_cycles_leave_nothing_behind(tmp_path: Path) -> None:
             guest.update_region(0, i.to_bytes(4, "little"))
             assert host.read(0, 4) == i.to_bytes(4, "little")
         assert not path.exists()
-    assert _open_fds() == fds
-    assert _maps() == maps
+    assert _open_fds() <= fds
+    assert _maps() <= maps
     assert list(tmp_path.iterdir()) == []
 
 

@@ -189,6 +189,32 @@ class Waiter:
             yield from self._future
 
 
+class ThreadWaiter(Waiter):
+    """A :class:`Waiter` that another thread may wake (:meth:`wake_from_thread`): what a
+    task waits on while a thread of anymmap's own (the group committer) works for it.
+
+    Waking after the event loop ended is a no-op.
+    """
+
+    __slots__ = ("_loop", "_token")
+
+    def __init__(self) -> None:
+        super().__init__()
+        if self._future is None:
+            self._token = _trio().lowlevel.current_trio_token()
+        else:
+            self._loop = self._future.get_loop()
+
+    def wake_from_thread(self) -> None:
+        try:
+            if self._future is None:
+                self._token.run_sync_soon(self._event.set)
+            else:
+                self._loop.call_soon_threadsafe(self.wake)
+        except RuntimeError:  # the loop is closed (trio: RunFinishedError)
+            pass
+
+
 def thread_limiter() -> anyio.CapacityLimiter:
     """Return the limiter for anymmap's worker threads in the current event loop."""
     try:

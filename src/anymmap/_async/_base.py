@@ -8,17 +8,25 @@ the disk, a worker thread for the rest) and the :class:`~anymmap.RWLock` around 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
 
+import anyio
 import anyio.from_thread
 from anyio import WouldBlock
 
 from .._advice import check_advice
-from .._backend import checkpoint, checkpoint_after, checkpoint_before, run_sync, shielded
-from .._core._checks import byte_view, check_populate_args, check_size
+from .._backend import (
+    ThreadWaiter,
+    checkpoint,
+    checkpoint_after,
+    checkpoint_before,
+    run_sync,
+    shielded,
+)
+from .._core._checks import byte_view, check_flush_policy, check_populate_args, check_size
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
@@ -295,18 +303,90 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
 
     async def flush(self) -> None:
         """Write the map's dirty pages to the file and wait until they are durable
-        (``msync(MS_SYNC)`` in a worker thread; the event loop keeps running).
+        (``msync(MS_SYNC)`` without the GIL; the event loop keeps running).
 
-        A no-op for ``"r"`` and ``"copy"`` maps, whose pages never reach the file.
+        Concurrent flushes of one map share their ``msync`` calls (group commit): the
+        map's committer thread flushes every waiting range at once, and each call returns
+        once an ``msync`` that started after it was made covered its range.  Cancelling a
+        call returns at once; its range is flushed all the same.  A no-op for ``"r"`` and
+        ``"copy"`` maps, whose pages never reach the file.
+
+        :raises OSError: if the flush failed (``EIO``): every call whose range that flush
+            covered gets it
         """
-        await run_sync(self._open_core().flush, 0, None, True)
+        core = self._open_core()
+        await self._commit(core, 0, core.length)
 
     async def flush_range(self, offset: int, length: int) -> None:
         """Like :meth:`flush`, for the bytes ``[offset, offset + length)``; the range need
         not be page-aligned.  Other dirty pages may be written as well."""
         core = self._open_core()
-        start, n = core.check_range(offset, length)  # checked again once pinned
-        await run_sync(core.flush, start, n, True)
+        start, n = core.check_range(offset, length)
+        await self._commit(core, start, n)
+
+    @staticmethod
+    async def _commit(core: FileBackedCore, start: int, n: int) -> None:
+        if core.mode != "rw" or not n:
+            await checkpoint()
+            return
+        waiter = ThreadWaiter()
+        request = core.commit.submit(start, start + n, waiter.wake_from_thread)
+        await waiter.wait()  # leaving early (cancelled) leaves the flush to the committer
+        request.result()
+
+    def pending_bytes(self) -> int:
+        """How many bytes were written through this map (copies and writable borrows)
+        since a durable flush last covered them."""
+        return self._open_core().dirty.pending()
+
+    @asynccontextmanager
+    async def auto_flush(
+        self, every: float = 0.05, every_bytes: int = 8 << 20
+    ) -> AsyncIterator[None]:
+        """Flush in the background while the block runs: whenever ``every`` seconds
+        passed with bytes pending, or as soon as ``every_bytes`` are pending
+        (mmap-io's ``EveryMillis`` / ``EveryBytes``), and what is pending when it ends::
+
+            async with m.auto_flush(every=0.05, every_bytes=8 << 20):
+                ...  # writes become durable within about 50 ms
+
+        The flushing task lives in a task group of the block's own: none outlives it.
+
+        :raises ValueError: for a bound that is not positive
+        :raises RuntimeError: if the map already flushes automatically
+        """
+        core = self._open_core()
+        interval, threshold = check_flush_policy(every, every_bytes)
+        if core.dirty.listener is not None:
+            raise RuntimeError("this map already flushes automatically")
+        wake: list[ThreadWaiter] = []
+
+        def written(pending: int) -> None:
+            if pending >= threshold and wake:
+                wake[0].wake_from_thread()
+
+        async def flusher() -> None:
+            while True:
+                wake[:] = [ThreadWaiter()]
+                if core.dirty.pending() < threshold:
+                    with anyio.move_on_after(interval):
+                        await wake[0].wait()
+                if core.dirty.pending():
+                    await self.flush()
+
+        core.dirty.listener = written
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(flusher)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            core.dirty.listener = None
+            if not core.closed and core.dirty.pending():
+                with anyio.CancelScope(shield=True):  # also when the block failed
+                    await self.flush()
 
     async def flush_async(self) -> None:
         """Start writing the map's dirty pages to the file and return without waiting.

@@ -4,8 +4,8 @@ import sys
 from functools import partial
 
 from .._backend import run_sync
-from .._core._file import FileCore
-from .._core._files import Mode
+from .._core._file import FileCore, Prefill, create_file_map
+from .._core._files import Mode, PathArg
 from .._core._handle import FileMapInfo
 from ._base import FlushingAsyncMap, ResizableAsyncMap
 
@@ -54,6 +54,7 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
         length: int | None = None,
         mode: Mode = "rw",
         fault_safe: bool = True,
+        prefill: Prefill = "allocate",
     ) -> Self:
         """Map ``length`` bytes of ``file`` starting at ``offset``, in a worker thread.
 
@@ -68,12 +69,79 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
             :class:`~anymmap.MappingFaultError`.  ``False`` makes 4 KiB writes about twice
             as fast and a truncated file fatal (SIGBUS); reads of ``"rw"`` and ``"r"``
             maps are fault-safe at no extra cost either way.
+        :param prefill: how :meth:`resize` gives the file new blocks: ``"allocate"``
+            (``posix_fallocate``) or ``"zeros"`` (written); see :meth:`create`
         :raises InvalidSizeError: if the file is empty
         :raises OutOfBoundsError: if ``offset`` is at or past the end of the file, or
             ``offset + length`` is
         :raises OSError: if the file cannot be opened or mapped
         """
         core = await run_sync(
-            partial(FileCore, file, offset=offset, length=length, mode=mode, fault_safe=fault_safe)
+            partial(
+                FileCore,
+                file,
+                offset=offset,
+                length=length,
+                mode=mode,
+                fault_safe=fault_safe,
+                prefill=prefill,
+            )
         )
         return cls._create(core)
+
+    @classmethod
+    async def create(
+        cls,
+        path: PathArg,
+        size: int,
+        *,
+        exist_ok: bool = False,
+        prefill: Prefill = "allocate",
+        mode: int = 0o644,
+        fault_safe: bool = True,
+    ) -> Self:
+        """Create the file ``path`` of ``size`` bytes and map all of it ``"rw"``, in a
+        worker thread (mmap-io's ``create_rw``).
+
+        The file is made with ``O_CREAT | O_EXCL | O_CLOEXEC`` and permissions ``mode``
+        minus the umask; its blocks are allocated before it is mapped, so a full disk
+        fails here (``OSError(ENOSPC)``, and the new file is removed) instead of a later
+        write dying of SIGBUS; then the file and its directory are synced, so the new name
+        survives a crash.  ``prefill`` says how the blocks are made, here and by later
+        growth: ``"allocate"`` (``posix_fallocate``, the default: instant) or ``"zeros"``
+        (written now: slower to create, and on some disks the first commit into each
+        block is faster; ``benchmarks/bench_commit.py`` measures both).
+
+        :param exist_ok: map an existing file instead of refusing it (it is grown to
+            ``size`` if shorter, never shrunk; the whole file is mapped)
+        :raises FileExistsError: if ``path`` exists and not ``exist_ok``
+        :raises InvalidSizeError: if ``size`` is 0 or above 128 TiB
+        """
+        core = await run_sync(
+            partial(
+                create_file_map,
+                path,
+                size,
+                exist_ok=exist_ok,
+                prefill=prefill,
+                mode=mode,
+                fault_safe=fault_safe,
+            )
+        )
+        return cls._create(core)
+
+    @classmethod
+    async def open_or_create(
+        cls,
+        path: PathArg,
+        size: int,
+        *,
+        prefill: Prefill = "allocate",
+        mode: int = 0o644,
+        fault_safe: bool = True,
+    ) -> Self:
+        """Map ``path``, creating it with ``size`` bytes if it does not exist (mmap-io's
+        ``open_or_create``): :meth:`create` with ``exist_ok=True``."""
+        return await cls.create(
+            path, size, exist_ok=True, prefill=prefill, mode=mode, fault_safe=fault_safe
+        )

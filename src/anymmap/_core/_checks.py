@@ -99,3 +99,19 @@ def check_populate_args(write: object, progress: object) -> None:
         raise TypeError(
             f"progress must be a callable taking (done, total), not {type(progress).__name__}"
         )
+
+
+def check_flush_policy(every: object, every_bytes: object) -> tuple[float, int]:
+    """``(every, every_bytes)`` of an auto-flush policy, checked.
+
+    :raises TypeError: if they are not numbers
+    :raises ValueError: if either is not positive
+    """
+    if isinstance(every, bool) or not isinstance(every, (int, float)):
+        raise TypeError(f"every must be a number of seconds, not {type(every).__name__}")
+    threshold = as_int(every_bytes, "every_bytes")
+    if not every > 0:
+        raise ValueError(f"every must be positive, not {every}")
+    if threshold <= 0:
+        raise ValueError(f"every_bytes must be positive, not {threshold}")
+    return float(every), threshold

@@ -388,7 +388,14 @@ class MapCore:
         written)."""
         self.check_writable()
         start, n = self.check_range(offset, len(src))
-        return (limit is None or n <= limit) and self._write_now(start, n, src)
+        if limit is not None and n > limit:
+            return False
+        self.note_write(start, n)
+        return self._write_now(start, n, src)
+
+    def note_write(self, start: int, n: int) -> None:
+        """Something is written to ``[start, start + n)`` (file maps count it as
+        pending until a flush covers it)."""
 
     def _write_now(self, start: int, n: int, src: memoryview) -> bool:
         if not n:
@@ -412,6 +419,7 @@ class MapCore:
         """Like :meth:`start_read`, the other way."""
         self.check_writable()
         start, n = self.check_range(offset, len(src))
+        self.note_write(start, n)
         if n <= INLINE_COPY_LIMIT and self._write_now(start, n, src):
             return None
         return partial(self.write_blocking, start, src)
@@ -447,7 +455,11 @@ class MapCore:
     def end_borrow(self, borrowed: Borrowed) -> bool:
         """End a borrow; return whether something built on its view is still alive (the
         caller then raises :func:`escape_error`, having dropped ``borrowed``)."""
-        return self.memory.end_borrow(*borrowed)
+        at, base, view = borrowed
+        del borrowed
+        if not base.readonly:  # a writable borrow: its bytes count as written
+            self.note_write(at - (self.addr - self.memory.addr), len(base))
+        return self.memory.end_borrow(at, base, view)
 
     # -- memory management ------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -11,7 +12,7 @@ from typing import TypeVar
 from anyio import WouldBlock
 
 from .._advice import check_advice
-from .._core._checks import byte_view, check_populate_args, check_size
+from .._core._checks import byte_view, check_flush_policy, check_populate_args, check_size
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
@@ -197,13 +198,73 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
     __slots__ = ()
 
     def flush(self) -> None:
-        """Write the dirty pages to the file; durable when it returns (``msync(MS_SYNC)``)."""
-        self._open_core().flush(0, None, True)
+        """Write the dirty pages to the file; durable when it returns.  Concurrent flushes
+        from several threads share their ``msync`` calls (group commit); see
+        :meth:`anymmap.MmapRaw.flush`."""
+        core = self._open_core()
+        self._commit(core, 0, core.length)
 
     def flush_range(self, offset: int, length: int) -> None:
         """Like :meth:`flush`, for ``[offset, offset + length)`` (need not be aligned)."""
         core = self._open_core()
-        core.flush(*core.check_range(offset, length), True)
+        start, n = core.check_range(offset, length)
+        self._commit(core, start, n)
+
+    @staticmethod
+    def _commit(core: FileBackedCore, start: int, n: int) -> None:
+        if core.mode != "rw" or not n:
+            return
+        done = threading.Event()
+        request = core.commit.submit(start, start + n, done.set)
+        done.wait()
+        request.result()
+
+    def pending_bytes(self) -> int:
+        """Bytes written since a durable flush last covered them."""
+        return self._open_core().dirty.pending()
+
+    @contextmanager
+    def auto_flush(self, every: float = 0.05, every_bytes: int = 8 << 20) -> Iterator[None]:
+        """Flush from a thread while the block runs, and what is pending at its end; see
+        :meth:`anymmap.MmapRaw.auto_flush`.  The thread is joined before the block
+        exits."""
+        core = self._open_core()
+        interval, threshold = check_flush_policy(every, every_bytes)
+        if core.dirty.listener is not None:
+            raise RuntimeError("this map already flushes automatically")
+        wake = threading.Event()
+        stop = False
+        failures: list[BaseException] = []
+
+        def written(pending: int) -> None:
+            if pending >= threshold:
+                wake.set()
+
+        def flusher() -> None:
+            try:
+                while not stop:
+                    if core.dirty.pending() < threshold:
+                        wake.wait(interval)
+                    wake.clear()
+                    if not stop and core.dirty.pending():
+                        self.flush()
+            except BaseException as exc:  # noqa: BLE001 - raised by the block's exit
+                failures.append(exc)
+
+        core.dirty.listener = written
+        thread = threading.Thread(target=flusher, name="anymmap auto flush")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop = True
+            wake.set()
+            thread.join()
+            core.dirty.listener = None
+            if not core.closed and core.dirty.pending():
+                self.flush()
+        if failures:
+            raise failures[0]
 
     def flush_async(self) -> None:
         """Start writeback of the dirty pages and return; not durable."""

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import sys
 
-from .._core._file import FileCore
-from .._core._files import Mode
+from .._core._file import FileCore, Prefill, create_file_map
+from .._core._files import Mode, PathArg
 from .._core._handle import FileMapInfo
 from ._base import FlushingSyncMap, ResizableSyncMap
 
@@ -37,8 +37,49 @@ class MmapRaw(FlushingSyncMap[FileCore], ResizableSyncMap[FileCore], FileMapInfo
         length: int | None = None,
         mode: Mode = "rw",
         fault_safe: bool = True,
+        prefill: Prefill = "allocate",
     ) -> Self:
         """Map ``file``; see :meth:`anymmap.MmapRaw.map_raw`."""
         return cls._create(
-            FileCore(file, offset=offset, length=length, mode=mode, fault_safe=fault_safe)
+            FileCore(
+                file,
+                offset=offset,
+                length=length,
+                mode=mode,
+                fault_safe=fault_safe,
+                prefill=prefill,
+            )
+        )
+
+    @classmethod
+    def create(
+        cls,
+        path: PathArg,
+        size: int,
+        *,
+        exist_ok: bool = False,
+        prefill: Prefill = "allocate",
+        mode: int = 0o644,
+        fault_safe: bool = True,
+    ) -> Self:
+        """Create and map a file; see :meth:`anymmap.MmapRaw.create`."""
+        return cls._create(
+            create_file_map(
+                path, size, exist_ok=exist_ok, prefill=prefill, mode=mode, fault_safe=fault_safe
+            )
+        )
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: PathArg,
+        size: int,
+        *,
+        prefill: Prefill = "allocate",
+        mode: int = 0o644,
+        fault_safe: bool = True,
+    ) -> Self:
+        """Map ``path``, creating it if needed; see :meth:`anymmap.MmapRaw.open_or_create`."""
+        return cls.create(
+            path, size, exist_ok=True, prefill=prefill, mode=mode, fault_safe=fault_safe
         )

@@ -586,3 +586,41 @@ def path_identity(path: PathArg) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return info.st_dev, info.st_ino
+
+
+def open_create(path: PathArg, exclusive: bool, mode: int) -> tuple[int, bool]:
+    """Open ``path`` for reading and writing, creating it (permissions ``mode`` minus the
+    umask) if it does not exist; ``exclusive``: it must not exist.  Returns the
+    descriptor and whether this call created the file."""
+    flags = os.O_RDWR | os.O_CLOEXEC
+    if not exclusive:
+        try:
+            return os.open(path, flags), False
+        except FileNotFoundError:
+            pass
+    # O_EXCL: a file created by someone else meanwhile, or a symbolic link, is not ours.
+    return os.open(path, flags | os.O_CREAT | os.O_EXCL, mode), True
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def write_zeros(fd: int, offset: int, length: int) -> None:
+    """Write ``length`` zero bytes at ``offset`` (real blocks, not a hole or an unwritten
+    extent: the first later write into them needs no metadata change)."""
+    end = offset + length
+    while offset < end:
+        offset += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - offset)], offset)
+
+
+def fdatasync(fd: int) -> None:
+    os.fdatasync(fd)
+
+
+def fsync_directory(path: PathArg) -> None:
+    """Make the entries of the directory ``path`` durable (a new file's name)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,203 @@
+"""Group commit: concurrent durable flushes of one map share their ``msync`` calls.
+
+Each ``flush_range`` / ``flush`` becomes a *request* for a range.  One committer thread
+per map (started when the first request arrives, gone when none is left) takes every
+request waiting at that moment as a *batch*, makes the batch durable, and completes its
+requests; requests that arrive meanwhile wait for the next batch.  So:
+
+* **Durability is unchanged**: a request completes only after an ``msync`` that started
+  after it was made covered its whole range.
+* **Concurrent commits share flushes**: 64 tasks committing at once cost a few ``msync``
+  calls, not 64, and no worker thread per waiter (there is one committer thread per map).
+* **A waiter may leave at any time** (cancellation): its range is flushed all the same,
+  and nobody else waits longer.  The committer pins the map while it flushes, so closing
+  waits for it.
+* **An error reaches the requests it concerns**: those whose ranges the failed ``msync``
+  covered, each with its own copy of the exception.
+
+How a batch is flushed: its ranges are merged, and ranges closer to each other than
+:data:`GAP_LIMIT` are flushed by one ``msync`` over their span.  Measured here (ext4 in
+a VM; benchmarks/bench_commit.py): 64 dirty 4 KiB pages scattered over 64 MiB took
+10.4 ms as one ``msync`` of their span against 16.3 ms as 64 ``msync`` calls (1 GiB: 38
+against 47 ms), and an ``msync`` of 1 GiB of clean pages 0.08 ms: the span's clean pages
+cost next to nothing, the file system's commit per call is what costs.  Dirty pages of
+other writers inside the span are written too (they will want it soon).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import weakref
+from collections.abc import Callable
+
+from .._errors import ClosedMapError
+
+#: Waiting ranges closer than this share one msync over their span.
+GAP_LIMIT = 256 << 20
+
+
+class CommitRequest:
+    """One durable flush of ``[start, end)``; ``wake()`` is called (from the committer
+    thread) once it is done or failed."""
+
+    __slots__ = ("_error", "_wake", "done", "end", "start")
+
+    def __init__(self, start: int, end: int, wake: Callable[[], None]) -> None:
+        self.start = start
+        self.end = end
+        self._wake = wake
+        self._error: BaseException | None = None
+        self.done = False
+
+    def finish(self, error: BaseException | None) -> None:
+        self._error = error
+        self.done = True
+        self._wake()
+
+    def result(self) -> None:
+        """Raise the request's error, if its flush failed."""
+        if self._error is not None:
+            raise self._error
+
+
+class GroupCommit:
+    """The requests of one map and its committer thread.
+
+    ``sync(start, length)`` makes a range of the map durable (the map pins itself).
+    """
+
+    def __init__(self, sync: Callable[[int, int], None]) -> None:
+        # A weak reference: the map holds this object, and a strong one back would make
+        # a cycle that only the cyclic collector frees (so a map dropped unclosed would
+        # linger).
+        self._sync = weakref.WeakMethod(sync)
+        self._lock = threading.Lock()
+        self._pending: list[CommitRequest] = []
+        self._committer_pid = 0  # the process whose committer thread runs; 0: none
+        #: How many batches and msync calls there were (for tests and benchmarks).
+        self.batches = 0
+        self.msyncs = 0
+
+    def submit(self, start: int, end: int, wake: Callable[[], None]) -> CommitRequest:
+        request = CommitRequest(start, end, wake)
+        with self._lock:
+            self._pending.append(request)
+            # A committer of another process (the parent of a fork) does not run here.
+            if self._committer_pid == os.getpid():
+                return request
+            self._committer_pid = os.getpid()
+        try:
+            threading.Thread(target=self._run, name="anymmap group commit").start()
+        except BaseException:
+            with self._lock:
+                self._committer_pid = 0
+                self._pending.remove(request)
+            raise
+        return request
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._committer_pid = 0
+                    return
+            self.batches += 1
+            for cluster in _clusters(batch):
+                start = min(request.start for request in cluster)
+                end = max(request.end for request in cluster)
+                error: BaseException | None = None
+                try:
+                    sync = self._sync()
+                    if sync is None:  # the map is gone: closed, or collected
+                        raise ClosedMapError("map")
+                    sync(start, end - start)
+                    del sync
+                    self.msyncs += 1
+                except Exception as exc:  # noqa: BLE001 - handed to every waiter it concerns
+                    error = exc
+                for request in cluster:
+                    request.finish(None if error is None else copy.copy(error))
+
+
+def _clusters(batch: list[CommitRequest]) -> list[list[CommitRequest]]:
+    """The requests, grouped so that each group's ranges are closer than GAP_LIMIT."""
+    ordered = sorted(batch, key=lambda request: request.start)
+    clusters: list[list[CommitRequest]] = [[ordered[0]]]
+    reach = ordered[0].end
+    for request in ordered[1:]:
+        if request.start - reach > GAP_LIMIT:
+            clusters.append([request])
+        else:
+            clusters[-1].append(request)
+        reach = max(reach, request.end)
+    return clusters
+
+
+class DirtyRanges:
+    """The bytes written to a map since the last durable flush that covered them.
+
+    Each write adds its range with a sequence number; a flush notes the sequence number
+    when it starts and, once durable, forgets what it covered that was written before it
+    started (a write during the flush may have missed it, so it stays).  To stay small,
+    more than :data:`MAX_ENTRIES` ranges are merged into their union, keeping the newest
+    number (which can only keep bytes pending longer, never report them durable early).
+    """
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[tuple[int, int, int]] = []  # (start, end, sequence number)
+        self._sequence = 0
+        #: Called after every write with the bytes now pending (the auto-flush policy).
+        self.listener: Callable[[int], None] | None = None
+
+    def add(self, start: int, end: int) -> None:
+        if end <= start:
+            return
+        with self._lock:
+            self._sequence += 1
+            self._entries.append((start, end, self._sequence))
+            if len(self._entries) > self.MAX_ENTRIES:
+                self._entries = _union(self._entries)
+        listener = self.listener
+        if listener is not None:
+            listener(self.pending())
+
+    def mark(self) -> int:
+        """The sequence number to pass to :meth:`clean` once a flush that starts now is
+        durable."""
+        with self._lock:
+            return self._sequence
+
+    def clean(self, start: int, end: int, upto: int) -> None:
+        """Forget the parts of ``[start, end)`` written at or before ``upto``."""
+        with self._lock:
+            kept: list[tuple[int, int, int]] = []
+            for first, last, sequence in self._entries:
+                if sequence > upto or last <= start or first >= end:
+                    kept.append((first, last, sequence))
+                    continue
+                if first < start:
+                    kept.append((first, start, sequence))
+                if last > end:
+                    kept.append((end, last, sequence))
+            self._entries = kept
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(last - first for first, last, _ in _union(self._entries))
+
+
+def _union(entries: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    merged: list[tuple[int, int, int]] = []
+    for first, last, sequence in sorted(entries):
+        if merged and first <= merged[-1][1]:
+            start, end, newest = merged[-1]
+            merged[-1] = (start, max(end, last), max(newest, sequence))
+        else:
+            merged.append((first, last, sequence))
+    return merged
