@@ -375,13 +375,19 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
                     await self.flush()
 
         core.dirty.listener = written
+        failure: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(flusher)
                 try:
                     yield
+                except BaseException as exc:  # noqa: BLE001 - raised again below
+                    # Outside the task group, so that it is not wrapped in an ExceptionGroup.
+                    failure = exc
                 finally:
                     tg.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
             core.dirty.listener = None
             if not core.closed and core.dirty.pending():

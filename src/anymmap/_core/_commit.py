@@ -42,7 +42,7 @@ class CommitRequest:
     """One durable flush of ``[start, end)``; ``wake()`` is called (from the committer
     thread) once it is done or failed."""
 
-    __slots__ = ("_error", "_wake", "done", "end", "start")
+    __slots__ = ("_error", "_wake", "batch", "done", "end", "start")
 
     def __init__(self, start: int, end: int, wake: Callable[[], None]) -> None:
         self.start = start
@@ -50,8 +50,11 @@ class CommitRequest:
         self._wake = wake
         self._error: BaseException | None = None
         self.done = False
+        #: The number of the batch that completed it (for tests and benchmarks).
+        self.batch = 0
 
-    def finish(self, error: BaseException | None) -> None:
+    def finish(self, batch: int, error: BaseException | None) -> None:
+        self.batch = batch
         self._error = error
         self.done = True
         self._wake()
@@ -76,9 +79,11 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._pending: list[CommitRequest] = []
         self._committer_pid = 0  # the process whose committer thread runs; 0: none
-        #: How many batches and msync calls there were (for tests and benchmarks).
+        #: How many batches and msync calls there were, and the batches whose flush failed
+        #: (for tests and benchmarks).
         self.batches = 0
         self.msyncs = 0
+        self.failed_batches: list[int] = []
 
     def submit(self, start: int, end: int, wake: Callable[[], None]) -> CommitRequest:
         request = CommitRequest(start, end, wake)
@@ -118,8 +123,9 @@ class GroupCommit:
                     self.msyncs += 1
                 except Exception as exc:  # noqa: BLE001 - handed to every waiter it concerns
                     error = exc
+                    self.failed_batches.append(self.batches)
                 for request in cluster:
-                    request.finish(None if error is None else copy.copy(error))
+                    request.finish(self.batches, None if error is None else copy.copy(error))
 
 
 def _clusters(batch: list[CommitRequest]) -> list[list[CommitRequest]]:

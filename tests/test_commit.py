@@ -1,0 +1,372 @@
+"""Storage-engine durability: group commit, the flush policy, and files anymmap creates."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+import anymmap
+import anymmap.sync
+from anymmap import MmapRaw
+from anymmap._core._commit import CommitRequest, GroupCommit
+
+from ._helpers import PAGE, wait_until
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1 << 20
+RECORD = 4096
+
+
+def record(i: int) -> bytes:
+    return f"record {i:06d} ".encode().ljust(RECORD, b".")
+
+
+# A second process reads the file (not the map) and checks the records it was told about.
+_READER = """
+import sys
+path, count = sys.argv[1], int(sys.argv[2])
+data = open(path, "rb").read()
+bad = [i for i in range(count)
+       if data[i * 4096 : (i + 1) * 4096] != f"record {i:06d} ".encode().ljust(4096, b".")]
+print("bad", bad)
+"""
+
+
+def assert_another_process_reads_every_record(path: Path, count: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _READER, str(path), str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "bad []"
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Path:
+    return tmp_path / "log.bin"
+
+
+# --- group commit ----------------------------------------------------------------------
+
+
+async def test_concurrent_commits_share_msyncs(log_file: Path) -> None:
+    """64 tasks each write and flush their own record: every acknowledged record is in the
+    file for another process, and far fewer msyncs than commits ran."""
+    committers = 64
+    async with await MmapRaw.create(log_file, committers * RECORD) as m:
+        acknowledged: list[int] = []
+
+        async def commit(i: int) -> None:
+            await m.update_region(i * RECORD, record(i))
+            await m.flush_range(i * RECORD, RECORD)
+            acknowledged.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(committers):
+                tg.start_soon(commit, i)
+        assert sorted(acknowledged) == list(range(committers))
+        stats = m._core.commit
+        print(f"\n{committers} commits: {stats.msyncs} msyncs in {stats.batches} batches")
+        assert stats.msyncs < committers // 4
+        assert m.pending_bytes() == 0
+    await anyio.to_thread.run_sync(assert_another_process_reads_every_record, log_file, committers)
+
+
+def test_threads_of_the_twin_share_msyncs(log_file: Path) -> None:
+    threads = 32
+    with anymmap.sync.MmapRaw.create(log_file, threads * RECORD) as m:
+        start = threading.Barrier(threads)
+        errors: list[BaseException] = []
+
+        def commit(i: int) -> None:
+            try:
+                start.wait()
+                m.update_region(i * RECORD, record(i))
+                m.flush_range(i * RECORD, RECORD)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=commit, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert not errors
+        assert m._core.commit.msyncs < threads // 2
+    assert_another_process_reads_every_record(log_file, threads)
+
+
+def test_a_request_is_done_only_by_an_msync_that_started_after_it() -> None:
+    """The durability rule, checked on the committer itself: requests made while an msync
+    runs wait for the next one, whatever the timing."""
+    started: list[int] = []  # the msync number each request saw in flight when made
+    finished: dict[int, int] = {}
+    gate = threading.Event()
+
+    class Map:
+        running = 0
+
+        def sync(self, start: int, length: int) -> None:
+            self.running += 1
+            for i in range(start, start + length):
+                finished.setdefault(i, self.running)
+            gate.wait(0.001)
+
+    target = Map()  # (the committer holds it weakly, as it holds a map)
+    commit = GroupCommit(target.sync)
+    requests: list[CommitRequest] = []
+    for i in range(300):
+        started.append(target.running)
+        done = threading.Event()
+        requests.append(commit.submit(i, i + 1, done.set))
+        if i % 7 == 0:
+            done.wait()
+    for request in requests:
+        while not request.done:
+            gate.wait(0.001)
+        request.result()
+    assert all(finished[i] > started[i] for i in range(300)), "a request rode an earlier msync"
+    assert commit.msyncs < 300
+
+
+async def test_a_cancelled_waiter_does_not_hurt_the_others(log_file: Path) -> None:
+    async with await MmapRaw.create(log_file, 16 * RECORD) as m:
+        for i in range(16):
+            await m.update_region(i * RECORD, record(i))
+        done: list[int] = []
+
+        async def commit(i: int) -> None:
+            await m.flush_range(i * RECORD, RECORD)
+            done.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(16):
+                if i % 2:
+                    with anyio.CancelScope() as scope:
+                        scope.cancel()  # cancelled before it even waits
+                        await commit(i)
+                else:
+                    tg.start_soon(commit, i)
+        assert sorted(done) == list(range(0, 16, 2))
+        await wait_until(lambda: m.pending_bytes() == 0)  # the cancelled ones too
+    assert_another_process_reads_every_record(log_file, 16)
+
+
+@pytest.fixture
+def failing_device(tmp_path: Path) -> Iterator[Path]:
+    """A block device whose writes fail with EIO: a loop device over a sparse 16 MiB file
+    on a 64 KiB tmpfs (the backing file cannot grow, so the loop driver reports I/O
+    errors)."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], check=False
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        backing = tiny / "backing"
+        with open(backing, "wb") as f:
+            f.truncate(16 * MiB)
+        made = subprocess.run(
+            ["losetup", "--find", "--show", str(backing)], capture_output=True, check=False
+        )
+        if made.returncode:
+            pytest.skip(f"cannot attach a loop device: {made.stderr.decode().strip()}")
+        device = Path(made.stdout.decode().strip())
+        try:
+            yield device
+        finally:
+            subprocess.run(["losetup", "--detach", str(device)], check=False)
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)
+
+
+async def test_an_io_error_reaches_every_waiter_it_concerns(failing_device: Path) -> None:
+    """Every waiter whose range a failed msync covered gets the error, its own copy; the
+    others do not.  (Which batches fail is the kernel's business: a page whose background
+    writeback already failed is clean again and flushes "fine", as fsync does.)"""
+    async with await MmapRaw.map_raw(failing_device) as m:
+        await m.update_region(0, b"\xee" * 4 * MiB)
+        outcomes: dict[int, OSError | None] = {}
+        requests: dict[int, CommitRequest] = {}
+        commit = m._core.commit
+        submit = commit.submit
+
+        def spy(start: int, end: int, wake: Callable[[], None]) -> CommitRequest:
+            request = submit(start, end, wake)
+            requests[start // MiB] = request
+            return request
+
+        commit.submit = spy  # type: ignore[method-assign]
+
+        async def flush(i: int) -> None:
+            try:
+                await m.flush_range(i * MiB, MiB)
+            except OSError as exc:
+                outcomes[i] = exc
+            else:
+                outcomes[i] = None
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(flush, i)
+        assert commit.failed_batches, "the failing device did not fail"
+        for i, error in outcomes.items():
+            failed = requests[i].batch in commit.failed_batches
+            assert (error is not None) == failed, (i, error, requests[i].batch)
+            if error is not None:
+                assert error.errno == errno.EIO
+        errors = [error for error in outcomes.values() if error is not None]
+        assert len({id(error) for error in errors}) == len(errors)  # each its own exception
+
+
+async def test_flush_of_a_closed_map_and_of_read_only_maps(log_file: Path) -> None:
+    log_file.write_bytes(bytes(PAGE))
+    async with await MmapRaw.map_raw(log_file, mode="r") as m:
+        await m.flush()  # a documented no-op
+    async with await MmapRaw.map_raw(log_file, mode="copy") as m:
+        await m.update_region(0, b"private")
+        await m.flush_range(0, 7)
+        assert m.pending_bytes() == 7  # never reaches the file, so never flushed
+    assert log_file.read_bytes() == bytes(PAGE)
+    m = await MmapRaw.map_raw(log_file)
+    await m.aclose()
+    with pytest.raises(anymmap.ClosedMapError):
+        await m.flush()
+
+
+# --- the flush policy --------------------------------------------------------------------
+
+
+async def test_auto_flush_by_time_by_bytes_and_at_exit(log_file: Path, backend_name: str) -> None:
+    def tasks() -> int:
+        return len(asyncio.all_tasks()) if backend_name == "asyncio" else 0
+
+    async with await MmapRaw.create(log_file, 64 * MiB) as m:
+        before = tasks()
+        async with m.auto_flush(every=0.02, every_bytes=4 * MiB):
+            assert tasks() == before + (backend_name == "asyncio")
+            await m.update_region(0, b"soon")
+            assert m.pending_bytes() == 4
+            await wait_until(lambda: m.pending_bytes() == 0)  # within `every`
+            with pytest.raises(RuntimeError, match="already flushes"):
+                async with m.auto_flush():
+                    pass  # pragma: no cover
+        assert tasks() == before  # nothing outlives the block
+
+        async with m.auto_flush(every=3600, every_bytes=MiB):  # time never triggers here
+            await m.update_region(MiB, bytes(2 * MiB))  # past every_bytes: flushed now
+            await wait_until(lambda: m.pending_bytes() == 0)
+            await m.update_region(0, b"at exit")
+            assert m.pending_bytes() == 7
+        assert m.pending_bytes() == 0  # flushed on the way out
+
+        async with m.as_mut_slice(100, 4) as view:
+            view[:] = b"view"
+        assert m.pending_bytes() == 4  # writable borrows count
+        with pytest.raises(ValueError, match="positive"):
+            async with m.auto_flush(every=0):
+                pass  # pragma: no cover
+        with pytest.raises(TypeError):
+            async with m.auto_flush(every="often"):  # type: ignore[arg-type]
+                pass  # pragma: no cover
+
+
+async def test_auto_flush_inside_a_failing_block_still_flushes(log_file: Path) -> None:
+    async with await MmapRaw.create(log_file, MiB) as m:
+
+        async def fail() -> None:
+            async with m.auto_flush(every=3600):
+                await m.update_region(0, b"kept")
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"):
+            await fail()
+        assert m.pending_bytes() == 0
+
+
+def test_auto_flush_of_the_twin(log_file: Path) -> None:
+    with anymmap.sync.MmapRaw.create(log_file, 8 * MiB) as m:
+        before = threading.active_count()
+        with m.auto_flush(every=0.01, every_bytes=MiB):
+            m.update_region(0, b"x")
+            deadline = threading.Event()
+            while m.pending_bytes():
+                deadline.wait(0.001)
+            m.update_region(0, b"at exit")
+        assert m.pending_bytes() == 0
+        assert threading.active_count() == before
+
+
+# --- files anymmap creates ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefill", ["allocate", "zeros"])
+async def test_create(tmp_path: Path, prefill: str) -> None:
+    path = tmp_path / "new.bin"
+    old = os.umask(0o022)
+    try:
+        async with await MmapRaw.create(path, 3 * PAGE + 1, prefill=prefill) as m:  # type: ignore[arg-type]
+            assert len(m) == 3 * PAGE + 1
+            assert await m.read(0, len(m)) == bytes(len(m))
+            await m.update_region(0, b"created")
+            await m.flush()
+            await m.resize(8 * PAGE)  # growth makes blocks the same way
+    finally:
+        os.umask(old)
+    info = os.stat(path)
+    assert stat.S_IMODE(info.st_mode) == 0o644
+    assert info.st_blocks * 512 >= 8 * PAGE  # real blocks, not a hole
+    with pytest.raises(FileExistsError, match="exist_ok=True"):
+        await MmapRaw.create(path, PAGE)
+    async with await MmapRaw.create(path, PAGE, exist_ok=True) as m:
+        assert len(m) == 8 * PAGE  # never shrunk
+        assert await m.read(0, 7) == b"created"
+    async with await MmapRaw.open_or_create(path, 16 * PAGE, mode=0o600) as m:
+        assert len(m) == 16 * PAGE  # grown
+    async with await MmapRaw.open_or_create(tmp_path / "other", PAGE, mode=0o600) as m:
+        assert stat.S_IMODE(os.stat(tmp_path / "other").st_mode) == 0o600
+
+
+async def test_create_refuses_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(anymmap.InvalidSizeError):
+        await MmapRaw.create(tmp_path / "zero", 0)
+    with pytest.raises(ValueError, match="prefill"):
+        await MmapRaw.create(tmp_path / "p", PAGE, prefill="lots")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mode"):
+        await MmapRaw.create(tmp_path / "m", PAGE, mode=0o70000)
+    with pytest.raises(TypeError):
+        await MmapRaw.create(3, PAGE)  # type: ignore[arg-type]
+    with pytest.raises(IsADirectoryError):
+        await MmapRaw.create(tmp_path, PAGE, exist_ok=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+async def test_create_on_a_full_disk_fails_at_once_and_leaves_nothing(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = await anyio.run_process(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=False
+    )
+    if mounted.returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        for prefill in ("allocate", "zeros"):
+            with pytest.raises(OSError, match="No space") as info:
+                await MmapRaw.create(small / "big", 8 * MiB, prefill=prefill)
+            assert info.value.errno == errno.ENOSPC
+            assert list(small.iterdir()) == []
+    finally:
+        await anyio.run_process(["umount", str(small)], check=False)
