@@ -12,7 +12,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["bench_rwlock.py", "bench_copy.py", "bench_file.py", "bench_sparse.py"]
+SCRIPTS = [
+    "bench_rwlock.py",
+    "bench_copy.py",
+    "bench_file.py",
+    "bench_sparse.py",
+    "bench_region.py",
+]
 
 
 def main() -> None:

@@ -122,6 +122,29 @@ async def sparse_tour() -> None:
             say(f"{piece}")
 
 
+async def region_tour(directory: str) -> None:
+    path = os.path.join(directory, "region")
+    async with await anymmap.MmapRegion.create(path, 1 << 20, max_size=1 << 30) as region:
+        say(f"created a shared region: {region}")
+        # A second handle, as another process would attach (here in the same process).
+        async with await anymmap.MmapRegion.attach(path) as other:
+            await region.update_region(0, b"shared")
+            say(f"the other handle reads what the first wrote: {await other.read(0, 6)!r}")
+            base, other_base = region.as_ptr(), other.as_ptr()
+            await region.resize(64 << 20)  # grow-only; the new blocks are allocated first
+            followed = await other.check_and_remap()
+            say(
+                f"resized to {len(region) >> 20} MiB; check_and_remap() on the other -> {followed}"
+            )
+            await other.update_region(len(other) - 4, b"tail")
+            say(f"the other wrote at the new end: {await region.read(len(region) - 4, 4)!r}")
+            same = region.as_ptr() == base and other.as_ptr() == other_base
+            say(f"both base addresses unchanged: {same} ({base:#x}, {other_base:#x})")
+            say(f"nothing more to follow: check_and_remap() -> {await other.check_and_remap()}")
+    gone = not await anyio.Path(path).exists()
+    say(f"the creator owned the file and deleted it when it closed: {gone}")
+
+
 async def tour() -> None:
     print("RWLock")
     await lock_tour()
@@ -132,6 +155,9 @@ async def tour() -> None:
         await file_tour(directory)
     print("SparseMapping")
     await sparse_tour()
+    print("MmapRegion")
+    with tempfile.TemporaryDirectory() as directory:
+        await region_tour(directory)
 
 
 def main() -> None:

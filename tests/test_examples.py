@@ -11,7 +11,9 @@ import pytest
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-@pytest.mark.parametrize("script", ["tour.py", "append_log.py", "sparse_arena.py"])
+@pytest.mark.parametrize(
+    "script", ["tour.py", "append_log.py", "sparse_arena.py", "shm_channel.py"]
+)
 def test_example_runs(script: str) -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / script)],
