@@ -504,3 +504,39 @@ def test_sync_twin(tmp_path: Path) -> None:
         assert host.read(MiB - 4, 4) == b"tail"
         assert host.max_size == GiB
     assert not path.exists()
+
+
+async def test_atomics_between_two_handles(host: MmapRegion, tmp_path: Path) -> None:
+    async with await MmapRegion.attach(tmp_path / "region") as guest:
+        host.atomic_store(8, 8, 0xFEEDFACECAFEBEEF)
+        assert guest.atomic_load(8, 8) == 0xFEEDFACECAFEBEEF
+        with pytest.raises(ValueError, match="aligned"):
+            guest.atomic_load(4, 8)
+        with pytest.raises(anymmap.OutOfBoundsError):
+            guest.atomic_load(4 * PAGE, 8)  # past the end
+        await host.resize(8 * PAGE)
+        with pytest.raises(anymmap.OutOfBoundsError):
+            guest.atomic_load(6 * PAGE, 8)  # not followed yet
+        assert await guest.check_and_remap()
+        guest.atomic_store(6 * PAGE, 4, 7)
+        assert host.atomic_load(6 * PAGE, 4) == 7
+
+
+async def test_a_cut_after_growth_is_called_a_truncation(host: MmapRegion, tmp_path: Path) -> None:
+    """Regression test: after growth the map still judged faults by the size it was
+    mapped at, and called a peer's cut "past the end of the file"."""
+    await host.resize(16 * PAGE)
+    os.truncate(tmp_path / "region", 8 * PAGE)
+    with pytest.raises(MappingFaultError, match=f"truncated to {8 * PAGE} bytes"):
+        await host.read(10 * PAGE, 1)
+
+
+async def test_growth_after_a_cut_allocates_from_the_cut(host: MmapRegion, tmp_path: Path) -> None:
+    """Regression test: growth allocated from the map's length, leaving the blocks a
+    peer's cut removed unallocated under the map."""
+    path = tmp_path / "region"
+    os.truncate(path, PAGE)
+    await host.resize(64 * PAGE)
+    assert os.stat(path).st_blocks * 512 >= 64 * PAGE
+    await host.update_region(2 * PAGE, b"whole again")
+    assert await host.read(2 * PAGE, 11) == b"whole again"

@@ -30,7 +30,7 @@ from .._core._checks import byte_view, check_flush_policy, check_populate_args, 
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
-from .._core._map import INLINE_COPY_LIMIT, Borrowed, ProgressCallback
+from .._core._map import INLINE_COPY_LIMIT, Borrowed, ProgressCallback, atomic_load, atomic_store
 from .._rwlock import MapLock, RWLock, _Guard
 
 if sys.version_info >= (3, 11):
@@ -294,6 +294,45 @@ class ResizableAsyncMap(AsyncMap[CoreT]):
         size = check_size(new_size)
         self._open_core().check_resizable()
         await self._change_mapping("resize", self._core.resize, size)
+
+
+class DirectAccessAsyncMap(AsyncMap[CoreT]):
+    """Single-instruction loads and stores (sparse maps and shared regions)."""
+
+    __slots__ = ()
+
+    def atomic_load(self, offset: int, size: int) -> int:
+        """Load the unsigned ``size``-byte (1, 2, 4 or 8) value at ``offset`` with a single
+        aligned load: another thread or process storing it at the same time is seen
+        entirely or not at all, never torn.  No compare-and-swap is offered.
+
+        Only over memory and file windows inside their file (a direct access cannot
+        fault there); it touches the page at once, on this thread.
+
+        :raises ValueError: if ``size`` is another number or ``offset`` is not a multiple
+            of it
+        :raises MappingFaultError: over a hole, a pass-through piece, or past the end of
+            a mapped file
+        :raises anyio.WouldBlock: while another task holds the map's write lock (a
+            writable borrow, a copy in a worker thread, or a change of pieces)
+        :raises RuntimeError: while this task holds it (in its own ``as_mut_slice``)
+        """
+        if not self._lock.free_for_reading():
+            raise self._busy(writing=False, then=_RETRY_DIRECT)
+        address, width = self._open_core().atomic_address(offset, size, store=False)
+        return atomic_load(address, width)
+
+    def atomic_store(self, offset: int, size: int, value: int) -> None:
+        """Store ``value`` in the ``size`` bytes at ``offset`` with a single aligned store
+        (see :meth:`atomic_load`); read-only pieces raise
+        :class:`~anymmap.MappingFaultError`."""
+        if not self._lock.free_for_reading():
+            raise self._busy(writing=False, then=_RETRY_DIRECT)
+        address, width = self._open_core().atomic_address(offset, size, store=True)
+        atomic_store(address, width, value)
+
+
+_RETRY_DIRECT = "try again once it is done (the direct accesses do not wait)"
 
 
 class FlushingAsyncMap(AsyncMap[FileCoreT]):

@@ -14,7 +14,7 @@ from .._core._region import (
     attach_region_fd,
     create_region,
 )
-from ._base import FlushingAsyncMap
+from ._base import DirectAccessAsyncMap, FlushingAsyncMap
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -22,7 +22,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class MmapRegion(FlushingAsyncMap[RegionCore]):
+class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore]):
     """
     A file shared between processes that grows without its base address moving (seed
     ``shm-primitives``)::
@@ -45,7 +45,17 @@ class MmapRegion(FlushingAsyncMap[RegionCore]):
     :class:`~anymmap.InvalidSizeError`.
 
     A path on ``/dev/shm`` keeps the region in memory only (the documented choice for
-    memory-only regions); elsewhere it is a file on that file system.  The copies,
+    memory-only regions); elsewhere it is a file on that file system.  Either way its
+    blocks are allocated when it is created or grown, so on ``/dev/shm`` its whole size
+    is taken from memory at once (and a region too big for it fails then, not later).
+
+    ``max_size`` belongs to each handle, not to the file: a peer that attaches reserves
+    its own (default as above, from the size it finds), and learns that the host grew
+    past it from :class:`~anymmap.InvalidSizeError` in :meth:`check_and_remap`; give
+    every side the same ``max_size`` when the growth is known.  Regions are always
+    mapped for reading and writing (there is no read-only attach).
+    :meth:`check_and_remap` follows growth only: after a peer cut the file, it returns
+    False and copies past the cut raise :class:`~anymmap.MappingFaultError`.  The copies,
     borrows, flush family and fault safety are those of :class:`~anymmap.MmapRaw`: a peer
     that truncates the file makes copies raise :class:`~anymmap.MappingFaultError`.
 

@@ -6,8 +6,8 @@ from typing import Any
 from .._backend import checkpoint, checkpoint_after, checkpoint_before, run_sync
 from .._core._checks import as_int, check_size
 from .._core._files import as_fd
-from .._core._sparse import SparseCore, SparsePiece, atomic_load, atomic_store
-from ._base import AsyncMap
+from .._core._sparse import SparseCore, SparsePiece
+from ._base import DirectAccessAsyncMap
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -15,10 +15,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-_RETRY = "try again once it is done (the direct accesses do not wait)"
-
-
-class SparseMapping(AsyncMap[SparseCore]):
+class SparseMapping(DirectAccessAsyncMap[SparseCore]):
     """
     A reserved range of address space, filled piece by piece, whose accessors fail with
     an error instead of crashing when they touch a hole (seed ``sparse_mmap``)::
@@ -182,35 +179,3 @@ class SparseMapping(AsyncMap[SparseCore]):
         """
         layout, size = SparseCore.plain_size(fmt)
         return layout.unpack(await self.read(offset, size))[0]
-
-    # -- direct access --------------------------------------------------------------------
-
-    def atomic_load(self, offset: int, size: int) -> int:
-        """Load the unsigned ``size``-byte (1, 2, 4 or 8) value at ``offset`` with a single
-        aligned load: another thread or process storing it at the same time is seen
-        entirely or not at all, never torn.  No compare-and-swap is offered.
-
-        Only over memory and file windows inside their file (a direct access cannot
-        fault there); it touches the page at once, on this thread.
-
-        :raises ValueError: if ``size`` is another number or ``offset`` is not a multiple
-            of it
-        :raises MappingFaultError: over a hole, a pass-through piece, or past the end of
-            a mapped file
-        :raises anyio.WouldBlock: while another task holds the map's write lock (a
-            writable borrow, a copy in a worker thread, or a change of pieces)
-        :raises RuntimeError: while this task holds it (in its own ``as_mut_slice``)
-        """
-        if not self._lock.free_for_reading():
-            raise self._busy(writing=False, then=_RETRY)
-        address, width = self._open_core().atomic_address(offset, size, store=False)
-        return atomic_load(address, width)
-
-    def atomic_store(self, offset: int, size: int, value: int) -> None:
-        """Store ``value`` in the ``size`` bytes at ``offset`` with a single aligned store
-        (see :meth:`atomic_load`); read-only pieces raise
-        :class:`~anymmap.MappingFaultError`."""
-        if not self._lock.free_for_reading():
-            raise self._busy(writing=False, then=_RETRY)
-        address, width = self._open_core().atomic_address(offset, size, store=True)
-        atomic_store(address, width, value)

@@ -351,6 +351,11 @@ class FileCopier(KernelCopier):
         if offset + length > last_page_end:
             raise efault(self.addr + max(offset, last_page_end), "access")
 
+    def note_file_size(self, size: int) -> None:
+        """The file grew to ``size`` through the map: a later fault below it is a
+        truncation."""
+        self._mapped_size = max(self._mapped_size, size)
+
     def moved(self, by: int) -> Copier:
         other = super().moved(by)
         assert isinstance(other, FileCopier)

@@ -172,7 +172,10 @@ class RegionCore(FileBackedCore):
             if length == self.length:
                 return
             self._check_fits(length)
-            os_impl.allocate(self.fd, self.length, length - self.length)
+            # From where the file ends now, if a peer cut it below the map: no gap of
+            # unallocated blocks may stay under the map.
+            start = min(self.length, os_impl.file_size(self.fd))
+            os_impl.allocate(self.fd, start, length - start)
             self._map_to(length)
 
     def check_and_remap(self) -> bool:
@@ -215,6 +218,7 @@ class RegionCore(FileBackedCore):
                 self._mapped,
             )
             self._mapped = mapped
+        self._copier.note_file_size(length)  # a later cut below this is a truncation
         self._set_length(length)
 
     # -- Region values ------------------------------------------------------------------

@@ -14,7 +14,6 @@ worker thread; the core's ``exclusive()`` also waits for pinned work (populate, 
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -46,16 +45,6 @@ _REFUSED_FLAGS = {
     os_impl.MAP_LOCKED: "MAP_LOCKED pins the pages: they could not be given back",
     os_impl.MAP_FIXED_NOREPLACE: "MAP_FIXED_NOREPLACE would refuse the reservation itself",
     os_impl.MAP_GROWSDOWN: "MAP_GROWSDOWN grows past the piece, out of the reservation",
-}
-
-#: Sizes of the aligned loads and stores that are single instructions (see atomic_load).
-ATOMIC_TYPES: dict[
-    int, type[ctypes.c_uint8 | ctypes.c_uint16 | ctypes.c_uint32 | ctypes.c_uint64]
-] = {
-    1: ctypes.c_uint8,
-    2: ctypes.c_uint16,
-    4: ctypes.c_uint32,
-    8: ctypes.c_uint64,
 }
 
 FILL_CHUNK = 1 << 20
@@ -324,42 +313,6 @@ class SparseCore(MapCore):
             raise ValueError(f"format {fmt!r} describes more than one value")
         return layout, layout.size
 
-    # -- direct single-instruction access ------------------------------------------
-
-    def atomic_address(self, offset: object, size: object, store: bool) -> tuple[int, int]:
-        """The address and width of an aligned 1, 2, 4 or 8-byte value in a piece where a
-        direct access cannot fault.
-
-        :raises ValueError: for another size, or an unaligned offset
-        :raises MappingFaultError: for a hole, a read-only piece (``store``), a
-            pass-through piece, or a file window past the end of its file
-        """
-        width = as_int(size, "size")
-        if width not in ATOMIC_TYPES:
-            raise ValueError(f"size must be 1, 2, 4 or 8, not {width}")
-        start, _ = self.check_range(offset, width)
-        if start % width:
-            raise ValueError(f"offset {start} is not aligned to the size {width}")
-        for copier, at, count, _ in self._spans(start, width):
-            if isinstance(copier, MemoryCopier) or (
-                isinstance(copier, FileCopier) and self._within_file(copier, at, count)
-            ):
-                if store and not copier.writable:
-                    raise MappingFaultError(start, self.addr + start, "the page is read-only")
-            elif isinstance(copier, (HoleCopier, FileCopier)):
-                raise MappingFaultError(start, self.addr + start, copier.fault(at, count)[1])
-            else:
-                raise MappingFaultError(
-                    start,
-                    self.addr + start,
-                    "direct access to a pass-through mapping is not offered; use read_at",
-                )
-        return self.addr + start, width
-
-    @staticmethod
-    def _within_file(copier: FileCopier, at: int, count: int) -> bool:
-        return copier.file_offset + at + count <= page_ceil(os_impl.file_size(copier.fd))
-
     def check_borrowable(self, start: int, n: int, writable: bool) -> None:
         """A borrow must only cover pieces a direct access cannot fault in: memory, or
         file windows inside their file (checked now: a later truncation by another
@@ -389,20 +342,3 @@ class SparseCore(MapCore):
             return "closed"
         mapped = sum(size for _, size, copier in self._pieces if copier.kind != "hole")
         return f"len={self.length} addr={self.addr:#x} mapped={mapped} pieces={len(self._pieces)}"
-
-
-def atomic_load(address: int, width: int) -> int:
-    """Load the ``width``-byte value at ``address`` with one aligned load."""
-    # SAFETY: atomic_address checked that the value is aligned and lies in a piece where
-    # a direct access cannot fault; ctypes copies a fixed-size scalar with one memcpy of
-    # that size, which compiles to a single load on x86-64 and arm64.
-    return ATOMIC_TYPES[width].from_address(address).value
-
-
-def atomic_store(address: int, width: int, value: object) -> None:
-    """Store ``value`` in the ``width`` bytes at ``address`` with one aligned store."""
-    number = as_int(value, "value")
-    if not 0 <= number < 1 << (8 * width):
-        raise ValueError(f"value {number} does not fit in {width} unsigned byte(s)")
-    # SAFETY: as in atomic_load, and the piece is writable.
-    ATOMIC_TYPES[width].from_address(address).value = number

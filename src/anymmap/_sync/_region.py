@@ -12,7 +12,7 @@ from .._core._region import (
     attach_region_fd,
     create_region,
 )
-from ._base import FlushingSyncMap
+from ._base import DirectAccessSyncMap, FlushingSyncMap
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -20,7 +20,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class MmapRegion(FlushingSyncMap[RegionCore]):
+class MmapRegion(FlushingSyncMap[RegionCore], DirectAccessSyncMap[RegionCore]):
     """
     The blocking twin of :class:`anymmap.MmapRegion`: same methods, no ``await``.
 

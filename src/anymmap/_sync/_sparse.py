@@ -5,8 +5,8 @@ from typing import Any
 
 from .._core._checks import as_int, check_size
 from .._core._files import as_fd
-from .._core._sparse import SparseCore, SparsePiece, atomic_load, atomic_store
-from ._base import SyncMap
+from .._core._sparse import SparseCore, SparsePiece
+from ._base import DirectAccessSyncMap
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -14,7 +14,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class SparseMapping(SyncMap[SparseCore]):
+class SparseMapping(DirectAccessSyncMap[SparseCore]):
     """
     The blocking twin of :class:`anymmap.SparseMapping`: same methods, no ``await``.
     Safe to share between threads: changes of pieces wait for borrows and copies.
@@ -104,15 +104,3 @@ class SparseMapping(SyncMap[SparseCore]):
         """Read one value of the :mod:`struct` format ``fmt`` at ``offset``."""
         layout, size = SparseCore.plain_size(fmt)
         return layout.unpack(self.read(offset, size))[0]
-
-    def atomic_load(self, offset: int, size: int) -> int:
-        """A single aligned load; see :meth:`anymmap.SparseMapping.atomic_load`."""
-        with self._lock.read():
-            address, width = self._open_core().atomic_address(offset, size, store=False)
-            return atomic_load(address, width)
-
-    def atomic_store(self, offset: int, size: int, value: int) -> None:
-        """A single aligned store; see :meth:`anymmap.SparseMapping.atomic_store`."""
-        with self._lock.read():
-            address, width = self._open_core().atomic_address(offset, size, store=True)
-            atomic_store(address, width, value)
