@@ -213,6 +213,8 @@ class AsyncMap(MapHandle[CoreT]):
         """
         check_populate_args(write, progress)
         core = self._open_core()
+        if write:
+            core.check_writable()  # before the range, as for every write
         start, n = core.check_span(offset, length)  # checked again once pinned
         report: ProgressCallback | None = None
         if progress is not None:

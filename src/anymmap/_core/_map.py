@@ -540,8 +540,8 @@ class MapCore:
                 for copier, at, count in self._mapped_spans(start + done, step):
                     base = page_floor(copier.addr + at)
                     span = page_ceil(copier.addr + at + count) - base
-                    try:
-                        os_impl.populate(base, span, write)
+                    try:  # (read-only pieces of a sparse map are populated for reading)
+                        os_impl.populate(base, span, write and copier.writable)
                     except OSError as exc:
                         raise self.fault_error(exc, copier, at, count) from None
             done += step

@@ -140,6 +140,8 @@ class SyncMap(MapHandle[CoreT]):
         """
         check_populate_args(write, progress)
         core = self._open_core()
+        if write:
+            core.check_writable()  # before the range, as for every write
         start, n = core.check_span(offset, length)
         core.populate(start, n, write, progress)
 
