@@ -16,6 +16,7 @@ SCRIPTS = [
     "bench_rwlock.py",
     "bench_copy.py",
     "bench_file.py",
+    "bench_commit.py",
     "bench_sparse.py",
     "bench_region.py",
 ]
