@@ -215,17 +215,28 @@ class MapMachine(RuleBasedStateMachine):
 
     # -- copies -------------------------------------------------------------------------
 
-    offsets = st.integers(-8, 16 * PAGE + 8)
-    lengths = st.integers(0, 2 * PAGE + 10)
+    # Offsets and lengths are drawn as fractions (per mille) of the map's current length,
+    # a little past both ends, so that most calls are in range and the edges are hit.
+    offsets = st.integers(0, 1000)
+    lengths = st.integers(0, 1000)
+
+    def at(self, per_mille: int) -> int:
+        return per_mille * (len(self.model) + 16) // 1000 - 8
+
+    def span(self, per_mille: int) -> int:
+        return per_mille * (len(self.model) + 8) // 1000
 
     @rule(
-        offset=offsets,
-        data=st.binary(max_size=2 * PAGE + 10),
+        where=offsets,
+        size=lengths,
+        seed=st.integers(0, 255),
         how=st.sampled_from(["await", "nowait", "borrow"]),
     )
-    def write(self, offset: int, data: bytes, how: str) -> None:
+    def write(self, where: int, size: int, seed: int, how: str) -> None:
         if self.closed:
             return
+        offset = self.at(where)
+        data = random.Random(seed).randbytes(self.span(size))
         a, n = self.api, len(data)
         if how == "borrow":
             self.write_through_a_borrow(offset, data)
@@ -269,13 +280,14 @@ class MapMachine(RuleBasedStateMachine):
         self.model.write(offset, data)
 
     @rule(
-        offset=offsets,
-        length=lengths,
+        where=offsets,
+        size=lengths,
         how=st.sampled_from(["await", "bytes", "nowait", "numpy", "borrow"]),
     )
-    def read(self, offset: int, length: int, how: str) -> None:
+    def read(self, where: int, size: int, how: str) -> None:
         if self.closed:
             return
+        offset, length = self.at(where), self.span(size)
         a = self.api
         buf: Any = np.zeros(length, dtype=np.uint8) if how == "numpy" else bytearray(length)
 
@@ -304,10 +316,11 @@ class MapMachine(RuleBasedStateMachine):
 
     # -- managing memory ----------------------------------------------------------------
 
-    @rule(offset=offsets, length=st.one_of(st.none(), lengths), write=st.booleans())
-    def populate(self, offset: int, length: int | None, write: bool) -> None:
+    @rule(where=offsets, size=st.one_of(st.none(), lengths), write=st.booleans())
+    def populate(self, where: int, size: int | None, write: bool) -> None:
         if self.closed:
             return
+        offset, length = self.at(where), None if size is None else self.span(size)
         a = self.api
         n = len(self.model) - offset if length is None else length
         call = lambda: a.call(self.map, "populate", offset, length, write=write)
@@ -320,10 +333,11 @@ class MapMachine(RuleBasedStateMachine):
         else:
             self.attempt(call, None)
 
-    @rule(advice=st.sampled_from(list(Advice)), offset=offsets, length=lengths)
-    def advise(self, advice: Advice, offset: int, length: int) -> None:
+    @rule(advice=st.sampled_from(list(Advice)), where=offsets, size=lengths)
+    def advise(self, advice: Advice, where: int, size: int) -> None:
         if self.closed:
             return
+        offset, length = self.at(where), self.span(size)
         a = self.api
         call = lambda: a.call(self.map, "advise", advice, offset, length)
         if not self.bounds(offset, length):
@@ -375,10 +389,11 @@ class MapMachine(RuleBasedStateMachine):
             self.file_data = bytearray(bytes(self.model.data))
 
     @precondition(lambda self: self.KIND in ("rw", "r", "copy", "window", "region"))
-    @rule(offset=offsets, length=lengths, how=st.sampled_from(["flush", "range", "async range"]))
-    def flush(self, offset: int, length: int, how: str) -> None:
+    @rule(where=offsets, size=lengths, how=st.sampled_from(["flush", "range", "async range"]))
+    def flush(self, where: int, size: int, how: str) -> None:
         if self.closed:
             return
+        offset, length = self.at(where), self.span(size)
         a = self.api
         if how == "flush":
             self.attempt(lambda: a.call(self.map, "flush"), None)
