@@ -20,6 +20,7 @@ import os
 import random
 import tempfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, ClassVar
 
 import anyio
@@ -399,7 +400,7 @@ class MapMachine(RuleBasedStateMachine):
             self.attempt(lambda: a.call(self.map, "flush"), None)
             return
         method = "flush_range" if how == "range" else "flush_async_range"
-        call = lambda: a.call(self.map, method, offset, length)
+        call = partial(a.call, self.map, method, offset, length)
         if not self.bounds(offset, length):
             self.attempt(call, OutOfBoundsError)
             return
@@ -515,8 +516,13 @@ class MapMachine(RuleBasedStateMachine):
             self.other = None
         a.close(self.map)
         a.close(self.map)  # twice is fine
-        for method, args in (("read", (0, 1)), ("update_region", (0, b"x")), ("populate", ())):
-            self.attempt(lambda m=method, x=args: a.call(self.map, m, *x), ClosedMapError)
+        calls: list[tuple[str, tuple[Any, ...]]] = [
+            ("read", (0, 1)),
+            ("update_region", (0, b"x")),
+            ("populate", ()),
+        ]
+        for method, args in calls:
+            self.attempt(partial(a.call, self.map, method, *args), ClosedMapError)
         self.closed = True
 
     # -- after every step -------------------------------------------------------------------
