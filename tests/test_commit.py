@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -204,8 +205,10 @@ async def test_an_io_error_reaches_every_waiter_it_concerns(failing_device: Path
         commit = m._core.commit
         submit = commit.submit
 
-        def spy(start: int, end: int, wake: Callable[[], None]) -> CommitRequest:
-            request = submit(start, end, wake)
+        def spy(
+            start: int, end: int, wake: Callable[[], None], scheduler: Any = None
+        ) -> CommitRequest:
+            request = submit(start, end, wake, scheduler)
             requests[start // MiB] = request
             return request
 
@@ -298,16 +301,19 @@ async def test_auto_flush_inside_a_failing_block_still_flushes(log_file: Path) -
 
 
 def test_auto_flush_of_the_twin(log_file: Path) -> None:
+    def flushers() -> int:
+        return sum(t.name == "anymmap auto flush" for t in threading.enumerate())
+
     with anymmap.sync.MmapRaw.create(log_file, 8 * MiB) as m:
-        before = threading.active_count()
         with m.auto_flush(every=0.01, every_bytes=MiB):
+            assert flushers() == 1
             m.update_region(0, b"x")
             deadline = threading.Event()
             while m.pending_bytes():
                 deadline.wait(0.001)
             m.update_region(0, b"at exit")
         assert m.pending_bytes() == 0
-        assert threading.active_count() == before
+        assert flushers() == 0  # joined when the block ended
 
 
 # --- files anymmap creates ---------------------------------------------------------------

@@ -207,12 +207,17 @@ class ThreadWaiter(Waiter):
 
     def wake_from_thread(self) -> None:
         try:
-            if self._future is None:
-                self._token.run_sync_soon(self._event.set)
-            else:
-                self._loop.call_soon_threadsafe(self.wake)
+            self.scheduler(self.wake)
         except RuntimeError:  # the loop is closed (trio: RunFinishedError)
             pass
+
+    @property
+    def scheduler(self) -> Callable[[Callable[[], None]], object]:
+        """What runs a callable on this waiter's event loop from another thread (equal for
+        every waiter of one loop, so that a thread can wake many with one call)."""
+        if self._future is None:
+            return self._token.run_sync_soon  # type: ignore[no-any-return]
+        return self._loop.call_soon_threadsafe
 
 
 def thread_limiter() -> anyio.CapacityLimiter:

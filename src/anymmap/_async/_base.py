@@ -371,7 +371,7 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
             await checkpoint()
             return
         waiter = ThreadWaiter()
-        request = core.commit.submit(start, start + n, waiter.wake_from_thread)
+        request = core.commit.submit(start, start + n, waiter.wake, waiter.scheduler)
         await waiter.wait()  # leaving early (cancelled) leaves the flush to the committer
         request.result()
 

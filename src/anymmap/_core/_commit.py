@@ -17,11 +17,13 @@ requests; requests that arrive meanwhile wait for the next batch.  So:
 
 How a batch is flushed: its ranges are merged, and ranges closer to each other than
 :data:`GAP_LIMIT` are flushed by one ``msync`` over their span.  Measured here (ext4 in
-a VM; benchmarks/bench_commit.py): 64 dirty 4 KiB pages scattered over 64 MiB took
-10.4 ms as one ``msync`` of their span against 16.3 ms as 64 ``msync`` calls (1 GiB: 38
-against 47 ms), and an ``msync`` of 1 GiB of clean pages 0.08 ms: the span's clean pages
-cost next to nothing, the file system's commit per call is what costs.  Dirty pages of
-other writers inside the span are written too (they will want it soon).
+a VM; ``benchmarks/bench_commit.py``): 64 dirty 4 KiB pages scattered over 64 MiB took
+0.8 ms as one ``msync`` of their span against 10.1 ms as 64 ``msync`` calls (1 GiB: 0.8
+against 12.0 ms), and an ``msync`` of 1 GiB with no page dirty 0.17 ms: the span's clean
+pages cost next to nothing, the file system's commit per call is what costs.  Dirty
+pages of other writers inside the span are written too (they will want it soon).
+With 64 committers, a batch held about 26 commits (each committer writes its next record
+while the previous batch is being flushed).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from contextlib import suppress
+from functools import partial
 
 from .._errors import ClosedMapError
 
@@ -38,16 +42,30 @@ from .._errors import ClosedMapError
 GAP_LIMIT = 256 << 20
 
 
+#: How long the committer thread waits for more requests before it ends: a serial
+#: committer then reuses one thread instead of starting one per commit.
+LINGER = 0.02
+
+#: Runs a callable on a requester's event loop, from any thread (the loop's
+#: ``call_soon_threadsafe``, trio's ``run_sync_soon``); None for a blocking waiter.
+Scheduler = Callable[[Callable[[], None]], object]
+
+
 class CommitRequest:
-    """One durable flush of ``[start, end)``; ``wake()`` is called (from the committer
-    thread) once it is done or failed."""
+    """One durable flush of ``[start, end)``.  Once it is done or failed, ``wake()`` is
+    called: through ``scheduler`` on the requester's event loop (one call per loop and
+    batch, for all of its requests), or directly from the committer thread if
+    ``scheduler`` is None."""
 
-    __slots__ = ("_error", "_wake", "batch", "done", "end", "start")
+    __slots__ = ("_error", "_wake", "batch", "done", "end", "scheduler", "start")
 
-    def __init__(self, start: int, end: int, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, start: int, end: int, wake: Callable[[], None], scheduler: Scheduler | None
+    ) -> None:
         self.start = start
         self.end = end
         self._wake = wake
+        self.scheduler = scheduler
         self._error: BaseException | None = None
         self.done = False
         #: The number of the batch that completed it (for tests and benchmarks).
@@ -57,7 +75,6 @@ class CommitRequest:
         self.batch = batch
         self._error = error
         self.done = True
-        self._wake()
 
     def result(self) -> None:
         """Raise the request's error, if its flush failed."""
@@ -76,7 +93,7 @@ class GroupCommit:
         # a cycle that only the cyclic collector frees (so a map dropped unclosed would
         # linger).
         self._sync = weakref.WeakMethod(sync)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
         self._pending: list[CommitRequest] = []
         self._committer_pid = 0  # the process whose committer thread runs; 0: none
         #: How many batches and msync calls there were, and the batches whose flush failed
@@ -85,18 +102,25 @@ class GroupCommit:
         self.msyncs = 0
         self.failed_batches: list[int] = []
 
-    def submit(self, start: int, end: int, wake: Callable[[], None]) -> CommitRequest:
-        request = CommitRequest(start, end, wake)
-        with self._lock:
+    def submit(
+        self,
+        start: int,
+        end: int,
+        wake: Callable[[], None],
+        scheduler: Scheduler | None = None,
+    ) -> CommitRequest:
+        request = CommitRequest(start, end, wake, scheduler)
+        with self._cond:
             self._pending.append(request)
             # A committer of another process (the parent of a fork) does not run here.
             if self._committer_pid == os.getpid():
+                self._cond.notify()  # it may be lingering
                 return request
             self._committer_pid = os.getpid()
         try:
             threading.Thread(target=self._run, name="anymmap group commit").start()
         except BaseException:
-            with self._lock:
+            with self._cond:
                 self._committer_pid = 0
                 self._pending.remove(request)
             raise
@@ -104,28 +128,54 @@ class GroupCommit:
 
     def _run(self) -> None:
         while True:
-            with self._lock:
+            with self._cond:
+                if not self._pending:
+                    self._cond.wait(LINGER)
                 batch, self._pending = self._pending, []
                 if not batch:
                     self._committer_pid = 0
                     return
             self.batches += 1
             for cluster in _clusters(batch):
-                start = min(request.start for request in cluster)
-                end = max(request.end for request in cluster)
-                error: BaseException | None = None
-                try:
-                    sync = self._sync()
-                    if sync is None:  # the map is gone: closed, or collected
-                        raise ClosedMapError("map")
-                    sync(start, end - start)
-                    del sync
-                    self.msyncs += 1
-                except Exception as exc:  # noqa: BLE001 - handed to every waiter it concerns
-                    error = exc
-                    self.failed_batches.append(self.batches)
-                for request in cluster:
-                    request.finish(self.batches, None if error is None else copy.copy(error))
+                self._flush(cluster)
+            _wake(batch)
+
+    def _flush(self, cluster: list[CommitRequest]) -> None:
+        start = min(request.start for request in cluster)
+        end = max(request.end for request in cluster)
+        error: BaseException | None = None
+        try:
+            sync = self._sync()
+            if sync is None:  # the map is gone: closed, or collected
+                raise ClosedMapError("map")
+            sync(start, end - start)
+            del sync
+            self.msyncs += 1
+        except Exception as exc:  # noqa: BLE001 - handed to every waiter it concerns
+            error = exc
+            self.failed_batches.append(self.batches)
+        for request in cluster:
+            request.finish(self.batches, None if error is None else copy.copy(error))
+
+
+def _wake(batch: list[CommitRequest]) -> None:
+    """Wake the requesters of a finished batch: one call per event loop (a wake-up of a
+    loop from another thread is a system call and a hand-over of the GIL), and the
+    blocking ones directly."""
+    per_loop: dict[Scheduler, list[Callable[[], None]]] = {}
+    for request in batch:
+        if request.scheduler is None:
+            request._wake()
+        else:
+            per_loop.setdefault(request.scheduler, []).append(request._wake)
+    for scheduler, wakes in per_loop.items():
+        with suppress(RuntimeError):  # that loop has ended (trio: RunFinishedError)
+            scheduler(partial(_call_all, wakes))
+
+
+def _call_all(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
 
 
 def _clusters(batch: list[CommitRequest]) -> list[list[CommitRequest]]:

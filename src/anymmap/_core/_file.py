@@ -33,10 +33,12 @@ from ._placement import map_placed
 #: How a file's new blocks are made: allocated (``posix_fallocate``: instant, the blocks
 #: are "unwritten" extents) or filled with zeros (written now: slower to make, but the
 #: first write into each block needs no metadata change).  Measured here (ext4 in a VM;
-#: benchmarks/bench_commit.py): 4 KiB commits into a fresh 64 MiB file ran at about
-#: 3,400-4,300 per second into allocated blocks and 2,000-3,100 into zero-filled ones,
-#: and creating it took 0.5 against 40 ms, so "allocate" is the default.  On disks where
-#: a journal commit costs more (PostgreSQL zero-fills its WAL for this reason), measure.
+#: ``benchmarks/bench_commit.py``): creating 64 MiB took about 1 ms against 43 ms; serial
+#: first 4 KiB commits into the new blocks ran at 1,645 and 1,413 per second into
+#: allocated blocks against 1,941 and 1,858 into zero-filled ones in two full runs, and
+#: the other way round in shorter ones: no steady gain on this disk, so "allocate" (cheap
+#: to create, cheap to grow) is the default.  On disks where a journal commit costs more
+#: (PostgreSQL zero-fills its WAL for this reason), measure with that benchmark.
 Prefill = Literal["allocate", "zeros"]
 PREFILLS: tuple[str, ...] = get_args(Prefill)
 
