@@ -18,6 +18,7 @@ SCRIPTS = [
     "bench_file.py",
     "bench_sparse.py",
     "bench_region.py",
+    "bench_kv.py",
 ]
 
 
