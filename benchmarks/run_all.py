@@ -19,6 +19,7 @@ SCRIPTS = [
     "bench_commit.py",
     "bench_sparse.py",
     "bench_region.py",
+    "bench_kv.py",
 ]
 
 
