@@ -546,7 +546,8 @@ async def test_unclosed_map_is_unmapped_when_collected() -> None:
     m = await AnonymousMmap.new(PAGE)
     addr = m.as_ptr()
     assert is_mapped(addr)
-    del m
+    with pytest.warns(ResourceWarning, match="unclosed AnonymousMmap"):
+        del m
     gc.collect()
     assert not is_mapped(addr)
 
@@ -557,7 +558,9 @@ async def test_collected_map_with_an_escaped_array_unmaps_after_the_array() -> N
     with pytest.raises(BorrowError):
         async with m.as_mut_slice(0, 8) as view:
             arr = np.frombuffer(view, dtype=np.uint8)
-    del m, view
+    with pytest.warns(ResourceWarning):
+        del m
+    del view
     gc.collect()
     assert is_mapped(addr)
     arr[:] = 1  # still safe to use

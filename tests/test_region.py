@@ -360,7 +360,8 @@ async def test_auto_cleanup_unlinks_at_once_and_peers_attach_by_fd(
 async def test_a_region_dropped_without_closing_deletes_what_it_owns(tmp_path: Path) -> None:
     path = tmp_path / "dropped"
     region = await MmapRegion.create(path, PAGE)
-    del region
+    with pytest.warns(ResourceWarning, match="unclosed MmapRegion"):
+        del region
     gc.collect()
     await wait_until(lambda: not path.exists())
 

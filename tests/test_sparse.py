@@ -556,7 +556,8 @@ async def test_the_map_is_unmapped_when_closed_and_when_collected() -> None:
     assert not is_mapped(addr)
     m = await SparseMapping.new(4 * MiB)
     addr = m.as_ptr()
-    del m
+    with pytest.warns(ResourceWarning, match="unclosed SparseMapping"):
+        del m
     await wait_until(lambda: not is_mapped(addr))
 
 

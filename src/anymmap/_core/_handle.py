@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import ClassVar, Generic, TypeVar
 
 from ._file import FileCore
@@ -45,6 +46,18 @@ class MapHandle(Generic[CoreT]):
 
     def _setup(self) -> None:
         """Set the subclass's own fields (there is no ``__init__`` to do it)."""
+
+    def __del__(self) -> None:
+        # As an unclosed file does: the memory is released all the same (when every view
+        # of it is gone), but leaving it to the collector is worth a warning.
+        core = getattr(self, "_core", None)
+        if core is not None and not core.closed:
+            warnings.warn(
+                f"unclosed {type(self).__name__} ({core.describe()}); close it, or use it "
+                "as a context manager",
+                ResourceWarning,  # (no source=self: the record would keep the map alive)
+                stacklevel=2,
+            )
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} {self._core.describe()}>"
