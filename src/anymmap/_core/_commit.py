@@ -117,14 +117,33 @@ class GroupCommit:
                 self._cond.notify()  # it may be lingering
                 return request
             self._committer_pid = os.getpid()
-        try:
-            threading.Thread(target=self._run, name="anymmap group commit").start()
-        except BaseException:
-            with self._cond:
-                self._committer_pid = 0
-                self._pending.remove(request)
-            raise
+        self._start_committer(request)
         return request
+
+    def _start_committer(self, request: CommitRequest | None) -> None:
+        thread = threading.Thread(target=self._run, name="anymmap group commit")
+        try:
+            thread.start()
+        except BaseException:
+            # (A KeyboardInterrupt can land inside start() after the thread started: then
+            # it runs, and takes this request too.)
+            if thread.ident is None:  # it never started: undo, and strand nobody
+                with self._cond:
+                    if request in self._pending:
+                        self._pending.remove(request)
+                    stranded = bool(self._pending)
+                    self._committer_pid = os.getpid() if stranded else 0
+                if stranded:
+                    try:
+                        self._start_committer(None)
+                    except Exception as exc:  # noqa: BLE001 - no thread at all: fail them
+                        with self._cond:
+                            left, self._pending = self._pending, []
+                            self._committer_pid = 0
+                        for other in left:
+                            other.finish(0, copy.copy(exc))
+                        _wake(left)
+            raise
 
     def _run(self) -> None:
         while True:

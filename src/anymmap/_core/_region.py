@@ -120,7 +120,9 @@ class RegionCore(FileBackedCore):
         self._cleanup = weakref.finalize(
             self, _remove_if_ours, self._owner, path or "", os_impl.file_identity(fd)
         )
-        self._cleanup.atexit = False
+        # At exit too: an owner that never closed still removes its file (as the
+        # resource tracker of multiprocessing.shared_memory tries to, without leaks).
+        self._cleanup.atexit = True
 
     def _set_length(self, size: int) -> None:
         self.length = size
