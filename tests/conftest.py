@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from ._guard import StallInstrument, loop_guard
 
 # Every async test runs on asyncio, asyncio with uvloop, and trio (anyio's pytest plugin).
 BACKENDS = [
     pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
     pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-    pytest.param(("trio", {}), id="trio"),
+    pytest.param(("trio", {"instruments": [StallInstrument()]}), id="trio"),
 ]
 
 ASYNCIO_BACKENDS = BACKENDS[:2]
@@ -22,3 +25,19 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 @pytest.fixture
 def backend_name(anyio_backend: tuple[str, dict[str, Any]]) -> str:
     return anyio_backend[0]
+
+
+@pytest.fixture(autouse=True)
+def _no_blocking_on_the_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every async test runs under the loop guard (tests/_guard.py): a blocking call on
+    the event loop thread fails it."""
+    if (
+        request.node.get_closest_marker("anyio") is None
+        or "anyio_backend" not in request.fixturenames
+    ):
+        yield
+        return
+    backend = request.getfixturevalue("anyio_backend")[0]
+    with loop_guard(backend) as found:
+        yield
+    assert not found, "blocking calls on the event loop thread:\n" + "\n".join(sorted(set(found)))
