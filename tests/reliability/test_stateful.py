@@ -260,7 +260,14 @@ class MapMachine(RuleBasedStateMachine):
         if isinstance(result, anyio.WouldBlock):
             self.model.forget(offset, offset + n)  # part of it may have been written
         else:
-            self.model.write(offset, data)
+            self.wrote(offset, data)
+
+    def wrote(self, offset: int, data: bytes) -> None:
+        self.model.write(offset, data)
+        if self.cut is not None:
+            # Past the end of a cut file, the last page keeps what is written only until
+            # the kernel writes the page back: writeback zeroes the part past the end.
+            self.model.forget(max(offset, self.cut), offset + len(data))
 
     def write_through_a_borrow(self, offset: int, data: bytes) -> None:
         a, n = self.api, len(data)
@@ -278,7 +285,7 @@ class MapMachine(RuleBasedStateMachine):
             return  # a truncated file: views are documented as unprotected
         with a.borrow(self.map, True, offset, n) as view:
             view[:] = data
-        self.model.write(offset, data)
+        self.wrote(offset, data)
 
     @rule(
         where=offsets,
