@@ -5,7 +5,8 @@ What is documented (README, "Fork"): private memory (anonymous maps, ``"copy"`` 
 a sparse map's ``alloc`` pieces) is the child's own copy, and nothing the child writes
 reaches the parent; shared memory (``"rw"`` file maps, regions, writable ``map_file``
 windows) is shared, and what the child writes the parent sees; a map advised
-``DONTFORK`` is closed in the child.  Every copy the child makes acts on the child.
+``DONTFORK`` is closed in the child; a region's file belongs to the process that created
+it, and a child closing its inherited handle leaves the file alone.  Every copy the child makes acts on the child.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ _FORK = """
         sparse.write_at(8192, b"child!")
         shared.flush()                            # group commit: a committer of its own
         region.flush_range(0, 6)
+        assert not region.owns_file                # the parent created it: its file
+        region.close()                            # must not delete the parent's file
         assert gone.closed
         try:
             gone.read(0, 1)
@@ -86,8 +89,10 @@ _FORK = """
     assert region.read(0, 6) == b"child!"
     assert sparse.read(8192, 6) == b"child!"
     assert not gone.closed
+    assert region.owns_file and os.path.exists(region.path)
     for m in (anon, copy, shared, sparse, region, gone):
         m.close()
+    assert not os.path.exists(region.path)
     print("ok")
 """
 

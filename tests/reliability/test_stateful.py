@@ -593,7 +593,7 @@ def test_every_map_matches_its_model(
         run_state_machine_as_test(
             machine(a, kind, directory, peer),
             settings=settings(
-                max_examples=scaled(examples, 25 * examples),
+                max_examples=scaled(examples, 10 * examples),
                 stateful_step_count=12,
                 deadline=None,
                 suppress_health_check=list(HealthCheck),

@@ -147,7 +147,8 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore])
 
     @property
     def owns_file(self) -> bool:
-        """Whether closing this region deletes its file."""
+        """Whether closing this region deletes its file (never in a forked child: the
+        file belongs to the process that created it, until :meth:`take_ownership`)."""
         return self._core.owner
 
     def region(self) -> Region:

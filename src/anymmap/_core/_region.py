@@ -59,12 +59,13 @@ def default_max_size(size: int) -> int:
     return min(max(DEFAULT_MAX_SIZE, 4 * size), MAX_SIZE)
 
 
-def _remove_if_ours(owner: list[bool], path: str, identity: tuple[int, int]) -> None:
-    """Unlink ``path`` if this process owns the file (``owner[0]``) and the path still
-    names it (a peer may have replaced it: never delete someone else's file)."""
-    if not owner[0]:
+def _remove_if_ours(owner: list[int], path: str, identity: tuple[int, int]) -> None:
+    """Unlink ``path`` if this process owns the file (``owner[0]`` is its pid: a forked
+    child that inherited the handle does not) and the path still names it (a peer may
+    have replaced it: never delete someone else's file)."""
+    if owner[0] != os.getpid():
         return
-    owner[0] = False
+    owner[0] = 0
     try:
         if os_impl.path_identity(path) == identity:
             os_impl.unlink(path)
@@ -115,8 +116,10 @@ class RegionCore(FileBackedCore):
         self._mapped = page_ceil(size)
         self._set_length(size)
         # Deleting the file: at close if this process owns it, or when the region is
-        # garbage (as tempfile does).  ``_owner[0]`` says whether it does, now.
-        self._owner = [owner and path is not None]
+        # garbage (as tempfile does).  ``_owner[0]`` is the pid of the process that owns
+        # it (0: none), so that a forked child closing its copy leaves the file alone.
+        self._owner = [0]
+        self.set_owner(owner)
         self._cleanup = weakref.finalize(
             self, _remove_if_ours, self._owner, path or "", os_impl.file_identity(fd)
         )
@@ -137,11 +140,11 @@ class RegionCore(FileBackedCore):
 
     @property
     def owner(self) -> bool:
-        return self._owner[0]
+        return self._owner[0] == os.getpid()
 
     def set_owner(self, owner: bool) -> None:
         """Delete the file at close (True) or not; only a region opened by path can."""
-        self._owner[0] = owner and self.path is not None
+        self._owner[0] = os.getpid() if owner and self.path is not None else 0
 
     def unlink_now(self) -> None:
         """Remove the path at once (``FileCleanup.AUTO``); the memory stays mapped."""

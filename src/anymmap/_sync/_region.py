@@ -83,7 +83,8 @@ class MmapRegion(FlushingSyncMap[RegionCore], DirectAccessSyncMap[RegionCore]):
 
     @property
     def owns_file(self) -> bool:
-        """Whether closing this region deletes its file."""
+        """Whether closing this region deletes its file (never in a forked child: the
+        file belongs to the process that created it, until :meth:`take_ownership`)."""
         return self._core.owner
 
     def region(self) -> Region:
