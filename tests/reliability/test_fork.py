@@ -6,7 +6,8 @@ a sparse map's ``alloc`` pieces) is the child's own copy, and nothing the child 
 reaches the parent; shared memory (``"rw"`` file maps, regions, writable ``map_file``
 windows) is shared, and what the child writes the parent sees; a map advised
 ``DONTFORK`` is closed in the child; a region's file belongs to the process that created
-it, and a child closing its inherited handle leaves the file alone.  Every copy the child makes acts on the child.
+it, and a child closing its inherited handle leaves the file alone.  Every copy the child
+makes acts on the child.
 """
 
 from __future__ import annotations
