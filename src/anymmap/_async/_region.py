@@ -6,9 +6,9 @@ from functools import partial
 from .._backend import checkpoint, run_sync
 from .._core._checks import check_size
 from .._core._files import PathArg
+from .._core._handle import RegionInfo
 from .._core._region import (
     FileCleanup,
-    Region,
     RegionCore,
     attach_region,
     attach_region_fd,
@@ -22,7 +22,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore]):
+class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore], RegionInfo):
     """
     A file shared between processes that grows without its base address moving (seed
     ``shm-primitives``)::
@@ -121,39 +121,6 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore])
         the region keeps its own duplicate."""
         core = await run_sync(partial(attach_region_fd, fd, max_size=max_size))
         return cls._create(core)
-
-    @property
-    def path(self) -> str | None:
-        """The path the region was created with (also after ``FileCleanup.AUTO``
-        unlinked it); None if attached."""
-        return self._core.path
-
-    @property
-    def max_size(self) -> int:
-        """How far the region can grow: the address space it reserved."""
-        return self._core.max_size
-
-    def fileno(self) -> int:
-        """The region's own descriptor of the file (to pass to a peer)."""
-        return self._open_core().fd
-
-    def take_ownership(self) -> None:
-        """Delete the file when this region closes (only a region created by path)."""
-        self._open_core().set_owner(True)
-
-    def release_ownership(self) -> None:
-        """Do not delete the file when this region closes."""
-        self._open_core().set_owner(False)
-
-    @property
-    def owns_file(self) -> bool:
-        """Whether closing this region deletes its file (never in a forked child: the
-        file belongs to the process that created it, until :meth:`take_ownership`)."""
-        return self._core.owner
-
-    def region(self) -> Region:
-        """A :class:`Region` of the current length: stale only once the region closes."""
-        return self._open_core().region()
 
     async def resize(self, new_size: int) -> None:
         """Grow the region (and the file) to ``new_size`` bytes, in a worker thread, under

@@ -9,6 +9,7 @@ from typing import ClassVar, Generic, TypeVar
 from ._file import FileCore
 from ._files import Mode
 from ._map import MapCore
+from ._region import Region, RegionCore
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -112,3 +113,51 @@ class FileMapInfo:
     def offset(self) -> int:
         """The offset in the file of byte 0 of the map."""
         return self._core.file_offset
+
+
+class RegionInfo:
+    """The queries and ownership switches of a region, for both ``MmapRegion`` twins."""
+
+    __slots__ = ()
+
+    _core: RegionCore
+
+    def _open_region(self) -> RegionCore:
+        core = self._core
+        if not core.usable:
+            core.check_open()
+        return core
+
+    @property
+    def path(self) -> str | None:
+        """The path the region was created with (also after ``FileCleanup.AUTO``
+        unlinked it); None if attached."""
+        return self._core.path
+
+    @property
+    def max_size(self) -> int:
+        """How far the region can grow: the address space it reserved."""
+        return self._core.max_size
+
+    def fileno(self) -> int:
+        """The region's own descriptor of the file (to pass to a peer)."""
+        return self._open_region().fd
+
+    def take_ownership(self) -> None:
+        """Delete the file when this region closes (only a region created by path)."""
+        self._open_region().set_owner(True)
+
+    def release_ownership(self) -> None:
+        """Do not delete the file when this region closes."""
+        self._open_region().set_owner(False)
+
+    @property
+    def owns_file(self) -> bool:
+        """Whether closing this region deletes its file (never in a forked child: the
+        file belongs to the process that created it, until :meth:`take_ownership`)."""
+        return self._core.owner
+
+    def region(self) -> Region:
+        """A :class:`~anymmap.Region` of the current length: stale only once the region
+        closes."""
+        return self._open_region().region()

@@ -4,9 +4,9 @@ import sys
 
 from .._core._checks import check_size
 from .._core._files import PathArg
+from .._core._handle import RegionInfo
 from .._core._region import (
     FileCleanup,
-    Region,
     RegionCore,
     attach_region,
     attach_region_fd,
@@ -20,7 +20,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 
-class MmapRegion(FlushingSyncMap[RegionCore], DirectAccessSyncMap[RegionCore]):
+class MmapRegion(FlushingSyncMap[RegionCore], DirectAccessSyncMap[RegionCore], RegionInfo):
     """
     The blocking twin of :class:`anymmap.MmapRegion`: same methods, no ``await``.
 
@@ -58,38 +58,6 @@ class MmapRegion(FlushingSyncMap[RegionCore], DirectAccessSyncMap[RegionCore]):
     def attach_fd(cls, fd: object, *, max_size: int | None = None) -> Self:
         """Map the region file open as ``fd``; see :meth:`anymmap.MmapRegion.attach_fd`."""
         return cls._create(attach_region_fd(fd, max_size=max_size))
-
-    @property
-    def path(self) -> str | None:
-        """The path the region was created with; None if attached."""
-        return self._core.path
-
-    @property
-    def max_size(self) -> int:
-        """How far the region can grow."""
-        return self._core.max_size
-
-    def fileno(self) -> int:
-        """The region's own descriptor of the file."""
-        return self._open_core().fd
-
-    def take_ownership(self) -> None:
-        """Delete the file when this region closes."""
-        self._open_core().set_owner(True)
-
-    def release_ownership(self) -> None:
-        """Do not delete the file when this region closes."""
-        self._open_core().set_owner(False)
-
-    @property
-    def owns_file(self) -> bool:
-        """Whether closing this region deletes its file (never in a forked child: the
-        file belongs to the process that created it, until :meth:`take_ownership`)."""
-        return self._core.owner
-
-    def region(self) -> Region:
-        """A :class:`anymmap.Region` of the current length."""
-        return self._open_core().region()
 
     def resize(self, new_size: int) -> None:
         """Grow the region; see :meth:`anymmap.MmapRegion.resize`."""
