@@ -307,7 +307,7 @@ class MapCore:
         else:
             first, size, copier = pieces[bisect_right(self._starts, start) - 1]
             if start + n > first + size:
-                return self._read_now(start, n, dst)
+                return self._copy_now(start, n, dst, False)
         try:
             return copier.read_now(start - first, dst)
         except OSError as exc:
@@ -323,19 +323,24 @@ class MapCore:
         first, size, copier = pieces[bisect_right(self._starts, start) - 1]
         return (first, copier) if start + n <= first + size else None
 
-    def _read_now(self, start: int, n: int, dst: memoryview) -> bool:
+    def _copy_now(self, start: int, n: int, buf: memoryview, writing: bool) -> bool:
+        """Copy between ``buf`` and ``[start, start + n)`` on this thread if no page of it
+        can wait for the disk; False (nothing or part copied) if one could."""
         if not n:
             return True  # a no-op anywhere, even over a hole
         one = self._piece_of(start, n)
         if one is not None:
             first, copier = one
             try:
-                return copier.read_now(start - first, dst)
+                if writing:
+                    return copier.write_now(start - first, buf)
+                return copier.read_now(start - first, buf)
             except OSError as exc:
                 raise self.fault_error(exc, copier, start - first, n) from None
         try:
             for copier, at, count, pos in self._spans(start, n):
-                if not copier.read_now(at, dst if count == n else dst[pos : pos + count]):
+                part = buf if count == n else buf[pos : pos + count]
+                if not (copier.write_now(at, part) if writing else copier.read_now(at, part)):
                     return False
         except OSError as exc:
             raise self.fault_error(exc, copier, at, count) from None
@@ -345,7 +350,7 @@ class MapCore:
         """Copy into ``dst`` on this thread if that cannot wait for the disk or take long;
         else return the copy as a call for a worker thread."""
         start, n = self.check_range(offset, len(dst))
-        if n <= INLINE_COPY_LIMIT and self._read_now(start, n, dst):
+        if n <= INLINE_COPY_LIMIT and self._copy_now(start, n, dst, False):
             return None
         return partial(self.read_blocking, start, dst)
 
@@ -383,7 +388,7 @@ class MapCore:
                     return data
             else:
                 buf = bytearray(n)
-                if self._read_now(start, n, memoryview(buf)):
+                if self._copy_now(start, n, memoryview(buf), False):
                     return bytes(buf)
         return partial(self.read_bytes_blocking, start, n)
 
@@ -402,36 +407,18 @@ class MapCore:
         if limit is not None and n > limit:
             return False
         self.note_write(start, n)
-        return self._write_now(start, n, src)
+        return self._copy_now(start, n, src, True)
 
     def note_write(self, start: int, n: int) -> None:
         """Something is written to ``[start, start + n)`` (file maps count it as
         pending until a flush covers it)."""
-
-    def _write_now(self, start: int, n: int, src: memoryview) -> bool:
-        if not n:
-            return True
-        one = self._piece_of(start, n)
-        if one is not None:
-            first, copier = one
-            try:
-                return copier.write_now(start - first, src)
-            except OSError as exc:
-                raise self.fault_error(exc, copier, start - first, n) from None
-        try:
-            for copier, at, count, pos in self._spans(start, n):
-                if not copier.write_now(at, src if count == n else src[pos : pos + count]):
-                    return False
-        except OSError as exc:
-            raise self.fault_error(exc, copier, at, count) from None
-        return True
 
     def start_write(self, offset: object, src: memoryview) -> Callable[[], None] | None:
         """Like :meth:`start_read`, the other way."""
         self.check_writable()
         start, n = self.check_range(offset, len(src))
         self.note_write(start, n)
-        if n <= INLINE_COPY_LIMIT and self._write_now(start, n, src):
+        if n <= INLINE_COPY_LIMIT and self._copy_now(start, n, src, True):
             return None
         return partial(self.write_blocking, start, src)
 
