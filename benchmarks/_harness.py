@@ -6,15 +6,19 @@ that the candidates of one table see the same machine state; the ratios are what
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # The event-loop heartbeat is shared with the tests, which assert on it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import anyio
 from tests._helpers import Heartbeat as Heartbeat
 from tests._helpers import heartbeat as heartbeat
 
@@ -67,3 +71,44 @@ def add_ratios(table: Table, operation: str, results: dict[str, float], baseline
     base = results[baseline]
     for name, seconds in results.items():
         table.add(operation, name, fmt_time(seconds), f"{seconds / base:.2f}x")
+
+
+def on_every_backend(main: Callable[..., Awaitable[None]], *args: Any) -> str | None:
+    """Run ``main(label, *args)`` on asyncio, asyncio+uvloop and trio, one after the
+    other; return a note if uvloop is not installed (its run is skipped)."""
+    anyio.run(main, "asyncio", *args, backend="asyncio")
+    note = None
+    if importlib.util.find_spec("uvloop") is None:
+        note = "(uvloop is not installed: asyncio+uvloop skipped)"
+    else:
+        anyio.run(
+            main, "asyncio+uvloop", *args, backend="asyncio", backend_options={"use_uvloop": True}
+        )
+    anyio.run(main, "trio", *args, backend="trio")
+    return note
+
+
+# -- scratch files --------------------------------------------------------------------
+
+
+def scratch_parent() -> Path:
+    """Where the temporary directory goes: ANYMMAP_BENCH_DIR, else beside the checkout."""
+    configured = os.environ.get("ANYMMAP_BENCH_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parents[2]
+
+
+def fs_type(path: Path) -> str:
+    """The file system type of the mount holding ``path`` (from /proc/mounts)."""
+    best, kind = "", "unknown"
+    target = str(path.resolve())
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                fields = line.split()
+                mount = fields[1]
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) > len(best):
+                    best, kind = mount, fields[2]
+    except OSError:
+        pass
+    return kind

@@ -81,7 +81,6 @@ faster than a real one): compare the rows with the anchor, and with each other.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import sqlite3
@@ -101,7 +100,7 @@ import anyio.to_thread
 
 sys.path.insert(0, __file__.rpartition("/")[0])
 
-from _harness import Table, fmt_time, heartbeat
+from _harness import Table, fmt_time, fs_type, heartbeat, on_every_backend, scratch_parent
 
 import anymmap
 
@@ -182,29 +181,6 @@ def rate_text(rate: float) -> str:
 
 
 # -- scratch files --------------------------------------------------------------------
-
-
-def scratch_parent() -> Path:
-    """Where the temporary directory goes: ANYMMAP_BENCH_DIR, else beside the checkout."""
-    configured = os.environ.get("ANYMMAP_BENCH_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2]
-
-
-def fs_type(path: Path) -> str:
-    """The file system type of the mount holding ``path`` (from /proc/mounts)."""
-    best, kind = "", "unknown"
-    target = str(path.resolve())
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                fields = line.split()
-                mount = fields[1]
-                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-                if inside and len(mount) > len(best):
-                    best, kind = mount, fields[2]
-    except OSError:
-        pass
-    return kind
 
 
 def make_file(path: Path, size: int) -> None:
@@ -803,19 +779,9 @@ def run() -> list[str]:
         scratch = Path(scratch_dir)
         out.append(f"(scratch files in {parent}, a {fs_type(parent)} file system)\n")
         floor = anchor(scratch)
-        anyio.run(main, "asyncio", results, scratch, backend="asyncio")
-        if importlib.util.find_spec("uvloop") is None:
-            results.notes.append("(uvloop is not installed: asyncio+uvloop skipped)")
-        else:
-            anyio.run(
-                main,
-                "asyncio+uvloop",
-                results,
-                scratch,
-                backend="asyncio",
-                backend_options={"use_uvloop": True},
-            )
-        anyio.run(main, "trio", results, scratch, backend="trio")
+        note = on_every_backend(main, results, scratch)
+        if note:
+            results.notes.append(note)
     table = Table(
         f"The disk's own rate (best of {ROUNDS} runs of {DURATION} s)",
         columns=("anchor", "commits/s", "p50", "p99"),

@@ -27,7 +27,6 @@ Sections run on asyncio, asyncio+uvloop (if uvloop is installed) and trio.
 
 from __future__ import annotations
 
-import importlib.util
 import mmap
 import statistics
 import sys
@@ -41,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, __file__.rpartition("/")[0])
 
-from _harness import Table, add_ratios, best_of, fmt_time, heartbeat
+from _harness import Table, add_ratios, best_of, fmt_time, heartbeat, on_every_backend
 
 import anymmap
 
@@ -241,14 +240,9 @@ async def main(label: str, out: list[str]) -> None:
 
 def run() -> list[str]:
     out: list[str] = []
-    anyio.run(main, "asyncio", out, backend="asyncio")
-    if importlib.util.find_spec("uvloop") is None:
-        out.append("(uvloop is not installed: asyncio+uvloop skipped)\n")
-    else:
-        anyio.run(
-            main, "asyncio+uvloop", out, backend="asyncio", backend_options={"use_uvloop": True}
-        )
-    anyio.run(main, "trio", out, backend="trio")
+    note = on_every_backend(main, out)
+    if note:
+        out.append(note + "\n")
     return out
 
 

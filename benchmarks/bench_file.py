@@ -62,7 +62,6 @@ the host's cache is far faster than a real one); the lag figures are the point.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import mmap
 import os
 import random
@@ -79,7 +78,16 @@ import anyio.to_thread
 
 sys.path.insert(0, __file__.rpartition("/")[0])
 
-from _harness import Table, add_ratios, best_of, fmt_time, heartbeat
+from _harness import (
+    Table,
+    add_ratios,
+    best_of,
+    fmt_time,
+    fs_type,
+    heartbeat,
+    on_every_backend,
+    scratch_parent,
+)
 
 import anymmap
 import anymmap.sync
@@ -147,29 +155,6 @@ def random_offsets(file_size: int) -> list[int]:
 
 
 # -- scratch files --------------------------------------------------------------------
-
-
-def scratch_parent() -> Path:
-    """Where the temporary directory goes: ANYMMAP_BENCH_DIR, else beside the checkout."""
-    configured = os.environ.get("ANYMMAP_BENCH_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2]
-
-
-def fs_type(path: Path) -> str:
-    """The file system type of the mount holding ``path`` (from /proc/mounts)."""
-    best, kind = "", "unknown"
-    target = str(path.resolve())
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                fields = line.split()
-                mount = fields[1]
-                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-                if inside and len(mount) > len(best):
-                    best, kind = mount, fields[2]
-    except OSError:
-        pass
-    return kind
 
 
 def write_file(path: Path, size: int, data: bytes | None = None) -> None:
@@ -699,18 +684,9 @@ def run() -> list[str]:
         write_file(big, FLUSH_SIZE)
         buf = touched(FLUSH_SIZE, 0x5A)
         args = (out, small, big, buf)
-        anyio.run(main, "asyncio", *args, backend="asyncio")
-        if importlib.util.find_spec("uvloop") is None:
-            out.append("(uvloop is not installed: asyncio+uvloop skipped)\n")
-        else:
-            anyio.run(
-                main,
-                "asyncio+uvloop",
-                *args,
-                backend="asyncio",
-                backend_options={"use_uvloop": True},
-            )
-        anyio.run(main, "trio", *args, backend="trio")
+        note = on_every_backend(main, *args)
+        if note:
+            out.append(note + "\n")
     return out
 
 

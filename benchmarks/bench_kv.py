@@ -36,8 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, __file__.rpartition("/")[0])
 
-from _harness import Table, fmt_time
-from bench_file import fs_type, scratch_parent
+from _harness import Table, fmt_time, fs_type, scratch_parent
 
 SERVER = Path(__file__).resolve().parent.parent / "examples" / "kv_server.py"
 STORAGES = ("anymmap", "aiofiles")

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
-import importlib.util
 import mmap
 import multiprocessing.connection
 import os
@@ -91,7 +90,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 sys.path.insert(0, __file__.rpartition("/")[0])
 
-from _harness import Table, fmt_time
+from _harness import Table, fmt_time, fs_type, on_every_backend, scratch_parent
 
 import anymmap
 import anymmap.sync
@@ -125,32 +124,9 @@ def steps() -> list[int]:
     return list(range(GROWTH_START + GROWTH_STEP, GROWTH_END + 1, GROWTH_STEP))
 
 
-def scratch_parent() -> Path:
-    """Where the temporary directory goes: ANYMMAP_BENCH_DIR, else beside the checkout."""
-    configured = os.environ.get("ANYMMAP_BENCH_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2]
-
-
 def shm_parent() -> str | None:
     """Where section 3's region goes: /dev/shm if there is one, else the default."""
     return "/dev/shm" if os.path.isdir("/dev/shm") else None
-
-
-def fs_type(path: Path) -> str:
-    """The file system type of the mount holding ``path`` (from /proc/mounts)."""
-    best, kind = "", "unknown"
-    target = str(path.resolve())
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                fields = line.split()
-                mount = fields[1]
-                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-                if inside and len(mount) > len(best):
-                    best, kind = mount, fields[2]
-    except OSError:
-        pass
-    return kind
 
 
 def stdlib_base(m: mmap.mmap) -> int:
@@ -743,19 +719,9 @@ def run() -> list[str]:
     with tempfile.TemporaryDirectory(prefix="anymmap-bench-", dir=parent) as name:
         scratch = Path(name)
         out.append(f"(growing files in {parent}, a {fs_type(parent)} file system)\n")
-        anyio.run(main, "asyncio", out, scratch, backend="asyncio")
-        if importlib.util.find_spec("uvloop") is None:
-            out.append("(uvloop is not installed: asyncio+uvloop skipped)\n")
-        else:
-            anyio.run(
-                main,
-                "asyncio+uvloop",
-                out,
-                scratch,
-                backend="asyncio",
-                backend_options={"use_uvloop": True},
-            )
-        anyio.run(main, "trio", out, scratch, backend="trio")
+        note = on_every_backend(main, out, scratch)
+        if note:
+            out.append(note + "\n")
         assert list(scratch.iterdir()) == []
     out.append("## No event loop\n")
     round_trips(out)

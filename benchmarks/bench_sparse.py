@@ -47,7 +47,6 @@ asyncio+uvloop (if uvloop is installed) and trio.
 
 from __future__ import annotations
 
-import importlib.util
 import mmap
 import os
 import random
@@ -57,11 +56,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import anyio
-
 sys.path.insert(0, __file__.rpartition("/")[0])
 
-from _harness import Table, add_ratios, best_of, fmt_time
+from _harness import Table, add_ratios, best_of, fmt_time, on_every_backend, scratch_parent
 
 import anymmap
 import anymmap.sync
@@ -121,12 +118,6 @@ def rss() -> int:
     """The resident set size of this process in bytes (the second field of statm)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
-
-
-def scratch_parent() -> Path:
-    """Where the temporary directory goes: ANYMMAP_BENCH_DIR, else beside the checkout."""
-    configured = os.environ.get("ANYMMAP_BENCH_DIR")
-    return Path(configured) if configured else Path(__file__).resolve().parents[2]
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -396,19 +387,9 @@ def run() -> list[str]:
     with tempfile.TemporaryDirectory(prefix="anymmap-bench-", dir=scratch_parent()) as scratch:
         path = Path(scratch, "window.bin")
         write_file(path, random.Random(2).randbytes(FILE_SIZE))
-        anyio.run(main, "asyncio", out, path, backend="asyncio")
-        if importlib.util.find_spec("uvloop") is None:
-            out.append("(uvloop is not installed: asyncio+uvloop skipped)\n")
-        else:
-            anyio.run(
-                main,
-                "asyncio+uvloop",
-                out,
-                path,
-                backend="asyncio",
-                backend_options={"use_uvloop": True},
-            )
-        anyio.run(main, "trio", out, path, backend="trio")
+        note = on_every_backend(main, out, path)
+        if note:
+            out.append(note + "\n")
     return out
 
 
