@@ -8,23 +8,33 @@ with status 1 well before pytest's own timeout, so the report shows where it hun
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio
 
 #: Seconds a scenario may take before its stacks are dumped (pytest's timeout is 120).
 CHILD_TIMEOUT = 45.0
 
-_PRELUDE = "import faulthandler; faulthandler.dump_traceback_later({timeout!r}, exit=True)\n"
+_PRELUDE = (
+    "import faulthandler; faulthandler.dump_traceback_later({timeout!r}, exit=True)\n"
+    "import sys; sys.path.insert(0, {root!r})\n"  # so a child can import tests._child
+)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_child(
     code: str, *args: str, timeout: float = CHILD_TIMEOUT, cwd: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` (dedented) in a fresh interpreter with ``args`` as ``sys.argv[1:]``."""
-    source = _PRELUDE.format(timeout=timeout) + textwrap.dedent(code)
+    source = _PRELUDE.format(timeout=timeout, root=_ROOT) + textwrap.dedent(code)
     command = [sys.executable, "-c", source, *args]
     # A session of its own: whatever the child forks is killed with it, so a stuck
     # grandchild cannot hold the output pipes (and the test) open.
@@ -67,3 +77,49 @@ def check_child(code: str, *args: str, expect: str = "ok", **kwargs: object) -> 
     lines = result.stdout.strip().splitlines() or [""]
     assert lines[-1] == expect, describe(result)
     return result.stdout
+
+
+# -- for the scenarios themselves (``from tests._child import ...`` in a child) ---------------
+
+#: The ways a child's event loop is run: ``run_loop(runner, main)``.
+RUNNERS = ["asyncio", "uvloop", "anyio.run", "trio"]
+
+
+def run_loop(runner: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main()`` to completion with ``runner`` (one of :data:`RUNNERS`)."""
+    if runner == "asyncio":
+        asyncio.run(main())
+    elif runner == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    elif runner == "anyio.run":
+        anyio.run(main)
+    else:
+        anyio.run(main, backend="trio")
+
+
+def spawn_detached(runner: str, coro: Coroutine[Any, Any, None]) -> None:
+    """Start ``coro`` as a task nobody waits for: it is still running when the loop ends."""
+    if runner == "trio":
+        import trio
+
+        trio.lowlevel.spawn_system_task(lambda: coro)
+    else:
+        task = asyncio.ensure_future(coro)
+        _DETACHED.add(task)  # asyncio keeps only a weak reference to its tasks
+        task.add_done_callback(_DETACHED.discard)
+
+
+_DETACHED: set[asyncio.Future[None]] = set()
+
+
+def exit_if_a_thread_is_left(run: int) -> None:
+    """Every non-daemon thread must end once the loop has ended: one stuck waiting would
+    hang the interpreter at exit.  Exit with status 3, naming it, if one does not."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(10)
+            if thread.is_alive():
+                print(f"run {run}: {thread.name} never stopped", flush=True)
+                os._exit(3)

@@ -20,14 +20,15 @@ import pytest
 import anymmap
 import anymmap.sync
 
-from ._child import check_child
+from ._child import RUNNERS, check_child
 from ._helpers import PAGE
 
 # -- hangs ------------------------------------------------------------------------------
 
 _LOOP_ENDS_WHILE_WORKERS_RUN = """
-    import asyncio, os, sys, tempfile, threading
+    import os, sys, tempfile
     import anyio, anymmap
+    from tests._child import exit_if_a_thread_is_left, run_loop, spawn_detached
 
     RUNNER, ENDING, WORK = sys.argv[1:4]
     path = tempfile.mktemp()
@@ -44,11 +45,7 @@ _LOOP_ENDS_WHILE_WORKERS_RUN = """
                 await m.flush()
 
     def spawn(coro):
-        if RUNNER == "trio":
-            import trio
-            trio.lowlevel.spawn_system_task(lambda: coro)
-        else:
-            asyncio.ensure_future(coro)
+        spawn_detached(RUNNER, coro)
 
     async def main():
         for _ in range(6):
@@ -66,25 +63,12 @@ _LOOP_ENDS_WHILE_WORKERS_RUN = """
         f.truncate(4096)
     for run in range(25):
         try:
-            if RUNNER == "asyncio":
-                asyncio.run(main())
-            elif RUNNER == "uvloop":
-                import uvloop
-                uvloop.run(main())
-            elif RUNNER == "anyio.run":
-                anyio.run(main)
-            else:
-                anyio.run(main, backend="trio")
+            run_loop(RUNNER, main)
         except RuntimeError as exc:
             assert str(exc) == "main failed", exc
         # Every worker thread must have been told to stop: a stuck one waits forever,
         # and the interpreter would wait for it at exit.
-        for thread in threading.enumerate():
-            if thread is not threading.current_thread() and not thread.daemon:
-                thread.join(10)
-                if thread.is_alive():
-                    print(f"run {run}: {thread.name} never stopped", flush=True)
-                    os._exit(3)
+        exit_if_a_thread_is_left(run)
     os.unlink(path)
     print("ok")
 """
@@ -92,7 +76,7 @@ _LOOP_ENDS_WHILE_WORKERS_RUN = """
 
 @pytest.mark.parametrize("work", ["copy", "flush"])
 @pytest.mark.parametrize("ending", ["returns", "raises"])
-@pytest.mark.parametrize("runner", ["asyncio", "uvloop", "anyio.run", "trio"])
+@pytest.mark.parametrize("runner", RUNNERS)
 def test_interpreter_exits_when_the_loop_ends_during_worker_calls(
     runner: str, ending: str, work: str
 ) -> None:

@@ -18,12 +18,13 @@ import textwrap
 
 import pytest
 
-from .._child import CHILD_TIMEOUT, check_child, describe, run_child
+from .._child import CHILD_TIMEOUT, RUNNERS, check_child, describe, run_child
 from ._drive import scaled
 
 _LOOP_ENDS = """
-    import asyncio, atexit, os, shutil, sys, tempfile, threading
+    import asyncio, atexit, os, shutil, sys, tempfile
     import anyio, anymmap
+    from tests._child import exit_if_a_thread_is_left, run_loop, spawn_detached
 
     RUNNER, WORK, RUNS = sys.argv[1], sys.argv[2], int(sys.argv[3])
     directory = tempfile.mkdtemp(dir="/dev/shm")
@@ -67,11 +68,7 @@ _LOOP_ENDS = """
                     await m.read(0, 64)
 
     def spawn(coro):
-        if RUNNER == "trio":
-            import trio
-            trio.lowlevel.spawn_system_task(lambda: coro)
-        else:
-            asyncio.ensure_future(coro)
+        spawn_detached(RUNNER, coro)
 
     async def main():
         for m in await open_maps():
@@ -79,25 +76,11 @@ _LOOP_ENDS = """
         await anyio.sleep(0.005)
 
     for run in range(RUNS):
-        if RUNNER == "asyncio":
-            asyncio.run(main())
-        elif RUNNER == "uvloop":
-            import uvloop
-            uvloop.run(main())
-        elif RUNNER == "anyio.run":
-            anyio.run(main)
-        else:
-            anyio.run(main, backend="trio")
-        for thread in threading.enumerate():
-            if thread is not threading.current_thread() and not thread.daemon:
-                thread.join(10)
-                if thread.is_alive():
-                    print(f"run {run}: {thread.name} never stopped", flush=True)
-                    os._exit(3)
+        run_loop(RUNNER, main)
+        exit_if_a_thread_is_left(run)
     print("ok")
 """
 
-RUNNERS = ["asyncio", "uvloop", "anyio.run", "trio"]
 WORKS = ["copy", "flush", "populate", "resize", "borrow"]
 
 
