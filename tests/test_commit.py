@@ -376,3 +376,48 @@ async def test_create_on_a_full_disk_fails_at_once_and_leaves_nothing(tmp_path: 
             assert list(small.iterdir()) == []
     finally:
         await anyio.run_process(["umount", str(small)], check=False)
+
+
+# -- pending bytes that no flush could ever clear (adversary findings) ------------------
+
+
+async def test_a_shrink_forgets_what_was_pending_past_the_new_end(log_file: Path) -> None:
+    async with await MmapRaw.create(log_file, 16 * MiB) as m:
+        await m.update_region(8 * MiB, b"x" * (8 * MiB))
+        await m.update_region(0, b"y" * PAGE)
+        await m.resize(MiB)
+        assert m.pending_bytes() == PAGE  # only what the map still covers
+        await m.flush()
+        assert m.pending_bytes() == 0
+        before = m._core.commit.msyncs
+        async with m.auto_flush(every=10, every_bytes=PAGE):
+            await anyio.sleep(0.2)  # nothing written: nothing to flush
+        assert m._core.commit.msyncs - before <= 1  # it spun thousands of times before
+
+
+@pytest.mark.parametrize("mode", ["r", "copy"])
+async def test_maps_whose_pages_never_reach_the_file_have_nothing_pending(
+    log_file: Path, mode: str
+) -> None:
+    log_file.write_bytes(bytes(MiB))
+    async with await MmapRaw.map_raw(log_file, mode=mode) as m:  # type: ignore[arg-type]
+        if mode == "copy":
+            await m.update_region(0, b"x" * PAGE)
+            async with m.as_mut_slice(PAGE, PAGE) as view:
+                view[:] = bytes(PAGE)
+        assert m.pending_bytes() == 0
+        before = m._core.commit.msyncs
+        async with m.auto_flush(every=10, every_bytes=PAGE):
+            await anyio.sleep(0.2)
+        assert m._core.commit.msyncs == before
+
+
+def test_a_flush_queued_before_a_shrink_flushes_what_is_left(log_file: Path) -> None:
+    # The committer runs a request made before the shrink (a range then valid) after it:
+    # it flushes what the map still covers instead of raising OutOfBoundsError.
+    with anymmap.sync.MmapRaw.create(log_file, 16 * MiB) as m:
+        m.update_region(16 * MiB - PAGE, b"z" * PAGE)
+        m.resize(MiB)
+        m._core._durable(16 * MiB - PAGE, PAGE)  # what the committer calls
+        m._core._durable(MiB - 10, PAGE)
+        assert m.pending_bytes() == 0

@@ -262,6 +262,15 @@ class DirtyRanges:
                     kept.append((end, last, sequence))
             self._entries = kept
 
+    def cut(self, length: int) -> None:
+        """Forget whatever lies at or past ``length`` (the map shrank)."""
+        with self._lock:
+            self._entries = [
+                (first, min(last, length), sequence)
+                for first, last, sequence in self._entries
+                if first < length
+            ]
+
     def pending(self) -> int:
         with self._lock:
             return sum(last - first for first, last, _ in _union(self._entries))

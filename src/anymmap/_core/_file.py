@@ -118,13 +118,15 @@ class FileBackedCore(MapCore):
         self.dirty = DirtyRanges()
 
     def note_write(self, start: int, n: int) -> None:
-        self.dirty.add(start, start + n)
+        if self.mode == "rw":  # the pages of "r" and "copy" maps never reach the file
+            self.dirty.add(start, start + n)
 
     def _durable(self, start: int, n: int) -> None:
         """Make ``[start, start + n)`` durable, as far as the map still reaches (a shrink
         may have cut it meanwhile); for the group committer."""
         upto = self.dirty.mark()
         with self.pinned():
+            start = min(start, self.length)
             n = max(min(n, self.length - start), 0)
             self.flush(start, n, wait=True)
         self.dirty.clean(start, start + n, upto)
@@ -259,8 +261,8 @@ class FileCore(FileBackedCore):
         """Make the map ``length`` bytes long, growing the file to match if needed.
 
         Growth allocates the new blocks first (``posix_fallocate``, or zeros written with
-        ``prefill="zeros"``), so a full disk fails here with ``OSError(ENOSPC)`` and leaves file and map unchanged, instead of a later
-        write dying with SIGBUS.  Shrinking cuts the file to the map's new end only if the
+        ``prefill="zeros"``), so a full disk fails here with ``OSError(ENOSPC)`` and
+        leaves file and map unchanged, instead of a later write dying with SIGBUS.  Shrinking cuts the file to the map's new end only if the
         map reached the end of the file; a window in the middle of a file never cuts it,
         nor does a map of a block device.  If the file cannot be grown or cut, the map and
         the file stay as they were.  The new size is durable once a later ``flush``
@@ -299,6 +301,7 @@ class FileCore(FileBackedCore):
                     os_impl.truncate(self.fd, old_size)  # after a cut, the cut bytes read as 0
                 raise
             self._install(addr, new_map_len, length)
+            self.dirty.cut(length)  # this map can no longer flush what lay past its end
 
 
 def create_file_map(
