@@ -321,6 +321,14 @@ _OBJECT_BUFFERS = """
         yield np.zeros(2, dtype=[("n", "i4"), ("o", "O")])
         yield (ctypes.py_object * 2)(1, 2)
         yield (ctypes.c_void_p * 2)()
+        yield (ctypes.c_char_p * 2)()  # format "<z": found by the adversary review
+        yield (ctypes.c_wchar_p * 2)()  # "<Z"
+        yield (ctypes.CFUNCTYPE(ctypes.c_int) * 2)()  # "X{}"
+
+        class Named(ctypes.Structure):
+            _fields_ = [("name", ctypes.c_char_p), ("n", ctypes.c_int)]
+
+        yield (Named * 2)()  # "T{<z:name:<i:n:}"
 
     async def main():
         async with await anymmap.AnonymousMmap.new(4096) as m:
@@ -345,8 +353,9 @@ _OBJECT_BUFFERS = """
                 del buf
                 gc.collect()
             # Plain structured data is fine, whatever its fields are called.
-            plain = np.zeros(2, dtype=[("Ocean", "f8"), ("P", "i4")])
+            plain = np.zeros(2, dtype=[("Ocean", "f8"), ("P", "i4"), ("zX", "c8")])
             await m.read_into(0, plain)
+            await m.read_into(0, np.zeros(2, dtype=np.complex128))  # "Zd": plain numbers
 
     anyio.run(main)
     with anymmap.sync.AnonymousMmap.new(4096) as m:
@@ -365,8 +374,26 @@ _OBJECT_BUFFERS = """
 
 def test_buffers_that_hold_references_are_refused() -> None:
     """Regression test: ``read_into`` of a NumPy object array cast its ``O`` format to
-    bytes, overwrote the object pointers, and the process died when the array was freed."""
+    bytes, overwrote the object pointers, and the process died when the array was freed
+    (and, later, the same with ctypes string and function pointer arrays)."""
     check_child(_OBJECT_BUFFERS)
+
+
+@pytest.mark.anyio
+async def test_buffers_python_cannot_export_are_type_errors() -> None:
+    """Regression test: a released memoryview and a NumPy datetime64 array raised
+    ``ValueError`` (the documented error for a bad buffer is ``TypeError``), and an empty
+    array of more than one dimension was refused instead of being a no-op."""
+    released = memoryview(bytearray(4))
+    released.release()
+    async with await anymmap.AnonymousMmap.new(PAGE) as m:
+        for bad in (released, np.zeros(2, dtype="M8[s]")):
+            with pytest.raises(TypeError, match="cannot be used as a buffer"):
+                await m.read_into(0, bad)
+            with pytest.raises(TypeError, match="cannot be used as a buffer"):
+                await m.update_region(0, bad)
+        await m.read_into(0, np.zeros((0, 2, 3)))
+        await m.update_region(PAGE, np.zeros((2, 0)))
 
 
 _RAW_FORK = """
@@ -701,3 +728,61 @@ async def test_never_written_tmpfs_pages_read_without_waiting() -> None:
             out = bytearray(4)
             m.read_into_nowait(0, out)
             assert out == b"data"
+
+
+_ATOMIC_VALUE_CUTS_THE_FILE = """
+    import os, tempfile
+    import anyio, anymmap, anymmap.sync
+
+    directory = tempfile.mkdtemp(dir="/dev/shm")
+
+    class Cuts:
+        def __init__(self, fd):
+            self.fd = fd
+
+        def __index__(self):
+            os.ftruncate(self.fd, 0)  # as a peer would, at the worst moment
+            return 1
+
+    def must_fault(store):
+        try:
+            store()
+        except anymmap.MappingFaultError:
+            pass
+        else:
+            raise AssertionError("stored past the end of the file")
+
+    async def main():
+        async with await anymmap.MmapRegion.create(f"{directory}/a", 8192) as m:
+            must_fault(lambda: m.atomic_store(4096, 8, Cuts(m.fileno())))
+        path = f"{directory}/window"
+        with open(path, "wb") as f:
+            f.write(bytes(8192))
+        async with await anymmap.SparseMapping.new(1 << 20) as m:
+            await m.map_file(0, 8192, path, writable=True)
+            fd = os.open(path, os.O_RDWR)
+            must_fault(lambda: m.atomic_store(4096, 8, Cuts(fd)))
+            os.close(fd)
+
+    anyio.run(main)
+    with anymmap.sync.MmapRegion.create(f"{directory}/b", 8192) as m:
+        must_fault(lambda: m.atomic_store(4096, 8, Cuts(m.fileno())))
+    os.unlink(f"{directory}/window")
+    os.rmdir(directory)
+    print("ok")
+"""
+
+
+def test_an_atomic_value_that_cuts_the_file_is_converted_first() -> None:
+    """Regression test: ``atomic_store`` checked the address, then converted ``value``;
+    an ``__index__`` that cut the file in between turned the store into SIGBUS."""
+    check_child(_ATOMIC_VALUE_CUTS_THE_FILE)
+
+
+@pytest.mark.anyio
+async def test_an_atomic_store_to_a_region_is_pending_until_flushed(tmp_path: Path) -> None:
+    async with await anymmap.MmapRegion.create(tmp_path / "r", PAGE) as m:
+        m.atomic_store(8, 8, 1)
+        assert m.pending_bytes() == 8
+        await m.flush()
+        assert m.pending_bytes() == 0

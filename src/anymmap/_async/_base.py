@@ -30,7 +30,7 @@ from .._core._checks import byte_view, check_flush_policy, check_populate_args, 
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
-from .._core._map import INLINE_COPY_LIMIT, Borrowed, ProgressCallback, atomic_load, atomic_store
+from .._core._map import INLINE_COPY_LIMIT, Borrowed, ProgressCallback
 from .._rwlock import MapLock, RWLock, _Guard
 
 if sys.version_info >= (3, 11):
@@ -309,7 +309,10 @@ class DirectAccessAsyncMap(AsyncMap[CoreT]):
         entirely or not at all, never torn.  No compare-and-swap is offered.
 
         Only over memory and file windows inside their file (a direct access cannot
-        fault there); it touches the page at once, on this thread.
+        fault there); it touches the page at once, on this thread.  Unlike the copies, it
+        is a direct access, as through a view: the file's size is checked just before,
+        so a peer process that cuts the file at that very moment kills this one with
+        SIGBUS.  Between processes that do not trust each other, use the copies.
 
         :raises ValueError: if ``size`` is another number or ``offset`` is not a multiple
             of it
@@ -321,17 +324,16 @@ class DirectAccessAsyncMap(AsyncMap[CoreT]):
         """
         if not self._lock.free_for_reading():
             raise self._busy(writing=False, then=_RETRY_DIRECT)
-        address, width = self._open_core().atomic_address(offset, size, store=False)
-        return atomic_load(address, width)
+        return self._open_core().atomic_load(offset, size)
 
     def atomic_store(self, offset: int, size: int, value: int) -> None:
         """Store ``value`` in the ``size`` bytes at ``offset`` with a single aligned store
         (see :meth:`atomic_load`); read-only pieces raise
-        :class:`~anymmap.MappingFaultError`."""
+        :class:`~anymmap.MappingFaultError`.  ``value`` is converted before anything is
+        checked, and the store counts in ``pending_bytes()`` of a region."""
         if not self._lock.free_for_reading():
             raise self._busy(writing=False, then=_RETRY_DIRECT)
-        address, width = self._open_core().atomic_address(offset, size, store=True)
-        atomic_store(address, width, value)
+        self._open_core().atomic_store(offset, size, value)
 
 
 _RETRY_DIRECT = "try again once it is done (the direct accesses do not wait)"

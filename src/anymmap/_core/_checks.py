@@ -53,7 +53,10 @@ def as_int(value: object, what: str) -> int:
 # Struct field names in a PEP 3118 format ("T{<i:count:O:owner:}"), and the type codes
 # whose items are references (objects, pointers) rather than plain data.
 _FIELD_NAMES = re.compile(":[^:]*:")
-_REFERENCE_CODES = frozenset("OP&")
+#: Format codes of values that are references: Python objects (``O``), pointers (``P``,
+#: ``&`` prefixes, ctypes' ``z``/``Z`` string pointers, ``X{}`` function pointers).  A
+#: ``Z`` followed by ``f``, ``d`` or ``g`` is a complex number, plain data.
+_REFERENCE_CODES = re.compile(r"[OP&zX]|Z(?![fdg])")
 
 
 def byte_view(buffer: object, *, writable: bool) -> memoryview:
@@ -70,24 +73,30 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
         raise TypeError("data must be a bytes-like object, not str; encode it first")
     try:
         view = buffer if type(buffer) is memoryview else memoryview(buffer)  # type: ignore[arg-type]
+        fmt = view.format
     except TypeError:
         raise TypeError(
             f"a bytes-like object (buffer protocol) is required, not {type(buffer).__name__}"
         ) from None
-    fmt = view.format
+    except ValueError as exc:  # a released memoryview; a NumPy dtype with no buffer format
+        raise TypeError(
+            f"this {type(buffer).__name__} cannot be used as a buffer: {exc}"
+        ) from None
     if fmt != "B":
-        if not _REFERENCE_CODES.isdisjoint(_FIELD_NAMES.sub("", fmt)):
+        if _REFERENCE_CODES.search(_FIELD_NAMES.sub("", fmt)):
             raise TypeError(
                 f"buffers of format {fmt!r} hold references (objects or pointers), not "
                 "plain data; they cannot be copied as bytes"
             )
+        if not view.nbytes:  # an empty array of any shape (memoryview cannot cast it)
+            view = memoryview(b"" if view.readonly else bytearray())
         view = view.cast("B") if view.c_contiguous else view
     if writable and view.readonly:
         raise TypeError("the destination buffer is read-only")
     if not view.c_contiguous:
         raise TypeError("the buffer must be C-contiguous")
     if view.ndim != 1:
-        view = view.cast("B")
+        view = view.cast("B") if view.nbytes else memoryview(bytearray())
     return view
 
 

@@ -491,6 +491,20 @@ class MapCore:
                 )
         return self.addr + start, width
 
+    def atomic_load(self, offset: object, size: object) -> int:
+        """The unsigned ``size``-byte value at ``offset``, read with one aligned load."""
+        address, width = self.atomic_address(offset, size, store=False)
+        return _load(address, width)
+
+    def atomic_store(self, offset: object, size: object, value: object) -> None:
+        """Store ``value`` in the ``size`` bytes at ``offset`` with one aligned store."""
+        number = as_int(value, "value")  # first: its __index__ may cut the file under us
+        address, width = self.atomic_address(offset, size, store=True)
+        if not 0 <= number < 1 << (8 * width):
+            raise ValueError(f"value {number} does not fit in {width} unsigned byte(s)")
+        _store(address, width, number)
+        self.note_write(address - self.addr, width)
+
     @staticmethod
     def _within_file(copier: FileCopier, at: int, count: int) -> bool:
         return copier.file_offset + at + count <= page_ceil(os_impl.file_size(copier.fd))
@@ -565,18 +579,15 @@ class MapCore:
             self.note_advice(advice, whole=start == 0 and n == self.length)
 
 
-def atomic_load(address: int, width: int) -> int:
-    """Load the ``width``-byte value at ``address`` with one aligned load."""
+def _load(address: int, width: int) -> int:
     # SAFETY: atomic_address checked that the value is aligned and lies in a piece where
-    # a direct access cannot fault; ctypes copies a fixed-size scalar with one memcpy of
-    # that size, which compiles to a single load on x86-64 and arm64.
+    # a direct access cannot fault (a file window: inside the file when checked; a peer
+    # cutting the file at that moment is documented as fatal, as for views); ctypes copies
+    # a fixed-size scalar with one memcpy of that size, which compiles to a single load on
+    # x86-64 and arm64.
     return ATOMIC_TYPES[width].from_address(address).value
 
 
-def atomic_store(address: int, width: int, value: object) -> None:
-    """Store ``value`` in the ``width`` bytes at ``address`` with one aligned store."""
-    number = as_int(value, "value")
-    if not 0 <= number < 1 << (8 * width):
-        raise ValueError(f"value {number} does not fit in {width} unsigned byte(s)")
-    # SAFETY: as in atomic_load, and the piece is writable.
+def _store(address: int, width: int, number: int) -> None:
+    # SAFETY: as in _load, and atomic_address checked that the piece is writable.
     ATOMIC_TYPES[width].from_address(address).value = number

@@ -16,7 +16,7 @@ from .._core._checks import byte_view, check_flush_policy, check_populate_args, 
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
-from .._core._map import ProgressCallback, atomic_load, atomic_store
+from .._core._map import ProgressCallback
 from .._core._threadlock import ThreadRWLock
 
 if sys.version_info >= (3, 11):
@@ -202,14 +202,12 @@ class DirectAccessSyncMap(SyncMap[CoreT]):
     def atomic_load(self, offset: int, size: int) -> int:
         """A single aligned load; see :meth:`anymmap.SparseMapping.atomic_load`."""
         with self._lock.read():
-            address, width = self._open_core().atomic_address(offset, size, store=False)
-            return atomic_load(address, width)
+            return self._open_core().atomic_load(offset, size)
 
     def atomic_store(self, offset: int, size: int, value: int) -> None:
         """A single aligned store; see :meth:`anymmap.SparseMapping.atomic_store`."""
         with self._lock.read():
-            address, width = self._open_core().atomic_address(offset, size, store=True)
-            atomic_store(address, width, value)
+            self._open_core().atomic_store(offset, size, value)
 
 
 class FlushingSyncMap(SyncMap[FileCoreT]):
