@@ -271,6 +271,25 @@ async def test_close_waits_for_a_borrow() -> None:
     assert m.closed
 
 
+@pytest.mark.parametrize("writable", [False, True])
+async def test_a_borrow_entered_twice_is_refused_and_leaks_nothing(
+    amap: AnonymousMmap, writable: bool
+) -> None:
+    """Regression test (adversary review): entering one ``as_slice()`` object twice
+    overwrote the first entry's lock guard, and the lock stayed held for ever."""
+    borrow = amap.as_mut_slice(0, 16) if writable else amap.as_slice(0, 16)
+    async with borrow:
+        with pytest.raises(RuntimeError, match="entered already"):
+            async with borrow:
+                pass
+    stats = amap.lock.statistics()
+    assert (stats.readers, stats.writer) == (0, None)
+    with pytest.raises(RuntimeError, match="entered already"):
+        async with borrow:
+            pass
+    await amap.update_region(0, b"free")  # nothing held
+
+
 async def test_close_from_inside_a_borrow_is_refused(amap: AnonymousMmap) -> None:
     async with amap.as_slice(0, 1):
         with pytest.raises(RuntimeError, match="borrows it"):

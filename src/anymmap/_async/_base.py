@@ -458,10 +458,12 @@ class _Borrow:
     """The async context manager behind ``as_slice`` and ``as_mut_slice``.
 
     Its exit releases what its entry acquired, on behalf of the task that entered, even
-    when another task runs the exit (an async generator finalized elsewhere).
+    when another task runs the exit (an async generator finalized elsewhere).  It is
+    entered once, as a ``contextlib.asynccontextmanager`` is: a second entry would
+    overwrite what the first must release.
     """
 
-    __slots__ = ("_borrowed", "_guard", "_length", "_map", "_offset", "_writable")
+    __slots__ = ("_borrowed", "_entered", "_guard", "_length", "_map", "_offset", "_writable")
 
     _borrowed: Borrowed
     _guard: _Guard
@@ -471,8 +473,15 @@ class _Borrow:
         self._offset = offset
         self._length = length
         self._writable = writable
+        self._entered = False
 
     async def __aenter__(self) -> memoryview:
+        if self._entered:
+            name = "as_mut_slice" if self._writable else "as_slice"
+            raise RuntimeError(
+                f"this {name}() borrow was entered already; call {name}() again for another"
+            )
+        self._entered = True
         lock = self._map._lock
         guard = lock.write() if self._writable else lock.read()
         await guard.__aenter__()
