@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import numpy as np
 import pytest
 from anyio import wait_all_tasks_blocked
 
@@ -275,6 +276,16 @@ async def test_refused_flags(sparse: SparseMapping, flags: int, match: str) -> N
 async def test_refused_prot_and_anonymous_file(sparse: SparseMapping, data_file: Path) -> None:
     with pytest.raises(ValueError, match="prot"):
         await sparse.mmap_anonymous(0, PAGE, 0x100, mmap.MAP_PRIVATE)
+    # Regression (adversary review): bits past 32 were cut by ctypes without an error, and
+    # a NumPy unsigned prot raised OverflowError.
+    with pytest.raises(ValueError, match="32-bit"):
+        await sparse.mmap_anonymous(0, PAGE, RW, mmap.MAP_PRIVATE | 1 << 33)
+    with pytest.raises(ValueError, match="32-bit"):
+        await sparse.mmap_anonymous(0, PAGE, -1, mmap.MAP_PRIVATE)
+    with pytest.raises(TypeError):
+        await sparse.mmap_anonymous(0, PAGE, 3.0, mmap.MAP_PRIVATE)  # type: ignore[arg-type]
+    await sparse.mmap_anonymous(0, PAGE, np.uint64(RW), np.int64(mmap.MAP_PRIVATE))
+    assert kinds(sparse)[0] == (0, PAGE, "mmap")
     with open(data_file, "rb") as f:
         with pytest.raises(ValueError, match="mmap_anonymous"):
             await sparse.mmap(0, PAGE, RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, f)
@@ -321,6 +332,13 @@ async def test_bad_file_arguments(sparse: SparseMapping, data_file: Path, tmp_pa
         await sparse.map_file(0, PAGE, data_file, -PAGE)
     with pytest.raises(FileNotFoundError):
         await sparse.map_file(0, PAGE, tmp_path / "missing")
+    # Regression (adversary review): offsets past 2**63 reached ctypes and wrapped around,
+    # mapping the file's start (2**64) or its second page (2**64 + 4096) without an error.
+    for offset in (2**64, 2**64 + PAGE, 2**63):
+        with pytest.raises(ValueError, match="largest file offset"):
+            await sparse.map_file(0, PAGE, data_file, offset)
+        with open(data_file, "rb") as f, pytest.raises(ValueError, match="largest file"):
+            await sparse.mmap(0, PAGE, mmap.PROT_READ, mmap.MAP_SHARED, f, offset)
     with pytest.raises(anymmap.UnmappableFileError):
         await sparse.map_file(0, PAGE, "/dev/zero")
     with pytest.raises(TypeError):

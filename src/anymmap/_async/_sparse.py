@@ -4,9 +4,9 @@ import sys
 from typing import Any
 
 from .._backend import checkpoint, checkpoint_after, checkpoint_before, run_sync
-from .._core._checks import as_int, check_size
+from .._core._checks import check_size
 from .._core._files import as_fd
-from .._core._sparse import SparseCore, SparsePiece
+from .._core._sparse import SparseCore, SparsePiece, check_file_offset, check_mmap_bits
 from ._base import DirectAccessAsyncMap
 
 if sys.version_info >= (3, 11):
@@ -100,7 +100,7 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         """
         core = self._open_core()
         start, n = core.check_piece_range(offset, length)
-        where = self._file_offset(file_offset)
+        where = check_file_offset(file_offset)
         if not isinstance(writable, bool):
             raise TypeError("writable must be True or False")
         await self._change_mapping("map_file", core.map_file, start, n, file, where, writable)
@@ -121,9 +121,10 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         """
         core = self._open_core()
         start, n = core.check_piece_range(offset, length)
+        bits = check_mmap_bits(prot, flags)
         number = as_fd(fd)
-        where = self._file_offset(file_offset)
-        await self._change_mapping("mmap", core.mmap, start, n, prot, flags, number, where)
+        where = check_file_offset(file_offset)
+        await self._change_mapping("mmap", core.mmap, start, n, *bits, number, where)
 
     async def mmap_anonymous(self, offset: int, length: int, prot: int, flags: int) -> None:
         """Map anonymous memory at ``offset`` with ``prot`` and ``flags`` passed through
@@ -131,7 +132,8 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         :meth:`mmap`."""
         core = self._open_core()
         start, n = core.check_piece_range(offset, length)
-        await self._change_mapping("mmap_anonymous", core.mmap, start, n, prot, flags, None, 0)
+        bits = check_mmap_bits(prot, flags)
+        await self._change_mapping("mmap_anonymous", core.mmap, start, n, *bits, None, 0)
 
     async def unmap(self, offset: int, length: int) -> None:
         """Turn the range back into a hole (reserved, nothing mapped): its bytes are gone.
@@ -141,10 +143,6 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         core = self._open_core()
         start, n = core.check_piece_range(offset, length)
         await self._change_mapping("unmap", core.unmap, start, n)
-
-    @staticmethod
-    def _file_offset(file_offset: object) -> int:
-        return as_int(file_offset, "file_offset")
 
     # -- the seed's accessors -----------------------------------------------------------
 

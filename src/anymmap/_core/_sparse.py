@@ -70,6 +70,40 @@ def _check_aligned(value: int, what: str, unit: int = PAGE_SIZE) -> None:
         raise ValueError(f"{what} {value} is not a multiple of {unit}")
 
 
+#: The largest file offset ``mmap`` takes (``off_t`` is a signed 64-bit integer).
+MAX_FILE_OFFSET = (1 << 63) - 1
+
+
+def check_file_offset(value: object) -> int:
+    """``file_offset`` as a page-aligned offset a file can have.
+
+    :raises TypeError: if it is not an integer
+    :raises ValueError: if it is negative, not page-aligned, or past ``MAX_FILE_OFFSET``
+        (the kernel would see it wrapped around)
+    """
+    offset = as_int(value, "file_offset")
+    if offset < 0:
+        raise ValueError(f"file_offset {offset} is negative")
+    if offset > MAX_FILE_OFFSET:
+        raise ValueError(f"file_offset {offset} is past the largest file offset (2**63 - 1)")
+    _check_aligned(offset, "file_offset")
+    return offset
+
+
+def check_mmap_bits(prot: object, flags: object) -> tuple[int, int]:
+    """``prot`` and ``flags`` as the C ``int`` values ``mmap(2)`` takes.
+
+    :raises TypeError: if they are not integers
+    :raises ValueError: if one is negative or does not fit in 32 bits (ctypes would cut
+        it silently)
+    """
+    bits = as_int(prot, "prot"), as_int(flags, "flags")
+    for name, value in zip(("prot", "flags"), bits, strict=True):
+        if not 0 <= value < 1 << 31:
+            raise ValueError(f"{name} {value:#x} is not a 32-bit set of mmap(2) bits")
+    return bits
+
+
 def _huge_page_size(flags: int) -> int:
     """The page size a ``MAP_HUGETLB`` mapping uses: the one encoded in the flags, else
     the system's default huge page size."""
@@ -201,10 +235,8 @@ class SparseCore(MapCore):
         )
 
     def map_file(self, start: int, n: int, file: object, file_offset: int, writable: bool) -> None:
-        """A shared window of ``file`` (``writable``: writes reach the file)."""
-        _check_aligned(file_offset, "file_offset")
-        if file_offset < 0:
-            raise ValueError(f"file_offset {file_offset} is negative")
+        """A shared window of ``file`` (``writable``: writes reach the file);
+        ``file_offset`` checked by :func:`check_file_offset`."""
         fd, _ = open_fd(file, "rw" if writable else "r")
         ref = FileRef(fd, label_of(file))
         prot = os_impl.PROT_READ | (os_impl.PROT_WRITE if writable else 0)
@@ -231,7 +263,8 @@ class SparseCore(MapCore):
         self, start: int, n: int, prot: int, flags: int, fd: int | None, file_offset: int
     ) -> None:
         """Pass ``prot`` and ``flags`` through to ``mmap`` (``MAP_FIXED`` forced), for a
-        file (``fd``) or, with ``fd=None``, anonymous memory."""
+        file (``fd``) or, with ``fd=None``, anonymous memory; ``prot``, ``flags`` and
+        ``file_offset`` checked by :func:`check_mmap_bits` and :func:`check_file_offset`."""
         if prot & ~_PROTS:
             raise ValueError(f"prot {prot:#x} has bits other than PROT_READ/WRITE/EXEC")
         for flag, why in _REFUSED_FLAGS.items():
@@ -248,10 +281,6 @@ class SparseCore(MapCore):
             fd, file_offset = -1, 0
         elif flags & os_impl.MAP_ANONYMOUS:
             raise ValueError("MAP_ANONYMOUS with a file: use mmap_anonymous()")
-        else:
-            _check_aligned(file_offset, "file_offset")
-            if file_offset < 0:
-                raise ValueError(f"file_offset {file_offset} is negative")
         writable = bool(prot & os_impl.PROT_WRITE)
         self._replace(
             start,

@@ -3,9 +3,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .._core._checks import as_int, check_size
+from .._core._checks import check_size
 from .._core._files import as_fd
-from .._core._sparse import SparseCore, SparsePiece
+from .._core._sparse import SparseCore, SparsePiece, check_file_offset, check_mmap_bits
 from ._base import DirectAccessSyncMap
 
 if sys.version_info >= (3, 11):
@@ -61,7 +61,7 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
         start, n = core.check_piece_range(offset, length)
         if not isinstance(writable, bool):
             raise TypeError("writable must be True or False")
-        where = as_int(file_offset, "file_offset")
+        where = check_file_offset(file_offset)
         self._change_mapping(core.map_file, start, n, file, where, writable)
 
     def mmap(
@@ -70,15 +70,16 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
         """Pass-through ``mmap(2)`` of ``fd``; see :meth:`anymmap.SparseMapping.mmap`."""
         core = self._open_core()
         start, n = core.check_piece_range(offset, length)
+        bits = check_mmap_bits(prot, flags)
         number = as_fd(fd)
-        where = as_int(file_offset, "file_offset")
-        self._change_mapping(core.mmap, start, n, prot, flags, number, where)
+        where = check_file_offset(file_offset)
+        self._change_mapping(core.mmap, start, n, *bits, number, where)
 
     def mmap_anonymous(self, offset: int, length: int, prot: int, flags: int) -> None:
         """Pass-through anonymous ``mmap(2)``; see :meth:`anymmap.SparseMapping.mmap`."""
         core = self._open_core()
         start, n = core.check_piece_range(offset, length)
-        self._change_mapping(core.mmap, start, n, prot, flags, None, 0)
+        self._change_mapping(core.mmap, start, n, *check_mmap_bits(prot, flags), None, 0)
 
     def unmap(self, offset: int, length: int) -> None:
         """Turn the range back into a hole: its bytes are gone."""
