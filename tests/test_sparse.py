@@ -363,8 +363,14 @@ async def test_fill_at_and_read_plain(sparse: SparseMapping) -> None:
     assert await sparse.read_plain(0, "<Q") == 2**64 - 2
     assert await sparse.read_plain(8, "d") == 1.5
     assert await sparse.read_plain(0, "2s") == b"\xfe\xff"
-    with pytest.raises(ValueError, match="more than one value"):
+    with pytest.raises(ValueError, match="2 values, not one"):
         await sparse.read_plain(0, "<QQ")
+    with pytest.raises(ValueError, match="0 values, not one"):
+        await sparse.read_plain(0, "x")
+    # Regression (adversary review): the format's values were counted by unpacking a
+    # buffer of its size first: MemoryError here, and 500 MB allocated for "500000000s".
+    with pytest.raises(OutOfBoundsError):
+        await sparse.read_plain(0, "1000000000000s")
     with pytest.raises(ValueError, match="bad struct format"):
         await sparse.read_plain(0, "<Z")
     with pytest.raises(TypeError):

@@ -176,4 +176,4 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         :raises ValueError: if ``fmt`` is not a format of exactly one value
         """
         layout, size = SparseCore.plain_size(fmt)
-        return layout.unpack(await self.read(offset, size))[0]
+        return SparseCore.plain_value(layout, await self.read(offset, size))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .._errors import BorrowError, MappingFaultError, OutOfBoundsError
 from .._sys import os_impl
@@ -327,10 +327,12 @@ class SparseCore(MapCore):
 
     @staticmethod
     def plain_size(fmt: object) -> tuple[struct.Struct, int]:
-        """The ``struct`` format of one plain value, and its size.
+        """The ``struct`` format of a plain value, and its size (:meth:`plain_value`
+        checks that it is one value, once the bytes are read: counting the values
+        beforehand would build them from a buffer of that size, however large).
 
         :raises TypeError: if ``fmt`` is not a str
-        :raises ValueError: if it is not a struct format of exactly one value
+        :raises ValueError: if it is not a struct format
         """
         if not isinstance(fmt, str):
             raise TypeError(f"fmt must be a struct format string, not {type(fmt).__name__}")
@@ -338,9 +340,18 @@ class SparseCore(MapCore):
             layout = struct.Struct(fmt)
         except struct.error as exc:
             raise ValueError(f"bad struct format {fmt!r}: {exc}") from None
-        if len(layout.unpack(bytes(layout.size))) != 1:
-            raise ValueError(f"format {fmt!r} describes more than one value")
         return layout, layout.size
+
+    @staticmethod
+    def plain_value(layout: struct.Struct, data: bytes) -> Any:
+        """The one value ``layout`` describes in ``data``.
+
+        :raises ValueError: if the format describes more (or fewer) values than one
+        """
+        values = layout.unpack(data)
+        if len(values) != 1:
+            raise ValueError(f"format {layout.format!r} describes {len(values)} values, not one")
+        return values[0]
 
     def check_borrowable(self, start: int, n: int, writable: bool) -> None:
         """A borrow must only cover pieces a direct access cannot fault in: memory, or

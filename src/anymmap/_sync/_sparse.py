@@ -104,4 +104,4 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
     def read_plain(self, offset: int, fmt: str) -> Any:
         """Read one value of the :mod:`struct` format ``fmt`` at ``offset``."""
         layout, size = SparseCore.plain_size(fmt)
-        return layout.unpack(self.read(offset, size))[0]
+        return SparseCore.plain_value(layout, self.read(offset, size))
