@@ -341,6 +341,18 @@ async def test_bad_file_arguments(sparse: SparseMapping, data_file: Path, tmp_pa
             await sparse.mmap(0, PAGE, mmap.PROT_READ, mmap.MAP_SHARED, f, offset)
     with pytest.raises(anymmap.UnmappableFileError):
         await sparse.map_file(0, PAGE, "/dev/zero")
+    # Regression (adversary review): the pass-through mmap took /dev/zero, and a FIFO or
+    # a /proc file gave a bare OSError(ENODEV); it refuses the same files as map_file.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", "/proc/self/status", fifo):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            with pytest.raises(anymmap.UnmappableFileError):
+                await sparse.mmap(0, PAGE, mmap.PROT_READ, mmap.MAP_PRIVATE, fd)
+        finally:
+            os.close(fd)
+    assert kinds(sparse) == [(0, len(sparse), "hole")]
     with pytest.raises(TypeError):
         await sparse.map_file(0, PAGE, data_file, writable=1)  # type: ignore[arg-type]
     data_file.chmod(0o444)

@@ -118,6 +118,9 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         ``PROT_READ | PROT_WRITE | PROT_EXEC``, and flags without ``MAP_SHARED`` or
         ``MAP_PRIVATE``.  Copies go through the kernel: a page this mapping cannot give
         raises :class:`~anymmap.MappingFaultError`.
+
+        :raises UnmappableFileError: unless ``fd`` is a regular file or a block device
+            (as for :meth:`map_file`)
         """
         core = self._open_core()
         start, n = core.check_piece_range(offset, length)

@@ -24,6 +24,21 @@ MODES: tuple[str, ...] = get_args(Mode)
 MAPPABLE_KINDS = ("regular file", "block device")
 
 
+def check_mappable(fd: int, name: str) -> None:
+    """:raises IsADirectoryError: for a directory
+    :raises UnmappableFileError: unless ``fd`` is a regular file or a block device, on a
+        file system whose files can be mapped
+    """
+    kind = os_impl.file_kind(fd)
+    if kind == "directory":
+        raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
+    if kind not in MAPPABLE_KINDS:
+        raise UnmappableFileError(name, kind)
+    where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(fd))
+    if where is not None:
+        raise UnmappableFileError(name, f"file in {where}")
+
+
 class FileRef:
     """A file descriptor a map owns, with what the file was called (``label_of``).
 
@@ -117,14 +132,7 @@ def open_fd(file: object, mode: Mode) -> tuple[int, int]:
     else:
         fd = os_impl.dup(as_fd(file))
     try:
-        kind = os_impl.file_kind(fd)
-        if kind == "directory":
-            raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
-        if kind not in MAPPABLE_KINDS:
-            raise UnmappableFileError(name, kind)
-        where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(fd))
-        if where is not None:
-            raise UnmappableFileError(name, f"file in {where}")
+        check_mappable(fd, name)
         readable, can_write = os_impl.access_mode(fd)
         if not readable or (writable and not can_write):
             need = "reading and writing" if writable else "reading"

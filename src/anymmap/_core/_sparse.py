@@ -31,7 +31,7 @@ from ._copier import (
     MemoryCopier,
     page_ceil,
 )
-from ._files import FileRef, label_of, open_fd
+from ._files import FileRef, check_mappable, label_of, open_fd
 from ._lifetime import Memory
 from ._map import INLINE_COPY_LIMIT, MapCore, Piece
 from ._reservation import clear, place, reserve
@@ -281,6 +281,8 @@ class SparseCore(MapCore):
             fd, file_offset = -1, 0
         elif flags & os_impl.MAP_ANONYMOUS:
             raise ValueError("MAP_ANONYMOUS with a file: use mmap_anonymous()")
+        else:
+            check_mappable(fd, f"descriptor {fd}")  # the same files as everywhere
         writable = bool(prot & os_impl.PROT_WRITE)
         self._replace(
             start,
