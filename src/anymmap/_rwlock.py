@@ -20,6 +20,7 @@ from ._backend import (
     trio_checkpoint_if_cancelled,
     trio_current_task,
 )
+from ._core._forks import track
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,7 @@ class RWLock:
                     self._grant()
                 else:
                     self._release_read(task)
-            else:
+            elif not ticket.cancelled:  # (a fork cancels the tickets: see MapLock)
                 ticket.cancelled = True
                 if write:
                     self._writers_waiting -= 1
@@ -379,9 +380,43 @@ class RWLock:
 
 class MapLock(RWLock):
     """The lock of a map: an :class:`RWLock` with the few questions the map's own
-    ``*_nowait`` copies and its ``resize`` / ``aclose`` ask of it."""
+    ``*_nowait`` copies and its ``resize`` / ``aclose`` ask of it, and dropped holds in a
+    forked child (the parent's tasks do not run there: see ``_core/_forks.py``)."""
 
-    __slots__ = ()
+    __slots__ = ("__weakref__", "_dropped")
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: In a forked child: the holds dropped at the fork (task -> reads, or 0 for the
+        #: write lock), whose release is then a no-op.
+        self._dropped: dict[object, int] = {}
+        track(self)
+
+    def after_fork_in_child(self, survivor: int) -> None:
+        # A fork from inside a running event loop goes on running the loop's tasks in the
+        # child: their releases of what they held must not raise.  Tasks waiting at the
+        # fork are not woken (a fork from a running loop is unsupported by asyncio too).
+        dropped = self._dropped
+        dropped.update(self._readers)
+        if self._writer is not None:
+            dropped[self._writer] = 0
+        for ticket in self._queue:
+            ticket.cancelled = True
+        self._readers = {}
+        self._writer = None
+        self._queue = deque()
+        self._readers_waiting = 0
+        self._writers_waiting = 0
+
+    def _release(self, task: object, write: bool) -> None:
+        dropped = self._dropped
+        if dropped and task in dropped and task is not self._writer and task not in self._readers:
+            if dropped[task] > 1:
+                dropped[task] -= 1
+            else:
+                del dropped[task]
+            return
+        super()._release(task, write)
 
     # The *_nowait copies complete without yielding, so they only need the lock to be free
     # at this instant (a queued writer is not delayed by them).

@@ -101,3 +101,164 @@ _FORK = """
 @pytest.mark.parametrize("how", ["os.fork", "multiprocessing", "raw fork"])
 def test_what_a_forked_child_sees_of_every_map_type(how: str) -> None:
     check_child(_FORK, how)
+
+
+# A fork while other threads (or tasks of an event loop) are inside calls on the maps:
+# a borrow, a copy's pin, a flush, a resize.  In the child those threads are gone; what
+# they held must not make the child wait for ever (adversary findings: it did).
+_FORK_WHILE_BUSY = """
+    import os, sys, tempfile, threading
+    import anyio, anymmap, anymmap.sync as t
+
+    HOW = sys.argv[1]
+    directory = tempfile.mkdtemp(dir="/dev/shm")
+    path = os.path.join(directory, "file")
+    with open(path, "wb") as f:
+        f.write(bytes(1 << 20))
+
+    anon = t.AnonymousMmap.new(1 << 16)
+    raw = t.MmapRaw.map_raw(path)
+    region = t.MmapRegion.create(os.path.join(directory, "region"), 1 << 16)
+    doomed = t.AnonymousMmap.new(1 << 16)  # another thread resizes it at the fork
+    amap = None
+    inside, done = threading.Barrier(5), threading.Event()  # 4 holders + the forker
+
+    def borrower(m, writable):
+        with (m.as_mut_slice if writable else m.as_slice)(0, 16) as view:
+            inside.wait()
+            done.wait()
+            view[0]
+
+    def pinner(m):
+        with m._core.pinned():  # a copy or flush in flight, held still
+            inside.wait()
+            done.wait()
+
+    def remapper(m):
+        with m._core.exclusive():  # a resize or close in flight, held still
+            inside.wait()
+            done.wait()
+
+    def child():
+        for m in (anon, raw, region):
+            m.update_region(0, b"child!")  # the write lock: free in the child
+            assert m.read(0, 6) == b"child!"
+        raw.flush()  # group commit: a committer of the child's own
+        region.flush_range(0, 6)
+        raw.resize(2 << 20)  # waits for no pin
+        assert doomed.closed
+        try:
+            doomed.read(0, 1)
+        except anymmap.ClosedMapError as exc:
+            assert "resizing or closing" in str(exc), exc
+        else:
+            raise AssertionError("a map resized at the fork was usable in the child")
+        doomed.close()  # forgets it, unmaps nothing
+
+        async def main():
+            await amap.update_region(0, b"async!")  # a task held its write lock
+            assert await amap.read(0, 6) == b"async!"
+
+        anyio.run(main)
+
+    def run_child():
+        try:
+            child()
+        except BaseException as exc:
+            print("child failed:", repr(exc), flush=True)
+            os._exit(3)
+        os._exit(0)
+
+    def fork_and_wait():
+        inside.wait()  # every thread holds its part
+        if HOW == "multiprocessing":
+            import multiprocessing
+            process = multiprocessing.get_context("fork").Process(target=run_child)
+            process.start()
+            process.join()
+            code = process.exitcode
+        else:
+            pid = os.fork()
+            if pid == 0:
+                run_child()
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        done.set()
+        return code
+
+    async def parent():
+        global amap
+        amap = await anymmap.AnonymousMmap.new(1 << 16)
+        async with amap.as_mut_slice(0, 16):  # a task holds the write lock at the fork
+            code = await anyio.to_thread.run_sync(fork_and_wait)
+        assert code == 0, code
+        await amap.aclose()
+
+    threads = [
+        threading.Thread(target=borrower, args=(anon, False)),
+        threading.Thread(target=borrower, args=(region, True)),
+        threading.Thread(target=pinner, args=(raw,)),
+        threading.Thread(target=remapper, args=(doomed,)),
+    ]
+    for thread in threads:
+        thread.start()
+    anyio.run(parent)
+    for thread in threads:
+        thread.join()
+    # In the parent, nothing changed: every map is whole and closes.
+    assert anon.read(0, 6) == bytes(6) and len(raw) == 1 << 20
+    for m in (anon, raw, region, doomed):
+        m.close()
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["os.fork", "multiprocessing"])
+def test_a_fork_while_other_threads_and_tasks_hold_maps(how: str) -> None:
+    check_child(_FORK_WHILE_BUSY, how)
+
+
+# A fork from a task of a running trio loop: the child goes on running the loop, so the
+# parent's tasks run on there.  Their holds were dropped at the fork; leaving their
+# borrows must not raise, and the map must work for them after.  (asyncio forgets its
+# running loop in a forked child, so its tasks cannot go on there: nothing to test.)
+_FORK_IN_A_TASK = """
+    import os, sys
+    import anyio, anymmap
+    from tests._child import run_loop
+
+    async def main():
+        m = await anymmap.AnonymousMmap.new(1 << 16)
+        forked = anyio.Event()
+
+        async def reader():
+            async with m.as_slice(0, 16):
+                await forked.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            await anyio.sleep(0.01)
+            async with m.as_slice(32, 16):
+                pid = os.fork()  # this task and the reader hold read locks
+            forked.set()
+        if pid == 0:
+            code = 0
+            try:
+                await m.update_region(0, b"child")  # the write lock is free
+                assert await m.read(0, 5) == b"child"
+                await m.aclose()
+            except BaseException as exc:
+                print("child failed:", repr(exc), flush=True)
+                code = 3
+            os._exit(code)
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        assert status == 0, status
+        assert await m.read(0, 5) == bytes(5)  # the child's pages were its own
+        await m.aclose()
+
+    run_loop(sys.argv[1], main)
+    print("ok")
+"""
+
+
+def test_a_fork_from_a_task_of_a_running_trio_loop() -> None:
+    check_child(_FORK_IN_A_TASK, "trio")

@@ -379,7 +379,8 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
 
     def pending_bytes(self) -> int:
         """How many bytes were written through this map (copies and writable borrows)
-        since a durable flush last covered them."""
+        since a durable flush last covered them; always 0 for ``"r"`` and ``"copy"``
+        maps, whose writes never reach the file."""
         return self._open_core().dirty.pending()
 
     @asynccontextmanager

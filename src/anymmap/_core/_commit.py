@@ -102,6 +102,13 @@ class GroupCommit:
         self.msyncs = 0
         self.failed_batches: list[int] = []
 
+    def after_fork_in_child(self) -> None:
+        """In a child: no committer runs, and the requests waiting are the parent's (its
+        waiters do not exist here)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._pending = []
+        self._committer_pid = 0
+
     def submit(
         self,
         start: int,
@@ -229,6 +236,9 @@ class DirtyRanges:
         self._sequence = 0
         #: Called after every write with the bytes now pending (the auto-flush policy).
         self.listener: Callable[[int], None] | None = None
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a thread of the parent may have held it
 
     def add(self, start: int, end: int) -> None:
         if end <= start:

@@ -117,6 +117,11 @@ class FileBackedCore(MapCore):
         #: What was written and not yet flushed (``pending_bytes()``).
         self.dirty = DirtyRanges()
 
+    def after_fork_in_child(self, survivor: int) -> None:
+        super().after_fork_in_child(survivor)
+        self.commit.after_fork_in_child()
+        self.dirty.after_fork_in_child()
+
     def note_write(self, start: int, n: int) -> None:
         if self.mode == "rw":  # the pages of "r" and "copy" maps never reach the file
             self.dirty.add(start, start + n)

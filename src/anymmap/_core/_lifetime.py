@@ -185,6 +185,15 @@ _ESCAPED: list[_Escape] = []
 _ESCAPED_LOCK = threading.Lock()
 
 
+def _renew_lock_in_child() -> None:
+    global _ESCAPED_LOCK
+    _ESCAPED_LOCK = threading.Lock()  # a thread of the parent may have held it
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX system
+    os.register_at_fork(after_in_child=_renew_lock_in_child)
+
+
 def escape_error() -> BorrowError:
     """The error for a borrow whose views had to be parked."""
     return BorrowError(

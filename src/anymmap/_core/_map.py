@@ -39,6 +39,7 @@ from .._sys import os_impl
 from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
+from ._forks import track
 from ._lifetime import Memory
 
 PAGE_SIZE = os_impl.PAGE_SIZE
@@ -54,6 +55,9 @@ ProgressCallback = Callable[[int, int], object]
 
 #: Advice after which private pages read back as zeros (or as the file's data).
 DISCARDING_ADVICE = frozenset({os_impl.MADV_DONTNEED, os_impl.MADV_FREE})
+
+#: ``_fork_guard`` of a map lost in a fork (no process has pid 0).
+_LOST_IN_A_FORK = 0
 
 #: Sizes of the aligned loads and stores that are single instructions (see atomic_load).
 ATOMIC_TYPES: dict[
@@ -88,7 +92,7 @@ class MapCore:
         self._cond = threading.Condition(threading.Lock())
         self._pins = 0
         self._pinners: dict[int, int] = {}  # thread identity -> pins it holds
-        self._remapping = False
+        self._remapper: int | None = None  # the thread inside exclusive(), if any
         self._closed = False
         #: False once the map may be unusable here (closed, or DONTFORK was advised): the
         #: facades' one-attribute test before they call :meth:`check_open`.
@@ -98,6 +102,20 @@ class MapCore:
         self._pieces: Sequence[Piece] = ()
         self._starts: list[int] = []  # the pieces' offsets, for bisect
         self.writable = writable
+        track(self)
+
+    def after_fork_in_child(self, survivor: int) -> None:
+        """Keep only the pins of the thread that forked (see ``_forks``).  A map another
+        thread was remapping or closing counts as closed here: its memory may be
+        half-changed, so it is neither used nor unmapped (as after DONTFORK)."""
+        self._cond = threading.Condition(threading.Lock())
+        pins = self._pinners.get(survivor, 0)
+        self._pinners = {survivor: pins} if pins else {}
+        self._pins = pins
+        if self._remapper not in (None, survivor):
+            self._remapper = None
+            self._fork_guard[:] = [_LOST_IN_A_FORK]
+            self.usable = False
 
     # -- state ------------------------------------------------------------------------
 
@@ -119,9 +137,11 @@ class MapCore:
 
     def _closed_error(self) -> ClosedMapError:
         if not self._closed and self.forked_away():
-            return ClosedMapError(
-                self.kind, "advised DONTFORK, so its memory is not in this child process"
-            )
+            if self._fork_guard[0] == _LOST_IN_A_FORK:
+                why = "another thread was resizing or closing it when this process forked"
+            else:
+                why = "advised DONTFORK, so its memory is not in this child process"
+            return ClosedMapError(self.kind, why)
         return ClosedMapError(self.kind)
 
     def note_advice(self, advice: int, whole: bool) -> None:
@@ -181,7 +201,7 @@ class MapCore:
         """
         me = threading.get_ident()
         with self._cond:
-            while self._remapping:
+            while self._remapper is not None:
                 self._cond.wait()
             self.check_open()
             self._pins += 1
@@ -212,13 +232,13 @@ class MapCore:
                     f"cannot close or resize a {self.kind} from inside one of its own calls "
                     "on the same thread"
                 )
-            self._remapping = True
+            self._remapper = threading.get_ident()
             try:
                 while self._pins:
                     self._cond.wait()
                 yield
             finally:
-                self._remapping = False
+                self._remapper = None
                 self._cond.notify_all()
 
     # -- closing ----------------------------------------------------------------------

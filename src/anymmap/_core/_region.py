@@ -127,6 +127,10 @@ class RegionCore(FileBackedCore):
         # resource tracker of multiprocessing.shared_memory tries to, without leaks).
         self._cleanup.atexit = True
 
+    def after_fork_in_child(self, survivor: int) -> None:
+        super().after_fork_in_child(survivor)
+        self._grow = threading.Lock()
+
     def _set_length(self, size: int) -> None:
         self.length = size
         self._set_pieces(((0, size, self._copier),))

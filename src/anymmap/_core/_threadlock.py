@@ -8,6 +8,8 @@ from contextlib import contextmanager
 
 from anyio import WouldBlock
 
+from ._forks import track
+
 
 class ThreadRWLock:
     """Readers share, a writer is alone; waiting writers hold new readers back.
@@ -20,12 +22,22 @@ class ThreadRWLock:
     by another thread); a plain ``release_*()`` releases for the calling thread only.
     """
 
-    __slots__ = ("_cond", "_readers", "_writer", "_writers_waiting")
+    __slots__ = ("__weakref__", "_cond", "_readers", "_writer", "_writers_waiting")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._readers: dict[int, int] = {}
         self._writer: int | None = None
+        self._writers_waiting = 0
+        track(self)
+
+    def after_fork_in_child(self, survivor: int) -> None:
+        """Keep only what the thread that forked holds (see ``_forks``)."""
+        self._cond = threading.Condition(threading.Lock())
+        count = self._readers.get(survivor, 0)
+        self._readers = {survivor: count} if count else {}
+        if self._writer != survivor:
+            self._writer = None
         self._writers_waiting = 0
 
     def acquire_read(self, blocking: bool = True) -> int:

@@ -238,7 +238,8 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         request.result()
 
     def pending_bytes(self) -> int:
-        """Bytes written since a durable flush last covered them."""
+        """Bytes written since a durable flush last covered them (0 for ``"r"`` and
+        ``"copy"`` maps)."""
         return self._open_core().dirty.pending()
 
     @contextmanager

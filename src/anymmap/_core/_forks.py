@@ -1,0 +1,49 @@
+"""What a child process keeps of the locks and pins of live maps.
+
+A child of ``fork()`` has one thread: the one that forked.  Every other thread of the
+parent, and every task of an event loop (which does not run on in the child), is gone,
+and so is any chance that they release what they held at that moment: a borrow, a pin of
+a copy or flush in a worker thread, a lock inside a critical section.  Left as they were,
+those would make the child's first call on the map wait for ever.
+
+So, after a fork, each tracked object (:func:`track`) drops in the child whatever the
+surviving thread does not hold itself, and gets fresh ``threading`` locks (one held by
+a vanished thread would never be released).  The maps stay mapped and usable; a map that
+another thread was resizing or closing at that moment counts as closed in the child
+(its memory may be half-changed).
+
+This runs through ``os.register_at_fork``, that is for ``os.fork()`` and
+``multiprocessing``; a raw ``fork()`` that skips Python's hooks skips it too (as it does
+for the interpreter's own locks).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Protocol
+
+
+class AfterFork(Protocol):
+    def after_fork_in_child(self, survivor: int) -> None:
+        """Drop what threads other than ``survivor`` (the thread identity that forked)
+        and event loop tasks held; renew the ``threading`` locks."""
+
+
+_TRACKED: weakref.WeakSet[AfterFork] = weakref.WeakSet()
+
+
+def track(obj: AfterFork) -> None:
+    """Call ``obj.after_fork_in_child`` in every child forked while ``obj`` lives."""
+    _TRACKED.add(obj)
+
+
+def _in_child() -> None:
+    survivor = threading.get_ident()
+    for obj in list(_TRACKED):
+        obj.after_fork_in_child(survivor)
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX system
+    os.register_at_fork(after_in_child=_in_child)
