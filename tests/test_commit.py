@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -422,3 +423,34 @@ def test_a_flush_queued_before_a_shrink_flushes_what_is_left(log_file: Path) -> 
         m._core._durable(16 * MiB - PAGE, PAGE)  # what the committer calls
         m._core._durable(MiB - 10, PAGE)
         assert m.pending_bytes() == 0
+
+
+# --- what pending bytes cost ---------------------------------------------------------------
+
+
+def test_random_writes_cost_the_same_with_many_ranges_pending() -> None:
+    """Disjoint writes never merge: each write once re-sorted every range past 1,024 of
+    them (a 4 KiB write into a big file took 127 µs instead of 8).  Compared with the
+    same writes into an empty set, measured here; the count stays exact."""
+    from anymmap._core._commit import DirtyRanges
+
+    def cost_of_writes(dirty: DirtyRanges, base: int) -> float:
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for i in range(500):
+                dirty.add(base + 2 * i * PAGE, base + (2 * i + 1) * PAGE)
+            best = min(best, time.perf_counter() - started)
+            base += 1000 * PAGE
+        return best
+
+    crowded = DirtyRanges()
+    for i in range(8192):  # disjoint: a page every other page
+        crowded.add(2 * i * PAGE, (2 * i + 1) * PAGE)
+    assert crowded.pending() == 8192 * PAGE
+    control = cost_of_writes(DirtyRanges(), 0)
+    measured = cost_of_writes(crowded, 1 << 40)
+    assert measured < 20 * control, (measured, control)
+    assert crowded.pending() == (8192 + 2500) * PAGE
+    crowded.clean(0, 1 << 40, crowded.mark())
+    assert crowded.pending() == 2500 * PAGE

@@ -71,7 +71,11 @@ class Server:
         self._stdout: IO[bytes] = self.process.stdout
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        line = self.wait_for("listening on ")
+        try:
+            line = self.wait_for("listening on ")
+        except BaseException:
+            self.kill()  # reaped here, not garbage in a later test (a ResourceWarning)
+            raise
         self.port = int(line.rpartition(":")[2])
 
     def _read(self) -> None:

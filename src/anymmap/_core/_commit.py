@@ -224,8 +224,11 @@ class DirtyRanges:
     Each write adds its range with a sequence number; a flush notes the sequence number
     when it starts and, once durable, forgets what it covered that was written before it
     started (a write during the flush may have missed it, so it stays).  To stay small,
-    more than :data:`MAX_ENTRIES` ranges are merged into their union, keeping the newest
-    number (which can only keep bytes pending longer, never report them durable early).
+    the ranges are merged into their union (keeping the newest number of those merged,
+    which can only keep bytes pending longer, never report them durable early) whenever
+    :meth:`pending` counts them, and when they grow to twice what the last merge left
+    (at least :data:`MAX_ENTRIES`): a write costs amortized O(log n), not a sort of every
+    range (random writes never merge).
     """
 
     MAX_ENTRIES = 1024
@@ -233,8 +236,11 @@ class DirtyRanges:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: list[tuple[int, int, int]] = []  # (start, end, sequence number)
+        self._limit = self.MAX_ENTRIES  # merge when there are more entries than this
+        self._upper = 0  # the sum of the entries' lengths: pending() or more
         self._sequence = 0
-        #: Called after every write with the bytes now pending (the auto-flush policy).
+        #: Called after every write with an upper bound of the bytes now pending (the
+        #: auto-flush policy; it asks :meth:`pending` before it acts).
         self.listener: Callable[[int], None] | None = None
 
     def after_fork_in_child(self) -> None:
@@ -246,11 +252,13 @@ class DirtyRanges:
         with self._lock:
             self._sequence += 1
             self._entries.append((start, end, self._sequence))
-            if len(self._entries) > self.MAX_ENTRIES:
-                self._entries = _union(self._entries)
+            self._upper += end - start
+            if len(self._entries) > self._limit:
+                self._merge()
+            upper = self._upper
         listener = self.listener
         if listener is not None:
-            listener(self.pending())
+            listener(upper)
 
     def mark(self) -> int:
         """The sequence number to pass to :meth:`clean` once a flush that starts now is
@@ -270,20 +278,32 @@ class DirtyRanges:
                     kept.append((first, start, sequence))
                 if last > end:
                     kept.append((end, last, sequence))
-            self._entries = kept
+            self._set(kept)
 
     def cut(self, length: int) -> None:
         """Forget whatever lies at or past ``length`` (the map shrank)."""
         with self._lock:
-            self._entries = [
-                (first, min(last, length), sequence)
-                for first, last, sequence in self._entries
-                if first < length
-            ]
+            self._set(
+                [
+                    (first, min(last, length), sequence)
+                    for first, last, sequence in self._entries
+                    if first < length
+                ]
+            )
 
     def pending(self) -> int:
+        """The bytes pending: the size of the union of the ranges."""
         with self._lock:
-            return sum(last - first for first, last, _ in _union(self._entries))
+            self._merge()
+            return self._upper
+
+    def _merge(self) -> None:  # with self._lock held
+        self._set(_union(self._entries))
+        self._limit = max(self.MAX_ENTRIES, 2 * len(self._entries))
+
+    def _set(self, entries: list[tuple[int, int, int]]) -> None:  # with self._lock held
+        self._entries = entries
+        self._upper = sum(last - first for first, last, _ in entries)
 
 
 def _union(entries: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
