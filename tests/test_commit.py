@@ -81,7 +81,10 @@ async def test_concurrent_commits_share_msyncs(log_file: Path) -> None:
         assert sorted(acknowledged) == list(range(committers))
         stats = m._core.commit
         print(f"\n{committers} commits: {stats.msyncs} msyncs in {stats.batches} batches")
-        assert stats.msyncs < committers // 4
+        # How many share an msync depends on the scheduling (16 of 64 on a busy machine,
+        # 2 or 3 when idle); that they share it is certain: all submit within one loop
+        # round.  The exact coalescing is checked on the committer below.
+        assert stats.msyncs < committers
         assert m.pending_bytes() == 0
     await anyio.to_thread.run_sync(assert_another_process_reads_every_record, log_file, committers)
 
@@ -106,8 +109,37 @@ def test_threads_of_the_twin_share_msyncs(log_file: Path) -> None:
         for worker in workers:
             worker.join()
         assert not errors
-        assert m._core.commit.msyncs < threads // 2
+        assert m._core.commit.msyncs < threads  # shared: how widely depends on the load
     assert_another_process_reads_every_record(log_file, threads)
+
+
+def test_requests_made_during_an_msync_share_the_next_one() -> None:
+    """While one msync runs, 63 requests arrive: exactly one more msync, over their
+    span, completes all of them."""
+    calls: list[tuple[int, int]] = []
+    inside, gate = threading.Event(), threading.Event()
+
+    class Map:
+        def sync(self, start: int, length: int) -> None:
+            calls.append((start, length))
+            if len(calls) == 1:
+                inside.set()
+                gate.wait(30)
+
+    target = Map()
+    commit = GroupCommit(target.sync)
+    first = threading.Event()
+    commit.submit(0, 1, first.set)
+    assert inside.wait(30)
+    done = [threading.Event() for _ in range(63)]
+    requests = [commit.submit(i, i + 1, event.set) for i, event in enumerate(done, 1)]
+    gate.set()
+    assert first.wait(30)
+    assert all(event.wait(30) for event in done)
+    for request in requests:
+        request.result()
+    assert calls == [(0, 1), (1, 63)]
+    assert (commit.batches, commit.msyncs) == (2, 2)
 
 
 def test_a_request_is_done_only_by_an_msync_that_started_after_it() -> None:

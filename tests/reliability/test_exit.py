@@ -93,8 +93,13 @@ def test_the_loop_ends_while_every_map_type_is_busy(runner: str, work: str) -> N
 
 
 _INTERRUPTED_FLUSH = """
-    import os, sys, tempfile
+    import os, signal, sys, tempfile
     import anyio, anymmap
+
+    # What an interactive program has.  A command started in the background by a
+    # non-interactive shell (`cmd &`: a CI script, nohup) inherits SIGINT ignored, and
+    # Python and asyncio keep it so: the signal would never arrive.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     BACKEND = sys.argv[1]
     path = os.path.join(tempfile.mkdtemp(), "big")
@@ -122,7 +127,9 @@ def test_keyboard_interrupt_during_a_flush(backend: str) -> None:
     """A real SIGINT while a flush runs: the program gets KeyboardInterrupt, the map
     closes, and the interpreter exits (no hang waiting for a worker or committer)."""
     for _ in range(scaled(5, 50)):
-        prelude = f"import faulthandler; faulthandler.dump_traceback_later({CHILD_TIMEOUT})\n"
+        prelude = (
+            f"import faulthandler; faulthandler.dump_traceback_later({CHILD_TIMEOUT}, exit=True)\n"
+        )
         with subprocess.Popen(
             [sys.executable, "-c", prelude + textwrap.dedent(_INTERRUPTED_FLUSH), backend],
             stdout=subprocess.PIPE,
