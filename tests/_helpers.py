@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -93,3 +93,18 @@ async def heartbeat() -> AsyncIterator[Heartbeat]:
         # Give the heartbeat a chance to wake (and record the lag) after the work ended.
         await anyio.sleep(0.005)
         tg.cancel_scope.cancel()
+
+
+async def at_a_free_address(
+    free_address: Callable[[], Awaitable[int]], attempt: Callable[[int], Awaitable[bool]]
+) -> None:
+    """Run ``attempt(addr)`` at an address just freed by ``free_address()`` until it
+    returns True (it returns False when the address was no longer free).  Between
+    freeing an address and mapping at it, another thread of the process (a worker
+    starting, an allocator) may take part of it, so a few fresh addresses are tried."""
+    import pytest
+
+    for _ in range(10):
+        if await attempt(await free_address()):
+            return
+    pytest.fail("no freed address stayed free in 10 tries")

@@ -10,7 +10,7 @@ import anymmap
 import anymmap.sync
 from anymmap import HintNotHonoredError, InvalidHintError, InvalidSizeError, MmapOptions
 
-from ._helpers import PAGE, resident_fraction, rss_bytes
+from ._helpers import PAGE, at_a_free_address, resident_fraction, rss_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -82,10 +82,22 @@ async def _free_address(size: int) -> int:
 
 @pytest.mark.parametrize("strict", [False, True])
 async def test_hint_is_honoured(strict: bool) -> None:
-    addr = await _free_address(4 * PAGE)
-    async with await MmapOptions().len(4 * PAGE).with_hint(addr).strict(strict).map_anon() as m:
-        assert m.as_ptr() == addr
-        await m.update_region(0, b"at the hint")
+    async def attempt(addr: int) -> bool:
+        options = MmapOptions().len(4 * PAGE).with_hint(addr).strict(strict)
+        try:
+            m = await options.map_anon()
+        except HintNotHonoredError:
+            assert strict
+            return False
+        async with m:
+            if m.as_ptr() != addr:
+                assert not strict  # a strict map is where it was asked, or nowhere
+                return False
+            await m.update_region(0, b"at the hint")
+            assert await m.read(0, 11) == b"at the hint"
+            return True
+
+    await at_a_free_address(lambda: _free_address(4 * PAGE), attempt)
 
 
 async def test_strict_hint_on_a_taken_address_raises() -> None:
@@ -103,12 +115,30 @@ async def test_strict_hint_on_a_taken_address_raises() -> None:
 
 
 async def test_strict_map_keeps_its_address_on_resize() -> None:
-    addr = await _free_address(64 * PAGE)
-    async with await MmapOptions().len(PAGE).with_hint(addr).strict(True).map_anon() as m:
-        await m.update_region(0, b"fixed")
-        await m.resize(8 * PAGE)  # the freed range after it is still free
-        assert m.as_ptr() == addr
-        assert await m.read(0, 5) == b"fixed"
+    async def attempt(addr: int) -> bool:
+        try:
+            m = await MmapOptions().len(PAGE).with_hint(addr).strict(True).map_anon()
+        except HintNotHonoredError:
+            return False
+        async with m:
+            await m.update_region(0, b"fixed")
+            failed: OSError | None
+            try:
+                await m.resize(8 * PAGE)  # into the rest of the freed range
+            except OSError as exc:  # taken meanwhile: ENOMEM, and the map stays as it was
+                failed = exc
+            else:
+                failed = None
+            if failed is not None:
+                assert failed.errno == errno.ENOMEM
+                assert len(m) == PAGE
+                assert await m.read(0, 5) == b"fixed"
+                return False
+            assert m.as_ptr() == addr
+            assert await m.read(0, 5) == b"fixed"
+            return True
+
+    await at_a_free_address(lambda: _free_address(64 * PAGE), attempt)
 
 
 async def test_populate_option() -> None:

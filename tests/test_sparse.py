@@ -30,7 +30,7 @@ from anymmap import (
 )
 
 from ._child import check_child
-from ._helpers import PAGE, is_mapped, rss_bytes, wait_until
+from ._helpers import PAGE, at_a_free_address, is_mapped, rss_bytes, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -570,13 +570,25 @@ async def test_every_call_on_a_closed_map() -> None:
 
 
 async def test_options_map_sparse() -> None:
-    probe = await SparseMapping.new(4 * MiB)
-    hint = probe.as_ptr()
-    await probe.aclose()
-    async with await anymmap.MmapOptions(len=MiB, hint=hint, strict=True).map_sparse() as m:
-        assert m.as_ptr() == hint
-        with pytest.raises(anymmap.HintNotHonoredError):
-            await anymmap.MmapOptions(len=MiB, hint=hint, strict=True).map_sparse()
+    async def free_address() -> int:
+        probe = await SparseMapping.new(4 * MiB)
+        hint = probe.as_ptr()
+        await probe.aclose()
+        return hint
+
+    async def attempt(hint: int) -> bool:
+        options = anymmap.MmapOptions(len=MiB, hint=hint, strict=True)
+        try:
+            m = await options.map_sparse()
+        except anymmap.HintNotHonoredError:
+            return False  # taken meanwhile
+        async with m:
+            assert m.as_ptr() == hint
+            with pytest.raises(anymmap.HintNotHonoredError):
+                await options.map_sparse()
+        return True
+
+    await at_a_free_address(free_address, attempt)
     async with await anymmap.MmapOptions(len=MiB, no_reserve=True).map_sparse() as m:
         assert len(m) == MiB
     with pytest.raises(ValueError, match="populate"):
