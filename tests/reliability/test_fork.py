@@ -262,3 +262,49 @@ _FORK_IN_A_TASK = """
 
 def test_a_fork_from_a_task_of_a_running_trio_loop() -> None:
     check_child(_FORK_IN_A_TASK, "trio")
+
+
+# A fork while another thread is inside auto_flush(): its flusher is not in the child, so
+# the child's writes must not call it (on trio that could wait for ever on a lock of the
+# parent's loop) and the child may flush automatically on its own (adversary finding).
+_FORK_IN_AUTO_FLUSH = """
+    import os, tempfile, threading
+    import anymmap.sync as t
+
+    path = os.path.join(tempfile.mkdtemp(dir="/dev/shm"), "file")
+    with open(path, "wb") as f:
+        f.write(bytes(1 << 16))
+    m = t.MmapRaw.map_raw(path)
+    inside, done = threading.Event(), threading.Event()
+
+    def flushing():
+        with m.auto_flush(every=0.001, every_bytes=1):
+            inside.set()
+            done.wait()
+
+    thread = threading.Thread(target=flushing)
+    thread.start()
+    inside.wait()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            m.update_region(0, b"child")
+            with m.auto_flush(every=0.001):
+                m.update_region(8, b"again")
+            assert m.pending_bytes() == 0
+        except BaseException as exc:
+            print("child failed:", repr(exc), flush=True)
+            code = 3
+        os._exit(code)
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    done.set()
+    thread.join()
+    assert status == 0, status
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_fork_inside_auto_flush_of_another_thread() -> None:
+    check_child(_FORK_IN_AUTO_FLUSH)

@@ -245,6 +245,9 @@ class DirtyRanges:
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()  # a thread of the parent may have held it
+        # The parent's auto-flush wakes a thread or event loop that is not here (and may
+        # take a lock a vanished thread held): the child may start an auto_flush of its own.
+        self.listener = None
 
     def add(self, start: int, end: int) -> None:
         if end <= start:
