@@ -290,6 +290,28 @@ async def test_a_borrow_entered_twice_is_refused_and_leaks_nothing(
     await amap.update_region(0, b"free")  # nothing held
 
 
+@pytest.mark.parametrize("writable", [False, True])
+async def test_a_borrow_exited_twice_or_never_entered_says_so(
+    amap: AnonymousMmap, writable: bool
+) -> None:
+    """Regression test (adversary review): ``__aexit__`` on a borrow that was never
+    entered, or that ended already, raised a bare ``AttributeError``; it is the same
+    ``RuntimeError`` as a second entry, and releases nothing it does not hold."""
+    borrow = amap.as_mut_slice(0, 16) if writable else amap.as_slice(0, 16)
+    with pytest.raises(RuntimeError, match="not active"):
+        await borrow.__aexit__(None, None, None)
+    async with borrow:
+        pass
+    with pytest.raises(RuntimeError, match="not active"):
+        await borrow.__aexit__(None, None, None)
+    async with amap.as_slice(0, 16):  # another reader: a stray exit must not release it
+        with pytest.raises(RuntimeError, match="not active"):
+            await borrow.__aexit__(None, None, None)
+        assert amap.lock.statistics().readers == 1
+    stats = amap.lock.statistics()
+    assert (stats.readers, stats.writer) == (0, None)
+
+
 async def test_close_from_inside_a_borrow_is_refused(amap: AnonymousMmap) -> None:
     async with amap.as_slice(0, 1):
         with pytest.raises(RuntimeError, match="borrows it"):

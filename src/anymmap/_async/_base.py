@@ -502,7 +502,13 @@ class _Borrow:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        borrowed = self._borrowed
+        try:
+            borrowed = self._borrowed
+        except AttributeError:
+            name = "as_mut_slice" if self._writable else "as_slice"
+            raise RuntimeError(
+                f"this {name}() borrow is not active (never entered, or ended already)"
+            ) from None
         del self._borrowed  # nothing but the registry may keep its views once it ends
         try:
             escaped = self._map._core.end_borrow(borrowed)
