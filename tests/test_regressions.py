@@ -216,6 +216,116 @@ def test_index_that_closes_or_resizes_the_map_never_hangs() -> None:
     check_child(_INDEX_CALLS_BACK, timeout=30)
 
 
+_INDEX_CONVERTED_FIRST = """
+    import os, tempfile
+    import anyio, anymmap, anymmap.sync
+
+    PAGE = 4096
+    path = tempfile.mktemp()
+    with open(path, "wb") as f:
+        f.truncate(4 * PAGE)
+
+    class Evil:
+        # An offset whose __index__ closes or resizes the map it is passed to, and
+        # counts how often it was asked.
+        def __init__(self, action):
+            self.action, self.calls = action, 0
+        def __index__(self):
+            self.calls += 1
+            self.action()
+            return 0
+
+    def copies(m, i):
+        return {
+            "read": lambda: m.read(i, 16),
+            "read_into": lambda: m.read_into(i, bytearray(16)),
+            "update_region": lambda: m.update_region(i, b"x"),
+            "read_into_nowait": lambda: m.read_into_nowait(i, bytearray(16)),
+            "update_region_nowait": lambda: m.update_region_nowait(i, b"x"),
+            "as_slice": lambda: m.as_slice(i, 16).__enter__(),
+            "as_mut_slice": lambda: m.as_mut_slice(i, 16).__enter__(),
+        }
+
+    def sparse_calls(m, i):
+        return {
+            "fill_at": lambda: m.fill_at(i, 7, 16),
+            "read_plain": lambda: m.read_plain(i, "<Q"),
+            "read_at": lambda: m.read_at(i, bytearray(16)),
+            "write_at": lambda: m.write_at(i, b"x"),
+            "atomic_load": lambda: m.atomic_load(i, 8),
+            "atomic_store": lambda: m.atomic_store(i, 8, 1),
+        }
+
+    # The blocking twins: the argument is converted before the lock is taken, so the
+    # close happens first and the call finds a closed map; a resize happens first and
+    # the call goes on on the resized map.
+    for name in copies(None, None):
+        m = anymmap.sync.MmapRaw.map_raw(path)
+        evil = Evil(m.close)
+        try:
+            copies(m, evil)[name]()
+        except anymmap.ClosedMapError:
+            pass
+        else:
+            raise AssertionError(f"{name}: no ClosedMapError")
+        assert evil.calls == 1, (name, evil.calls)
+        m = anymmap.sync.MmapRaw.map_raw(path)
+        evil = Evil(lambda: m.resize(2 * PAGE))
+        copies(m, evil)[name]()
+        assert evil.calls == 1 and len(m) == 2 * PAGE, (name, evil.calls)
+        m.close()
+        with open(path, "wb") as f:
+            f.truncate(4 * PAGE)
+
+    for name in sparse_calls(None, None):
+        m = anymmap.sync.SparseMapping.new(4 * PAGE)
+        m.alloc(0, PAGE)
+        evil = Evil(m.close)
+        try:
+            sparse_calls(m, evil)[name]()
+        except anymmap.ClosedMapError:
+            pass
+        else:
+            raise AssertionError(f"{name}: no ClosedMapError")
+        assert evil.calls == 1, (name, evil.calls)
+
+    # The async maps: an argument is converted once, whichever path the copy takes
+    # (a copy that finds the lock taken used to convert it again under the lock).
+    async def main():
+        m = await anymmap.MmapRaw.map_raw(path)
+        big = (1 << 20) + 1  # above the inline limit: the copy is finished under the lock
+        for call in (
+            lambda i: m.read(i, big),
+            lambda i: m.read_into(i, bytearray(big)),
+            lambda i: m.update_region(i, bytes(big)),
+        ):
+            evil = Evil(lambda: None)
+            await call(evil)
+            assert evil.calls == 1, evil.calls
+        evil = Evil(lambda: None)
+        async with m.as_mut_slice(evil, 16):
+            pass
+        assert evil.calls == 1, evil.calls
+        await m.aclose()
+
+    with open(path, "wb") as f:
+        f.truncate(4 << 20)
+    anyio.run(main)
+    anyio.run(main, backend="trio")
+    os.unlink(path)
+    print("ok")
+"""
+
+
+def test_index_is_converted_before_any_lock_is_taken() -> None:
+    """Regression test (adversary review): the blocking twins' copies, borrows, atomics
+    and ``fill_at`` converted their offsets under the map's lock, so an ``__index__`` that
+    closed or resized the map failed with "this thread already holds the lock" although
+    the README says arguments are converted before anything is pinned; the async copies
+    converted an offset a second time when the lock was taken."""
+    check_child(_INDEX_CONVERTED_FIRST, timeout=30)
+
+
 _FIFO = """
     import os, sys, tempfile
     import anyio, anymmap, anymmap.sync

@@ -26,7 +26,7 @@ from .._backend import (
     run_sync,
     shielded,
 )
-from .._core._checks import byte_view, check_flush_policy, check_populate_args, check_size
+from .._core._checks import as_int, byte_view, check_flush_policy, check_populate_args, check_size
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
@@ -85,7 +85,7 @@ class AsyncMap(MapHandle[CoreT]):
         :raises TypeError: if ``buf`` is not a writable, C-contiguous buffer
         :raises ClosedMapError: if the map is closed
         """
-        dst = byte_view(buf, writable=True)
+        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
         await checkpoint_before()
         # A copy that does not yield needs no lock: no other task runs while it does.
         # This is the *_nowait copy inside a checkpoint, and the usual case.
@@ -101,6 +101,7 @@ class AsyncMap(MapHandle[CoreT]):
 
     async def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset`` (see :meth:`read_into`)."""
+        offset, length = as_int(offset, "offset"), as_int(length, "length")
         await checkpoint_before()
         if self._lock.free_for_reading():  # as in read_into
             data = self._open_core().read_bytes(offset, length)
@@ -117,7 +118,7 @@ class AsyncMap(MapHandle[CoreT]):
         :raises OutOfBoundsError: if the range is not inside the map
         :raises ReadOnlyError: if the map is read-only
         """
-        src = byte_view(data, writable=False)
+        offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
         self._open_core().check_writable()
         await checkpoint_before()
         if self._lock.free_for_writing() and self._open_core().try_write(  # as in read_into
@@ -471,8 +472,8 @@ class _Borrow:
 
     def __init__(self, owner: AsyncMap[Any], offset: int, length: int, writable: bool):
         self._map = owner
-        self._offset = offset
-        self._length = length
+        self._offset = as_int(offset, "offset")  # now: an __index__ must not run locked
+        self._length = as_int(length, "length")
         self._writable = writable
         self._entered = False
 

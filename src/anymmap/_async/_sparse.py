@@ -4,7 +4,7 @@ import sys
 from typing import Any
 
 from .._backend import checkpoint, checkpoint_after, checkpoint_before, run_sync
-from .._core._checks import check_size
+from .._core._checks import as_int, check_size
 from .._core._files import as_fd
 from .._core._sparse import SparseCore, SparsePiece, check_file_offset, check_mmap_bits
 from ._base import DirectAccessAsyncMap
@@ -159,6 +159,8 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
 
     async def fill_at(self, offset: int, value: int, length: int) -> None:
         """Write ``length`` bytes of ``value`` (0 to 255) at ``offset``."""
+        offset, value = as_int(offset, "offset"), as_int(value, "value")
+        length = as_int(length, "length")
         self._open_core().check_writable()
         await checkpoint_before()
         if (

@@ -12,7 +12,7 @@ from typing import TypeVar
 from anyio import WouldBlock
 
 from .._advice import check_advice
-from .._core._checks import byte_view, check_flush_policy, check_populate_args, check_size
+from .._core._checks import as_int, byte_view, check_flush_policy, check_populate_args, check_size
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
@@ -51,12 +51,13 @@ class SyncMap(MapHandle[CoreT]):
         :raises TypeError: if ``buf`` is not a writable, C-contiguous buffer
         :raises ClosedMapError: if the map is closed
         """
-        dst = byte_view(buf, writable=True)
+        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
         with self._lock.read():
             self._open_core().read(offset, dst)
 
     def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset``."""
+        offset, length = as_int(offset, "offset"), as_int(length, "length")
         with self._lock.read():
             data = self._open_core().read_bytes(offset, length)
             return data if isinstance(data, bytes) else data()
@@ -67,14 +68,14 @@ class SyncMap(MapHandle[CoreT]):
         :raises OutOfBoundsError: if the range is not inside the map
         :raises ReadOnlyError: if the map is read-only
         """
-        src = byte_view(data, writable=False)
+        offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
         with self._lock.write():
             self._open_core().write(offset, src)
 
     def read_into_nowait(self, offset: int, buf: object) -> None:
         """Like :meth:`read_into`, but raise :exc:`anyio.WouldBlock` instead of waiting for
         a writer or for the disk (the contents of ``buf`` are then unspecified)."""
-        dst = byte_view(buf, writable=True)
+        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
         with self._lock.read(blocking=False):
             if not self._open_core().try_read(offset, dst):
                 raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
@@ -82,7 +83,7 @@ class SyncMap(MapHandle[CoreT]):
     def update_region_nowait(self, offset: int, data: object) -> None:
         """Like :meth:`update_region`, but raise :exc:`anyio.WouldBlock` instead of waiting
         for a borrow or for the disk."""
-        src = byte_view(data, writable=False)
+        offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
         with self._lock.write(blocking=False):
             if not self._open_core().try_write(offset, src):
                 raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
@@ -97,6 +98,7 @@ class SyncMap(MapHandle[CoreT]):
         copy methods, a view of a file map is not protected against the file being
         truncated meanwhile: touching a page past the new end raises SIGBUS.
         """
+        offset, length = as_int(offset, "offset"), as_int(length, "length")
         with self._lock.read():
             yield from self._borrow(offset, length, writable=False)
 
@@ -106,6 +108,7 @@ class SyncMap(MapHandle[CoreT]):
 
         Holds the write lock for the block; see :meth:`as_slice`.
         """
+        offset, length = as_int(offset, "offset"), as_int(length, "length")
         with self._lock.write():
             core = self._open_core()
             core.check_writable()
@@ -201,11 +204,14 @@ class DirectAccessSyncMap(SyncMap[CoreT]):
 
     def atomic_load(self, offset: int, size: int) -> int:
         """A single aligned load; see :meth:`anymmap.SparseMapping.atomic_load`."""
+        offset, size = as_int(offset, "offset"), as_int(size, "size")
         with self._lock.read():
             return self._open_core().atomic_load(offset, size)
 
     def atomic_store(self, offset: int, size: int, value: int) -> None:
         """A single aligned store; see :meth:`anymmap.SparseMapping.atomic_store`."""
+        offset, size = as_int(offset, "offset"), as_int(size, "size")
+        value = as_int(value, "value")
         with self._lock.read():
             self._open_core().atomic_store(offset, size, value)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .._core._checks import check_size
+from .._core._checks import as_int, check_size
 from .._core._files import as_fd
 from .._core._sparse import SparseCore, SparsePiece, check_file_offset, check_mmap_bits
 from ._base import DirectAccessSyncMap
@@ -96,6 +96,8 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
 
     def fill_at(self, offset: int, value: int, length: int) -> None:
         """Write ``length`` bytes of ``value`` (0 to 255) at ``offset``."""
+        offset, value = as_int(offset, "offset"), as_int(value, "value")
+        length = as_int(length, "length")
         with self._lock.write():
             rest = self._open_core().start_fill(offset, value, length)
             if rest is not None:
