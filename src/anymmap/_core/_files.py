@@ -24,15 +24,15 @@ MODES: tuple[str, ...] = get_args(Mode)
 MAPPABLE_KINDS = ("regular file", "block device")
 
 
-def check_mappable(fd: int, name: str) -> None:
-    """:raises IsADirectoryError: for a directory
-    :raises UnmappableFileError: unless ``fd`` is a regular file or a block device, on a
-        file system whose files can be mapped
+def check_mappable(fd: int, name: str, kinds: tuple[str, ...] = MAPPABLE_KINDS) -> None:
+    """:raises IsADirectoryError: for a directory (as ``open()`` for writing does)
+    :raises UnmappableFileError: unless ``fd`` is one of ``kinds`` (by default a regular
+        file or a block device), on a file system whose files can be mapped
     """
     kind = os_impl.file_kind(fd)
     if kind == "directory":
         raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
-    if kind not in MAPPABLE_KINDS:
+    if kind not in kinds:
         raise UnmappableFileError(name, kind)
     where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(fd))
     if where is not None:

@@ -30,7 +30,7 @@ from .._sys import os_impl
 from ._checks import MAX_SIZE, byte_view, check_range, check_size
 from ._copier import FileCopier, page_ceil
 from ._file import FileBackedCore
-from ._files import FileRef, as_fd, label_of, name_of
+from ._files import FileRef, as_fd, check_mappable, label_of, name_of
 from ._lifetime import Memory
 from ._reservation import place, reserve
 
@@ -384,11 +384,7 @@ def attach_region_fd(fd: object, *, max_size: object = None) -> RegionCore:
 
 
 def _check_regular(fd: int, name: str) -> None:
-    kind = os_impl.file_kind(fd)
-    if kind == "directory":
-        raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
-    if kind != "regular file":
-        raise UnmappableFileError(name, kind)
+    check_mappable(fd, name, kinds=("regular file",))
     readable, writable = os_impl.access_mode(fd)
     if not (readable and writable):
         raise PermissionError(errno.EACCES, f"{name} is not open for reading and writing")
