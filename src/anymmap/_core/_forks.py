@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -32,6 +33,7 @@ class AfterFork(Protocol):
 
 
 _TRACKED: weakref.WeakSet[AfterFork] = weakref.WeakSet()
+_MODULE_HOOKS: list[Callable[[], None]] = []
 
 
 def track(obj: AfterFork) -> None:
@@ -39,7 +41,15 @@ def track(obj: AfterFork) -> None:
     _TRACKED.add(obj)
 
 
+def renew_in_child(hook: Callable[[], None]) -> None:
+    """Call ``hook()`` in every child, before the tracked objects: for a module's own
+    ``threading`` locks."""
+    _MODULE_HOOKS.append(hook)
+
+
 def _in_child() -> None:
+    for hook in _MODULE_HOOKS:
+        hook()
     survivor = threading.get_ident()
     for obj in list(_TRACKED):
         obj.after_fork_in_child(survivor)

@@ -54,6 +54,7 @@ from collections.abc import Callable
 from pickle import PickleBuffer
 
 from .._errors import BorrowError
+from ._forks import renew_in_child
 
 
 def _exporter_type(length: int) -> type[ctypes.Array[ctypes.c_ubyte]]:
@@ -190,8 +191,7 @@ def _renew_lock_in_child() -> None:
     _ESCAPED_LOCK = threading.Lock()  # a thread of the parent may have held it
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX system
-    os.register_at_fork(after_in_child=_renew_lock_in_child)
+renew_in_child(_renew_lock_in_child)
 
 
 def escape_error() -> BorrowError:
