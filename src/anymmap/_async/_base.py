@@ -381,7 +381,11 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
     def pending_bytes(self) -> int:
         """How many bytes were written through this map (copies and writable borrows)
         since a durable flush last covered them; always 0 for ``"r"`` and ``"copy"``
-        maps, whose writes never reach the file."""
+        maps, whose writes never reach the file.
+
+        Exact while at most 4,096 separate ranges are pending; past that the ranges are
+        rounded out to whole pages, then coarser blocks, so the count may be too high
+        (never too low) until a flush covers them."""
         return self._open_core().dirty.pending()
 
     @asynccontextmanager

@@ -226,17 +226,28 @@ class DirtyRanges:
     started (a write during the flush may have missed it, so it stays).  To stay small,
     the ranges are merged into their union (keeping the newest number of those merged,
     which can only keep bytes pending longer, never report them durable early) whenever
-    :meth:`pending` counts them, and when they grow to twice what the last merge left
-    (at least :data:`MAX_ENTRIES`): a write costs amortized O(log n), not a sort of every
-    range (random writes never merge).
+    :meth:`pending` counts them after a write, and when they grow to twice what the last
+    merge left (at least :data:`MERGE_AT`): a write costs amortized O(log n), not a sort of
+    every range (random writes never merge).
+
+    The count is exact while at most :data:`MAX_EXACT` separate ranges are pending.  Past
+    that, ranges are rounded out to whole 4 KiB pages, then to 64 KiB blocks and so on
+    (each step 16 times coarser) until no more than that many remain: a count that may
+    be too high, never too low, in bounded memory (about 1.5 MB) and with merges that
+    take a few milliseconds at most, not seconds.  Once everything pending is flushed,
+    the count is exact again.
     """
 
-    MAX_ENTRIES = 1024
+    MERGE_AT = 1024
+    MAX_EXACT = 4096
+    FIRST_GRAIN = 4096
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: list[tuple[int, int, int]] = []  # (start, end, sequence number)
-        self._limit = self.MAX_ENTRIES  # merge when there are more entries than this
+        self._limit = self.MERGE_AT  # merge when there are more entries than this
+        self._merged = True  # nothing was added since the last merge
+        self._grain = 1  # the ranges are rounded out to multiples of this
         self._upper = 0  # the sum of the entries' lengths: pending() or more
         self._sequence = 0
         #: Called after every write with an upper bound of the bytes now pending (the
@@ -255,6 +266,7 @@ class DirtyRanges:
         with self._lock:
             self._sequence += 1
             self._entries.append((start, end, self._sequence))
+            self._merged = False
             self._upper += end - start
             if len(self._entries) > self._limit:
                 self._merge()
@@ -295,22 +307,44 @@ class DirtyRanges:
             )
 
     def pending(self) -> int:
-        """The bytes pending: the size of the union of the ranges."""
+        """The bytes pending: the size of the union of the ranges (rounded out to the
+        grain, past :data:`MAX_EXACT` ranges)."""
         with self._lock:
-            self._merge()
+            if not self._merged:
+                self._merge()
             return self._upper
 
     def _merge(self) -> None:  # with self._lock held
-        self._set(_union(self._entries))
-        self._limit = max(self.MAX_ENTRIES, 2 * len(self._entries))
+        merged = _union(self._entries, self._grain)
+        while len(merged) > self.MAX_EXACT:
+            # The finest coarser grain at which the ranges' starts fall in few enough
+            # blocks (counted without sorting: one union, not one per step, on the loop).
+            grain = self.FIRST_GRAIN if self._grain == 1 else self._grain * 16
+            while len({first // grain for first, _, _ in merged}) > self.MAX_EXACT // 2:
+                grain *= 16
+            self._grain = grain
+            merged = _union(merged, grain)
+        self._set(merged)
+        self._merged = True
+        self._limit = max(self.MERGE_AT, 2 * len(merged))
 
     def _set(self, entries: list[tuple[int, int, int]]) -> None:  # with self._lock held
         self._entries = entries
         self._upper = sum(last - first for first, last, _ in entries)
+        if not entries:
+            self._grain = 1  # all flushed: exact again
 
 
-def _union(entries: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+def _union(entries: list[tuple[int, int, int]], grain: int) -> list[tuple[int, int, int]]:
+    """The union of ``entries`` (sorted, with the newest sequence number of each group),
+    each rounded out to multiples of ``grain`` but never past the last byte of any."""
     merged: list[tuple[int, int, int]] = []
+    if grain > 1 and entries:
+        end_of_all = max(last for _, last, _ in entries)
+        entries = [
+            (first - first % grain, min(last + -last % grain, end_of_all), sequence)
+            for first, last, sequence in entries
+        ]
     for first, last, sequence in sorted(entries):
         if merged and first <= merged[-1][1]:
             start, end, newest = merged[-1]

@@ -245,7 +245,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
 
     def pending_bytes(self) -> int:
         """Bytes written since a durable flush last covered them (0 for ``"r"`` and
-        ``"copy"`` maps)."""
+        ``"copy"`` maps); see :meth:`anymmap.MmapRaw.pending_bytes`."""
         return self._open_core().dirty.pending()
 
     @contextmanager
