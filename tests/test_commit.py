@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import stat
@@ -16,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 
 import anymmap
 import anymmap.sync
@@ -348,6 +350,77 @@ def test_auto_flush_of_the_twin(log_file: Path) -> None:
             m.update_region(0, b"at exit")
         assert m.pending_bytes() == 0
         assert flushers() == 0  # joined when the block ended
+
+
+@pytest.mark.parametrize("size", [16, 3 * MiB], ids=["inline", "worker"])
+async def test_a_write_counts_as_pending_only_once_its_bytes_are_in_memory(
+    log_file: Path, size: int
+) -> None:
+    """Regression test (adversary review): a write was counted pending *before* its
+    copy, so a flush that started between the two (auto_flush's, another task's) cleared
+    the count without having seen the bytes: ``pending_bytes()`` said 0, auto_flush
+    skipped its final flush, and the write was never made durable.  The moment a write
+    is counted (when the auto-flush listener hears of it) its bytes are in the map."""
+    data = bytes([7]) * size
+    seen: list[bool] = []
+    async with await MmapRaw.create(log_file, 4 * MiB) as m:
+        core = m._core
+
+        def listener(pending: int) -> None:  # called as each write is counted
+            # (the map is open and pinned by the write that calls this)
+            seen.append(ctypes.string_at(core.addr, size) == data)
+
+        core.dirty.listener = listener
+        try:
+            await m.update_region(0, data)
+            m.update_region_nowait(0, data[:16])
+        finally:
+            core.dirty.listener = None
+        assert seen
+        assert all(seen), seen
+        assert m.pending_bytes() == size
+
+
+async def test_writes_through_a_region_value_count_as_pending(tmp_path: Path) -> None:
+    """Regression test (adversary review): ``Region.write`` (the synchronous fault-safe
+    write of ``region()``) was not counted by ``pending_bytes()``, so ``auto_flush`` never
+    flushed it, not even when its block ended."""
+    async with await anymmap.MmapRegion.create(tmp_path / "region", MiB) as r:
+        r.region().write(PAGE, b"via Region.write")
+        assert r.pending_bytes() == 16
+        await r.flush()
+        assert r.pending_bytes() == 0
+        async with r.auto_flush(every=3600):
+            r.region().write(2 * PAGE, b"flushed at exit")
+            assert r.pending_bytes() == 15
+        assert r.pending_bytes() == 0
+
+
+async def test_closing_the_map_inside_auto_flush_ends_the_block_quietly(
+    log_file: Path, backend_name: str
+) -> None:
+    """Regression test (adversary review): a map closed inside its own ``auto_flush``
+    block made the background flusher's next flush raise ``ClosedMapError``, and the
+    block ended with an ``ExceptionGroup`` (the twin: a bare ``ClosedMapError`` from its
+    thread) although the body had finished.  The flusher now stops with the map."""
+    m = await MmapRaw.create(log_file, MiB)
+    async with m.auto_flush(every=3600, every_bytes=1):
+        await m.update_region(0, b"abc")
+        await m.aclose()
+        # Bytes still pending at the close (whether the flusher got to them first is a
+        # race): the flusher is woken and finds the map closed.
+        m._core.dirty.add(0, 3)
+        await anyio.sleep(0.02)
+        await wait_all_tasks_blocked()
+    assert m.closed
+
+    twin = anymmap.sync.MmapRaw.map_raw(log_file)
+    with twin.auto_flush(every=3600, every_bytes=1):
+        twin.update_region(0, b"abc")
+        twin.close()
+        twin._core.dirty.add(0, 3)
+        threading.Event().wait(0.02)
+    assert twin.closed
 
 
 # --- files anymmap creates ---------------------------------------------------------------

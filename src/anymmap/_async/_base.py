@@ -31,6 +31,7 @@ from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
 from .._core._map import INLINE_COPY_LIMIT, Borrowed, ProgressCallback
+from .._errors import ClosedMapError
 from .._rwlock import MapLock, RWLock, _Guard
 
 if sys.version_info >= (3, 11):
@@ -421,7 +422,10 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
                     with anyio.move_on_after(interval):
                         await wake[0].wait()
                 if core.dirty.pending():
-                    await self.flush()
+                    try:
+                        await self.flush()
+                    except ClosedMapError:
+                        return  # the block closed the map: nothing left to flush through it
 
         core.dirty.listener = written
         failure: BaseException | None = None

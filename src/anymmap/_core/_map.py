@@ -426,20 +426,27 @@ class MapCore:
         start, n = self.check_range(offset, len(src))
         if limit is not None and n > limit:
             return False
-        self.note_write(start, n)
-        return self._copy_now(start, n, src, True)
+        try:
+            return self._copy_now(start, n, src, True)
+        finally:
+            self.note_write(start, n)  # after: see note_write
 
     def note_write(self, start: int, n: int) -> None:
-        """Something is written to ``[start, start + n)`` (file maps count it as
-        pending until a flush covers it)."""
+        """``[start, start + n)`` was written (file maps count it as pending until a
+        flush covers it).  Called once the bytes are in memory, also after a partial or
+        failed copy, never before: a flush that starts between the note and the copy
+        would count them durable without having seen them."""
 
     def start_write(self, offset: object, src: memoryview) -> Callable[[], None] | None:
         """Like :meth:`start_read`, the other way."""
         self.check_writable()
         start, n = self.check_range(offset, len(src))
-        self.note_write(start, n)
-        if n <= INLINE_COPY_LIMIT and self._copy_now(start, n, src, True):
-            return None
+        if n <= INLINE_COPY_LIMIT:
+            try:
+                if self._copy_now(start, n, src, True):
+                    return None
+            finally:
+                self.note_write(start, n)  # (part of it may be written)
         return partial(self.write_blocking, start, src)
 
     def write(self, offset: object, src: memoryview) -> None:
@@ -454,6 +461,8 @@ class MapCore:
                     copier.write(at, pin.address + pos, count)
             except OSError as exc:
                 raise self.fault_error(exc, copier, at, count) from None
+            finally:
+                self.note_write(start, pin.nbytes)  # after the copy: see note_write
 
     # -- borrows ----------------------------------------------------------------------
 

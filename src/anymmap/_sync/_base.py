@@ -18,6 +18,7 @@ from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
 from .._core._map import ProgressCallback
 from .._core._threadlock import ThreadRWLock
+from .._errors import ClosedMapError
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -273,6 +274,8 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
                     wake.clear()
                     if not stop and core.dirty.pending():
                         self.flush()
+            except ClosedMapError:
+                pass  # the block closed the map: nothing left to flush through it
             except BaseException as exc:  # noqa: BLE001 - raised by the block's exit
                 failures.append(exc)
 
