@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -465,6 +465,26 @@ async def test_create_refuses_bad_input(tmp_path: Path) -> None:
     with pytest.raises(IsADirectoryError):
         await MmapRaw.create(tmp_path, PAGE, exist_ok=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("prefill", ["allocate", "zeros"])
+def test_open_or_create_refuses_what_map_raw_refuses(
+    tmp_path: Path, prefill: Literal["allocate", "zeros"]
+) -> None:
+    """Regression test (adversary review): ``open_or_create`` and ``create(exist_ok=True)``
+    gave a socket a plain ``OSError(ENXIO)``, and opened a ``/proc`` file for writing and
+    tried to allocate (or zero-fill) it before any check (``OSError(ESPIPE)``); both are
+    ``UnmappableFileError`` naming what they are, as from ``map_raw``, before anything is
+    written."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "sock"))
+        for target, kind in ((tmp_path / "sock", "socket"), (Path("/proc/self/status"), "/proc")):
+            with pytest.raises(anymmap.UnmappableFileError, match=kind):
+                anymmap.sync.MmapRaw.open_or_create(target, 1 << 20)
+            with pytest.raises(anymmap.UnmappableFileError, match=kind):
+                anymmap.sync.MmapRaw.create(target, 1 << 20, exist_ok=True, prefill=prefill)
 
 
 async def test_create_on_a_full_disk_fails_at_once_and_leaves_nothing(tmp_path: Path) -> None:

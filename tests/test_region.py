@@ -340,6 +340,30 @@ async def test_manual_cleanup_deletes_on_the_owners_close(tmp_path: Path) -> Non
     assert path.read_bytes() == b"someone else's"  # never deleted
 
 
+async def test_an_attached_region_can_take_ownership(tmp_path: Path) -> None:
+    """Regression test (adversary review): ``take_ownership()`` on a region attached by
+    path did nothing (``owns_file`` stayed False and the file outlived every close),
+    though the README says it decides whether closing deletes the file.  By path it
+    works; by descriptor there is no path to delete, and it says so."""
+    path = tmp_path / "handed-over"
+    creator = await MmapRegion.create(path, PAGE)
+    creator.release_ownership()  # the creator hands the file to its peer
+    peer = await MmapRegion.attach(path)
+    assert (peer.path, peer.owns_file) == (str(path), False)
+    peer.take_ownership()
+    assert peer.owns_file
+    by_fd = await MmapRegion.attach_fd(creator.fileno())
+    assert by_fd.path is None
+    with pytest.raises(ValueError, match="descriptor"):
+        by_fd.take_ownership()
+    by_fd.release_ownership()  # (nothing to release: fine)
+    await by_fd.aclose()
+    await creator.aclose()
+    assert path.exists()
+    await peer.aclose()
+    assert not path.exists()
+
+
 async def test_auto_cleanup_unlinks_at_once_and_peers_attach_by_fd(
     tmp_path: Path, peers: list[Peer]
 ) -> None:

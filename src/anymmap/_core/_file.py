@@ -25,7 +25,7 @@ from .._sys import os_impl
 from ._checks import as_int, check_size
 from ._commit import DirtyRanges, GroupCommit
 from ._copier import FileCopier, page_ceil, page_floor
-from ._files import MODES, FileRef, Mode, label_of, name_of, open_fd
+from ._files import MODES, FileRef, Mode, check_mappable, label_of, name_of, open_fd
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
@@ -81,10 +81,13 @@ def create_file(
         raise FileExistsError(
             errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"
         ) from None
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
+            raise UnmappableFileError(name_of(path), os_impl.path_kind(path)) from None
+        raise
     try:
-        kind = os_impl.file_kind(fd)
-        if kind != "regular file":
-            raise UnmappableFileError(name_of(path), kind)
+        # Before anything is allocated or written: also no /proc or /sys file.
+        check_mappable(fd, name_of(path), kinds=("regular file",))
         current = os_impl.file_size(fd)
         if length > current:
             fill_file(fd, current, length - current, prefill)  # type: ignore[arg-type]

@@ -130,8 +130,8 @@ class RegionInfo:
 
     @property
     def path(self) -> str | None:
-        """The path the region was created with (also after ``FileCleanup.AUTO``
-        unlinked it); None if attached."""
+        """The path the region was created or attached with (also after
+        ``FileCleanup.AUTO`` unlinked it); None if attached by descriptor."""
         return self._core.path
 
     @property
@@ -144,7 +144,11 @@ class RegionInfo:
         return self._open_region().fd
 
     def take_ownership(self) -> None:
-        """Delete the file when this region closes (only a region created by path)."""
+        """Delete the file when this region closes (a region created or attached by path;
+        it is deleted only if the path still names the region's file then).
+
+        :raises ValueError: for a region attached by descriptor, which has no path
+        """
         self._open_region().set_owner(True)
 
     def release_ownership(self) -> None:

@@ -147,8 +147,16 @@ class RegionCore(FileBackedCore):
         return self._owner[0] == os.getpid()
 
     def set_owner(self, owner: bool) -> None:
-        """Delete the file at close (True) or not; only a region opened by path can."""
-        self._owner[0] = os.getpid() if owner and self.path is not None else 0
+        """Delete the file at close (True) or not; only a region opened by path can.
+
+        :raises ValueError: to own a region attached by descriptor (it has no path)
+        """
+        if owner and self.path is None:
+            raise ValueError(
+                f"{self.file.name} was attached by descriptor: there is no path to delete "
+                "when it closes"
+            )
+        self._owner[0] = os.getpid() if owner else 0
 
     def unlink_now(self) -> None:
         """Remove the path at once (``FileCleanup.AUTO``); the memory stays mapped."""
@@ -364,7 +372,8 @@ def attach_region(
                     f"{name} may be written by its group or others (mode {mode:#o}); pass "
                     "trust_others=True to attach anyway",
                 )
-        return RegionCore(fd, label_of(path), None, max_size=max_size, owner=False)
+        target = os.fsdecode(os.fspath(path))  # (take_ownership() may delete it)
+        return RegionCore(fd, label_of(path), target, max_size=max_size, owner=False)
     except BaseException:
         os_impl.close(fd)
         raise
