@@ -32,6 +32,7 @@ import copy
 import os
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
@@ -96,11 +97,11 @@ class GroupCommit:
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[CommitRequest] = []
         self._committer_pid = 0  # the process whose committer thread runs; 0: none
-        #: How many batches and msync calls there were, and the batches whose flush failed
-        #: (for tests and benchmarks).
+        #: How many batches and msync calls there were, and the last 1,024 batches whose
+        #: flush failed (for tests and benchmarks; bounded for a device that keeps failing).
         self.batches = 0
         self.msyncs = 0
-        self.failed_batches: list[int] = []
+        self.failed_batches: deque[int] = deque(maxlen=1024)
 
     def after_fork_in_child(self) -> None:
         """In a child: no committer runs, and the requests waiting are the parent's (its
