@@ -32,6 +32,31 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
+class _CacheStat(ctypes.Structure):
+    _fields_ = [  # struct cachestat (linux/mman.h)
+        ("nr_cache", ctypes.c_uint64),
+        ("nr_dirty", ctypes.c_uint64),
+        ("nr_writeback", ctypes.c_uint64),
+        ("nr_evicted", ctypes.c_uint64),
+        ("nr_recently_evicted", ctypes.c_uint64),
+    ]
+
+
+_SYS_CACHESTAT = 451  # the same number on every architecture (Linux 6.5+)
+
+
+def unwritten_pages(fd: int) -> int | None:
+    """The pages of the file open as ``fd`` that are dirty or under writeback in the
+    page cache, by cachestat(2); None where the kernel lacks it."""
+    whole = (ctypes.c_uint64 * 2)(0, 0)  # struct cachestat_range: offset 0, length 0 = all
+    out = _CacheStat()
+    # SAFETY: both structures live in this frame for the call; the kernel writes only
+    # sizeof(struct cachestat) bytes into ``out``.
+    if _libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(whole), ctypes.byref(out), 0) != 0:
+        return None
+    return int(out.nr_dirty + out.nr_writeback)
+
+
 def is_mapped(addr: int) -> bool:
     """Whether addr lies in any mapping of this process (/proc/self/maps)."""
     with open("/proc/self/maps") as f:
