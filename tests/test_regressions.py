@@ -326,6 +326,55 @@ def test_index_is_converted_before_any_lock_is_taken() -> None:
     check_child(_INDEX_CONVERTED_FIRST, timeout=30)
 
 
+_FLUSH_RACING_RESIZE = """
+    import os, tempfile, threading, time
+    import anymmap.sync
+
+    m = anymmap.sync.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "f"), 1 << 20)
+    core = m._core
+
+    # Deterministic: a thread holding a pin takes another while a resize waits for the
+    # first one to end (the group committer's pin, then flush's own).
+    outer = threading.Event()
+    def pin_twice():
+        with core.pinned():
+            outer.set()
+            while core._remapper is None:  # the resize below is waiting for this pin
+                time.sleep(0.001)
+            with core.pinned():
+                pass
+    t = threading.Thread(target=pin_twice)
+    t.start()
+    outer.wait()
+    m.resize(1 << 19)
+    t.join()
+
+    # The race as users meet it: flushes from one thread, resizes from another.
+    stop = False
+    def flusher():
+        while not stop:
+            m.flush_range(0, 4096)
+    t = threading.Thread(target=flusher)
+    t.start()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        m.resize(1 << 20)
+        m.resize(1 << 19)
+    stop = True
+    t.join()
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_flush_racing_a_resize_never_deadlocks() -> None:
+    """Regression test (adversary review): the group committer pinned the map, then
+    ``flush`` pinned it again; a resize or close that began between the two waited for
+    the outer pin while the inner one waited for the resize: both, and every later call
+    on the map, waited for ever.  A thread that holds a pin may now nest another."""
+    check_child(_FLUSH_RACING_RESIZE, timeout=30)
+
+
 _FIFO = """
     import os, sys, tempfile
     import anyio, anymmap, anymmap.sync

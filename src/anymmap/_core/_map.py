@@ -201,7 +201,9 @@ class MapCore:
         """
         me = threading.get_ident()
         with self._cond:
-            while self._remapper is not None:
+            # A thread that holds a pin already may nest another (a flush inside the group
+            # committer's pin): a remapper waiting for the outer pin would wait for ever.
+            while self._remapper is not None and me not in self._pinners:
                 self._cond.wait()
             self.check_open()
             self._pins += 1
