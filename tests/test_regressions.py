@@ -375,6 +375,61 @@ def test_a_flush_racing_a_resize_never_deadlocks() -> None:
     check_child(_FLUSH_RACING_RESIZE, timeout=30)
 
 
+_FINALIZER_FLUSHES = """
+    import gc, os, sys, tempfile, threading
+    import anymmap, anymmap.sync
+
+    m = anymmap.sync.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "f"), 1 << 20)
+    errors = []
+    sys.unraisablehook = lambda u: errors.append(type(u.exc_value).__name__)
+
+    class FlushOnDrop:
+        def __init__(self):
+            self.me = self  # cyclic garbage: freed by whichever thread collects
+        def __del__(self):
+            m.flush()  # "make it durable when the owner goes away"
+
+    # 1. The garbage collection that close() runs (a view escaped into a cycle) calls
+    #    the finalizer on the closing thread, inside the close.
+    owner = FlushOnDrop()
+    try:
+        with m.as_slice(0, 16) as view:
+            owner.header = view[:4]  # escapes into the cycle
+    except anymmap.BorrowError:
+        pass
+    del owner, view
+    m.close()
+    assert m.closed
+    assert errors == ["RuntimeError"], errors
+
+    # 2. A collection on the group-commit thread calls it there (low thresholds make
+    #    the committer's own allocations collect).
+    m = anymmap.sync.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "g"), 1 << 20)
+    for k in range(1, 300):
+        gc.collect()
+        gc.disable()
+        gc.set_threshold(k)
+        FlushOnDrop()
+        gc.enable()
+        m.update_region(k * 64, b"x" * 64)
+        m.flush()
+    gc.set_threshold(700)
+    gc.collect()
+    m.flush()  # the committer still works
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_finalizer_that_flushes_never_deadlocks() -> None:
+    """Regression test (adversary review): a ``__del__`` that flushes the map, run by the
+    garbage collection that ``close()`` itself runs, waited for the close that waited
+    for it; run on the group-commit thread, it waited for that thread's own lock, and
+    no flush of the map returned again.  Both now raise ``RuntimeError`` (reported as
+    an exception ignored in ``__del__``) and the map goes on."""
+    check_child(_FINALIZER_FLUSHES, timeout=30)
+
+
 _FIFO = """
     import os, sys, tempfile
     import anyio, anymmap, anymmap.sync

@@ -97,6 +97,7 @@ class GroupCommit:
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[CommitRequest] = []
         self._committer_pid = 0  # the process whose committer thread runs; 0: none
+        self._committer_thread: int | None = None  # its identity, while it runs
         #: How many batches and msync calls there were, and the last 1,024 batches whose
         #: flush failed (for tests and benchmarks; bounded for a device that keeps failing).
         self.batches = 0
@@ -109,6 +110,7 @@ class GroupCommit:
         self._cond = threading.Condition(threading.Lock())
         self._pending = []
         self._committer_pid = 0
+        self._committer_thread = None
 
     def submit(
         self,
@@ -117,6 +119,13 @@ class GroupCommit:
         wake: Callable[[], None],
         scheduler: Scheduler | None = None,
     ) -> CommitRequest:
+        if threading.get_ident() == self._committer_thread:
+            # A finalizer that flushes, run by a garbage collection on the committer
+            # thread: it would wait for the thread it runs on (and may hold its lock).
+            raise RuntimeError(
+                "cannot flush from the group-commit thread itself (a __del__ or weakref "
+                "callback run there by the garbage collector)"
+            )
         request = CommitRequest(start, end, wake, scheduler)
         with self._cond:
             self._pending.append(request)
@@ -154,6 +163,7 @@ class GroupCommit:
             raise
 
     def _run(self) -> None:
+        self._committer_thread = threading.get_ident()
         while True:
             with self._cond:
                 if not self._pending:
@@ -161,6 +171,7 @@ class GroupCommit:
                 batch, self._pending = self._pending, []
                 if not batch:
                     self._committer_pid = 0
+                    self._committer_thread = None
                     return
             self.batches += 1
             for cluster in _clusters(batch):

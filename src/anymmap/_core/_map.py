@@ -201,6 +201,7 @@ class MapCore:
         """
         me = threading.get_ident()
         with self._cond:
+            self.check_not_remapping(me)
             # A thread that holds a pin already may nest another (a flush inside the group
             # committer's pin): a remapper waiting for the outer pin would wait for ever.
             while self._remapper is not None and me not in self._pinners:
@@ -219,6 +220,19 @@ class MapCore:
                     self._pinners[me] -= 1
                 if not self._pins:
                     self._cond.notify_all()
+
+    def check_not_remapping(self, me: int | None = None) -> None:
+        """Raise if the calling thread is inside :meth:`exclusive` (closing or resizing
+        this map): a call made there, by a finalizer that the garbage collection of a
+        close runs, would wait for the close, which waits for it.
+
+        :raises RuntimeError: if it is
+        """
+        if self._remapper == (threading.get_ident() if me is None else me):
+            raise RuntimeError(
+                f"cannot use a {self.kind} from inside its own close or resize on the same "
+                "thread (a __del__ or weakref callback run by the garbage collector there)"
+            )
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
