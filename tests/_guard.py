@@ -41,6 +41,9 @@ ALLOWED = {
     "pread": "a resident copy on tmpfs, after resident() (RWF_NOWAIT is refused there)",
     "mmap": "anonymous maps and reservations (new(), SparseMapping.new): no file, no I/O",
     "munmap": "giving back the head and tail of a new reservation: no I/O",
+    "prepare_access": "the one page an atomic load or store is about to touch, faulted in "
+    "first so that a full file system is an error, not SIGBUS: the access would fault it in "
+    "the same way on this thread",
 }
 
 #: Short critical sections on the loop thread that blockbuster would call blocking when

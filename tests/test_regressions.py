@@ -430,6 +430,60 @@ def test_a_finalizer_that_flushes_never_deadlocks() -> None:
     check_child(_FINALIZER_FLUSHES, timeout=30)
 
 
+_ATOMIC_STORE_ON_A_FULL_FILE_SYSTEM = """
+    import os, sys
+    import anymmap, anymmap.sync
+
+    directory = sys.argv[1]
+    with open(os.path.join(directory, "filler"), "wb") as f:  # fill the file system
+        try:
+            f.write(b"\\1" * (4 << 20))
+        except OSError:
+            pass
+    path = os.path.join(directory, "sparse")
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)  # all hole: no block behind any page
+    os.chmod(path, 0o600)
+
+    m = anymmap.sync.SparseMapping.new(1 << 22)
+    m.map_file(0, 1 << 20, path, writable=True)
+    r = anymmap.sync.MmapRegion.attach(path)  # as a peer that grew it with ftruncate
+    for target in (m, r):
+        try:
+            target.atomic_store(8192, 8, 1)
+        except anymmap.MappingFaultError as exc:
+            assert exc.offset == 8192, exc
+        else:
+            raise AssertionError("a store into a page the file system cannot provide")
+        try:  # tmpfs allocates a page to read a hole too: full, it cannot
+            assert target.atomic_load(8192, 8) == 0
+        except anymmap.MappingFaultError as exc:
+            assert exc.offset == 8192, exc
+    m.close()
+    r.close()
+    print("ok")
+"""
+
+
+def test_an_atomic_store_on_a_full_file_system_raises(tmp_path: Path) -> None:
+    """Regression test (adversary review): ``atomic_store`` into a page of a sparse file
+    (a ``map_file`` window, a region a peer grew with ``ftruncate``) on a full file
+    system died of SIGBUS, while the copies to the same page raised
+    ``MappingFaultError`` (so did ``atomic_load`` of such a hole on tmpfs).  The page is
+    now faulted in first, which reports it as ``MappingFaultError``."""
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)]
+    if subprocess.run(mount, check=False).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        check_child(_ATOMIC_STORE_ON_A_FULL_FILE_SYSTEM, str(small), timeout=30)
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
 _FIFO = """
     import os, sys, tempfile
     import anyio, anymmap, anymmap.sync

@@ -526,6 +526,14 @@ class MapCore:
             ):
                 if store and not copier.writable:
                     raise MappingFaultError(start, self.addr + start, "the page is read-only")
+                if isinstance(copier, FileCopier):
+                    # A page of a file may have no block yet (a sparse file): touching it
+                    # allocates one (tmpfs: also to read), and on a full file system dies
+                    # of SIGBUS.  Fault it in first, which reports that as EFAULT.
+                    try:
+                        os_impl.prepare_access(page_floor(copier.addr + at), store)
+                    except OSError as exc:
+                        raise self.fault_error(exc, copier, at, count) from None
             elif isinstance(copier, (HoleCopier, FileCopier)):
                 raise MappingFaultError(start, self.addr + start, copier.fault(at, count)[1])
             else:

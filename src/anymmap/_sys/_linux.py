@@ -309,6 +309,23 @@ def populate(addr: int, length: int, write: bool) -> None:
     _touch_pages(addr, length)
 
 
+def prepare_access(page: int, write: bool) -> None:
+    """Fault the page at ``page`` in (for writing, if ``write``) before a direct load or
+    store: a page of a file that the file system cannot provide (a hole of a full one)
+    is ``EFAULT`` here instead of SIGBUS at the access.  (Before Linux 5.14 there is no
+    such call and nothing is done: the access is then as safe as a plain one.)"""
+    if not _populate_advice_supported:
+        return
+    # SAFETY: the caller holds the map open and ``page`` lies in one of its pieces
+    # (writable, for ``write``); the advice changes no byte, it only faults the page in.
+    advice = MADV_POPULATE_WRITE if write else MADV_POPULATE_READ
+    if _madvise(page, PAGE_SIZE, advice) != 0:
+        if ctypes.get_errno() == errno.EINVAL:  # before Linux 5.14
+            _disable_populate_advice()
+            return
+        _raise_errno("madvise")
+
+
 _populate_advice_supported = True
 
 
