@@ -430,6 +430,90 @@ def test_a_finalizer_that_flushes_never_deadlocks() -> None:
     check_child(_FINALIZER_FLUSHES, timeout=30)
 
 
+_CALLBACK_INSIDE_THE_BOOKKEEPING = """
+    import os, sys, tempfile, threading
+    import anyio, anymmap, anymmap.sync
+
+    # A trace function runs, between two lines, exactly where the garbage collector may
+    # run a __del__ or the interpreter a signal handler: inside the pending-bytes and
+    # pin bookkeeping, with their locks held.  Round j calls back into the map at the
+    # j-th line run there, so the rounds visit every line of it.
+    BOOKKEEPING = ("_commit.py", "_map.py", "_threadlock.py")
+    outcomes = {}
+    countdown = [0]
+
+    def tracing(callback):
+        def local(frame, event, arg):
+            if event == "line":
+                countdown[0] -= 1
+                if countdown[0] == 0:
+                    try:
+                        callback()
+                        outcomes["ok"] = outcomes.get("ok", 0) + 1
+                    except RuntimeError:
+                        outcomes["RuntimeError"] = outcomes.get("RuntimeError", 0) + 1
+            return local
+        def hook(frame, event, arg):
+            if frame.f_code.co_filename.endswith(BOOKKEEPING):
+                return local
+            return None
+        return hook
+
+    data = bytes(range(256)) * 16
+    m = anymmap.sync.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "f"), 1 << 22)
+    for name, callback in [
+        ("flush", m.flush),
+        ("pending_bytes", m.pending_bytes),
+        ("write", lambda: m.update_region(1 << 21, b"nested")),
+    ]:
+        sys.settrace(tracing(callback))
+        try:
+            for j in range(1, 150):
+                countdown[0] = j
+                m.update_region(j * 4096, data)
+                m.pending_bytes()
+                m.flush_range(j * 4096, 4096)
+        finally:
+            sys.settrace(None)
+        m.flush()
+        assert m.pending_bytes() == 0, (name, m.pending_bytes())
+        assert m.read(4096, 4096) == data
+        assert m.read(1 << 21, 6) == (b"nested" if name == "write" else bytes(6))
+    assert outcomes.get("ok", 0) > 100, outcomes
+    m.close()
+
+    async def main():
+        a = await anymmap.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "g"), 1 << 20)
+        async with a:
+            sys.settrace(tracing(lambda: (a.pending_bytes(), a.update_region_nowait(0, b"x"))))
+            try:
+                for j in range(1, 100):
+                    countdown[0] = j
+                    await a.update_region(j * 4096, data)
+                    a.pending_bytes()
+            finally:
+                sys.settrace(None)
+            await a.flush()
+            assert a.pending_bytes() == 0
+            assert await a.read(4096, 4096) == data
+
+    anyio.run(main)
+    print(outcomes, file=sys.stderr)
+    print("ok")
+"""
+
+
+def test_a_callback_inside_the_bookkeeping_never_deadlocks() -> None:
+    """Regression test (adversary review): a ``__del__`` or signal handler that ran while
+    a write or ``pending_bytes()`` held the pending-bytes lock and called ``flush()``,
+    ``pending_bytes()`` or a write waited for that lock for ever (itself, or the
+    committer that waited for it).  Such a call now works (a write inside is counted
+    once the outer call is done; a count inside is an upper bound), or raises
+    ``RuntimeError`` where it would wait for its own thread.  A trace function makes
+    the callbacks land inside every line of the bookkeeping, deterministically."""
+    check_child(_CALLBACK_INSIDE_THE_BOOKKEEPING, timeout=30)
+
+
 _ATOMIC_STORE_ON_A_FULL_FILE_SYSTEM = """
     import os, sys
     import anymmap, anymmap.sync

@@ -38,6 +38,7 @@ from contextlib import suppress
 from functools import partial
 
 from .._errors import ClosedMapError
+from ._threadlock import check_not_held, new_condition
 
 #: Waiting ranges closer than this share one msync over their span.
 GAP_LIMIT = 256 << 20
@@ -94,7 +95,7 @@ class GroupCommit:
         # a cycle that only the cyclic collector frees (so a map dropped unclosed would
         # linger).
         self._sync = weakref.WeakMethod(sync)
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = new_condition()
         self._pending: list[CommitRequest] = []
         self._committer_pid = 0  # the process whose committer thread runs; 0: none
         self._committer_thread: int | None = None  # its identity, while it runs
@@ -107,7 +108,7 @@ class GroupCommit:
     def after_fork_in_child(self) -> None:
         """In a child: no committer runs, and the requests waiting are the parent's (its
         waiters do not exist here)."""
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = new_condition()
         self._pending = []
         self._committer_pid = 0
         self._committer_thread = None
@@ -126,6 +127,7 @@ class GroupCommit:
                 "cannot flush from the group-commit thread itself (a __del__ or weakref "
                 "callback run there by the garbage collector)"
             )
+        check_not_held(self._cond)  # a finalizer run inside submit's own bookkeeping
         request = CommitRequest(start, end, wake, scheduler)
         with self._cond:
             self._pending.append(request)
@@ -255,8 +257,11 @@ class DirtyRanges:
     FIRST_GRAIN = 4096
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._entries: list[tuple[int, int, int]] = []  # (start, end, sequence number)
+        #: Changes that could not take the lock (see :meth:`_later`), applied by whoever
+        #: takes it next, before anything else.
+        self._deferred: deque[tuple[str, int, int, int]] = deque()
         self._limit = self.MERGE_AT  # merge when there are more entries than this
         self._merged = True  # nothing was added since the last merge
         self._grain = 1  # the ranges are rounded out to multiples of this
@@ -267,15 +272,49 @@ class DirtyRanges:
         self.listener: Callable[[int], None] | None = None
 
     def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()  # a thread of the parent may have held it
+        self._lock = threading.RLock()  # a thread of the parent may have held it
         # The parent's auto-flush wakes a thread or event loop that is not here (and may
         # take a lock a vanished thread held): the child may start an auto_flush of its own.
         self.listener = None
 
+    def _later(self, change: tuple[str, int, int, int], wait: bool = False) -> bool:
+        """Take the lock and apply what was deferred, or, if this thread holds it already
+        (a finalizer or signal handler that Python ran inside one of these methods) or
+        ``wait`` is false and another thread holds it, defer ``change`` and return True.
+
+        Deferring keeps a write counted (never lost), and lets the committer clean up
+        after a flush without waiting for a writer whose finalizer waits for that flush.
+        ``deque.append`` and ``deque.popleft`` are atomic, so a change appended while
+        :meth:`_drain` runs is applied by it or by the next drain, never dropped.
+        """
+        if self._lock._is_owned() or not self._lock.acquire(wait):  # type: ignore[attr-defined]
+            self._deferred.append(change)
+            return True
+        self._drain()
+        return False
+
+    def _drain(self) -> None:  # with self._lock held
+        while True:
+            try:
+                kind, first, last, upto = self._deferred.popleft()
+            except IndexError:
+                return
+            if kind == "add":
+                self._sequence += 1
+                self._entries.append((first, last, self._sequence))
+                self._merged = False
+                self._upper += last - first
+            elif kind == "clean":
+                self._clean(first, last, upto)
+            else:
+                self._cut(first)
+
     def add(self, start: int, end: int) -> None:
         if end <= start:
             return
-        with self._lock:
+        if self._later(("add", start, end, 0), wait=True):
+            return
+        try:
             self._sequence += 1
             self._entries.append((start, end, self._sequence))
             self._merged = False
@@ -283,45 +322,69 @@ class DirtyRanges:
             if len(self._entries) > self._limit:
                 self._merge()
             upper = self._upper
+        finally:
+            self._lock.release()
         listener = self.listener
         if listener is not None:
             listener(upper)
 
     def mark(self) -> int:
         """The sequence number to pass to :meth:`clean` once a flush that starts now is
-        durable."""
-        with self._lock:
-            return self._sequence
+        durable.  (No lock: the number only grows, and a write is added after its bytes
+        are in memory, so a flush starting now covers every write numbered up to it;
+        deferred writes get their numbers later, so they stay pending: too high a count,
+        never too low.)"""
+        return self._sequence
 
     def clean(self, start: int, end: int, upto: int) -> None:
-        """Forget the parts of ``[start, end)`` written at or before ``upto``."""
-        with self._lock:
-            kept: list[tuple[int, int, int]] = []
-            for first, last, sequence in self._entries:
-                if sequence > upto or last <= start or first >= end:
-                    kept.append((first, last, sequence))
-                    continue
-                if first < start:
-                    kept.append((first, start, sequence))
-                if last > end:
-                    kept.append((end, last, sequence))
-            self._set(kept)
+        """Forget the parts of ``[start, end)`` written at or before ``upto``; deferred
+        if another thread holds the lock (the committer never waits for a writer)."""
+        if self._later(("clean", start, end, upto)):
+            return
+        try:
+            self._clean(start, end, upto)
+        finally:
+            self._lock.release()
+
+    def _clean(self, start: int, end: int, upto: int) -> None:  # with self._lock held
+        kept: list[tuple[int, int, int]] = []
+        for first, last, sequence in self._entries:
+            if sequence > upto or last <= start or first >= end:
+                kept.append((first, last, sequence))
+                continue
+            if first < start:
+                kept.append((first, start, sequence))
+            if last > end:
+                kept.append((end, last, sequence))
+        self._set(kept)
 
     def cut(self, length: int) -> None:
         """Forget whatever lies at or past ``length`` (the map shrank)."""
-        with self._lock:
-            self._set(
-                [
-                    (first, min(last, length), sequence)
-                    for first, last, sequence in self._entries
-                    if first < length
-                ]
-            )
+        if self._later(("cut", length, 0, 0), wait=True):
+            return
+        try:
+            self._cut(length)
+        finally:
+            self._lock.release()
+
+    def _cut(self, length: int) -> None:  # with self._lock held
+        self._set(
+            [
+                (first, min(last, length), sequence)
+                for first, last, sequence in self._entries
+                if first < length
+            ]
+        )
 
     def pending(self) -> int:
         """The bytes pending: the size of the union of the ranges (rounded out to the
-        grain, past :data:`MAX_EXACT` ranges)."""
+        grain, past :data:`MAX_EXACT` ranges); from inside one of these methods (a
+        finalizer), an upper bound."""
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            later = sum(b - a for kind, a, b, _ in list(self._deferred) if kind == "add")
+            return self._upper + later
         with self._lock:
+            self._drain()
             if not self._merged:
                 self._merge()
             return self._upper

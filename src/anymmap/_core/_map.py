@@ -41,6 +41,7 @@ from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
 from ._forks import track
 from ._lifetime import Memory
+from ._threadlock import check_not_held, new_condition
 
 PAGE_SIZE = os_impl.PAGE_SIZE
 
@@ -89,7 +90,7 @@ class MapCore:
     length: int
 
     def __init__(self, writable: bool) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = new_condition()
         self._pins = 0
         self._pinners: dict[int, int] = {}  # thread identity -> pins it holds
         self._remapper: int | None = None  # the thread inside exclusive(), if any
@@ -108,7 +109,7 @@ class MapCore:
         """Keep only the pins of the thread that forked (see ``_forks``).  A map another
         thread was remapping or closing counts as closed here: its memory may be
         half-changed, so it is neither used nor unmapped (as after DONTFORK)."""
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = new_condition()
         pins = self._pinners.get(survivor, 0)
         self._pinners = {survivor: pins} if pins else {}
         self._pins = pins
@@ -200,6 +201,7 @@ class MapCore:
         :raises ClosedMapError: if the map is closed
         """
         me = threading.get_ident()
+        check_not_held(self._cond)
         with self._cond:
             self.check_not_remapping(me)
             # A thread that holds a pin already may nest another (a flush inside the group
@@ -221,6 +223,16 @@ class MapCore:
                 if not self._pins:
                     self._cond.notify_all()
 
+    def check_can_wait(self) -> None:
+        """Raise if the calling thread may not wait for another thread's work on this map
+        (a flush by the committer): it is closing or resizing it, or a finalizer runs
+        inside its pin bookkeeping.
+
+        :raises RuntimeError: if so
+        """
+        check_not_held(self._cond)
+        self.check_not_remapping()
+
     def check_not_remapping(self, me: int | None = None) -> None:
         """Raise if the calling thread is inside :meth:`exclusive` (closing or resizing
         this map): a call made there, by a finalizer that the garbage collection of a
@@ -241,6 +253,7 @@ class MapCore:
         :raises ClosedMapError: if the map is closed
         :raises RuntimeError: if the calling thread holds a pin (it would wait for itself)
         """
+        check_not_held(self._cond)
         with self._cond:
             self.check_open()
             if threading.get_ident() in self._pinners:

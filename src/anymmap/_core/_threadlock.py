@@ -10,6 +10,30 @@ from anyio import WouldBlock
 
 from ._forks import track
 
+#: What a call re-entering an internal lock on the same thread raises.
+REENTERED = (
+    "a finalizer (__del__ or weakref callback) or signal handler that Python ran inside "
+    "this map's own bookkeeping on this thread cannot use the map: it would wait for itself"
+)
+
+
+def new_condition() -> threading.Condition:
+    """A condition over a re-entrant lock, so that :func:`held_here` can tell when the
+    garbage collector (or a signal handler) ran code that calls back in while this thread
+    is inside the critical section: such a call must fail, not wait for itself."""
+    return threading.Condition(threading.RLock())
+
+
+def held_here(cond: threading.Condition) -> bool:
+    """Whether the calling thread holds ``cond`` (made by :func:`new_condition`)."""
+    return cond._is_owned()  # type: ignore[attr-defined, no-any-return]
+
+
+def check_not_held(cond: threading.Condition) -> None:
+    """:raises RuntimeError: if the calling thread holds ``cond`` (see :data:`REENTERED`)"""
+    if cond._is_owned():  # type: ignore[attr-defined]
+        raise RuntimeError(REENTERED)
+
 
 class ThreadRWLock:
     """Readers share, a writer is alone; waiting writers hold new readers back.
@@ -25,7 +49,7 @@ class ThreadRWLock:
     __slots__ = ("__weakref__", "_cond", "_readers", "_writer", "_writers_waiting")
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = new_condition()
         self._readers: dict[int, int] = {}
         self._writer: int | None = None
         self._writers_waiting = 0
@@ -33,7 +57,7 @@ class ThreadRWLock:
 
     def after_fork_in_child(self, survivor: int) -> None:
         """Keep only what the thread that forked holds (see ``_forks``)."""
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = new_condition()
         count = self._readers.get(survivor, 0)
         self._readers = {survivor: count} if count else {}
         if self._writer != survivor:
@@ -43,6 +67,7 @@ class ThreadRWLock:
     def acquire_read(self, blocking: bool = True) -> int:
         """Acquire for the calling thread and return its identity (for ``_release_*``)."""
         me = threading.get_ident()
+        check_not_held(self._cond)
         with self._cond:
             if me in self._readers:
                 self._readers[me] += 1
@@ -60,6 +85,7 @@ class ThreadRWLock:
         self._release_read(threading.get_ident())
 
     def _release_read(self, me: int) -> None:
+        check_not_held(self._cond)
         with self._cond:
             count = self._readers.pop(me, 0)
             if count > 1:
@@ -72,6 +98,7 @@ class ThreadRWLock:
     def acquire_write(self, blocking: bool = True) -> int:
         """Acquire for the calling thread and return its identity (for ``_release_*``)."""
         me = threading.get_ident()
+        check_not_held(self._cond)
         with self._cond:
             if self._writer == me or me in self._readers:
                 raise RuntimeError("this thread already holds the lock")
@@ -93,6 +120,7 @@ class ThreadRWLock:
         self._release_write(threading.get_ident())
 
     def _release_write(self, me: int) -> None:
+        check_not_held(self._cond)
         with self._cond:
             if self._writer != me:
                 raise RuntimeError("this thread is not holding the write lock")

@@ -239,7 +239,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
     def _commit(core: FileBackedCore, start: int, n: int) -> None:
         if core.mode != "rw" or not n:
             return
-        core.check_not_remapping()  # the committer's pin would wait for this thread
+        core.check_can_wait()  # the committer's pin would wait for this thread
         done = threading.Event()
         request = core.commit.submit(start, start + n, done.set)
         done.wait()
