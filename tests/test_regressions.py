@@ -430,6 +430,35 @@ def test_a_finalizer_that_flushes_never_deadlocks() -> None:
     check_child(_FINALIZER_FLUSHES, timeout=30)
 
 
+_FINALIZER_FLUSHES_AT_EXIT = """
+    import os, tempfile
+    import anymmap.sync
+
+    m = anymmap.sync.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "f"), 1 << 20)
+    m.update_region(0, b"durable")
+
+    class Record:
+        def __init__(self):
+            self.me = self  # cyclic garbage: the interpreter's last collection frees it
+            self.m = m
+
+        def __del__(self):
+            self.m.flush()
+            os.write(1, b"pending %d\\n" % self.m.pending_bytes())
+
+    Record()
+    print("main ends")
+"""
+
+
+def test_a_finalizer_that_flushes_at_interpreter_exit_finishes() -> None:
+    """Regression test (adversary review): a ``__del__`` that flushes, run by the
+    interpreter's last garbage collection, started the group-commit thread, and on
+    3.11 ``Thread.start`` then waits for ever for a thread that can no longer run: the
+    process never exited.  Such a flush now runs on the finalizing thread."""
+    check_child(_FINALIZER_FLUSHES_AT_EXIT, expect="pending 0", timeout=20)
+
+
 _CALLBACK_INSIDE_THE_BOOKKEEPING = """
     import os, sys, tempfile, threading
     import anyio, anymmap, anymmap.sync

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import threading
 import weakref
 from collections import deque
@@ -129,6 +130,14 @@ class GroupCommit:
             )
         check_not_held(self._cond)  # a finalizer run inside submit's own bookkeeping
         request = CommitRequest(start, end, wake, scheduler)
+        if sys.is_finalizing():
+            # A finalizer run by the interpreter's last collection: no thread can start
+            # now (3.11 waits for ever for one that never runs, 3.12+ refuses), and no
+            # other thread runs Python.  Flush on this thread.
+            self.batches += 1
+            self._flush([request])
+            _wake([request])
+            return request
         with self._cond:
             self._pending.append(request)
             # A committer of another process (the parent of a fork) does not run here.
