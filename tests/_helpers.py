@@ -45,10 +45,12 @@ class _CacheStat(ctypes.Structure):
 _SYS_CACHESTAT = 451  # the same number on every architecture (Linux 6.5+)
 
 
-def unwritten_pages(fd: int) -> int | None:
-    """The pages of the file open as ``fd`` that are dirty or under writeback in the
-    page cache, by cachestat(2); None where the kernel lacks it."""
-    whole = (ctypes.c_uint64 * 2)(0, 0)  # struct cachestat_range: offset 0, length 0 = all
+def unwritten_pages(fd: int, offset: int = 0, length: int = 0) -> int | None:
+    """The pages of the file open as ``fd`` (of ``[offset, offset + length)``; length 0:
+    to the end) that are dirty or under writeback in the page cache, by cachestat(2);
+    None where the kernel lacks it.  (The kernel tracks dirtiness per folio, and a
+    folio may be larger than a page: keep the places compared megabytes apart.)"""
+    whole = (ctypes.c_uint64 * 2)(offset, length)  # struct cachestat_range
     out = _CacheStat()
     # SAFETY: both structures live in this frame for the call; the kernel writes only
     # sizeof(struct cachestat) bytes into ``out``.

@@ -564,6 +564,37 @@ async def test_a_shrink_forgets_what_was_pending_past_the_new_end(log_file: Path
         assert m._core.commit.msyncs - before <= 1  # it spun thousands of times before
 
 
+async def test_shrinking_a_window_flushes_what_it_leaves_in_the_file(log_file: Path) -> None:
+    """Regression test (adversary review): shrinking a window in the middle of a file
+    (the file is not cut) forgot the bytes written past the new end, which stayed in
+    the file, dirty; grown back over them, the map reported nothing pending and
+    ``auto_flush`` left them unwritten.  The shrink now flushes them first."""
+    with open(log_file, "wb") as f:
+        f.write(bytes(16 * MiB))
+        os.fsync(f.fileno())  # nothing dirty but what the map writes
+    async with await MmapRaw.map_raw(log_file, offset=0, length=8 * MiB) as m:
+        check = os.open(log_file, os.O_RDONLY)
+        try:
+            if unwritten_pages(check) is None:
+                pytest.skip("this kernel has no cachestat(2)")
+            await m.update_region(6 * MiB, b"important")
+            await m.update_region(0, b"kept")
+            assert unwritten_pages(check, 4 * MiB, 4 * MiB)
+            await m.resize(2 * MiB)
+            assert os.path.getsize(log_file) == 16 * MiB  # a window: the file is not cut
+            assert m.pending_bytes() == 4
+            assert unwritten_pages(check, 4 * MiB, 4 * MiB) == 0  # left behind: durable
+            assert unwritten_pages(check, 0, MiB)  # still in the map: still pending
+            await m.resize(8 * MiB)
+            assert await m.read(6 * MiB, 9) == b"important"
+            async with m.auto_flush(every=10):
+                pass
+            assert m.pending_bytes() == 0
+            assert unwritten_pages(check) == 0
+        finally:
+            os.close(check)
+
+
 @pytest.mark.parametrize("mode", ["r", "copy"])
 async def test_maps_whose_pages_never_reach_the_file_have_nothing_pending(
     log_file: Path, mode: str

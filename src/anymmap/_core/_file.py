@@ -270,9 +270,11 @@ class FileCore(FileBackedCore):
 
         Growth allocates the new blocks first (``posix_fallocate``, or zeros written with
         ``prefill="zeros"``), so a full disk fails here with ``OSError(ENOSPC)`` and
-        leaves file and map unchanged, instead of a later write dying with SIGBUS.  Shrinking cuts the file to the map's new end only if the
-        map reached the end of the file; a window in the middle of a file never cuts it,
-        nor does a map of a block device.  If the file cannot be grown or cut, the map and
+        leaves file and map unchanged, instead of a later write dying with SIGBUS.
+        Shrinking cuts the file to the map's new end only if the map reached the end of
+        the file; a window in the middle of a file never cuts it, nor does a map of a
+        block device, and then what was written past the new end is flushed (durable)
+        first, since this map can no longer flush it afterwards.  If the file cannot be grown or cut, the map and
         the file stay as they were.  The new size is durable once a later ``flush``
         returns (``msync(MS_SYNC)`` syncs what is needed to read the data back, size
         included).
@@ -292,6 +294,11 @@ class FileCore(FileBackedCore):
             # a sealed memfd, a block device), and then the map has not changed yet.
             # Remapping can then only fail for want of address space.
             try:
+                if length < old_length and not cuts_file and self.dirty.pending():
+                    # The bytes past the new end stay in the file: make what was written
+                    # there durable now, while this map can still flush it (pending_bytes
+                    # forgets it below, and would miss it if the map grew back over it).
+                    os_impl.sync_memory(*self.aligned(length, old_length - length))
                 if self._block_device:
                     if self.file_offset + length > old_size:
                         raise OutOfBoundsError(self.file_offset, length, old_size, "device")
