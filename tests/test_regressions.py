@@ -459,6 +459,61 @@ def test_a_finalizer_that_flushes_at_interpreter_exit_finishes() -> None:
     check_child(_FINALIZER_FLUSHES_AT_EXIT, expect="pending 0", timeout=20)
 
 
+_CALLBACK_INSIDE_A_PIN_WHILE_ANOTHER_THREAD_RESIZES = """
+    import os, sys, tempfile, threading, time
+    import anymmap.sync
+
+    m = anymmap.sync.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "f"), 64 << 20)
+    me = threading.get_ident()
+    outcomes = []
+    resizer = threading.Thread(target=m.resize, args=(128 << 20,))
+
+    def callback():
+        # Runs inside populate's pin, as a __del__ or signal handler would, while
+        # another thread's resize waits for that pin.
+        resizer.start()
+        while m._core._remapper is None:
+            time.sleep(0.001)
+        m.flush()  # the committer joins the pin this thread holds
+        outcomes.append("flushed")
+        for call in (lambda: m.read(0, 10), lambda: m.update_region(0, b"y")):
+            try:
+                call()  # would wait for the resize's write lock, which waits for us
+            except RuntimeError:
+                outcomes.append("RuntimeError")
+
+    def local(frame, event, arg):
+        pinned = me in m._core._pinners and not m._core._cond._is_owned()
+        if event == "line" and not outcomes and pinned:
+            outcomes.append("inside a pin")
+            callback()
+        return local
+
+    sys.settrace(lambda frame, event, arg: local)
+    try:
+        m.populate(0, 64 << 20)
+    finally:
+        sys.settrace(None)
+    resizer.join()
+    assert len(m) == 128 << 20
+    assert outcomes == ["inside a pin", "flushed", "RuntimeError", "RuntimeError"], outcomes
+    m.update_region(0, b"z")
+    m.flush()
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_callback_inside_a_pin_never_deadlocks_a_resize() -> None:
+    """Regression test (adversary review): a finalizer run inside a pinned call while another thread's ``resize``
+    waited for that pin: a flush waited for the committer, whose pin waited for the
+    resize; a read waited for the resize's write lock.  Three threads, for ever.  The
+    committer now joins the pins already held, and a lock wait from inside a pin
+    raises ``RuntimeError``.  (A trace function stands in for the finalizer, to land
+    inside the pin every time.)"""
+    check_child(_CALLBACK_INSIDE_A_PIN_WHILE_ANOTHER_THREAD_RESIZES, timeout=30)
+
+
 _CALLBACK_INSIDE_THE_BOOKKEEPING = """
     import os, sys, tempfile, threading
     import anyio, anymmap, anymmap.sync

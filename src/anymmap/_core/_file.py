@@ -133,7 +133,7 @@ class FileBackedCore(MapCore):
         """Make ``[start, start + n)`` durable, as far as the map still reaches (a shrink
         may have cut it meanwhile); for the group committer."""
         upto = self.dirty.mark()
-        with self.pinned():
+        with self.pinned(join=True):
             start = min(start, self.length)
             n = max(min(n, self.length - start), 0)
             self.flush(start, n, wait=True)

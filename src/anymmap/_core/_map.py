@@ -195,8 +195,13 @@ class MapCore:
     # -- pins and exclusive access ----------------------------------------------------
 
     @contextmanager
-    def pinned(self) -> Iterator[None]:
+    def pinned(self, join: bool = False) -> Iterator[None]:
         """Keep the map mapped at its address for the block (thread-safe).
+
+        ``join``: for the group committer, which runs flushes that a thread holding a pin
+        may be waiting for (a finalizer that flushes, run inside a pinned call): it may
+        pin while a remapper waits as long as pins are held, since the remapper cannot
+        start before they are released anyway.
 
         :raises ClosedMapError: if the map is closed
         """
@@ -206,7 +211,11 @@ class MapCore:
             self.check_not_remapping(me)
             # A thread that holds a pin already may nest another (a flush inside the group
             # committer's pin): a remapper waiting for the outer pin would wait for ever.
-            while self._remapper is not None and me not in self._pinners:
+            while (
+                self._remapper is not None
+                and me not in self._pinners
+                and not (join and self._pins)
+            ):
                 self._cond.wait()
             self.check_open()
             self._pins += 1
@@ -222,6 +231,20 @@ class MapCore:
                     self._pinners[me] -= 1
                 if not self._pins:
                     self._cond.notify_all()
+
+    def check_not_pinned_here(self) -> None:
+        """Raise if the calling thread holds a pin: it is inside one of this map's calls,
+        so what calls back in (a finalizer or signal handler) must not wait for another
+        thread, which may be a close or resize waiting for that very pin.
+
+        :raises RuntimeError: if it does
+        """
+        if threading.get_ident() in self._pinners:
+            raise RuntimeError(
+                f"a finalizer or signal handler run inside a call of a {self.kind} cannot "
+                "wait for another thread's use of it (a close or resize may wait for this "
+                "call)"
+            )
 
     def check_can_wait(self) -> None:
         """Raise if the calling thread may not wait for another thread's work on this map

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from anyio import WouldBlock
@@ -46,9 +46,12 @@ class ThreadRWLock:
     by another thread); a plain ``release_*()`` releases for the calling thread only.
     """
 
-    __slots__ = ("__weakref__", "_cond", "_readers", "_writer", "_writers_waiting")
+    __slots__ = ("__weakref__", "_before_wait", "_cond", "_readers", "_writer", "_writers_waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, before_wait: Callable[[], None] | None = None) -> None:
+        #: Called before the calling thread would wait; may raise to refuse (the map's
+        #: check that the thread is not inside one of its calls).
+        self._before_wait = before_wait
         self._cond = new_condition()
         self._readers: dict[int, int] = {}
         self._writer: int | None = None
@@ -77,6 +80,8 @@ class ThreadRWLock:
             while self._writer is not None or self._writers_waiting:
                 if not blocking:
                     raise WouldBlock("the map is being written by another thread")
+                if self._before_wait is not None:
+                    self._before_wait()
                 self._cond.wait()
             self._readers[me] = 1
         return me
@@ -107,6 +112,8 @@ class ThreadRWLock:
                 return me
             if not blocking:
                 raise WouldBlock("the map is borrowed or being written by another thread")
+            if self._before_wait is not None:
+                self._before_wait()
             self._writers_waiting += 1
             try:
                 while self._writer is not None or self._readers:

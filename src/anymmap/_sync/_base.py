@@ -41,7 +41,9 @@ class SyncMap(MapHandle[CoreT]):
     __slots__ = ("_lock",)
 
     def _setup(self) -> None:
-        self._lock = ThreadRWLock()
+        # A call made by a finalizer inside one of this map's pinned calls must not wait
+        # for a writer (a resize or close may be waiting for that pin).
+        self._lock = ThreadRWLock(before_wait=self._core.check_not_pinned_here)
 
     # -- copies -----------------------------------------------------------------------
 
