@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 
 import anymmap
 from anymmap import BorrowError, ClosedMapError, OutOfBoundsError
-from anymmap.sync import AnonymousMmap, MmapOptions
+from anymmap.sync import AnonymousMmap, MmapOptions, MmapRaw
 
 from ._helpers import PAGE, is_mapped, resident_fraction
 
@@ -188,13 +190,15 @@ def test_eight_threads() -> None:
 
     @guard
     def nowaiter(rng: random.Random) -> None:
+        # (Counted whether it copied or raised WouldBlock: with seven threads queueing
+        # for the lock in turn, it may never find it free and unclaimed.)
         buf = bytearray(RECORD)
+        counts["nowait"] += 1
         try:
             m.read_into_nowait(rng.randrange(RECORDS) * RECORD, buf)
         except WouldBlock:
             return
         assert uniform(buf)
-        counts["nowait"] += 1
 
     @guard
     def resizer(rng: random.Random) -> None:
@@ -257,7 +261,7 @@ def test_nested_reads_in_one_thread_do_not_deadlock_behind_a_writer() -> None:
         t = threading.Thread(target=write)
         t.start()
         deadline = time.monotonic() + 5
-        while m._lock._writers_waiting != 1:  # the writer has queued up
+        while len(m._lock._queue) != 1:  # the writer has queued up
             assert time.monotonic() < deadline
             time.sleep(0)
         with m.as_slice(0, 1) as again:  # must not wait behind the queued writer
@@ -267,6 +271,89 @@ def test_nested_reads_in_one_thread_do_not_deadlock_behind_a_writer() -> None:
             m.update_region(0, b"x")  # upgrading would deadlock: refused
     t.join(5)
     assert m.read(0, 1) == b"w"
+    m.close()
+
+
+@pytest.mark.parametrize("loop", ["resize", "update_region"])
+@pytest.mark.parametrize("victim", ["update_region", "read"])
+def test_a_thread_looping_on_the_lock_cannot_starve_a_waiting_one(
+    tmp_path: Path, loop: str, victim: str
+) -> None:
+    """Regression test (adversary review): a thread that took the write lock in a loop
+    (resizes, writes) kept it for as long as it looped: releasing woke the waiting
+    thread, but the looping one, still holding the GIL, took the lock again first.  Now
+    the lock is handed to the waiting thread in arrival order: the looping thread gets
+    at most a turn or two more before the single waiting call has finished."""
+    m = MmapRaw.create(tmp_path / "f", 2 << 20)
+    queued = threading.Event()
+    done = threading.Event()
+    turns_after_queueing = []
+
+    def looping() -> None:
+        for n in range(20_000):
+            if done.is_set():
+                return
+            if loop == "resize":
+                m.resize((1 << 20) * (1 + n % 2))
+            else:
+                m.update_region(4096, b"y" * 64)
+            if queued.is_set():
+                turns_after_queueing.append(n)
+
+    def waiting() -> None:
+        if victim == "read":
+            m.read(0, 1)
+        else:
+            m.update_region(0, b"x")
+        done.set()
+
+    looper = threading.Thread(target=looping)
+    looper.start()
+    waiter = threading.Thread(target=waiting)
+    waiter.start()
+    while not done.is_set() and not m._lock._queue:
+        time.sleep(0)
+    queued.set()
+    waiter.join(30)
+    looper.join(30)
+    assert done.is_set()
+    assert len(turns_after_queueing) <= 3, len(turns_after_queueing)
+    m.close()
+
+
+def test_an_exception_while_queued_for_the_lock_leaves_nothing_behind() -> None:
+    """A signal handler that raises (Ctrl-C) while the main thread waits in the lock's
+    queue: the waiter leaves the queue, and whoever comes next gets the lock."""
+    m = AnonymousMmap.new(PAGE)
+    holding, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with m.as_mut_slice(0, 1):
+            holding.set()
+            leave.wait(30)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(30)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Interrupted):
+            m.read(0, 1)  # queued behind the holder until the signal
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not m._lock._queue
+    leave.set()
+    holder.join(30)
+    assert m.read(0, 1) == b"\0"
+    m.update_region(0, b"x")
     m.close()
 
 

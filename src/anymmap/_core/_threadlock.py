@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from anyio import WouldBlock
 
@@ -36,17 +38,21 @@ def check_not_held(cond: threading.Condition) -> None:
 
 
 class ThreadRWLock:
-    """Readers share, a writer is alone; waiting writers hold new readers back.
+    """Readers share, a writer is alone; granted in arrival order.
 
-    A thread that already reads may read again at once (two nested borrows never deadlock
-    behind a waiting writer); asking to write while holding the lock raises RuntimeError.
+    A thread that must wait queues; whoever releases the lock hands it to the head of
+    the queue (a writer, or every reader up to the next writer) before returning, so a
+    thread that takes the lock in a loop cannot barge ahead of one already waiting (with
+    the GIL it would otherwise win every time).  A thread that already reads may read
+    again at once (two nested borrows never deadlock behind a waiting writer); asking to
+    write while holding the lock raises RuntimeError.
 
     The ``read()`` / ``write()`` blocks release on behalf of the thread that entered them,
     whichever thread runs the exit (a generator suspended inside a borrow may be closed
     by another thread); a plain ``release_*()`` releases for the calling thread only.
     """
 
-    __slots__ = ("__weakref__", "_before_wait", "_cond", "_readers", "_writer", "_writers_waiting")
+    __slots__ = ("__weakref__", "_before_wait", "_cond", "_queue", "_readers", "_writer")
 
     def __init__(self, before_wait: Callable[[], None] | None = None) -> None:
         #: Called before the calling thread would wait; may raise to refuse (the map's
@@ -55,7 +61,8 @@ class ThreadRWLock:
         self._cond = new_condition()
         self._readers: dict[int, int] = {}
         self._writer: int | None = None
-        self._writers_waiting = 0
+        #: The waiting threads: [wants to write, identity, granted], in arrival order.
+        self._queue: deque[list[Any]] = deque()
         track(self)
 
     def after_fork_in_child(self, survivor: int) -> None:
@@ -65,7 +72,7 @@ class ThreadRWLock:
         self._readers = {survivor: count} if count else {}
         if self._writer != survivor:
             self._writer = None
-        self._writers_waiting = 0
+        self._queue = deque()  # their threads are not in this process
 
     def acquire_read(self, blocking: bool = True) -> int:
         """Acquire for the calling thread and return its identity (for ``_release_*``)."""
@@ -77,13 +84,12 @@ class ThreadRWLock:
                 return me
             if self._writer == me:
                 raise RuntimeError("this thread holds the write lock")
-            while self._writer is not None or self._writers_waiting:
-                if not blocking:
-                    raise WouldBlock("the map is being written by another thread")
-                if self._before_wait is not None:
-                    self._before_wait()
-                self._cond.wait()
-            self._readers[me] = 1
+            if self._writer is None and not self._queue:
+                self._readers[me] = 1
+                return me
+            if not blocking:
+                raise WouldBlock("the map is being written by another thread")
+            self._wait(False, me)
         return me
 
     def release_read(self) -> None:
@@ -98,7 +104,7 @@ class ThreadRWLock:
             elif not count:
                 raise RuntimeError("this thread is not holding the read lock")
             elif not self._readers:
-                self._cond.notify_all()
+                self._hand_over()
 
     def acquire_write(self, blocking: bool = True) -> int:
         """Acquire for the calling thread and return its identity (for ``_release_*``)."""
@@ -107,20 +113,12 @@ class ThreadRWLock:
         with self._cond:
             if self._writer == me or me in self._readers:
                 raise RuntimeError("this thread already holds the lock")
-            if self._writer is None and not self._readers:
+            if self._writer is None and not self._readers and not self._queue:
                 self._writer = me
                 return me
             if not blocking:
                 raise WouldBlock("the map is borrowed or being written by another thread")
-            if self._before_wait is not None:
-                self._before_wait()
-            self._writers_waiting += 1
-            try:
-                while self._writer is not None or self._readers:
-                    self._cond.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writer = me
+            self._wait(True, me)
         return me
 
     def release_write(self) -> None:
@@ -132,6 +130,46 @@ class ThreadRWLock:
             if self._writer != me:
                 raise RuntimeError("this thread is not holding the write lock")
             self._writer = None
+            self._hand_over()
+
+    def _wait(self, write: bool, me: int) -> None:  # with self._cond held
+        """Queue, and wait until :meth:`_hand_over` grants the lock to this thread."""
+        if self._before_wait is not None:
+            self._before_wait()
+        waiter = [write, me, False]
+        self._queue.append(waiter)
+        try:
+            while not waiter[2]:
+                self._cond.wait()
+        except BaseException:  # KeyboardInterrupt in the wait: leave nothing behind
+            if waiter[2]:  # granted meanwhile: give it back
+                if write:
+                    self._writer = None
+                else:
+                    del self._readers[me]
+            else:
+                self._queue.remove(waiter)
+            self._hand_over()
+            raise
+
+    def _hand_over(self) -> None:  # with self._cond held
+        """Grant the lock to the head of the queue, if it is free for it: one writer, or
+        every reader up to the next writer."""
+        granted = False
+        while self._queue and self._writer is None:
+            write, who, _ = head = self._queue[0]
+            if write:
+                if self._readers:
+                    break
+                self._writer = who
+            else:
+                self._readers[who] = 1
+            head[2] = True
+            self._queue.popleft()
+            granted = True
+            if write:
+                break
+        if granted:
             self._cond.notify_all()
 
     @contextmanager
