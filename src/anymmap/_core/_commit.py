@@ -286,28 +286,28 @@ class DirtyRanges:
         # take a lock a vanished thread held): the child may start an auto_flush of its own.
         self.listener = None
 
-    def _later(self, change: tuple[str, int, int, int], wait: bool = False) -> bool:
+    def _later(self, kind: str, first: int, last: int, upto: int, wait: bool) -> bool:
         """Take the lock and apply what was deferred, or, if this thread holds it already
         (a finalizer or signal handler that Python ran inside one of these methods) or
-        ``wait`` is false and another thread holds it, defer ``change`` and return True.
+        ``wait`` is false and another thread holds it, defer the change and return True.
 
         Deferring keeps a write counted (never lost), and lets the committer clean up
         after a flush without waiting for a writer whose finalizer waits for that flush.
-        ``deque.append`` and ``deque.popleft`` are atomic, so a change appended while
-        :meth:`_drain` runs is applied by it or by the next drain, never dropped.
+        Only the lock's holder takes from the queue, and ``deque.append`` is atomic, so a
+        change appended while :meth:`_drain` runs is applied by it or by the next holder.
         """
-        if self._lock._is_owned() or not self._lock.acquire(wait):  # type: ignore[attr-defined]
-            self._deferred.append(change)
+        lock = self._lock
+        if lock._is_owned() or not lock.acquire(wait):  # type: ignore[attr-defined]
+            self._deferred.append((kind, first, last, upto))
             return True
-        self._drain()
+        if self._deferred:
+            self._drain()
         return False
 
     def _drain(self) -> None:  # with self._lock held
-        while True:
-            try:
-                kind, first, last, upto = self._deferred.popleft()
-            except IndexError:
-                return
+        deferred = self._deferred
+        while deferred:
+            kind, first, last, upto = deferred.popleft()
             if kind == "add":
                 self._sequence += 1
                 self._entries.append((first, last, self._sequence))
@@ -321,7 +321,7 @@ class DirtyRanges:
     def add(self, start: int, end: int) -> None:
         if end <= start:
             return
-        if self._later(("add", start, end, 0), wait=True):
+        if self._later("add", start, end, 0, True):
             return
         try:
             self._sequence += 1
@@ -348,7 +348,7 @@ class DirtyRanges:
     def clean(self, start: int, end: int, upto: int) -> None:
         """Forget the parts of ``[start, end)`` written at or before ``upto``; deferred
         if another thread holds the lock (the committer never waits for a writer)."""
-        if self._later(("clean", start, end, upto)):
+        if self._later("clean", start, end, upto, False):
             return
         try:
             self._clean(start, end, upto)
@@ -369,7 +369,7 @@ class DirtyRanges:
 
     def cut(self, length: int) -> None:
         """Forget whatever lies at or past ``length`` (the map shrank)."""
-        if self._later(("cut", length, 0, 0), wait=True):
+        if self._later("cut", length, 0, 0, True):
             return
         try:
             self._cut(length)
@@ -393,7 +393,8 @@ class DirtyRanges:
             later = sum(b - a for kind, a, b, _ in list(self._deferred) if kind == "add")
             return self._upper + later
         with self._lock:
-            self._drain()
+            if self._deferred:
+                self._drain()
             if not self._merged:
                 self._merge()
             return self._upper
