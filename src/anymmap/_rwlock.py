@@ -64,6 +64,19 @@ class _Ticket(Waiter):
 # releases the claim again.
 
 
+class _Done:
+    """An awaitable that completes at once, without a yield (what a guard's exit returns:
+    cheaper than a coroutine that never suspends)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        return iter(())  # type: ignore[return-value]
+
+
+_DONE = _Done()
+
+
 class _Guard:
     """An async context manager that holds one side of a lock for its block (what
     ``RWLock.read()`` and ``RWLock.write()`` return).
@@ -95,7 +108,15 @@ class _Guard:
             return
 
         self._task = task = asyncio_current_task() or not_in_a_task()
-        if (lock._try_write if write else lock._try_read)(task):
+        readers = lock._readers
+        if not write and lock._writer is None and not lock._queue and task not in readers:
+            readers[task] = 1  # the common case of _try_read, inline
+            try:
+                yield  # asyncio's checkpoint, as in asyncio.sleep(0)
+            except BaseException:
+                lock._release_read(task)
+                raise
+        elif (lock._try_write if write else lock._try_read)(task):
             try:
                 yield  # asyncio's checkpoint, as in asyncio.sleep(0)
             except BaseException:
@@ -104,15 +125,17 @@ class _Guard:
         else:
             yield from lock._wait(task, write)
 
-    @types.coroutine
     def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
-    ) -> Generator[Any, Any, None]:
-        self._lock._release(self._task, self._write)
-        yield from ()  # a generator that never yields: __aexit__ must be awaitable
+    ) -> _Done:
+        if self._write:
+            self._lock._release_write(self._task)
+        else:
+            self._lock._release_read(self._task)
+        return _DONE  # releasing never waits: an awaitable that is already done
 
     def release(self) -> None:
         """Release what this guard acquired (synchronous; for the maps' borrows)."""
@@ -179,7 +202,7 @@ class RWLock:
         ``async with lock.read(): ...`` is :meth:`acquire_read` on entry and
         :meth:`release_read` on exit.
         """
-        return _Guard(self, write=False)
+        return _Guard(self, False)
 
     def write(self) -> _Guard:
         """
@@ -188,7 +211,7 @@ class RWLock:
         ``async with lock.write(): ...`` is :meth:`acquire_write` on entry and
         :meth:`release_write` on exit.
         """
-        return _Guard(self, write=True)
+        return _Guard(self, True)
 
     async def acquire_read(self) -> None:
         """
