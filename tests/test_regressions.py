@@ -1222,3 +1222,31 @@ async def test_an_atomic_store_to_a_region_is_pending_until_flushed(tmp_path: Pa
         assert m.pending_bytes() == 8
         await m.flush()
         assert m.pending_bytes() == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prefill", ["zeros", "allocate"])
+async def test_growing_a_window_keeps_the_bytes_the_file_already_has(
+    tmp_path: Path, prefill: str
+) -> None:
+    """Regression test (adversary review): growing a window map made with
+    ``prefill="zeros"`` over bytes the file already held wrote zeros over them.  The
+    part of the growth inside the file is now only allocated; zeros go past its end."""
+    path = tmp_path / "data.bin"
+    existing = os.urandom(3 * PAGE + 100)  # the window grows over it, then past its end
+    path.write_bytes(bytes(PAGE) + existing)
+    async with await anymmap.MmapRaw.map_raw(
+        path,
+        offset=0,
+        length=PAGE,
+        prefill=prefill,  # type: ignore[arg-type]
+    ) as m:
+        await m.resize(6 * PAGE)
+        assert await m.read(PAGE, len(existing)) == existing
+        assert await m.read(PAGE + len(existing), 6 * PAGE - PAGE - len(existing)) == bytes(
+            6 * PAGE - PAGE - len(existing)
+        )
+    assert path.read_bytes() == bytes(PAGE) + existing + bytes(6 * PAGE - PAGE - len(existing))
+    with anymmap.sync.MmapRaw.map_raw(path, offset=0, length=PAGE, prefill=prefill) as s:  # type: ignore[arg-type]
+        s.resize(2 * PAGE)
+        assert s.read(PAGE, PAGE) == existing[:PAGE]

@@ -50,9 +50,19 @@ def check_prefill(prefill: object) -> None:
 
 def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
     """Give ``[offset, offset + length)`` of the file real blocks (growing it if needed);
-    a full disk fails here (``ENOSPC``), not later as SIGBUS."""
-    if prefill == "zeros":
-        os_impl.write_zeros(fd, offset, length)
+    a full disk fails here (``ENOSPC``), not later as SIGBUS.
+
+    What the file already holds is never changed: ``prefill="zeros"`` writes zeros only
+    past its end, and the part before its end (a window growing over existing bytes,
+    or holes in them) is allocated.
+    """
+    end = offset + length
+    size = os_impl.file_size(fd)
+    if prefill == "zeros" and end > size:
+        if offset < size:
+            os_impl.allocate(fd, offset, size - offset)
+            offset = size
+        os_impl.write_zeros(fd, offset, end - offset)
     else:
         os_impl.allocate(fd, offset, length)
 
