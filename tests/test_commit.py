@@ -22,7 +22,7 @@ from anyio import wait_all_tasks_blocked
 import anymmap
 import anymmap.sync
 from anymmap import MmapRaw
-from anymmap._core._commit import CommitRequest, GroupCommit
+from anymmap._core._commit import CommitRequest, DirtyRanges, GroupCommit
 
 from ._helpers import PAGE, unwritten_pages, wait_until
 
@@ -708,3 +708,34 @@ async def test_pending_bytes_of_many_scattered_writes_through_a_map(tmp_path: Pa
         assert m.pending_bytes() == 0
         await m.update_region(size - 3, b"abc")
         assert m.pending_bytes() == 3
+
+
+def test_a_count_taken_inside_the_bookkeeping_is_never_too_low() -> None:
+    """Regression test (adversary review): a write deferred because it was made inside
+    the bookkeeping (by a finalizer) left the queue before it was counted, and a count
+    taken by another finalizer in between missed it.  A trace function takes the count
+    at every line of the drain that applies it, and of a write and a count after it."""
+    dirty = DirtyRanges()
+    dirty.add(0, 10)
+    with dirty._lock:  # as a finalizer run inside add() holding the lock
+        dirty.add(100, 1100)  # deferred
+        assert dirty.pending() >= 1010
+    counts: list[int] = []
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line" and dirty._lock._is_owned():  # inside the bookkeeping
+            counts.append(dirty.pending())  # (nested: nothing drains)
+        return local
+
+    def hook(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename.endswith("_commit.py") else None
+
+    sys.settrace(hook)
+    try:
+        dirty.add(5000, 5001)  # drains the deferred write first
+        total = dirty.pending()
+    finally:
+        sys.settrace(None)
+    assert total == 1011
+    assert len(counts) > 10
+    assert min(counts) >= 1010, counts

@@ -305,9 +305,11 @@ class DirtyRanges:
         return False
 
     def _drain(self) -> None:  # with self._lock held
+        # Each change leaves the queue only once applied: a finalizer run in between
+        # that counts (see pending) must find a deferred write in one place or the other.
         deferred = self._deferred
         while deferred:
-            kind, first, last, upto = deferred.popleft()
+            kind, first, last, upto = deferred[0]
             if kind == "add":
                 self._sequence += 1
                 self._entries.append((first, last, self._sequence))
@@ -317,6 +319,7 @@ class DirtyRanges:
                 self._clean(first, last, upto)
             else:
                 self._cut(first)
+            deferred.popleft()
 
     def add(self, start: int, end: int) -> None:
         if end <= start:
