@@ -723,7 +723,7 @@ def test_a_count_taken_inside_the_bookkeeping_is_never_too_low() -> None:
     counts: list[int] = []
 
     def local(frame: Any, event: str, arg: Any) -> Any:
-        if event == "line" and dirty._lock._is_owned():  # inside the bookkeeping
+        if event == "line" and dirty._lock._is_owned():  # type: ignore[attr-defined]
             counts.append(dirty.pending())  # (nested: nothing drains)
         return local
 
