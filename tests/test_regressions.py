@@ -514,6 +514,142 @@ def test_a_callback_inside_a_pin_never_deadlocks_a_resize() -> None:
     check_child(_CALLBACK_INSIDE_A_PIN_WHILE_ANOTHER_THREAD_RESIZES, timeout=30)
 
 
+_FLUSH_INSIDE_A_COUNT_WHILE_ANOTHER_THREAD_RESIZES = """
+    import os, sys, tempfile, threading, time
+    import anymmap.sync
+
+    m = anymmap.sync.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "f"), 1 << 20)
+    m.update_region(0, b"data")
+    m.update_region(1 << 19, b"past the new end")
+    dirty = m._core.dirty
+    outcomes = []
+
+    def callback():
+        # Inside pending_bytes(), holding its lock, as a __del__ would be: another
+        # thread shrinks the map (and must forget what lies past the new end), then
+        # this thread flushes.
+        resizer = threading.Thread(target=m.resize, args=(1 << 18,))
+        resizer.start()
+        while m._core._remapper is None and resizer.is_alive():
+            time.sleep(0.001)
+        time.sleep(0.2)  # (time for it to reach the bookkeeping; no result depends on it)
+        try:
+            m.flush()
+            outcomes.append("flushed")
+        except RuntimeError:
+            outcomes.append("RuntimeError")
+        outcomes.append(resizer)
+
+    def local(frame, event, arg):
+        if event == "line" and not outcomes and dirty._lock._is_owned():
+            callback()
+        return local
+
+    sys.settrace(lambda frame, event, arg: local if frame.f_code.co_name == "pending" else None)
+    try:
+        m.pending_bytes()
+    finally:
+        sys.settrace(None)
+    outcomes[-1].join()
+    assert len(m) == 1 << 18, len(m)
+    assert m.pending_bytes() == 0, m.pending_bytes()  # the cut was applied, then flushed
+    print(outcomes[0])
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_flush_inside_a_count_never_deadlocks_a_resize() -> None:
+    """Regression test (adversary review): a finalizer that flushed while its thread was
+    inside ``pending_bytes()`` (holding the pending-bytes lock) waited for the committer,
+    whose pin waited for a resize on another thread, which waited for that lock to
+    forget what lay past the new end: three threads, for ever.  A resize no longer
+    waits for that lock (the change is queued for its holder)."""
+    check_child(_FLUSH_INSIDE_A_COUNT_WHILE_ANOTHER_THREAD_RESIZES, timeout=30)
+
+
+_FLUSH_WHILE_STARTING_THE_COMMITTER = """
+    import os, sys, tempfile, time
+    import anymmap.sync
+
+    m = anymmap.sync.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "f"), 1 << 20)
+    m.update_region(0, b"data")
+    outcomes = []
+
+    def local(frame, event, arg):
+        if event == "line" and not outcomes:
+            try:  # as a __del__ run while this thread starts the committer thread
+                m.flush()
+                outcomes.append("flushed")
+            except RuntimeError:
+                outcomes.append("RuntimeError")
+        return local
+
+    commit = m._core.commit
+    while commit._committer_pid:  # no committer runs (create's own flush lingers)
+        time.sleep(0.005)
+    sys.settrace(lambda frame, event, arg: local if frame.f_code.co_name == "_start_committer" else None)
+    try:
+        m.flush()  # starts the committer
+    finally:
+        sys.settrace(None)
+    assert outcomes, "the callback never ran"
+    m.flush()
+    assert m.pending_bytes() == 0
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_flush_while_this_thread_starts_the_committer_never_hangs() -> None:
+    """Regression test (adversary review): a finalizer that flushed while its own
+    thread was starting the group-commit thread queued its request and waited for a
+    committer that the interrupted frame had not started yet.  The committer is now
+    started inside the queue's lock, so such a flush raises ``RuntimeError``."""
+    check_child(_FLUSH_WHILE_STARTING_THE_COMMITTER, timeout=30)
+
+
+_FINALIZER_FLUSHES_AT_EXIT_DURING_A_RESIZE = """
+    import os, sys, tempfile, threading, time
+    import anymmap.sync
+
+    path = os.path.join(tempfile.mkdtemp(), "f")
+    m = anymmap.sync.MmapRaw.create(path, 1 << 20, prefill="zeros")
+    os.unlink(path)  # (nothing left behind: the map keeps the file open)
+    os.rmdir(os.path.dirname(path))
+    m.update_region(0, b"record")
+    resizer = threading.Thread(target=m.resize, args=(4 << 30,), daemon=True)
+    resizer.start()  # writes 4 GiB of zeros: still inside the resize at exit
+
+    class Flusher:
+        def __init__(self):
+            self.cycle = self  # freed by the interpreter's last collection
+
+        def __del__(self):
+            try:
+                m.flush()
+                os.write(1, b"flushed\\n")
+            except RuntimeError:
+                os.write(1, b"RuntimeError\\n")
+
+    Flusher()
+    while m._core._remapper is None:
+        time.sleep(0.001)
+    print("main ends")
+"""
+
+
+def test_a_finalizer_at_exit_never_waits_for_a_stopped_daemon_thread() -> None:
+    """Regression test (adversary review): a finalizer that flushed during the
+    interpreter's last collection, while a daemon thread (stopped at exit) was inside
+    the map's resize, waited for it for ever.  A wait that can never end at exit now
+    raises ``RuntimeError``."""
+    out = check_child(
+        _FINALIZER_FLUSHES_AT_EXIT_DURING_A_RESIZE, expect="RuntimeError", timeout=30
+    )
+    assert "main ends" in out
+
+
 _CALLBACK_INSIDE_THE_BOOKKEEPING = """
     import os, sys, tempfile, threading
     import anyio, anymmap, anymmap.sync

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -354,6 +356,44 @@ def test_an_exception_while_queued_for_the_lock_leaves_nothing_behind() -> None:
     holder.join(30)
     assert m.read(0, 1) == b"\0"
     m.update_region(0, b"x")
+    m.close()
+
+
+def test_a_release_cut_short_by_an_exception_still_hands_the_lock_over() -> None:
+    """Regression test (adversary review): a KeyboardInterrupt landing inside the lock's
+    hand-over (after the release freed it, before the next waiter was granted) left the
+    queued thread asleep for ever, and every later call queued behind it.  A trace
+    function raises at the first line of the hand-over, deterministically; the waiter
+    now notices within a moment and takes the lock."""
+    m = AnonymousMmap.new(PAGE)
+    lock = m._lock
+    done = threading.Event()
+
+    def write() -> None:
+        m.update_region(0, b"w")
+        done.set()
+
+    def interrupt(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code.co_name == "_hand_over":
+            raise KeyboardInterrupt
+        return None
+
+    def borrow_and_interrupt_its_release() -> None:
+        with m.as_mut_slice(0, 1):
+            writer.start()
+            while not lock._queue:  # the writer is queued behind this borrow
+                time.sleep(0.001)
+            sys.settrace(interrupt)
+
+    writer = threading.Thread(target=write)
+    with pytest.raises(KeyboardInterrupt):
+        borrow_and_interrupt_its_release()
+    sys.settrace(None)
+    assert lock._writer is None  # released, not handed over
+    assert not lock._readers
+    writer.join(30)
+    assert done.is_set()
+    assert m.read(0, 1) == b"w"
     m.close()
 
 

@@ -145,7 +145,11 @@ class GroupCommit:
                 self._cond.notify()  # it may be lingering
                 return request
             self._committer_pid = os.getpid()
-        self._start_committer(request)
+            # Started with the condition held: a finalizer run while the thread is made
+            # (it allocates) gets RuntimeError above, instead of queueing for a committer
+            # that this frame has not started yet.  (The new thread waits for the
+            # condition before it looks at the queue.)
+            self._start_committer(request)
         return request
 
     def _start_committer(self, request: CommitRequest | None) -> None:
@@ -297,7 +301,9 @@ class DirtyRanges:
         change appended while :meth:`_drain` runs is applied by it or by the next holder.
         """
         lock = self._lock
-        if lock._is_owned() or not lock.acquire(wait):  # type: ignore[attr-defined]
+        if lock._is_owned() or not (  # type: ignore[attr-defined]
+            lock.acquire(False) or (wait and not sys.is_finalizing() and lock.acquire())
+        ):
             self._deferred.append((kind, first, last, upto))
             return True
         if self._deferred:
@@ -371,8 +377,10 @@ class DirtyRanges:
         self._set(kept)
 
     def cut(self, length: int) -> None:
-        """Forget whatever lies at or past ``length`` (the map shrank)."""
-        if self._later("cut", length, 0, 0, True):
+        """Forget whatever lies at or past ``length`` (the map shrank); deferred if
+        another thread holds the lock (a resize never waits for a finalizer that flushes
+        inside the bookkeeping: the flush may be waiting for the resize)."""
+        if self._later("cut", length, 0, 0, False):
             return
         try:
             self._cut(length)
@@ -388,19 +396,29 @@ class DirtyRanges:
             ]
         )
 
+    def maybe_pending(self) -> bool:
+        """Whether bytes may be pending, without waiting for the lock (a range is
+        forgotten only once durable, so no range means nothing pending)."""
+        return bool(self._entries or self._deferred)
+
     def pending(self) -> int:
         """The bytes pending: the size of the union of the ranges (rounded out to the
         grain, past :data:`MAX_EXACT` ranges); from inside one of these methods (a
-        finalizer), an upper bound."""
-        if self._lock._is_owned():  # type: ignore[attr-defined]
+        finalizer), or at exit while a stopped thread holds the lock, an upper bound."""
+        lock = self._lock
+        if lock._is_owned() or not (  # type: ignore[attr-defined]
+            lock.acquire(False) or (not sys.is_finalizing() and lock.acquire())
+        ):
             later = sum(b - a for kind, a, b, _ in list(self._deferred) if kind == "add")
             return self._upper + later
-        with self._lock:
+        try:
             if self._deferred:
                 self._drain()
             if not self._merged:
                 self._merge()
             return self._upper
+        finally:
+            lock.release()
 
     def _merge(self) -> None:  # with self._lock held
         merged = _union(self._entries, self._grain)

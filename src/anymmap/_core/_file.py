@@ -284,8 +284,8 @@ class FileCore(FileBackedCore):
         Shrinking cuts the file to the map's new end only if the map reached the end of
         the file; a window in the middle of a file never cuts it, nor does a map of a
         block device, and then what was written past the new end is flushed (durable)
-        first, since this map can no longer flush it afterwards.  If the file cannot be grown or cut, the map and
-        the file stay as they were.  The new size is durable once a later ``flush``
+        first, since this map can no longer flush it afterwards.  If the file cannot be
+        grown or cut, the map and the file stay as they were.  The new size is durable once a later ``flush``
         returns (``msync(MS_SYNC)`` syncs what is needed to read the data back, size
         included).
         """
@@ -304,7 +304,7 @@ class FileCore(FileBackedCore):
             # a sealed memfd, a block device), and then the map has not changed yet.
             # Remapping can then only fail for want of address space.
             try:
-                if length < old_length and not cuts_file and self.dirty.pending():
+                if length < old_length and not cuts_file and self.dirty.maybe_pending():
                     # The bytes past the new end stay in the file: make what was written
                     # there durable now, while this map can still flush it (pending_bytes
                     # forgets it below, and would miss it if the map grew back over it).

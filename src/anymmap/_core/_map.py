@@ -41,7 +41,7 @@ from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
 from ._forks import track
 from ._lifetime import Memory
-from ._threadlock import check_not_held, new_condition
+from ._threadlock import check_not_held, new_condition, wait_unless_exiting
 
 PAGE_SIZE = os_impl.PAGE_SIZE
 
@@ -216,7 +216,7 @@ class MapCore:
                 and me not in self._pinners
                 and not (join and self._pins)
             ):
-                self._cond.wait()
+                wait_unless_exiting(self._cond)
             self.check_open()
             self._pins += 1
             self._pinners[me] = self._pinners.get(me, 0) + 1
@@ -276,20 +276,33 @@ class MapCore:
         :raises ClosedMapError: if the map is closed
         :raises RuntimeError: if the calling thread holds a pin (it would wait for itself)
         """
+        me = threading.get_ident()
         check_not_held(self._cond)
+        self.check_not_remapping(me)
         with self._cond:
             self.check_open()
-            if threading.get_ident() in self._pinners:
+            if me in self._pinners:
                 raise RuntimeError(
                     f"cannot close or resize a {self.kind} from inside one of its own calls "
                     "on the same thread"
                 )
-            self._remapper = threading.get_ident()
+            while self._remapper is not None:  # another thread's close or resize
+                wait_unless_exiting(self._cond)
+                self.check_open()
+            self._remapper = me
             try:
                 while self._pins:
-                    self._cond.wait()
-                yield
-            finally:
+                    wait_unless_exiting(self._cond)
+            except BaseException:
+                self._remapper = None
+                self._cond.notify_all()
+                raise
+        # The condition is free during the change: a thread stopped inside it at exit
+        # (a daemon thread) must not keep a finalizer's call from failing cleanly.
+        try:
+            yield
+        finally:
+            with self._cond:
                 self._remapper = None
                 self._cond.notify_all()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -17,6 +18,24 @@ REENTERED = (
     "a finalizer (__del__ or weakref callback) or signal handler that Python ran inside "
     "this map's own bookkeeping on this thread cannot use the map: it would wait for itself"
 )
+
+
+#: What a wait that could never end raises: at interpreter exit, no other thread runs.
+STOPPED_AT_EXIT = (
+    "the map is held by a thread that the interpreter stopped at exit (a daemon thread "
+    "inside a call of the map): waiting for it would never end"
+)
+
+
+def wait_unless_exiting(cond: threading.Condition, timeout: float | None = None) -> None:
+    """``cond.wait()``, except during the interpreter's finalization (a finalizer run by
+    its last collection), when the thread to wait for (a daemon thread) no longer runs.
+
+    :raises RuntimeError: then
+    """
+    if sys.is_finalizing():
+        raise RuntimeError(STOPPED_AT_EXIT)
+    cond.wait(timeout)
 
 
 def new_condition() -> threading.Condition:
@@ -35,6 +54,12 @@ def check_not_held(cond: threading.Condition) -> None:
     """:raises RuntimeError: if the calling thread holds ``cond`` (see :data:`REENTERED`)"""
     if cond._is_owned():  # type: ignore[attr-defined]
         raise RuntimeError(REENTERED)
+
+
+#: How often a waiting thread checks that a release was not cut short: a KeyboardInterrupt
+#: (or any exception from a signal handler) can land inside a release, after the lock was
+#: freed and before it was handed over, and no one else would hand it over.
+HEAL_EVERY = 0.05
 
 
 class ThreadRWLock:
@@ -140,7 +165,9 @@ class ThreadRWLock:
         self._queue.append(waiter)
         try:
             while not waiter[2]:
-                self._cond.wait()
+                wait_unless_exiting(self._cond, HEAL_EVERY)
+                if not waiter[2]:
+                    self._hand_over()
         except BaseException:  # KeyboardInterrupt in the wait: leave nothing behind
             if waiter[2]:  # granted meanwhile: give it back
                 if write:
