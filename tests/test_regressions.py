@@ -1386,3 +1386,33 @@ async def test_growing_a_window_keeps_the_bytes_the_file_already_has(
     with anymmap.sync.MmapRaw.map_raw(path, offset=0, length=PAGE, prefill=prefill) as s:  # type: ignore[arg-type]
         s.resize(2 * PAGE)
         assert s.read(PAGE, PAGE) == existing[:PAGE]
+
+
+@pytest.mark.anyio
+async def test_the_async_maps_synchronous_copies_refuse_other_threads() -> None:
+    """Regression test (adversary review): ``read_into_nowait`` called from a worker
+    thread (``anyio.to_thread.run_sync``) while a task unmapped and re-allocated the
+    piece crashed the process (SIGSEGV): off the event loop the map's lock cannot keep
+    the change from unmapping memory under the copy.  The synchronous copies and direct
+    accesses of the async maps now raise ``RuntimeError`` there (and still work through
+    ``anyio.from_thread.run_sync``, which runs them on the loop)."""
+    async with await anymmap.SparseMapping.new(1 << 20) as m:
+        await m.alloc(0, 1 << 20)
+        buf = bytearray(16)
+        calls = [
+            lambda: m.read_into_nowait(0, buf),
+            lambda: m.update_region_nowait(0, b"x"),
+            lambda: m.atomic_load(0, 8),
+            lambda: m.atomic_store(0, 8, 1),
+        ]
+        for call in calls:
+            with pytest.raises(RuntimeError, match="from a task of its event loop"):
+                await anyio.to_thread.run_sync(call)
+
+        def on_the_loop() -> None:
+            for call in calls:
+                anyio.from_thread.run_sync(call)
+
+        await anyio.to_thread.run_sync(on_the_loop)
+        assert m.atomic_load(0, 8) == 1
+        m.read_into_nowait(0, buf)  # and, as ever, from the task itself

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import types
 from collections import deque
 from collections.abc import Generator
@@ -75,6 +76,8 @@ class _Done:
 
 
 _DONE = _Done()
+
+_get_ident = threading.get_ident
 
 
 class _Guard:
@@ -406,13 +409,15 @@ class MapLock(RWLock):
     ``*_nowait`` copies and its ``resize`` / ``aclose`` ask of it, and dropped holds in a
     forked child (the parent's tasks do not run there: see ``_core/_forks.py``)."""
 
-    __slots__ = ("__weakref__", "_dropped")
+    __slots__ = ("__weakref__", "_dropped", "_thread")
 
     def __init__(self) -> None:
         super().__init__()
         #: In a forked child: the holds dropped at the fork (task -> reads, or 0 for the
         #: write lock), whose release is then a no-op.
         self._dropped: dict[object, int] = {}
+        #: The thread of the event loop that uses the map (see :meth:`_check_thread`).
+        self._thread = _get_ident()
         track(self)
 
     def after_fork_in_child(self, survivor: int) -> None:
@@ -443,11 +448,34 @@ class MapLock(RWLock):
 
     # The *_nowait copies complete without yielding, so they only need the lock to be free
     # at this instant (a queued writer is not delayed by them).
+    # They are synchronous, so a worker thread could call them too: off the event loop
+    # the lock cannot keep a change of the mapping (run in a worker thread for the task
+    # that holds the write lock) from unmapping memory under the copy.
     def free_for_reading(self) -> bool:
+        if _get_ident() != self._thread:
+            self._check_thread()
         return self._writer is None
 
     def free_for_writing(self) -> bool:
+        if _get_ident() != self._thread:
+            self._check_thread()
         return self._writer is None and not self._readers
+
+    def _check_thread(self) -> None:
+        """Adopt the calling thread if it runs a task (the map moved to an event loop in
+        another thread, as when one ``anyio.run`` follows another).
+
+        :raises RuntimeError: if it does not (a worker thread, a plain thread)
+        """
+        try:
+            current_task()
+        except RuntimeError:
+            raise RuntimeError(
+                "the async API of a map must be called from a task of its event loop, not "
+                "from another thread (which anyio.to_thread.run_sync runs): use "
+                "anyio.from_thread.run_sync there, or the blocking twin in anymmap.sync"
+            ) from None
+        self._thread = _get_ident()
 
     def held_by_current_task(self) -> bool:
         task = current_task()
