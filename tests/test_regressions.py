@@ -21,7 +21,7 @@ import anymmap
 import anymmap.sync
 
 from ._child import RUNNERS, check_child
-from ._helpers import PAGE
+from ._helpers import PAGE, unwritten_pages
 
 # -- hangs ------------------------------------------------------------------------------
 
@@ -1416,3 +1416,55 @@ async def test_the_async_maps_synchronous_copies_refuse_other_threads() -> None:
         await anyio.to_thread.run_sync(on_the_loop)
         assert m.atomic_load(0, 8) == 1
         m.read_into_nowait(0, buf)  # and, as ever, from the task itself
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_flush_is_durable_even_if_the_map_is_closed_at_once(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary review): a cancelled ``flush_range`` is flushed all
+    the same, the README says; but closing the map right after made the committer find
+    it closed, and the range stayed dirty (10 of 10 runs with another flush running).
+    Closing now makes the map durable when commits are still queued or running."""
+    path = tmp_path / "log.bin"
+    for busy in (False, True):
+        m = await anymmap.MmapRaw.create(path, 64 << 20, exist_ok=True)
+        check = os.open(path, os.O_RDONLY)
+        try:
+            if unwritten_pages(check) is None:
+                pytest.skip("this kernel has no cachestat(2)")
+            async with anyio.create_task_group() as tg:
+                if busy:  # the committer is inside another task's flush
+                    await m.update_region(32 << 20, os.urandom(16 << 20))
+                    tg.start_soon(m.flush)
+                    await anyio.sleep(0.002)
+                await m.update_region(0, os.urandom(1 << 20))
+                with anyio.move_on_after(0):
+                    await m.flush_range(0, 1 << 20)  # submitted, then cancelled
+                await m.aclose()
+            assert unwritten_pages(check, 0, 1 << 20) == 0
+        finally:
+            os.close(check)
+            await m.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_async_progress_callback_is_refused_up_front() -> None:
+    """Regression test (adversary review): ``populate(progress=<async def>)`` never ran
+    the callback on asyncio (a coroutine dropped per chunk) and failed after the first
+    chunk on trio.  It is refused before anything is done, on every backend."""
+
+    async def progress(done: int, total: int) -> None:
+        pass  # pragma: no cover - never called
+
+    class AsyncCallable:
+        async def __call__(self, done: int, total: int) -> None:
+            pass  # pragma: no cover - never called
+
+    async with await anymmap.AnonymousMmap.new(1 << 20) as m:
+        for callback in (progress, AsyncCallable()):
+            with pytest.raises(TypeError, match="plain function"):
+                await m.populate(progress=callback)
+        seen: list[int] = []
+        await m.populate(progress=lambda done, total: seen.append(done))
+        assert seen

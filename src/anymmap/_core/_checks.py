@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import operator
 import re
 
@@ -107,6 +108,13 @@ def check_populate_args(write: object, progress: object) -> None:
     if progress is not None and not callable(progress):
         raise TypeError(
             f"progress must be a callable taking (done, total), not {type(progress).__name__}"
+        )
+    if inspect.iscoroutinefunction(progress) or inspect.iscoroutinefunction(
+        getattr(progress, "__call__", None)  # noqa: B004 - an object with async __call__
+    ):
+        raise TypeError(
+            "progress must be a plain function: it is called between chunks and not "
+            "awaited (send to a memory object stream from it to reach a task)"
         )
 
 

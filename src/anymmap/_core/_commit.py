@@ -152,6 +152,11 @@ class GroupCommit:
             self._start_committer(request)
         return request
 
+    def outstanding(self) -> bool:
+        """Whether requests may be waiting or running (the committer thread is alive in
+        this process: it lingers briefly after its last batch)."""
+        return bool(self._pending) or self._committer_pid == os.getpid()
+
     def _start_committer(self, request: CommitRequest | None) -> None:
         thread = threading.Thread(target=self._run, name="anymmap group commit")
         try:

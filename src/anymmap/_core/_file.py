@@ -8,6 +8,7 @@ refusing what cannot be mapped, by name), maps it, and keeps map and file consis
 
 from __future__ import annotations
 
+import copy
 import errno
 import os
 import sys
@@ -15,6 +16,7 @@ from functools import partial
 from typing import Literal, get_args
 
 from .._errors import (
+    ClosedMapError,
     InvalidSizeError,
     OutOfBoundsError,
     ReadOnlyError,
@@ -129,6 +131,9 @@ class FileBackedCore(MapCore):
         self.commit = GroupCommit(self._durable)
         #: What was written and not yet flushed (``pending_bytes()``).
         self.dirty = DirtyRanges()
+        #: Set by close when it made the whole map durable for the commits still queued
+        #: (None) or failed to (the error): see :meth:`_before_unmap`.
+        self._closing_sync: BaseException | bool | None = False
 
     def after_fork_in_child(self, survivor: int) -> None:
         super().after_fork_in_child(survivor)
@@ -143,11 +148,32 @@ class FileBackedCore(MapCore):
         """Make ``[start, start + n)`` durable, as far as the map still reaches (a shrink
         may have cut it meanwhile); for the group committer."""
         upto = self.dirty.mark()
-        with self.pinned(join=True):
-            start = min(start, self.length)
-            n = max(min(n, self.length - start), 0)
-            self.flush(start, n, wait=True)
+        try:
+            with self.pinned(join=True):
+                start = min(start, self.length)
+                n = max(min(n, self.length - start), 0)
+                self.flush(start, n, wait=True)
+        except ClosedMapError:
+            # Closed since the request was made: the close flushed it, or says why not.
+            if self._closing_sync is None:
+                return
+            if isinstance(self._closing_sync, BaseException):
+                raise copy.copy(self._closing_sync) from None
+            raise
         self.dirty.clean(start, start + n, upto)
+
+    def _before_unmap(self) -> None:
+        """Commits queued or running when the map is closed (a flush cancelled after it
+        was submitted is still owed its msync) would find it closed: make all of it
+        durable here, once, on the closing thread."""
+        if self.mode != "rw" or not self.length or not self.commit.outstanding():
+            return
+        try:
+            os_impl.sync_memory(*self.aligned(0, self.length))
+        except OSError as exc:
+            self._closing_sync = self.fault_error(exc, self._pieces[0][2], 0, self.length)
+        else:
+            self._closing_sync = None
 
     # -- flush ------------------------------------------------------------------------
 

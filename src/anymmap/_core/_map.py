@@ -321,11 +321,15 @@ class MapCore:
             self._release_resources()
             return
         with self.exclusive():
+            self._before_unmap()
             self.memory.retire()
             self._unmap()
             self._closed = True
             self.usable = False
             self._release_resources()
+
+    def _before_unmap(self) -> None:
+        """What to do while the map is still mapped and nobody else uses it (in close)."""
 
     def _unmap(self) -> None:
         raise NotImplementedError  # pragma: no cover - every map type defines it
