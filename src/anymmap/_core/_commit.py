@@ -39,7 +39,7 @@ from contextlib import suppress
 from functools import partial
 
 from .._errors import ClosedMapError
-from ._threadlock import check_not_held, new_condition
+from ._threadlock import check_not_held, held_here, new_condition
 
 #: Waiting ranges closer than this share one msync over their span.
 GAP_LIMIT = 256 << 20
@@ -305,15 +305,21 @@ class DirtyRanges:
         Only the lock's holder takes from the queue, and ``deque.append`` is atomic, so a
         change appended while :meth:`_drain` runs is applied by it or by the next holder.
         """
-        lock = self._lock
-        if lock._is_owned() or not (  # type: ignore[attr-defined]
-            lock.acquire(False) or (wait and not sys.is_finalizing() and lock.acquire())
-        ):
+        if not self._take(wait):
             self._deferred.append((kind, first, last, upto))
             return True
         if self._deferred:
             self._drain()
         return False
+
+    def _take(self, wait: bool) -> bool:
+        """Take the lock, unless this thread holds it already (a finalizer inside these
+        methods), or it is taken and ``wait`` is false or the interpreter is exiting (a
+        daemon thread stopped holding it would never give it back)."""
+        lock = self._lock
+        if held_here(lock):
+            return False
+        return lock.acquire(False) or (wait and not sys.is_finalizing() and lock.acquire())
 
     def _drain(self) -> None:  # with self._lock held
         # Each change leaves the queue only once applied: a finalizer run in between
@@ -410,10 +416,7 @@ class DirtyRanges:
         """The bytes pending: the size of the union of the ranges (rounded out to the
         grain, past :data:`MAX_EXACT` ranges); from inside one of these methods (a
         finalizer), or at exit while a stopped thread holds the lock, an upper bound."""
-        lock = self._lock
-        if lock._is_owned() or not (  # type: ignore[attr-defined]
-            lock.acquire(False) or (not sys.is_finalizing() and lock.acquire())
-        ):
+        if not self._take(True):
             later = sum(b - a for kind, a, b, _ in list(self._deferred) if kind == "add")
             return self._upper + later
         try:
@@ -423,7 +426,7 @@ class DirtyRanges:
                 self._merge()
             return self._upper
         finally:
-            lock.release()
+            self._lock.release()
 
     def _merge(self) -> None:  # with self._lock held
         merged = _union(self._entries, self._grain)

@@ -169,11 +169,20 @@ class FileBackedCore(MapCore):
         if self.mode != "rw" or not self.length or not self.commit.outstanding():
             return
         try:
-            os_impl.sync_memory(*self.aligned(0, self.length))
+            self._sync_exclusive(0, self.length)
         except OSError as exc:
-            self._closing_sync = self.fault_error(exc, self._pieces[0][2], 0, self.length)
+            self._closing_sync = exc
         else:
             self._closing_sync = None
+
+    def _sync_exclusive(self, first: int, n: int) -> None:
+        """``msync(MS_SYNC)`` of ``[first, first + n)`` from inside :meth:`exclusive`
+        (where :meth:`flush`, which pins, cannot be called), errors translated as there.
+        """
+        try:
+            os_impl.sync_memory(*self.aligned(first, n))
+        except OSError as exc:
+            raise self.fault_error(exc, self._pieces[0][2], first, n) from None
 
     # -- flush ------------------------------------------------------------------------
 
@@ -311,9 +320,9 @@ class FileCore(FileBackedCore):
         the file; a window in the middle of a file never cuts it, nor does a map of a
         block device, and then what was written past the new end is flushed (durable)
         first, since this map can no longer flush it afterwards.  If the file cannot be
-        grown or cut, the map and the file stay as they were.  The new size is durable once a later ``flush``
-        returns (``msync(MS_SYNC)`` syncs what is needed to read the data back, size
-        included).
+        grown or cut, the map and the file stay as they were.  The new size is durable
+        once a later ``flush`` returns (``msync(MS_SYNC)`` syncs what is needed to read
+        the data back, size included).
         """
         self.check_resizable()
         with self.exclusive():
@@ -334,7 +343,7 @@ class FileCore(FileBackedCore):
                     # The bytes past the new end stay in the file: make what was written
                     # there durable now, while this map can still flush it (pending_bytes
                     # forgets it below, and would miss it if the map grew back over it).
-                    os_impl.sync_memory(*self.aligned(length, old_length - length))
+                    self._sync_exclusive(length, old_length - length)
                 if self._block_device:
                     if self.file_offset + length > old_size:
                         raise OutOfBoundsError(self.file_offset, length, old_size, "device")

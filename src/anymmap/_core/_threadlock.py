@@ -45,14 +45,15 @@ def new_condition() -> threading.Condition:
     return threading.Condition(threading.RLock())
 
 
-def held_here(cond: threading.Condition) -> bool:
-    """Whether the calling thread holds ``cond`` (made by :func:`new_condition`)."""
-    return cond._is_owned()  # type: ignore[attr-defined, no-any-return]
+def held_here(lock: threading.Condition | threading.RLock) -> bool:
+    """Whether the calling thread holds ``lock`` (an RLock, or a condition made by
+    :func:`new_condition`)."""
+    return lock._is_owned()  # type: ignore[union-attr, no-any-return]
 
 
 def check_not_held(cond: threading.Condition) -> None:
     """:raises RuntimeError: if the calling thread holds ``cond`` (see :data:`REENTERED`)"""
-    if cond._is_owned():  # type: ignore[attr-defined]
+    if held_here(cond):
         raise RuntimeError(REENTERED)
 
 
