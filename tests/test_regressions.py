@@ -1155,6 +1155,139 @@ def test_views_wrapped_by_their_own_exporter_are_borrow_errors() -> None:
     check_child(_WRAPPED_VIEWS)
 
 
+_TWO_EVENT_LOOPS_SHARE_A_MAP = """
+    import sys, threading
+    import anyio, anymmap, trio  # (imported under a storm of thread switches, trio takes s)
+
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    SIZE = 8 << 20
+    sm = None
+
+    async def make():
+        global sm
+        sm = await anymmap.SparseMapping.new(SIZE)
+        await sm.alloc(0, SIZE)
+
+    anyio.run(make)  # this loop ends: the next one, in any thread, may adopt the map
+    stop = threading.Event()
+    refused = []
+
+    async def remap():
+        try:
+            for _ in range(3000):
+                if stop.is_set():
+                    break
+                await sm.unmap(0, SIZE)
+                await sm.alloc(0, SIZE)
+                await anyio.sleep(0.0005)
+        except RuntimeError as exc:
+            refused.append(str(exc))
+        finally:
+            stop.set()
+
+    async def access():
+        buf = bytearray(4096)
+        try:
+            while not stop.is_set():
+                try:
+                    for k in range(64):
+                        sm.atomic_load(8 * k, 8)
+                    sm.read_into_nowait(0, buf)
+                except (anyio.WouldBlock, anymmap.MappingFaultError):
+                    pass
+                await anyio.sleep(0)
+        except RuntimeError as exc:
+            refused.append(str(exc))
+        finally:
+            stop.set()
+
+    other = threading.Thread(target=anyio.run, args=(access,), kwargs={"backend": sys.argv[1]})
+    other.start()
+    anyio.run(remap, backend=sys.argv[2])
+    other.join()
+    assert len(refused) == 1, refused
+    assert "event loop in another thread" in refused[0], refused
+
+    async def later():  # once the other loop has ended, the map moves on with the next
+        await sm.alloc(0, SIZE)  # (the remapping loop may have been stopped after unmap)
+        assert sm.atomic_load(0, 8) == 0
+        await sm.aclose()
+
+    anyio.run(later)
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize(
+    ("accessing", "remapping"), [("asyncio", "asyncio"), ("trio", "asyncio"), ("asyncio", "trio")]
+)
+def test_a_second_event_loop_is_refused_not_crashed(accessing: str, remapping: str) -> None:
+    """Regression test (adversary review): a map used by two event loops in two threads
+    at once died of SIGSEGV: one loop's direct accesses (``atomic_load``) found the lock
+    free and touched memory that the other loop's ``unmap`` was removing in a worker
+    thread.  The map now belongs to one running event loop: a task of another loop gets
+    ``RuntimeError`` until that loop has ended."""
+    check_child(_TWO_EVENT_LOOPS_SHARE_A_MAP, accessing, remapping, timeout=60)
+
+
+_DIRECT_ACCESS_MEETS_A_REMAP = """
+    import sys, threading, time
+    import anymmap, anymmap.sync
+
+    # The core under both facades, without their locks (as at the instant a map passes
+    # from one event loop to the next): a direct access must never touch memory while
+    # another thread changes the mapping.
+    SIZE = 1 << 20
+    m = anymmap.sync.SparseMapping.new(SIZE)
+    m.alloc(0, SIZE)
+    core = m._core
+    stop = threading.Event()
+    seen = {}
+
+    def remap():
+        for _ in range(500):
+            core.unmap(0, SIZE)
+            core.alloc(0, SIZE)
+            time.sleep(0.0002)
+        stop.set()
+
+    def access():
+        buf = memoryview(bytearray(1 << 16))
+        while not stop.is_set():
+            for call in (
+                lambda: core.atomic_load(4096, 8),
+                lambda: core.atomic_store(8192, 8, 7),
+                lambda: core.try_read(0, buf),
+                lambda: core.try_write(1 << 19, buf),
+                lambda: core.read_bytes(0, 4096),
+            ):
+                try:
+                    call()
+                    seen["ok"] = seen.get("ok", 0) + 1
+                except (RuntimeError, anymmap.MappingFaultError) as exc:
+                    seen[type(exc).__name__] = seen.get(type(exc).__name__, 0) + 1
+
+    threads = [threading.Thread(target=f) for f in (remap, access)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen.get("RuntimeError"), seen  # the two met, and the access stood back
+    m.close()
+    print(seen, file=sys.stderr)
+    print("ok")
+"""
+
+
+def test_a_direct_access_never_meets_a_change_of_the_mapping() -> None:
+    """Regression test for the one above, at the core: the copies and atomics that take
+    no pin (for speed) now register for the instant they touch memory, and a close or
+    change of the mapping waits for them; one that finds a change under way raises
+    ``RuntimeError``.  Without that, a task of the next event loop could race the last
+    change made for the previous one."""
+    check_child(_DIRECT_ACCESS_MEETS_A_REMAP, timeout=60)
+
+
 # -- wrong results ----------------------------------------------------------------------
 
 ADVICE = [a for a in anymmap.Advice if a not in (anymmap.Advice.FREE,)]

@@ -93,6 +93,32 @@ def trio_current_task() -> object:
     return _trio().lowlevel.current_task()
 
 
+def loop_running_probe() -> Callable[[], bool]:
+    """Return a test, callable from any thread, of whether the event loop (the trio run)
+    of the calling task is still running.
+
+    :raises RuntimeError: outside of a task
+    """
+    if backend_local.name == "trio":
+        trio = _trio()
+        token = trio.lowlevel.current_trio_token()
+
+        def running() -> bool:
+            try:
+                token.run_sync_soon(_nothing)  # the only public question a token answers
+            except trio.RunFinishedError:
+                return False
+            return True
+
+        return running
+
+    return _asyncio_get_running_loop().is_running
+
+
+def _nothing() -> None:
+    pass
+
+
 def not_in_a_task() -> NoReturn:
     raise RuntimeError("anymmap's async API must be called from inside an asyncio or trio task")
 

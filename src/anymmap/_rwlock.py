@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 import types
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn
@@ -15,6 +15,7 @@ from ._backend import (
     asyncio_current_task,
     backend_local,
     current_task,
+    loop_running_probe,
     not_in_a_task,
     task_info,
     trio_cancel_shielded_checkpoint,
@@ -404,21 +405,51 @@ class RWLock:
                 return
 
 
+class _MapGuard(_Guard):
+    """The guard of a :class:`MapLock`: it refuses a task of a second event loop."""
+
+    __slots__ = ()
+
+    _lock: MapLock
+
+    # (The parent's generator, returned as is: one frame less per acquire.)
+    def __aenter__(self) -> Generator[Any, Any, None]:  # type: ignore[override]
+        if _get_ident() != self._lock._thread:
+            self._lock._check_thread()
+        return _Guard.__aenter__(self)
+
+
+#: Held while a map's lock passes to the event loop of another thread (see _check_thread).
+_ADOPTING = threading.Lock()
+
+
 class MapLock(RWLock):
     """The lock of a map: an :class:`RWLock` with the few questions the map's own
     ``*_nowait`` copies and its ``resize`` / ``aclose`` ask of it, and dropped holds in a
     forked child (the parent's tasks do not run there: see ``_core/_forks.py``)."""
 
-    __slots__ = ("__weakref__", "_dropped", "_thread")
+    __slots__ = ("__weakref__", "_dropped", "_running", "_thread")
 
     def __init__(self) -> None:
         super().__init__()
         #: In a forked child: the holds dropped at the fork (task -> reads, or 0 for the
         #: write lock), whose release is then a no-op.
         self._dropped: dict[object, int] = {}
-        #: The thread of the event loop that uses the map (see :meth:`_check_thread`).
+        #: The thread of the event loop that uses the map (see :meth:`_check_thread`), and
+        #: a test of whether that loop still runs (None: made outside of a task).
         self._thread = _get_ident()
+        self._running: Callable[[], bool] | None = None
+        try:
+            self._running = loop_running_probe()
+        except RuntimeError:
+            pass
         track(self)
+
+    def read(self) -> _Guard:
+        return _MapGuard(self, False)
+
+    def write(self) -> _Guard:
+        return _MapGuard(self, True)
 
     def after_fork_in_child(self, survivor: int) -> None:
         # A fork from inside a running event loop goes on running the loop's tasks in the
@@ -462,10 +493,16 @@ class MapLock(RWLock):
         return self._writer is None and not self._readers
 
     def _check_thread(self) -> None:
-        """Adopt the calling thread if it runs a task (the map moved to an event loop in
-        another thread, as when one ``anyio.run`` follows another).
+        """Adopt the calling thread if it runs a task and the event loop that used the map
+        so far has ended (as when one ``anyio.run`` follows another in a new thread).
 
-        :raises RuntimeError: if it does not (a worker thread, a plain thread)
+        The lock's bookkeeping is not thread-safe, and its ``free_for_*`` answers only
+        hold on the thread whose tasks take it; the core also refuses a direct access
+        that meets a change of the mapping made for another thread (see
+        ``MapCore._direct_refused``), which covers the instant of the hand-over.
+
+        :raises RuntimeError: if it does not run a task (a worker thread, a plain thread),
+            or if the event loop of the map's thread still runs
         """
         try:
             current_task()
@@ -475,7 +512,18 @@ class MapLock(RWLock):
                 "from another thread (which anyio.to_thread.run_sync runs): use "
                 "anyio.from_thread.run_sync there, or the blocking twin in anymmap.sync"
             ) from None
-        self._thread = _get_ident()
+        with _ADOPTING:
+            if _get_ident() == self._thread:
+                return
+            running = self._running
+            if running is not None and running():
+                raise RuntimeError(
+                    "this map is in use by an event loop in another thread, which still "
+                    "runs: a map belongs to one event loop at a time (call it there with "
+                    "anyio.from_thread.run_sync, or give each loop its own map)"
+                )
+            self._running = loop_running_probe()
+            self._thread = _get_ident()
 
     def held_by_current_task(self) -> bool:
         task = current_task()

@@ -140,18 +140,24 @@ class AsyncMap(MapHandle[CoreT]):
         here.  After WouldBlock the contents of ``buf`` are unspecified.
         """
         dst = memoryview(buf) if type(buf) is bytearray else byte_view(buf, writable=True)
-        if not self._lock.free_for_reading():
+        lock, core = self._lock, self._core  # (_open_core inline: the hot path)
+        if not lock.free_for_reading():
             raise self._busy(writing=False)
-        if not self._open_core().try_read(offset, dst):
+        if not core.usable:
+            core.check_open()
+        if not core.try_read(offset, dst):
             raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
 
     def update_region_nowait(self, offset: int, data: object) -> None:
         """Copy ``data`` into the map at once, on this thread, or raise
         :exc:`anyio.WouldBlock` while the lock is held or a page is not in memory."""
         src = memoryview(data) if type(data) is bytes else byte_view(data, writable=False)
-        if not self._lock.free_for_writing():
+        lock, core = self._lock, self._core  # (_open_core inline: the hot path)
+        if not lock.free_for_writing():
             raise self._busy(writing=True)
-        if not self._open_core().try_write(offset, src):
+        if not core.usable:
+            core.check_open()
+        if not core.try_write(offset, src):
             raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
 
     def _busy(self, writing: bool, then: str = "await the call to wait") -> Exception:

@@ -362,7 +362,13 @@ class DirtyRanges:
         durable.  (No lock: the number only grows, and a write is added after its bytes
         are in memory, so a flush starting now covers every write numbered up to it;
         deferred writes get their numbers later, so they stay pending: too high a count,
-        never too low.)"""
+        never too low.)  Deferred writes are numbered first if the lock is free, so that a
+        flush of everything leaves nothing pending."""
+        if self._deferred and self._take(False):
+            try:
+                self._drain()
+            finally:
+                self._lock.release()
         return self._sequence
 
     def clean(self, start: int, end: int, upto: int) -> None:

@@ -57,6 +57,11 @@ ProgressCallback = Callable[[int, int], object]
 #: Advice after which private pages read back as zeros (or as the file's data).
 DISCARDING_ADVICE = frozenset({os_impl.MADV_DONTNEED, os_impl.MADV_FREE})
 
+#: How often exclusive() looks whether the direct accesses in progress have ended.
+_DIRECT_POLL = 0.0002
+
+_get_ident = threading.get_ident
+
 #: ``_fork_guard`` of a map lost in a fork (no process has pid 0).
 _LOST_IN_A_FORK = 0
 
@@ -94,6 +99,8 @@ class MapCore:
         self._pins = 0
         self._pinners: dict[int, int] = {}  # thread identity -> pins it holds
         self._remapper: int | None = None  # the thread inside exclusive(), if any
+        #: The threads inside a direct access (see :meth:`_direct_refused`).
+        self._direct: list[int] = []
         self._closed = False
         #: False once the map may be unusable here (closed, or DONTFORK was advised): the
         #: facades' one-attribute test before they call :meth:`check_open`.
@@ -113,6 +120,7 @@ class MapCore:
         pins = self._pinners.get(survivor, 0)
         self._pinners = {survivor: pins} if pins else {}
         self._pins = pins
+        self._direct = [me for me in self._direct if me == survivor]
         if self._remapper not in (None, survivor):
             self._remapper = None
             self._fork_guard[:] = [_LOST_IN_A_FORK]
@@ -281,7 +289,7 @@ class MapCore:
         self.check_not_remapping(me)
         with self._cond:
             self.check_open()
-            if me in self._pinners:
+            if me in self._pinners or me in self._direct:
                 raise RuntimeError(
                     f"cannot close or resize a {self.kind} from inside one of its own calls "
                     "on the same thread"
@@ -293,6 +301,9 @@ class MapCore:
             try:
                 while self._pins:
                     wait_unless_exiting(self._cond)
+                # Direct accesses take no pin; they are short and never wait, so poll.
+                while self._direct:
+                    wait_unless_exiting(self._cond, _DIRECT_POLL)
             except BaseException:
                 self._remapper = None
                 self._cond.notify_all()
@@ -384,23 +395,52 @@ class MapCore:
         one piece) runs without a further Python call before the copier's.
         """
         n = len(dst)
-        if type(offset) is int and offset >= 0 and offset + n <= self.length:
-            start = offset
-        else:
-            start, n = check_range(offset, n, self.length)
-        if (limit is not None and n > limit) or not n:
-            return not n
-        pieces = self._pieces
-        if len(pieces) == 1:
-            first, _, copier = pieces[0]
-        else:
-            first, size, copier = pieces[bisect_right(self._starts, start) - 1]
-            if start + n > first + size:
-                return self._copy_now(start, n, dst, False)
+        start = offset if type(offset) is int else as_int(offset, "offset")
+        me = _get_ident()
+        direct = self._direct
+        direct.append(me)  # (see _direct_refused)
         try:
-            return copier.read_now(start - first, dst)
-        except OSError as exc:
-            raise self.fault_error(exc, copier, start - first, n) from None
+            if self._remapper is not None:
+                self._direct_refused(me, 0, 0)
+            if start < 0 or start + n > self.length:
+                raise OutOfBoundsError(start, n, self.length)
+            if (limit is not None and n > limit) or not n:
+                return not n
+            pieces = self._pieces
+            if len(pieces) == 1:
+                first, _, copier = pieces[0]
+            else:
+                first, size, copier = pieces[bisect_right(self._starts, start) - 1]
+                if start + n > first + size:
+                    return self._copy_now(start, n, dst, False)
+            try:
+                return copier.read_now(start - first, dst)
+            except OSError as exc:
+                raise self.fault_error(exc, copier, start - first, n) from None
+        finally:
+            direct.remove(me)
+
+    def _direct_refused(self, me: int, start: int, n: int) -> None:
+        """Raise unless the calling thread may touch ``[start, start + n)`` directly.
+
+        A direct access (a copy on the calling thread, an atomic load or store) takes no
+        pin, for speed: it enters ``_direct`` (a list: appending and removing are atomic
+        under the GIL), then looks for a thread changing the mapping, and
+        :meth:`exclusive` sets ``_remapper`` and then waits for ``_direct`` to empty.
+        Whichever comes second sees the other.  The facades' locks already keep their own
+        users from meeting a change; this stops the ones they cannot see, such as a task
+        of a second event loop in another thread.
+
+        :raises RuntimeError: if another thread is closing or changing the mapping
+        :raises OutOfBoundsError: if it shrank the map since the range was checked
+        """
+        if self._remapper not in (None, me):
+            raise RuntimeError(
+                f"another thread is closing or changing this {self.kind}: a map's async "
+                "API is for the tasks of one event loop at a time"
+            )
+        if start + n > self.length:
+            raise OutOfBoundsError(start, n, self.length)
 
     def _piece_of(self, start: int, n: int) -> tuple[int, Copier] | None:
         """``(offset of its piece, copier)`` if ``[start, start + n)`` lies in one piece
@@ -417,23 +457,31 @@ class MapCore:
         can wait for the disk; False (nothing or part copied) if one could."""
         if not n:
             return True  # a no-op anywhere, even over a hole
-        one = self._piece_of(start, n)
-        if one is not None:
-            first, copier = one
-            try:
-                if writing:
-                    return copier.write_now(start - first, buf)
-                return copier.read_now(start - first, buf)
-            except OSError as exc:
-                raise self.fault_error(exc, copier, start - first, n) from None
+        me = _get_ident()
+        direct = self._direct
+        direct.append(me)  # (see _direct_refused)
         try:
-            for copier, at, count, pos in self._spans(start, n):
-                part = buf if count == n else buf[pos : pos + count]
-                if not (copier.write_now(at, part) if writing else copier.read_now(at, part)):
-                    return False
-        except OSError as exc:
-            raise self.fault_error(exc, copier, at, count) from None
-        return True
+            if self._remapper is not None or start + n > self.length:
+                self._direct_refused(me, start, n)
+            one = self._piece_of(start, n)
+            if one is not None:
+                first, copier = one
+                try:
+                    if writing:
+                        return copier.write_now(start - first, buf)
+                    return copier.read_now(start - first, buf)
+                except OSError as exc:
+                    raise self.fault_error(exc, copier, start - first, n) from None
+            try:
+                for copier, at, count, pos in self._spans(start, n):
+                    part = buf if count == n else buf[pos : pos + count]
+                    if not (copier.write_now(at, part) if writing else copier.read_now(at, part)):
+                        return False
+            except OSError as exc:
+                raise self.fault_error(exc, copier, at, count) from None
+            return True
+        finally:
+            direct.remove(me)
 
     def start_read(self, offset: object, dst: memoryview) -> Callable[[], None] | None:
         """Copy into ``dst`` on this thread if that cannot wait for the disk or take long;
@@ -466,13 +514,22 @@ class MapCore:
         if not n:
             return b""
         if n <= INLINE_COPY_LIMIT:
-            one = self._piece_of(start, n)
+            me = _get_ident()
+            direct = self._direct
+            direct.append(me)  # (see _direct_refused)
+            try:
+                if self._remapper is not None or start + n > self.length:
+                    self._direct_refused(me, start, n)
+                one = self._piece_of(start, n)
+                if one is not None:
+                    first, copier = one
+                    try:
+                        data = copier.bytes_now(start - first, n)
+                    except OSError as exc:
+                        raise self.fault_error(exc, copier, start - first, n) from None
+            finally:
+                direct.remove(me)
             if one is not None:
-                first, copier = one
-                try:
-                    data = copier.bytes_now(start - first, n)
-                except OSError as exc:
-                    raise self.fault_error(exc, copier, start - first, n) from None
                 if data is not None:
                     return data
             else:
@@ -599,16 +656,34 @@ class MapCore:
 
     def atomic_load(self, offset: object, size: object) -> int:
         """The unsigned ``size``-byte value at ``offset``, read with one aligned load."""
-        address, width = self.atomic_address(offset, size, store=False)
-        return _load(address, width)
+        width, start = as_int(size, "size"), as_int(offset, "offset")  # before the entry
+        me = _get_ident()
+        direct = self._direct
+        direct.append(me)  # (see _direct_refused)
+        try:
+            if self._remapper is not None:
+                self._direct_refused(me, 0, 0)
+            return _load(*self.atomic_address(start, width, store=False))
+        finally:
+            direct.remove(me)
 
     def atomic_store(self, offset: object, size: object, value: object) -> None:
         """Store ``value`` in the ``size`` bytes at ``offset`` with one aligned store."""
-        number = as_int(value, "value")  # first: its __index__ may cut the file under us
-        address, width = self.atomic_address(offset, size, store=True)
-        if not 0 <= number < 1 << (8 * width):
-            raise ValueError(f"value {number} does not fit in {width} unsigned byte(s)")
-        _store(address, width, number)
+        # Converted first: an __index__ may cut the file, or close the map and wait.
+        number = as_int(value, "value")
+        width, start = as_int(size, "size"), as_int(offset, "offset")
+        me = _get_ident()
+        direct = self._direct
+        direct.append(me)  # (see _direct_refused)
+        try:
+            if self._remapper is not None:
+                self._direct_refused(me, 0, 0)
+            address, width = self.atomic_address(start, width, store=True)
+            if not 0 <= number < 1 << (8 * width):
+                raise ValueError(f"value {number} does not fit in {width} unsigned byte(s)")
+            _store(address, width, number)
+        finally:
+            direct.remove(me)
         self.note_write(address - self.addr, width)
 
     @staticmethod
