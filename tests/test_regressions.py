@@ -11,6 +11,7 @@ import fcntl
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import anyio.abc
@@ -1289,6 +1290,133 @@ def test_a_direct_access_never_meets_a_change_of_the_mapping() -> None:
 
 
 # -- wrong results ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefill", ["zeros", "allocate"])
+def test_two_maps_growing_one_file_never_zero_each_others_writes(
+    tmp_path: Path, prefill: Literal["zeros", "allocate"]
+) -> None:
+    """Regression test (adversary review): two maps of one file growing it at once with
+    ``prefill="zeros"`` lost data (7 to 24 runs in 200): one read the file's size, the
+    other grew the file, wrote and flushed its bytes, and then the first wrote its zeros
+    over them.  Zeros are now appended (``O_APPEND``: at the end of the file as it is at
+    each write), and the two growers take turns, so the file ends at the size asked."""
+    import threading
+
+    path = tmp_path / "f"
+    start, grow = 1 << 16, 1 << 22
+    for _ in range(200):
+        path.write_bytes(b"\1" * start)
+        a = anymmap.sync.MmapRaw.map_raw(path, prefill=prefill)
+        b = anymmap.sync.MmapRaw.map_raw(path, prefill=prefill)
+        both = threading.Barrier(2)
+
+        def grow_and_write(m: anymmap.sync.MmapRaw = a, both: threading.Barrier = both) -> None:
+            both.wait()
+            m.resize(start + grow)
+            m.update_region(start + grow - 4096, b"A" * 4096)
+            m.flush()
+
+        def grow_only(m: anymmap.sync.MmapRaw = b, both: threading.Barrier = both) -> None:
+            both.wait()
+            m.resize(start + grow)
+
+        threads = [threading.Thread(target=grow_and_write), threading.Thread(target=grow_only)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        try:
+            assert a.read(start + grow - 4096, 4096) == b"A" * 4096
+            assert b.read(start + grow - 4096, 4096) == b"A" * 4096
+            assert a.read(0, start) == b"\1" * start
+            assert path.stat().st_size == start + grow  # neither grew it past the size asked
+        finally:
+            a.close()
+            b.close()
+
+
+def test_zeros_appended_while_another_process_appends(tmp_path: Path) -> None:
+    """The same, against a second process that appends records to the file while a map
+    grows it with zeros: every record it wrote is still there, in order."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "f"
+    path.write_bytes(b"\1" * 4096)
+    records = 3000
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import os, sys, time\n"
+                "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)\n"
+                f"for i in range(1, {records + 1}):\n"
+                "    os.write(fd, i.to_bytes(4, 'little') * 16)\n"
+                "    if i % 16 == 0:\n"
+                "        time.sleep(0.0005)\n"
+            ),
+            str(path),
+        ]
+    )
+    m = anymmap.sync.MmapRaw.map_raw(path, prefill="zeros")
+    try:
+        grown = 0
+        while writer.poll() is None:
+            m.resize(path.stat().st_size + 3 * 4096)  # past the end the writer appends at
+            grown += 1
+        assert writer.wait() == 0
+    finally:
+        m.close()
+    data = path.read_bytes()
+    position = 0
+    for i in range(1, records + 1):
+        position = data.find(i.to_bytes(4, "little") * 16, position)
+        assert position >= 0, f"record {i} was overwritten ({grown} growths)"
+
+
+def test_a_failed_growth_never_cuts_another_maps_growth(tmp_path: Path) -> None:
+    """Regression test (adversary review): a resize whose growth failed (a full disk) cut
+    the file back to the size it saw when it started, cutting away what another map of
+    the file had grown and written meanwhile.  A failed growth now cuts only what it
+    added itself.  A trace function lands the other map's growth at that instant."""
+    import subprocess
+    import sys
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)]
+    if subprocess.run(mount, check=False).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        path = small / "f"
+        path.write_bytes(b"\1" * (1 << 20))
+        a = anymmap.sync.MmapRaw.map_raw(path)
+        b = anymmap.sync.MmapRaw.map_raw(path)
+
+        def other_map_grows(frame: object, event: str, arg: object) -> None:
+            if event == "call" and getattr(frame, "f_code").co_name == "fill_file":  # noqa: B009
+                sys.settrace(None)
+                a.resize(2 << 20)
+                a.update_region((2 << 20) - 4096, b"A" * 4096)
+                a.flush()
+
+        sys.settrace(other_map_grows)
+        try:
+            with pytest.raises(OSError) as caught:
+                b.resize(16 << 20)  # more than the file system holds
+        finally:
+            sys.settrace(None)
+        assert caught.value.errno == errno.ENOSPC
+        assert path.stat().st_size == 2 << 20
+        assert a.read((2 << 20) - 4096, 4096) == b"A" * 4096
+        assert len(b) == 1 << 20
+        a.close()
+        b.close()
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
 
 ADVICE = [a for a in anymmap.Advice if a not in (anymmap.Advice.FREE,)]
 

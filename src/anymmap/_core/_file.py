@@ -54,19 +54,25 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
     """Give ``[offset, offset + length)`` of the file real blocks (growing it if needed);
     a full disk fails here (``ENOSPC``), not later as SIGBUS.
 
-    What the file already holds is never changed: ``prefill="zeros"`` writes zeros only
-    past its end, and the part before its end (a window growing over existing bytes,
-    or holes in them) is allocated.
+    What the file already holds is never changed, even while another map or process
+    grows the file and writes into it: ``prefill="zeros"`` appends zeros at the end of
+    the file (``O_APPEND``: at its end as it is at each write, never over bytes written
+    there meanwhile), and the rest of the range (a window growing over existing bytes,
+    or holes in them) is allocated, which changes no data.
+
+    If it fails (a full disk), what this call added to the file is cut away again; the
+    maps of anymmap that grow one file take turns, so that never cuts another's growth.
     """
-    end = offset + length
-    size = os_impl.file_size(fd)
-    if prefill == "zeros" and end > size:
-        if offset < size:
-            os_impl.allocate(fd, offset, size - offset)
-            offset = size
-        os_impl.write_zeros(fd, offset, end - offset)
-    else:
-        os_impl.allocate(fd, offset, length)
+    with os_impl.growing(fd) as append:
+        before = os_impl.file_size(fd)
+        try:
+            if prefill == "zeros" and append is not None and offset + length > before:
+                os_impl.append_zeros(append, offset + length)
+            os_impl.allocate(fd, offset, length)  # (grows the file if appending could not)
+        except BaseException:
+            if os_impl.file_size(fd) > before:
+                os_impl.truncate(fd, before)
+            raise
 
 
 def create_file(
@@ -320,7 +326,10 @@ class FileCore(FileBackedCore):
         the file; a window in the middle of a file never cuts it, nor does a map of a
         block device, and then what was written past the new end is flushed (durable)
         first, since this map can no longer flush it afterwards.  If the file cannot be
-        grown or cut, the map and the file stay as they were.  The new size is durable
+        grown or cut, the map and the file stay as they were (if the remap fails for want
+        of address space after the file grew, the file keeps its new zeros).  Maps of one
+        file that grow it at the same time take turns, and never overwrite or cut what
+        the other grew and wrote.  The new size is durable
         once a later ``flush`` returns (``msync(MS_SYNC)`` syncs what is needed to read
         the data back, size included).
         """
@@ -357,8 +366,10 @@ class FileCore(FileBackedCore):
                 addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
             except BaseException:
                 self._install(old_addr, old_map_len, old_length)
-                if os_impl.file_size(self.fd) != old_size:
-                    os_impl.truncate(self.fd, old_size)  # after a cut, the cut bytes read as 0
+                # A failed growth undid itself (fill_file).  One that worked stays when the
+                # remap fails: cutting it back could cut another map's growth since.
+                if cuts_file and os_impl.file_size(self.fd) != old_size:
+                    os_impl.truncate(self.fd, old_size)  # the cut bytes read as 0
                 raise
             self._install(addr, new_map_len, length)
             self.dirty.cut(length)  # this map can no longer flush what lay past its end

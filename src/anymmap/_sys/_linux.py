@@ -15,8 +15,12 @@ import fcntl
 import mmap as _stdlib_mmap
 import os
 import stat
+import struct
+import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 from ._interface import PathArg
@@ -622,12 +626,65 @@ def open_create(path: PathArg, exclusive: bool, mode: int) -> tuple[int, bool]:
 _ZEROS = bytes(1 << 20)
 
 
-def write_zeros(fd: int, offset: int, length: int) -> None:
-    """Write ``length`` zero bytes at ``offset`` (real blocks, not a hole or an unwritten
-    extent: the first later write into them needs no metadata change)."""
-    end = offset + length
-    while offset < end:
-        offset += os.pwrite(fd, memoryview(_ZEROS)[: min(len(_ZEROS), end - offset)], offset)
+#: A byte far past the end of any file, which anymmap locks (an OFD lock: it excludes
+#: other descriptors in this process too) while it grows a file, so that two maps growing
+#: one file at once take turns.
+_GROWTH_LOCK_AT = 1 << 62
+#: How long growing() waits for that lock before going on without it (it only keeps the
+#: file from growing past what was asked, and a failed growth's undoing from cutting
+#: another map's; O_APPEND alone keeps data safe).
+_GROWTH_LOCK_PATIENCE = 5.0
+
+
+@contextmanager
+def growing(fd: int) -> Iterator[int | None]:
+    """For the block: take turns with anymmap's other maps that grow the file, and have a
+    descriptor of it that appends (``O_APPEND``, reopened through ``/proc/self/fd``), or
+    None if the file's permissions no longer allow opening it for writing."""
+    try:
+        append = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except OSError:
+        yield None
+        return
+    try:
+        _lock_growth(append)
+        yield append
+    finally:
+        os.close(append)  # (which releases the lock)
+
+
+def append_zeros(append: int, end: int) -> None:
+    """Append zero bytes to the file until it is ``end`` bytes long (real blocks, not a
+    hole or an unwritten extent: the first later write into them needs no metadata
+    change), through the descriptor :func:`growing` gave.
+
+    Every write goes to the end of the file as it is at that instant, so bytes that
+    another map or process puts past the size seen here are never overwritten (a
+    foreign process growing the file at the same moment may leave it up to 1 MiB of
+    zeros longer than ``end``).
+    """
+    while (size := os.fstat(append).st_size) < end:
+        os.write(append, memoryview(_ZEROS)[: min(len(_ZEROS), end - size)])
+
+
+def _lock_growth(fd: int) -> None:
+    """Take the growth lock of ``fd``'s file if it comes within a few seconds (see
+    growing); never raises for want of it."""
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for an OFD lock), padding.
+    request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, _GROWTH_LOCK_AT, 1, 0)
+    deadline = time.monotonic() + _GROWTH_LOCK_PATIENCE
+    while True:
+        try:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                return  # no OFD locks here (an old kernel, some network file systems)
+        # Polled, not waited for: a holder stopped at exit, or this very thread (a signal
+        # handler that grows the file inside a growth), must not hang the call.
+        if sys.is_finalizing() or time.monotonic() > deadline:
+            return
+        time.sleep(0.001)
 
 
 def fdatasync(fd: int) -> None:
