@@ -226,7 +226,7 @@ def failing_device(tmp_path: Path) -> Iterator[Path]:
         finally:
             subprocess.run(["losetup", "--detach", str(device)], check=False)
     finally:
-        subprocess.run(["umount", str(tiny)], check=False)
+        subprocess.run(["umount", "-l", str(tiny)], check=False)
 
 
 async def test_an_io_error_reaches_every_waiter_it_concerns(failing_device: Path) -> None:
@@ -544,7 +544,7 @@ async def test_create_on_a_full_disk_fails_at_once_and_leaves_nothing(tmp_path: 
             assert info.value.errno == errno.ENOSPC
             assert list(small.iterdir()) == []
     finally:
-        await anyio.run_process(["umount", str(small)], check=False)
+        await anyio.run_process(["umount", "-l", str(small)], check=False)
 
 
 # -- pending bytes that no flush could ever clear (adversary findings) ------------------

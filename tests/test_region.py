@@ -274,7 +274,7 @@ async def test_create_on_a_full_disk_fails_at_once(tmp_path: Path) -> None:
                 await region.resize(4 * MiB)
             assert len(region) == 512 * 1024
     finally:
-        await anyio.run_process(["umount", str(small)], check=False)
+        await anyio.run_process(["umount", "-l", str(small)], check=False)
 
 
 async def test_attach_refuses_what_it_should(tmp_path: Path) -> None:

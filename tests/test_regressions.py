@@ -786,7 +786,7 @@ def test_an_atomic_store_on_a_full_file_system_raises(tmp_path: Path) -> None:
     try:
         check_child(_ATOMIC_STORE_ON_A_FULL_FILE_SYSTEM, str(small), timeout=30)
     finally:
-        subprocess.run(["umount", str(small)], check=False)
+        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 _FIFO = """
@@ -1389,11 +1389,14 @@ def test_a_failed_growth_never_cuts_another_maps_growth(tmp_path: Path) -> None:
     mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)]
     if subprocess.run(mount, check=False).returncode:
         pytest.skip("cannot mount a small tmpfs here")
+    maps: list[anymmap.sync.MmapRaw] = []
     try:
         path = small / "f"
         path.write_bytes(b"\1" * (1 << 20))
         a = anymmap.sync.MmapRaw.map_raw(path)
+        maps.append(a)
         b = anymmap.sync.MmapRaw.map_raw(path)
+        maps.append(b)
 
         def other_map_grows(frame: object, event: str, arg: object) -> None:
             if event == "call" and getattr(frame, "f_code").co_name == "fill_file":  # noqa: B009
@@ -1412,10 +1415,10 @@ def test_a_failed_growth_never_cuts_another_maps_growth(tmp_path: Path) -> None:
         assert path.stat().st_size == 2 << 20
         assert a.read((2 << 20) - 4096, 4096) == b"A" * 4096
         assert len(b) == 1 << 20
-        a.close()
-        b.close()
     finally:
-        subprocess.run(["umount", str(small)], check=False)
+        for m in maps:
+            m.close()  # (a map keeps the file system busy)
+        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 ADVICE = [a for a in anymmap.Advice if a not in (anymmap.Advice.FREE,)]
