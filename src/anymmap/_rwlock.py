@@ -466,6 +466,8 @@ class MapLock(RWLock):
         self._queue = deque()
         self._readers_waiting = 0
         self._writers_waiting = 0
+        if self._thread != survivor:
+            self._running = None  # that thread's event loop does not run here
 
     def _release(self, task: object, write: bool) -> None:
         dropped = self._dropped

@@ -396,29 +396,26 @@ class MapCore:
         """
         n = len(dst)
         start = offset if type(offset) is int else as_int(offset, "offset")
+        if start < 0 or start + n > self.length:
+            raise OutOfBoundsError(start, n, self.length)
+        if limit is not None and n > limit:
+            return False
+        return self._copy_now(start, n, dst, False)
+
+    def _enter_direct(self, start: int, n: int) -> int:
+        """Enter a direct access to ``[start, start + n)`` (see :meth:`_direct_refused`);
+        return the thread's identity, which the caller removes from ``_direct`` once done.
+        (:meth:`_copy_now`, the hot path, does the same inline.)"""
         me = _get_ident()
         direct = self._direct
-        direct.append(me)  # (see _direct_refused)
-        try:
-            if self._remapper is not None:
-                self._direct_refused(me, 0, 0)
-            if start < 0 or start + n > self.length:
-                raise OutOfBoundsError(start, n, self.length)
-            if (limit is not None and n > limit) or not n:
-                return not n
-            pieces = self._pieces
-            if len(pieces) == 1:
-                first, _, copier = pieces[0]
-            else:
-                first, size, copier = pieces[bisect_right(self._starts, start) - 1]
-                if start + n > first + size:
-                    return self._copy_now(start, n, dst, False)
+        direct.append(me)
+        if self._remapper is not None or start + n > self.length:
             try:
-                return copier.read_now(start - first, dst)
-            except OSError as exc:
-                raise self.fault_error(exc, copier, start - first, n) from None
-        finally:
-            direct.remove(me)
+                self._direct_refused(me, start, n)
+            except BaseException:
+                direct.remove(me)
+                raise
+        return me
 
     def _direct_refused(self, me: int, start: int, n: int) -> None:
         """Raise unless the calling thread may touch ``[start, start + n)`` directly.
@@ -457,31 +454,38 @@ class MapCore:
         can wait for the disk; False (nothing or part copied) if one could."""
         if not n:
             return True  # a no-op anywhere, even over a hole
-        me = _get_ident()
+        me = _get_ident()  # (_enter_direct, inline)
         direct = self._direct
-        direct.append(me)  # (see _direct_refused)
+        direct.append(me)
         try:
             if self._remapper is not None or start + n > self.length:
                 self._direct_refused(me, start, n)
-            one = self._piece_of(start, n)
-            if one is not None:
-                first, copier = one
-                try:
-                    if writing:
-                        return copier.write_now(start - first, buf)
-                    return copier.read_now(start - first, buf)
-                except OSError as exc:
-                    raise self.fault_error(exc, copier, start - first, n) from None
+            pieces = self._pieces
+            if len(pieces) == 1:
+                first, _, copier = pieces[0]
+            else:
+                first, size, copier = pieces[bisect_right(self._starts, start) - 1]
+                if start + n > first + size:
+                    return self._copy_spans(start, n, buf, writing)
             try:
-                for copier, at, count, pos in self._spans(start, n):
-                    part = buf if count == n else buf[pos : pos + count]
-                    if not (copier.write_now(at, part) if writing else copier.read_now(at, part)):
-                        return False
+                if writing:
+                    return copier.write_now(start - first, buf)
+                return copier.read_now(start - first, buf)
             except OSError as exc:
-                raise self.fault_error(exc, copier, at, count) from None
-            return True
+                raise self.fault_error(exc, copier, start - first, n) from None
         finally:
             direct.remove(me)
+
+    def _copy_spans(self, start: int, n: int, buf: memoryview, writing: bool) -> bool:
+        """:meth:`_copy_now` of a range over several pieces."""
+        try:
+            for copier, at, count, pos in self._spans(start, n):
+                part = buf if count == n else buf[pos : pos + count]
+                if not (copier.write_now(at, part) if writing else copier.read_now(at, part)):
+                    return False
+        except OSError as exc:
+            raise self.fault_error(exc, copier, at, count) from None
+        return True
 
     def start_read(self, offset: object, dst: memoryview) -> Callable[[], None] | None:
         """Copy into ``dst`` on this thread if that cannot wait for the disk or take long;
@@ -514,12 +518,8 @@ class MapCore:
         if not n:
             return b""
         if n <= INLINE_COPY_LIMIT:
-            me = _get_ident()
-            direct = self._direct
-            direct.append(me)  # (see _direct_refused)
+            me = self._enter_direct(start, n)
             try:
-                if self._remapper is not None or start + n > self.length:
-                    self._direct_refused(me, start, n)
                 one = self._piece_of(start, n)
                 if one is not None:
                     first, copier = one
@@ -528,7 +528,7 @@ class MapCore:
                     except OSError as exc:
                         raise self.fault_error(exc, copier, start - first, n) from None
             finally:
-                direct.remove(me)
+                self._direct.remove(me)
             if one is not None:
                 if data is not None:
                     return data
@@ -657,33 +657,25 @@ class MapCore:
     def atomic_load(self, offset: object, size: object) -> int:
         """The unsigned ``size``-byte value at ``offset``, read with one aligned load."""
         width, start = as_int(size, "size"), as_int(offset, "offset")  # before the entry
-        me = _get_ident()
-        direct = self._direct
-        direct.append(me)  # (see _direct_refused)
+        me = self._enter_direct(0, 0)
         try:
-            if self._remapper is not None:
-                self._direct_refused(me, 0, 0)
             return _load(*self.atomic_address(start, width, store=False))
         finally:
-            direct.remove(me)
+            self._direct.remove(me)
 
     def atomic_store(self, offset: object, size: object, value: object) -> None:
         """Store ``value`` in the ``size`` bytes at ``offset`` with one aligned store."""
         # Converted first: an __index__ may cut the file, or close the map and wait.
         number = as_int(value, "value")
         width, start = as_int(size, "size"), as_int(offset, "offset")
-        me = _get_ident()
-        direct = self._direct
-        direct.append(me)  # (see _direct_refused)
+        me = self._enter_direct(0, 0)
         try:
-            if self._remapper is not None:
-                self._direct_refused(me, 0, 0)
             address, width = self.atomic_address(start, width, store=True)
             if not 0 <= number < 1 << (8 * width):
                 raise ValueError(f"value {number} does not fit in {width} unsigned byte(s)")
             _store(address, width, number)
         finally:
-            direct.remove(me)
+            self._direct.remove(me)
         self.note_write(address - self.addr, width)
 
     @staticmethod
