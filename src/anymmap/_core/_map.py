@@ -392,7 +392,7 @@ class MapCore:
         unspecified).
 
         The hot path of every small copy: the usual case (an int offset, a range inside
-        one piece) runs without a further Python call before the copier's.
+        one piece) makes one Python call (:meth:`_copy_now`) before the copier's.
         """
         n = len(dst)
         start = offset if type(offset) is int else as_int(offset, "offset")
