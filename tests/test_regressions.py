@@ -1231,6 +1231,48 @@ def test_a_second_event_loop_is_refused_not_crashed(accessing: str, remapping: s
     check_child(_TWO_EVENT_LOOPS_SHARE_A_MAP, accessing, remapping, timeout=60)
 
 
+def test_a_map_in_use_never_passes_to_a_loop_in_another_thread() -> None:
+    """A later loop in the thread that made the map is not seen by the test of whether
+    the map's loop still runs; a task of another thread's loop is still refused while a
+    task of that later loop holds the lock (here: a borrow), and gets the map after."""
+    import threading
+
+    async def make() -> anymmap.AnonymousMmap:
+        return await anymmap.AnonymousMmap.new(1 << 16)
+
+    m = anyio.run(make)
+    borrowed, tried = threading.Event(), threading.Event()
+    outcomes: list[str] = []
+
+    async def borrow() -> None:
+        async with m.as_slice(0, 16):
+            borrowed.set()
+            await anyio.to_thread.run_sync(tried.wait)
+
+    async def other() -> None:
+        try:
+            await m.read(0, 1)
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+        tried.set()
+
+    thread = threading.Thread(target=lambda: (borrowed.wait(), anyio.run(other)))
+    thread.start()
+    anyio.run(borrow)
+    thread.join()
+    assert len(outcomes) == 1, outcomes
+    assert "lock is held by a task of an event loop" in outcomes[0]
+
+    async def after() -> None:  # the borrowing loop has ended: the map moves on
+        assert await m.read(0, 1) == b"\0"
+        await m.aclose()
+
+    thread = threading.Thread(target=anyio.run, args=(after,))
+    thread.start()
+    thread.join()
+    assert m.closed
+
+
 _DIRECT_ACCESS_MEETS_A_REMAP = """
     import sys, threading, time
     import anymmap, anymmap.sync

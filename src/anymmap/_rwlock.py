@@ -495,8 +495,10 @@ class MapLock(RWLock):
         return self._writer is None and not self._readers
 
     def _check_thread(self) -> None:
-        """Adopt the calling thread if it runs a task and the event loop that used the map
-        so far has ended (as when one ``anyio.run`` follows another in a new thread).
+        """Adopt the calling thread if it runs a task, nothing holds or waits for the lock,
+        and the event loop that took the map last has ended (as when one ``anyio.run``
+        follows another in a new thread).  (A later loop in that loop's thread is not
+        seen: if it runs at the same time, its next call is refused instead.)
 
         The lock's bookkeeping is not thread-safe, and its ``free_for_*`` answers only
         hold on the thread whose tasks take it; the core also refuses a direct access
@@ -518,6 +520,12 @@ class MapLock(RWLock):
             if _get_ident() == self._thread:
                 return
             running = self._running
+            if self._writer is not None or self._readers or self._queue:
+                raise RuntimeError(
+                    "this map's lock is held by a task of an event loop in another thread: "
+                    "a map belongs to one event loop at a time (call it there with "
+                    "anyio.from_thread.run_sync, or give each loop its own map)"
+                )
             if running is not None and running():
                 raise RuntimeError(
                     "this map is in use by an event loop in another thread, which still "
