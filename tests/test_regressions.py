@@ -10,6 +10,7 @@ import errno
 import fcntl
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Literal
 
@@ -1273,6 +1274,85 @@ def test_a_map_in_use_never_passes_to_a_loop_in_another_thread() -> None:
     assert m.closed
 
 
+_A_NEW_THREAD_WITH_AN_OLD_IDENTITY = """
+    import sys, threading, time
+    import anyio, anymmap
+
+    backend = sys.argv[1]
+    holder, outcome = {}, {}
+
+    def first():  # makes the map in a loop of its own, then its thread ends
+        async def main():
+            holder["m"] = await anymmap.SparseMapping.new(1 << 22)
+
+        holder["ident"] = threading.get_ident()
+        anyio.run(main, backend=backend)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    thread.join()
+    m = holder["m"]
+    running, stop = threading.Event(), threading.Event()
+
+    def second():  # a loop in a new thread that got the first one's identity
+        if threading.get_ident() != holder["ident"]:
+            return
+
+        async def main():
+            await m.alloc(0, 1 << 21)
+            running.set()
+            while not stop.is_set():
+                async with m.as_mut_slice(0, 4096) as view:
+                    view[0] = 1
+                await anyio.sleep(0)
+
+        anyio.run(main, backend=backend)
+
+    for _ in range(2000):
+        thread = threading.Thread(target=second)
+        thread.start()
+        if running.wait(0.01):
+            break
+        thread.join()
+    else:
+        print("no thread got the identity again: nothing to check")
+        print("ok")
+        sys.exit(0)
+
+    def third():
+        async def main():
+            taken, until = 0, time.monotonic() + 1
+            while time.monotonic() < until:
+                try:
+                    async with m.as_slice(0, 4096):
+                        taken += 1
+                except RuntimeError:
+                    pass
+                await anyio.sleep(0)
+            outcome["taken"] = taken
+
+        anyio.run(main, backend=backend)
+        stop.set()
+
+    other = threading.Thread(target=third)
+    other.start()
+    other.join()
+    thread.join()
+    assert outcome["taken"] == 0, outcome  # two loops never shared the map
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_thread_with_a_finished_threads_identity_is_not_the_maps_loop(backend: str) -> None:
+    """Regression test (adversary review): the map knew its loop by its thread's identity
+    only, and a new thread may get the identity of one that has ended: its loop passed
+    for the map's, a loop in a third thread took the map while it ran, and the two
+    loops' tasks shared the lock (hanging in 2 of 3 runs).  A task that takes the lock
+    now shows its loop, not only its thread."""
+    check_child(_A_NEW_THREAD_WITH_AN_OLD_IDENTITY, backend, timeout=40)
+
+
 _DIRECT_ACCESS_MEETS_A_REMAP = """
     import sys, threading, time
     import anymmap, anymmap.sync
@@ -1461,6 +1541,103 @@ def test_a_failed_growth_never_cuts_another_maps_growth(tmp_path: Path) -> None:
         for m in maps:
             m.close()  # (a map keeps the file system busy)
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+_SHRINK = """
+    import os, sys, time
+    from anymmap.sync import MmapRaw
+
+    path, until = sys.argv[1], time.monotonic() + 2
+    m = MmapRaw.map_raw(path)
+    print("mapped", flush=True)  # (mapped later, it would cover the other's growth)
+    while time.monotonic() < until:
+        m.resize(64 * 4096)
+        m.resize(32 * 4096)  # reaches the end of the file it saw: cuts it, unless grown
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_shrink_never_cuts_another_maps_growth(tmp_path: Path) -> None:
+    """Regression test (adversary review): a map that shrinks cuts the file if it reached
+    the file's end, but it decided so from a size read before anything else, and cut
+    without taking turns with other maps: another process's map that had grown the file
+    past that end, written and flushed, lost it (about 9% of steps).  The size is now
+    read and cut while the maps of the file take turns."""
+    import struct
+    import subprocess
+    import sys
+
+    from ._child import _PRELUDE, _ROOT
+
+    path = tmp_path / "f"
+    path.write_bytes(bytes(32 * 4096))
+    source = _PRELUDE.format(timeout=30.0, root=_ROOT) + textwrap.dedent(_SHRINK)
+    shrinker = subprocess.Popen(
+        [sys.executable, "-c", source, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert shrinker.stdout is not None
+    assert shrinker.stdout.readline() == "mapped\n"
+    m = anymmap.sync.MmapRaw.map_raw(path)
+    steps = lost = 0
+    try:
+        while shrinker.poll() is None:
+            size = 65 * 4096  # past anything the other map reaches
+            m.resize(size)
+            m.update_region(size - 8, struct.pack("<Q", steps))
+            m.flush()
+            with path.open("rb") as f:
+                f.seek(size - 8)
+                lost += f.read(8) != struct.pack("<Q", steps)
+            m.resize(32 * 4096)  # this one reaches the end: its own cut
+            steps += 1
+    finally:
+        m.close()
+    assert shrinker.wait() == 0
+    assert shrinker.stdout.read() == "ok\n"
+    shrinker.stdout.close()
+    assert steps > 10
+    assert not lost, f"{lost} of {steps} flushed writes were cut away"
+
+
+_FORK_DURING_A_GROWTH = """
+    import fcntl, os, struct, sys, threading
+    import anymmap.sync
+
+    m = anymmap.sync.MmapRaw.create(sys.argv[1], 1 << 20, prefill="zeros")
+    child = []
+    hold, release = os.pipe()
+
+    def fork_inside(frame, event, arg):  # once the growth holds its turn: fork
+        if event == "call" and frame.f_code.co_name == "append_zeros" and not child:
+            pid = os.fork()
+            if pid == 0:
+                os.read(hold, 1)  # a long-lived child, until the parent says
+                os._exit(0)
+            child.append(pid)
+
+    sys.settrace(fork_inside)
+    m.resize(8 << 20)
+    sys.settrace(None)
+    assert child, "the growth never appended"
+    # The turn is free again although the child lives: another descriptor can take it.
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 1 << 62, 1, 0)
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)  # BlockingIOError if still held
+    os.close(fd)
+    os.write(release, b"x")
+    os.waitpid(child[0], 0)
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_child_forked_during_a_growth_does_not_keep_the_files_turn(tmp_path: Path) -> None:
+    """Regression test (adversary review): a fork while another thread grew a file left
+    the child holding the descriptor, and with it the lock by which maps take turns to
+    change the file's size: every later growth waited 5 s and then went on without it.
+    The lock is now released explicitly, which frees it in the child too."""
+    check_child(_FORK_DURING_A_GROWTH, str(tmp_path / "f"), timeout=30)
 
 
 ADVICE = [a for a in anymmap.Advice if a not in (anymmap.Advice.FREE,)]

@@ -93,26 +93,27 @@ def trio_current_task() -> object:
     return _trio().lowlevel.current_task()
 
 
-def loop_running_probe() -> Callable[[], bool]:
-    """Return a test, callable from any thread, of whether the event loop (the trio run)
-    of the calling task is still running.
+def current_loop() -> object:
+    """Return the event loop of the calling thread: the running asyncio loop, or the trio
+    run's token (a value that stands for the run).
 
-    :raises RuntimeError: outside of a task
+    :raises RuntimeError: if no event loop runs in this thread
     """
     if backend_local.name == "trio":
-        trio = _trio()
-        token = trio.lowlevel.current_trio_token()
+        return _trio().lowlevel.current_trio_token()
+    return _asyncio_get_running_loop()
 
-        def running() -> bool:
-            try:
-                token.run_sync_soon(_nothing)  # the only public question a token answers
-            except trio.RunFinishedError:
-                return False
-            return True
 
-        return running
-
-    return _asyncio_get_running_loop().is_running
+def loop_running(loop: object) -> bool:
+    """Whether ``loop`` (from :func:`current_loop`, asked from any thread) still runs."""
+    if isinstance(loop, asyncio.AbstractEventLoop):  # (uvloop's loops too)
+        return loop.is_running()
+    trio = _trio()
+    try:
+        loop.run_sync_soon(_nothing)  # type: ignore[attr-defined]  # a TrioToken
+    except trio.RunFinishedError:  # the only public question a token answers
+        return False
+    return True
 
 
 def _nothing() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import threading
 import types
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn
@@ -14,8 +14,9 @@ from ._backend import (
     Waiter,
     asyncio_current_task,
     backend_local,
+    current_loop,
     current_task,
-    loop_running_probe,
+    loop_running,
     not_in_a_task,
     task_info,
     trio_cancel_shielded_checkpoint,
@@ -414,8 +415,16 @@ class _MapGuard(_Guard):
 
     # (The parent's generator, returned as is: one frame less per acquire.)
     def __aenter__(self) -> Generator[Any, Any, None]:  # type: ignore[override]
-        if _get_ident() != self._lock._thread:
-            self._lock._check_thread()
+        lock = self._lock
+        try:
+            loop = current_loop()
+        except RuntimeError:
+            loop = None  # (refused by _check_thread)
+        # A task that takes the lock may wait for it: its loop must be the map's, not
+        # only its thread (a later loop in that thread, or a new thread with the identity
+        # of a finished one), so that another thread's loop can tell that it runs.
+        if loop is not lock._loop or _get_ident() != lock._thread:
+            lock._check_thread()
         return _Guard.__aenter__(self)
 
 
@@ -428,19 +437,19 @@ class MapLock(RWLock):
     ``*_nowait`` copies and its ``resize`` / ``aclose`` ask of it, and dropped holds in a
     forked child (the parent's tasks do not run there: see ``_core/_forks.py``)."""
 
-    __slots__ = ("__weakref__", "_dropped", "_running", "_thread")
+    __slots__ = ("__weakref__", "_dropped", "_loop", "_thread")
 
     def __init__(self) -> None:
         super().__init__()
         #: In a forked child: the holds dropped at the fork (task -> reads, or 0 for the
         #: write lock), whose release is then a no-op.
         self._dropped: dict[object, int] = {}
-        #: The thread of the event loop that uses the map (see :meth:`_check_thread`), and
-        #: a test of whether that loop still runs (None: made outside of a task).
+        #: The event loop that uses the map (see :meth:`_check_thread`; None: made outside
+        #: of one) and its thread.
         self._thread = _get_ident()
-        self._running: Callable[[], bool] | None = None
+        self._loop: object | None = None
         try:
-            self._running = loop_running_probe()
+            self._loop = current_loop()
         except RuntimeError:
             pass
         track(self)
@@ -467,7 +476,7 @@ class MapLock(RWLock):
         self._readers_waiting = 0
         self._writers_waiting = 0
         if self._thread != survivor:
-            self._running = None  # that thread's event loop does not run here
+            self._loop = None  # that thread's event loop does not run here
 
     def _release(self, task: object, write: bool) -> None:
         dropped = self._dropped
@@ -495,21 +504,24 @@ class MapLock(RWLock):
         return self._writer is None and not self._readers
 
     def _check_thread(self) -> None:
-        """Adopt the calling thread if it runs a task, nothing holds or waits for the lock,
-        and the event loop that took the map last has ended (as when one ``anyio.run``
-        follows another in a new thread).  (A later loop in that loop's thread is not
-        seen: if it runs at the same time, its next call is refused instead.)
+        """Let the calling thread's event loop take the map: at once if it is the map's
+        thread (a later loop there: the earlier one has ended); from another thread only
+        once nothing holds or waits for the lock and the loop that took the map last has
+        ended (as when one ``anyio.run`` follows another in a new thread).
 
         The lock's bookkeeping is not thread-safe, and its ``free_for_*`` answers only
         hold on the thread whose tasks take it; the core also refuses a direct access
         that meets a change of the mapping made for another thread (see
-        ``MapCore._direct_refused``), which covers the instant of the hand-over.
+        ``MapCore._direct_refused``), which covers the instant of the hand-over.  (A loop
+        whose tasks only make the lock-free copies is seen once one takes the lock:
+        until then a loop in another thread may take the map, and its next call is
+        refused instead.)
 
-        :raises RuntimeError: if it does not run a task (a worker thread, a plain thread),
-            or if the event loop of the map's thread still runs
+        :raises RuntimeError: if no event loop runs here (a worker thread, a plain
+            thread), or if the map is another thread's loop's for now
         """
         try:
-            current_task()
+            loop = current_loop()
         except RuntimeError:
             raise RuntimeError(
                 "the async API of a map must be called from a task of its event loop, not "
@@ -517,22 +529,21 @@ class MapLock(RWLock):
                 "anyio.from_thread.run_sync there, or the blocking twin in anymmap.sync"
             ) from None
         with _ADOPTING:
-            if _get_ident() == self._thread:
-                return
-            running = self._running
-            if self._writer is not None or self._readers or self._queue:
-                raise RuntimeError(
-                    "this map's lock is held by a task of an event loop in another thread: "
-                    "a map belongs to one event loop at a time (call it there with "
-                    "anyio.from_thread.run_sync, or give each loop its own map)"
-                )
-            if running is not None and running():
-                raise RuntimeError(
-                    "this map is in use by an event loop in another thread, which still "
-                    "runs: a map belongs to one event loop at a time (call it there with "
-                    "anyio.from_thread.run_sync, or give each loop its own map)"
-                )
-            self._running = loop_running_probe()
+            if _get_ident() != self._thread:
+                if self._writer is not None or self._readers or self._queue:
+                    raise RuntimeError(
+                        "this map's lock is held by a task of an event loop in another "
+                        "thread: a map belongs to one event loop at a time (call it there "
+                        "with anyio.from_thread.run_sync, or give each loop its own map)"
+                    )
+                if self._loop is not None and loop_running(self._loop):
+                    raise RuntimeError(
+                        "this map is in use by an event loop in another thread, which "
+                        "still runs: a map belongs to one event loop at a time (call it "
+                        "there with anyio.from_thread.run_sync, or give each loop its own "
+                        "map)"
+                    )
+            self._loop = loop
             self._thread = _get_ident()
 
     def held_by_current_task(self) -> bool:

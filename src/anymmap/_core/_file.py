@@ -75,6 +75,28 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
             raise
 
 
+def cut_file(fd: int, map_end: int, new_end: int) -> int | None:
+    """Cut the file to ``new_end`` bytes if a map ending at ``map_end`` reaches its end;
+    return its size before, or None if it goes on past the map (a window, or a file
+    another map or process has grown meanwhile: that growth is not this map's to cut).
+    The maps of anymmap that change a file's size take turns, so the size is read and
+    cut with no other map's growth in between."""
+    with os_impl.growing(fd):
+        size = os_impl.file_size(fd)
+        if size > map_end:
+            return None
+        os_impl.truncate(fd, new_end)
+        return size
+
+
+def uncut_file(fd: int, end: int, size: int) -> None:
+    """Undo :func:`cut_file` (the cut bytes read as zeros), unless the file has changed
+    size since (another map grew it)."""
+    with os_impl.growing(fd):
+        if os_impl.file_size(fd) == end:
+            os_impl.truncate(fd, size)
+
+
 def create_file(
     path: object, size: object, *, exist_ok: bool, prefill: object, mode: object
 ) -> int:
@@ -322,7 +344,7 @@ class FileCore(FileBackedCore):
         Growth allocates the new blocks first (``posix_fallocate``, or zeros written with
         ``prefill="zeros"``), so a full disk fails here with ``OSError(ENOSPC)`` and
         leaves file and map unchanged, instead of a later write dying with SIGBUS.
-        Shrinking cuts the file to the map's new end only if the map reached the end of
+        Shrinking cuts the file to the map's new end only if the map reaches the end of
         the file; a window in the middle of a file never cuts it, nor does a map of a
         block device, and then what was written past the new end is flushed (durable)
         first, since this map can no longer flush it afterwards.  If the file cannot be
@@ -338,21 +360,12 @@ class FileCore(FileBackedCore):
             old_length = self.length
             old_addr, old_map_len = self.map_addr, self.map_len
             old_size = os_impl.file_size(self.fd)
-            cuts_file = (
-                length < old_length
-                and old_size <= self.file_offset + old_length
-                and not self._block_device  # a device has the size it has
-            )
             self.memory.retire()
             # The file changes first: growing or cutting it is what can fail (a full disk,
             # a sealed memfd, a block device), and then the map has not changed yet.
             # Remapping can then only fail for want of address space.
+            cut_from: int | None = None  # the file's size before this resize cut it
             try:
-                if length < old_length and not cuts_file and self.dirty.maybe_pending():
-                    # The bytes past the new end stay in the file: make what was written
-                    # there durable now, while this map can still flush it (pending_bytes
-                    # forgets it below, and would miss it if the map grew back over it).
-                    self._sync_exclusive(length, old_length - length)
                 if self._block_device:
                     if self.file_offset + length > old_size:
                         raise OutOfBoundsError(self.file_offset, length, old_size, "device")
@@ -360,16 +373,22 @@ class FileCore(FileBackedCore):
                     fill_file(
                         self.fd, self.file_offset + old_length, length - old_length, self.prefill
                     )
-                elif cuts_file:
-                    os_impl.truncate(self.fd, self.file_offset + length)
+                elif length < old_length:
+                    end = self.file_offset + old_length
+                    cut_from = cut_file(self.fd, end, self.file_offset + length)
+                if length < old_length and cut_from is None and self.dirty.maybe_pending():
+                    # The bytes past the new end stay in the file: make what was written
+                    # there durable now, while this map can still flush it (pending_bytes
+                    # forgets it below, and would miss it if the map grew back over it).
+                    self._sync_exclusive(length, old_length - length)
                 new_map_len = page_ceil(self._delta + length)
                 addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
             except BaseException:
                 self._install(old_addr, old_map_len, old_length)
                 # A failed growth undid itself (fill_file).  One that worked stays when the
                 # remap fails: cutting it back could cut another map's growth since.
-                if cuts_file and os_impl.file_size(self.fd) != old_size:
-                    os_impl.truncate(self.fd, old_size)  # the cut bytes read as 0
+                if cut_from is not None:
+                    uncut_file(self.fd, self.file_offset + length, cut_from)
                 raise
             self._install(addr, new_map_len, length)
             self.dirty.cut(length)  # this map can no longer flush what lay past its end

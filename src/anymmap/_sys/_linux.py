@@ -627,30 +627,37 @@ _ZEROS = bytes(1 << 20)
 
 
 #: A byte far past the end of any file, which anymmap locks (an OFD lock: it excludes
-#: other descriptors in this process too) while it grows a file, so that two maps growing
-#: one file at once take turns.
+#: other descriptors in this process too) while it grows or cuts a file, so that two maps
+#: changing the size of one file take turns.
 _GROWTH_LOCK_AT = 1 << 62
-#: How long growing() waits for that lock before going on without it (it only keeps the
-#: file from growing past what was asked, and a failed growth's undoing from cutting
-#: another map's; O_APPEND alone keeps data safe).
-_GROWTH_LOCK_PATIENCE = 5.0
+#: How long growing() waits for that lock before going on without it, so that a holder
+#: that never lets go (a stopped process) cannot hang a resize.  Appended zeros stay safe
+#: without it (O_APPEND); the turns keep a growth from going past what was asked, and a
+#: cut from cutting another map's growth.  Long enough for tens of GB of zeros.
+_GROWTH_LOCK_PATIENCE = 30.0
 
 
 @contextmanager
 def growing(fd: int) -> Iterator[int | None]:
-    """For the block: take turns with anymmap's other maps that grow the file, and have a
-    descriptor of it that appends (``O_APPEND``, reopened through ``/proc/self/fd``), or
-    None if the file's permissions no longer allow opening it for writing."""
+    """For the block: take turns with anymmap's other maps that grow or cut the file, and
+    have a descriptor of it that appends (``O_APPEND``, reopened through
+    ``/proc/self/fd``), or None if the file's permissions no longer allow opening it for
+    writing (then without taking turns)."""
     try:
         append = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     except OSError:
         yield None
         return
+    locked = False
     try:
-        _lock_growth(append)
+        locked = _lock_growth(append)
         yield append
     finally:
-        os.close(append)  # (which releases the lock)
+        if locked:
+            # Released explicitly: a child forked meanwhile shares the descriptor's open
+            # file description, and closing ours alone would leave it locked in there.
+            _set_growth_lock(append, fcntl.F_UNLCK)
+        os.close(append)
 
 
 def append_zeros(append: int, end: int) -> None:
@@ -667,24 +674,28 @@ def append_zeros(append: int, end: int) -> None:
         os.write(append, memoryview(_ZEROS)[: min(len(_ZEROS), end - size)])
 
 
-def _lock_growth(fd: int) -> None:
+def _lock_growth(fd: int) -> bool:
     """Take the growth lock of ``fd``'s file if it comes within a few seconds (see
-    growing); never raises for want of it."""
-    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for an OFD lock), padding.
-    request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, _GROWTH_LOCK_AT, 1, 0)
+    growing); return whether it did (never raises for want of it)."""
     deadline = time.monotonic() + _GROWTH_LOCK_PATIENCE
     while True:
         try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
-            return
+            _set_growth_lock(fd, fcntl.F_WRLCK)
+            return True
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                return  # no OFD locks here (an old kernel, some network file systems)
+                return False  # no OFD locks here (an old kernel, some network file systems)
         # Polled, not waited for: a holder stopped at exit, or this very thread (a signal
         # handler that grows the file inside a growth), must not hang the call.
         if sys.is_finalizing() or time.monotonic() > deadline:
-            return
+            return False
         time.sleep(0.001)
+
+
+def _set_growth_lock(fd: int, kind: int) -> None:
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for an OFD lock), padding.
+    request = struct.pack("hhqqi4x", kind, os.SEEK_SET, _GROWTH_LOCK_AT, 1, 0)
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
 
 
 def fdatasync(fd: int) -> None:
