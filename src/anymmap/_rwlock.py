@@ -428,6 +428,12 @@ class _MapGuard(_Guard):
         return _Guard.__aenter__(self)
 
 
+#: The end of the errors for a task of a second event loop.
+_ONE_LOOP = (
+    "a map belongs to one event loop at a time (call it there with "
+    "anyio.from_thread.run_sync, or give each loop its own map)"
+)
+
 #: Held while a map's lock passes to the event loop of another thread (see _check_thread).
 _ADOPTING = threading.Lock()
 
@@ -533,15 +539,12 @@ class MapLock(RWLock):
                 if self._writer is not None or self._readers or self._queue:
                     raise RuntimeError(
                         "this map's lock is held by a task of an event loop in another "
-                        "thread: a map belongs to one event loop at a time (call it there "
-                        "with anyio.from_thread.run_sync, or give each loop its own map)"
+                        f"thread: {_ONE_LOOP}"
                     )
                 if self._loop is not None and loop_running(self._loop):
                     raise RuntimeError(
                         "this map is in use by an event loop in another thread, which "
-                        "still runs: a map belongs to one event loop at a time (call it "
-                        "there with anyio.from_thread.run_sync, or give each loop its own "
-                        "map)"
+                        f"still runs: {_ONE_LOOP}"
                     )
             self._loop = loop
             self._thread = _get_ident()

@@ -63,7 +63,7 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
     If it fails (a full disk), what this call added to the file is cut away again; the
     maps of anymmap that grow one file take turns, so that never cuts another's growth.
     """
-    with os_impl.growing(fd) as append:
+    with os_impl.changing_size(fd) as append:
         before = os_impl.file_size(fd)
         try:
             if prefill == "zeros" and append is not None and offset + length > before:
@@ -81,7 +81,7 @@ def cut_file(fd: int, map_end: int, new_end: int) -> int | None:
     another map or process has grown meanwhile: that growth is not this map's to cut).
     The maps of anymmap that change a file's size take turns, so the size is read and
     cut with no other map's growth in between."""
-    with os_impl.growing(fd):
+    with os_impl.changing_size(fd):
         size = os_impl.file_size(fd)
         if size > map_end:
             return None
@@ -92,7 +92,7 @@ def cut_file(fd: int, map_end: int, new_end: int) -> int | None:
 def uncut_file(fd: int, end: int, size: int) -> None:
     """Undo :func:`cut_file` (the cut bytes read as zeros), unless the file has changed
     size since (another map grew it)."""
-    with os_impl.growing(fd):
+    with os_impl.changing_size(fd):
         if os_impl.file_size(fd) == end:
             os_impl.truncate(fd, size)
 

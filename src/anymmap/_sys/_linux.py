@@ -630,15 +630,15 @@ _ZEROS = bytes(1 << 20)
 #: other descriptors in this process too) while it grows or cuts a file, so that two maps
 #: changing the size of one file take turns.
 _GROWTH_LOCK_AT = 1 << 62
-#: How long growing() waits for that lock before going on without it, so that a holder
-#: that never lets go (a stopped process) cannot hang a resize.  Appended zeros stay safe
-#: without it (O_APPEND); the turns keep a growth from going past what was asked, and a
-#: cut from cutting another map's growth.  Long enough for tens of GB of zeros.
+#: How long changing_size() waits for that lock before going on without it, so that a
+#: holder that never lets go (a stopped process) cannot hang a resize.  Appended zeros
+#: stay safe without it (O_APPEND); the turns keep a growth from going past what was
+#: asked, and a cut from cutting another map's growth.  Long enough for tens of GB.
 _GROWTH_LOCK_PATIENCE = 30.0
 
 
 @contextmanager
-def growing(fd: int) -> Iterator[int | None]:
+def changing_size(fd: int) -> Iterator[int | None]:
     """For the block: take turns with anymmap's other maps that grow or cut the file, and
     have a descriptor of it that appends (``O_APPEND``, reopened through
     ``/proc/self/fd``), or None if the file's permissions no longer allow opening it for
@@ -663,7 +663,7 @@ def growing(fd: int) -> Iterator[int | None]:
 def append_zeros(append: int, end: int) -> None:
     """Append zero bytes to the file until it is ``end`` bytes long (real blocks, not a
     hole or an unwritten extent: the first later write into them needs no metadata
-    change), through the descriptor :func:`growing` gave.
+    change), through the descriptor :func:`changing_size` gave.
 
     Every write goes to the end of the file as it is at that instant, so bytes that
     another map or process puts past the size seen here are never overwritten (a
@@ -675,8 +675,9 @@ def append_zeros(append: int, end: int) -> None:
 
 
 def _lock_growth(fd: int) -> bool:
-    """Take the growth lock of ``fd``'s file if it comes within a few seconds (see
-    growing); return whether it did (never raises for want of it)."""
+    """Take the growth lock of ``fd``'s file if it comes within
+    :data:`_GROWTH_LOCK_PATIENCE` (see changing_size); return whether it did (never
+    raises for want of it)."""
     deadline = time.monotonic() + _GROWTH_LOCK_PATIENCE
     while True:
         try:
