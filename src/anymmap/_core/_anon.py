@@ -9,6 +9,7 @@ from ._copier import MemoryCopier, page_ceil
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
+from ._signals import signals_held
 
 _RW = os_impl.PROT_READ | os_impl.PROT_WRITE
 
@@ -55,7 +56,8 @@ class AnonCore(MapCore):
         """Grow or shrink with ``mremap``; the contents up to the smaller length stay, the
         rest reads as zeros.  The address may change, except for a ``strict`` map, which
         must grow in place (``OSError(ENOMEM)`` if it cannot)."""
-        with self.exclusive():
+        # (Signals held: a Ctrl-C right after mremap must not lose the new address.)
+        with self.exclusive(), signals_held():
             self.memory.retire()
             old_addr, old_map_len = self.addr, self.map_len
             new_map_len = page_ceil(length)

@@ -31,6 +31,7 @@ from ._files import MODES, FileRef, Mode, check_mappable, label_of, name_of, ope
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
+from ._signals import signals_held
 
 #: How a file's new blocks are made: allocated (``posix_fallocate``: instant, the blocks
 #: are "unwritten" extents) or filled with zeros (written now: slower to make, but the
@@ -360,12 +361,17 @@ class FileCore(FileBackedCore):
             old_length = self.length
             old_addr, old_map_len = self.map_addr, self.map_len
             old_size = os_impl.file_size(self.fd)
-            self.memory.retire()
+            retired = installed = False
             # The file changes first: growing or cutting it is what can fail (a full disk,
             # a sealed memfd, a block device), and then the map has not changed yet.
             # Remapping can then only fail for want of address space.
             cut_from: int | None = None  # the file's size before this resize cut it
             try:
+                # (Signals held where a Ctrl-C would leave the map describing memory that
+                # changed under it: it arrives once the change is recorded.)
+                with signals_held():
+                    self.memory.retire()
+                    retired = True
                 if self._block_device:
                     if self.file_offset + length > old_size:
                         raise OutOfBoundsError(self.file_offset, length, old_size, "device")
@@ -382,16 +388,21 @@ class FileCore(FileBackedCore):
                     # forgets it below, and would miss it if the map grew back over it).
                     self._sync_exclusive(length, old_length - length)
                 new_map_len = page_ceil(self._delta + length)
-                addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
+                with signals_held():
+                    addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
+                    self._install(addr, new_map_len, length)
+                    self.dirty.cut(length)  # this map can no longer flush past its end
+                    installed = True
             except BaseException:
-                self._install(old_addr, old_map_len, old_length)
+                if installed:  # a signal that arrived during the change: it is made
+                    raise
+                if retired:
+                    self._install(old_addr, old_map_len, old_length)
                 # A failed growth undid itself (fill_file).  One that worked stays when the
                 # remap fails: cutting it back could cut another map's growth since.
                 if cut_from is not None:
                     uncut_file(self.fd, self.file_offset + length, cut_from)
                 raise
-            self._install(addr, new_map_len, length)
-            self.dirty.cut(length)  # this map can no longer flush what lay past its end
 
 
 def create_file_map(

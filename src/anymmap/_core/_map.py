@@ -41,6 +41,7 @@ from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
 from ._forks import track
 from ._lifetime import Memory
+from ._signals import signals_held
 from ._threadlock import check_not_held, new_condition, wait_unless_exiting
 
 PAGE_SIZE = os_impl.PAGE_SIZE
@@ -313,7 +314,8 @@ class MapCore:
         try:
             yield
         finally:
-            with self._cond:
+            # (Held: a second Ctrl-C between the two would leave every waiter asleep.)
+            with signals_held(), self._cond:
                 self._remapper = None
                 self._cond.notify_all()
 
@@ -333,10 +335,11 @@ class MapCore:
             return
         with self.exclusive():
             self._before_unmap()
-            self.memory.retire()
-            self._unmap()
-            self._closed = True
-            self.usable = False
+            with signals_held():  # closed means unmapped, whatever signal arrives
+                self.memory.retire()
+                self._unmap()
+                self._closed = True
+                self.usable = False
             self._release_resources()
 
     def _before_unmap(self) -> None:

@@ -33,6 +33,8 @@ from ._file import FileBackedCore
 from ._files import FileRef, as_fd, check_mappable, label_of, name_of
 from ._lifetime import Memory
 from ._reservation import place, reserve
+from ._signals import signals_held
+from ._threadlock import check_not_held
 
 _RW = os_impl.PROT_READ | os_impl.PROT_WRITE
 
@@ -78,20 +80,23 @@ class RegionCore(FileBackedCore):
 
     def __init__(
         self,
-        fd: int,
-        label: str,
+        file: FileRef,
         path: str | None,
         *,
         max_size: object,
         owner: bool,
     ) -> None:
+        """Map ``file``, which the region then owns (its creator closes it if this
+        fails: one owner, so that it is never closed twice)."""
         super().__init__(writable=True)
         self.mode = "rw"
         self.file_offset = 0
         self.path = path
+        self.file = file
+        self.fd = fd = file.fd
         size = os_impl.file_size(fd)
         if size == 0:
-            raise InvalidSizeError(0, f"cannot map an empty file ({label})")
+            raise InvalidSizeError(0, f"cannot map an empty file ({file.name})")
         limit = page_ceil(
             default_max_size(size) if max_size is None else check_size(max_size, "max_size")
         )
@@ -104,15 +109,13 @@ class RegionCore(FileBackedCore):
         except BaseException:
             os_impl.munmap(self.addr, limit)
             raise
-        self.file = FileRef(fd, label)
-        self.fd = fd
         self.memory = Memory(
             self.addr, limit, partial(os_impl.munmap, self.addr, limit), self._fork_guard
         )
         self._copier = FileCopier(
             self.memory, 0, True, file=self.file, file_offset=0, shared=True, fault_safe=True
         )
-        self._grow = threading.Lock()
+        self._grow = threading.RLock()  # (re-entrant only to tell re-entry: _growing)
         self._mapped = page_ceil(size)
         self._set_length(size)
         # Deleting the file: at close if this process owns it, or when the region is
@@ -129,7 +132,7 @@ class RegionCore(FileBackedCore):
 
     def after_fork_in_child(self, survivor: int) -> None:
         super().after_fork_in_child(survivor)
-        self._grow = threading.Lock()
+        self._grow = threading.RLock()  # (re-entrant only to tell re-entry: _growing)
 
     def _set_length(self, size: int) -> None:
         self.length = size
@@ -181,7 +184,7 @@ class RegionCore(FileBackedCore):
         :raises InvalidSizeError: past ``max_size``
         :raises OSError: ``ENOSPC`` if the blocks cannot be allocated (nothing changes)
         """
-        with self.pinned(), self._grow:
+        with self.pinned(), self._growing():
             if length < self.length:
                 raise ValueError(
                     f"a shared region only grows: {length} is less than its {self.length} bytes"
@@ -202,13 +205,22 @@ class RegionCore(FileBackedCore):
 
         :raises InvalidSizeError: if the file grew past this region's ``max_size``
         """
-        with self.pinned(), self._grow:
+        with self.pinned(), self._growing():
             size = os_impl.file_size(self.fd)
             if size <= self.length:
                 return False
             self._check_fits(size)
             self._map_to(size)
             return True
+
+    def _growing(self) -> threading.RLock:
+        """The growth lock, for one growth at a time.
+
+        :raises RuntimeError: if this thread is inside a growth already (a signal handler
+            or finalizer that grows the region from inside its own growth)
+        """
+        check_not_held(self._grow)
+        return self._grow
 
     def grew(self) -> bool:
         """Whether the file is longer than the map (cheap: one ``fstat``)."""
@@ -224,19 +236,20 @@ class RegionCore(FileBackedCore):
 
     def _map_to(self, length: int) -> None:
         mapped = page_ceil(length)
-        if mapped > self._mapped:
-            # SAFETY: the new pages go right after the mapped ones, inside the reservation.
-            place(
-                self.addr + self._mapped,
-                mapped - self._mapped,
-                _RW,
-                os_impl.MAP_SHARED,
-                self.fd,
-                self._mapped,
-            )
-            self._mapped = mapped
-        self._copier.note_file_size(length)  # a later cut below this is a truncation
-        self._set_length(length)
+        with signals_held():  # a Ctrl-C arrives once the growth is recorded
+            if mapped > self._mapped:
+                # SAFETY: the new pages go right after the mapped ones, in the reservation.
+                place(
+                    self.addr + self._mapped,
+                    mapped - self._mapped,
+                    _RW,
+                    os_impl.MAP_SHARED,
+                    self.fd,
+                    self._mapped,
+                )
+                self._mapped = mapped
+            self._copier.note_file_size(length)  # a later cut below this is a truncation
+            self._set_length(length)
 
     # -- Region values ------------------------------------------------------------------
 
@@ -319,17 +332,18 @@ def create_region(
             f"{name_of(target)} exists (as a file or a symbolic link); pass replace=True to "
             "replace it",
         ) from None
+    file = FileRef(fd, label_of(target))
     try:
         os_impl.allocate(fd, 0, length)
         if replace:
             os_impl.rename(where, target)
-        core = RegionCore(fd, label_of(target), target, max_size=max_size, owner=True)
+        core = RegionCore(file, target, max_size=max_size, owner=True)
     except BaseException:
         try:
             os_impl.unlink(where)
         except OSError:  # pragma: no cover - already renamed over the target
             pass
-        os_impl.close(fd)
+        file.close()
         raise
     if cleanup is FileCleanup.AUTO:
         core.unlink_now()
@@ -355,6 +369,7 @@ def attach_region(
         if exc.errno == errno.ENXIO:  # a socket
             raise UnmappableFileError(name, os_impl.path_kind(path)) from None
         raise
+    file = FileRef(fd, label_of(path))
     try:
         _check_regular(fd, name)
         if not trust_others:
@@ -373,9 +388,9 @@ def attach_region(
                     "trust_others=True to attach anyway",
                 )
         target = os.fsdecode(os.fspath(path))  # (take_ownership() may delete it)
-        return RegionCore(fd, label_of(path), target, max_size=max_size, owner=False)
+        return RegionCore(file, target, max_size=max_size, owner=False)
     except BaseException:
-        os_impl.close(fd)
+        file.close()
         raise
 
 
@@ -383,12 +398,12 @@ def attach_region_fd(fd: object, *, max_size: object = None) -> RegionCore:
     """Map the region file open as ``fd`` (duplicated: the region keeps its own)."""
     number = as_fd(fd)
     name = name_of(number)
-    own = os_impl.dup(number)
+    file = FileRef(os_impl.dup(number), label_of(number))
     try:
-        _check_regular(own, name)
-        return RegionCore(own, label_of(number), None, max_size=max_size, owner=False)
+        _check_regular(file.fd, name)
+        return RegionCore(file, None, max_size=max_size, owner=False)
     except BaseException:
-        os_impl.close(own)
+        file.close()
         raise
 
 

@@ -35,6 +35,7 @@ from ._files import FileRef, check_mappable, label_of, open_fd
 from ._lifetime import Memory
 from ._map import INLINE_COPY_LIMIT, MapCore, Piece
 from ._reservation import clear, place, reserve
+from ._signals import signals_held
 
 _ANON_PRIVATE = os_impl.MAP_PRIVATE | os_impl.MAP_ANONYMOUS
 _MAP_TYPES = os_impl.MAP_SHARED | os_impl.MAP_PRIVATE  # MAP_SHARED_VALIDATE is both bits
@@ -162,28 +163,42 @@ class SparseCore(MapCore):
         return start, n
 
     def _replace(
-        self, start: int, n: int, make: Callable[[], Copier], map_it: Callable[[], None]
+        self,
+        start: int,
+        n: int,
+        make: Callable[[], Copier],
+        map_it: Callable[[], None],
+        release: Callable[[], None] | None = None,
     ) -> None:
         """Map ``[start, start + n)`` with ``map_it()`` and make it one piece, whose copier
         ``make()`` gives, replacing what overlapped it (the parts outside stay).
 
         If the kernel refuses the new mapping, ``MAP_FIXED`` may already have removed the
-        old one: the range is then given back to the reservation, as a hole.
+        old one: the range is then given back to the reservation, as a hole.  ``release``
+        lets go of what the new piece would have owned (its file) if it is not made.
         """
-        with self.exclusive():
-            if self.memory.escaped_in(self.addr - self.memory.addr + start, n):
-                raise BorrowError(
-                    "a view of this range escaped its borrow and is still alive; the range "
-                    "cannot be remapped until it is gone"
-                )
-            try:
-                map_it()
-                copier = make()
-            except BaseException:
-                clear(self.addr + start, n)
-                self._set_range(start, n, HoleCopier(self.memory, start, False, "hole"))
-                raise
-            self._set_range(start, n, copier)
+        made = False
+        try:
+            with self.exclusive():
+                if self.memory.escaped_in(self.addr - self.memory.addr + start, n):
+                    raise BorrowError(
+                        "a view of this range escaped its borrow and is still alive; the "
+                        "range cannot be remapped until it is gone"
+                    )
+                with signals_held():  # a Ctrl-C arrives once the pieces say what is mapped
+                    try:
+                        map_it()
+                        copier = make()
+                    except BaseException:
+                        clear(self.addr + start, n)
+                        self._set_range(start, n, HoleCopier(self.memory, start, False, "hole"))
+                        raise
+                    self._set_range(start, n, copier)
+                    made = True
+        except BaseException:
+            if not made and release is not None:  # (made: a signal arrived meanwhile)
+                release()
+            raise
 
     def _set_range(self, start: int, n: int, copier: Copier) -> None:
         """Make ``[start, start + n)`` one piece with ``copier``; trim what overlapped, and
@@ -240,24 +255,21 @@ class SparseCore(MapCore):
         fd, _ = open_fd(file, "rw" if writable else "r")
         ref = FileRef(fd, label_of(file))
         prot = os_impl.PROT_READ | (os_impl.PROT_WRITE if writable else 0)
-        try:
-            self._replace(
+        self._replace(
+            start,
+            n,
+            lambda: FileCopier(
+                self.memory,
                 start,
-                n,
-                lambda: FileCopier(
-                    self.memory,
-                    start,
-                    writable,
-                    file=ref,
-                    file_offset=file_offset,
-                    shared=True,
-                    fault_safe=True,
-                ),
-                lambda: place(self.addr + start, n, prot, os_impl.MAP_SHARED, fd, file_offset),
-            )
-        except BaseException:
-            ref.close()
-            raise
+                writable,
+                file=ref,
+                file_offset=file_offset,
+                shared=True,
+                fault_safe=True,
+            ),
+            lambda: place(self.addr + start, n, prot, os_impl.MAP_SHARED, fd, file_offset),
+            release=ref.close,
+        )
 
     def mmap(
         self, start: int, n: int, prot: int, flags: int, fd: int | None, file_offset: int

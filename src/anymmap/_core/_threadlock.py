@@ -51,9 +51,9 @@ def held_here(lock: threading.Condition | threading.RLock) -> bool:
     return lock._is_owned()  # type: ignore[union-attr, no-any-return]
 
 
-def check_not_held(cond: threading.Condition) -> None:
-    """:raises RuntimeError: if the calling thread holds ``cond`` (see :data:`REENTERED`)"""
-    if held_here(cond):
+def check_not_held(lock: threading.Condition | threading.RLock) -> None:
+    """:raises RuntimeError: if the calling thread holds ``lock`` (see :data:`REENTERED`)"""
+    if held_here(lock):
         raise RuntimeError(REENTERED)
 
 

@@ -1,0 +1,94 @@
+"""Signal handlers held off across a change of a mapping.
+
+Python runs a signal handler on the main thread between two bytecodes, and the handler
+may raise (Ctrl-C's ``KeyboardInterrupt``; a ``SIGTERM`` handler that calls
+``sys.exit``).  A signal that arrives during a system call is handled right after the
+call returns, before its result is stored: after ``mremap`` has moved a map, before the
+map records its new address; after ``munmap``, before the map records that it is closed.
+The map then describes memory that is gone, and its next copy lands in whatever is
+mapped there next.
+
+:class:`signals_held` closes that gap: inside it, the handlers of the signals programs
+handle in Python are replaced by one that only notes the signal, and on exit the real
+handlers are put back and run for what arrived, in order, on the same thread.  The
+change is then complete, and the exception (if any) leaves a map in its new state.  It
+is for short sections (a system call and its bookkeeping), never around a wait: a
+Ctrl-C must still end a call stuck waiting for another thread.
+
+Only the main thread needs it (Python runs handlers there alone); elsewhere it does
+nothing.  A handler on a signal not listed in :data:`HELD` that raises can still land
+in the gap.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+#: The signals whose Python handlers are held off (the ones programs set handlers for).
+HELD: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+)
+
+_main_thread = threading.main_thread
+_get_ident = threading.get_ident
+
+
+def _restore(saved: list[tuple[int, Any]], i: int = 0) -> None:
+    """Put back every saved handler, even if one of them raises as soon as it is back
+    (a signal that arrived meanwhile): each one is put back in a ``finally``."""
+    if i < len(saved):
+        try:
+            signal.signal(*saved[i])
+        finally:
+            _restore(saved, i + 1)
+
+
+class signals_held:  # (lower case: used like a function, ``with signals_held():``)
+    """Hold off the Python handlers of :data:`HELD` for the block; run them after it for
+    the signals that arrived (see the module docstring)."""
+
+    __slots__ = ("_arrived", "_saved")
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[int, Any]] = []
+        self._arrived: list[int] = []
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self._arrived.append(signum)
+
+    def __enter__(self) -> None:
+        if _get_ident() != _main_thread().ident:
+            return
+        saved = self._saved
+        try:
+            for signum in HELD:
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    # (Saved before it is replaced: an exception between the two then
+                    # puts back a handler that was never replaced, which is harmless.)
+                    saved.append((signum, handler))
+                    signal.signal(signum, self._note)
+        except BaseException:
+            _restore(saved)
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        saved = self._saved
+        if not saved:
+            return
+        _restore(saved)
+        handlers = dict(saved)
+        frame = sys._getframe(1)
+        for signum in self._arrived:
+            handlers[signum](signum, frame)

@@ -1,0 +1,240 @@
+"""A signal whose handler raises (Ctrl-C's KeyboardInterrupt) at the worst moment: right
+after the system call that changes a mapping, before the map has recorded the change.
+
+Python runs the handler of a signal that arrived during a system call as soon as the call
+returns, so the scenarios wrap the library's own ctypes function for that call (the real
+system call runs; only the signal's timing is arranged) to send SIGINT to the process
+during it, every time.  Each runs in a child process: a crash is an exit code, a hang a
+``faulthandler`` dump.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests._child import check_child
+
+_PRELUDE = """
+    import gc, os, signal, sys, tempfile, threading
+    import anymmap
+    import anymmap.sync as S
+    from anymmap._sys import _linux
+
+    def interrupting(name):
+        # Run the real system call, then send SIGINT: its handler runs as the call returns.
+        real = getattr(_linux, name)
+        def call(*args):
+            try:
+                return real(*args)
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)
+        setattr(_linux, name, call)
+        return lambda: setattr(_linux, name, real)
+
+    d = tempfile.mkdtemp(dir="/dev/shm")
+"""
+
+
+_CLOSE = (
+    _PRELUDE
+    + """
+    kind = sys.argv[1]
+    if kind == "anon":
+        m = S.AnonymousMmap.new(1 << 20)
+    else:
+        m = S.MmapRaw.create(os.path.join(d, "f"), 1 << 20)
+    m.update_region(0, b"before")
+    undo = interrupting("_munmap")
+    try:
+        m.close()
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the SIGINT was lost")
+    undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert m.closed  # closed means unmapped: the map says so whatever arrived
+    victim = S.AnonymousMmap.new(1 << 20)  # may reuse the address
+    victim.update_region(0, b"victim")
+    try:
+        m.update_region(0, b"WRITTEN THROUGH A CLOSED MAP")
+    except anymmap.ClosedMapError:
+        pass
+    else:
+        raise AssertionError("a closed map accepted a write")
+    assert victim.read(0, 6) == b"victim", victim.read(0, 28)
+    m.close()  # idempotent
+    print("ok")
+"""
+)
+
+
+@pytest.mark.parametrize("kind", ["anon", "raw"])
+def test_a_signal_right_after_munmap_leaves_the_map_closed(kind: str) -> None:
+    """Regression test (adversary round 10): a SIGINT during ``close()``'s ``munmap`` was
+    handled before the map recorded that it was closed: the map still said open, and a
+    write through it landed in the next map the process made at that address.  The
+    close now completes before the KeyboardInterrupt is raised."""
+    check_child(_CLOSE, kind, timeout=60)
+
+
+_RESIZE = (
+    _PRELUDE
+    + """
+    kind = sys.argv[1]
+    if kind == "anon":
+        m = S.AnonymousMmap.new(4096)
+    else:
+        m = S.MmapRaw.create(os.path.join(d, "f"), 4096)
+    m.update_region(0, b"hello")
+    neighbour = S.AnonymousMmap.new(1 << 20)  # (often right after it: the growth moves)
+    undo = interrupting("_mremap")
+    try:
+        m.resize(64 << 20)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the SIGINT was lost")
+    undo()
+    # The growth is complete and recorded: the map describes the memory now mapped.
+    assert len(m) == 64 << 20, len(m)
+    start = m.as_ptr()
+    with open("/proc/self/maps") as maps:
+        spans = [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in maps]
+    assert any(lo <= start and start + (64 << 20) <= hi for lo, hi in spans), hex(start)
+    assert m.read(0, 5) == b"hello"
+    m.update_region((64 << 20) - 4, b"tail")
+    neighbour.update_region(0, b"mine")
+    assert neighbour.read(0, 4) == b"mine"
+    assert m.read((64 << 20) - 4, 4) == b"tail"
+    m.resize(8192)
+    m.close()
+    print("ok")
+"""
+)
+
+
+@pytest.mark.parametrize("kind", ["anon", "raw"])
+def test_a_signal_right_after_mremap_keeps_the_new_address(kind: str) -> None:
+    """Regression test (adversary round 10): a SIGINT during ``resize()``'s ``mremap``
+    was handled before the map recorded its new address: the map went on using the old
+    one, where the memory no longer was.  The resize now completes, then the
+    KeyboardInterrupt is raised, and the map describes what is mapped."""
+    check_child(_RESIZE, kind, timeout=60)
+
+
+_SPARSE_MAP_FILE = (
+    _PRELUDE
+    + """
+    path = os.path.join(d, "window")
+    with open(path, "wb") as f:
+        f.write(b"W" * 65536)
+    m = S.SparseMapping.new(1 << 20)
+    undo = interrupting("_mmap")
+    try:
+        m.map_file(0, 65536, path)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the SIGINT was lost")
+    undo()
+    assert m.pieces()[0].kind == "file", m.pieces()
+    gc.collect()
+    other = os.open(os.path.join(d, "other"), os.O_RDWR | os.O_CREAT)  # a freed number?
+    os.write(other, b"O" * 65536)
+    buf = bytearray(8)
+    m.read_at(0, buf)  # fault-safe copies of a file window read through its descriptor
+    assert bytes(buf) == b"W" * 8, bytes(buf)
+    m.close()
+    print("ok")
+"""
+)
+
+
+def test_a_signal_right_after_mapping_a_file_window_keeps_its_file() -> None:
+    """Regression test (adversary round 10): a SIGINT during ``map_file``'s ``mmap``
+    closed the window's file descriptor while the new piece still used it.  The piece
+    is now made, with its file, before the KeyboardInterrupt is raised."""
+    check_child(_SPARSE_MAP_FILE, timeout=60)
+
+
+_REGION_FD_OWNED_ONCE = (
+    _PRELUDE
+    + """
+    from anymmap._core import _region
+    real_memory = _region.Memory
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # as a SIGINT landing inside the region's construction
+    _region.Memory = interrupted
+    try:
+        S.MmapRegion.create(os.path.join(d, "a"), 4096)
+    except KeyboardInterrupt as exc:
+        saved = exc  # the traceback keeps the half-built region alive for now
+    _region.Memory = real_memory
+    victim_path = os.path.join(d, "victim")
+    with open(victim_path, "wb") as f:
+        f.write(b"V" * 4096)
+    victim = S.MmapRaw.map_raw(victim_path)  # may get the descriptor number just freed
+    del saved
+    gc.collect()  # the half-built region's descriptor must not be closed a second time
+    other = os.open(os.path.join(d, "other"), os.O_RDWR | os.O_CREAT)
+    os.write(other, b"O" * 4096)
+    assert victim.read(0, 4) == b"VVVV", victim.read(0, 4)
+    os.fstat(victim._core.fd)
+    victim.close()
+    print("ok")
+"""
+)
+
+
+def test_a_region_that_fails_half_built_closes_its_file_once() -> None:
+    """Regression test (adversary round 10): an exception inside a region's construction
+    after it had taken the file closed the descriptor twice (once by ``create``, once
+    when the half-built region was collected), the second time under another map that
+    had got the same number."""
+    check_child(_REGION_FD_OWNED_ONCE, timeout=60)
+
+
+_REGION_GROWTH_REENTERED = """
+    import os, sys, tempfile
+    import anymmap.sync as S
+
+    d = tempfile.mkdtemp(dir="/dev/shm")
+    path = os.path.join(d, "region")
+    owner = S.MmapRegion.create(path, 4096)
+    peer = S.MmapRegion.attach(path)
+    owner.resize(8192)
+    outcomes = []
+
+    def local(frame, event, arg):
+        if event == "line" and not outcomes:
+            # Inside the growth, as a SIGUSR1 handler ("the file grew") would be.
+            try:
+                peer.check_and_remap()
+                outcomes.append("returned")
+            except RuntimeError:
+                outcomes.append("RuntimeError")
+        return local
+
+    sys.settrace(lambda frame, event, arg: local if frame.f_code.co_name == "_map_to" else None)
+    try:
+        assert peer.check_and_remap()
+    finally:
+        sys.settrace(None)
+    assert outcomes == ["RuntimeError"], outcomes
+    assert len(peer) == 8192
+    owner.resize(12288)
+    assert peer.check_and_remap() and len(peer) == 12288
+    peer.close()
+    owner.close()
+    print("ok")
+"""
+
+
+def test_a_region_growth_entered_again_on_its_thread_raises() -> None:
+    """Regression test (adversary round 10): a signal handler that called
+    ``check_and_remap()`` while its thread was inside ``check_and_remap()`` or ``resize()``
+    of the same region waited for itself for ever.  It now gets ``RuntimeError``, as
+    every other call that would wait for its own thread does.  (A trace function stands
+    in for the handler, to land inside the growth every time.)"""
+    check_child(_REGION_GROWTH_REENTERED, timeout=60)
