@@ -14,6 +14,8 @@ import textwrap
 
 import pytest
 
+from tests._child import check_child
+
 SCENARIOS = {
     # asyncio.run() cancels every remaining task when main() fails.
     "asyncio.run exits while a copy runs": """
@@ -111,3 +113,40 @@ def test_process_survives(name: str) -> None:
     )
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     assert result.stdout.strip().endswith("survived")
+
+
+_USED_IN_AN_EARLIER_ATEXIT_HANDLER = """
+    import atexit, os, tempfile
+
+    d = tempfile.mkdtemp(dir="/dev/shm")
+
+    def checkpoint():
+        # Registered before anymmap was imported, so it runs after anymmap's own exit
+        # work: it opens files (taking free descriptor numbers), then uses the map.
+        log = open(os.path.join(d, "exit.log"), "w")
+        with open(os.path.join(d, "checkpoint"), "w+b") as f:
+            f.write(b"checkpoint: not the map's bytes")
+            f.flush()
+            data = m.read(0, 31)
+            m.resize(2 << 20)
+            size = os.fstat(f.fileno()).st_size
+            assert (data, size) == (b"M" * 31, 31), (data, size)
+        log.close()
+        m.close()
+        print("ok", flush=True)
+
+    atexit.register(checkpoint)
+
+    import anymmap.sync as S
+
+    m = S.MmapRaw.create(os.path.join(d, "raw"), 1 << 20)
+    m.update_region(0, b"M" * 31)
+"""
+
+
+def test_a_map_used_at_exit_keeps_its_file() -> None:
+    """Regression test (adversary round 10): a map's file descriptor was closed by its
+    finalizer at interpreter exit while the map stayed open, so an atexit handler that
+    ran later and opened a file got that number: the map's ``read`` returned the other
+    file's bytes and its ``resize`` grew the other file.  The OS closes it at exit now."""
+    check_child(_USED_IN_AN_EARLIER_ATEXIT_HANDLER, timeout=60)

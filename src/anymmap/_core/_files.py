@@ -51,6 +51,10 @@ class FileRef:
         self.fd = fd
         self.name = name
         self._closer = weakref.finalize(self, os_impl.close, fd)
+        # Not at exit: the map may still be used then (an atexit handler registered
+        # before anymmap was imported, a daemon thread), and a descriptor closed under
+        # an open map is a number the next open() reuses.  The OS closes it at exit.
+        self._closer.atexit = False
 
     def close(self) -> None:
         self._closer()
