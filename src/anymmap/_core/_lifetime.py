@@ -51,6 +51,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
+from contextlib import suppress
 from pickle import PickleBuffer
 
 from .._errors import BorrowError
@@ -147,19 +148,19 @@ class Memory:
         if view_released and _try_release(base):
             return False
         parked = [base] if view_released else [view, base]  # the view first: it pins base
-        with _ESCAPED_LOCK:
-            _ESCAPED.append(_Escape(self, offset, len(base), parked))
+        # (No lock: an append is atomic, and this may run inside a collection that
+        # interrupted this thread while it held _ESCAPED_LOCK.)
+        _ESCAPED.append(_Escape(self, offset, len(base), parked))
         return True
 
     def escaped_in(self, offset: int, length: int) -> bool:
         """Whether a parked view of this memory still covers part of the range."""
         release_escaped()
         end = offset + length
-        with _ESCAPED_LOCK:
-            return any(
-                e.memory is self and e.offset < end and offset < e.offset + e.length
-                for e in _ESCAPED
-            )
+        return any(  # (over a copy: a collection may append or release meanwhile)
+            e.memory is self and e.offset < end and offset < e.offset + e.length
+            for e in list(_ESCAPED)
+        )
 
 
 class _Escape:
@@ -182,13 +183,17 @@ class _Escape:
         return True
 
 
+#: Parked views.  Entries are appended without a lock (by a borrow's exit, which the
+#: garbage collector may run at any allocation) and removed only under _ESCAPED_LOCK,
+#: which is re-entrant for the same reason: a collection inside release_escaped may
+#: end a borrow whose generator it collects, and that may release parked views too.
 _ESCAPED: list[_Escape] = []
-_ESCAPED_LOCK = threading.Lock()
+_ESCAPED_LOCK = threading.RLock()
 
 
 def _renew_lock_in_child() -> None:
     global _ESCAPED_LOCK
-    _ESCAPED_LOCK = threading.Lock()  # a thread of the parent may have held it
+    _ESCAPED_LOCK = threading.RLock()  # a thread of the parent may have held it
 
 
 renew_in_child(_renew_lock_in_child)
@@ -214,7 +219,10 @@ def release_escaped(blocking: bool = True) -> None:
     """Release the parked views whose exports are gone."""
     if _ESCAPED and _ESCAPED_LOCK.acquire(blocking):
         try:
-            _ESCAPED[:] = [escape for escape in _ESCAPED if not escape.release()]
+            for escape in list(_ESCAPED):  # (a copy: entries may be appended meanwhile)
+                if escape.release():
+                    with suppress(ValueError):  # (removed by a call nested in this one)
+                        _ESCAPED.remove(escape)
         finally:
             _ESCAPED_LOCK.release()
 
