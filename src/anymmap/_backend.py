@@ -39,6 +39,8 @@ What it gives, for asyncio (also with uvloop) and trio:
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import types
 from collections.abc import Callable, Coroutine, Generator
@@ -127,7 +129,70 @@ def not_in_a_task() -> NoReturn:
 def _trio() -> types.ModuleType:
     import trio
 
+    if not _ki_protected:
+        _protect_from_keyboard_interrupt(trio)
     return trio
+
+
+_ki_protected = False
+
+
+def _protect_from_keyboard_interrupt(trio: types.ModuleType) -> None:
+    """Mark every function of anymmap as trio marks its own: a Ctrl-C that arrives while
+    one runs on trio's thread is delivered at the task's next checkpoint, not in the
+    middle of a lock's or a map's bookkeeping (trio raises ``KeyboardInterrupt`` at any
+    bytecode of code it does not know to be protected).  User code called from inside
+    (an ``__index__``, a progress callback) is protected too; the body of a borrow or of
+    a lock's ``async with`` is the user's own and is not.
+
+    Needs trio's registry of protected code objects (trio 0.28 and later, where
+    ``enable_ki_protection`` returns the function itself); with an older trio nothing
+    is marked.
+    """
+    global _ki_protected
+    _ki_protected = True
+    protect = trio.lowlevel.enable_ki_protection
+    seen: set[types.CodeType] = set()
+
+    class _Code:  # what enable_ki_protection reads: __code__
+        __slots__ = ("__code__",)
+
+        def __init__(self, code: types.CodeType) -> None:
+            self.__code__ = code
+
+    here = os.path.dirname(__file__) + os.sep
+
+    def mark(code: types.CodeType) -> None:
+        if code in seen or not code.co_filename.startswith(here):  # (not contextlib's)
+            return
+        seen.add(code)
+        holder = _Code(code)
+        if protect(holder) is not holder:  # pragma: no cover - an older trio: a wrapper
+            raise TypeError
+        for const in code.co_consts:  # nested functions, lambdas, comprehensions
+            if isinstance(const, types.CodeType):
+                mark(const)
+
+    def visit(obj: object, module: str, depth: int = 0) -> None:
+        if isinstance(obj, (staticmethod, classmethod)):
+            obj = obj.__func__
+        if isinstance(obj, property):
+            for accessor in (obj.fget, obj.fset, obj.fdel):
+                visit(accessor, module, depth)
+        elif isinstance(obj, types.FunctionType) and obj.__module__ == module:
+            mark(obj.__code__)
+            visit(getattr(obj, "__wrapped__", None), module, depth)  # contextmanager
+        elif isinstance(obj, type) and obj.__module__ == module and depth < 3:
+            for member in vars(obj).values():
+                visit(member, module, depth + 1)
+
+    try:
+        for name, module in list(sys.modules.items()):
+            if name == "anymmap" or name.startswith("anymmap."):
+                for obj in list(vars(module).values()):
+                    visit(obj, name)
+    except TypeError:  # pragma: no cover - an older trio (see above)
+        pass
 
 
 @types.coroutine
