@@ -34,9 +34,10 @@ class AnonCore(MapCore):
         if no_reserve:
             flags |= os_impl.MAP_NORESERVE
         map_len = page_ceil(length)
-        addr = map_placed(map_len, _RW, flags, -1, 0, hint, strict)
         self._fixed = strict
-        self._install(addr, map_len, length)
+        with signals_held():  # mapped means owned: a Ctrl-C in between would leak it
+            addr = map_placed(map_len, _RW, flags, -1, 0, hint, strict)
+            self._install(addr, map_len, length)
 
     def _install(self, addr: int, map_len: int, length: int) -> None:
         """Adopt the mapping ``[addr, addr + map_len)``, of which the map is the first

@@ -100,7 +100,7 @@ def uncut_file(fd: int, end: int, size: int) -> None:
 
 def create_file(
     path: object, size: object, *, exist_ok: bool, prefill: object, mode: object
-) -> int:
+) -> FileRef:
     """Create ``path`` (``exist_ok``: or open it) and give it at least ``size`` bytes of
     real blocks; make the file and its name durable.  Returns the descriptor.
 
@@ -117,7 +117,9 @@ def create_file(
     if not 0 <= permissions <= 0o7777:
         raise ValueError(f"mode {permissions:#o} is not a file mode")
     try:
-        fd, created = os_impl.open_create(path, exclusive=not exist_ok, mode=permissions)
+        with signals_held():  # (opened means owned: a Ctrl-C in between would leak it)
+            fd, created = os_impl.open_create(path, exclusive=not exist_ok, mode=permissions)
+            ref = FileRef(fd, name_of(path))
     except FileExistsError:
         raise FileExistsError(
             errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"
@@ -138,9 +140,9 @@ def create_file(
     except BaseException:
         if created:
             os_impl.unlink(path)
-        os_impl.close(fd)
+        ref.close()
         raise
-    return fd
+    return ref
 
 
 class FileBackedCore(MapCore):
@@ -266,7 +268,9 @@ class FileCore(FileBackedCore):
         start = as_int(offset, "offset")
         wanted = None if length is None else check_size(length, "length")
         super().__init__(writable=mode != "r")
-        fd, size = open_fd(file, mode)
+        # The map owns the descriptor from here; it is closed if the map is not made.
+        self.file, size = open_fd(file, mode, label)
+        self.fd = fd = self.file.fd
         try:
             if size == 0:
                 raise InvalidSizeError(0, f"cannot map an empty file ({name_of(file)})")
@@ -285,22 +289,20 @@ class FileCore(FileBackedCore):
                 flags |= os_impl.MAP_POPULATE
             if no_reserve:
                 flags |= os_impl.MAP_NORESERVE
-            addr = map_placed(map_len, prot, flags, fd, base, hint, strict)
+            self.mode: Mode = mode
+            self.fault_safe = fault_safe
+            self.file_offset = start
+            self._delta = delta  # from the page-aligned start of the mapping to byte 0
+            self._fixed = strict
+            self._block_device = os_impl.file_kind(fd) == "block device"
+            #: How growth gets its blocks: "allocate" (posix_fallocate) or "zeros" (written).
+            self.prefill: Prefill = prefill
+            with signals_held():  # mapped means owned: a Ctrl-C in between would leak it
+                addr = map_placed(map_len, prot, flags, fd, base, hint, strict)
+                self._install(addr, map_len, count)
         except BaseException:
-            os_impl.close(fd)
+            self.file.close()
             raise
-
-        self.file = FileRef(fd, label_of(file) if label is None else label)
-        self.fd = fd
-        self.mode: Mode = mode
-        self.fault_safe = fault_safe
-        self.file_offset = start
-        self._delta = delta  # from the page-aligned start of the mapping to byte 0
-        self._fixed = strict
-        self._block_device = os_impl.file_kind(fd) == "block device"
-        #: How growth gets its blocks: "allocate" (posix_fallocate) or "zeros" (written).
-        self.prefill: Prefill = prefill
-        self._install(addr, map_len, count)
 
     def _install(self, map_addr: int, map_len: int, length: int) -> None:
         """Adopt the mapping ``[map_addr, map_addr + map_len)``, whose byte ``delta`` is
@@ -415,14 +417,14 @@ def create_file_map(
     fault_safe: bool,
 ) -> FileCore:
     """``MmapRaw.create``: make the file (see :func:`create_file`) and map all of it."""
-    fd = create_file(path, size, exist_ok=exist_ok, prefill=prefill, mode=mode)
+    created = create_file(path, size, exist_ok=exist_ok, prefill=prefill, mode=mode)
     try:
         return FileCore(
-            fd,
+            created.fd,
             mode="rw",
             fault_safe=fault_safe,
             prefill=prefill,  # type: ignore[arg-type]
             label=label_of(path),
         )
     finally:
-        os_impl.close(fd)  # the map has its own duplicate
+        created.close()  # the map has its own duplicate

@@ -11,12 +11,14 @@ from __future__ import annotations
 import errno
 import os
 import weakref
+from collections.abc import Callable
 from typing import Literal, get_args
 
 from .._errors import UnmappableFileError
 from .._sys import os_impl
 from .._sys._interface import PathArg as PathArg  # a path anymmap accepts
 from ._checks import as_int
+from ._signals import signals_held
 
 Mode = Literal["rw", "r", "copy"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -37,6 +39,13 @@ def check_mappable(fd: int, name: str, kinds: tuple[str, ...] = MAPPABLE_KINDS) 
     where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(fd))
     if where is not None:
         raise UnmappableFileError(name, f"file in {where}")
+
+
+def adopt(open_it: Callable[[], int], name: str) -> FileRef:
+    """Open a descriptor with ``open_it()`` and hand it to a :class:`FileRef` at once:
+    signals are held in between (a Ctrl-C there would leak the descriptor)."""
+    with signals_held():
+        return FileRef(open_it(), name)
 
 
 class FileRef:
@@ -105,9 +114,10 @@ def as_fd(file: object) -> int:
     return fd
 
 
-def open_fd(file: object, mode: Mode) -> tuple[int, int]:
+def open_fd(file: object, mode: Mode, label: str | None = None) -> tuple[FileRef, int]:
     """Open what ``file`` names (a path, an fd, or an object with ``fileno()``) for a map
-    of ``mode``; return a descriptor that the map owns (a given fd is duplicated) and the
+    of ``mode``; return the descriptor, which the map owns (a given fd is duplicated), as
+    a :class:`FileRef` called ``label`` (by default :func:`label_of` the file), and the
     size of the file.
 
     Never blocks: a path is opened with ``O_NONBLOCK`` (a FIFO would wait for a writer),
@@ -118,9 +128,11 @@ def open_fd(file: object, mode: Mode) -> tuple[int, int]:
     """
     writable = mode == "rw"
     name = name_of(file)
+    label = label_of(file) if label is None else label
     if isinstance(file, _PATH_TYPES):
+        path: PathArg = file
         try:
-            fd = os_impl.open_nonblocking(file, writable)
+            ref = adopt(lambda: os_impl.open_nonblocking(path, writable), label)
         except PermissionError as exc:
             if not writable:
                 raise
@@ -134,7 +146,9 @@ def open_fd(file: object, mode: Mode) -> tuple[int, int]:
                 raise UnmappableFileError(name, os_impl.path_kind(file)) from None
             raise
     else:
-        fd = os_impl.dup(as_fd(file))
+        number = as_fd(file)
+        ref = adopt(lambda: os_impl.dup(number), label)
+    fd = ref.fd
     try:
         check_mappable(fd, name)
         readable, can_write = os_impl.access_mode(fd)
@@ -146,7 +160,7 @@ def open_fd(file: object, mode: Mode) -> tuple[int, int]:
                 f"{name} is not open for {need}; a map of mode {mode!r} needs it{hint}",
             )
         os_impl.set_blocking(fd)
-        return fd, os_impl.file_size(fd)
+        return ref, os_impl.file_size(fd)
     except BaseException:
-        os_impl.close(fd)
+        ref.close()
         raise

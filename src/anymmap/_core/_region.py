@@ -30,7 +30,7 @@ from .._sys import os_impl
 from ._checks import MAX_SIZE, byte_view, check_range, check_size
 from ._copier import FileCopier, page_ceil
 from ._file import FileBackedCore
-from ._files import FileRef, as_fd, check_mappable, label_of, name_of
+from ._files import FileRef, adopt, as_fd, check_mappable, label_of, name_of
 from ._lifetime import Memory
 from ._reservation import place, reserve
 from ._signals import signals_held
@@ -103,15 +103,16 @@ class RegionCore(FileBackedCore):
         if size > limit:
             raise InvalidSizeError(size, f"the file is larger than max_size ({limit} bytes)")
         self.max_size = limit
-        self.addr = reserve(limit)
-        try:
-            place(self.addr, page_ceil(size), _RW, os_impl.MAP_SHARED, fd)
-        except BaseException:
-            os_impl.munmap(self.addr, limit)
-            raise
-        self.memory = Memory(
-            self.addr, limit, partial(os_impl.munmap, self.addr, limit), self._fork_guard
-        )
+        with signals_held():  # reserved means owned: a Ctrl-C in between would leak it
+            self.addr = reserve(limit)
+            try:
+                place(self.addr, page_ceil(size), _RW, os_impl.MAP_SHARED, fd)
+            except BaseException:
+                os_impl.munmap(self.addr, limit)
+                raise
+            self.memory = Memory(
+                self.addr, limit, partial(os_impl.munmap, self.addr, limit), self._fork_guard
+            )
         self._copier = FileCopier(
             self.memory, 0, True, file=self.file, file_offset=0, shared=True, fault_safe=True
         )
@@ -325,14 +326,14 @@ def create_region(
         # atomically, and a symbolic link there is replaced, never followed.
         where = f"{target}.{secrets.token_hex(8)}.tmp"
     try:
-        fd = os_impl.open_new(where, 0o600)
+        file = adopt(lambda: os_impl.open_new(where, 0o600), label_of(target))
     except FileExistsError:
         raise FileExistsError(
             errno.EEXIST,
             f"{name_of(target)} exists (as a file or a symbolic link); pass replace=True to "
             "replace it",
         ) from None
-    file = FileRef(fd, label_of(target))
+    fd = file.fd
     try:
         os_impl.allocate(fd, 0, length)
         if replace:
@@ -360,7 +361,7 @@ def attach_region(
         raise TypeError("trust_others must be True or False")
     name = name_of(path)
     try:
-        fd = os_impl.open_no_follow(path, writable=True)
+        file = adopt(lambda: os_impl.open_no_follow(path, writable=True), label_of(path))
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise OSError(
@@ -369,7 +370,7 @@ def attach_region(
         if exc.errno == errno.ENXIO:  # a socket
             raise UnmappableFileError(name, os_impl.path_kind(path)) from None
         raise
-    file = FileRef(fd, label_of(path))
+    fd = file.fd
     try:
         _check_regular(fd, name)
         if not trust_others:
@@ -398,7 +399,7 @@ def attach_region_fd(fd: object, *, max_size: object = None) -> RegionCore:
     """Map the region file open as ``fd`` (duplicated: the region keeps its own)."""
     number = as_fd(fd)
     name = name_of(number)
-    file = FileRef(os_impl.dup(number), label_of(number))
+    file = adopt(lambda: os_impl.dup(number), label_of(number))
     try:
         _check_regular(file.fd, name)
         return RegionCore(file, None, max_size=max_size, owner=False)

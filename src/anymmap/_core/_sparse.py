@@ -31,7 +31,7 @@ from ._copier import (
     MemoryCopier,
     page_ceil,
 )
-from ._files import FileRef, check_mappable, label_of, open_fd
+from ._files import check_mappable, open_fd
 from ._lifetime import Memory
 from ._map import INLINE_COPY_LIMIT, MapCore, Piece
 from ._reservation import clear, place, reserve
@@ -127,11 +127,12 @@ class SparseCore(MapCore):
     def __init__(self, length: int, *, hint: int | None = None, strict: bool = False) -> None:
         super().__init__(writable=True)
         size = page_ceil(length)
-        self.addr = reserve(size, hint=hint, strict=strict)
         self.length = size
-        self.memory = Memory(
-            self.addr, size, partial(os_impl.munmap, self.addr, size), self._fork_guard
-        )
+        with signals_held():  # reserved means owned: a Ctrl-C in between would leak it
+            self.addr = reserve(size, hint=hint, strict=strict)
+            self.memory = Memory(
+                self.addr, size, partial(os_impl.munmap, self.addr, size), self._fork_guard
+            )
         self._set_pieces(((0, size, HoleCopier(self.memory, 0, False, "hole")),))
 
     def _unmap(self) -> None:
@@ -252,8 +253,8 @@ class SparseCore(MapCore):
     def map_file(self, start: int, n: int, file: object, file_offset: int, writable: bool) -> None:
         """A shared window of ``file`` (``writable``: writes reach the file);
         ``file_offset`` checked by :func:`check_file_offset`."""
-        fd, _ = open_fd(file, "rw" if writable else "r")
-        ref = FileRef(fd, label_of(file))
+        ref, _ = open_fd(file, "rw" if writable else "r")
+        fd = ref.fd
         prot = os_impl.PROT_READ | (os_impl.PROT_WRITE if writable else 0)
         self._replace(
             start,
