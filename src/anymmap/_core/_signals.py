@@ -22,15 +22,21 @@ in the gap.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found, unused-ignore]
 import signal
 import sys
 import threading
 from types import FrameType, TracebackType
 from typing import Any
 
+# The C functions under ``signal.signal`` / ``signal.getsignal``, without their wrappers'
+# enum conversions: 0.3 us and 15 ns against 3 us and 2 us (CPython always has them).
+_getsignal: Any = _signal.getsignal
+_setsignal: Any = _signal.signal
+
 #: The signals whose Python handlers are held off (the ones programs set handlers for).
-HELD: tuple[signal.Signals, ...] = tuple(
-    getattr(signal, name)
+HELD: tuple[int, ...] = tuple(
+    int(getattr(signal, name))
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2")
     if hasattr(signal, name)
 )
@@ -44,7 +50,7 @@ def _restore(saved: list[tuple[int, Any]], i: int = 0) -> None:
     (a signal that arrived meanwhile): each one is put back in a ``finally``."""
     if i < len(saved):
         try:
-            signal.signal(*saved[i])
+            _setsignal(*saved[i])
         finally:
             _restore(saved, i + 1)
 
@@ -68,12 +74,12 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
         saved = self._saved
         try:
             for signum in HELD:
-                handler = signal.getsignal(signum)
+                handler = _getsignal(signum)
                 if callable(handler):
                     # (Saved before it is replaced: an exception between the two then
                     # puts back a handler that was never replaced, which is harmless.)
                     saved.append((signum, handler))
-                    signal.signal(signum, self._note)
+                    _setsignal(signum, self._note)
         except BaseException:
             _restore(saved)
             raise
