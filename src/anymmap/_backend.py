@@ -138,8 +138,10 @@ _ki_protected = False
 
 
 def _protect_from_keyboard_interrupt(trio: types.ModuleType) -> None:
-    """Mark every function of anymmap as trio marks its own: a Ctrl-C that arrives while
-    one runs on trio's thread is delivered at the task's next checkpoint, not in the
+    """Mark every function of anymmap (of its modules loaded by then: the async API and
+    the core, which ``import anymmap`` loads) as trio marks its own: a Ctrl-C that
+    arrives while one runs on trio's thread is delivered at the task's next checkpoint,
+    not in the
     middle of a lock's or a map's bookkeeping (trio raises ``KeyboardInterrupt`` at any
     bytecode of code it does not know to be protected).  User code called from inside
     (an ``__index__``, a progress callback) is protected too; the body of a borrow or of
