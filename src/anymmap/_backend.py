@@ -141,9 +141,9 @@ def _protect_from_keyboard_interrupt(trio: types.ModuleType) -> None:
     """Mark every function of anymmap (of its modules loaded by then: the async API and
     the core, which ``import anymmap`` loads) as trio marks its own: a Ctrl-C that
     arrives while one runs on trio's thread is delivered at the task's next checkpoint,
-    not in the
-    middle of a lock's or a map's bookkeeping (trio raises ``KeyboardInterrupt`` at any
-    bytecode of code it does not know to be protected).  User code called from inside
+    not in the middle of a lock's or a map's bookkeeping (trio raises
+    ``KeyboardInterrupt`` at any bytecode of code it does not know to be protected).
+    User code called from inside
     (an ``__index__``, a progress callback) is protected too; the body of a borrow or of
     a lock's ``async with`` is the user's own and is not.
 
