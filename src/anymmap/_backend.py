@@ -147,9 +147,9 @@ def _protect_from_keyboard_interrupt(trio: types.ModuleType) -> None:
     (an ``__index__``, a progress callback) is protected too; the body of a borrow or of
     a lock's ``async with`` is the user's own and is not.
 
-    Needs trio's registry of protected code objects (trio 0.28 and later, where
-    ``enable_ki_protection`` returns the function itself); with an older trio nothing
-    is marked.
+    Needs trio's registry of protected code objects (recent trio, 0.35 here, where
+    ``enable_ki_protection`` returns the function itself); with a trio old enough to
+    wrap functions instead, nothing is marked.
     """
     global _ki_protected
     _ki_protected = True
