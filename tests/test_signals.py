@@ -23,9 +23,9 @@ _PRELUDE = """
     def interrupting(name):
         # Run the real system call, then send SIGINT: its handler runs as the call returns.
         real = getattr(_linux, name)
-        def call(*args):
+        def call(*args, **kwargs):
             try:
-                return real(*args)
+                return real(*args, **kwargs)
             finally:
                 os.kill(os.getpid(), signal.SIGINT)
         setattr(_linux, name, call)
@@ -381,3 +381,106 @@ def test_a_signal_during_construction_leaks_nothing(kind: str) -> None:
     interrupted constructions ran the process out of it).  The mapping is now owned
     before the KeyboardInterrupt is raised, and unmapped with the half-made map."""
     check_child(_CONSTRUCTION_INTERRUPTED, kind, timeout=60)
+
+
+_CREATE_INTERRUPTED = (
+    _PRELUDE
+    + """
+    kind = sys.argv[1]
+    fds = len(os.listdir("/proc/self/fd"))
+    undo = interrupting("open_new" if kind == "region" else "open_create")
+    try:
+        if kind == "region":
+            S.MmapRegion.create(os.path.join(d, "region"), 4096)
+        else:
+            S.MmapRaw.create(os.path.join(d, "raw"), 4096)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the SIGINT was lost")
+    undo()
+    gc.collect()
+    assert os.listdir(d) == [], os.listdir(d)  # the file it created is gone again
+    assert len(os.listdir("/proc/self/fd")) == fds
+    print("ok")
+"""
+)
+
+
+@pytest.mark.parametrize("kind", ["region", "raw"])
+def test_a_signal_right_after_a_file_is_created_removes_it(kind: str) -> None:
+    """Regression test (adversary round 11): a SIGINT during the ``open`` that created a
+    region's or file map's file was delivered before the code that removes the file on
+    failure took over: the file stayed (and the next ``create`` of that path failed)."""
+    check_child(_CREATE_INTERRUPTED, kind, timeout=60)
+
+
+_REGION_CLOSE_INTERRUPTED = (
+    _PRELUDE
+    + """
+    path = os.path.join(d, "region")
+    fds = len(os.listdir("/proc/self/fd"))
+    r = S.MmapRegion.create(path, 4096)
+    undo = interrupting("_munmap")
+    try:
+        r.close()
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the SIGINT was lost")
+    undo()
+    assert r.closed
+    assert not os.path.exists(path)  # the owner's file is deleted at close
+    assert len(os.listdir("/proc/self/fd")) == fds  # and its descriptor closed
+    print("ok")
+"""
+)
+
+
+def test_a_signal_during_close_still_lets_go_of_the_file() -> None:
+    """Regression test (adversary round 11): a SIGINT during ``close()``'s ``munmap``
+    skipped the rest of the close: the descriptor stayed open and an owned region's
+    file was not deleted."""
+    check_child(_REGION_CLOSE_INTERRUPTED, timeout=60)
+
+
+_HANDLERS_WHILE_HELD = """
+    import os, signal
+    from anymmap._core._signals import signals_held
+
+    ran = []
+
+    def usr1(signum, frame):
+        ran.append("usr1")
+        raise KeyboardInterrupt
+
+    def usr2(signum, frame):
+        ran.append("usr2")
+
+    def newer(signum, frame):
+        ran.append("newer")
+
+    signal.signal(signal.SIGUSR1, usr1)
+    signal.signal(signal.SIGUSR2, usr2)
+    try:
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGUSR2)
+            signal.signal(signal.SIGHUP, newer)  # (as a finalizer run inside might)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the SIGUSR1 handler did not run")
+    assert ran == ["usr1", "usr2"], ran  # the first one raising drops no other
+    assert signal.getsignal(signal.SIGUSR1) is usr1
+    assert signal.getsignal(signal.SIGUSR2) is usr2
+    assert signal.getsignal(signal.SIGHUP) is newer  # set meanwhile: it stays
+    print("ok")
+"""
+
+
+def test_held_signals_all_run_and_newer_handlers_stay() -> None:
+    """Regression test (adversary round 11): after a held section, a handler that raised
+    kept the other signals that had arrived from running, and a handler set during the
+    section (by a finalizer) was replaced by the one saved before it."""
+    check_child(_HANDLERS_WHILE_HELD, timeout=60)

@@ -116,19 +116,23 @@ def create_file(
     permissions = as_int(mode, "mode")
     if not 0 <= permissions <= 0o7777:
         raise ValueError(f"mode {permissions:#o} is not a file mode")
+    ref: FileRef | None = None
+    created = False
     try:
-        with signals_held():  # (opened means owned: a Ctrl-C in between would leak it)
-            fd, created = os_impl.open_create(path, exclusive=not exist_ok, mode=permissions)
+        # (Opened means owned, and created means removed below if the rest fails: a
+        # Ctrl-C in between would leak the descriptor or leave the file.)
+        with signals_held():
+            try:
+                fd, created = os_impl.open_create(path, exclusive=not exist_ok, mode=permissions)
+            except FileExistsError:
+                raise FileExistsError(
+                    errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"
+                ) from None
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
+                    raise UnmappableFileError(name_of(path), os_impl.path_kind(path)) from None
+                raise
             ref = FileRef(fd, name_of(path))
-    except FileExistsError:
-        raise FileExistsError(
-            errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"
-        ) from None
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
-            raise UnmappableFileError(name_of(path), os_impl.path_kind(path)) from None
-        raise
-    try:
         # Before anything is allocated or written: also no /proc or /sys file.
         check_mappable(fd, name_of(path), kinds=("regular file",))
         current = os_impl.file_size(fd)
@@ -140,7 +144,8 @@ def create_file(
     except BaseException:
         if created:
             os_impl.unlink(path)
-        ref.close()
+        if ref is not None:
+            ref.close()
         raise
     return ref
 

@@ -335,12 +335,12 @@ class MapCore:
             return
         with self.exclusive():
             self._before_unmap()
-            with signals_held():  # closed means unmapped, whatever signal arrives
+            with signals_held():  # closed means unmapped and let go, whatever arrives
                 self.memory.retire()
                 self._unmap()
                 self._closed = True
                 self.usable = False
-            self._release_resources()
+                self._release_resources()
 
     def _before_unmap(self) -> None:
         """What to do while the map is still mapped and nobody else uses it (in close)."""

@@ -325,26 +325,29 @@ def create_region(
         # Build the new file beside the old one, then rename it over: the path changes
         # atomically, and a symbolic link there is replaced, never followed.
         where = f"{target}.{secrets.token_hex(8)}.tmp"
+    file: FileRef | None = None
     try:
-        file = adopt(lambda: os_impl.open_new(where, 0o600), label_of(target))
-    except FileExistsError:
-        raise FileExistsError(
-            errno.EEXIST,
-            f"{name_of(target)} exists (as a file or a symbolic link); pass replace=True to "
-            "replace it",
-        ) from None
-    fd = file.fd
-    try:
+        with signals_held():  # created means removed again below if the rest fails
+            try:
+                file = adopt(lambda: os_impl.open_new(where, 0o600), label_of(target))
+            except FileExistsError:
+                raise FileExistsError(
+                    errno.EEXIST,
+                    f"{name_of(target)} exists (as a file or a symbolic link); pass "
+                    "replace=True to replace it",
+                ) from None
+        fd = file.fd
         os_impl.allocate(fd, 0, length)
         if replace:
             os_impl.rename(where, target)
         core = RegionCore(file, target, max_size=max_size, owner=True)
     except BaseException:
-        try:
-            os_impl.unlink(where)
-        except OSError:  # pragma: no cover - already renamed over the target
-            pass
-        file.close()
+        if file is not None:
+            try:
+                os_impl.unlink(where)
+            except OSError:  # pragma: no cover - already renamed over the target
+                pass
+            file.close()
         raise
     if cleanup is FileCleanup.AUTO:
         core.unlink_now()

@@ -26,7 +26,7 @@ import _signal  # type: ignore[import-not-found, unused-ignore]
 import signal
 import sys
 import threading
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 # The C functions under ``signal.signal`` / ``signal.getsignal``, without their wrappers'
@@ -45,33 +45,47 @@ _main_thread = threading.main_thread
 _get_ident = threading.get_ident
 
 
-def _restore(saved: list[tuple[int, Any]], i: int = 0) -> None:
+def _restore(saved: list[tuple[int, Any]], note: Any, i: int = 0) -> None:
     """Put back every saved handler, even if one of them raises as soon as it is back
-    (a signal that arrived meanwhile): each one is put back in a ``finally``."""
+    (a signal that arrived meanwhile): each one is put back in a ``finally``.  A handler
+    that is no longer ``note`` was set meanwhile (by a finalizer): it stays."""
     if i < len(saved):
         try:
-            _setsignal(*saved[i])
+            signum, handler = saved[i]
+            if _getsignal(signum) is note:
+                _setsignal(signum, handler)
         finally:
-            _restore(saved, i + 1)
+            _restore(saved, note, i + 1)
+
+
+def _run(handlers: dict[int, Any], arrived: list[int], frame: Any, i: int = 0) -> None:
+    """Run the handler of each signal that arrived, in order; one that raises does not
+    keep the others from running (each runs in a ``finally``, as CPython runs them)."""
+    if i < len(arrived):
+        try:
+            handlers[arrived[i]](arrived[i], frame)
+        finally:
+            _run(handlers, arrived, frame, i + 1)
 
 
 class signals_held:  # (lower case: used like a function, ``with signals_held():``)
     """Hold off the Python handlers of :data:`HELD` for the block; run them after it for
     the signals that arrived (see the module docstring)."""
 
-    __slots__ = ("_arrived", "_saved")
+    __slots__ = ("_arrived", "_recorder", "_saved")
 
     def __init__(self) -> None:
         self._saved: list[tuple[int, Any]] = []
         self._arrived: list[int] = []
-
-    def _note(self, signum: int, frame: FrameType | None) -> None:
-        self._arrived.append(signum)
+        arrived = self._arrived
+        # The handler while held (one object: _restore tells it from a newer one).
+        self._recorder = lambda signum, frame: arrived.append(signum)
 
     def __enter__(self) -> None:
         if _get_ident() != _main_thread().ident:
             return
         saved = self._saved
+        recorder = self._recorder
         try:
             for signum in HELD:
                 handler = _getsignal(signum)
@@ -79,9 +93,9 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
                     # (Saved before it is replaced: an exception between the two then
                     # puts back a handler that was never replaced, which is harmless.)
                     saved.append((signum, handler))
-                    _setsignal(signum, self._note)
+                    _setsignal(signum, recorder)
         except BaseException:
-            _restore(saved)
+            _restore(saved, recorder)
             raise
 
     def __exit__(
@@ -93,8 +107,7 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
         saved = self._saved
         if not saved:
             return
-        _restore(saved)
-        handlers = dict(saved)
-        frame = sys._getframe(1)
-        for signum in self._arrived:
-            handlers[signum](signum, frame)
+        try:
+            _restore(saved, self._recorder)
+        finally:
+            _run(dict(saved), self._arrived, sys._getframe(1))
