@@ -26,6 +26,8 @@ import _signal  # type: ignore[import-not-found, unused-ignore]
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -45,27 +47,22 @@ _main_thread = threading.main_thread
 _get_ident = threading.get_ident
 
 
-def _restore(saved: list[tuple[int, Any]], note: Any, i: int = 0) -> None:
-    """Put back every saved handler, even if one of them raises as soon as it is back
-    (a signal that arrived meanwhile): each one is put back in a ``finally``.  A handler
-    that is no longer ``note`` was set meanwhile (by a finalizer): it stays."""
-    if i < len(saved):
+def _each(calls: list[Callable[[], object]], i: int = 0) -> None:
+    """Make every call, in order, even if one raises (a handler run as soon as it is put
+    back, or run for a signal that arrived): each later one runs in a ``finally``, as
+    CPython runs the handlers of several signals."""
+    if i < len(calls):
         try:
-            signum, handler = saved[i]
-            if _getsignal(signum) is note:
-                _setsignal(signum, handler)
+            calls[i]()
         finally:
-            _restore(saved, note, i + 1)
+            _each(calls, i + 1)
 
 
-def _run(handlers: dict[int, Any], arrived: list[int], frame: Any, i: int = 0) -> None:
-    """Run the handler of each signal that arrived, in order; one that raises does not
-    keep the others from running (each runs in a ``finally``, as CPython runs them)."""
-    if i < len(arrived):
-        try:
-            handlers[arrived[i]](arrived[i], frame)
-        finally:
-            _run(handlers, arrived, frame, i + 1)
+def _put_back(signum: int, handler: Any, recorder: Any) -> None:
+    """Put ``handler`` back, unless the handler is no longer ``recorder`` (one set
+    meanwhile, by a finalizer, stays)."""
+    if _getsignal(signum) is recorder:
+        _setsignal(signum, handler)
 
 
 class signals_held:  # (lower case: used like a function, ``with signals_held():``)
@@ -78,7 +75,7 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
         self._saved: list[tuple[int, Any]] = []
         self._arrived: list[int] = []
         arrived = self._arrived
-        # The handler while held (one object: _restore tells it from a newer one).
+        # The handler while held (one object: _put_back tells it from a newer one).
         self._recorder = lambda signum, frame: arrived.append(signum)
 
     def __enter__(self) -> None:
@@ -95,7 +92,7 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
                     saved.append((signum, handler))
                     _setsignal(signum, recorder)
         except BaseException:
-            _restore(saved, recorder)
+            _each([partial(_put_back, signum, handler, recorder) for signum, handler in saved])
             raise
 
     def __exit__(
@@ -107,7 +104,11 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
         saved = self._saved
         if not saved:
             return
+        recorder = self._recorder
         try:
-            _restore(saved, self._recorder)
+            _each([partial(_put_back, signum, handler, recorder) for signum, handler in saved])
         finally:
-            _run(dict(saved), self._arrived, sys._getframe(1))
+            if self._arrived:
+                handlers = dict(saved)
+                frame = sys._getframe(1)
+                _each([partial(handlers[signum], signum, frame) for signum in self._arrived])
