@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Callable, Coroutine
@@ -30,12 +32,33 @@ _PRELUDE = (
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+#: The environment variable naming a child's own directory on tmpfs (``/dev/shm``).
+SHM_DIR = "ANYMMAP_CHILD_SHM"
+
+
 def run_child(
     code: str, *args: str, timeout: float = CHILD_TIMEOUT, cwd: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` (dedented) in a fresh interpreter with ``args`` as ``sys.argv[1:]``."""
+    """Run ``code`` (dedented) in a fresh interpreter with ``args`` as ``sys.argv[1:]``.
+
+    The child gets two scratch directories of its own, removed when it ends whatever it
+    left in them: ``TMPDIR`` (on disk, so ``tempfile.mkdtemp()`` lands there) and
+    ``os.environ[SHM_DIR]`` on tmpfs.
+    """
     source = _PRELUDE.format(timeout=timeout, root=_ROOT) + textwrap.dedent(code)
     command = [sys.executable, "-c", source, *args]
+    disk = tempfile.mkdtemp(prefix="anymmap-child-")
+    shm = tempfile.mkdtemp(prefix="anymmap-child-", dir="/dev/shm")
+    try:
+        return _run(command, timeout, cwd, {"TMPDIR": disk, SHM_DIR: shm})
+    finally:
+        shutil.rmtree(disk, ignore_errors=True)
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+def _run(
+    command: list[str], timeout: float, cwd: str | None, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     # A session of its own: whatever the child forks is killed with it, so a stuck
     # grandchild cannot hold the output pipes (and the test) open.
     with subprocess.Popen(
@@ -44,7 +67,7 @@ def run_child(
         stderr=subprocess.PIPE,
         text=True,
         cwd=cwd,
-        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        env={**os.environ, "PYTHONFAULTHANDLER": "1", **env},
         start_new_session=True,
     ) as process:
         try:

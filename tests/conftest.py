@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,13 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 @pytest.fixture
 def backend_name(anyio_backend: tuple[str, dict[str, Any]]) -> str:
     return anyio_backend[0]
+
+
+@pytest.fixture
+def shm_path() -> Iterator[Path]:
+    """``tmp_path`` on tmpfs (``/dev/shm``), removed after the test."""
+    with tempfile.TemporaryDirectory(prefix="anymmap-test-", dir="/dev/shm") as directory:
+        yield Path(directory)
 
 
 @pytest.fixture(autouse=True)

@@ -877,12 +877,12 @@ _UNSAFE_READS_OF_A_TRUNCATED_FILE = """
 @pytest.mark.parametrize("mode", ["rw", "r"])
 @pytest.mark.parametrize("fs", ["disk", "tmpfs"])
 def test_reads_of_shared_maps_are_fault_safe_even_with_fault_safe_false(
-    tmp_path: Path, fs: str, mode: str
+    tmp_path: Path, shm_path: Path, fs: str, mode: str
 ) -> None:
     """Regression test: with ``fault_safe=False`` a read of a truncated ``"r"`` or ``"rw"``
     map died of SIGBUS (a short ``pread`` fell through to a plain ``memmove``), although
     the documentation says those reads stay fault-safe."""
-    directory = str(tmp_path) if fs == "disk" else "/dev/shm"
+    directory = str(tmp_path if fs == "disk" else shm_path)
     check_child(_UNSAFE_READS_OF_A_TRUNCATED_FILE, directory, mode)
 
 
@@ -1789,7 +1789,7 @@ _ATOMIC_VALUE_CUTS_THE_FILE = """
     import os, tempfile
     import anyio, anymmap, anymmap.sync
 
-    directory = tempfile.mkdtemp(dir="/dev/shm")
+    directory = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
 
     class Cuts:
         def __init__(self, fd):

@@ -118,7 +118,7 @@ def test_process_survives(name: str) -> None:
 _USED_IN_AN_EARLIER_ATEXIT_HANDLER = """
     import atexit, os, tempfile
 
-    d = tempfile.mkdtemp(dir="/dev/shm")
+    d = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
 
     def checkpoint():
         # Registered before anymmap was imported, so it runs after anymmap's own exit

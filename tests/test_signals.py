@@ -31,7 +31,7 @@ _PRELUDE = """
         setattr(_linux, name, call)
         return lambda: setattr(_linux, name, real)
 
-    d = tempfile.mkdtemp(dir="/dev/shm")
+    d = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
 """
 
 
@@ -199,7 +199,7 @@ _REGION_GROWTH_REENTERED = """
     import os, sys, tempfile
     import anymmap.sync as S
 
-    d = tempfile.mkdtemp(dir="/dev/shm")
+    d = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
     path = os.path.join(d, "region")
     owner = S.MmapRegion.create(path, 4096)
     peer = S.MmapRegion.attach(path)

@@ -17,7 +17,7 @@ _WRONG_PLACES = """
     import anyio, numpy as np, anymmap, anymmap.sync
 
     BACKEND, ROUNDS = sys.argv[1], int(sys.argv[2])
-    directory = tempfile.mkdtemp(dir="/dev/shm")
+    directory = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
     path = os.path.join(directory, "file")
     with open(path, "wb") as f:
         f.truncate(1 << 16)

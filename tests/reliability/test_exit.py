@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,7 @@ _LOOP_ENDS = """
     from tests._child import exit_if_a_thread_is_left, run_loop, spawn_detached
 
     RUNNER, WORK, RUNS = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    directory = tempfile.mkdtemp(dir="/dev/shm")
+    directory = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
     atexit.register(shutil.rmtree, directory)
 
     async def open_maps():
@@ -101,8 +102,7 @@ _INTERRUPTED_FLUSH = """
     # Python and asyncio keep it so: the signal would never arrive.
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    BACKEND = sys.argv[1]
-    path = os.path.join(tempfile.mkdtemp(), "big")
+    BACKEND, path = sys.argv[1], sys.argv[2]
     with open(path, "wb") as f:
         f.truncate(64 << 20)
 
@@ -123,7 +123,7 @@ _INTERRUPTED_FLUSH = """
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_keyboard_interrupt_during_a_flush(backend: str) -> None:
+def test_keyboard_interrupt_during_a_flush(tmp_path: Path, backend: str) -> None:
     """A real SIGINT while a flush runs: the program gets KeyboardInterrupt, the map
     closes, and the interpreter exits (no hang waiting for a worker or committer)."""
     for _ in range(scaled(5, 50)):
@@ -131,7 +131,13 @@ def test_keyboard_interrupt_during_a_flush(backend: str) -> None:
             f"import faulthandler; faulthandler.dump_traceback_later({CHILD_TIMEOUT}, exit=True)\n"
         )
         with subprocess.Popen(
-            [sys.executable, "-c", prelude + textwrap.dedent(_INTERRUPTED_FLUSH), backend],
+            [
+                sys.executable,
+                "-c",
+                prelude + textwrap.dedent(_INTERRUPTED_FLUSH),
+                backend,
+                str(tmp_path / "big"),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -148,7 +154,7 @@ _LEFT_OPEN = """
     import atexit, os, shutil, sys, tempfile
     import anyio, numpy as np, anymmap, anymmap.sync
 
-    directory = tempfile.mkdtemp(dir="/dev/shm")
+    directory = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
     atexit.register(shutil.rmtree, directory)
     print(directory)
     path = os.path.join(directory, "file")

@@ -21,7 +21,7 @@ _FORK = """
     import anymmap.sync as t
 
     HOW = sys.argv[1]
-    directory = tempfile.mkdtemp(dir="/dev/shm")
+    directory = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
     path = os.path.join(directory, "file")
     with open(path, "wb") as f:
         f.write(bytes(1 << 16))
@@ -111,7 +111,7 @@ _FORK_WHILE_BUSY = """
     import anyio, anymmap, anymmap.sync as t
 
     HOW = sys.argv[1]
-    directory = tempfile.mkdtemp(dir="/dev/shm")
+    directory = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
     path = os.path.join(directory, "file")
     with open(path, "wb") as f:
         f.write(bytes(1 << 20))
@@ -271,7 +271,7 @@ _FORK_IN_AUTO_FLUSH = """
     import os, tempfile, threading
     import anymmap.sync as t
 
-    path = os.path.join(tempfile.mkdtemp(dir="/dev/shm"), "file")
+    path = os.path.join(tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"]), "file")
     with open(path, "wb") as f:
         f.write(bytes(1 << 16))
     m = t.MmapRaw.map_raw(path)

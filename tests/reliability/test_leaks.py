@@ -16,7 +16,7 @@ _CYCLES = """
     import anyio, anymmap, anymmap.sync
 
     API, KIND, CYCLES = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    directory = tempfile.mkdtemp(dir="/dev/shm")
+    directory = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
     path = os.path.join(directory, "file")
     with open(path, "wb") as f:
         f.truncate(1 << 16)
@@ -105,7 +105,7 @@ _DROPPED = """
     import gc, os, sys, tempfile, warnings
     import anymmap.sync
 
-    directory = tempfile.mkdtemp(dir="/dev/shm")
+    directory = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
     path = os.path.join(directory, "file")
     with open(path, "wb") as f:
         f.truncate(1 << 20)

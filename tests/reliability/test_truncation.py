@@ -31,7 +31,7 @@ _HOSTILE = """
 
     BACKEND, SECONDS, WHERE = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     SIZE = 1 << 20
-    directory = tempfile.mkdtemp(dir=None if WHERE == "disk" else "/dev/shm")
+    directory = tempfile.mkdtemp(dir=None if WHERE == "disk" else os.environ["ANYMMAP_CHILD_SHM"])
     path = os.path.join(directory, "victim")
     with open(path, "wb") as f:
         f.write(os.urandom(SIZE))
