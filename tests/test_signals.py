@@ -446,7 +446,7 @@ def test_a_signal_during_close_still_lets_go_of_the_file() -> None:
 
 _HANDLERS_WHILE_HELD = """
     import os, signal
-    from anymmap._core._signals import signals_held
+    from anymmap._sys._signals import signals_held
 
     ran = []
 
@@ -484,3 +484,58 @@ def test_held_signals_all_run_and_newer_handlers_stay() -> None:
     kept the other signals that had arrived from running, and a handler set during the
     section (by a finalizer) was replaced by the one saved before it."""
     check_child(_HANDLERS_WHILE_HELD, timeout=60)
+
+
+_OPEN_INTERRUPTED = (
+    _PRELUDE
+    + """
+    what, which = sys.argv[1], sys.argv[2]
+    real_open = os.open
+
+    def interrupting_open(path, flags, *args, **kwargs):
+        # The real open(2), then a SIGINT: its handler runs as the call returns.
+        fd = real_open(path, flags, *args, **kwargs)
+        if (str(path).startswith("/proc/self/fd/") if which == "append" else flags & os.O_DIRECTORY):
+            os.kill(os.getpid(), signal.SIGINT)
+        return fd
+
+    path = os.path.join(d, "f")
+    fds = len(os.listdir("/proc/self/fd"))
+    m = None
+    if what != "create":
+        m = S.MmapRaw.create(path, 1 << 16)
+    os.open = interrupting_open
+    try:
+        if what == "create":
+            S.MmapRaw.create(path, 1 << 16, prefill="zeros")
+        elif what == "grow":
+            m.resize(1 << 20)
+        else:
+            m.resize(1 << 12)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the SIGINT was lost")
+    finally:
+        os.open = real_open
+    if m is not None:
+        m.close()
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == fds, os.listdir("/proc/self/fd")
+    print("ok")
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("what", "which"),
+    [("create", "append"), ("create", "directory"), ("grow", "append"), ("shrink", "append")],
+)
+def test_a_signal_right_after_a_helper_descriptor_is_opened_leaks_nothing(
+    what: str, which: str
+) -> None:
+    """Regression test: a SIGINT right after the ``open`` of a short-lived descriptor (the
+    appending one a change of size takes turns through, the directory one a new name is
+    made durable through) was handled before the code that closes it took over: each
+    interrupted ``create`` or ``resize`` leaked a descriptor."""
+    check_child(_OPEN_INTERRUPTED, what, which, timeout=60)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from functools import partial
 
-from .._sys import os_impl
+from .._sys import os_impl, signals_held
 from ._copier import MemoryCopier, page_ceil
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
-from ._signals import signals_held
 
 _RW = os_impl.PROT_READ | os_impl.PROT_WRITE
 

@@ -23,7 +23,7 @@ from .._errors import (
     UnmappableFileError,
     UnsupportedError,
 )
-from .._sys import os_impl
+from .._sys import os_impl, signals_held
 from ._checks import as_int, check_size
 from ._commit import DirtyRanges, GroupCommit
 from ._copier import FileCopier, page_ceil, page_floor
@@ -31,7 +31,6 @@ from ._files import MODES, FileRef, Mode, check_mappable, label_of, name_of, ope
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
-from ._signals import signals_held
 
 #: How a file's new blocks are made: allocated (``posix_fallocate``: instant, the blocks
 #: are "unwritten" extents) or filled with zeros (written now: slower to make, but the

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from typing import Literal, get_args
 
 from .._errors import UnmappableFileError
-from .._sys import os_impl
+from .._sys import os_impl, signals_held
 from .._sys._interface import PathArg as PathArg  # a path anymmap accepts
 from ._checks import as_int
-from ._signals import signals_held
 
 Mode = Literal["rw", "r", "copy"]
 MODES: tuple[str, ...] = get_args(Mode)

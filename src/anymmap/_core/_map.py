@@ -35,13 +35,12 @@ from functools import partial
 from typing import ClassVar
 
 from .._errors import ClosedMapError, MappingFaultError, OutOfBoundsError, ReadOnlyError
-from .._sys import os_impl
+from .._sys import os_impl, signals_held
 from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
 from ._forks import track
 from ._lifetime import Memory
-from ._signals import signals_held
 from ._threadlock import check_not_held, new_condition, wait_unless_exiting
 
 PAGE_SIZE = os_impl.PAGE_SIZE

@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from .._errors import InvalidSizeError, UnmappableFileError
-from .._sys import os_impl
+from .._sys import os_impl, signals_held
 from ._checks import MAX_SIZE, byte_view, check_range, check_size
 from ._copier import FileCopier, page_ceil
 from ._file import FileBackedCore
 from ._files import FileRef, adopt, as_fd, check_mappable, label_of, name_of
 from ._lifetime import Memory
 from ._reservation import place, reserve
-from ._signals import signals_held
 from ._threadlock import check_not_held
 
 _RW = os_impl.PROT_READ | os_impl.PROT_WRITE

@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from .._errors import BorrowError, MappingFaultError, OutOfBoundsError
-from .._sys import os_impl
+from .._sys import os_impl, signals_held
 from ._checks import as_int, check_size
 from ._copier import (
     PAGE_SIZE,
@@ -35,7 +35,6 @@ from ._files import check_mappable, open_fd
 from ._lifetime import Memory
 from ._map import INLINE_COPY_LIMIT, MapCore, Piece
 from ._reservation import clear, place, reserve
-from ._signals import signals_held
 
 _ANON_PRIVATE = os_impl.MAP_PRIVATE | os_impl.MAP_ANONYMOUS
 _MAP_TYPES = os_impl.MAP_SHARED | os_impl.MAP_PRIVATE  # MAP_SHARED_VALIDATE is both bits

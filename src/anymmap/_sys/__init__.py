@@ -2,6 +2,8 @@
 
 Linux is implemented and tested.  Elsewhere every call raises
 :class:`~anymmap.UnsupportedError`; the public types never branch on the platform.
+:func:`signals_held` (``_signals.py``, portable) keeps a signal handler from running
+between a system call and the code that records what it did, here and in the core.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._interface import OSInterface
+from ._signals import signals_held
 
 os_impl: OSInterface
 if sys.platform == "linux":
@@ -25,4 +28,4 @@ if TYPE_CHECKING:
     _linux_implements: OSInterface = _linux
     _unsupported_implements: OSInterface = _unsupported
 
-__all__ = ["OSInterface", "os_impl"]
+__all__ = ["OSInterface", "os_impl", "signals_held"]

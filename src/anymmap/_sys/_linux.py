@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 from ._interface import PathArg
+from ._signals import signals_held
 
 # SAFETY: CDLL (not PyDLL) drops the GIL for the duration of every foreign call, which is
 # the reason this module exists (stdlib mmap holds the GIL through msync and page faults).
@@ -643,21 +644,28 @@ def changing_size(fd: int) -> Iterator[int | None]:
     have a descriptor of it that appends (``O_APPEND``, reopened through
     ``/proc/self/fd``), or None if the file's permissions no longer allow opening it for
     writing (then without taking turns)."""
-    try:
-        append = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    except OSError:
-        yield None
-        return
+    append: int | None = None
     locked = False
     try:
+        try:
+            # (Opened means closed below: a Ctrl-C handled as open() returns would leak it.)
+            with signals_held():
+                append = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError:
+            pass
+        if append is None:
+            yield None
+            return
         locked = _lock_growth(append)
         yield append
     finally:
-        if locked:
-            # Released explicitly: a child forked meanwhile shares the descriptor's open
-            # file description, and closing ours alone would leave it locked in there.
-            _set_growth_lock(append, fcntl.F_UNLCK)
-        os.close(append)
+        if append is not None:
+            with signals_held():  # (both, whatever arrives after the first)
+                if locked:
+                    # Released explicitly: a child forked meanwhile shares the open file
+                    # description, and closing ours alone would leave it locked in there.
+                    _set_growth_lock(append, fcntl.F_UNLCK)
+                os.close(append)
 
 
 def append_zeros(append: int, end: int) -> None:
@@ -705,8 +713,11 @@ def fdatasync(fd: int) -> None:
 
 def fsync_directory(path: PathArg) -> None:
     """Make the entries of the directory ``path`` durable (a new file's name)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = -1
     try:
+        with signals_held():  # opened means closed below, whatever arrives
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         os.fsync(fd)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
