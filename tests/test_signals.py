@@ -388,10 +388,14 @@ _CREATE_INTERRUPTED = (
     + """
     kind = sys.argv[1]
     fds = len(os.listdir("/proc/self/fd"))
-    undo = interrupting("open_new" if kind == "region" else "open_create")
+    # (-map: a map of the new file that fails, here a SIGINT as its mmap returns)
+    if kind == "region-replace-map":
+        with open(os.path.join(d, "region"), "wb") as old:
+            old.write(b"old")
+    undo = interrupting("open_new" if kind == "region" else "open_create" if kind == "raw" else "mmap")
     try:
-        if kind == "region":
-            S.MmapRegion.create(os.path.join(d, "region"), 4096)
+        if kind.startswith("region"):
+            S.MmapRegion.create(os.path.join(d, "region"), 4096, replace="replace" in kind)
         else:
             S.MmapRaw.create(os.path.join(d, "raw"), 4096)
     except KeyboardInterrupt:
@@ -407,11 +411,14 @@ _CREATE_INTERRUPTED = (
 )
 
 
-@pytest.mark.parametrize("kind", ["region", "raw"])
+@pytest.mark.parametrize("kind", ["region", "raw", "raw-map", "region-replace-map"])
 def test_a_signal_right_after_a_file_is_created_removes_it(kind: str) -> None:
     """Regression test (adversary round 11): a SIGINT during the ``open`` that created a
     region's or file map's file was delivered before the code that removes the file on
-    failure took over: the file stayed (and the next ``create`` of that path failed)."""
+    failure took over: the file stayed (and the next ``create`` of that path failed).
+    And ``MmapRaw.create`` removed its new file only if making the file failed, not if
+    mapping it did; ``MmapRegion.create(replace=True)`` left its new file in place if
+    mapping it failed after the rename."""
     check_child(_CREATE_INTERRUPTED, kind, timeout=60)
 
 

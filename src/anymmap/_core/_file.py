@@ -12,8 +12,9 @@ import copy
 import errno
 import os
 import sys
+from collections.abc import Callable
 from functools import partial
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 from .._errors import (
     ClosedMapError,
@@ -41,6 +42,8 @@ from ._placement import map_placed
 #: the other way round in shorter ones: no steady gain on this disk, so "allocate" (cheap
 #: to create, cheap to grow) is the default.  On disks where a journal commit costs more
 #: (PostgreSQL zero-fills its WAL for this reason), measure with that benchmark.
+_T = TypeVar("_T")
+
 Prefill = Literal["allocate", "zeros"]
 PREFILLS: tuple[str, ...] = get_args(Prefill)
 
@@ -70,8 +73,9 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
                 os_impl.append_zeros(append, offset + length)
             os_impl.allocate(fd, offset, length)  # (grows the file if appending could not)
         except BaseException:
-            if os_impl.file_size(fd) > before:
-                os_impl.truncate(fd, before)
+            with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
+                if os_impl.file_size(fd) > before:
+                    os_impl.truncate(fd, before)
             raise
 
 
@@ -98,13 +102,20 @@ def uncut_file(fd: int, end: int, size: int) -> None:
 
 
 def create_file(
-    path: object, size: object, *, exist_ok: bool, prefill: object, mode: object
-) -> FileRef:
+    path: object,
+    size: object,
+    *,
+    exist_ok: bool,
+    prefill: object,
+    mode: object,
+    then: Callable[[FileRef], _T],
+) -> _T:
     """Create ``path`` (``exist_ok``: or open it) and give it at least ``size`` bytes of
-    real blocks; make the file and its name durable.  Returns the descriptor.
+    real blocks; make the file and its name durable; return ``then(descriptor)`` (the
+    descriptor is closed after it).
 
-    An existing file is never shrunk.  If this call created the file and fails, the file
-    is removed.
+    An existing file is never shrunk.  If this call created the file and fails (also in
+    ``then``), the file is removed.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a path, not {type(path).__name__}")
@@ -140,13 +151,15 @@ def create_file(
         if created or length > current:
             os_impl.fdatasync(fd)
             os_impl.fsync_directory(os.path.dirname(os.path.abspath(os.fsdecode(path))))
+        return then(ref)
     except BaseException:
-        if created:
-            os_impl.unlink(path)
+        with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
+            if created:
+                os_impl.unlink(path)
+        raise
+    finally:
         if ref is not None:
             ref.close()
-        raise
-    return ref
 
 
 class FileBackedCore(MapCore):
@@ -421,14 +434,17 @@ def create_file_map(
     fault_safe: bool,
 ) -> FileCore:
     """``MmapRaw.create``: make the file (see :func:`create_file`) and map all of it."""
-    created = create_file(path, size, exist_ok=exist_ok, prefill=prefill, mode=mode)
-    try:
-        return FileCore(
+    return create_file(
+        path,
+        size,
+        exist_ok=exist_ok,
+        prefill=prefill,
+        mode=mode,
+        then=lambda created: FileCore(  # (the map has its own duplicate)
             created.fd,
             mode="rw",
             fault_safe=fault_safe,
             prefill=prefill,  # type: ignore[arg-type]
             label=label_of(path),
-        )
-    finally:
-        created.close()  # the map has its own duplicate
+        ),
+    )

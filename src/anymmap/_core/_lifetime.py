@@ -55,6 +55,7 @@ from contextlib import suppress
 from pickle import PickleBuffer
 
 from .._errors import BorrowError
+from .._sys import signals_held
 from ._forks import renew_in_child
 
 
@@ -70,7 +71,8 @@ def _finalize(unmap: Callable[[], None], fork_guard: list[int]) -> None:
     if fork_guard and fork_guard[0] != os.getpid():
         return
     try:
-        unmap()
+        with signals_held():  # (a Ctrl-C handled as this starts must not skip the unmap)
+            unmap()
     except OSError:  # pragma: no cover - the range was ours; nothing sensible to do
         pass
 

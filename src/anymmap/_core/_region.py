@@ -338,15 +338,18 @@ def create_region(
         fd = file.fd
         os_impl.allocate(fd, 0, length)
         if replace:
-            os_impl.rename(where, target)
+            with signals_held():  # renamed means it is at the target now
+                os_impl.rename(where, target)
+                where = target
         core = RegionCore(file, target, max_size=max_size, owner=True)
     except BaseException:
         if file is not None:
-            try:
-                os_impl.unlink(where)
-            except OSError:  # pragma: no cover - already renamed over the target
-                pass
-            file.close()
+            with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
+                try:
+                    os_impl.unlink(where)
+                except OSError:  # (someone else removed it meanwhile)
+                    pass
+                file.close()
         raise
     if cleanup is FileCleanup.AUTO:
         core.unlink_now()

@@ -197,7 +197,8 @@ class SparseCore(MapCore):
                     made = True
         except BaseException:
             if not made and release is not None:  # (made: a signal arrived meanwhile)
-                release()
+                with signals_held():
+                    release()
             raise
 
     def _set_range(self, start: int, n: int, copier: Copier) -> None:
