@@ -256,6 +256,22 @@ async def test_create_refuses_what_exists_and_replace_never_follows_a_link(
     assert not (tmp_path / "zero").exists()
 
 
+async def test_a_failed_replace_leaves_the_old_file(tmp_path: Path) -> None:
+    """Regression test (adversary round 12): ``create(replace=True)`` renamed its new file
+    over the old one before it mapped it, so a bad ``max_size`` (or any failure to map)
+    had already destroyed the file it was to replace."""
+    path = tmp_path / "region"
+    path.write_bytes(b"precious" * 512)
+    for max_size, error in [(PAGE, InvalidSizeError), ("bogus", TypeError), (-1, ValueError)]:
+        with pytest.raises(error):
+            await MmapRegion.create(path, 1 << 20, replace=True, max_size=max_size)  # type: ignore[arg-type]
+        assert path.read_bytes() == b"precious" * 512
+        assert [p.name for p in tmp_path.iterdir()] == ["region"]  # no temporary left
+    async with await MmapRegion.create(path, 1 << 20, replace=True) as region:
+        assert len(region) == 1 << 20
+    assert not path.exists()  # the owner deleted it
+
+
 async def test_create_on_a_full_disk_fails_at_once(tmp_path: Path) -> None:
     small = tmp_path / "small"
     small.mkdir()

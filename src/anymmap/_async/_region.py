@@ -88,8 +88,9 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         :meth:`release_ownership`); with ``FileCleanup.AUTO`` the path is unlinked at once.
 
         :raises FileExistsError: if ``path`` exists, also as a symbolic link, unless
-            ``replace`` (which builds the file beside it and renames it over: a symbolic
-            link there is replaced, never followed)
+            ``replace`` (which builds and maps the file beside it, then renames it over:
+            a symbolic link there is replaced, never followed, and a failure leaves what
+            was there)
         :raises InvalidSizeError: if ``size`` is 0 or above ``max_size``
         """
         core = await run_sync(

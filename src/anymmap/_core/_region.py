@@ -60,6 +60,20 @@ def default_max_size(size: int) -> int:
     return min(max(DEFAULT_MAX_SIZE, 4 * size), MAX_SIZE)
 
 
+def region_limit(size: int, max_size: object) -> int:
+    """The address space a region of ``size`` bytes reserves (``max_size`` rounded up to
+    pages, or the default).
+
+    :raises InvalidSizeError: if ``size`` is larger
+    """
+    limit = page_ceil(
+        default_max_size(size) if max_size is None else check_size(max_size, "max_size")
+    )
+    if size > limit:
+        raise InvalidSizeError(size, f"the file is larger than max_size ({limit} bytes)")
+    return limit
+
+
 def _remove_if_ours(owner: list[int], path: str, identity: tuple[int, int]) -> None:
     """Unlink ``path`` if this process owns the file (``owner[0]`` is its pid: a forked
     child that inherited the handle does not) and the path still names it (a peer may
@@ -96,12 +110,7 @@ class RegionCore(FileBackedCore):
         size = os_impl.file_size(fd)
         if size == 0:
             raise InvalidSizeError(0, f"cannot map an empty file ({file.name})")
-        limit = page_ceil(
-            default_max_size(size) if max_size is None else check_size(max_size, "max_size")
-        )
-        if size > limit:
-            raise InvalidSizeError(size, f"the file is larger than max_size ({limit} bytes)")
-        self.max_size = limit
+        self.max_size = limit = region_limit(size, max_size)
         with signals_held():  # reserved means owned: a Ctrl-C in between would leak it
             self.addr = reserve(limit)
             try:
@@ -324,7 +333,9 @@ def create_region(
         # Build the new file beside the old one, then rename it over: the path changes
         # atomically, and a symbolic link there is replaced, never followed.
         where = f"{target}.{secrets.token_hex(8)}.tmp"
+    region_limit(length, max_size)  # (a bad max_size must not replace anything)
     file: FileRef | None = None
+    core: RegionCore | None = None
     try:
         with signals_held():  # created means removed again below if the rest fails
             try:
@@ -335,19 +346,22 @@ def create_region(
                     f"{name_of(target)} exists (as a file or a symbolic link); pass "
                     "replace=True to replace it",
                 ) from None
-        fd = file.fd
-        os_impl.allocate(fd, 0, length)
-        if replace:
-            with signals_held():  # renamed means it is at the target now
+        os_impl.allocate(file.fd, 0, length)
+        # The map is made before the name changes: if it fails, a file replace=True
+        # would have replaced is still there.
+        core = RegionCore(file, target, max_size=max_size, owner=False)
+        with signals_held():  # renamed means owned: deleted at close
+            if replace:
                 os_impl.rename(where, target)
-                where = target
-        core = RegionCore(file, target, max_size=max_size, owner=True)
+            core.set_owner(True)
     except BaseException:
-        if file is not None:
-            with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
+        with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
+            if core is not None:
+                core.close()  # (which deletes the file if it got its name)
+            if file is not None:
                 try:
                     os_impl.unlink(where)
-                except OSError:  # (someone else removed it meanwhile)
+                except OSError:  # (renamed, or someone else removed it meanwhile)
                     pass
                 file.close()
         raise
