@@ -2016,3 +2016,16 @@ def test_a_borrow_ended_inside_the_parking_bookkeeping_never_waits_for_itself() 
     and the thread waited for itself for ever.  (A trace function stands in for the
     collection, to land inside the bookkeeping every time.)"""
     check_child(_BORROW_ENDED_BY_A_COLLECTION_INSIDE_THE_PARKING, timeout=30)
+
+
+def test_a_whole_file_larger_than_a_map_can_be_is_refused(shm_path: Path) -> None:
+    """Regression test (adversary round 12): mapping a whole (sparse) file of more than
+    128 TiB raised ``OSError(ENOMEM)`` from ``mmap`` instead of the documented
+    ``InvalidSizeError``, which an explicit ``length`` of that size got."""
+    path = shm_path / "huge"
+    with open(path, "wb") as f:
+        f.truncate((128 << 40) + PAGE)  # (tmpfs: no blocks)
+    with pytest.raises(anymmap.InvalidSizeError, match="128 TiB"):
+        anymmap.sync.MmapRaw.map_raw(path)
+    with pytest.raises(anymmap.InvalidSizeError, match="128 TiB"):
+        anymmap.sync.MmapRaw.open_or_create(path, PAGE)

@@ -79,18 +79,23 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
             raise
 
 
-def cut_file(fd: int, map_end: int, new_end: int) -> int | None:
-    """Cut the file to ``new_end`` bytes if a map ending at ``map_end`` reaches its end;
-    return its size before, or None if it goes on past the map (a window, or a file
-    another map or process has grown meanwhile: that growth is not this map's to cut).
-    The maps of anymmap that change a file's size take turns, so the size is read and
-    cut with no other map's growth in between."""
+def cut_file(fd: int, map_end: int, new_end: int, cut: list[int]) -> None:
+    """Cut the file to ``new_end`` bytes if a map ending at ``map_end`` reaches its end,
+    and append its size before to ``cut``; leave it if it goes on past the map (a
+    window, or a file another map or process has grown meanwhile: that growth is not
+    this map's to cut).  The maps of anymmap that change a file's size take turns, so
+    the size is read and cut with no other map's growth in between.
+
+    ``cut`` is appended to as the file is cut, whatever signal arrives: a caller that
+    gets an exception still knows whether the file was cut.
+    """
     with os_impl.changing_size(fd):
         size = os_impl.file_size(fd)
         if size > map_end:
-            return None
-        os_impl.truncate(fd, new_end)
-        return size
+            return
+        with signals_held():
+            os_impl.truncate(fd, new_end)
+            cut.append(size)
 
 
 def uncut_file(fd: int, end: int, size: int) -> None:
@@ -293,7 +298,10 @@ class FileCore(FileBackedCore):
                 raise InvalidSizeError(0, f"cannot map an empty file ({name_of(file)})")
             if start < 0 or start >= size:
                 raise OutOfBoundsError(start, wanted, size, "file")
-            count = size - start if wanted is None else wanted
+            if wanted is None:  # the rest of the file, which may be larger than a map can be
+                count = check_size(size - start, f"the rest of {name_of(file)}")
+            else:
+                count = wanted
             if start + count > size:
                 raise OutOfBoundsError(start, count, size, "file")
 
@@ -384,7 +392,18 @@ class FileCore(FileBackedCore):
             # The file changes first: growing or cutting it is what can fail (a full disk,
             # a sealed memfd, a block device), and then the map has not changed yet.
             # Remapping can then only fail for want of address space.
-            cut_from: int | None = None  # the file's size before this resize cut it
+            cut: list[int] = []  # the file's size before this resize cut it, once it did
+            remapping = False
+
+            def remap() -> None:
+                nonlocal installed
+                new_map_len = page_ceil(self._delta + length)
+                with signals_held():  # (installed means recorded, whatever arrives)
+                    addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
+                    self._install(addr, new_map_len, length)
+                    self.dirty.cut(length)  # this map can no longer flush past its end
+                    installed = True
+
             try:
                 # (Signals held where a Ctrl-C would leave the map describing memory that
                 # changed under it: it arrives once the change is recorded.)
@@ -400,27 +419,29 @@ class FileCore(FileBackedCore):
                     )
                 elif length < old_length:
                     end = self.file_offset + old_length
-                    cut_from = cut_file(self.fd, end, self.file_offset + length)
-                if length < old_length and cut_from is None and self.dirty.maybe_pending():
+                    cut_file(self.fd, end, self.file_offset + length, cut)
+                if length < old_length and not cut and self.dirty.maybe_pending():
                     # The bytes past the new end stay in the file: make what was written
                     # there durable now, while this map can still flush it (pending_bytes
                     # forgets it below, and would miss it if the map grew back over it).
                     self._sync_exclusive(length, old_length - length)
-                new_map_len = page_ceil(self._delta + length)
-                with signals_held():
-                    addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
-                    self._install(addr, new_map_len, length)
-                    self.dirty.cut(length)  # this map can no longer flush past its end
-                    installed = True
+                remapping = True
+                remap()
             except BaseException:
                 if installed:  # a signal that arrived during the change: it is made
                     raise
-                if retired:
-                    self._install(old_addr, old_map_len, old_length)
+                if cut and not remapping:
+                    # The file is cut and a signal arrived before the map followed: finish
+                    # (the map must not reach past the end of its file).
+                    remap()
+                    raise
+                with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
+                    if retired:
+                        self._install(old_addr, old_map_len, old_length)
                 # A failed growth undid itself (fill_file).  One that worked stays when the
                 # remap fails: cutting it back could cut another map's growth since.
-                if cut_from is not None:
-                    uncut_file(self.fd, self.file_offset + length, cut_from)
+                if cut:
+                    uncut_file(self.fd, self.file_offset + length, cut[0])
                 raise
 
 

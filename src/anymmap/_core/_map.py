@@ -30,7 +30,6 @@ import os
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from functools import partial
 from typing import ClassVar
 
@@ -96,8 +95,7 @@ class MapCore:
 
     def __init__(self, writable: bool) -> None:
         self._cond = new_condition()
-        self._pins = 0
-        self._pinners: dict[int, int] = {}  # thread identity -> pins it holds
+        self._pinners: dict[int, int] = {}  # thread identity -> pins it holds (never 0)
         self._remapper: int | None = None  # the thread inside exclusive(), if any
         #: The threads inside a direct access (see :meth:`_direct_refused`).
         self._direct: list[int] = []
@@ -119,7 +117,6 @@ class MapCore:
         self._cond = new_condition()
         pins = self._pinners.get(survivor, 0)
         self._pinners = {survivor: pins} if pins else {}
-        self._pins = pins
         self._direct = [me for me in self._direct if me == survivor]
         if self._remapper not in (None, survivor):
             self._remapper = None
@@ -202,8 +199,7 @@ class MapCore:
 
     # -- pins and exclusive access ----------------------------------------------------
 
-    @contextmanager
-    def pinned(self, join: bool = False) -> Iterator[None]:
+    def pinned(self, join: bool = False) -> _Pinned:
         """Keep the map mapped at its address for the block (thread-safe).
 
         ``join``: for the group committer, which runs flushes that a thread holding a pin
@@ -213,32 +209,7 @@ class MapCore:
 
         :raises ClosedMapError: if the map is closed
         """
-        me = threading.get_ident()
-        check_not_held(self._cond)
-        with self._cond:
-            self.check_not_remapping(me)
-            # A thread that holds a pin already may nest another (a flush inside the group
-            # committer's pin): a remapper waiting for the outer pin would wait for ever.
-            while (
-                self._remapper is not None
-                and me not in self._pinners
-                and not (join and self._pins)
-            ):
-                wait_unless_exiting(self._cond)
-            self.check_open()
-            self._pins += 1
-            self._pinners[me] = self._pinners.get(me, 0) + 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._pins -= 1
-                if self._pinners[me] == 1:
-                    del self._pinners[me]
-                else:
-                    self._pinners[me] -= 1
-                if not self._pins:
-                    self._cond.notify_all()
+        return _Pinned(self, join)
 
     def check_not_pinned_here(self) -> None:
         """Raise if the calling thread holds a pin: it is inside one of this map's calls,
@@ -277,46 +248,13 @@ class MapCore:
                 "thread (a __del__ or weakref callback run by the garbage collector there)"
             )
 
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self) -> _Exclusive:
         """Hold off new pins and wait for the current ones, to change the mapping.
 
         :raises ClosedMapError: if the map is closed
         :raises RuntimeError: if the calling thread holds a pin (it would wait for itself)
         """
-        me = threading.get_ident()
-        check_not_held(self._cond)
-        self.check_not_remapping(me)
-        with self._cond:
-            self.check_open()
-            if me in self._pinners or me in self._direct:
-                raise RuntimeError(
-                    f"cannot close or resize a {self.kind} from inside one of its own calls "
-                    "on the same thread"
-                )
-            while self._remapper is not None:  # another thread's close or resize
-                wait_unless_exiting(self._cond)
-                self.check_open()
-            self._remapper = me
-            try:
-                while self._pins:
-                    wait_unless_exiting(self._cond)
-                # Direct accesses take no pin; they are short and never wait, so poll.
-                while self._direct:
-                    wait_unless_exiting(self._cond, _DIRECT_POLL)
-            except BaseException:
-                self._remapper = None
-                self._cond.notify_all()
-                raise
-        # The condition is free during the change: a thread stopped inside it at exit
-        # (a daemon thread) must not keep a finalizer's call from failing cleanly.
-        try:
-            yield
-        finally:
-            # (Held: a second Ctrl-C between the two would leave every waiter asleep.)
-            with signals_held(), self._cond:
-                self._remapper = None
-                self._cond.notify_all()
+        return _Exclusive(self)
 
     # -- closing ----------------------------------------------------------------------
 
@@ -766,3 +704,109 @@ def _load(address: int, width: int) -> int:
 def _store(address: int, width: int, number: int) -> None:
     # SAFETY: as in _load, and atomic_address checked that the piece is writable.
     ATOMIC_TYPES[width].from_address(address).value = number
+
+
+# -- the two sides of a map's condition ---------------------------------------------------
+#
+# Classes, not @contextmanager generators: a generator's acquisition ends inside
+# contextlib's __enter__, where a signal handled as next() returns (Ctrl-C that arrived
+# during the wait) raised before the block was entered, and the pin or the exclusive
+# hold was never given back (every later close waited for ever).  Here __enter__ undoes
+# what it took if anything raises in it, and a signal handled after it returns is
+# inside the block, whose __exit__ gives it back.  Each records what it took in one
+# store, so the undo can tell whether it happened.
+
+
+class _Pinned:
+    __slots__ = ("_core", "_join", "_me")
+
+    def __init__(self, core: MapCore, join: bool) -> None:
+        self._core = core
+        self._join = join
+
+    def __enter__(self) -> None:
+        core = self._core
+        self._me = me = threading.get_ident()
+        check_not_held(core._cond)
+        held = -1  # the pins this thread held before
+        try:
+            with core._cond:
+                core.check_not_remapping(me)
+                # A thread that holds a pin already may nest another (a flush inside the
+                # group committer's pin): a remapper waiting for the outer pin would wait
+                # for ever.
+                while (
+                    core._remapper is not None
+                    and me not in core._pinners
+                    and not (self._join and core._pinners)
+                ):
+                    wait_unless_exiting(core._cond)
+                core.check_open()
+                held = core._pinners.get(me, 0)
+                core._pinners[me] = held + 1
+            return  # (inside the try: a signal handled as it returns is undone)
+        except BaseException:
+            if held >= 0 and core._pinners.get(me, 0) == held + 1:
+                self._unpin()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._unpin()
+
+    def _unpin(self) -> None:
+        core, me = self._core, self._me
+        with core._cond:
+            pins = core._pinners[me]
+            if pins == 1:
+                del core._pinners[me]
+                if not core._pinners:
+                    core._cond.notify_all()
+            else:
+                core._pinners[me] = pins - 1
+
+
+class _Exclusive:
+    __slots__ = ("_core",)
+
+    def __init__(self, core: MapCore) -> None:
+        self._core = core
+
+    def __enter__(self) -> None:
+        core = self._core
+        me = threading.get_ident()
+        check_not_held(core._cond)
+        core.check_not_remapping(me)  # (so a _remapper of `me` below is this call's)
+        try:
+            with core._cond:
+                core.check_open()
+                if me in core._pinners or me in core._direct:
+                    raise RuntimeError(
+                        f"cannot close or resize a {core.kind} from inside one of its own "
+                        "calls on the same thread"
+                    )
+                while core._remapper is not None:  # another thread's close or resize
+                    wait_unless_exiting(core._cond)
+                    core.check_open()
+                core._remapper = me
+                while core._pinners:
+                    wait_unless_exiting(core._cond)
+                # Direct accesses take no pin; they are short and never wait, so poll.
+                while core._direct:
+                    wait_unless_exiting(core._cond, _DIRECT_POLL)
+            # The condition is free during the change: a thread stopped inside it at exit
+            # (a daemon thread) must not keep a finalizer's call from failing cleanly.
+            return  # (inside the try: a signal handled as it returns is undone)
+        except BaseException:
+            if core._remapper == me:
+                self._release()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        core = self._core
+        # (Held: a second Ctrl-C between the two would leave every waiter asleep.)
+        with signals_held(), core._cond:
+            core._remapper = None
+            core._cond.notify_all()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from anyio import WouldBlock
@@ -200,18 +199,52 @@ class ThreadRWLock:
         if granted:
             self._cond.notify_all()
 
-    @contextmanager
-    def read(self, blocking: bool = True) -> Iterator[None]:
-        me = self.acquire_read(blocking)
-        try:
-            yield
-        finally:
-            self._release_read(me)
+    def read(self, blocking: bool = True) -> Held:
+        return Held(self, False, blocking)
 
-    @contextmanager
-    def write(self, blocking: bool = True) -> Iterator[None]:
-        me = self.acquire_write(blocking)
-        try:
-            yield
-        finally:
-            self._release_write(me)
+    def write(self, blocking: bool = True) -> Held:
+        return Held(self, True, blocking)
+
+
+class Held:
+    """``with lock.read():`` / ``with lock.write():``.  A class, not a
+    ``@contextmanager`` generator: there a signal handled as the acquisition returned
+    (a Ctrl-C that arrived while it waited) raised before the block was entered, and the
+    lock stayed held for ever.  Here ``__enter__`` gives back what it got if anything
+    raises in it; a signal handled after it returns is inside the block."""
+
+    __slots__ = ("_blocking", "_lock", "_me", "_write")
+
+    def __init__(self, lock: ThreadRWLock, write: bool, blocking: bool) -> None:
+        self._lock = lock
+        self._write = write
+        self._blocking = blocking
+
+    def __enter__(self) -> None:
+        lock = self._lock
+        self._me = me = threading.get_ident()
+        if self._write:
+            had = lock._writer == me  # (then acquiring raises, and the hold is not ours)
+            try:
+                lock.acquire_write(self._blocking)
+                return  # (inside the try: a signal handled as it returns is undone)
+            except BaseException:
+                if not had and lock._writer == me:  # got it, then a signal's handler raised
+                    lock._release_write(me)
+                raise
+        else:
+            before = lock._readers.get(me, 0)
+            try:
+                lock.acquire_read(self._blocking)
+                return
+            except BaseException:
+                if lock._readers.get(me, 0) == before + 1:  # (only this thread adds to it)
+                    lock._release_read(me)
+                raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        # For the thread that entered, whichever thread exits (see ThreadRWLock).
+        if self._write:
+            self._lock._release_write(self._me)
+        else:
+            self._lock._release_read(self._me)

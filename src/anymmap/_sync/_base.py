@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from anyio import WouldBlock
 
@@ -16,8 +16,8 @@ from .._core._checks import as_int, byte_view, check_flush_policy, check_populat
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
-from .._core._map import ProgressCallback
-from .._core._threadlock import ThreadRWLock
+from .._core._map import Borrowed, MapCore, ProgressCallback
+from .._core._threadlock import Held, ThreadRWLock
 from .._errors import ClosedMapError
 
 if sys.version_info >= (3, 11):
@@ -93,42 +93,21 @@ class SyncMap(MapHandle[CoreT]):
 
     # -- borrows ----------------------------------------------------------------------
 
-    @contextmanager
-    def as_slice(self, offset: int, length: int) -> Iterator[memoryview]:
+    def as_slice(self, offset: int, length: int) -> AbstractContextManager[memoryview]:
         """Borrow a read-only view of ``[offset, offset + length)`` for a ``with`` block.
 
         Holds the read lock for the block; the view is released when it ends.  Unlike the
         copy methods, a view of a file map is not protected against the file being
         truncated meanwhile: touching a page past the new end raises SIGBUS.
         """
-        offset, length = as_int(offset, "offset"), as_int(length, "length")
-        with self._lock.read():
-            yield from self._borrow(offset, length, writable=False)
+        return _Borrow(self, as_int(offset, "offset"), as_int(length, "length"), False)
 
-    @contextmanager
-    def as_mut_slice(self, offset: int, length: int) -> Iterator[memoryview]:
+    def as_mut_slice(self, offset: int, length: int) -> AbstractContextManager[memoryview]:
         """Borrow a writable view of ``[offset, offset + length)`` for a ``with`` block.
 
         Holds the write lock for the block; see :meth:`as_slice`.
         """
-        offset, length = as_int(offset, "offset"), as_int(length, "length")
-        with self._lock.write():
-            core = self._open_core()
-            core.check_writable()
-            yield from self._borrow(offset, length, writable=True)
-
-    def _borrow(self, offset: int, length: int, writable: bool) -> Iterator[memoryview]:
-        core = self._open_core()
-        borrowed = core.borrow(offset, length, writable)
-        try:
-            yield borrowed[2]
-        except BaseException:
-            core.end_borrow(borrowed)  # the block's own exception wins
-            raise
-        escaped = core.end_borrow(borrowed)
-        del borrowed  # (a traceback through this frame must not hold the views)
-        if escaped:
-            raise escape_error()
+        return _Borrow(self, as_int(offset, "offset"), as_int(length, "length"), True)
 
     # -- memory management ------------------------------------------------------------
 
@@ -305,3 +284,69 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         """Start writeback of ``[offset, offset + length)`` and return; not durable."""
         core = self._open_core()
         core.flush(*core.check_range(offset, length), False)
+
+
+class _Borrow:
+    """A borrow's ``with`` block.  A class, not a ``@contextmanager`` generator: there a
+    signal handled as the generator yielded (a Ctrl-C that arrived while the lock was
+    awaited) raised inside contextlib, before the block, and the lock and the borrow
+    stayed taken.  Here ``__enter__`` gives back what it took if anything raises in it;
+    a signal handled after it returns is inside the block."""
+
+    _core: MapCore
+    __slots__ = ("_borrowed", "_core", "_held", "_length", "_map", "_offset", "_writable")
+
+    def __init__(self, facade: SyncMap[CoreT], offset: int, length: int, writable: bool) -> None:
+        self._map: SyncMap[Any] = facade
+        self._offset = offset
+        self._length = length
+        self._writable = writable
+        self._held: Held | None = None
+        self._borrowed: Borrowed | None = None
+
+    def __enter__(self) -> memoryview:
+        lock = self._map._lock
+        held = lock.write() if self._writable else lock.read()
+        try:
+            held.__enter__()  # (gives back what it took if it raises)
+            self._held = held
+            core: MapCore = self._map._open_core()
+            self._core = core
+            if self._writable:
+                core.check_writable()
+            self._borrowed = borrowed = core.borrow(self._offset, self._length, self._writable)
+            return borrowed[2]  # (inside the try: a signal handled as it returns is undone)
+        except BaseException:
+            if self._held is not None:
+                self._held = self._borrowed = None
+                held.__exit__(None, None, None)
+            raise
+
+    def __del__(self) -> None:
+        # Entered by hand and dropped without an exit: give it back, as the collection
+        # of a generator-based context manager would have.
+        if self._held is not None:
+            self._end()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        if self._end() and exc_type is None:  # (the block's own exception wins)
+            raise escape_error()
+
+    def _end(self) -> bool:
+        """End the borrow and release the lock; return whether a view escaped."""
+        held, borrowed = self._held, self._borrowed
+        self._held = self._borrowed = None
+        escaped = False
+        try:
+            if borrowed is not None:
+                escaped = self._core.end_borrow(borrowed)
+            del borrowed  # (a traceback through this frame must not hold the views)
+        finally:
+            if held is not None:
+                held.__exit__(None, None, None)
+        return escaped

@@ -19,8 +19,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import NoReturn
 
 from ._interface import PathArg
@@ -638,30 +637,48 @@ _GROWTH_LOCK_AT = 1 << 62
 _GROWTH_LOCK_PATIENCE = 30.0
 
 
-@contextmanager
-def changing_size(fd: int) -> Iterator[int | None]:
+class changing_size:  # (lower case: used like a function, ``with changing_size(fd):``)
     """For the block: take turns with anymmap's other maps that grow or cut the file, and
     have a descriptor of it that appends (``O_APPEND``, reopened through
     ``/proc/self/fd``), or None if the file's permissions no longer allow opening it for
-    writing (then without taking turns)."""
-    append: int | None = None
-    locked = False
-    try:
+    writing (then without taking turns).
+
+    A class, not a ``@contextmanager`` generator: a signal handled as the generator
+    yielded raised inside contextlib, and the descriptor and the lock stayed taken (the
+    next growth of the file waited :data:`_GROWTH_LOCK_PATIENCE` for it).
+    """
+
+    __slots__ = ("_append", "_fd", "_locked")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._append: int | None = None
+        self._locked = False
+
+    def __enter__(self) -> int | None:
         try:
-            # (Opened means closed below: a Ctrl-C handled as open() returns would leak it.)
-            with signals_held():
-                append = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        except OSError:
-            pass
-        if append is None:
-            yield None
-            return
-        locked = _lock_growth(append)
-        yield append
-    finally:
+            try:
+                # (Opened means closed: a Ctrl-C handled as open() returns would leak it.)
+                with signals_held():
+                    self._append = os.open(
+                        f"/proc/self/fd/{self._fd}", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+                    )
+            except OSError:
+                return None
+            self._locked = _lock_growth(self._append)
+            return self._append  # (inside the try: a signal handled as it returns is undone)
+        except BaseException:
+            self._let_go()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._let_go()
+
+    def _let_go(self) -> None:
+        append, self._append = self._append, None
         if append is not None:
             with signals_held():  # (both, whatever arrives after the first)
-                if locked:
+                if self._locked:
                     # Released explicitly: a child forked meanwhile shares the open file
                     # description, and closing ours alone would leave it locked in there.
                     _set_growth_lock(append, fcntl.F_UNLCK)

@@ -17,7 +17,10 @@ Ctrl-C must still end a call stuck waiting for another thread.
 
 Only the main thread needs it (Python runs handlers there alone); elsewhere it does
 nothing.  A handler on a signal not listed in :data:`HELD` that raises can still land
-in the gap.
+in the gap.  If it lands as the block ends, before ``__exit__`` has run a line (Python
+checks for signals as a function starts), the recording handlers stay installed: each
+one knows the frame of its block, and a signal that finds that frame no longer running
+puts the real handlers back and is handled by them, with what arrived before it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 import threading
 from collections.abc import Callable
 from functools import partial
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 # The C functions under ``signal.signal`` / ``signal.getsignal``, without their wrappers'
@@ -58,30 +61,70 @@ def _each(calls: list[Callable[[], object]], i: int = 0) -> None:
             _each(calls, i + 1)
 
 
-def _put_back(signum: int, handler: Any, recorder: Any) -> None:
-    """Put ``handler`` back, unless the handler is no longer ``recorder`` (one set
+class _Record:
+    """What a block holds: the handlers it replaced, the signals that arrived, and the
+    frame that runs the block (while it runs)."""
+
+    __slots__ = ("arrived", "frame", "saved")
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[int, Any]] = []
+        self.arrived: list[int] = []
+        self.frame: FrameType | None = None
+
+
+def _record(record: _Record, signum: int, frame: FrameType | None) -> None:
+    """The handler while held (as ``partial(_record, record)``): note the signal, or, if
+    the block is over without having put the real handlers back, put them back and run
+    them for what arrived."""
+    here = frame
+    while here is not None:
+        if here is record.frame:
+            record.arrived.append(signum)
+            return
+        here = here.f_back
+    _put_back_all(record)
+    _run(record, [*record.arrived, signum], frame)
+
+
+def _put_back(signum: int, handler: Any, record: _Record) -> None:
+    """Put ``handler`` back, unless the handler is no longer ``record``'s (one set
     meanwhile, by a finalizer, stays)."""
-    if _getsignal(signum) is recorder:
+    current = _getsignal(signum)
+    if type(current) is partial and current.func is _record and current.args[0] is record:
         _setsignal(signum, handler)
+
+
+def _put_back_all(record: _Record) -> None:
+    _each([partial(_put_back, signum, handler, record) for signum, handler in record.saved])
+
+
+def _run(record: _Record, arrived: list[int], frame: FrameType | None) -> None:
+    """Run the real handlers for ``arrived`` (once: the record forgets them)."""
+    record.frame = None
+    record.arrived = []
+    if arrived:
+        handlers = dict(record.saved)
+        _each([partial(handlers[signum], signum, frame) for signum in arrived])
 
 
 class signals_held:  # (lower case: used like a function, ``with signals_held():``)
     """Hold off the Python handlers of :data:`HELD` for the block; run them after it for
     the signals that arrived (see the module docstring)."""
 
-    __slots__ = ("_arrived", "_recorder", "_saved")
+    __slots__ = ("_record", "_recorder")
 
     def __init__(self) -> None:
-        self._saved: list[tuple[int, Any]] = []
-        self._arrived: list[int] = []
-        arrived = self._arrived
-        # The handler while held (one object: _put_back tells it from a newer one).
-        self._recorder = lambda signum, frame: arrived.append(signum)
+        self._record = record = _Record()
+        # The handler while held (one object for the whole block).
+        self._recorder = partial(_record, record)
 
     def __enter__(self) -> None:
         if _get_ident() != _main_thread().ident:
             return
-        saved = self._saved
+        record = self._record
+        record.frame = sys._getframe(1)
+        saved = record.saved
         recorder = self._recorder
         try:
             for signum in HELD:
@@ -92,7 +135,8 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
                     saved.append((signum, handler))
                     _setsignal(signum, recorder)
         except BaseException:
-            _each([partial(_put_back, signum, handler, recorder) for signum, handler in saved])
+            _put_back_all(record)
+            record.frame = None
             raise
 
     def __exit__(
@@ -101,14 +145,10 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        saved = self._saved
-        if not saved:
+        record = self._record
+        if not record.saved:
             return
-        recorder = self._recorder
         try:
-            _each([partial(_put_back, signum, handler, recorder) for signum, handler in saved])
+            _put_back_all(record)
         finally:
-            if self._arrived:
-                handlers = dict(saved)
-                frame = sys._getframe(1)
-                _each([partial(handlers[signum], signum, frame) for signum in self._arrived])
+            _run(record, record.arrived, sys._getframe(1))
