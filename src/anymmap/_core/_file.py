@@ -42,7 +42,7 @@ from ._placement import map_placed
 #: the other way round in shorter ones: no steady gain on this disk, so "allocate" (cheap
 #: to create, cheap to grow) is the default.  On disks where a journal commit costs more
 #: (PostgreSQL zero-fills its WAL for this reason), measure with that benchmark.
-_T = TypeVar("_T")
+_M = TypeVar("_M", bound=MapCore)
 
 Prefill = Literal["allocate", "zeros"]
 PREFILLS: tuple[str, ...] = get_args(Prefill)
@@ -113,14 +113,14 @@ def create_file(
     exist_ok: bool,
     prefill: object,
     mode: object,
-    then: Callable[[FileRef], _T],
-) -> _T:
+    then: Callable[[FileRef], _M],
+) -> _M:
     """Create ``path`` (``exist_ok``: or open it) and give it at least ``size`` bytes of
-    real blocks; make the file and its name durable; return ``then(descriptor)`` (the
-    descriptor is closed after it).
+    real blocks; make the file and its name durable; return ``then(descriptor)``, a map
+    of it (the descriptor is closed after it: the map has its own).
 
     An existing file is never shrunk.  If this call created the file and fails (also in
-    ``then``), the file is removed.
+    ``then``, or as it returns), the map is closed and the file removed.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a path, not {type(path).__name__}")
@@ -132,6 +132,7 @@ def create_file(
     if not 0 <= permissions <= 0o7777:
         raise ValueError(f"mode {permissions:#o} is not a file mode")
     ref: FileRef | None = None
+    made: _M | None = None
     created = False
     try:
         # (Opened means owned, and created means removed below if the rest fails: a
@@ -156,9 +157,13 @@ def create_file(
         if created or length > current:
             os_impl.fdatasync(fd)
             os_impl.fsync_directory(os.path.dirname(os.path.abspath(os.fsdecode(path))))
-        return then(ref)
+        made = then(ref)
+        ref.close()
+        return made  # (inside the try: a signal handled as it returns is undone)
     except BaseException:
         with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
+            if made is not None:
+                made.close()
             if created:
                 os_impl.unlink(path)
         raise
