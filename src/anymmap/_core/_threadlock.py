@@ -6,6 +6,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 from anyio import WouldBlock
@@ -37,11 +38,25 @@ def wait_unless_exiting(cond: threading.Condition, timeout: float | None = None)
     cond.wait(timeout)
 
 
+class _Condition(threading.Condition):
+    """A condition whose ``with`` takes and gives back its lock in C.
+
+    ``threading.Condition.__enter__`` is Python code: a signal handled as the lock's own
+    ``__enter__`` returns inside it raised before the ``with`` block began, and the lock
+    stayed held by this thread for good (every later call of the map failed with
+    :data:`REENTERED`).  Here the ``with`` statement gets the lock's C methods (the
+    getters are C too), so no Python frame runs between taking the lock and the block.
+    """
+
+    __enter__ = property(attrgetter("_lock.__enter__"))
+    __exit__ = property(attrgetter("_lock.__exit__"))
+
+
 def new_condition() -> threading.Condition:
     """A condition over a re-entrant lock, so that :func:`held_here` can tell when the
     garbage collector (or a signal handler) ran code that calls back in while this thread
     is inside the critical section: such a call must fail, not wait for itself."""
-    return threading.Condition(threading.RLock())
+    return _Condition(threading.RLock())
 
 
 def held_here(lock: threading.Condition | threading.RLock) -> bool:
