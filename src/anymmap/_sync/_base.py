@@ -328,12 +328,7 @@ class _Borrow:
         if self._held is not None:
             self._end()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_rest: object) -> None:
         if self._end() and exc_type is None:  # (the block's own exception wins)
             raise escape_error()
 

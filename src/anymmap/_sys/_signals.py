@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 from itertools import compress
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 
 # The C functions under ``signal.signal`` / ``signal.getsignal``, without their wrappers'
@@ -141,12 +141,7 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
             record.frame = None
             raise
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         record = self._record
         if not record.saved:
             return
