@@ -2029,3 +2029,16 @@ def test_a_whole_file_larger_than_a_map_can_be_is_refused(shm_path: Path) -> Non
         anymmap.sync.MmapRaw.map_raw(path)
     with pytest.raises(anymmap.InvalidSizeError, match="128 TiB"):
         anymmap.sync.MmapRaw.open_or_create(path, PAGE)
+
+
+def test_a_bad_fault_safe_is_refused_before_an_existing_file_grows(tmp_path: Path) -> None:
+    """Regression test (adversary round 13): ``open_or_create`` and
+    ``create(exist_ok=True)`` with a ``fault_safe`` that is not a bool grew the existing
+    file before they raised ``TypeError``."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * PAGE)
+    with pytest.raises(TypeError, match="fault_safe"):
+        anymmap.sync.MmapRaw.open_or_create(path, 1 << 20, fault_safe="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fault_safe"):
+        anymmap.sync.MmapRaw.create(path, 1 << 20, exist_ok=True, fault_safe=1)  # type: ignore[arg-type]
+    assert path.read_bytes() == b"x" * PAGE

@@ -827,3 +827,110 @@ def test_a_signal_right_after_a_condition_is_taken_gives_it_back() -> None:
     run as that returned left the lock held by the main thread for good, and every later
     call of the map raised "cannot use the map: it would wait for itself"."""
     check_child(_CONDITION_TAKEN_THEN_INTERRUPTED, timeout=60)
+
+
+_ROUND_13 = (
+    _PRELUDE
+    + """
+    what = sys.argv[1]
+
+    if what == "shrink-before-remap":
+        path = os.path.join(d, "f")
+        m = S.MmapRaw.create(path, 1 << 20)
+        m.update_region(0, b"B" * (1 << 20))
+        armed = [True]
+
+        def tracer(frame, event, arg):
+            # A SIGINT as resize's remap step begins (handled at its first line).
+            if event == "call" and frame.f_code.co_name == "remap" and armed[0]:
+                if frame.f_back.f_code.co_name == "resize":
+                    armed[0] = False
+                    os.kill(os.getpid(), signal.SIGINT)
+            return None
+
+        sys.settrace(tracer)
+        try:
+            m.resize(1 << 12)
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("the SIGINT was lost")
+        finally:
+            sys.settrace(None)
+        # The file was cut: the shrink finishes (it was rolled back over zeros).
+        assert (len(m), os.path.getsize(path)) == (1 << 12, 1 << 12)
+        assert m.read(0, 1 << 12) == b"B" * (1 << 12)
+        m.close()
+    elif what == "replace-rename":
+        path = os.path.join(d, "region")
+        with open(path, "wb") as f:
+            f.write(b"old")
+        undo = interrupting("rename")
+        try:
+            S.MmapRegion.create(path, 1 << 16, replace=True)
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("the SIGINT was lost")
+        undo()
+        gc.collect()
+        # The old file was replaced as asked; the new one stays (never nothing).
+        assert os.listdir(d) == ["region"] and os.path.getsize(path) == 1 << 16
+    elif what == "release":
+        m = S.AnonymousMmap.new(1 << 16)
+        armed = [True]
+
+        def tracer(frame, event, arg):
+            # A SIGINT as the exclusive hold's release begins (handled at its first line).
+            if event == "call" and frame.f_code.co_name == "_release" and armed[0]:
+                armed[0] = False
+                os.kill(os.getpid(), signal.SIGINT)
+            return None
+
+        sys.settrace(tracer)
+        try:
+            m.resize(1 << 17)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        assert not armed[0]
+        gc.collect()
+        assert m._core._remapper is None, "the exclusive hold was never given back"
+        other = threading.Thread(target=m.resize, args=(1 << 18,))
+        other.start()
+        other.join(10)
+        assert not other.is_alive() and len(m) == 1 << 18
+        m.close()
+    else:  # a handler that replaces itself sees its second signal go to the new one
+        m = S.AnonymousMmap.new(1 << 16)
+        seen = []
+        def second(signum, frame):
+            seen.append("second")
+        def first(signum, frame):
+            seen.append("first")
+            signal.signal(signal.SIGUSR1, second)
+        signal.signal(signal.SIGUSR1, first)
+        real = _linux.munmap
+        def munmap(*args):
+            real(*args)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGUSR1)  # (both arrive while held)
+        _linux.munmap = munmap
+        m.close()
+        _linux.munmap = real
+        assert seen == ["first", "second"], seen
+    print("ok")
+"""
+)
+
+
+@pytest.mark.parametrize("what", ["shrink-before-remap", "replace-rename", "release", "replay"])
+def test_adversary_round_13(what: str) -> None:
+    """Regression tests (adversary round 13): a SIGINT as a shrink's remap began, after
+    the file was cut, rolled the map back and regrew the file with zeros (the tail was
+    lost); one during ``MmapRegion.create(replace=True)``'s rename deleted the new file
+    after the old one was replaced (nothing left); one as the exclusive hold's release
+    began left it taken for good; and a handler that replaced itself got every copy of
+    its signal that arrived in a held section."""
+    check_child(_ROUND_13, what, timeout=60)

@@ -398,13 +398,17 @@ class FileCore(FileBackedCore):
             # a sealed memfd, a block device), and then the map has not changed yet.
             # Remapping can then only fail for want of address space.
             cut: list[int] = []  # the file's size before this resize cut it, once it did
-            remapping = False
+            remap_failed = False
 
             def remap() -> None:
-                nonlocal installed
+                nonlocal installed, remap_failed
                 new_map_len = page_ceil(self._delta + length)
                 with signals_held():  # (installed means recorded, whatever arrives)
-                    addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
+                    try:
+                        addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
+                    except OSError:
+                        remap_failed = True
+                        raise
                     self._install(addr, new_map_len, length)
                     self.dirty.cut(length)  # this map can no longer flush past its end
                     installed = True
@@ -430,12 +434,11 @@ class FileCore(FileBackedCore):
                     # there durable now, while this map can still flush it (pending_bytes
                     # forgets it below, and would miss it if the map grew back over it).
                     self._sync_exclusive(length, old_length - length)
-                remapping = True
                 remap()
             except BaseException:
                 if installed:  # a signal that arrived during the change: it is made
                     raise
-                if cut and not remapping:
+                if cut and not remap_failed:
                     # The file is cut and a signal arrived before the map followed: finish
                     # (the map must not reach past the end of its file).
                     remap()
@@ -460,6 +463,8 @@ def create_file_map(
     fault_safe: bool,
 ) -> FileCore:
     """``MmapRaw.create``: make the file (see :func:`create_file`) and map all of it."""
+    if not isinstance(fault_safe, bool):  # (before an existing file is grown)
+        raise TypeError("fault_safe must be True or False")
     return create_file(
         path,
         size,

@@ -40,7 +40,7 @@ from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
 from ._forks import track
 from ._lifetime import Memory
-from ._threadlock import check_not_held, new_condition, wait_unless_exiting
+from ._threadlock import HEAL_EVERY, check_not_held, new_condition, wait_unless_exiting
 
 PAGE_SIZE = os_impl.PAGE_SIZE
 
@@ -740,7 +740,7 @@ class _Pinned:
                     and me not in core._pinners
                     and not (self._join and core._pinners)
                 ):
-                    wait_unless_exiting(core._cond)
+                    wait_unless_exiting(core._cond, HEAL_EVERY)
                 core.check_open()
                 held = core._pinners.get(me, 0)
                 core._pinners[me] = held + 1
@@ -766,10 +766,11 @@ class _Pinned:
 
 
 class _Exclusive:
-    __slots__ = ("_core",)
+    __slots__ = ("_core", "_held")
 
     def __init__(self, core: MapCore) -> None:
         self._core = core
+        self._held = False  # set once this hold is taken, cleared as it is given back
 
     def __enter__(self) -> None:
         core = self._core
@@ -785,11 +786,12 @@ class _Exclusive:
                         "calls on the same thread"
                     )
                 while core._remapper is not None:  # another thread's close or resize
-                    wait_unless_exiting(core._cond)
+                    wait_unless_exiting(core._cond, HEAL_EVERY)
                     core.check_open()
                 core._remapper = me
+                self._held = True
                 while core._pinners:
-                    wait_unless_exiting(core._cond)
+                    wait_unless_exiting(core._cond, HEAL_EVERY)
                 # Direct accesses take no pin; they are short and never wait, so poll.
                 while core._direct:
                     wait_unless_exiting(core._cond, _DIRECT_POLL)
@@ -798,15 +800,24 @@ class _Exclusive:
             return  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
             if core._remapper == me:
+                self._held = True
                 self._release()
             raise
 
     def __exit__(self, *exc_info: object) -> None:
         self._release()
 
+    def __del__(self) -> None:
+        # A signal handled as __exit__ or _release began (Python checks for signals as
+        # a function starts) skipped the release: it happens when the hold is dropped.
+        if self._held:
+            self._release()
+
     def _release(self) -> None:
         core = self._core
-        # (Held: a second Ctrl-C between the two would leave every waiter asleep.)
+        # (Held: once begun, the release is whole, and it happens once.)
         with signals_held(), core._cond:
-            core._remapper = None
-            core._cond.notify_all()
+            if self._held:
+                self._held = False
+                core._remapper = None
+                core._cond.notify_all()

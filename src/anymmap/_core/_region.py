@@ -336,6 +336,7 @@ def create_region(
     region_limit(length, max_size)  # (a bad max_size must not replace anything)
     file: FileRef | None = None
     core: RegionCore | None = None
+    made = False
     try:
         with signals_held():  # created means removed again below if the rest fails
             try:
@@ -354,10 +355,13 @@ def create_region(
             if replace:
                 os_impl.rename(where, target)
             core.set_owner(True)
+            made = True
     except BaseException:
         with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
             if core is not None:
-                core.close()  # (which deletes the file if it got its name)
+                if made:  # a signal as the region was made: the old file is gone, keep this
+                    core.set_owner(False)
+                core.close()
             if file is not None:
                 try:
                     os_impl.unlink(where)

@@ -674,10 +674,17 @@ class changing_size:  # (lower case: used like a function, ``with changing_size(
     def __exit__(self, *exc_info: object) -> None:
         self._let_go()
 
+    def __del__(self) -> None:
+        # A signal handled as __exit__ or _let_go began skipped it: let go when dropped
+        # (a descriptor left open would keep the growth lock, and every later growth of
+        # the file would wait _GROWTH_LOCK_PATIENCE for it).
+        if self._append is not None:
+            self._let_go()
+
     def _let_go(self) -> None:
-        append, self._append = self._append, None
-        if append is not None:
-            with signals_held():  # (both, whatever arrives after the first)
+        with signals_held():  # (once begun, whole, and once)
+            append, self._append = self._append, None
+            if append is not None:
                 if self._locked:
                     # Released explicitly: a child forked meanwhile shares the open file
                     # description, and closing ours alone would leave it locked in there.

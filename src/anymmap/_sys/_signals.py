@@ -102,12 +102,21 @@ def _put_back_all(record: _Record) -> None:
 
 
 def _run(record: _Record, arrived: list[int], frame: FrameType | None) -> None:
-    """Run the real handlers for ``arrived`` (once: the record forgets them)."""
+    """Handle ``arrived`` now, with the handlers now installed (once: the record forgets
+    them).  Each is looked up as it runs: a handler that replaced itself (press Ctrl-C
+    again to force) hands the next copy of its signal to the new one."""
     record.frame = None
     record.arrived = []
     if arrived:
-        handlers = dict(record.saved)
-        _each([partial(handlers[signum], signum, frame) for signum in arrived])
+        _each([partial(_handle, signum, frame) for signum in arrived])
+
+
+def _handle(signum: int, frame: FrameType | None) -> None:
+    handler = _getsignal(signum)
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)  # (the default action, as if it arrived now)
 
 
 class signals_held:  # (lower case: used like a function, ``with signals_held():``)
