@@ -31,6 +31,14 @@ _PRELUDE = """
         setattr(_linux, name, call)
         return lambda: setattr(_linux, name, real)
 
+    def expect_interrupt(call):
+        # call() must raise the KeyboardInterrupt of the SIGINT the test sends.
+        try:
+            call()
+        except KeyboardInterrupt:
+            return
+        raise AssertionError("the SIGINT was lost")
+
     d = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
 """
 
@@ -394,15 +402,11 @@ _CREATE_INTERRUPTED = (
         with open(os.path.join(d, "region"), "wb") as old:
             old.write(b"old")
     undo = interrupting("open_new" if kind == "region" else "open_create" if kind == "raw" else "mmap")
-    try:
-        if kind.startswith("region"):
-            S.MmapRegion.create(os.path.join(d, "region"), 4096, replace="replace" in kind)
-        else:
-            S.MmapRaw.create(os.path.join(d, "raw"), 4096)
-    except KeyboardInterrupt:
-        pass
+    if kind.startswith("region"):
+        path = os.path.join(d, "region")
+        expect_interrupt(lambda: S.MmapRegion.create(path, 4096, replace="replace" in kind))
     else:
-        raise AssertionError("the SIGINT was lost")
+        expect_interrupt(lambda: S.MmapRaw.create(os.path.join(d, "raw"), 4096))
     undo()
     gc.collect()
     if kind == "region-replace-map":  # the file it was to replace is still there
@@ -834,29 +838,29 @@ _ROUND_13 = (
     + """
     what = sys.argv[1]
 
-    if what == "shrink-before-remap":
-        path = os.path.join(d, "f")
-        m = S.MmapRaw.create(path, 1 << 20)
-        m.update_region(0, b"B" * (1 << 20))
+    def interrupted_as_it_begins(name, call, caller=None):
+        # call() must raise KeyboardInterrupt from a SIGINT sent as the function `name`
+        # (called from `caller`) begins: Python handles it at that function's first line.
         armed = [True]
 
         def tracer(frame, event, arg):
-            # A SIGINT as resize's remap step begins (handled at its first line).
-            if event == "call" and frame.f_code.co_name == "remap" and armed[0]:
-                if frame.f_back.f_code.co_name == "resize":
+            if event == "call" and frame.f_code.co_name == name and armed[0]:
+                if caller is None or frame.f_back.f_code.co_name == caller:
                     armed[0] = False
                     os.kill(os.getpid(), signal.SIGINT)
             return None
 
         sys.settrace(tracer)
         try:
-            m.resize(1 << 12)
-        except KeyboardInterrupt:
-            pass
-        else:
-            raise AssertionError("the SIGINT was lost")
+            expect_interrupt(call)
         finally:
             sys.settrace(None)
+
+    if what == "shrink-before-remap":
+        path = os.path.join(d, "f")
+        m = S.MmapRaw.create(path, 1 << 20)
+        m.update_region(0, b"B" * (1 << 20))
+        interrupted_as_it_begins("remap", lambda: m.resize(1 << 12), caller="resize")
         # The file was cut: the shrink finishes (it was rolled back over zeros).
         assert (len(m), os.path.getsize(path)) == (1 << 12, 1 << 12)
         assert m.read(0, 1 << 12) == b"B" * (1 << 12)
@@ -866,35 +870,14 @@ _ROUND_13 = (
         with open(path, "wb") as f:
             f.write(b"old")
         undo = interrupting("rename")
-        try:
-            S.MmapRegion.create(path, 1 << 16, replace=True)
-        except KeyboardInterrupt:
-            pass
-        else:
-            raise AssertionError("the SIGINT was lost")
+        expect_interrupt(lambda: S.MmapRegion.create(path, 1 << 16, replace=True))
         undo()
         gc.collect()
         # The old file was replaced as asked; the new one stays (never nothing).
         assert os.listdir(d) == ["region"] and os.path.getsize(path) == 1 << 16
     elif what == "release":
         m = S.AnonymousMmap.new(1 << 16)
-        armed = [True]
-
-        def tracer(frame, event, arg):
-            # A SIGINT as the exclusive hold's release begins (handled at its first line).
-            if event == "call" and frame.f_code.co_name == "_release" and armed[0]:
-                armed[0] = False
-                os.kill(os.getpid(), signal.SIGINT)
-            return None
-
-        sys.settrace(tracer)
-        try:
-            m.resize(1 << 17)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            sys.settrace(None)
-        assert not armed[0]
+        interrupted_as_it_begins("_release", lambda: m.resize(1 << 17))
         gc.collect()
         assert m._core._remapper is None, "the exclusive hold was never given back"
         other = threading.Thread(target=m.resize, args=(1 << 18,))
