@@ -875,6 +875,15 @@ _ROUND_13 = (
         gc.collect()
         # The old file was replaced as asked; the new one stays (never nothing).
         assert os.listdir(d) == ["region"] and os.path.getsize(path) == 1 << 16
+    elif what == "unpin":
+        m = S.AnonymousMmap.new(1 << 16)
+        interrupted_as_it_begins("_unpin", lambda: m.advise(anymmap.Advice.WILLNEED))
+        gc.collect()
+        assert not m._core._pinners, "the pin was never given back"
+        closer = threading.Thread(target=m.close)
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive() and m.closed, "close waits for the pin for ever"
     elif what == "release":
         m = S.AnonymousMmap.new(1 << 16)
         interrupted_as_it_begins("_release", lambda: m.resize(1 << 17))
@@ -908,12 +917,14 @@ _ROUND_13 = (
 )
 
 
-@pytest.mark.parametrize("what", ["shrink-before-remap", "replace-rename", "release", "replay"])
+@pytest.mark.parametrize(
+    "what", ["shrink-before-remap", "replace-rename", "release", "unpin", "replay"]
+)
 def test_adversary_round_13(what: str) -> None:
     """Regression tests (adversary round 13): a SIGINT as a shrink's remap began, after
     the file was cut, rolled the map back and regrew the file with zeros (the tail was
     lost); one during ``MmapRegion.create(replace=True)``'s rename deleted the new file
     after the old one was replaced (nothing left); one as the exclusive hold's release
-    began left it taken for good; and a handler that replaced itself got every copy of
+    or a pin's unpin began left it taken for good (a close then waited for ever); and a handler that replaced itself got every copy of
     its signal that arrived in a held section."""
     check_child(_ROUND_13, what, timeout=60)

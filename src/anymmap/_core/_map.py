@@ -40,7 +40,13 @@ from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
 from ._forks import track
 from ._lifetime import Memory
-from ._threadlock import HEAL_EVERY, check_not_held, new_condition, wait_unless_exiting
+from ._threadlock import (
+    HEAL_EVERY,
+    check_not_held,
+    held_here,
+    new_condition,
+    wait_unless_exiting,
+)
 
 PAGE_SIZE = os_impl.PAGE_SIZE
 
@@ -718,11 +724,12 @@ def _store(address: int, width: int, number: int) -> None:
 
 
 class _Pinned:
-    __slots__ = ("_core", "_join", "_me")
+    __slots__ = ("_core", "_join", "_me", "_pinned")
 
     def __init__(self, core: MapCore, join: bool) -> None:
         self._core = core
         self._join = join
+        self._pinned = False  # set once this pin is counted, cleared as it is given back
 
     def __enter__(self) -> None:
         core = self._core
@@ -744,18 +751,33 @@ class _Pinned:
                 core.check_open()
                 held = core._pinners.get(me, 0)
                 core._pinners[me] = held + 1
+                self._pinned = True
             return  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
             if held >= 0 and core._pinners.get(me, 0) == held + 1:
+                self._pinned = True
                 self._unpin()
             raise
 
     def __exit__(self, *exc_info: object) -> None:
         self._unpin()
 
+    def __del__(self) -> None:
+        # A signal handled as __exit__ or _unpin began (Python checks for signals as a
+        # function starts) skipped the unpin, and a close would wait for it for ever: it
+        # happens when the pin is dropped.  Not from a collection inside the condition's
+        # own bookkeeping on the pin's thread, which may be counting a pin of its own.
+        if self._pinned and not (
+            self._me == threading.get_ident() and held_here(self._core._cond)
+        ):
+            self._unpin()
+
     def _unpin(self) -> None:
         core, me = self._core, self._me
         with core._cond:
+            if not self._pinned:
+                return
+            self._pinned = False
             pins = core._pinners[me]
             if pins == 1:
                 del core._pinners[me]
