@@ -894,6 +894,25 @@ _ROUND_13 = (
         other.join(10)
         assert not other.is_alive() and len(m) == 1 << 18
         m.close()
+    elif what == "held-write":
+        m = S.AnonymousMmap.new(1 << 16)
+        interrupted_as_it_begins("__exit__", lambda: m.update_region(0, b"x"), "update_region")
+        gc.collect()
+        assert m._lock._writer is None, "the write lock was never given back"
+        other = threading.Thread(target=m.update_region, args=(0, b"y"))
+        other.start()
+        other.join(10)
+        assert not other.is_alive() and m.read(0, 1) == b"y", "a writer waits for ever"
+        m.close()
+    elif what == "held-read":
+        m = S.AnonymousMmap.new(1 << 16)
+        with m.as_slice(0, 1):  # an outer read of the same thread: one count stays
+            interrupted_as_it_begins("__exit__", lambda: m.read(0, 1), "read")
+            gc.collect()
+            assert m._lock._readers == {threading.get_ident(): 1}, m._lock._readers
+        assert not m._lock._readers, "the read lock was never given back"
+        m.resize(1 << 17)
+        m.close()
     else:  # a handler that replaces itself sees its second signal go to the new one
         m = S.AnonymousMmap.new(1 << 16)
         seen = []
@@ -918,13 +937,25 @@ _ROUND_13 = (
 
 
 @pytest.mark.parametrize(
-    "what", ["shrink-before-remap", "replace-rename", "release", "unpin", "replay"]
+    "what",
+    [
+        "shrink-before-remap",
+        "replace-rename",
+        "release",
+        "unpin",
+        "held-write",
+        "held-read",
+        "replay",
+    ],
 )
 def test_adversary_round_13(what: str) -> None:
     """Regression tests (adversary round 13): a SIGINT as a shrink's remap began, after
     the file was cut, rolled the map back and regrew the file with zeros (the tail was
     lost); one during ``MmapRegion.create(replace=True)``'s rename deleted the new file
     after the old one was replaced (nothing left); one as the exclusive hold's release
-    or a pin's unpin began left it taken for good (a close then waited for ever); and a handler that replaced itself got every copy of
-    its signal that arrived in a held section."""
+    or a pin's unpin began left it taken for good (a close then waited for ever); and a
+    handler that replaced itself got every copy of its signal that arrived in a held
+    section.  After the round: one as a blocking twin's read or write lock was given back
+    (``update_region``, ``read``) left that lock taken for good, and every later call of
+    the map waited for ever."""
     check_child(_ROUND_13, what, timeout=60)
