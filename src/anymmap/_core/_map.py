@@ -767,7 +767,8 @@ class _Pinned:
         # function starts) skipped the unpin, and a close would wait for it for ever: it
         # happens when the pin is dropped.  Not from a collection inside the condition's
         # own bookkeeping on the pin's thread, which may be counting a pin of its own.
-        if self._pinned and not (
+        # (getattr: a signal handled as __init__ began left the slots unset.)
+        if getattr(self, "_pinned", False) and not (
             self._me == threading.get_ident() and held_here(self._core._cond)
         ):
             self._unpin()
@@ -832,7 +833,7 @@ class _Exclusive:
     def __del__(self) -> None:
         # A signal handled as __exit__ or _release began (Python checks for signals as
         # a function starts) skipped the release: it happens when the hold is dropped.
-        if self._held:
+        if getattr(self, "_held", False):  # (unset if a signal cut __init__ short)
             self._release()
 
     def _release(self) -> None:

@@ -324,8 +324,9 @@ class _Borrow:
 
     def __del__(self) -> None:
         # Entered by hand and dropped without an exit: give it back, as the collection
-        # of a generator-based context manager would have.
-        if self._held is not None:
+        # of a generator-based context manager would have.  (getattr: a signal handled
+        # as __init__ began left the slots unset.)
+        if getattr(self, "_held", None) is not None:
             self._end()
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_rest: object) -> None:
