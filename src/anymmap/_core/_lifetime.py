@@ -153,6 +153,7 @@ class Memory:
         # (No lock: an append is atomic, and this may run inside a collection that
         # interrupted this thread while it held _ESCAPED_LOCK.)
         _ESCAPED.append(_Escape(self, offset, len(base), parked))
+        _watch_collections()
         return True
 
     def escaped_in(self, offset: int, length: int) -> bool:
@@ -225,6 +226,8 @@ def release_escaped(blocking: bool = True) -> None:
                 if escape.release():
                     with suppress(ValueError):  # (removed by a call nested in this one)
                         _ESCAPED.remove(escape)
+            if not _ESCAPED:
+                _unwatch_collections()
         finally:
             _ESCAPED_LOCK.release()
 
@@ -237,4 +240,20 @@ def _after_gc(phase: str, info: dict[str, int]) -> None:
         release_escaped(blocking=False)
 
 
-gc.callbacks.append(_after_gc)
+# The hook is in gc.callbacks only while views are parked.  A Python callback there is a
+# place where Python runs the handlers of signals that arrived during the collection, and
+# an exception they raise there is only printed: with the hook always installed, about
+# one Ctrl-C in a hundred sent to an allocating program was lost.
+def _watch_collections() -> None:
+    if _after_gc not in gc.callbacks:
+        gc.callbacks.append(_after_gc)
+
+
+def _unwatch_collections() -> None:
+    # (gc reads the list's length at every step, so removing during a collection's
+    # callbacks is safe.)  Every copy: two threads may each have added one.
+    while _after_gc in gc.callbacks:
+        with suppress(ValueError):
+            gc.callbacks.remove(_after_gc)
+    if _ESCAPED:  # parked meanwhile by another thread, which saw the hook in place
+        _watch_collections()
