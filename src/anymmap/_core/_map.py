@@ -34,7 +34,7 @@ from functools import partial
 from typing import ClassVar
 
 from .._errors import ClosedMapError, MappingFaultError, OutOfBoundsError, ReadOnlyError
-from .._sys import os_impl, signals_held
+from .._sys import DISARMED, ON_DROP, os_impl, signals_held
 from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
@@ -720,22 +720,25 @@ def _store(address: int, width: int, number: int) -> None:
 # hold was never given back (every later close waited for ever).  Here __enter__ undoes
 # what it took if anything raises in it, and a signal handled after it returns is
 # inside the block, whose __exit__ gives it back.  Each records what it took in one
-# store, so the undo can tell whether it happened.
+# store, so the undo can tell whether it happened.  One handled as __exit__ begins skips
+# the release: the hold is then given back when it is dropped (ON_DROP, in
+# anymmap._sys._signals, says how without a Python __del__).
 
 
 class _Pinned:
-    __slots__ = ("_core", "_join", "_me", "_pinned")
+    _on_drop: Callable[[], object] = DISARMED  # (see ON_DROP in anymmap._sys._signals)
+    __del__ = ON_DROP
 
     def __init__(self, core: MapCore, join: bool) -> None:
         self._core = core
         self._join = join
-        self._pinned = False  # set once this pin is counted, cleared as it is given back
 
     def __enter__(self) -> None:
         core = self._core
-        self._me = me = threading.get_ident()
+        me = threading.get_ident()
         check_not_held(core._cond)
         held = -1  # the pins this thread held before
+        due = [False]
         try:
             with core._cond:
                 core.check_not_remapping(me)
@@ -751,55 +754,53 @@ class _Pinned:
                 core.check_open()
                 held = core._pinners.get(me, 0)
                 core._pinners[me] = held + 1
-                self._pinned = True
+                due[0] = True
+            self._on_drop = partial(_unpin, core, me, due)
             return  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
             if held >= 0 and core._pinners.get(me, 0) == held + 1:
-                self._pinned = True
-                self._unpin()
+                due[0] = True  # (counted, then a signal's handler raised)
+            _unpin(core, me, due)
+            self._on_drop = DISARMED
             raise
 
     def __exit__(self, *exc_info: object) -> None:
-        self._unpin()
+        self._on_drop()
+        self._on_drop = DISARMED
 
-    def __del__(self) -> None:
-        # A signal handled as __exit__ or _unpin began (Python checks for signals as a
-        # function starts) skipped the unpin, and a close would wait for it for ever: it
-        # happens when the pin is dropped.  Not from a collection inside the condition's
-        # own bookkeeping on the pin's thread, which may be counting a pin of its own.
-        # (getattr: a signal handled as __init__ began left the slots unset.)
-        if getattr(self, "_pinned", False) and not (
-            self._me == threading.get_ident() and held_here(self._core._cond)
-        ):
-            self._unpin()
 
-    def _unpin(self) -> None:
-        core, me = self._core, self._me
-        with core._cond:
-            if not self._pinned:
-                return
-            self._pinned = False
-            pins = core._pinners[me]
-            if pins == 1:
-                del core._pinners[me]
-                if not core._pinners:
-                    core._cond.notify_all()
-            else:
-                core._pinners[me] = pins - 1
+def _unpin(core: MapCore, me: int, due: list[bool]) -> None:
+    """Give back a :class:`_Pinned`'s pin for ``me`` if ``due``, once."""
+    if me == threading.get_ident() and held_here(core._cond):
+        # A drop by a collection inside the condition's own bookkeeping on the pin's
+        # thread, which may be counting a pin of its own.
+        return
+    with core._cond:
+        if not due[0]:
+            return
+        due[0] = False  # (and no call until the count is right)
+        pins = core._pinners[me]
+        if pins == 1:
+            del core._pinners[me]
+            if not core._pinners:
+                core._cond.notify_all()
+        else:
+            core._pinners[me] = pins - 1
 
 
 class _Exclusive:
-    __slots__ = ("_core", "_held")
+    _on_drop: Callable[[], object] = DISARMED  # (see ON_DROP in anymmap._sys._signals)
+    __del__ = ON_DROP
 
     def __init__(self, core: MapCore) -> None:
         self._core = core
-        self._held = False  # set once this hold is taken, cleared as it is given back
 
     def __enter__(self) -> None:
         core = self._core
         me = threading.get_ident()
         check_not_held(core._cond)
         core.check_not_remapping(me)  # (so a _remapper of `me` below is this call's)
+        due = [False]
         try:
             with core._cond:
                 core.check_open()
@@ -812,7 +813,8 @@ class _Exclusive:
                     wait_unless_exiting(core._cond, HEAL_EVERY)
                     core.check_open()
                 core._remapper = me
-                self._held = True
+                due[0] = True
+                self._on_drop = partial(_release_exclusive, core, due)
                 while core._pinners:
                     wait_unless_exiting(core._cond, HEAL_EVERY)
                 # Direct accesses take no pin; they are short and never wait, so poll.
@@ -823,24 +825,21 @@ class _Exclusive:
             return  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
             if core._remapper == me:
-                self._held = True
-                self._release()
+                due[0] = True
+            _release_exclusive(core, due)
+            self._on_drop = DISARMED
             raise
 
     def __exit__(self, *exc_info: object) -> None:
-        self._release()
+        self._on_drop()
+        self._on_drop = DISARMED
 
-    def __del__(self) -> None:
-        # A signal handled as __exit__ or _release began (Python checks for signals as
-        # a function starts) skipped the release: it happens when the hold is dropped.
-        if getattr(self, "_held", False):  # (unset if a signal cut __init__ short)
-            self._release()
 
-    def _release(self) -> None:
-        core = self._core
-        # (Held: once begun, the release is whole, and it happens once.)
-        with signals_held(), core._cond:
-            if self._held:
-                self._held = False
-                core._remapper = None
-                core._cond.notify_all()
+def _release_exclusive(core: MapCore, due: list[bool]) -> None:
+    """Give back an :class:`_Exclusive` hold if ``due``, once."""
+    # (Held: once begun, the release is whole, and it happens once.)
+    with signals_held(), core._cond:
+        if due[0]:
+            due[0] = False
+            core._remapper = None
+            core._cond.notify_all()

@@ -6,11 +6,13 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from operator import attrgetter
 from typing import Any
 
 from anyio import WouldBlock
 
+from .._sys import DISARMED, ON_DROP
 from ._forks import track
 
 #: What a call re-entering an internal lock on the same thread raises.
@@ -226,82 +228,65 @@ class Held:
     ``@contextmanager`` generator: there a signal handled as the acquisition returned
     (a Ctrl-C that arrived while it waited) raised before the block was entered, and the
     lock stayed held for ever.  Here ``__enter__`` gives back what it got if anything
-    raises in it; a signal handled after it returns is inside the block.
-
-    A signal handled as ``__exit__`` or ``_release`` begins (Python checks for signals
-    as a function starts) skips the release; the hold then gives the lock back when it
-    is dropped, with the exception's traceback, instead of leaving it held for good
-    (every later call of the map would wait for ever).  The release itself makes no
-    call between checking that it is due and doing it, so it happens once.
+    raises in it; a signal handled after it returns is inside the block.  One handled as
+    ``__exit__`` begins skips the release: the hold then gives the lock back when it is
+    dropped (see ``ON_DROP`` in ``anymmap._sys._signals``).
     """
 
-    __slots__ = ("_blocking", "_held", "_lock", "_me", "_write")
+    _on_drop: Callable[[], object] = DISARMED
+    __del__ = ON_DROP
 
     def __init__(self, lock: ThreadRWLock, write: bool, blocking: bool) -> None:
         self._lock = lock
         self._write = write
         self._blocking = blocking
-        self._held = False
 
     def __enter__(self) -> None:
-        lock = self._lock
-        self._me = me = threading.get_ident()
-        if self._write:
-            had = lock._writer == me  # (then acquiring raises, and the hold is not ours)
-            try:
+        lock, write = self._lock, self._write
+        me = threading.get_ident()
+        # (Taking the write lock twice raises; the hold is then not ours.)
+        before = lock._writer == me if write else lock._readers.get(me, 0)
+        due = [False]
+        try:
+            if write:
                 lock.acquire_write(self._blocking)
-                self._held = True
-                return  # (inside the try: a signal handled as it returns is undone)
-            except BaseException:
-                self._held = False
-                if not had and lock._writer == me:  # got it, then a signal's handler raised
-                    lock._release_write(me)
-                raise
-        else:
-            before = lock._readers.get(me, 0)
-            try:
+            else:
                 lock.acquire_read(self._blocking)
-                self._held = True
-                return
-            except BaseException:
-                self._held = False
-                if lock._readers.get(me, 0) == before + 1:  # (only this thread adds to it)
-                    lock._release_read(me)
-                raise
+            due[0] = True
+            self._on_drop = partial(_give_back, lock, me, write, due)
+            return  # (inside the try: a signal handled as it returns is undone)
+        except BaseException:
+            if not due[0]:  # got it, then a signal's handler raised as the call returned?
+                got = lock._writer == me if write else lock._readers.get(me, 0)
+                due[0] = got != before and bool(got)
+            _give_back(lock, me, write, due)
+            self._on_drop = DISARMED
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
-        self._release()
-
-    def __del__(self) -> None:
-        # Not from a collection inside the lock's own bookkeeping on this thread, which
-        # may be half-way through changing what the release changes.  (getattr: a signal
-        # handled as __init__ began left the slots unset.)
-        if getattr(self, "_held", False) and not held_here(self._lock._cond):
-            self._release()
-
-    def _release(self) -> None:
         # For the thread that entered, whichever thread exits (see ThreadRWLock).
-        lock, me = self._lock, self._me
-        check_not_held(lock._cond)
-        with lock._cond:
-            if not self._held:
+        self._on_drop()
+        self._on_drop = DISARMED
+
+
+def _give_back(lock: ThreadRWLock, me: int, write: bool, due: list[bool]) -> None:
+    """Release a :class:`Held`'s lock for ``me`` if ``due``, once."""
+    if held_here(lock._cond):  # a drop by a collection inside the lock's own bookkeeping
+        return  # (on this thread, maybe half-way through what this would change)
+    with lock._cond:
+        if not due[0]:
+            return
+        # (No call from here until the lock is free: a signal is only handled at a call or
+        # a loop's jump, and it must not find it half released.)
+        due[0] = False
+        if write:
+            lock._writer = None
+        else:
+            count = lock._readers[me]
+            if count > 1:
+                lock._readers[me] = count - 1
                 return
-            # (No call from here until the lock is free: a signal is only handled at a
-            # call or a loop's jump, and it must not find it half released.)
-            if self._write:
-                if lock._writer != me:
-                    raise RuntimeError("this thread is not holding the write lock")
-                self._held = False
-                lock._writer = None
-            else:
-                if me not in lock._readers:
-                    raise RuntimeError("this thread is not holding the read lock")
-                self._held = False
-                count = lock._readers[me]
-                if count > 1:
-                    lock._readers[me] = count - 1
-                    return
-                del lock._readers[me]
-                if lock._readers:
-                    return
-            lock._hand_over()  # (cut short by a signal, the waiters hand it over: HEAL_EVERY)
+            del lock._readers[me]
+            if lock._readers:
+                return
+        lock._hand_over()  # (cut short by a signal, the waiters hand it over: HEAL_EVERY)

@@ -6,6 +6,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -16,9 +17,10 @@ from .._core._checks import as_int, byte_view, check_flush_policy, check_populat
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
-from .._core._map import Borrowed, MapCore, ProgressCallback
-from .._core._threadlock import Held, ThreadRWLock
+from .._core._map import MapCore, ProgressCallback
+from .._core._threadlock import ThreadRWLock
 from .._errors import ClosedMapError
+from .._sys import DISARMED, ON_DROP
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -291,58 +293,58 @@ class _Borrow:
     signal handled as the generator yielded (a Ctrl-C that arrived while the lock was
     awaited) raised inside contextlib, before the block, and the lock and the borrow
     stayed taken.  Here ``__enter__`` gives back what it took if anything raises in it;
-    a signal handled after it returns is inside the block."""
+    a signal handled after it returns is inside the block.  Entered by hand and dropped
+    without an exit, or with an exit a signal skipped, it ends when it is dropped, as the
+    collection of a generator-based context manager would (see ``ON_DROP``)."""
 
-    _core: MapCore
-    __slots__ = ("_borrowed", "_core", "_held", "_length", "_map", "_offset", "_writable")
+    _on_drop: Callable[[], object] = DISARMED
+    __del__ = ON_DROP
 
     def __init__(self, facade: SyncMap[CoreT], offset: int, length: int, writable: bool) -> None:
         self._map: SyncMap[Any] = facade
         self._offset = offset
         self._length = length
         self._writable = writable
-        self._held: Held | None = None
-        self._borrowed: Borrowed | None = None
 
     def __enter__(self) -> memoryview:
         lock = self._map._lock
-        held = lock.write() if self._writable else lock.read()
+        # (The end exits the hold whether or not it was entered: a Held's exit is then a
+        # no-op, and so is its enter's if it raised.)
+        parts: list[Any] = [lock.write() if self._writable else lock.read()]
+        core: MapCore | None = None
         try:
-            held.__enter__()  # (gives back what it took if it raises)
-            self._held = held
-            core: MapCore = self._map._open_core()
-            self._core = core
+            parts[0].__enter__()
+            core = self._map._open_core()
             if self._writable:
                 core.check_writable()
-            self._borrowed = borrowed = core.borrow(self._offset, self._length, self._writable)
+            borrowed = core.borrow(self._offset, self._length, self._writable)
+            parts.append(borrowed)
+            self._on_drop = partial(_end, core, parts)
             return borrowed[2]  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
-            if self._held is not None:
-                self._held = self._borrowed = None
-                held.__exit__(None, None, None)
+            _end(core, parts)
+            self._on_drop = DISARMED
             raise
 
-    def __del__(self) -> None:
-        # Entered by hand and dropped without an exit: give it back, as the collection
-        # of a generator-based context manager would have.  (getattr: a signal handled
-        # as __init__ began left the slots unset.)
-        if getattr(self, "_held", None) is not None:
-            self._end()
-
     def __exit__(self, exc_type: type[BaseException] | None, *exc_rest: object) -> None:
-        if self._end() and exc_type is None:  # (the block's own exception wins)
+        escaped = self._on_drop()
+        self._on_drop = DISARMED
+        if escaped and exc_type is None:  # (the block's own exception wins)
             raise escape_error()
 
-    def _end(self) -> bool:
-        """End the borrow and release the lock; return whether a view escaped."""
-        held, borrowed = self._held, self._borrowed
-        self._held = self._borrowed = None
-        escaped = False
-        try:
-            if borrowed is not None:
-                escaped = self._core.end_borrow(borrowed)
-            del borrowed  # (a traceback through this frame must not hold the views)
-        finally:
-            if held is not None:
-                held.__exit__(None, None, None)
-        return escaped
+
+def _end(core: MapCore | None, parts: list[Any]) -> bool:
+    """End a borrow (its ``parts``: the lock's hold, then what ``borrow`` gave) and release
+    the lock, once; return whether a view escaped."""
+    if not parts:
+        return False
+    held, *borrowed = parts
+    del parts[:]  # (no call since the check: it happens once)
+    escaped = False
+    try:
+        if core is not None and borrowed:
+            escaped = core.end_borrow(borrowed[0])
+        del borrowed  # (a traceback through this frame must not hold the views)
+    finally:
+        held.__exit__(None, None, None)
+    return escaped

@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 from itertools import compress
+from operator import attrgetter
 from types import FrameType
 from typing import Any
 
@@ -158,3 +159,24 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
             _put_back_all(record)
         finally:
             _run(record, record.arrived, sys._getframe(1))
+
+
+# -- holds given back when dropped ----------------------------------------------------------
+#
+# A hold (a lock, a pin, a borrow) whose release a signal skipped (handled as ``__exit__``
+# began: Python checks for signals as a function starts) must be given back when it is
+# dropped, or every later call waits for it for ever.  A Python ``__del__`` would do that,
+# but it begins a Python frame at *every* drop, where Python handles the signals that
+# arrived meanwhile and only prints the exception their handlers raise: a loop of
+# blocking calls lost about one Ctrl-C in twenty that way.  So a hold's ``__del__`` is
+# :data:`ON_DROP`, C code that calls its ``_on_drop``: :data:`DISARMED` (C too, nothing to
+# do) unless the hold is taken, and while it is, a one-shot give-back (a ``partial``
+# without the hold in it, which would make a cycle: only the collector would free it).
+# ``__exit__`` calls the same give-back, then disarms.
+
+#: A hold's ``_on_drop`` when there is nothing to give back; a class attribute of every
+#: hold, so that one whose ``__init__`` a signal cut short has it too.
+DISARMED: Callable[[], object] = tuple
+
+#: The ``__del__`` of a hold: it calls the hold's ``_on_drop`` without a Python frame.
+ON_DROP = property(attrgetter("_on_drop"))
