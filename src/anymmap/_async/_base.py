@@ -268,6 +268,7 @@ class AsyncMap(MapHandle[CoreT]):
     async def _close(self) -> None:
         async with self._lock.write():
             await run_sync(self._core.close)
+            self._closed()
 
     async def __aenter__(self) -> Self:
         return self

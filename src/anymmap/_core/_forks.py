@@ -32,13 +32,25 @@ class AfterFork(Protocol):
         and event loop tasks held; renew the ``threading`` locks."""
 
 
-_TRACKED: weakref.WeakSet[AfterFork] = weakref.WeakSet()
+#: Weak references without a callback: a ``WeakSet``'s Python callback ran at the death of
+#: every map and lock, and Python handles pending signals there and only prints what
+#: their handlers raise (a loop of create/close lost about one Ctrl-C in a hundred).
+#: Dead ones are dropped as more are added, under the lock.
+_TRACKED: list[weakref.ref[AfterFork]] = []
+_TRACKED_LOCK = threading.Lock()
+_prune_at = 64
 _MODULE_HOOKS: list[Callable[[], None]] = []
 
 
 def track(obj: AfterFork) -> None:
     """Call ``obj.after_fork_in_child`` in every child forked while ``obj`` lives."""
-    _TRACKED.add(obj)
+    global _prune_at
+    ref = weakref.ref(obj)
+    with _TRACKED_LOCK:
+        _TRACKED.append(ref)
+        if len(_TRACKED) >= _prune_at:
+            _TRACKED[:] = [r for r in _TRACKED if r() is not None]
+            _prune_at = max(64, 2 * len(_TRACKED))
 
 
 def renew_in_child(hook: Callable[[], None]) -> None:
@@ -48,11 +60,15 @@ def renew_in_child(hook: Callable[[], None]) -> None:
 
 
 def _in_child() -> None:
+    global _TRACKED_LOCK
+    _TRACKED_LOCK = threading.Lock()  # a thread of the parent may have held it
     for hook in _MODULE_HOOKS:
         hook()
     survivor = threading.get_ident()
-    for obj in list(_TRACKED):
-        obj.after_fork_in_child(survivor)
+    for ref in _TRACKED:
+        obj = ref()
+        if obj is not None:
+            obj.after_fork_in_child(survivor)
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX system

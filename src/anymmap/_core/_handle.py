@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
+from functools import partial
 from typing import ClassVar, Generic, TypeVar
 
+from .._sys import DISARMED, ON_DROP
 from ._file import FileCore
 from ._files import Mode
 from ._map import MapCore
@@ -27,9 +30,15 @@ class MapHandle(Generic[CoreT]):
     with a message that names them (``_constructors``).
     """
 
-    __slots__ = ("__weakref__", "_core")
+    # (__dict__ for _on_drop, whose class attribute below is its value until it is set.)
+    __slots__ = ("__dict__", "__weakref__", "_core")
 
     _core: CoreT
+
+    #: What dropping the handle runs (see ON_DROP in anymmap._sys._signals): while the map
+    #: is open, the warning that it was left unclosed; nothing once it is closed.
+    _on_drop: Callable[[], object] = DISARMED
+    __del__ = ON_DROP
 
     #: How to make one, for the error that calling the class directly raises.
     _constructors: ClassVar[str] = ""
@@ -42,23 +51,17 @@ class MapHandle(Generic[CoreT]):
     def _create(cls, core: CoreT) -> Self:
         handle = cls.__new__(cls)
         handle._core = core
+        handle._on_drop = partial(_warn_unclosed, cls.__name__, core)
         handle._setup()
         return handle
 
+    def _closed(self) -> None:
+        """Note that the map was closed through the handle (dropping it then runs no
+        Python code)."""
+        self._on_drop = DISARMED
+
     def _setup(self) -> None:
         """Set the subclass's own fields (there is no ``__init__`` to do it)."""
-
-    def __del__(self) -> None:
-        # As an unclosed file does: the memory is released all the same (when every view
-        # of it is gone), but leaving it to the collector is worth a warning.
-        core = getattr(self, "_core", None)
-        if core is not None and not core.closed:
-            warnings.warn(
-                f"unclosed {type(self).__name__} ({core.describe()}); close it, or use it "
-                "as a context manager",
-                ResourceWarning,  # (no source=self: the record would keep the map alive)
-                stacklevel=2,
-            )
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} {self._core.describe()}>"
@@ -95,6 +98,17 @@ class MapHandle(Generic[CoreT]):
         if not core.usable:
             core.check_open()
         return core
+
+
+def _warn_unclosed(name: str, core: MapCore) -> None:
+    # As an unclosed file does: the memory is released all the same (when every view of
+    # it is gone), but leaving it to the collector is worth a warning.
+    if not core.closed:
+        warnings.warn(
+            f"unclosed {name} ({core.describe()}); close it, or use it as a context manager",
+            ResourceWarning,  # (no source: the record would keep the map alive)
+            stacklevel=2,
+        )
 
 
 class FileMapInfo:

@@ -154,6 +154,7 @@ class SyncMap(MapHandle[CoreT]):
         """
         with self._lock.write():
             self._core.close()
+            self._closed()
 
     def __enter__(self) -> Self:
         return self
