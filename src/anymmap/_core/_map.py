@@ -837,6 +837,8 @@ class _Exclusive:
 
 def _release_exclusive(core: MapCore, due: list[bool]) -> None:
     """Give back an :class:`_Exclusive` hold if ``due``, once."""
+    if not due[0]:  # (given back already: a drop after an exit a signal cut short)
+        return
     # (Held: once begun, the release is whole, and it happens once.)
     with signals_held(), core._cond:
         if due[0]:
