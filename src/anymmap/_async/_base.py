@@ -510,7 +510,7 @@ class _Borrow:
         except BaseException:
             guard.release()
             raise
-        return self._borrowed[2]
+        return self._borrowed[1].view
 
     async def __aexit__(
         self,

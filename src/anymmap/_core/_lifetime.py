@@ -52,10 +52,11 @@ import threading
 import weakref
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from pickle import PickleBuffer
 
 from .._errors import BorrowError
-from .._sys import signals_held
+from .._sys import DISARMED, ON_DROP, signals_held
 from ._forks import renew_in_child
 
 
@@ -130,22 +131,31 @@ class Memory:
 
     # -- borrows ------------------------------------------------------------------------
 
-    def borrow(self, offset: int, length: int, writable: bool) -> tuple[memoryview, memoryview]:
-        """Start a borrow of ``[offset, offset + length)``: return ``(base, view)``; the
-        caller hands out ``view`` and ends the borrow with :meth:`end_borrow`."""
+    def borrow(self, offset: int, length: int, writable: bool) -> Loan:
+        """Start a borrow of ``[offset, offset + length)``; the caller hands out
+        ``loan.view`` and ends the borrow with ``loan.end()``."""
         base = memoryview(self._exporter).cast("B")[offset : offset + length]
         if not writable:
             base = base.toreadonly()
-        return base, memoryview(PickleBuffer(base))
+        # The loan is armed before the user's view exists (its export pins base), and the
+        # view goes into the loan's list with no call in between (see Loan).
+        loan = Loan()
+        loan.views = views = [base]
+        loan._on_drop = partial(self.end_borrow, offset, views)
+        views.append(memoryview(PickleBuffer(base)))
+        return loan
 
-    def end_borrow(self, offset: int, base: memoryview, view: memoryview) -> bool:
-        """End a borrow started at ``offset`` by :meth:`borrow`; park what cannot be
-        released (see the module docstring) and return whether anything was.
+    def end_borrow(self, offset: int, views: list[memoryview]) -> bool:
+        """End a borrow started at ``offset`` (what :meth:`borrow` armed its loan with);
+        park what cannot be released (see the module docstring) and return whether
+        anything was.  Ending it again does nothing more (a released view releases again).
 
-        The caller raises :func:`escape_error` then, once its own references to ``base``
-        and ``view`` are gone: a traceback holding them would keep them from ever being
-        released.
+        The caller raises :func:`escape_error` then, once its own references to the
+        views are gone: a traceback holding them would keep them from ever being released.
         """
+        if len(views) < 2:  # the loan was cut short before the user's view was made
+            return not all(map(_try_release, views))
+        base, view = views
         view_released = _try_release(view)
         if view_released and _try_release(base):
             return False
@@ -164,6 +174,36 @@ class Memory:
             e.memory is self and e.offset < end and offset < e.offset + e.length
             for e in list(_ESCAPED)
         )
+
+
+class Loan:
+    """The two views of one borrow, until it ends (:meth:`Memory.borrow`).
+
+    The views are reached through the loan, never held alone across a call: a frame that
+    held them when a signal's exception went through it stays in the traceback, and if
+    the program keeps that exception in a reference cycle, the views become cyclic
+    garbage; the collector's clear of a base view that still has an export (the user's
+    view's) crashes CPython.  The loan's finalizer ends the borrow first (PEP 442 runs the
+    finalizers of all the garbage before clearing any of it), as it does for a loan
+    dropped without being ended (a Ctrl-C skipped the end).  The finalizer is C code
+    once the loan has ended (see ``ON_DROP`` in ``anymmap._sys._signals``).
+    """
+
+    #: ``[base, view]``: ``view`` is the one handed out.
+    views: list[memoryview]
+    _on_drop: Callable[[], bool] = DISARMED  # type: ignore[assignment]
+    __del__ = ON_DROP
+
+    @property
+    def view(self) -> memoryview:
+        return self.views[1]
+
+    def end(self) -> bool:
+        """End the borrow; return whether something built on its view is still alive (its
+        views are then parked, and the caller raises :func:`escape_error`)."""
+        escaped = self._on_drop()
+        self._on_drop = DISARMED  # type: ignore[assignment]
+        return bool(escaped)
 
 
 class _Escape:

@@ -39,7 +39,7 @@ from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
 from ._forks import track
-from ._lifetime import Memory
+from ._lifetime import Loan, Memory
 from ._threadlock import (
     HEAL_EVERY,
     check_not_held,
@@ -82,8 +82,8 @@ ATOMIC_TYPES: dict[
 
 #: ``(offset, length, copier)`` of one piece of a map.
 Piece = tuple[int, int, Copier]
-#: A borrow in progress: its offset in the memory, its base view and the user's view.
-Borrowed = tuple[int, memoryview, memoryview]
+#: A borrow in progress: its offset in the map and its loan (its views).
+Borrowed = tuple[int, Loan]
 
 
 class MapCore:
@@ -545,8 +545,7 @@ class MapCore:
         start, n = self.check_range(offset, length)
         self.check_borrowable(start, n, writable)
         at = self.addr - self.memory.addr + start  # in the memory
-        base, view = self.memory.borrow(at, n, writable)
-        return at, base, view
+        return start, self.memory.borrow(at, n, writable)
 
     def check_borrowable(self, start: int, n: int, writable: bool) -> None:
         """Raise if a direct view of the range would not be safe to touch (sparse maps)."""
@@ -554,11 +553,10 @@ class MapCore:
     def end_borrow(self, borrowed: Borrowed) -> bool:
         """End a borrow; return whether something built on its view is still alive (the
         caller then raises :func:`escape_error`, having dropped ``borrowed``)."""
-        at, base, view = borrowed
-        del borrowed
-        if not base.readonly:  # a writable borrow: its bytes count as written
-            self.note_write(at - (self.addr - self.memory.addr), len(base))
-        return self.memory.end_borrow(at, base, view)
+        start, loan = borrowed
+        if not loan.views[0].readonly:  # a writable borrow: its bytes count as written
+            self.note_write(start, len(loan.views[0]))
+        return loan.end()
 
     # -- direct single-instruction access ------------------------------------------
 

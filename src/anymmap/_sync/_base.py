@@ -321,7 +321,7 @@ class _Borrow:
             borrowed = core.borrow(self._offset, self._length, self._writable)
             parts.append(borrowed)
             self._on_drop = partial(_end, core, parts)
-            return borrowed[2]  # (inside the try: a signal handled as it returns is undone)
+            return borrowed[1].view  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
             _end(core, parts)
             self._on_drop = DISARMED
