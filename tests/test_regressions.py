@@ -2042,3 +2042,29 @@ def test_a_bad_fault_safe_is_refused_before_an_existing_file_grows(tmp_path: Pat
     with pytest.raises(TypeError, match="fault_safe"):
         anymmap.sync.MmapRaw.create(path, 1 << 20, exist_ok=True, fault_safe=1)  # type: ignore[arg-type]
     assert path.read_bytes() == b"x" * PAGE
+
+
+def test_the_gc_hook_leaves_other_callbacks_their_stop_phase() -> None:
+    """Regression test (adversary round 14): the hook that releases parked views removed
+    itself from ``gc.callbacks`` while the collector was running that list, which it
+    walks by index, so the callback after it never saw that collection's "stop" (a
+    profiler's pause timer would never end).  Its entry now stays, idle."""
+    import gc
+
+    m = anymmap.sync.AnonymousMmap.new(1 << 16)
+    with pytest.raises(anymmap.BorrowError), m.as_slice(0, 16) as v:
+        kept = np.frombuffer(v, dtype=np.uint8)  # escapes: the view is parked
+    phases: list[str] = []
+
+    def after(phase: str, info: dict[str, int]) -> None:
+        phases.append(phase)
+
+    gc.callbacks.append(after)
+    try:
+        del kept  # the next collection releases the parked view, and the hook goes idle
+        gc.collect()
+        assert phases == ["start", "stop"]
+        assert not [c for c in gc.callbacks if getattr(c, "__module__", "").startswith("anymmap")]
+    finally:
+        gc.callbacks.remove(after)
+    m.close()

@@ -54,6 +54,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
 from pickle import PickleBuffer
+from typing import Any
 
 from .._errors import BorrowError
 from .._sys import DISARMED, ON_DROP, signals_held
@@ -283,17 +284,33 @@ def _after_gc(phase: str, info: dict[str, int]) -> None:
 # The hook is in gc.callbacks only while views are parked.  A Python callback there is a
 # place where Python runs the handlers of signals that arrived during the collection, and
 # an exception they raise there is only printed: with the hook always installed, about
-# one Ctrl-C in a hundred sent to an allocating program was lost.
+# one Ctrl-C in a hundred sent to an allocating program was lost.  While nothing is
+# parked, its entry holds _IDLE instead: C code that does nothing with the (phase, info)
+# it gets.  (Removing the entry would shift the list under a collection that is running
+# it, and the next callback would miss that collection's "stop".)
+_IDLE: Callable[[str, dict[str, int]], object] = slice
+
+
 def _watch_collections() -> None:
-    if _after_gc not in gc.callbacks:
-        gc.callbacks.append(_after_gc)
+    callbacks = gc.callbacks
+    if _after_gc not in callbacks and not _replace(callbacks, _IDLE, _after_gc, True):
+        callbacks.append(_after_gc)
 
 
 def _unwatch_collections() -> None:
-    # (gc reads the list's length at every step, so removing during a collection's
-    # callbacks is safe.)  Every copy: two threads may each have added one.
-    while _after_gc in gc.callbacks:
-        with suppress(ValueError):
-            gc.callbacks.remove(_after_gc)
+    _replace(gc.callbacks, _after_gc, _IDLE, False)  # (every copy: two threads may add one)
     if _ESCAPED:  # parked meanwhile by another thread, which saw the hook in place
         _watch_collections()
+
+
+def _replace(callbacks: list[Any], old: object, new: object, first_only: bool) -> bool:
+    """Put ``new`` in the place of ``old`` in ``callbacks``; return whether it was there."""
+    found = False
+    for i, callback in enumerate(callbacks):
+        if callback is old:
+            with suppress(IndexError):  # (another thread may change the list meanwhile)
+                callbacks[i] = new
+            found = True
+            if first_only:
+                break
+    return found
