@@ -34,7 +34,7 @@ from functools import partial
 from typing import ClassVar
 
 from .._errors import ClosedMapError, MappingFaultError, OutOfBoundsError, ReadOnlyError
-from .._sys import DISARMED, ON_DROP, os_impl, signals_held
+from .._sys import DISARMED, ON_DROP, give_back_skipped, os_impl, signals_held
 from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
@@ -726,6 +726,7 @@ def _store(address: int, width: int, number: int) -> None:
 class _Pinned:
     _on_drop: Callable[[], object] = DISARMED  # (see ON_DROP in anymmap._sys._signals)
     __del__ = ON_DROP
+    _skippable = True  # (see give_back_skipped)
 
     def __init__(self, core: MapCore, join: bool) -> None:
         self._core = core
@@ -789,6 +790,7 @@ def _unpin(core: MapCore, me: int, due: list[bool]) -> None:
 class _Exclusive:
     _on_drop: Callable[[], object] = DISARMED  # (see ON_DROP in anymmap._sys._signals)
     __del__ = ON_DROP
+    _skippable = True  # (see give_back_skipped)
 
     def __init__(self, core: MapCore) -> None:
         self._core = core
@@ -797,6 +799,8 @@ class _Exclusive:
         core = self._core
         me = threading.get_ident()
         check_not_held(core._cond)
+        if core._remapper == me or me in core._pinners:  # (only this thread makes that so)
+            give_back_skipped()
         core.check_not_remapping(me)  # (so a _remapper of `me` below is this call's)
         due = [False]
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 from anyio import WouldBlock
 
-from .._sys import DISARMED, ON_DROP
+from .._sys import DISARMED, ON_DROP, give_back_skipped
 from ._forks import track
 
 #: What a call re-entering an internal lock on the same thread raises.
@@ -120,6 +120,8 @@ class ThreadRWLock:
         """Acquire for the calling thread and return its identity (for ``_release_*``)."""
         me = threading.get_ident()
         check_not_held(self._cond)
+        if self._writer == me:  # (only this thread makes that true or false)
+            give_back_skipped()
         with self._cond:
             if me in self._readers:
                 self._readers[me] += 1
@@ -152,6 +154,8 @@ class ThreadRWLock:
         """Acquire for the calling thread and return its identity (for ``_release_*``)."""
         me = threading.get_ident()
         check_not_held(self._cond)
+        if self._writer == me or me in self._readers:  # (only this thread makes that so)
+            give_back_skipped()
         with self._cond:
             if self._writer == me or me in self._readers:
                 raise RuntimeError("this thread already holds the lock")
@@ -235,6 +239,7 @@ class Held:
 
     _on_drop: Callable[[], object] = DISARMED
     __del__ = ON_DROP
+    _skippable = True  # (see give_back_skipped)
 
     def __init__(self, lock: ThreadRWLock, write: bool, blocking: bool) -> None:
         self._lock = lock

@@ -300,6 +300,7 @@ class _Borrow:
 
     _on_drop: Callable[[], object] = DISARMED
     __del__ = ON_DROP
+    _skippable = True  # (see give_back_skipped)
 
     def __init__(self, facade: SyncMap[CoreT], offset: int, length: int, writable: bool) -> None:
         self._map: SyncMap[Any] = facade

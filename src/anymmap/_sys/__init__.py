@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._interface import OSInterface
-from ._signals import DISARMED, ON_DROP, signals_held
+from ._signals import DISARMED, ON_DROP, give_back_skipped, signals_held
 
 os_impl: OSInterface
 if sys.platform == "linux":
@@ -28,4 +28,11 @@ if TYPE_CHECKING:
     _linux_implements: OSInterface = _linux
     _unsupported_implements: OSInterface = _unsupported
 
-__all__ = ["DISARMED", "ON_DROP", "OSInterface", "os_impl", "signals_held"]
+__all__ = [
+    "DISARMED",
+    "ON_DROP",
+    "OSInterface",
+    "give_back_skipped",
+    "os_impl",
+    "signals_held",
+]

@@ -180,3 +180,25 @@ DISARMED: Callable[[], object] = tuple
 
 #: The ``__del__`` of a hold: it calls the hold's ``_on_drop`` without a Python frame.
 ON_DROP = property(attrgetter("_on_drop"))
+
+
+def give_back_skipped() -> None:
+    """Give back now the holds whose release the exception being handled skipped.
+
+    Called when this thread finds one of its own holds in the way (a blocking call
+    inside ``except KeyboardInterrupt:``, or the ``close()`` of a ``with`` block the
+    exception is leaving): a hold whose ``__exit__`` frame is in that exception's
+    traceback (or its context's) was left by the exception, so its block is over, and
+    giving it back now is what dropping it would do later.  A hold marks itself with a
+    true ``_skippable`` class attribute.
+    """
+    exc = sys.exc_info()[1]
+    while exc is not None:
+        tb = exc.__traceback__
+        while tb is not None:
+            hold: Any = tb.tb_frame.f_locals.get("self")
+            if getattr(type(hold), "_skippable", False) and hold._on_drop is not DISARMED:
+                hold._on_drop()
+                hold._on_drop = DISARMED
+            tb = tb.tb_next
+        exc = exc.__context__
