@@ -463,3 +463,23 @@ def test_progress_callback_may_close_the_map() -> None:
     assert not t.is_alive(), "populate deadlocked"
     assert m.closed
     assert len(outcome) == 1
+
+
+@pytest.mark.parametrize("writable", [False, True])
+def test_a_sync_borrow_entered_twice_is_refused(writable: bool) -> None:
+    """Regression test (adversary round 14): a sync borrow object could be entered twice
+    (the async one refuses); the second entry took the place of the first, whose read
+    lock was given back while its view was still live, so another thread could write
+    under it."""
+    with anymmap.sync.AnonymousMmap.new(1 << 16) as m:
+        borrow = m.as_mut_slice(0, 16) if writable else m.as_slice(0, 16)
+        with borrow as view:
+            with pytest.raises(RuntimeError, match="entered already"), borrow:
+                pass
+            assert len(view) == 16
+            assert m._lock._writer == threading.get_ident() or m._lock._readers
+        assert not m._lock._readers
+        assert m._lock._writer is None
+        with pytest.raises(RuntimeError, match="entered already"), borrow:
+            pass
+        m.update_region(0, b"free")  # nothing held

@@ -301,6 +301,7 @@ class _Borrow:
     _on_drop: Callable[[], object] = DISARMED
     __del__ = ON_DROP
     _skippable = True  # (see give_back_skipped)
+    _entered = False
 
     def __init__(self, facade: SyncMap[CoreT], offset: int, length: int, writable: bool) -> None:
         self._map: SyncMap[Any] = facade
@@ -309,6 +310,12 @@ class _Borrow:
         self._writable = writable
 
     def __enter__(self) -> memoryview:
+        if self._entered:  # (a second entry would overwrite what the first must release)
+            name = "as_mut_slice" if self._writable else "as_slice"
+            raise RuntimeError(
+                f"this {name}() borrow was entered already; call {name}() again for another"
+            )
+        self._entered = True
         lock = self._map._lock
         # (The end exits the hold whether or not it was entered: a Held's exit is then a
         # no-op, and so is its enter's if it raised.)
