@@ -1018,8 +1018,8 @@ def test_a_signal_during_a_garbage_collection_is_not_lost() -> None:
     """Regression test: anymmap kept a Python callback in ``gc.callbacks`` for good, and
     the handler of a signal that arrived during a collection ran inside it, where its
     ``KeyboardInterrupt`` was printed and dropped (a Ctrl-C lost about once per hundred
-    in an allocating program).  The callback is now there only while views are
-    parked."""
+    in an allocating program).  The Python callback is now there only while views are
+    parked (C code that does nothing holds its place otherwise)."""
     check_child(_CTRL_C_DURING_A_COLLECTION, timeout=60)
 
 
