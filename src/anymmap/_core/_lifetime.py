@@ -19,7 +19,9 @@ The mechanism, in one page:
    NumPy array) holds an export of the base, and whatever takes its own export of the
    user's view (``PickleBuffer(view)``, ``struct.iter_unpack``, ``re.finditer``) holds an
    export of that view.  When the borrow ends both are released; if either cannot be
-   (``BufferError``: something built on it is alive), it is *parked*.
+   (``BufferError``: something built on it is alive), it is *parked*.  Until then both
+   live in a :class:`Loan`, whose finalizer ends the borrow if nothing else does (see
+   it: a traceback kept in a reference cycle must not let the collector clear them).
 
 3. **Parking.**  Parked views go into a module-level registry, which is always reachable:
    the memory under them stays mapped (the views hold the array), close and resize refuse,
@@ -154,16 +156,18 @@ class Memory:
         The caller raises :func:`escape_error` then, once its own references to the
         views are gone: a traceback holding them would keep them from ever being released.
         """
-        if len(views) < 2:  # the loan was cut short before the user's view was made
+        if len(views) < 2:  # ended already, or cut short before the user's view was made
             return not all(map(_try_release, views))
         base, view = views
         view_released = _try_release(view)
         if view_released and _try_release(base):
+            del views[:]
             return False
         parked = [base] if view_released else [view, base]  # the view first: it pins base
         # (No lock: an append is atomic, and this may run inside a collection that
         # interrupted this thread while it held _ESCAPED_LOCK.)
         _ESCAPED.append(_Escape(self, offset, len(base), parked))
+        del views[:]  # (the registry holds them now; not before, or nothing would)
         _watch_collections()
         return True
 
