@@ -1270,3 +1270,59 @@ def test_a_with_block_left_by_an_interrupt_closes_its_map(what: str) -> None:
     interrupts of a storm).  A call that finds its own thread's hold in the way now gives
     back the holds the exception being handled skipped."""
     check_child(_WITH_BLOCK_LEFT_BY_AN_INTERRUPT, what, timeout=60)
+
+
+_LOAN_DROPPED_IN_A_CYCLE = (
+    _PRELUDE
+    + """
+    import anymmap._core._lifetime as L
+    m = S.MmapRaw.create(os.path.join(d, "f"), 1 << 16)
+
+    def arm(name, caller):
+        # One SIGINT as `name` (called from `caller`) begins; then no more tracing.
+        def tracer(frame, event, arg):
+            back = frame.f_back  # (None in a finalizer the collector calls)
+            if event == "call" and frame.f_code.co_name == name:
+                if back is not None and back.f_code.co_name == caller:
+                    sys.settrace(None)
+                    signal.raise_signal(signal.SIGINT)
+        sys.settrace(tracer)
+
+    def borrow():
+        gc.disable()
+        try:
+            arm("end_borrow", "end")  # the loan's end is skipped
+            with m.as_slice(0, 64) as v:
+                v[0]
+        except KeyboardInterrupt as e:
+            e.keep = e  # the program keeps the exception (and this frame) in a cycle
+        finally:
+            sys.settrace(None)
+
+    def collect():
+        try:
+            arm("end_borrow", "collect")  # a second one, if a borrow's end runs in there
+            gc.collect()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+
+    borrow()
+    collect()
+    gc.enable()
+    gc.collect()
+    m.close()
+    assert not L._DROPPED
+    print("ok")
+"""
+)
+
+
+def test_a_loan_dropped_in_a_cycle_survives_a_second_interrupt() -> None:
+    """Regression test (adversary round 15): a borrow whose end a Ctrl-C skipped, in an
+    exception the program kept in a reference cycle, was ended by its loan's finalizer, a
+    Python function; a second Ctrl-C handled as that began was dropped with the end, and
+    the collector cleared the base view under the user's view's export: SIGSEGV (10 of
+    10).  The finalizer is now C code that only hands the views to a registry."""
+    check_child(_LOAN_DROPPED_IN_A_CYCLE, timeout=60)

@@ -142,9 +142,13 @@ class Memory:
             base = base.toreadonly()
         # The loan is armed before the user's view exists (its export pins base), and the
         # view goes into the loan's list with no call in between (see Loan).
+        if _DROPPED:
+            release_escaped()
         loan = Loan()
+        loan.memory = self
+        loan.offset = offset
         loan.views = views = [base]
-        loan._on_drop = partial(self.end_borrow, offset, views)
+        loan._on_drop = partial(_DROPPED.__setitem__, id(views), (self, offset, views))
         views.append(memoryview(PickleBuffer(base)))
         return loan
 
@@ -188,15 +192,20 @@ class Loan:
     held them when a signal's exception went through it stays in the traceback, and if
     the program keeps that exception in a reference cycle, the views become cyclic
     garbage; the collector's clear of a base view that still has an export (the user's
-    view's) crashes CPython.  The loan's finalizer ends the borrow first (PEP 442 runs the
-    finalizers of all the garbage before clearing any of it), as it does for a loan
-    dropped without being ended (a Ctrl-C skipped the end).  The finalizer is C code
-    once the loan has ended (see ``ON_DROP`` in ``anymmap._sys._signals``).
+    view's) crashes CPython.  So a loan dropped before it ended (a signal skipped the
+    end, or the garbage collector found it in a cycle) hands its views to
+    :data:`_DROPPED`, a registry that is always reachable, where the collector cannot
+    clear them (PEP 442 runs finalizers before clearing anything, and sees what they
+    made reachable again); the next :func:`release_escaped` ends them.  That finalizer
+    is C code (``ON_DROP`` in ``anymmap._sys._signals``: ``dict.__setitem__``), so no
+    signal can cut it short, and it does nothing once the loan has ended.
     """
 
     #: ``[base, view]``: ``view`` is the one handed out.
     views: list[memoryview]
-    _on_drop: Callable[[], bool] = DISARMED  # type: ignore[assignment]
+    memory: Memory
+    offset: int
+    _on_drop: Callable[[], object] = DISARMED
     __del__ = ON_DROP
 
     @property
@@ -206,9 +215,9 @@ class Loan:
     def end(self) -> bool:
         """End the borrow; return whether something built on its view is still alive (its
         views are then parked, and the caller raises :func:`escape_error`)."""
-        escaped = self._on_drop()
-        self._on_drop = DISARMED  # type: ignore[assignment]
-        return bool(escaped)
+        escaped = self.memory.end_borrow(self.offset, self.views)
+        self._on_drop = DISARMED
+        return escaped
 
 
 class _Escape:
@@ -263,8 +272,16 @@ def _try_release(view: memoryview) -> bool:
     return True
 
 
+#: The views of loans dropped before they ended, by the id of their list (see Loan).
+_DROPPED: dict[int, tuple[Memory, int, list[memoryview]]] = {}
+
+
 def release_escaped(blocking: bool = True) -> None:
-    """Release the parked views whose exports are gone."""
+    """End the borrows of dropped loans; release the parked views whose exports are
+    gone."""
+    for key, (memory, offset, views) in list(_DROPPED.items()):
+        memory.end_borrow(offset, views)  # (ended, or parked: once, however often called)
+        _DROPPED.pop(key, None)
     if _ESCAPED and _ESCAPED_LOCK.acquire(blocking):
         try:
             for escape in list(_ESCAPED):  # (a copy: entries may be appended meanwhile)
