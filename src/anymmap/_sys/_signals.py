@@ -193,7 +193,9 @@ def give_back_skipped() -> None:
     true ``_skippable`` class attribute.
     """
     exc = sys.exc_info()[1]
-    while exc is not None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # (a context chain set by hand may loop)
+        seen.add(id(exc))
         tb = exc.__traceback__
         while tb is not None:
             hold: Any = tb.tb_frame.f_locals.get("self")
