@@ -34,7 +34,7 @@ from functools import partial
 from typing import ClassVar
 
 from .._errors import ClosedMapError, MappingFaultError, OutOfBoundsError, ReadOnlyError
-from .._sys import DISARMED, ON_DROP, give_back_skipped, os_impl, signals_held
+from .._sys import DISARMED, ON_DROP, give_back_skipped, os_impl, signals_held, whole
 from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
@@ -348,20 +348,17 @@ class MapCore:
             return False
         return self._copy_now(start, n, dst, False)
 
-    def _enter_direct(self, start: int, n: int) -> int:
-        """Enter a direct access to ``[start, start + n)`` (see :meth:`_direct_refused`);
-        return the thread's identity, which the caller removes from ``_direct`` once done.
-        (:meth:`_copy_now`, the hot path, does the same inline.)"""
-        me = _get_ident()
-        direct = self._direct
-        direct.append(me)
+    def _enter_direct(self, me: int, start: int, n: int) -> None:
+        """Enter a direct access to ``[start, start + n)`` (see :meth:`_direct_refused`)
+        for the thread ``me``.  Called first thing inside a ``try`` whose ``finally``
+        removes ``me`` from ``_direct`` right away (no call before it, and a ValueError
+        ignored: a signal before the entry): entered outside it, or left through a
+        function, a signal's exception raised there would leave ``me`` in ``_direct`` for
+        good, and every close or resize of the map would be refused.  (:meth:`_copy_now`,
+        the hot path, does it inline.)"""
+        self._direct.append(me)
         if self._remapper is not None or start + n > self.length:
-            try:
-                self._direct_refused(me, start, n)
-            except BaseException:
-                direct.remove(me)
-                raise
-        return me
+            self._direct_refused(me, start, n)
 
     def _direct_refused(self, me: int, start: int, n: int) -> None:
         """Raise unless the calling thread may touch ``[start, start + n)`` directly.
@@ -400,10 +397,10 @@ class MapCore:
         can wait for the disk; False (nothing or part copied) if one could."""
         if not n:
             return True  # a no-op anywhere, even over a hole
-        me = _get_ident()  # (_enter_direct, inline)
+        me = _get_ident()
         direct = self._direct
-        direct.append(me)
         try:
+            direct.append(me)  # (_enter_direct, inline)
             if self._remapper is not None or start + n > self.length:
                 self._direct_refused(me, start, n)
             pieces = self._pieces
@@ -420,7 +417,10 @@ class MapCore:
             except OSError as exc:
                 raise self.fault_error(exc, copier, start - first, n) from None
         finally:
-            direct.remove(me)
+            try:  # (see _enter_direct)
+                direct.remove(me)
+            except ValueError:
+                pass
 
     def _copy_spans(self, start: int, n: int, buf: memoryview, writing: bool) -> bool:
         """:meth:`_copy_now` of a range over several pieces."""
@@ -464,8 +464,9 @@ class MapCore:
         if not n:
             return b""
         if n <= INLINE_COPY_LIMIT:
-            me = self._enter_direct(start, n)
+            me = _get_ident()
             try:
+                self._enter_direct(me, start, n)
                 one = self._piece_of(start, n)
                 if one is not None:
                     first, copier = one
@@ -474,7 +475,10 @@ class MapCore:
                     except OSError as exc:
                         raise self.fault_error(exc, copier, start - first, n) from None
             finally:
-                self._direct.remove(me)
+                try:  # (see _enter_direct)
+                    self._direct.remove(me)
+                except ValueError:
+                    pass
             if one is not None:
                 if data is not None:
                     return data
@@ -601,25 +605,33 @@ class MapCore:
     def atomic_load(self, offset: object, size: object) -> int:
         """The unsigned ``size``-byte value at ``offset``, read with one aligned load."""
         width, start = as_int(size, "size"), as_int(offset, "offset")  # before the entry
-        me = self._enter_direct(0, 0)
+        me = _get_ident()
         try:
+            self._enter_direct(me, 0, 0)
             return _load(*self.atomic_address(start, width, store=False))
         finally:
-            self._direct.remove(me)
+            try:  # (see _enter_direct)
+                self._direct.remove(me)
+            except ValueError:
+                pass
 
     def atomic_store(self, offset: object, size: object, value: object) -> None:
         """Store ``value`` in the ``size`` bytes at ``offset`` with one aligned store."""
         # Converted first: an __index__ may cut the file, or close the map and wait.
         number = as_int(value, "value")
         width, start = as_int(size, "size"), as_int(offset, "offset")
-        me = self._enter_direct(0, 0)
+        me = _get_ident()
         try:
+            self._enter_direct(me, 0, 0)
             address, width = self.atomic_address(start, width, store=True)
             if not 0 <= number < 1 << (8 * width):
                 raise ValueError(f"value {number} does not fit in {width} unsigned byte(s)")
             _store(address, width, number)
         finally:
-            self._direct.remove(me)
+            try:  # (see _enter_direct)
+                self._direct.remove(me)
+            except ValueError:
+                pass
         self.note_write(address - self.addr, width)
 
     @staticmethod
@@ -768,6 +780,7 @@ class _Pinned:
         self._on_drop = DISARMED
 
 
+@whole
 def _unpin(core: MapCore, me: int, due: list[bool]) -> None:
     """Give back a :class:`_Pinned`'s pin for ``me`` if ``due``, once."""
     if me == threading.get_ident() and held_here(core._cond):

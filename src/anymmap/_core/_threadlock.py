@@ -12,7 +12,7 @@ from typing import Any
 
 from anyio import WouldBlock
 
-from .._sys import DISARMED, ON_DROP, give_back_skipped
+from .._sys import DISARMED, ON_DROP, give_back_skipped, whole
 from ._forks import track
 
 #: What a call re-entering an internal lock on the same thread raises.
@@ -274,6 +274,7 @@ class Held:
         self._on_drop = DISARMED
 
 
+@whole
 def _give_back(lock: ThreadRWLock, me: int, write: bool, due: list[bool]) -> None:
     """Release a :class:`Held`'s lock for ``me`` if ``due``, once."""
     if held_here(lock._cond):  # a drop by a collection inside the lock's own bookkeeping

@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._interface import OSInterface
-from ._signals import DISARMED, ON_DROP, give_back_skipped, signals_held
+from ._signals import DISARMED, ON_DROP, give_back_skipped, signals_held, whole
 
 os_impl: OSInterface
 if sys.platform == "linux":
@@ -35,4 +35,5 @@ __all__ = [
     "give_back_skipped",
     "os_impl",
     "signals_held",
+    "whole",
 ]
