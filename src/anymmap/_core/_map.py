@@ -34,7 +34,7 @@ from functools import partial
 from typing import ClassVar
 
 from .._errors import ClosedMapError, MappingFaultError, OutOfBoundsError, ReadOnlyError
-from .._sys import DISARMED, ON_DROP, give_back_skipped, os_impl, signals_held, whole
+from .._sys import DISARMED, Hold, give_back_skipped, os_impl, signals_held, whole
 from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
 from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
@@ -735,11 +735,7 @@ def _store(address: int, width: int, number: int) -> None:
 # anymmap._sys._signals, says how without a Python __del__).
 
 
-class _Pinned:
-    _on_drop: Callable[[], object] = DISARMED  # (see ON_DROP in anymmap._sys._signals)
-    __del__ = ON_DROP
-    _skippable = True  # (see give_back_skipped)
-
+class _Pinned(Hold):
     def __init__(self, core: MapCore, join: bool) -> None:
         self._core = core
         self._join = join
@@ -775,10 +771,6 @@ class _Pinned:
             self._on_drop = DISARMED
             raise
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._on_drop()
-        self._on_drop = DISARMED
-
 
 @whole
 def _unpin(core: MapCore, me: int, due: list[bool]) -> None:
@@ -800,11 +792,7 @@ def _unpin(core: MapCore, me: int, due: list[bool]) -> None:
             core._pinners[me] = pins - 1
 
 
-class _Exclusive:
-    _on_drop: Callable[[], object] = DISARMED  # (see ON_DROP in anymmap._sys._signals)
-    __del__ = ON_DROP
-    _skippable = True  # (see give_back_skipped)
-
+class _Exclusive(Hold):
     def __init__(self, core: MapCore) -> None:
         self._core = core
 
@@ -844,10 +832,6 @@ class _Exclusive:
             _release_exclusive(core, due)
             self._on_drop = DISARMED
             raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._on_drop()
-        self._on_drop = DISARMED
 
 
 def _release_exclusive(core: MapCore, due: list[bool]) -> None:

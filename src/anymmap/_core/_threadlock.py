@@ -12,7 +12,7 @@ from typing import Any
 
 from anyio import WouldBlock
 
-from .._sys import DISARMED, ON_DROP, give_back_skipped, whole
+from .._sys import DISARMED, Hold, give_back_skipped, whole
 from ._forks import track
 
 #: What a call re-entering an internal lock on the same thread raises.
@@ -227,7 +227,7 @@ class ThreadRWLock:
         return Held(self, True, blocking)
 
 
-class Held:
+class Held(Hold):
     """``with lock.read():`` / ``with lock.write():``.  A class, not a
     ``@contextmanager`` generator: there a signal handled as the acquisition returned
     (a Ctrl-C that arrived while it waited) raised before the block was entered, and the
@@ -236,10 +236,6 @@ class Held:
     ``__exit__`` begins skips the release: the hold then gives the lock back when it is
     dropped (see ``ON_DROP`` in ``anymmap._sys._signals``).
     """
-
-    _on_drop: Callable[[], object] = DISARMED
-    __del__ = ON_DROP
-    _skippable = True  # (see give_back_skipped)
 
     def __init__(self, lock: ThreadRWLock, write: bool, blocking: bool) -> None:
         self._lock = lock
@@ -267,11 +263,6 @@ class Held:
             _give_back(lock, me, write, due)
             self._on_drop = DISARMED
             raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        # For the thread that entered, whichever thread exits (see ThreadRWLock).
-        self._on_drop()
-        self._on_drop = DISARMED
 
 
 @whole

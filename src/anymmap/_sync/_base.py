@@ -20,7 +20,7 @@ from .._core._lifetime import escape_error
 from .._core._map import MapCore, ProgressCallback
 from .._core._threadlock import ThreadRWLock
 from .._errors import ClosedMapError
-from .._sys import DISARMED, ON_DROP
+from .._sys import DISARMED, Hold
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -289,7 +289,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         core.flush(*core.check_range(offset, length), False)
 
 
-class _Borrow:
+class _Borrow(Hold):
     """A borrow's ``with`` block.  A class, not a ``@contextmanager`` generator: there a
     signal handled as the generator yielded (a Ctrl-C that arrived while the lock was
     awaited) raised inside contextlib, before the block, and the lock and the borrow
@@ -298,9 +298,6 @@ class _Borrow:
     without an exit, or with an exit a signal skipped, it ends when it is dropped, as the
     collection of a generator-based context manager would (see ``ON_DROP``)."""
 
-    _on_drop: Callable[[], object] = DISARMED
-    __del__ = ON_DROP
-    _skippable = True  # (see give_back_skipped)
     _entered = False
 
     def __init__(self, facade: SyncMap[CoreT], offset: int, length: int, writable: bool) -> None:

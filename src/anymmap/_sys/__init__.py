@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._interface import OSInterface
-from ._signals import DISARMED, ON_DROP, give_back_skipped, signals_held, whole
+from ._signals import DISARMED, ON_DROP, Hold, give_back_skipped, signals_held, whole
 
 os_impl: OSInterface
 if sys.platform == "linux":
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DISARMED",
     "ON_DROP",
+    "Hold",
     "OSInterface",
     "give_back_skipped",
     "os_impl",

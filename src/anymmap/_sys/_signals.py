@@ -182,6 +182,19 @@ DISARMED: Callable[[], object] = tuple
 ON_DROP = property(attrgetter("_on_drop"))
 
 
+class Hold:
+    """Base of the blocking twins' holds: ``__enter__`` (the subclass's) arms
+    ``_on_drop`` with its one-shot give-back; ``__exit__`` gives it back, then disarms."""
+
+    _on_drop: Callable[[], object] = DISARMED
+    __del__ = ON_DROP
+    _skippable = True  # (see give_back_skipped)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_rest: object) -> None:
+        self._on_drop()
+        self._on_drop = DISARMED
+
+
 def give_back_skipped() -> None:
     """Give back now the holds whose release the exception being handled skipped.
 
