@@ -1081,11 +1081,12 @@ _CTRL_C_AS_A_HOLD_IS_DROPPED = (
     deadline = time.monotonic() + 1.5
     while time.monotonic() < deadline:
         try:
-            armed[0] = True
-            call()
-            armed[0] = False
+            try:
+                armed[0] = True
+                call()
+            finally:  # (3.10 handles signals between any two instructions: disarm here)
+                armed[0] = False
         except KeyboardInterrupt as e:
-            armed[0] = False
             caught(e)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender.kill()
