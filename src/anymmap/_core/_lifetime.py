@@ -142,8 +142,8 @@ class Memory:
             base = base.toreadonly()
         # The loan is armed before the user's view exists (its export pins base), and the
         # view goes into the loan's list with no call in between (see Loan).
-        if _DROPPED:
-            release_escaped()
+        if _DROPPED:  # (never waiting for another thread: this may run on an event loop)
+            release_escaped(blocking=False)
         loan = Loan()
         loan.memory = self
         loan.offset = offset
