@@ -127,10 +127,21 @@ def not_in_a_task() -> NoReturn:
 
 
 def _trio() -> types.ModuleType:
+    return _trio_module or _load_trio()
+
+
+#: trio, once a trio run has used anymmap (an import statement per call costs the lock's
+#: fast path on trio a few hundred nanoseconds).
+_trio_module: types.ModuleType | None = None
+
+
+def _load_trio() -> types.ModuleType:
+    global _trio_module
     import trio
 
     if not _ki_protected:
         _protect_from_keyboard_interrupt(trio)
+    _trio_module = trio
     return trio
 
 

@@ -79,6 +79,19 @@ class _Done:
 
 _DONE = _Done()
 
+
+class _Checkpoint:
+    """An awaitable that yields to the event loop once (asyncio's checkpoint, as in
+    ``asyncio.sleep(0)``)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield
+
+
+_CHECKPOINT = _Checkpoint()
+
 _get_ident = threading.get_ident
 
 
@@ -225,7 +238,20 @@ class RWLock:
         :raises RuntimeError: if the current task holds the write lock
 
         """
-        await _Guard(self, write=False).__aenter__()
+        if backend_local.name != "trio":
+            # The common case of the guard's asyncio path, inline: no guard object and
+            # no second generator per acquire.
+            task = asyncio_current_task() or not_in_a_task()
+            readers = self._readers
+            if self._writer is None and not self._queue and task not in readers:
+                readers[task] = 1
+                try:
+                    await _CHECKPOINT
+                except BaseException:
+                    self._release_read(task)
+                    raise
+                return
+        await self.read().__aenter__()
 
     def acquire_read_nowait(self) -> None:
         """
@@ -245,7 +271,7 @@ class RWLock:
         :raises RuntimeError: if the current task already holds the read or write lock
 
         """
-        await _Guard(self, write=True).__aenter__()
+        await self.write().__aenter__()
 
     def acquire_write_nowait(self) -> None:
         """
@@ -462,6 +488,10 @@ class MapLock(RWLock):
 
     def read(self) -> _Guard:
         return _MapGuard(self, False)
+
+    async def acquire_read(self) -> None:
+        # (Not the parent's inline fast path: the map's guard checks the event loop.)
+        await self.read().__aenter__()
 
     def write(self) -> _Guard:
         return _MapGuard(self, True)
