@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import copy
 import errno
+import weakref
 from typing import ClassVar
 
 from .._sys import os_impl
-from ._buffers import PinnedBuffer
+from ._buffers import PinnedBuffer, new_bytes
 from ._files import FileRef
 from ._lifetime import Memory
 
@@ -65,6 +66,79 @@ def address_of(view: memoryview) -> int:
     """The address of a writable buffer's first byte (the caller holds it meanwhile)."""
     with PinnedBuffer(view, writable=True) as pin:
         return pin.address
+
+
+# -- two mappings of one file ---------------------------------------------------------
+#
+# Two maps of one file (a region attached twice, a file mapped by two MmapRaw) show the
+# same physical pages at two addresses.  A copy between them whose ranges overlap in the
+# file cannot see the overlap (memmove and the kernel compare addresses, not pages) and
+# would smear, re-reading bytes it has just written.  So every file window registers its
+# mapping under the file's identity, and while some file has two of them, a copy whose
+# buffer lies in one goes through a private copy of the buffer first (see
+# ``MapCore.try_read``).  Over-approximations (a mapping since unmapped, a buffer in the
+# other file's map) only cost that extra copy.
+
+
+class Aliasing:
+    """``possible``: whether two live mappings of one file may exist (the copies' hot
+    paths test only this)."""
+
+    __slots__ = ("possible",)
+
+    def __init__(self) -> None:
+        self.possible = False
+
+
+ALIASING = Aliasing()
+
+#: file identity -> weak references to the mappings (``Memory``) of its windows.  A list
+#: is replaced, never changed in place, so that a reader in another thread may iterate it.
+_windows: dict[tuple[int, int], list[weakref.ref[Memory]]] = {}
+
+
+def register_window(memory: Memory, identity: tuple[int, int]) -> None:
+    """Note that ``memory`` maps (part of) the file ``identity``."""
+    live = [ref for ref in _windows.get(identity, ()) if ref() not in (None, memory)]
+    live.append(weakref.ref(memory))
+    _windows[identity] = live
+    if len(live) > 1:
+        ALIASING.possible = True
+
+
+def shares_pages(view: memoryview) -> bool:
+    """Whether ``view``'s bytes may lie in a mapping of a file that another mapping also
+    shows (then a copy between the two must not be direct)."""
+    if type(view.obj) in (bytes, bytearray):
+        return False
+    twins = []
+    for identity, refs in list(_windows.items()):
+        memories = [memory for memory in (ref() for ref in refs) if memory is not None]
+        if not memories:
+            _windows.pop(identity, None)
+        elif len(memories) > 1:
+            twins += memories
+    if not twins:
+        ALIASING.possible = False
+        return False
+    with PinnedBuffer(view, writable=False) as pin:
+        start, end = pin.address, pin.address + pin.nbytes
+    return any(memory.addr < end and start < memory.addr + memory.length for memory in twins)
+
+
+def private_copy(view: memoryview) -> memoryview:
+    """A copy of ``view``'s bytes in memory of its own (read through the kernel: the
+    buffer is another map's memory, whose file may have been truncated)."""
+    data, address = new_bytes(len(view))
+    with PinnedBuffer(view, writable=False) as pin:
+        os_impl.read_memory(address, pin.address, pin.nbytes)
+    return memoryview(data)
+
+
+def put_back(dst: memoryview, src: memoryview) -> None:
+    """Copy ``src`` into ``dst``, another map's memory (through the kernel, as above)."""
+    with PinnedBuffer(dst, writable=True) as out, PinnedBuffer(src, writable=False) as pin:
+        os_impl.write_memory(out.address, pin.address, pin.nbytes)
 
 
 class Copier:
@@ -261,6 +335,7 @@ class FileCopier(KernelCopier):
         super().__init__(memory, base, writable, "file")
         self.file = file  # keeps the descriptor open for as long as the piece needs it
         fd = self.fd = file.fd
+        register_window(memory, os_impl.file_identity(fd))
         self.file_offset = file_offset  # of the piece's first byte
         self._mapped_size = os_impl.file_size(
             fd

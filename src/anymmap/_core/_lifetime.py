@@ -88,7 +88,7 @@ class Memory:
     unless :meth:`retire` ran first (the owner then unmaps or remaps it itself).
     """
 
-    __slots__ = ("_baseline", "_exporter", "_finalizer", "addr", "length", "view")
+    __slots__ = ("__weakref__", "_baseline", "_exporter", "_finalizer", "addr", "length", "view")
 
     def __init__(
         self, addr: int, length: int, unmap: Callable[[], None], fork_guard: list[int]

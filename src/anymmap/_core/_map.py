@@ -37,7 +37,18 @@ from .._errors import ClosedMapError, MappingFaultError, OutOfBoundsError, ReadO
 from .._sys import DISARMED, Hold, give_back_skipped, os_impl, signals_held, whole
 from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
-from ._copier import Copier, FileCopier, HoleCopier, MemoryCopier, page_ceil, page_floor
+from ._copier import (
+    ALIASING,
+    Copier,
+    FileCopier,
+    HoleCopier,
+    MemoryCopier,
+    page_ceil,
+    page_floor,
+    private_copy,
+    put_back,
+    shares_pages,
+)
 from ._forks import track
 from ._lifetime import Loan, Memory
 from ._threadlock import (
@@ -346,6 +357,12 @@ class MapCore:
             raise OutOfBoundsError(start, n, self.length)
         if limit is not None and n > limit:
             return False
+        if ALIASING.possible and shares_pages(dst):  # (see _copier.py: two maps of a file)
+            tmp = memoryview(bytearray(n))
+            if not self._copy_now(start, n, tmp, False):
+                return False
+            put_back(dst, tmp)
+            return True
         return self._copy_now(start, n, dst, False)
 
     def _enter_direct(self, me: int, start: int, n: int) -> None:
@@ -437,6 +454,13 @@ class MapCore:
         """Copy into ``dst`` on this thread if that cannot wait for the disk or take long;
         else return the copy as a call for a worker thread."""
         start, n = self.check_range(offset, len(dst))
+        if ALIASING.possible and shares_pages(dst):  # (see try_read)
+            tmp = memoryview(bytearray(n))
+            rest = self.start_read(start, tmp)
+            if rest is None:
+                put_back(dst, tmp)
+                return None
+            return partial(_then_put_back, rest, dst, tmp)
         if n <= INLINE_COPY_LIMIT and self._copy_now(start, n, dst, False):
             return None
         return partial(self.read_blocking, start, dst)
@@ -502,6 +526,8 @@ class MapCore:
         start, n = self.check_range(offset, len(src))
         if limit is not None and n > limit:
             return False
+        if ALIASING.possible and shares_pages(src):  # (see try_read)
+            src = private_copy(src)
         try:
             return self._copy_now(start, n, src, True)
         finally:
@@ -517,6 +543,8 @@ class MapCore:
         """Like :meth:`start_read`, the other way."""
         self.check_writable()
         start, n = self.check_range(offset, len(src))
+        if ALIASING.possible and shares_pages(src):  # (see try_read)
+            src = private_copy(src)
         if n <= INLINE_COPY_LIMIT:
             try:
                 if self._copy_now(start, n, src, True):
@@ -706,6 +734,11 @@ class MapCore:
                 except OSError as exc:
                     raise self.fault_error(exc, copier, at, count) from None
             self.note_advice(advice, whole=start == 0 and n == self.length)
+
+
+def _then_put_back(read: Callable[[], None], dst: memoryview, tmp: memoryview) -> None:
+    read()
+    put_back(dst, tmp)
 
 
 def _load(address: int, width: int) -> int:
