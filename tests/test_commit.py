@@ -352,6 +352,27 @@ def test_auto_flush_of_the_twin(log_file: Path) -> None:
         assert flushers() == 0  # joined when the block ended
 
 
+def test_auto_flush_of_the_twin_keeps_flushing_after_a_failure(failing_device: Path) -> None:
+    """Regression test (adversary round 16): the twin's flusher thread ended at its first
+    failed flush, and the block ran on with nothing flushing it (the async form cancels
+    the block instead; a thread cannot).  It now flushes on, and the block's exit raises
+    the first error."""
+    with anymmap.sync.MmapRaw.map_raw(failing_device) as m:
+        commit = m._core.commit
+        with pytest.raises(OSError) as info:  # noqa: PT012 - the error comes at the exit
+            with m.auto_flush(every=0.01, every_bytes=1 << 40):
+                m.update_region(0, b"\xee" * 4 * MiB)
+                pause, deadline = threading.Event(), time.monotonic() + 30
+                while not commit.failed_batches and time.monotonic() < deadline:
+                    pause.wait(0.001)  # the device fails the first flushes
+                assert commit.failed_batches, "the failing device did not fail"
+                m.update_region(0, b"later")  # a failed page is clean again: this flushes
+                while m.pending_bytes() and time.monotonic() < deadline:
+                    pause.wait(0.001)
+                assert m.pending_bytes() == 0, "nothing flushed after the failure"
+        assert info.value.errno == errno.EIO
+
+
 @pytest.mark.parametrize("size", [16, 3 * MiB], ids=["inline", "worker"])
 async def test_a_write_counts_as_pending_only_once_its_bytes_are_in_memory(
     log_file: Path, size: int

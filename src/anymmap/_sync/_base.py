@@ -252,17 +252,22 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
                 wake.set()
 
         def flusher() -> None:
-            try:
-                while not stop:
-                    if core.dirty.pending() < threshold:
-                        wake.wait(interval)
-                    wake.clear()
-                    if not stop and core.dirty.pending():
-                        self.flush()
-            except ClosedMapError:
-                pass  # the block closed the map: nothing left to flush through it
-            except BaseException as exc:  # noqa: BLE001 - raised by the block's exit
-                failures.append(exc)
+            # A failed flush cannot end the block from this thread (the async form
+            # cancels it): keep flushing, so that what the block writes next still
+            # becomes durable, and raise the first error when the block ends.
+            while not stop:
+                if failures or core.dirty.pending() < threshold:
+                    wake.wait(interval)  # (after a failure: retry at the interval)
+                wake.clear()
+                if stop or not core.dirty.pending():
+                    continue
+                try:
+                    self.flush()
+                except ClosedMapError:
+                    return  # the block closed the map: nothing left to flush through it
+                except Exception as exc:  # noqa: BLE001 - raised by the block's exit
+                    if not failures:
+                        failures.append(exc)
 
         core.dirty.listener = written
         thread = threading.Thread(target=flusher, name="anymmap auto flush")
