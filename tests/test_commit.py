@@ -359,17 +359,17 @@ def test_auto_flush_of_the_twin_keeps_flushing_after_a_failure(failing_device: P
     the first error."""
     with anymmap.sync.MmapRaw.map_raw(failing_device) as m:
         commit = m._core.commit
-        with pytest.raises(OSError) as info:  # noqa: PT012 - the error comes at the exit
-            with m.auto_flush(every=0.01, every_bytes=1 << 40):
-                m.update_region(0, b"\xee" * 4 * MiB)
-                pause, deadline = threading.Event(), time.monotonic() + 30
-                while not commit.failed_batches and time.monotonic() < deadline:
-                    pause.wait(0.001)  # the device fails the first flushes
-                assert commit.failed_batches, "the failing device did not fail"
-                m.update_region(0, b"later")  # a failed page is clean again: this flushes
-                while m.pending_bytes() and time.monotonic() < deadline:
-                    pause.wait(0.001)
-                assert m.pending_bytes() == 0, "nothing flushed after the failure"
+        # (the error comes at the block's exit)
+        with pytest.raises(OSError) as info, m.auto_flush(every=0.01, every_bytes=1 << 40):  # noqa: PT012
+            m.update_region(0, b"\xee" * 4 * MiB)
+            pause, deadline = threading.Event(), time.monotonic() + 30
+            while not commit.failed_batches and time.monotonic() < deadline:
+                pause.wait(0.001)  # the device fails the first flushes
+            assert commit.failed_batches, "the failing device did not fail"
+            m.update_region(0, b"later")  # a failed page is clean again: this flushes
+            while m.pending_bytes() and time.monotonic() < deadline:
+                pause.wait(0.001)
+            assert m.pending_bytes() == 0, "nothing flushed after the failure"
         assert info.value.errno == errno.EIO
 
 

@@ -472,6 +472,11 @@ class MapCore:
             rest()
 
     def read_blocking(self, start: int, dst: memoryview) -> None:
+        if ALIASING.possible and shares_pages(dst):  # (see try_read; Region calls this)
+            tmp = memoryview(bytearray(len(dst)))
+            self.read_blocking(start, tmp)
+            put_back(dst, tmp)
+            return
         with self.pinned(), PinnedBuffer(dst, writable=True) as pin:
             self._read_to(pin.address, start, pin.nbytes)
 
@@ -559,6 +564,8 @@ class MapCore:
             rest()
 
     def write_blocking(self, start: int, src: memoryview) -> None:
+        if ALIASING.possible and shares_pages(src):  # (see try_read; Region calls this)
+            src = private_copy(src)
         with self.pinned(), PinnedBuffer(src, writable=False) as pin:
             try:
                 for copier, at, count, pos in self._spans(start, pin.nbytes):
