@@ -490,6 +490,43 @@ class MapMachine(RuleBasedStateMachine):
         got = self.attempt(lambda: a.call(self.other, "read", 0, size), None)
         self.model.check(0, got)
 
+    @precondition(lambda self: self.KIND == "region")
+    @rule(
+        src=offsets,
+        dst=offsets,
+        size=lengths,
+        how=st.sampled_from(["update_region", "update_region_nowait", "read_into", "Region"]),
+    )
+    def copy_between_the_two_handles(self, src: int, dst: int, size: int, how: str) -> None:
+        """A borrow of the attachment as the buffer of a copy of the host: the two show
+        the same pages, so where the ranges overlap the copy must act as ``memmove``."""
+        if self.closed:
+            return
+        a, length = self.api, len(self.model)
+        s, d = src * length // 1001, dst * length // 1001
+        n = min(size * length // 1000, length - s, length - d)
+        if n <= 0:
+            return
+        writing = how != "read_into"
+        if writing:  # host[d:d+n] = attachment[s:s+n]
+            with a.borrow(self.other, False, s, n) as view:
+                if how == "Region":
+                    self.map.region().write(d, view)
+                else:
+                    result = self.attempt(
+                        lambda: a.call(self.map, how, d, view), None, anyio.WouldBlock
+                    )
+                    if isinstance(result, anyio.WouldBlock):  # (pages not in memory)
+                        self.model.forget(d, d + n)
+                        return
+            moved, known, at = self.model.data[s : s + n], self.model.known[s : s + n], d
+        else:  # attachment[s:s+n] = host[d:d+n]
+            with a.borrow(self.other, True, s, n) as view:
+                self.attempt(lambda: a.call(self.map, "read_into", d, view), None)
+            moved, known, at = self.model.data[d : d + n], self.model.known[d : d + n], s
+        self.model.write(at, bytes(moved))
+        self.model.known[at : at + n] = known
+
     # -- bad input ------------------------------------------------------------------------
 
     @rule(which=st.integers(0, 7))
