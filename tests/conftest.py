@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,6 +9,14 @@ from typing import Any
 import pytest
 
 from ._guard import StallInstrument, loop_guard
+
+# A run started in the background of a non-interactive shell (`pytest &`) inherits SIGINT
+# ignored; Python then installs no KeyboardInterrupt handler, nor do the children the
+# tests start (an ignored signal stays ignored across exec), and every Ctrl-C test sees
+# its signal lost.  Give the run Python's own handler back: children then start with the
+# default disposition, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Every async test runs on asyncio, asyncio with uvloop, and trio (anyio's pytest plugin).
 BACKENDS = [
