@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import copy
 import errno
+import threading
 import weakref
 from typing import ClassVar
 
 from .._sys import os_impl
 from ._buffers import PinnedBuffer, new_bytes
 from ._files import FileRef
+from ._forks import renew_in_child
 from ._lifetime import Memory
 
 PAGE_SIZE = os_impl.PAGE_SIZE
@@ -92,18 +94,28 @@ class Aliasing:
 
 ALIASING = Aliasing()
 
-#: file identity -> weak references to the mappings (``Memory``) of its windows.  A list
-#: is replaced, never changed in place, so that a reader in another thread may iterate it.
+#: file identity -> weak references to the mappings (``Memory``) of its windows, and the
+#: lock of the two (maps are made in any thread; no user code runs under it).
 _windows: dict[tuple[int, int], list[weakref.ref[Memory]]] = {}
+_windows_lock = threading.Lock()
+
+
+def _renew_lock_in_child() -> None:
+    global _windows_lock
+    _windows_lock = threading.Lock()  # a thread of the parent may have held it
+
+
+renew_in_child(_renew_lock_in_child)
 
 
 def register_window(memory: Memory, identity: tuple[int, int]) -> None:
     """Note that ``memory`` maps (part of) the file ``identity``."""
-    live = [ref for ref in _windows.get(identity, ()) if ref() not in (None, memory)]
-    live.append(weakref.ref(memory))
-    _windows[identity] = live
-    if len(live) > 1:
-        ALIASING.possible = True
+    with _windows_lock:
+        live = [ref for ref in _windows.get(identity, ()) if ref() not in (None, memory)]
+        live.append(weakref.ref(memory))
+        _windows[identity] = live
+        if len(live) > 1:
+            ALIASING.possible = True
 
 
 def shares_pages(view: memoryview) -> bool:
@@ -112,16 +124,17 @@ def shares_pages(view: memoryview) -> bool:
     if type(view.obj) in (bytes, bytearray):
         return False
     twins = []
-    for identity, refs in list(_windows.items()):
-        memories = [memory for memory in (ref() for ref in refs) if memory is not None]
-        if not memories:
-            _windows.pop(identity, None)
-        elif len(memories) > 1:
-            twins += memories
-    if not twins:
-        ALIASING.possible = False
-        return False
-    with PinnedBuffer(view, writable=False) as pin:
+    with _windows_lock:
+        for identity, refs in list(_windows.items()):
+            memories = [memory for memory in (ref() for ref in refs) if memory is not None]
+            if not memories:
+                del _windows[identity]
+            elif len(memories) > 1:
+                twins += memories
+        if not twins:
+            ALIASING.possible = False
+            return False
+    with PinnedBuffer(view, writable=False) as pin:  # (outside the lock: __buffer__)
         start, end = pin.address, pin.address + pin.nbytes
     return any(memory.addr < end and start < memory.addr + memory.length for memory in twins)
 
