@@ -261,7 +261,15 @@ class RWLock:
         :raises RuntimeError: if the current task holds the write lock
 
         """
-        if not self._try_read(current_task()):
+        task = (
+            trio_current_task()
+            if backend_local.name == "trio"
+            else asyncio_current_task() or not_in_a_task()
+        )  # (current_task(), inline: the nowait calls are the cheapest there are)
+        readers = self._readers
+        if self._writer is None and not self._queue and task not in readers:
+            readers[task] = 1
+        elif not self._try_read(task):
             raise WouldBlock
 
     async def acquire_write(self) -> None:
@@ -291,7 +299,16 @@ class RWLock:
         :raises RuntimeError: if the current task does not hold the read lock
 
         """
-        self._release_read(current_task())
+        task = (
+            trio_current_task()
+            if backend_local.name == "trio"
+            else asyncio_current_task() or not_in_a_task()
+        )
+        readers = self._readers
+        if readers.get(task) == 1 and not (len(readers) == 1 and self._queue):
+            del readers[task]  # (the common case of _release_read, inline)
+        else:
+            self._release_read(task)
 
     def release_write(self) -> None:
         """
