@@ -2142,3 +2142,81 @@ async def test_a_copy_between_a_region_and_its_attachment_behaves_as_memmove(
                         await getattr(host, how)(4096 + shift, view)
                 expected = _overlap_expected(writing, 4096, shift, n)
                 assert await host.read(0, _OVERLAP_SIZE) == expected
+
+
+def test_a_pass_through_mmap_of_a_file_counts_as_a_second_map_of_it(tmp_path: Path) -> None:
+    """Regression test (adversary round 17): a sparse map's ``mmap(MAP_SHARED, fd)`` piece
+    was not known as a mapping of its file, so copies between it and another map of
+    the file over overlapping ranges still smeared, both ways."""
+    import mmap
+
+    path = tmp_path / "f"
+    path.write_bytes(_OVERLAP_PATTERN[: 16 * PAGE])
+    with (
+        anymmap.sync.MmapRaw.map_raw(path) as raw,
+        anymmap.sync.SparseMapping.new(16 * PAGE) as sparse,
+        open(path, "r+b") as f,
+    ):
+        sparse.mmap(0, 16 * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, f.fileno())
+        n = 2000
+        with raw.as_slice(PAGE, n) as view:  # sparse[PAGE + 8 :] = raw[PAGE :]
+            sparse.update_region(PAGE + 8, view)
+        expected = _overlap_expected(True, PAGE, 8, n)[: 16 * PAGE]
+        assert sparse.read(0, 16 * PAGE) == expected
+        with raw.as_mut_slice(2 * PAGE, n) as view:  # raw[2 PAGE :] = sparse[2 PAGE - 8 :]
+            sparse.read_into(2 * PAGE - 8, view)
+        expected = bytearray(expected)
+        expected[2 * PAGE : 2 * PAGE + n] = expected[2 * PAGE - 8 : 2 * PAGE - 8 + n]
+        assert raw.read(0, 16 * PAGE) == expected
+
+
+@pytest.mark.parametrize("shift", [8, -8])
+def test_a_regions_helpers_copy_a_borrow_of_the_same_region_as_memmove(
+    tmp_path: Path, shift: int
+) -> None:
+    """Regression test (adversary round 17): ``Region.write`` / ``read_into`` take no
+    lock, so a borrow of the same region could be their buffer, and the copy smeared
+    (the map's own methods refuse it: the borrow holds the lock)."""
+    with anymmap.sync.MmapRegion.create(tmp_path / "r", 4 * PAGE) as r:
+        r.update_region(0, _OVERLAP_PATTERN[: 4 * PAGE])
+        n = 2 * PAGE
+        with r.as_slice(PAGE, n) as view:
+            r.region().write(PAGE + shift, view)
+        assert r.read(0, 4 * PAGE) == _overlap_expected(True, PAGE, shift, n)[: 4 * PAGE]
+        r.update_region(0, _OVERLAP_PATTERN[: 4 * PAGE])
+        # (a read-only borrow is refused as a target, as any read-only buffer is)
+        with r.as_slice(PAGE, n) as view, pytest.raises(TypeError):
+            r.region().read_into(PAGE + shift, view)
+        region = r.region()
+        with r.as_mut_slice(PAGE, n) as view:
+            region.read_into(PAGE + shift, view)  # view = region[PAGE + shift :]
+        assert r.read(0, 4 * PAGE) == _overlap_expected(False, PAGE, shift, n)[: 4 * PAGE]
+
+
+def test_a_buffer_in_a_truncated_twin_is_a_mapping_fault_and_others_pay_nothing(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 17): a copy whose buffer is a borrow of a second
+    map of the file, after another process cut the file under it, raised a bare
+    ``OSError(EFAULT)`` from the private copy (``MappingFaultError`` now, naming the
+    buffer).  And while a file is mapped twice, only the maps of that file look at
+    their buffers: a map of another file does not."""
+    path = tmp_path / "f"
+    path.write_bytes(_OVERLAP_PATTERN[: 4 * PAGE])
+    other = tmp_path / "other"
+    other.write_bytes(bytes(PAGE))
+    with (
+        anymmap.sync.MmapRaw.map_raw(path) as a,
+        anymmap.sync.MmapRaw.map_raw(path) as b,
+        anymmap.sync.MmapRaw.map_raw(other) as c,
+    ):
+        assert a._core.memory.twinned
+        assert b._core.memory.twinned
+        assert not c._core.memory.twinned
+        with a.as_slice(2 * PAGE, PAGE) as view:
+            os.truncate(path, PAGE)  # (this process; the kernel cannot tell)
+            with pytest.raises(anymmap.MappingFaultError) as info:
+                b.update_region(0, view)
+            assert "the buffer" in info.value.cause
+            with pytest.raises(anymmap.MappingFaultError):
+                c.update_region(0, view)  # (not a twin: the kernel copy faults on it)

@@ -76,27 +76,17 @@ def address_of(view: memoryview) -> int:
 # same physical pages at two addresses.  A copy between them whose ranges overlap in the
 # file cannot see the overlap (memmove and the kernel compare addresses, not pages) and
 # would smear, re-reading bytes it has just written.  So every file window registers its
-# mapping under the file's identity, and while some file has two of them, a copy whose
-# buffer lies in one goes through a private copy of the buffer first (see
-# ``MapCore.try_read``).  Over-approximations (a mapping since unmapped, a buffer in the
+# mapping under the file's identity; a mapping of a file that has two of them is
+# ``twinned``, and a copy in or out of it whose buffer lies in such a mapping goes
+# through a private copy of the buffer first (see ``MapCore.try_read``).  Over-approximations (a mapping since unmapped, a buffer in the
 # other file's map) only cost that extra copy.
 
 
-class Aliasing:
-    """``possible``: whether two live mappings of one file may exist (the copies' hot
-    paths test only this)."""
-
-    __slots__ = ("possible",)
-
-    def __init__(self) -> None:
-        self.possible = False
-
-
-ALIASING = Aliasing()
-
-#: file identity -> weak references to the mappings (``Memory``) of its windows, and the
-#: lock of the two (maps are made in any thread; no user code runs under it).
+#: file identity -> weak references to the mappings (``Memory``) of its windows; the
+#: mappings of files mapped more than once; and the lock of the three (maps are made in
+#: any thread; no user code runs under it).
 _windows: dict[tuple[int, int], list[weakref.ref[Memory]]] = {}
+_twins: list[weakref.ref[Memory]] = []
 _windows_lock = threading.Lock()
 
 
@@ -108,35 +98,59 @@ def _renew_lock_in_child() -> None:
 renew_in_child(_renew_lock_in_child)
 
 
+def _live(memory: Memory | None) -> bool:
+    return memory is not None and not memory.retired
+
+
+def _recount() -> None:
+    """Drop the mappings that are gone, list the twins again and mark them (under the
+    lock)."""
+    global _twins
+    twins: list[weakref.ref[Memory]] = []
+    seen: list[Memory] = []
+    for identity, refs in list(_windows.items()):
+        live = [ref for ref in refs if _live(ref())]
+        if not live:
+            del _windows[identity]
+            continue
+        _windows[identity] = live
+        if len(live) > 1:
+            twins += live
+        seen += [memory for memory in (ref() for ref in live) if memory is not None]
+    twinned = {id(memory) for memory in (ref() for ref in twins) if memory is not None}
+    for memory in seen:  # (a map may have windows of several files: any twin counts)
+        memory.twinned = id(memory) in twinned
+    _twins = twins
+
+
 def register_window(memory: Memory, identity: tuple[int, int]) -> None:
     """Note that ``memory`` maps (part of) the file ``identity``."""
     with _windows_lock:
-        live = [ref for ref in _windows.get(identity, ()) if ref() not in (None, memory)]
-        live.append(weakref.ref(memory))
-        _windows[identity] = live
-        if len(live) > 1:
-            ALIASING.possible = True
+        refs = _windows.setdefault(identity, [])
+        if not any(ref() is memory for ref in refs):
+            refs.append(weakref.ref(memory))
+            _recount()
 
 
 def shares_pages(view: memoryview) -> bool:
     """Whether ``view``'s bytes may lie in a mapping of a file that another mapping also
-    shows (then a copy between the two must not be direct)."""
+    shows (then a copy between the two must not be direct).  Asked only by a map whose
+    own memory is ``twinned``; costs a look at each such mapping, not at every map."""
     if type(view.obj) in (bytes, bytearray):
         return False
-    twins = []
-    with _windows_lock:
-        for identity, refs in list(_windows.items()):
-            memories = [memory for memory in (ref() for ref in refs) if memory is not None]
-            if not memories:
-                del _windows[identity]
-            elif len(memories) > 1:
-                twins += memories
-        if not twins:
-            ALIASING.possible = False
-            return False
-    with PinnedBuffer(view, writable=False) as pin:  # (outside the lock: __buffer__)
+    twins = [ref() for ref in _twins]  # (a list that is replaced, never changed)
+    if not all(_live(memory) for memory in twins):  # one was closed or freed since
+        with _windows_lock:
+            _recount()
+            twins = [ref() for ref in _twins]
+    if not twins:
+        return False
+    with PinnedBuffer(view, writable=False) as pin:
         start, end = pin.address, pin.address + pin.nbytes
-    return any(memory.addr < end and start < memory.addr + memory.length for memory in twins)
+    return any(
+        memory is not None and memory.addr < end and start < memory.addr + memory.length
+        for memory in twins
+    )
 
 
 def private_copy(view: memoryview) -> memoryview:

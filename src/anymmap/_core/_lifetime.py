@@ -88,13 +88,24 @@ class Memory:
     unless :meth:`retire` ran first (the owner then unmaps or remaps it itself).
     """
 
-    __slots__ = ("__weakref__", "_baseline", "_exporter", "_finalizer", "addr", "length", "view")
+    __slots__ = (
+        "__weakref__",
+        "_baseline",
+        "_exporter",
+        "_finalizer",
+        "addr",
+        "length",
+        "twinned",
+        "view",
+    )
 
     def __init__(
         self, addr: int, length: int, unmap: Callable[[], None], fork_guard: list[int]
     ) -> None:
         self.addr = addr
         self.length = length
+        #: Whether a file it maps is mapped by another ``Memory`` too (see _copier.py).
+        self.twinned = False
         # SAFETY: the array describes exactly [addr, addr + length), which stays mapped for
         # as long as the array lives (the finalizer unmaps it only when it dies).
         exporter = _exporter_type(length).from_address(addr)
@@ -108,6 +119,11 @@ class Memory:
         #: The whole range as bytes, for copies on the calling thread (slices of it are
         #: temporaries; nothing keeps one).
         self.view = memoryview(self._exporter).cast("B")
+
+    @property
+    def retired(self) -> bool:
+        """Whether :meth:`retire` gave the memory up."""
+        return not hasattr(self, "_exporter")
 
     def retire(self) -> None:
         """Give up the memory before it is unmapped or moved; the object is unusable after.

@@ -38,7 +38,6 @@ from .._sys import DISARMED, Hold, give_back_skipped, os_impl, signals_held, who
 from ._buffers import PinnedBuffer, new_bytes
 from ._checks import as_int, check_range
 from ._copier import (
-    ALIASING,
     Copier,
     FileCopier,
     HoleCopier,
@@ -357,11 +356,11 @@ class MapCore:
             raise OutOfBoundsError(start, n, self.length)
         if limit is not None and n > limit:
             return False
-        if ALIASING.possible and shares_pages(dst):  # (see _copier.py: two maps of a file)
+        if self.memory.twinned and shares_pages(dst):  # (see _copier.py: two maps of a file)
             tmp = memoryview(bytearray(n))
             if not self._copy_now(start, n, tmp, False):
                 return False
-            put_back(dst, tmp)
+            self._put_back(dst, tmp, start)
             return True
         return self._copy_now(start, n, dst, False)
 
@@ -454,13 +453,13 @@ class MapCore:
         """Copy into ``dst`` on this thread if that cannot wait for the disk or take long;
         else return the copy as a call for a worker thread."""
         start, n = self.check_range(offset, len(dst))
-        if ALIASING.possible and shares_pages(dst):  # (see try_read)
+        if self.memory.twinned and shares_pages(dst):  # (see try_read)
             tmp = memoryview(bytearray(n))
             rest = self.start_read(start, tmp)
             if rest is None:
-                put_back(dst, tmp)
+                self._put_back(dst, tmp, start)
                 return None
-            return partial(_then_put_back, rest, dst, tmp)
+            return partial(self._then_put_back, rest, dst, tmp, start)
         if n <= INLINE_COPY_LIMIT and self._copy_now(start, n, dst, False):
             return None
         return partial(self.read_blocking, start, dst)
@@ -472,10 +471,10 @@ class MapCore:
             rest()
 
     def read_blocking(self, start: int, dst: memoryview) -> None:
-        if ALIASING.possible and shares_pages(dst):  # (see try_read; Region calls this)
+        if (self.memory.twinned and shares_pages(dst)) or self._holds(dst):  # (see try_read)
             tmp = memoryview(bytearray(len(dst)))
             self.read_blocking(start, tmp)
-            put_back(dst, tmp)
+            self._put_back(dst, tmp, start)
             return
         with self.pinned(), PinnedBuffer(dst, writable=True) as pin:
             self._read_to(pin.address, start, pin.nbytes)
@@ -531,8 +530,8 @@ class MapCore:
         start, n = self.check_range(offset, len(src))
         if limit is not None and n > limit:
             return False
-        if ALIASING.possible and shares_pages(src):  # (see try_read)
-            src = private_copy(src)
+        if self.memory.twinned and shares_pages(src):  # (see try_read)
+            src = self._private_copy(src, start)
         try:
             return self._copy_now(start, n, src, True)
         finally:
@@ -548,8 +547,8 @@ class MapCore:
         """Like :meth:`start_read`, the other way."""
         self.check_writable()
         start, n = self.check_range(offset, len(src))
-        if ALIASING.possible and shares_pages(src):  # (see try_read)
-            src = private_copy(src)
+        if self.memory.twinned and shares_pages(src):  # (see try_read)
+            src = self._private_copy(src, start)
         if n <= INLINE_COPY_LIMIT:
             try:
                 if self._copy_now(start, n, src, True):
@@ -564,8 +563,8 @@ class MapCore:
             rest()
 
     def write_blocking(self, start: int, src: memoryview) -> None:
-        if ALIASING.possible and shares_pages(src):  # (see try_read; Region calls this)
-            src = private_copy(src)
+        if (self.memory.twinned and shares_pages(src)) or self._holds(src):  # (see try_read)
+            src = self._private_copy(src, start)
         with self.pinned(), PinnedBuffer(src, writable=False) as pin:
             try:
                 for copier, at, count, pos in self._spans(start, pin.nbytes):
@@ -574,6 +573,44 @@ class MapCore:
                 raise self.fault_error(exc, copier, at, count) from None
             finally:
                 self.note_write(start, pin.nbytes)  # after the copy: see note_write
+
+    # A copy whose buffer shows the same pages as the range (another map of the file; or
+    # this very map, which only a Region's lock-free helpers let through: the blocking
+    # copies check for it) goes through a private copy of the buffer (see _copier.py).
+
+    def _holds(self, view: memoryview) -> bool:
+        """Whether ``view`` lies (partly) in this map's own memory."""
+        with PinnedBuffer(view, writable=False) as pin:
+            return pin.address < self.addr + self.length and self.addr < pin.address + pin.nbytes
+
+    def _private_copy(self, src: memoryview, start: int) -> memoryview:
+        try:
+            return private_copy(src)
+        except OSError as exc:
+            raise self._buffer_fault(exc, start) from None
+
+    def _put_back(self, dst: memoryview, tmp: memoryview, start: int) -> None:
+        try:
+            put_back(dst, tmp)
+        except OSError as exc:
+            raise self._buffer_fault(exc, start) from None
+
+    def _then_put_back(
+        self, read: Callable[[], None], dst: memoryview, tmp: memoryview, start: int
+    ) -> None:
+        read()
+        self._put_back(dst, tmp, start)
+
+    def _buffer_fault(self, exc: OSError, start: int) -> OSError:
+        """The error for a buffer (memory of a map) that faulted in a private copy."""
+        if exc.errno != errno.EFAULT:
+            return exc
+        return MappingFaultError(
+            start,
+            self.addr + start,
+            "the buffer could not be accessed: it is memory of a map whose file was "
+            "truncated, or a hole",
+        )
 
     # -- borrows ----------------------------------------------------------------------
 
@@ -741,11 +778,6 @@ class MapCore:
                 except OSError as exc:
                     raise self.fault_error(exc, copier, at, count) from None
             self.note_advice(advice, whole=start == 0 and n == self.length)
-
-
-def _then_put_back(read: Callable[[], None], dst: memoryview, tmp: memoryview) -> None:
-    read()
-    put_back(dst, tmp)
 
 
 def _load(address: int, width: int) -> int:

@@ -30,6 +30,7 @@ from ._copier import (
     KernelCopier,
     MemoryCopier,
     page_ceil,
+    register_window,
 )
 from ._files import check_mappable, open_fd
 from ._lifetime import Memory
@@ -303,6 +304,9 @@ class SparseCore(MapCore):
             lambda: KernelCopier(self.memory, start, writable, "mmap"),
             lambda: place(self.addr + start, n, prot, flags, fd, file_offset),
         )
+        if fd >= 0 and not flags & os_impl.MAP_ANONYMOUS:
+            # (as FileCopier does: copies between it and another map of the file)
+            register_window(self.memory, os_impl.file_identity(fd))
 
     def unmap(self, start: int, n: int) -> None:
         """Turn the range back into a hole: the bytes are gone."""
