@@ -373,6 +373,28 @@ def test_auto_flush_of_the_twin_keeps_flushing_after_a_failure(failing_device: P
         assert info.value.errno == errno.EIO
 
 
+def test_auto_flush_of_the_twin_retries_at_its_interval_not_at_every_write(
+    failing_device: Path,
+) -> None:
+    """Regression test (adversary round 17): after a failed flush the bytes stay pending,
+    each write past ``every_bytes`` woke the flusher again, and it retried at every write
+    (about 1,500 msync calls a second).  It now waits ``every`` seconds first."""
+    with anymmap.sync.MmapRaw.map_raw(failing_device) as m:
+        commit = m._core.commit
+        with pytest.raises(OSError), m.auto_flush(every=3600, every_bytes=PAGE):  # noqa: PT012
+            m.update_region(0, b"\xee" * 4 * MiB)
+            pause, deadline = threading.Event(), time.monotonic() + 30
+            while not commit.failed_batches and time.monotonic() < deadline:
+                pause.wait(0.001)
+            assert commit.failed_batches, "the failing device did not fail"
+            pause.wait(0.05)  # (the failed flush's request is done with)
+            batches = commit.batches
+            for i in range(200):
+                m.update_region(i * PAGE, b"\xab" * PAGE)
+                pause.wait(0.0005)
+            assert commit.batches == batches  # no retry before `every` has passed
+
+
 @pytest.mark.parametrize("size", [16, 3 * MiB], ids=["inline", "worker"])
 async def test_a_write_counts_as_pending_only_once_its_bytes_are_in_memory(
     log_file: Path, size: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
@@ -256,8 +257,13 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
             # cancels it): keep flushing, so that what the block writes next still
             # becomes durable, and raise the first error when the block ends.
             while not stop:
-                if failures or core.dirty.pending() < threshold:
-                    wake.wait(interval)  # (after a failure: retry at the interval)
+                if failures:  # retry at the interval, not at every write
+                    until = time.monotonic() + interval
+                    while not stop and time.monotonic() < until:
+                        wake.wait(until - time.monotonic())
+                        wake.clear()
+                elif core.dirty.pending() < threshold:
+                    wake.wait(interval)
                 wake.clear()
                 if stop or not core.dirty.pending():
                     continue
