@@ -251,12 +251,6 @@ def trio_checkpoint() -> Generator[Any, Any, None]:
     return _trio().lowlevel.checkpoint().__await__()  # type: ignore[no-any-return]
 
 
-def asyncio_checkpoint_if_cancelled() -> Generator[Any, Any, None]:
-    """anyio's ``checkpoint_if_cancelled()`` on asyncio: raise if a cancel scope around
-    the task is cancelled (yielding once to deliver it), else no yield."""
-    return anyio.lowlevel.checkpoint_if_cancelled().__await__()
-
-
 def trio_checkpoint_if_cancelled() -> Generator[Any, Any, None]:
     """``trio.lowlevel.checkpoint_if_cancelled()``: raise if cancelled, else no yield."""
     return _trio().lowlevel.checkpoint_if_cancelled().__await__()  # type: ignore[no-any-return]

@@ -12,7 +12,6 @@ from anyio import TaskInfo, WouldBlock
 
 from ._backend import (
     Waiter,
-    asyncio_checkpoint_if_cancelled,
     asyncio_current_task,
     backend_local,
     current_loop,
@@ -135,21 +134,14 @@ class _Guard:
             except BaseException:
                 lock._release_read(task)
                 raise
-        else:
-            claim = lock._try_write if write else lock._try_read
-            if not claim(task):
-                # About to wait: a scope cancelled before the call raises here, as on
-                # trio (else a release in the same pass of the loop could grant the
-                # lock before anyio's cancellation reached the waiter).
-                yield from asyncio_checkpoint_if_cancelled()
-                if not claim(task):  # (that checkpoint yields only if cancelled)
-                    yield from lock._wait(task, write)
-                    return
+        elif (lock._try_write if write else lock._try_read)(task):
             try:
                 yield  # asyncio's checkpoint, as in asyncio.sleep(0)
             except BaseException:
                 lock._release(task, write)
                 raise
+        else:
+            yield from lock._wait(task, write)
 
     def __aexit__(
         self,
