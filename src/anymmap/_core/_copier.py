@@ -78,8 +78,9 @@ def address_of(view: memoryview) -> int:
 # would smear, re-reading bytes it has just written.  So every file window registers its
 # mapping under the file's identity; a mapping of a file that has two of them is
 # ``twinned``, and a copy in or out of it whose buffer lies in such a mapping goes
-# through a private copy of the buffer first (see ``MapCore.try_read``).  Over-approximations (a mapping since unmapped, a buffer in the
-# other file's map) only cost that extra copy.
+# through a private copy of the buffer first (see ``MapCore.try_read``).
+# Over-approximations (a mapping since unmapped, a buffer in the other file's map) only
+# cost that extra copy.
 
 
 #: file identity -> weak references to the mappings (``Memory``) of its windows; the
