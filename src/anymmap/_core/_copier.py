@@ -38,9 +38,10 @@ import copy
 import errno
 import threading
 import weakref
+from collections.abc import Iterable
 from typing import ClassVar
 
-from .._sys import os_impl
+from .._sys import os_impl, signals_held
 from ._buffers import PinnedBuffer, new_bytes
 from ._files import FileRef
 from ._forks import renew_in_child
@@ -84,9 +85,10 @@ def address_of(view: memoryview) -> int:
 
 
 #: file identity -> weak references to the mappings (``Memory``) of its windows; the
-#: mappings of files mapped more than once; and the lock of the three (maps are made in
-#: any thread; no user code runs under it).
+#: identities of files mapped more than once and their mappings (the twins); and the lock
+#: of the three (maps are made in any thread; no user code runs under it).
 _windows: dict[tuple[int, int], list[weakref.ref[Memory]]] = {}
+_twinned_files: set[tuple[int, int]] = set()
 _twins: list[weakref.ref[Memory]] = []
 _windows_lock = threading.Lock()
 
@@ -103,34 +105,37 @@ def _live(memory: Memory | None) -> bool:
     return memory is not None and not memory.retired
 
 
-def _recount() -> None:
-    """Drop the mappings that are gone, list the twins again and mark them (under the
-    lock)."""
+def _recount(identities: Iterable[tuple[int, int]]) -> None:
+    """Drop the gone mappings of the files ``identities``, list the twins again and mark
+    the mappings concerned (under the lock).  Costs a look at those files' mappings and
+    at the twins, not at every map."""
     global _twins
-    twins: list[weakref.ref[Memory]] = []
-    seen: list[Memory] = []
-    for identity, refs in list(_windows.items()):
-        live = [ref for ref in refs if _live(ref())]
-        if not live:
-            del _windows[identity]
-            continue
-        _windows[identity] = live
+    touched: list[Memory] = []
+    for identity in identities:
+        live = [ref for ref in _windows.get(identity, ()) if _live(ref())]
+        touched += [memory for memory in (ref() for ref in live) if memory is not None]
+        if live:
+            _windows[identity] = live
+        else:
+            _windows.pop(identity, None)
         if len(live) > 1:
-            twins += live
-        seen += [memory for memory in (ref() for ref in live) if memory is not None]
-    twinned = {id(memory) for memory in (ref() for ref in twins) if memory is not None}
-    for memory in seen:  # (a map may have windows of several files: any twin counts)
+            _twinned_files.add(identity)
+        else:
+            _twinned_files.discard(identity)
+    _twins = [ref for identity in _twinned_files for ref in _windows[identity]]
+    twinned = {id(memory) for memory in (ref() for ref in _twins) if memory is not None}
+    for memory in touched:  # (a map may have windows of several files: any twin counts)
         memory.twinned = id(memory) in twinned
-    _twins = twins
 
 
 def register_window(memory: Memory, identity: tuple[int, int]) -> None:
-    """Note that ``memory`` maps (part of) the file ``identity``."""
-    with _windows_lock:
+    """Note that ``memory`` maps (part of) the file ``identity``.  (Signals held: a
+    Ctrl-C half-way would leave the mapping registered but not marked.)"""
+    with signals_held(), _windows_lock:
         refs = _windows.setdefault(identity, [])
         if not any(ref() is memory for ref in refs):
             refs.append(weakref.ref(memory))
-            _recount()
+            _recount((identity,))
 
 
 def shares_pages(view: memoryview) -> bool:
@@ -141,8 +146,8 @@ def shares_pages(view: memoryview) -> bool:
         return False
     twins = [ref() for ref in _twins]  # (a list that is replaced, never changed)
     if not all(_live(memory) for memory in twins):  # one was closed or freed since
-        with _windows_lock:
-            _recount()
+        with signals_held(), _windows_lock:
+            _recount(list(_twinned_files))
             twins = [ref() for ref in _twins]
     if not twins:
         return False

@@ -297,6 +297,11 @@ class SparseCore(MapCore):
             raise ValueError("MAP_ANONYMOUS with a file: use mmap_anonymous()")
         else:
             check_mappable(fd, f"descriptor {fd}")  # the same files as everywhere
+        if fd >= 0:
+            # As FileCopier does (copies between the piece and another map of the file),
+            # before the piece exists: a signal between the two then leaves a
+            # registration without its piece (a copy more), not the other way round.
+            register_window(self.memory, os_impl.file_identity(fd))
         writable = bool(prot & os_impl.PROT_WRITE)
         self._replace(
             start,
@@ -304,9 +309,6 @@ class SparseCore(MapCore):
             lambda: KernelCopier(self.memory, start, writable, "mmap"),
             lambda: place(self.addr + start, n, prot, flags, fd, file_offset),
         )
-        if fd >= 0 and not flags & os_impl.MAP_ANONYMOUS:
-            # (as FileCopier does: copies between it and another map of the file)
-            register_window(self.memory, os_impl.file_identity(fd))
 
     def unmap(self, start: int, n: int) -> None:
         """Turn the range back into a hole: the bytes are gone."""
