@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import math
 import os
 import stat
 import subprocess
@@ -393,6 +394,21 @@ def test_auto_flush_of_the_twin_retries_at_its_interval_not_at_every_write(
                 m.update_region(i * PAGE, b"\xab" * PAGE)
                 pause.wait(0.0005)
             assert commit.batches == batches  # no retry before `every` has passed
+
+
+def test_auto_flush_of_the_twin_by_bytes_only(log_file: Path) -> None:
+    """Regression test (adversary round 18): ``every=math.inf`` (flush by bytes only)
+    killed the twin's flusher thread with ``OverflowError`` (a wait longer than the
+    platform allows), and nothing flushed in the background."""
+    with (
+        anymmap.sync.MmapRaw.create(log_file, MiB) as m,
+        m.auto_flush(every=math.inf, every_bytes=PAGE),
+    ):
+        m.update_region(0, b"x" * PAGE)
+        pause, deadline = threading.Event(), time.monotonic() + 30
+        while m.pending_bytes() and time.monotonic() < deadline:
+            pause.wait(0.001)
+        assert m.pending_bytes() == 0
 
 
 @pytest.mark.parametrize("size", [16, 3 * MiB], ids=["inline", "worker"])

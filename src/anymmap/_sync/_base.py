@@ -256,14 +256,15 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
             # A failed flush cannot end the block from this thread (the async form
             # cancels it): keep flushing, so that what the block writes next still
             # becomes durable, and raise the first error when the block ends.
+            wait = min(interval, threading.TIMEOUT_MAX)  # (every=inf: bytes only)
             while not stop:
                 if failures:  # retry at the interval, not at every write
-                    until = time.monotonic() + interval
+                    until = time.monotonic() + wait
                     while not stop and time.monotonic() < until:
                         wake.wait(until - time.monotonic())
                         wake.clear()
                 elif core.dirty.pending() < threshold:
-                    wake.wait(interval)
+                    wake.wait(wait)
                 wake.clear()
                 if stop or not core.dirty.pending():
                     continue
@@ -286,7 +287,12 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
             thread.join()
             core.dirty.listener = None
             if not core.closed and core.dirty.pending():
-                self.flush()
+                try:
+                    self.flush()
+                except Exception:
+                    if not failures:
+                        raise
+                    # (the first error is the one the block's exit raises)
         if failures:
             raise failures[0]
 
