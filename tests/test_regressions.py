@@ -1259,13 +1259,19 @@ def test_a_map_in_use_never_passes_to_a_loop_in_another_thread() -> None:
             await m.lock.acquire_read()
         except RuntimeError as exc:
             outcomes.append(str(exc))
+        for nowait in (m.lock.acquire_read_nowait, m.lock.acquire_write_nowait):
+            try:  # (adversary round 18: these skipped the check, and a release from here
+                # handed the lock to a waiter of the other loop without waking it)
+                nowait()
+            except RuntimeError as exc:  # noqa: PERF203 - two calls
+                outcomes.append(str(exc))
         tried.set()
 
     thread = threading.Thread(target=lambda: (borrowed.wait(), anyio.run(other)))
     thread.start()
     anyio.run(borrow)
     thread.join()
-    assert len(outcomes) == 2, outcomes
+    assert len(outcomes) == 4, outcomes
     assert all("lock is held by a task of an event loop" in o for o in outcomes), outcomes
 
     async def after() -> None:  # the borrowing loop has ended: the map moves on
@@ -2220,3 +2226,36 @@ def test_a_buffer_in_a_truncated_twin_is_a_mapping_fault_and_others_pay_nothing(
             assert "the buffer" in info.value.cause
             with pytest.raises(anymmap.MappingFaultError):
                 c.update_region(0, view)  # (not a twin: the kernel copy faults on it)
+
+
+_RELEASE_BY_HAND_IN_A_FORKED_CHILD = """
+    import os, sys
+    import trio, anymmap
+
+    async def main():
+        m = await anymmap.AnonymousMmap.new(4096)
+        await m.lock.acquire_read()
+        pid = os.fork()
+        if pid == 0:  # trio runs the parent's task on in the child: its hold was dropped
+            try:
+                m.lock.release_read()
+            except BaseException as exc:
+                print("release_read raised", repr(exc), flush=True)
+                os._exit(1)
+            print("ok", flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        m.lock.release_read()
+        await m.aclose()
+        print("ok")
+
+    trio.run(main)
+"""
+
+
+def test_a_release_by_hand_of_a_hold_dropped_at_a_fork_is_a_no_op() -> None:
+    """Regression test (adversary round 18): in a child forked from a trio task, the
+    release of a hold the fork dropped was a no-op through a guard but raised
+    ``RuntimeError`` through ``m.lock.release_read()``."""
+    check_child(_RELEASE_BY_HAND_IN_A_FORKED_CHILD, timeout=60)

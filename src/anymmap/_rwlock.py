@@ -458,16 +458,7 @@ class _MapGuard(_Guard):
 
     # (The parent's generator, returned as is: one frame less per acquire.)
     def __aenter__(self) -> Generator[Any, Any, None]:  # type: ignore[override]
-        lock = self._lock
-        try:
-            loop = current_loop()
-        except RuntimeError:
-            loop = None  # (refused by _check_thread)
-        # A task that takes the lock may wait for it: its loop must be the map's, not
-        # only its thread (a later loop in that thread, or a new thread with the identity
-        # of a finished one), so that another thread's loop can tell that it runs.
-        if loop is not lock._loop or _get_ident() != lock._thread:
-            lock._check_thread()
+        self._lock.check_caller()
         return _Guard.__aenter__(self)
 
 
@@ -509,6 +500,37 @@ class MapLock(RWLock):
     async def acquire_read(self) -> None:
         # (Not the parent's inline fast path: the map's guard checks the event loop.)
         await self.read().__aenter__()
+
+    def acquire_read_nowait(self) -> None:
+        self.check_caller()
+        super().acquire_read_nowait()
+
+    def acquire_write_nowait(self) -> None:
+        self.check_caller()
+        super().acquire_write_nowait()
+
+    # Releases by hand go through _release, as the guards' do (holds dropped at a fork).
+    def release_read(self) -> None:
+        self._release(current_task(), False)
+
+    def release_write(self) -> None:
+        self._release(current_task(), True)
+
+    def check_caller(self) -> None:
+        """Refuse a caller of another event loop (see :meth:`_check_thread`).
+
+        A task that takes the lock may wait for it: its loop must be the map's, not only
+        its thread (a later loop in that thread, or a new thread with the identity of a
+        finished one), so that another thread's loop can tell that it runs.  (A release
+        from another loop's thread would hand the lock to a waiter of this loop without
+        waking it.)
+        """
+        try:
+            loop = current_loop()
+        except RuntimeError:
+            loop = None  # (refused by _check_thread)
+        if loop is not self._loop or _get_ident() != self._thread:
+            self._check_thread()
 
     def write(self) -> _Guard:
         return _MapGuard(self, True)
