@@ -2171,9 +2171,9 @@ def test_a_pass_through_mmap_of_a_file_counts_as_a_second_map_of_it(tmp_path: Pa
         assert sparse.read(0, 16 * PAGE) == expected
         with raw.as_mut_slice(2 * PAGE, n) as view:  # raw[2 PAGE :] = sparse[2 PAGE - 8 :]
             sparse.read_into(2 * PAGE - 8, view)
-        expected = bytearray(expected)
-        expected[2 * PAGE : 2 * PAGE + n] = expected[2 * PAGE - 8 : 2 * PAGE - 8 + n]
-        assert raw.read(0, 16 * PAGE) == expected
+        after = bytearray(expected)
+        after[2 * PAGE : 2 * PAGE + n] = after[2 * PAGE - 8 : 2 * PAGE - 8 + n]
+        assert raw.read(0, 16 * PAGE) == after
 
 
 @pytest.mark.parametrize("shift", [8, -8])
