@@ -2259,3 +2259,63 @@ def test_a_release_by_hand_of_a_hold_dropped_at_a_fork_is_a_no_op() -> None:
     release of a hold the fork dropped was a no-op through a guard but raised
     ``RuntimeError`` through ``m.lock.release_read()``."""
     check_child(_RELEASE_BY_HAND_IN_A_FORKED_CHILD, timeout=60)
+
+
+_TWINS_ACROSS_A_FORK = """
+    import os, sys, threading, time
+    import anymmap.sync as S
+    from anymmap._core import _copier
+
+    PAGE = 4096
+    path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
+    pattern = bytes((i * 7 + 3) & 255 for i in range(16 * PAGE))
+    with open(path, "wb") as f:
+        f.write(pattern)
+    a = S.MmapRaw.map_raw(path)
+    for _ in range(5):
+        # Another thread is inside the registry (making a map) at the instant of the fork.
+        held, forked = threading.Event(), threading.Event()
+
+        def registering():
+            with _copier._windows_lock:
+                held.set()
+                forked.wait()
+
+        thread = threading.Thread(target=registering)
+        thread.start()
+        held.wait()
+        pid = os.fork()  # (a raw fork from a threaded process, as multiprocessing does)
+        if pid == 0:
+            try:
+                a.update_region(0, pattern)
+                b = S.MmapRaw.map_raw(path)  # registers in the child: the lock is renewed
+                with a.as_slice(PAGE, 2000) as view:
+                    b.update_region(PAGE + 8, view)
+                expected = bytearray(pattern)
+                expected[PAGE + 8 : PAGE + 2008] = pattern[PAGE : PAGE + 2000]
+                os._exit(0 if b.read(0, 16 * PAGE) == expected else 3)
+            except BaseException:
+                os._exit(4)
+        forked.set()
+        thread.join()
+        deadline = time.monotonic() + 20
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                raise AssertionError("a forked child hung")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+    a.close()
+    print("ok")
+"""
+
+
+def test_two_maps_of_one_file_in_a_child_forked_while_maps_are_made() -> None:
+    """Hostile test of the file-window registry: a child forked while another thread
+    holds the registry's lock makes a second map of a file and copies between the two
+    over overlapping ranges: no hang (the lock is renewed in the child), ``memmove``
+    bytes."""
+    check_child(_TWINS_ACROSS_A_FORK, timeout=90)
