@@ -17,18 +17,26 @@ PUBLIC = {
         "AnonymousMmap",
         "AnymmapError",
         "BorrowError",
+        "BufferLike",
         "ClosedMapError",
+        "FdArg",
+        "FileArg",
         "FileCleanup",
+        "HasFileno",
         "HintNotHonoredError",
         "INLINE_COPY_LIMIT",
         "InvalidHintError",
         "InvalidSizeError",
         "MappingFaultError",
+        "Mode",
         "MmapOptions",
         "MmapRaw",
         "MmapRegion",
         "OutOfBoundsError",
         "PAGE_SIZE",
+        "PathArg",
+        "Prefill",
+        "ProgressCallback",
         "RWLock",
         "RWLockStatistics",
         "Region",
@@ -41,6 +49,8 @@ PUBLIC = {
     },
     "anymmap.sync": {"AnonymousMmap", "MmapOptions", "MmapRaw", "MmapRegion", "SparseMapping"},
 }
+#: Aliases of other types (``BufferLike`` is ``object`` before Python 3.12).
+TYPE_ALIASES = {"BufferLike", "FdArg", "FileArg", "Mode", "PathArg", "Prefill", "ProgressCallback"}
 
 
 @pytest.mark.parametrize("module", [anymmap, anymmap.sync], ids=lambda m: m.__name__)
@@ -48,7 +58,7 @@ def test_public_names_are_deliberate_and_say_where_they_live(module: types.Modul
     names = {n for n in vars(module) if not n.startswith("_") and n != "annotations"}
     assert names == PUBLIC[module.__name__]
     assert sorted(module.__all__) == sorted(names - {"sync"})  # a module is not a name
-    for name in names:
+    for name in names - TYPE_ALIASES:
         value = getattr(module, name)
         if inspect.isclass(value) or inspect.isfunction(value):
             assert value.__module__ == module.__name__, name
@@ -100,3 +110,21 @@ def test_version() -> None:
     from importlib.metadata import version
 
     assert anymmap.__version__ == version("anymmap")
+
+
+def test_public_signatures_resolve_to_public_types() -> None:
+    """The hints of the public methods resolve at run time (``typing.get_type_hints``, as
+    documentation tools and runtime checkers call it), and name the exported aliases."""
+    import typing
+
+    for module in (anymmap, anymmap.sync):
+        for name in ("AnonymousMmap", "MmapOptions", "MmapRaw", "MmapRegion", "SparseMapping"):
+            cls = getattr(module, name)
+            for attr in dir(cls):
+                member = getattr(cls, attr)
+                if not attr.startswith("_") and callable(member):
+                    typing.get_type_hints(member)  # raises NameError for a hint it cannot find
+    hints = typing.get_type_hints(anymmap.MmapRaw.map_raw)
+    assert hints["file"] == anymmap.FileArg
+    assert typing.get_type_hints(anymmap.sync.MmapRaw.read_into)["buf"] == anymmap.BufferLike
+    assert typing.get_type_hints(anymmap.SparseMapping.mmap)["fd"] == anymmap.FdArg

@@ -122,7 +122,7 @@ async def test_bad_files(tmp_path: Path, data_file: Path) -> None:
     with pytest.raises(ValueError, match="mode"):
         await MmapRaw.map_raw(data_file, mode="w")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        await MmapRaw.map_raw(3.5)
+        await MmapRaw.map_raw(3.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         await MmapRaw.map_raw(data_file, fault_safe=1)  # type: ignore[arg-type]
     with pytest.raises(IsADirectoryError):

@@ -12,7 +12,7 @@ import os
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import anyio
 import anyio.abc
@@ -1761,16 +1761,16 @@ async def test_unclear_errors_now_say_what_to_do(tmp_path: Path) -> None:
     path.write_bytes(bytes(4 * PAGE))
     async with await anymmap.MmapRaw.map_raw(path) as m:
         with pytest.raises(TypeError, match="not str"):
-            await m.update_region(0, "abc")
+            await m.update_region(0, cast(Any, "abc"))
         with pytest.raises(TypeError, match="progress must be a callable"):
             await m.populate(progress=1)  # type: ignore[arg-type]
         with pytest.raises(OSError, match=r"Advice\.FREE only applies to anonymous") as info:
             await m.advise(anymmap.Advice.FREE)
         assert info.value.errno == errno.EINVAL
-        await m.advise(np.int32(anymmap.Advice.RANDOM))
+        await m.advise(cast(Any, np.int32(anymmap.Advice.RANDOM)))
     fd = os.open(path, os.O_RDWR)
     try:
-        async with await anymmap.MmapRaw.map_raw(np.int64(fd)) as m:
+        async with await anymmap.MmapRaw.map_raw(cast(Any, np.int64(fd))) as m:
             assert len(m) == 4 * PAGE
     finally:
         os.close(fd)

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -284,7 +284,9 @@ async def test_refused_prot_and_anonymous_file(sparse: SparseMapping, data_file:
         await sparse.mmap_anonymous(0, PAGE, -1, mmap.MAP_PRIVATE)
     with pytest.raises(TypeError):
         await sparse.mmap_anonymous(0, PAGE, 3.0, mmap.MAP_PRIVATE)  # type: ignore[arg-type]
-    await sparse.mmap_anonymous(0, PAGE, np.uint64(RW), np.int64(mmap.MAP_PRIVATE))
+    await sparse.mmap_anonymous(
+        0, PAGE, cast(Any, np.uint64(RW)), cast(Any, np.int64(mmap.MAP_PRIVATE))
+    )
     assert kinds(sparse)[0] == (0, PAGE, "mmap")
     with open(data_file, "rb") as f:
         with pytest.raises(ValueError, match="mmap_anonymous"):

@@ -27,7 +27,15 @@ from ._async._options import MmapOptions as MmapOptions
 from ._async._raw import MmapRaw as MmapRaw
 from ._async._region import MmapRegion as MmapRegion
 from ._async._sparse import SparseMapping as SparseMapping
+from ._core._buffers import BufferLike as BufferLike
+from ._core._file import Prefill as Prefill
+from ._core._files import FdArg as FdArg
+from ._core._files import FileArg as FileArg
+from ._core._files import HasFileno as HasFileno
+from ._core._files import Mode as Mode
+from ._core._files import PathArg as PathArg
 from ._core._map import INLINE_COPY_LIMIT as INLINE_COPY_LIMIT
+from ._core._map import ProgressCallback as ProgressCallback
 from ._core._region import FileCleanup as FileCleanup
 from ._core._region import Region as Region
 from ._core._sparse import SparsePiece as SparsePiece
@@ -58,8 +66,12 @@ __all__ = [
     "AnonymousMmap",
     "AnymmapError",
     "BorrowError",
+    "BufferLike",
     "ClosedMapError",
+    "FdArg",
+    "FileArg",
     "FileCleanup",
+    "HasFileno",
     "HintNotHonoredError",
     "InvalidHintError",
     "InvalidSizeError",
@@ -67,7 +79,11 @@ __all__ = [
     "MmapOptions",
     "MmapRaw",
     "MmapRegion",
+    "Mode",
     "OutOfBoundsError",
+    "PathArg",
+    "Prefill",
+    "ProgressCallback",
     "RWLock",
     "RWLockStatistics",
     "ReadOnlyError",

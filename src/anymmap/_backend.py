@@ -461,6 +461,8 @@ def task_info(task: Any) -> anyio.TaskInfo:
     to ``anyio.get_current_task()`` called from that task.
     """
     if isinstance(task, asyncio.Task):
-        return anyio.TaskInfo(id(task), None, task.get_name(), task.get_coro())
+        # (get_coro() is typed Optional: a task made by an eager task factory may have none.)
+        coro: Any = task.get_coro()
+        return anyio.TaskInfo(id(task), None, task.get_name(), coro)
 
     return anyio.TaskInfo(id(task), None, task.name, task.coro)

@@ -3,6 +3,11 @@
 Each is thread-safe (many reading threads or one writer at a time per map) and a context
 manager (``with anymmap.sync.AnonymousMmap.new(4096) as m:``).  They share their core with
 the async types, so both behave the same; the async ones only add *where* work runs.
+
+Everything else the twins use is shared with the async API and imported from
+:mod:`anymmap`: the exceptions, :class:`~anymmap.Advice`, :class:`~anymmap.FileCleanup`,
+:class:`~anymmap.Region`, :class:`~anymmap.SparsePiece`, :class:`~anymmap.RWLock`'s
+statistics and the type aliases (:data:`~anymmap.BufferLike`, :data:`~anymmap.FileArg`, ...).
 """
 
 from __future__ import annotations

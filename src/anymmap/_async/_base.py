@@ -26,6 +26,7 @@ from .._backend import (
     run_sync,
     shielded,
 )
+from .._core._buffers import BufferLike
 from .._core._checks import as_int, byte_view, check_flush_policy, check_populate_args, check_size
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
@@ -76,7 +77,7 @@ class AsyncMap(MapHandle[CoreT]):
 
     # -- copies -----------------------------------------------------------------------
 
-    async def read_into(self, offset: int, buf: object) -> None:
+    async def read_into(self, offset: int, buf: BufferLike) -> None:
         """Copy ``len(buf)`` bytes starting at ``offset`` into the writable buffer ``buf``.
 
         Copies of at most 1 MiB from memory run on the event loop thread; larger ones, and
@@ -113,7 +114,7 @@ class AsyncMap(MapHandle[CoreT]):
             data = self._open_core().read_bytes(offset, length)
             return data if isinstance(data, bytes) else await run_sync(data)
 
-    async def update_region(self, offset: int, data: object) -> None:
+    async def update_region(self, offset: int, data: BufferLike) -> None:
         """Copy the bytes-like ``data`` into the map at ``offset``, holding the write lock.
 
         :raises OutOfBoundsError: if the range is not inside the map
@@ -132,7 +133,7 @@ class AsyncMap(MapHandle[CoreT]):
             if rest is not None:
                 await run_sync(rest)
 
-    def read_into_nowait(self, offset: int, buf: object) -> None:
+    def read_into_nowait(self, offset: int, buf: BufferLike) -> None:
         """Copy into ``buf`` at once, on this thread, or raise :exc:`anyio.WouldBlock`.
 
         Raises WouldBlock while a task holds the write lock, or when a page of the range is
@@ -148,7 +149,7 @@ class AsyncMap(MapHandle[CoreT]):
         if not core.try_read(offset, dst):
             raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
 
-    def update_region_nowait(self, offset: int, data: object) -> None:
+    def update_region_nowait(self, offset: int, data: BufferLike) -> None:
         """Copy ``data`` into the map at once, on this thread, or raise
         :exc:`anyio.WouldBlock` while the lock is held or a page is not in memory."""
         src = memoryview(data) if type(data) is bytes else byte_view(data, writable=False)

@@ -5,7 +5,7 @@ from functools import partial
 from .._backend import checkpoint, run_sync
 from .._core._anon import AnonCore
 from .._core._file import FileCore
-from .._core._files import Mode
+from .._core._files import FileArg, Mode
 from .._core._options import OptionsBase
 from .._core._sparse import SparseCore
 from ._anon import AnonymousMmap
@@ -47,7 +47,7 @@ class MmapOptions(OptionsBase):
         return AnonymousMmap._create(core)
 
     async def map_raw(
-        self, file: object, *, offset: int = 0, mode: Mode = "rw", fault_safe: bool = True
+        self, file: FileArg, *, offset: int = 0, mode: Mode = "rw", fault_safe: bool = True
     ) -> MmapRaw:
         """Map ``file`` with these options (``len`` unset: the rest of the file), in a
         worker thread; see :meth:`anymmap.MmapRaw.map_raw`."""

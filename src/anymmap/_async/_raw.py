@@ -5,7 +5,7 @@ from functools import partial
 
 from .._backend import run_sync
 from .._core._file import FileCore, Prefill, create_file_map
-from .._core._files import Mode, PathArg
+from .._core._files import FileArg, Mode, PathArg
 from .._core._handle import FileMapInfo
 from ._base import FlushingAsyncMap, ResizableAsyncMap
 
@@ -48,7 +48,7 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
     @classmethod
     async def map_raw(
         cls,
-        file: object,
+        file: FileArg,
         *,
         offset: int = 0,
         length: int | None = None,

@@ -5,7 +5,7 @@ from functools import partial
 
 from .._backend import checkpoint, run_sync
 from .._core._checks import check_size
-from .._core._files import PathArg
+from .._core._files import FdArg, PathArg
 from .._core._handle import RegionInfo
 from .._core._region import (
     FileCleanup,
@@ -116,7 +116,7 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         return cls._create(core)
 
     @classmethod
-    async def attach_fd(cls, fd: object, *, max_size: int | None = None) -> Self:
+    async def attach_fd(cls, fd: FdArg, *, max_size: int | None = None) -> Self:
         """Map the region file open as ``fd`` (a descriptor or an object with
         ``fileno()``, for example received over a UNIX socket with ``socket.recv_fds``);
         the region keeps its own duplicate."""

@@ -4,8 +4,9 @@ import sys
 from typing import Any
 
 from .._backend import checkpoint, checkpoint_after, checkpoint_before, run_sync
+from .._core._buffers import BufferLike
 from .._core._checks import as_int, check_size
-from .._core._files import as_fd
+from .._core._files import FdArg, FileArg, as_fd
 from .._core._sparse import SparseCore, SparsePiece, check_file_offset, check_mmap_bits
 from ._base import DirectAccessAsyncMap
 
@@ -85,7 +86,7 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         self,
         offset: int,
         length: int,
-        file: object,
+        file: FileArg,
         file_offset: int = 0,
         *,
         writable: bool = False,
@@ -106,7 +107,7 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         await self._change_mapping("map_file", core.map_file, start, n, file, where, writable)
 
     async def mmap(
-        self, offset: int, length: int, prot: int, flags: int, fd: Any, file_offset: int = 0
+        self, offset: int, length: int, prot: int, flags: int, fd: FdArg, file_offset: int = 0
     ) -> None:
         """Map ``fd`` (a descriptor or an object with ``fileno()``) at ``offset`` with
         ``prot`` and ``flags`` passed through to ``mmap(2)``, ``MAP_FIXED`` forced.
@@ -149,11 +150,11 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
 
     # -- the seed's accessors -----------------------------------------------------------
 
-    async def read_at(self, offset: int, buf: object) -> None:
+    async def read_at(self, offset: int, buf: BufferLike) -> None:
         """Fill ``buf`` from ``offset``: :meth:`read_into` under the seed's name."""
         await self.read_into(offset, buf)
 
-    async def write_at(self, offset: int, data: object) -> None:
+    async def write_at(self, offset: int, data: BufferLike) -> None:
         """Write ``data`` at ``offset``: :meth:`update_region` under the seed's name."""
         await self.update_region(offset, data)
 

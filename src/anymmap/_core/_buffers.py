@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import ctypes
-from typing import final
+import sys
+from typing import TypeAlias, final
+
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer
+
+    #: What the copies accept: any object with the buffer protocol (``bytes``,
+    #: ``bytearray``, ``memoryview``, ``array``, NumPy arrays, ctypes arrays, ...).  Before
+    #: Python 3.12 type checkers cannot name such objects (NumPy's stubs give arrays
+    #: ``__buffer__`` on 3.12+ only), so there it is ``object``, checked at run time.
+    BufferLike: TypeAlias = Buffer
+else:
+    BufferLike: TypeAlias = object
 
 PyBUF_SIMPLE = 0
 PyBUF_WRITABLE = 1

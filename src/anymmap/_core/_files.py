@@ -12,7 +12,7 @@ import errno
 import os
 import weakref
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from .._errors import UnmappableFileError
 from .._sys import os_impl, signals_held
@@ -20,6 +20,18 @@ from .._sys._interface import PathArg as PathArg  # a path anymmap accepts
 from ._checks import as_int
 
 Mode = Literal["rw", "r", "copy"]
+
+
+class HasFileno(Protocol):
+    """An object with a ``fileno()`` method (an open file, a socket)."""
+
+    def fileno(self) -> int: ...
+
+
+#: What a map accepts as its file: a path, a descriptor, or an object with ``fileno()``.
+FileArg = PathArg | int | HasFileno
+#: What a call that takes a descriptor accepts: the number, or an object with ``fileno()``.
+FdArg = int | HasFileno
 MODES: tuple[str, ...] = get_args(Mode)
 #: What ``os_impl.file_kind`` says of the files that can be mapped.
 MAPPABLE_KINDS = ("regular file", "block device")

@@ -27,6 +27,7 @@ from functools import partial
 
 from .._errors import InvalidSizeError, UnmappableFileError
 from .._sys import os_impl, signals_held
+from ._buffers import BufferLike
 from ._checks import MAX_SIZE, byte_view, check_range, check_size
 from ._copier import FileCopier, page_ceil
 from ._file import FileBackedCore
@@ -287,7 +288,7 @@ class Region:
     length: int
     _core: RegionCore = field(repr=False, compare=False)
 
-    def read_into(self, offset: int, buf: object) -> None:
+    def read_into(self, offset: int, buf: BufferLike) -> None:
         """Copy ``len(buf)`` bytes from ``offset`` into ``buf``.
 
         :raises OutOfBoundsError: outside ``[0, length)``
@@ -297,7 +298,7 @@ class Region:
         start, _ = self._check(offset, len(dst))
         self._core.read_blocking(start, dst)
 
-    def write(self, offset: int, data: object) -> None:
+    def write(self, offset: int, data: BufferLike) -> None:
         """Copy the bytes-like ``data`` to ``offset``; see :meth:`read_into`."""
         src = byte_view(data, writable=False)
         start, _ = self._check(offset, len(src))

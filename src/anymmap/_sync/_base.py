@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from anyio import WouldBlock
 
 from .._advice import check_advice
+from .._core._buffers import BufferLike
 from .._core._checks import as_int, byte_view, check_flush_policy, check_populate_args, check_size
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
@@ -50,7 +51,7 @@ class SyncMap(MapHandle[CoreT]):
 
     # -- copies -----------------------------------------------------------------------
 
-    def read_into(self, offset: int, buf: object) -> None:
+    def read_into(self, offset: int, buf: BufferLike) -> None:
         """Copy ``len(buf)`` bytes starting at ``offset`` into the writable buffer ``buf``.
 
         :raises OutOfBoundsError: if the range is not inside the map
@@ -68,7 +69,7 @@ class SyncMap(MapHandle[CoreT]):
             data = self._open_core().read_bytes(offset, length)
             return data if isinstance(data, bytes) else data()
 
-    def update_region(self, offset: int, data: object) -> None:
+    def update_region(self, offset: int, data: BufferLike) -> None:
         """Copy the bytes-like ``data`` into the map at ``offset``.
 
         :raises OutOfBoundsError: if the range is not inside the map
@@ -78,7 +79,7 @@ class SyncMap(MapHandle[CoreT]):
         with self._lock.write():
             self._open_core().write(offset, src)
 
-    def read_into_nowait(self, offset: int, buf: object) -> None:
+    def read_into_nowait(self, offset: int, buf: BufferLike) -> None:
         """Like :meth:`read_into`, but raise :exc:`anyio.WouldBlock` instead of waiting for
         a writer or for the disk (the contents of ``buf`` are then unspecified)."""
         offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
@@ -86,7 +87,7 @@ class SyncMap(MapHandle[CoreT]):
             if not self._open_core().try_read(offset, dst):
                 raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
 
-    def update_region_nowait(self, offset: int, data: object) -> None:
+    def update_region_nowait(self, offset: int, data: BufferLike) -> None:
         """Like :meth:`update_region`, but raise :exc:`anyio.WouldBlock` instead of waiting
         for a borrow or for the disk."""
         offset, src = as_int(offset, "offset"), byte_view(data, writable=False)

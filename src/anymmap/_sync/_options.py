@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from .._core._anon import AnonCore
 from .._core._file import FileCore
-from .._core._files import Mode
+from .._core._files import FileArg, Mode
 from .._core._options import OptionsBase
 from .._core._sparse import SparseCore
 from ._anon import AnonymousMmap
@@ -25,7 +25,7 @@ class MmapOptions(OptionsBase):
         return AnonymousMmap._create(AnonCore(**self._anon_kwargs()))
 
     def map_raw(
-        self, file: object, *, offset: int = 0, mode: Mode = "rw", fault_safe: bool = True
+        self, file: FileArg, *, offset: int = 0, mode: Mode = "rw", fault_safe: bool = True
     ) -> MmapRaw:
         """Map ``file`` with these options; see :meth:`anymmap.MmapOptions.map_raw`."""
         return MmapRaw._create(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import sys
 
 from .._core._file import FileCore, Prefill, create_file_map
-from .._core._files import Mode, PathArg
+from .._core._files import FileArg, Mode, PathArg
 from .._core._handle import FileMapInfo
 from ._base import FlushingSyncMap, ResizableSyncMap
 
@@ -31,7 +31,7 @@ class MmapRaw(FlushingSyncMap[FileCore], ResizableSyncMap[FileCore], FileMapInfo
     @classmethod
     def map_raw(
         cls,
-        file: object,
+        file: FileArg,
         *,
         offset: int = 0,
         length: int | None = None,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import sys
 
 from .._core._checks import check_size
-from .._core._files import PathArg
+from .._core._files import FdArg, PathArg
 from .._core._handle import RegionInfo
 from .._core._region import (
     FileCleanup,
@@ -55,7 +55,7 @@ class MmapRegion(FlushingSyncMap[RegionCore], DirectAccessSyncMap[RegionCore], R
         return cls._create(attach_region(path, max_size=max_size, trust_others=trust_others))
 
     @classmethod
-    def attach_fd(cls, fd: object, *, max_size: int | None = None) -> Self:
+    def attach_fd(cls, fd: FdArg, *, max_size: int | None = None) -> Self:
         """Map the region file open as ``fd``; see :meth:`anymmap.MmapRegion.attach_fd`."""
         return cls._create(attach_region_fd(fd, max_size=max_size))
 

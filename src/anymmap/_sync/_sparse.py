@@ -3,8 +3,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from .._core._buffers import BufferLike
 from .._core._checks import as_int, check_size
-from .._core._files import as_fd
+from .._core._files import FdArg, FileArg, as_fd
 from .._core._sparse import SparseCore, SparsePiece, check_file_offset, check_mmap_bits
 from ._base import DirectAccessSyncMap
 
@@ -51,7 +52,7 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
         self,
         offset: int,
         length: int,
-        file: object,
+        file: FileArg,
         file_offset: int = 0,
         *,
         writable: bool = False,
@@ -65,7 +66,7 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
         self._change_mapping(core.map_file, start, n, file, where, writable)
 
     def mmap(
-        self, offset: int, length: int, prot: int, flags: int, fd: Any, file_offset: int = 0
+        self, offset: int, length: int, prot: int, flags: int, fd: FdArg, file_offset: int = 0
     ) -> None:
         """Pass-through ``mmap(2)`` of ``fd``; see :meth:`anymmap.SparseMapping.mmap`."""
         core = self._open_core()
@@ -86,11 +87,11 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
         core = self._open_core()
         self._change_mapping(core.unmap, *core.check_piece_range(offset, length))
 
-    def read_at(self, offset: int, buf: object) -> None:
+    def read_at(self, offset: int, buf: BufferLike) -> None:
         """:meth:`read_into` under the seed's name."""
         self.read_into(offset, buf)
 
-    def write_at(self, offset: int, data: object) -> None:
+    def write_at(self, offset: int, data: BufferLike) -> None:
         """:meth:`update_region` under the seed's name."""
         self.update_region(offset, data)
 
