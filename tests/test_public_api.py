@@ -128,3 +128,36 @@ def test_public_signatures_resolve_to_public_types() -> None:
     assert hints["file"] == anymmap.FileArg
     assert typing.get_type_hints(anymmap.sync.MmapRaw.read_into)["buf"] == anymmap.BufferLike
     assert typing.get_type_hints(anymmap.SparseMapping.mmap)["fd"] == anymmap.FdArg
+
+
+@pytest.mark.anyio
+async def test_a_map_is_true_open_or_closed() -> None:
+    """Regression test: ``bool(m)`` called ``len()``, so ``if self.map: await
+    self.map.aclose()`` raised ClosedMapError once the map was closed."""
+    m = await anymmap.AnonymousMmap.new(4096)
+    assert m
+    await m.aclose()
+    assert m
+    assert m.closed
+    with anymmap.sync.AnonymousMmap.new(4096) as s:
+        assert s
+    assert s
+    with pytest.raises(anymmap.ClosedMapError):
+        len(s)
+
+
+@pytest.mark.anyio
+async def test_with_instead_of_async_with_says_what_to_write() -> None:
+    """Regression test: ``with`` on an async map or borrow raised "'_Borrow' object does
+    not support the context manager protocol", naming a private class."""
+    async with await anymmap.AnonymousMmap.new(4096) as m:
+        expected = r"use 'async with', or anymmap\.sync\.Anonym"
+        with pytest.raises(TypeError, match=expected), m:  # type: ignore[attr-defined]
+            pass
+        for borrow in (m.as_slice(0, 4), m.as_mut_slice(0, 4)):
+            expected = r"use 'async with m\.as_(mut_)?slice"
+            with pytest.raises(TypeError, match=expected), borrow:  # type: ignore[attr-defined]
+                pass
+        assert m.lock.statistics().writer is None
+        await m.update_region(0, b"abcd")  # nothing was taken
+        assert await m.read(0, 4) == b"abcd"

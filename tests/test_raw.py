@@ -148,13 +148,13 @@ async def test_bad_files(tmp_path: Path, data_file: Path) -> None:
 async def test_what_is_not_a_file_is_refused_by_name(tmp_path: Path, mode: str) -> None:
     """Regression test: a socket, a pipe, /dev/zero and /proc files all said "cannot map
     an empty file"; the error now names what the file is."""
-    with pytest.raises(UnmappableFileError, match="character device"):
+    with pytest.raises(UnmappableFileError, match="it is a character device; only regular files"):
         await MmapRaw.map_raw("/dev/zero", length=PAGE, mode=mode)  # type: ignore[arg-type]
     with pytest.raises(UnmappableFileError, match="/proc"):
         await MmapRaw.map_raw("/proc/self/status", mode="r" if mode == "rw" else mode)  # type: ignore[arg-type]
     read_end, write_end = os.pipe()
     try:
-        with pytest.raises(UnmappableFileError, match="FIFO or pipe"):
+        with pytest.raises(UnmappableFileError, match="it is a FIFO or pipe;"):
             await MmapRaw.map_raw(read_end, mode="r")
     finally:
         os.close(read_end)

@@ -120,9 +120,11 @@ class UnmappableFileError(AnymmapError, OSError):
     def __init__(self, name: str, kind: str) -> None:
         self.name = name
         self.kind = kind
+        article = "an" if kind[:1] in ("a", "e", "i", "o", "u") else "a"
         super().__init__(
             errno.ENODEV,
-            f"cannot map {name}: it is {kind}; only regular files and block devices can be mapped",
+            f"cannot map {name}: it is {article} {kind}; "
+            "only regular files and block devices can be mapped",
         )
 
     def __reduce__(self) -> tuple[type[UnmappableFileError], tuple[str, str]]:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -78,13 +78,20 @@ class AsyncMap(MapHandle[CoreT]):
     # -- copies -----------------------------------------------------------------------
 
     async def read_into(self, offset: int, buf: BufferLike) -> None:
-        """Copy ``len(buf)`` bytes starting at ``offset`` into the writable buffer ``buf``.
+        """Fill the writable buffer ``buf`` with the bytes of the map from ``offset`` on
+        (as many bytes as ``buf`` holds: ``memoryview(buf).nbytes``, not ``len(buf)`` for a
+        typed array).
 
         Copies of at most 1 MiB from memory run on the event loop thread; larger ones, and
         pages that are not in memory, are copied in a worker thread.
 
         :raises OutOfBoundsError: if the range is not inside the map
         :raises TypeError: if ``buf`` is not a writable, C-contiguous buffer
+        :raises MappingFaultError: (an :exc:`OSError`, ``errno.EFAULT``) if a page of the
+            range cannot be read: the file was truncated by another process, or the range
+            touches a hole of a sparse map; the process lives on
+        :raises RuntimeError: if the current task holds a writable borrow of this map (the copy
+            would wait for itself), or another event loop is using the map
         :raises ClosedMapError: if the map is closed
         """
         offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
@@ -102,7 +109,8 @@ class AsyncMap(MapHandle[CoreT]):
                 await run_sync(rest)
 
     async def read(self, offset: int, length: int) -> bytes:
-        """Return ``length`` bytes starting at ``offset`` (see :meth:`read_into`)."""
+        """Return ``length`` bytes starting at ``offset`` (see :meth:`read_into`, also for
+        what it raises)."""
         offset, length = as_int(offset, "offset"), as_int(length, "length")
         await checkpoint_before()
         if self._lock.free_for_reading():  # as in read_into
@@ -118,7 +126,14 @@ class AsyncMap(MapHandle[CoreT]):
         """Copy the bytes-like ``data`` into the map at ``offset``, holding the write lock.
 
         :raises OutOfBoundsError: if the range is not inside the map
+        :raises TypeError: if ``data`` is not a C-contiguous bytes-like object
         :raises ReadOnlyError: if the map is read-only
+        :raises MappingFaultError: (an :exc:`OSError`, ``errno.EFAULT``) if a page of the
+            range cannot be written: the file was truncated by another process, or the
+            range touches a hole or a read-only piece of a sparse map; the process lives on
+        :raises RuntimeError: if the current task holds a borrow of this map (the copy
+            would wait for itself), or another event loop is using the map
+        :raises ClosedMapError: if the map is closed
         """
         offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
         self._open_core().check_writable()
@@ -273,6 +288,18 @@ class AsyncMap(MapHandle[CoreT]):
 
     async def __aenter__(self) -> Self:
         return self
+
+    if not TYPE_CHECKING:  # (a type checker refuses ``with`` on its own)
+
+        def __enter__(self):
+            name = type(self).__name__
+            raise TypeError(
+                f"{name} is an async context manager: use 'async with', or "
+                f"anymmap.sync.{name} in blocking code"
+            )
+
+        def __exit__(self, *exc_info):  # pragma: no cover - __enter__ raises
+            pass
 
     async def __aexit__(
         self,
@@ -492,6 +519,18 @@ class _Borrow:
         self._length = as_int(length, "length")
         self._writable = writable
         self._entered = False
+
+    if not TYPE_CHECKING:  # (a type checker refuses ``with`` on its own)
+
+        def __enter__(self):
+            name = "as_mut_slice" if self._writable else "as_slice"
+            raise TypeError(
+                f"{name}() of an async map is an async context manager: use "
+                f"'async with m.{name}(...)', or the blocking twin in anymmap.sync"
+            )
+
+        def __exit__(self, *exc_info):  # pragma: no cover - __enter__ raises
+            pass
 
     async def __aenter__(self) -> memoryview:
         if self._entered:

@@ -15,7 +15,8 @@ from ._sparse import SparseMapping
 
 class MmapOptions(OptionsBase):
     """
-    Options for a new map, as an immutable value (seed ``sys_alloc::MmapOptions``)::
+    Options for a new map, as an immutable value (after the Rust
+    ``sys_alloc::MmapOptions``)::
 
         opts = anymmap.MmapOptions().len(1 << 20).populate(True)
         async with await opts.map_anon() as m:

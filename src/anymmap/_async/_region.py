@@ -24,8 +24,8 @@ else:  # pragma: no cover
 
 class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore], RegionInfo):
     """
-    A file shared between processes that grows without its base address moving (seed
-    ``shm-primitives``)::
+    A file shared between processes that grows without its base address moving (after the Rust
+    crate ``shm-primitives``)::
 
         # the host
         async with await anymmap.MmapRegion.create("/dev/shm/jobs", 1 << 20) as region:

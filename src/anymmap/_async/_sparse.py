@@ -19,7 +19,7 @@ else:  # pragma: no cover
 class SparseMapping(DirectAccessAsyncMap[SparseCore]):
     """
     A reserved range of address space, filled piece by piece, whose accessors fail with
-    an error instead of crashing when they touch a hole (seed ``sparse_mmap``)::
+    an error instead of crashing when they touch a hole (after the Rust crate ``sparse_mmap``)::
 
         async with await anymmap.SparseMapping.new(1 << 40) as m:  # 1 TiB, nothing committed
             await m.alloc(0, 1 << 20)                 # private memory
@@ -148,14 +148,14 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         start, n = core.check_piece_range(offset, length)
         await self._change_mapping("unmap", core.unmap, start, n)
 
-    # -- the seed's accessors -----------------------------------------------------------
+    # -- sparse_mmap's accessors --------------------------------------------------------
 
     async def read_at(self, offset: int, buf: BufferLike) -> None:
-        """Fill ``buf`` from ``offset``: :meth:`read_into` under the seed's name."""
+        """Fill ``buf`` from ``offset``: :meth:`read_into` under ``sparse_mmap``'s name."""
         await self.read_into(offset, buf)
 
     async def write_at(self, offset: int, data: BufferLike) -> None:
-        """Write ``data`` at ``offset``: :meth:`update_region` under the seed's name."""
+        """Write ``data`` at ``offset``: :meth:`update_region` under ``sparse_mmap``'s name."""
         await self.update_region(offset, data)
 
     async def fill_at(self, offset: int, value: int, length: int) -> None:

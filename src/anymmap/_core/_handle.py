@@ -73,6 +73,11 @@ class MapHandle(Generic[CoreT]):
         """
         return self._open_core().length
 
+    def __bool__(self) -> bool:
+        """Always True, open or closed, as for a file object (without it, truth would call
+        ``len()``, which raises once the map is closed): test :attr:`closed` instead."""
+        return True
+
     def is_empty(self) -> bool:
         """Whether the map has zero length: always False, as maps of 0 bytes are refused.
 

@@ -276,7 +276,8 @@ def escape_error() -> BorrowError:
     """The error for a borrow whose views had to be parked."""
     return BorrowError(
         "a slice, array or buffer made from the borrowed view is still alive at the end of "
-        "the borrow; the map cannot be closed or resized until it is gone"
+        "the borrow; the pages under it cannot be unmapped (by close, resize, or a sparse "
+        "map's unmap or remap) until it is gone"
     )
 
 

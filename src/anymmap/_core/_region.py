@@ -270,7 +270,7 @@ class RegionCore(FileBackedCore):
 
 @dataclass(frozen=True)
 class Region:
-    """A region's memory by address, as the seed's ``Region``: ``address`` and ``length``
+    """A region's memory by address, as ``shm-primitives``' ``Region``: ``address`` and ``length``
     (the region's length when it was taken), with bounds-checked, fault-safe copies.
 
     It never goes stale while the region is open: growth maps new pages after the old
@@ -289,7 +289,7 @@ class Region:
     _core: RegionCore = field(repr=False, compare=False)
 
     def read_into(self, offset: int, buf: BufferLike) -> None:
-        """Copy ``len(buf)`` bytes from ``offset`` into ``buf``.
+        """Fill ``buf`` with the bytes from ``offset`` on (as many as ``buf`` holds).
 
         :raises OutOfBoundsError: outside ``[0, length)``
         :raises MappingFaultError: if another process truncated the file under it

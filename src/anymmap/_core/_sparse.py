@@ -324,7 +324,7 @@ class SparseCore(MapCore):
             if not isinstance(copier, HoleCopier):
                 yield copier, at, count
 
-    # -- the seed's accessors -------------------------------------------------------
+    # -- sparse_mmap's accessors ----------------------------------------------------
 
     def start_fill(
         self, offset: object, value: object, length: object

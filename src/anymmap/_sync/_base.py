@@ -52,10 +52,17 @@ class SyncMap(MapHandle[CoreT]):
     # -- copies -----------------------------------------------------------------------
 
     def read_into(self, offset: int, buf: BufferLike) -> None:
-        """Copy ``len(buf)`` bytes starting at ``offset`` into the writable buffer ``buf``.
+        """Fill the writable buffer ``buf`` with the bytes of the map from ``offset`` on
+        (as many bytes as ``buf`` holds: ``memoryview(buf).nbytes``, not ``len(buf)`` for a
+        typed array).
 
         :raises OutOfBoundsError: if the range is not inside the map
         :raises TypeError: if ``buf`` is not a writable, C-contiguous buffer
+        :raises MappingFaultError: (an :exc:`OSError`, ``errno.EFAULT``) if a page of the
+            range cannot be read: the file was truncated by another process, or the range
+            touches a hole of a sparse map; the process lives on
+        :raises RuntimeError: if the calling thread holds a writable borrow of this map
+            (the copy would wait for itself)
         :raises ClosedMapError: if the map is closed
         """
         offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
@@ -63,7 +70,7 @@ class SyncMap(MapHandle[CoreT]):
             self._open_core().read(offset, dst)
 
     def read(self, offset: int, length: int) -> bytes:
-        """Return ``length`` bytes starting at ``offset``."""
+        """Return ``length`` bytes starting at ``offset`` (raises as :meth:`read_into`)."""
         offset, length = as_int(offset, "offset"), as_int(length, "length")
         with self._lock.read():
             data = self._open_core().read_bytes(offset, length)
@@ -73,7 +80,14 @@ class SyncMap(MapHandle[CoreT]):
         """Copy the bytes-like ``data`` into the map at ``offset``.
 
         :raises OutOfBoundsError: if the range is not inside the map
+        :raises TypeError: if ``data`` is not a C-contiguous bytes-like object
         :raises ReadOnlyError: if the map is read-only
+        :raises MappingFaultError: (an :exc:`OSError`, ``errno.EFAULT``) if a page of the
+            range cannot be written: the file was truncated by another process, or the
+            range touches a hole or a read-only piece of a sparse map; the process lives on
+        :raises RuntimeError: if the calling thread holds a borrow of this map (the copy
+            would wait for itself)
+        :raises ClosedMapError: if the map is closed
         """
         offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
         with self._lock.write():

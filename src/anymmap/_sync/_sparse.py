@@ -88,11 +88,11 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
         self._change_mapping(core.unmap, *core.check_piece_range(offset, length))
 
     def read_at(self, offset: int, buf: BufferLike) -> None:
-        """:meth:`read_into` under the seed's name."""
+        """:meth:`read_into` under ``sparse_mmap``'s name."""
         self.read_into(offset, buf)
 
     def write_at(self, offset: int, data: BufferLike) -> None:
-        """:meth:`update_region` under the seed's name."""
+        """:meth:`update_region` under ``sparse_mmap``'s name."""
         self.update_region(offset, data)
 
     def fill_at(self, offset: int, value: int, length: int) -> None:
