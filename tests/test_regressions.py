@@ -2150,6 +2150,80 @@ async def test_a_copy_between_a_region_and_its_attachment_behaves_as_memmove(
                 assert await host.read(0, _OVERLAP_SIZE) == expected
 
 
+def _own_buffer(m: Any, at: int, n: int, writable: bool, source: str) -> Any:
+    """A NumPy array over ``m``'s own bytes ``[at, at + n)``: one that escaped a borrow,
+    or one built from ``as_ptr()``."""
+    if source == "as_ptr":
+        import ctypes
+
+        return np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(m.as_ptr() + at))
+    borrow = m.as_mut_slice(at, n) if writable else m.as_slice(at, n)
+    with pytest.raises(anymmap.BorrowError), borrow as view:
+        kept = np.frombuffer(view, np.uint8)  # outlives the borrow (documented: parked)
+    return kept
+
+
+@pytest.mark.parametrize("source", ["escaped", "as_ptr"])
+@pytest.mark.parametrize("n", [20_000, (1 << 20) + 4096])
+@pytest.mark.parametrize("shift", [8, -5000])
+@pytest.mark.parametrize(
+    "how", ["update_region", "update_region_nowait", "read_into", "read_into_nowait"]
+)
+def test_a_copy_within_one_file_map_behaves_as_memmove(
+    shm_path: Path, how: str, shift: int, n: int, source: str
+) -> None:
+    """Regression test (adversary round 19): an array over the map's own bytes (escaped
+    from a borrow, or built from ``as_ptr()``) given to a copy of the same file map, over
+    overlapping ranges, came out smeared from the first overlapping byte on: the kernel
+    copy between the page cache and memory showing the same pages goes forward, not as
+    ``memmove``.  Only the Region helpers and the worker-thread copies checked for it."""
+    path = shm_path / "f"
+    path.write_bytes(_OVERLAP_PATTERN)
+    at, writing = 1 << 20, how.startswith("update")
+    with anymmap.sync.MmapRaw.map_raw(path) as m:
+        # update_region(at + shift, m[at:]) or read_into(at + shift, into m[at:])
+        buf = _own_buffer(m, at, n, writable=not writing, source=source)
+        try:
+            getattr(m, how)(at + shift, buf)
+        except anyio.WouldBlock:  # (a *_nowait copy may refuse; none here is cold)
+            pytest.fail(f"{how} of {n} bytes refused")
+        del buf
+        if writing:
+            expected = _overlap_expected(True, at, shift, n)
+        else:  # m[at : at + n] = m[at + shift : ...]
+            expected = _overlap_expected(False, at, shift, n)
+        assert m.read(0, _OVERLAP_SIZE) == expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["raw", "region", "sparse window"])
+async def test_an_escaped_array_copied_into_its_own_map_async(shm_path: Path, kind: str) -> None:
+    """The same through the async API on each file-backed map type, for a copy on the
+    event loop thread (inline) and one in a worker."""
+    path = shm_path / "f"
+    size = _OVERLAP_SIZE
+    path.write_bytes(_OVERLAP_PATTERN)
+    m: Any
+    if kind == "raw":
+        m = await anymmap.MmapRaw.map_raw(path)
+    elif kind == "region":
+        path.unlink()
+        m = await anymmap.MmapRegion.create(path, size)
+        await m.update_region(0, _OVERLAP_PATTERN)
+    else:
+        m = await anymmap.SparseMapping.new(size)
+        await m.map_file(0, size, path, writable=True)
+    async with m:
+        for n in (20_000, (1 << 20) + 4096):
+            await m.update_region(0, _OVERLAP_PATTERN)
+            with pytest.raises(anymmap.BorrowError):
+                async with m.as_slice(4096, n) as view:
+                    buf = np.frombuffer(view, np.uint8)  # outlives the borrow
+            await m.update_region(4096 + 100, buf)
+            del buf
+            assert await m.read(0, size) == _overlap_expected(True, 4096, 100, n)
+
+
 def test_a_pass_through_mmap_of_a_file_counts_as_a_second_map_of_it(tmp_path: Path) -> None:
     """Regression test (adversary round 17): a sparse map's ``mmap(MAP_SHARED, fd)`` piece
     was not known as a mapping of its file, so copies between it and another map of

@@ -96,7 +96,9 @@ class MapHandle(Generic[CoreT]):
         Unsafe: the address is only valid while the map is open and not resized; writing
         through it bypasses the lock and the read-only check.
         """
-        return self._open_core().addr
+        core = self._open_core()
+        core.exposed = True  # a copy may now be given memory at that address
+        return core.addr
 
     def _open_core(self) -> CoreT:
         core = self._core

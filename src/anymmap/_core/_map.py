@@ -356,7 +356,7 @@ class MapCore:
             raise OutOfBoundsError(start, n, self.length)
         if limit is not None and n > limit:
             return False
-        if self.memory.twinned and shares_pages(dst):  # (see _copier.py: two maps of a file)
+        if (self.memory.twinned or self.exposed) and self._aliased(dst):  # (see _aliased)
             tmp = memoryview(bytearray(n))
             if not self._copy_now(start, n, tmp, False):
                 return False
@@ -453,7 +453,7 @@ class MapCore:
         """Copy into ``dst`` on this thread if that cannot wait for the disk or take long;
         else return the copy as a call for a worker thread."""
         start, n = self.check_range(offset, len(dst))
-        if self.memory.twinned and shares_pages(dst):  # (see try_read)
+        if (self.memory.twinned or self.exposed) and self._aliased(dst):  # (see _aliased)
             tmp = memoryview(bytearray(n))
             rest = self.start_read(start, tmp)
             if rest is None:
@@ -471,7 +471,7 @@ class MapCore:
             rest()
 
     def read_blocking(self, start: int, dst: memoryview) -> None:
-        if (self.memory.twinned and shares_pages(dst)) or self._holds(dst):  # (see try_read)
+        if self._aliased(dst):  # (see _aliased)
             tmp = memoryview(bytearray(len(dst)))
             self.read_blocking(start, tmp)
             self._put_back(dst, tmp, start)
@@ -530,7 +530,7 @@ class MapCore:
         start, n = self.check_range(offset, len(src))
         if limit is not None and n > limit:
             return False
-        if self.memory.twinned and shares_pages(src):  # (see try_read)
+        if (self.memory.twinned or self.exposed) and self._aliased(src):  # (see _aliased)
             src = self._private_copy(src, start)
         try:
             return self._copy_now(start, n, src, True)
@@ -547,7 +547,7 @@ class MapCore:
         """Like :meth:`start_read`, the other way."""
         self.check_writable()
         start, n = self.check_range(offset, len(src))
-        if self.memory.twinned and shares_pages(src):  # (see try_read)
+        if (self.memory.twinned or self.exposed) and self._aliased(src):  # (see _aliased)
             src = self._private_copy(src, start)
         if n <= INLINE_COPY_LIMIT:
             try:
@@ -563,7 +563,7 @@ class MapCore:
             rest()
 
     def write_blocking(self, start: int, src: memoryview) -> None:
-        if (self.memory.twinned and shares_pages(src)) or self._holds(src):  # (see try_read)
+        if self._aliased(src):  # (see _aliased)
             src = self._private_copy(src, start)
         with self.pinned(), PinnedBuffer(src, writable=False) as pin:
             try:
@@ -574,9 +574,22 @@ class MapCore:
             finally:
                 self.note_write(start, pin.nbytes)  # after the copy: see note_write
 
-    # A copy whose buffer shows the same pages as the range (another map of the file; or
-    # this very map, which only a Region's lock-free helpers let through: the blocking
-    # copies check for it) goes through a private copy of the buffer (see _copier.py).
+    #: Whether this map's address was given out where a copy's buffer can come from: a
+    #: view (or a NumPy array over one) that escaped a borrow, ``as_ptr()``, a Region.
+    #: Never cleared (it costs a look at the buffer's address per copy, not bytes/bytearray).
+    exposed = False
+
+    def _aliased(self, view: memoryview) -> bool:
+        """Whether a copy with ``view`` must go through a private copy of it (see
+        _copier.py): the buffer may show pages of this map's file through another map
+        (``twinned``), or lie in this map's own memory (``exposed``).  A copy between a
+        file's page cache and memory that shows the same pages is done by the kernel as
+        a forward copy, not a ``memmove``: overlapping ranges came out wrong."""
+        if type(view.obj) in (bytes, bytearray):
+            return False
+        if self.memory.twinned and shares_pages(view):
+            return True
+        return self.exposed and self._holds(view)
 
     def _holds(self, view: memoryview) -> bool:
         """Whether ``view`` lies (partly) in this map's own memory."""
@@ -632,7 +645,10 @@ class MapCore:
         start, loan = borrowed
         if not loan.views[0].readonly:  # a writable borrow: its bytes count as written
             self.note_write(start, len(loan.views[0]))
-        return loan.end()
+        escaped = loan.end()
+        if escaped:
+            self.exposed = True  # a copy may now be given that view (see _aliased)
+        return escaped
 
     # -- direct single-instruction access ------------------------------------------
 

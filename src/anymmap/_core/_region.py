@@ -265,6 +265,7 @@ class RegionCore(FileBackedCore):
 
     def region(self) -> Region:
         self.check_open()
+        self.exposed = True  # a copy may now be given memory at its address
         return Region(self.addr, self.length, self)
 
 
