@@ -2393,3 +2393,77 @@ def test_two_maps_of_one_file_in_a_child_forked_while_maps_are_made() -> None:
     over overlapping ranges: no hang (the lock is renewed in the child), ``memmove``
     bytes."""
     check_child(_TWINS_ACROSS_A_FORK, timeout=90)
+
+
+def _cancel_when_done(
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, cancel: Any
+) -> None:
+    """Make the worker call ``module.name`` cancel its caller (``cancel``, run on the event
+    loop) right after its work is done, before its result reaches the caller: the moment
+    a cancellation can no longer stop it.  (A seam around anymmap's own function; the
+    system calls are real.)"""
+    real = getattr(module, name)
+
+    def done_then_cancel(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        anyio.from_thread.run_sync(cancel)
+        return result
+
+    monkeypatch.setattr(module, name, done_then_cancel)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["scope", "native"])
+async def test_a_create_cancelled_after_its_work_returns_its_map(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, backend_name: str
+) -> None:
+    """Regression test (adversary round 19): a cancellation that arrived while
+    ``MmapRegion.create(replace=True)`` ran in its worker was raised once the worker had
+    renamed the new file over the old one, and the finished map was dropped: when the
+    collector freed it, its FileCleanup.MANUAL finalizer deleted the path (50 of 50
+    runs lost the file, on asyncio and trio).  ``MmapRaw.create`` left its file and an
+    unclosed map the same way.  A constructor whose work is done now returns its map;
+    the cancellation comes at the next ``await``."""
+    import asyncio
+    import gc
+
+    import anyio.lowlevel
+
+    import anymmap._async._raw
+    import anymmap._async._region
+
+    if how == "native" and backend_name != "asyncio":
+        pytest.skip("native task.cancel() is asyncio's")
+    path = shm_path / "region"
+    path.write_bytes(b"old")
+    got: list[Any] = []
+
+    async def make(task_cancel: Any) -> None:
+        with anyio.CancelScope() as scope:
+            cancel = task_cancel or scope.cancel
+            _cancel_when_done(monkeypatch, anymmap._async._region, "create_region", cancel)
+            got.append(await anymmap.MmapRegion.create(path, 1 << 20, replace=True))
+            _cancel_when_done(monkeypatch, anymmap._async._raw, "create_file_map", cancel)
+            got.append(await anymmap.MmapRaw.create(shm_path / "raw", 1 << 20))
+            await anyio.lowlevel.checkpoint()  # the cancellation is delivered here
+            pytest.fail("not cancelled")
+        assert scope.cancelled_caught or how == "native"
+
+    if how == "native":  # Task.cancel(), as asyncio.timeout and asyncio.run's end do
+        tasks: list[asyncio.Task[None]] = []
+        tasks.append(asyncio.ensure_future(make(lambda: tasks[0].cancel())))
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+    else:
+        await make(None)
+
+    region, raw = got  # both returned, though cancelled
+    assert region.path == str(path)
+    assert len(region) == 1 << 20
+    assert not region.closed
+    assert (shm_path / "raw").stat().st_size == 1 << 20
+    await raw.aclose()
+    gc.collect()
+    assert path.stat().st_size == 1 << 20  # the new region's file: nothing deleted it
+    await region.aclose()  # its owner deletes it (FileCleanup.MANUAL), as it said
+    assert not path.exists()

@@ -41,7 +41,7 @@ class MmapOptions(OptionsBase):
         """
         kwargs = self._anon_kwargs()
         if kwargs["populate"]:
-            core = await run_sync(lambda: AnonCore(**kwargs))
+            core = await run_sync(lambda: AnonCore(**kwargs), keep=True)
         else:
             await checkpoint()
             core = AnonCore(**kwargs)
@@ -54,7 +54,8 @@ class MmapOptions(OptionsBase):
         worker thread; see :meth:`anymmap.MmapRaw.map_raw`."""
         kwargs = self._file_kwargs()
         core = await run_sync(
-            partial(FileCore, file, offset=offset, mode=mode, fault_safe=fault_safe, **kwargs)
+            partial(FileCore, file, offset=offset, mode=mode, fault_safe=fault_safe, **kwargs),
+            keep=True,
         )
         return MmapRaw._create(core)
 

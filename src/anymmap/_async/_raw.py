@@ -85,7 +85,8 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
                 mode=mode,
                 fault_safe=fault_safe,
                 prefill=prefill,
-            )
+            ),
+            keep=True,
         )
         return cls._create(core)
 
@@ -126,7 +127,8 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
                 prefill=prefill,
                 mode=mode,
                 fault_safe=fault_safe,
-            )
+            ),
+            keep=True,
         )
         return cls._create(core)
 

@@ -94,7 +94,8 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         :raises InvalidSizeError: if ``size`` is 0 or above ``max_size``
         """
         core = await run_sync(
-            partial(create_region, path, size, cleanup, max_size=max_size, replace=replace)
+            partial(create_region, path, size, cleanup, max_size=max_size, replace=replace),
+            keep=True,
         )
         return cls._create(core)
 
@@ -111,7 +112,8 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         (``PermissionError``).  An attached region never deletes the file.
         """
         core = await run_sync(
-            partial(attach_region, path, max_size=max_size, trust_others=trust_others)
+            partial(attach_region, path, max_size=max_size, trust_others=trust_others),
+            keep=True,
         )
         return cls._create(core)
 
@@ -120,7 +122,7 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         """Map the region file open as ``fd`` (a descriptor or an object with
         ``fileno()``, for example received over a UNIX socket with ``socket.recv_fds``);
         the region keeps its own duplicate."""
-        core = await run_sync(partial(attach_region_fd, fd, max_size=max_size))
+        core = await run_sync(partial(attach_region_fd, fd, max_size=max_size), keep=True)
         return cls._create(core)
 
     async def resize(self, new_size: int) -> None:
@@ -147,4 +149,4 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         if not core.grew():
             await checkpoint()
             return False
-        return await run_sync(core.check_and_remap)
+        return await run_sync(core.check_and_remap, keep=True)  # (a True must not be lost)
