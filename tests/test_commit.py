@@ -411,6 +411,56 @@ def test_auto_flush_of_the_twin_by_bytes_only(log_file: Path) -> None:
         assert m.pending_bytes() == 0
 
 
+def test_auto_flush_of_the_twin_admits_one_block_of_two_threads(log_file: Path) -> None:
+    """Regression test (adversary round 19): two threads entering ``auto_flush`` of one
+    map at once could both get past the "already flushes automatically" check (3 of
+    every run of 300), and the first block to end switched off the other's flushing by
+    size.  The check and the claim are one step now: one block gets in, the other raises,
+    and the one that got in still flushes by size."""
+    with anymmap.sync.MmapRaw.create(log_file, MiB) as m:
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible
+        try:
+            for _ in range(200):
+                start = threading.Barrier(2)
+                entered: list[Any] = []
+                refused: list[BaseException] = []
+
+                def enter(
+                    start: threading.Barrier, entered: list[Any], refused: list[BaseException]
+                ) -> None:
+                    block = m.auto_flush(every=math.inf, every_bytes=PAGE)
+                    start.wait()
+                    try:
+                        block.__enter__()
+                    except RuntimeError as exc:
+                        refused.append(exc)
+                    else:
+                        entered.append(block)
+
+                threads = [
+                    threading.Thread(target=enter, args=(start, entered, refused))
+                    for _ in range(2)
+                ]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                try:
+                    assert len(entered) == 1, f"{len(entered)} blocks got in"
+                    assert "already flushes automatically" in str(refused[0])
+                    m.update_region(0, b"x" * PAGE)  # the block that got in flushes it
+                    pause, deadline = threading.Event(), time.monotonic() + 30
+                    while m.pending_bytes() and time.monotonic() < deadline:
+                        pause.wait(0.001)
+                    assert m.pending_bytes() == 0
+                finally:
+                    for block in entered:  # (their threads must end, pass or fail)
+                        block.__exit__(None, None, None)
+        finally:
+            sys.setswitchinterval(old)
+
+
 @pytest.mark.parametrize("size", [16, 3 * MiB], ids=["inline", "worker"])
 async def test_a_write_counts_as_pending_only_once_its_bytes_are_in_memory(
     log_file: Path, size: int

@@ -442,8 +442,6 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
         """
         core = self._open_core()
         interval, threshold = check_flush_policy(every, every_bytes)
-        if core.dirty.listener is not None:
-            raise RuntimeError("this map already flushes automatically")
         wake: list[ThreadWaiter] = []
 
         def written(pending: int) -> None:
@@ -462,7 +460,7 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
                     except ClosedMapError:
                         return  # the block closed the map: nothing left to flush through it
 
-        core.dirty.listener = written
+        core.dirty.claim_listener(written)
         failure: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
@@ -477,7 +475,7 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
             if failure is not None:
                 raise failure
         finally:
-            core.dirty.listener = None
+            core.dirty.drop_listener(written)
             if not core.closed and core.dirty.pending():
                 with anyio.CancelScope(shield=True):  # also when the block failed
                     await self.flush()

@@ -289,6 +289,23 @@ class DirtyRanges:
         #: auto-flush policy; it asks :meth:`pending` before it acts).
         self.listener: Callable[[int], None] | None = None
 
+    def claim_listener(self, listener: Callable[[int], None]) -> None:
+        """Make ``listener`` this map's one auto-flush policy.
+
+        :raises RuntimeError: if it has one (another block, maybe on another thread: the
+            check and the claim are one step, or two threads could both get in)
+        """
+        with self._lock:
+            if self.listener is not None:
+                raise RuntimeError("this map already flushes automatically")
+            self.listener = listener
+
+    def drop_listener(self, listener: Callable[[int], None]) -> None:
+        """End what :meth:`claim_listener` began (a policy set since is left alone)."""
+        with self._lock:
+            if self.listener is listener:
+                self.listener = None
+
     def after_fork_in_child(self) -> None:
         self._lock = threading.RLock()  # a thread of the parent may have held it
         # The parent's auto-flush wakes a thread or event loop that is not here (and may

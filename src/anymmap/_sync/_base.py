@@ -257,8 +257,6 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         exits."""
         core = self._open_core()
         interval, threshold = check_flush_policy(every, every_bytes)
-        if core.dirty.listener is not None:
-            raise RuntimeError("this map already flushes automatically")
         wake = threading.Event()
         stop = False
         failures: list[BaseException] = []
@@ -291,7 +289,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
                     if not failures:
                         failures.append(exc)
 
-        core.dirty.listener = written
+        core.dirty.claim_listener(written)
         thread = threading.Thread(target=flusher, name="anymmap auto flush")
         thread.start()
         try:
@@ -300,7 +298,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
             stop = True
             wake.set()
             thread.join()
-            core.dirty.listener = None
+            core.dirty.drop_listener(written)
             if not core.closed and core.dirty.pending():
                 try:
                     self.flush()
