@@ -380,13 +380,17 @@ async def test_fill_at_and_read_plain(sparse: SparseMapping) -> None:
     with pytest.raises(ValueError, match="2 values, not one"):
         await sparse.read_plain(0, "<QQ")
     with pytest.raises(ValueError, match="0 values, not one"):
-        await sparse.read_plain(0, "x")
+        await sparse.read_plain(0, "xx3x")
     # Regression (adversary review): the format's values were counted by unpacking a
     # buffer of its size first: MemoryError here, and 500 MB allocated for "500000000s".
     with pytest.raises(OutOfBoundsError):
         await sparse.read_plain(0, "1000000000000s")
     with pytest.raises(ValueError, match="bad struct format"):
         await sparse.read_plain(0, "<Z")
+    # Regression (adversary round 19): "0p" raised SystemError from CPython's unpack.
+    for empty in ("0p", "0s", "0x", "<0Q"):
+        with pytest.raises(ValueError, match="0 bytes long"):
+            await sparse.read_plain(0, empty)
     with pytest.raises(TypeError):
         await sparse.read_plain(0, b"<Q")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not a byte"):

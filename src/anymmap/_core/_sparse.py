@@ -353,7 +353,7 @@ class SparseCore(MapCore):
         beforehand would build them from a buffer of that size, however large).
 
         :raises TypeError: if ``fmt`` is not a str
-        :raises ValueError: if it is not a struct format
+        :raises ValueError: if it is not a struct format, or one of 0 bytes
         """
         if not isinstance(fmt, str):
             raise TypeError(f"fmt must be a struct format string, not {type(fmt).__name__}")
@@ -361,6 +361,8 @@ class SparseCore(MapCore):
             layout = struct.Struct(fmt)
         except struct.error as exc:
             raise ValueError(f"bad struct format {fmt!r}: {exc}") from None
+        if not layout.size:  # (CPython's own unpack of "0p" raises SystemError)
+            raise ValueError(f"struct format {fmt!r} is 0 bytes long: there is no value to read")
         return layout, layout.size
 
     @staticmethod
