@@ -356,6 +356,24 @@ async def test_manual_cleanup_deletes_on_the_owners_close(tmp_path: Path) -> Non
     assert path.read_bytes() == b"someone else's"  # never deleted
 
 
+async def test_manual_cleanup_of_a_relative_path_survives_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression test (adversary round 19): a region created with a relative path was
+    deleted through that path at close, resolved against the directory current then:
+    after a ``chdir`` its file stayed behind (and a file of that name in the new
+    directory was spared only by the identity check)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    region = await MmapRegion.create("r", PAGE)
+    monkeypatch.chdir(tmp_path / "b")
+    (tmp_path / "b" / "r").write_bytes(b"another file of that name")
+    await region.aclose()
+    assert not (tmp_path / "a" / "r").exists()
+    assert (tmp_path / "b" / "r").read_bytes() == b"another file of that name"
+
+
 async def test_an_attached_region_can_take_ownership(tmp_path: Path) -> None:
     """Regression test (adversary review): ``take_ownership()`` on a region attached by
     path did nothing (``owns_file`` stayed False and the file outlived every close),

@@ -133,8 +133,12 @@ class RegionCore(FileBackedCore):
         # it (0: none), so that a forked child closing its copy leaves the file alone.
         self._owner = [0]
         self.set_owner(owner)
-        self._cleanup = weakref.finalize(
-            self, _remove_if_ours, self._owner, path or "", os_impl.file_identity(fd)
+        self._cleanup = weakref.finalize(  # (absolute: the process may chdir meanwhile)
+            self,
+            _remove_if_ours,
+            self._owner,
+            os.path.abspath(path) if path else "",
+            os_impl.file_identity(fd),
         )
         # At exit too: an owner that never closed still removes its file (as the
         # resource tracker of multiprocessing.shared_memory tries to, without leaks).
