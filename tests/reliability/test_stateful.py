@@ -527,6 +527,38 @@ class MapMachine(RuleBasedStateMachine):
         self.model.write(at, bytes(moved))
         self.model.known[at : at + n] = known
 
+    @rule(
+        src=offsets,
+        dst=offsets,
+        size=lengths,
+        how=st.sampled_from(
+            ["update_region", "update_region_nowait", "read_into", "read_into_nowait"]
+        ),
+    )
+    def copy_within_through_its_own_memory(self, src: int, dst: int, size: int, how: str) -> None:
+        """An array over the map's own bytes (from ``as_ptr()``) as the buffer of a copy
+        of the same map: where the ranges overlap, the copy must act as ``memmove``
+        (adversary round 19: file maps smeared it)."""
+        if self.closed or not self.writable or self.KIND == "sparse" or self.cut is not None:
+            return  # (holes and cut files: faults of the buffer, covered elsewhere)
+        import ctypes
+
+        a, length = self.api, len(self.model)
+        s, d = src * length // 1001, dst * length // 1001
+        n = min(size * length // 1000, length - s, length - d)
+        if n <= 0:
+            return
+        writing = how.startswith("update")
+        at, frm = (d, s) if writing else (s, d)  # bytes move from frm to at
+        buf = np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(self.map.as_ptr() + s))
+        result = self.attempt(lambda: a.call(self.map, how, d, buf), None, anyio.WouldBlock)
+        if isinstance(result, anyio.WouldBlock):  # (a page not in memory)
+            self.model.forget(at, at + n)
+            return
+        moved, known = self.model.data[frm : frm + n], self.model.known[frm : frm + n]
+        self.model.write(at, bytes(moved))
+        self.model.known[at : at + n] = known
+
     # -- bad input ------------------------------------------------------------------------
 
     @rule(which=st.integers(0, 7))
