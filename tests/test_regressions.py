@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -24,6 +26,7 @@ import anymmap.sync
 
 from ._child import RUNNERS, check_child
 from ._helpers import PAGE, unwritten_pages
+from .conftest import ASYNCIO_BACKENDS
 
 # -- hangs ------------------------------------------------------------------------------
 
@@ -2157,13 +2160,17 @@ def _own_buffer(m: Any, at: int, n: int, writable: bool, source: str) -> Any:
         import ctypes
 
         return np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(m.as_ptr() + at))
+    if source == "obj_chain":  # the raw object behind a borrow of one other byte
+        with m.as_slice(len(m) - 1, 1) as view:
+            raw = view.obj.obj
+        return np.frombuffer(raw, np.uint8)[at : at + n]
     borrow = m.as_mut_slice(at, n) if writable else m.as_slice(at, n)
     with pytest.raises(anymmap.BorrowError), borrow as view:
         kept = np.frombuffer(view, np.uint8)  # outlives the borrow (documented: parked)
     return kept
 
 
-@pytest.mark.parametrize("source", ["escaped", "as_ptr"])
+@pytest.mark.parametrize("source", ["escaped", "as_ptr", "obj_chain"])
 @pytest.mark.parametrize("n", [20_000, (1 << 20) + 4096])
 @pytest.mark.parametrize("shift", [8, -5000])
 @pytest.mark.parametrize(
@@ -2413,18 +2420,16 @@ def _cancel_when_done(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("how", ["scope", "native"])
 async def test_a_create_cancelled_after_its_work_returns_its_map(
-    shm_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, backend_name: str
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression test (adversary round 19): a cancellation that arrived while
     ``MmapRegion.create(replace=True)`` ran in its worker was raised once the worker had
     renamed the new file over the old one, and the finished map was dropped: when the
     collector freed it, its FileCleanup.MANUAL finalizer deleted the path (50 of 50
     runs lost the file, on asyncio and trio).  ``MmapRaw.create`` left its file and an
-    unclosed map the same way.  A constructor whose work is done now returns its map;
-    the cancellation comes at the next ``await``."""
-    import asyncio
+    unclosed map the same way.  Under a cancelled scope, a constructor whose work is done
+    now returns its map, and the scope raises at the next ``await``."""
     import gc
 
     import anyio.lowlevel
@@ -2432,31 +2437,17 @@ async def test_a_create_cancelled_after_its_work_returns_its_map(
     import anymmap._async._raw
     import anymmap._async._region
 
-    if how == "native" and backend_name != "asyncio":
-        pytest.skip("native task.cancel() is asyncio's")
     path = shm_path / "region"
     path.write_bytes(b"old")
     got: list[Any] = []
-
-    async def make(task_cancel: Any) -> None:
-        with anyio.CancelScope() as scope:
-            cancel = task_cancel or scope.cancel
-            _cancel_when_done(monkeypatch, anymmap._async._region, "create_region", cancel)
-            got.append(await anymmap.MmapRegion.create(path, 1 << 20, replace=True))
-            _cancel_when_done(monkeypatch, anymmap._async._raw, "create_file_map", cancel)
-            got.append(await anymmap.MmapRaw.create(shm_path / "raw", 1 << 20))
-            await anyio.lowlevel.checkpoint()  # the cancellation is delivered here
-            pytest.fail("not cancelled")
-        assert scope.cancelled_caught or how == "native"
-
-    if how == "native":  # Task.cancel(), as asyncio.timeout and asyncio.run's end do
-        tasks: list[asyncio.Task[None]] = []
-        tasks.append(asyncio.ensure_future(make(lambda: tasks[0].cancel())))
-        with pytest.raises(asyncio.CancelledError):
-            await tasks[0]
-    else:
-        await make(None)
-
+    with anyio.CancelScope() as scope:
+        _cancel_when_done(monkeypatch, anymmap._async._region, "create_region", scope.cancel)
+        got.append(await anymmap.MmapRegion.create(path, 1 << 20, replace=True))
+        _cancel_when_done(monkeypatch, anymmap._async._raw, "create_file_map", scope.cancel)
+        got.append(await anymmap.MmapRaw.create(shm_path / "raw", 1 << 20))
+        await anyio.lowlevel.checkpoint()  # the cancellation is delivered here
+        pytest.fail("not cancelled")
+    assert scope.cancelled_caught
     region, raw = got  # both returned, though cancelled
     assert region.path == str(path)
     assert len(region) == 1 << 20
@@ -2467,3 +2458,84 @@ async def test_a_create_cancelled_after_its_work_returns_its_map(
     assert path.stat().st_size == 1 << 20  # the new region's file: nothing deleted it
     await region.aclose()  # its owner deletes it (FileCleanup.MANUAL), as it said
     assert not path.exists()
+
+
+def _slow_after_work(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> None:
+    """Make the worker call ``module.name`` take 0.2 s more once its work is done (a
+    seam around anymmap's own function), so that a short timeout expires meanwhile."""
+    import time
+
+    real = getattr(module, name)
+
+    def done_then_wait(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        time.sleep(0.2)
+        return result
+
+    monkeypatch.setattr(module, name, done_then_wait)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS, indirect=True)
+@pytest.mark.parametrize("also_a_scope", [False, True], ids=["timeout", "timeout+move_on_after"])
+async def test_a_native_cancel_of_a_finished_create_undoes_it_and_is_delivered_once(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch, also_a_scope: bool
+) -> None:
+    """Regression test (adversary round 20): a native ``Task.cancel()`` (here
+    ``asyncio.wait_for``'s and ``asyncio.timeout``'s) caught while a constructor's worker
+    finished was asked again of the task so that the map could be returned; before
+    Python 3.13 ``uncancel()`` cannot withdraw that request, so it escaped the timeout
+    block (the block ended without TimeoutError, and the next ``await`` after it was
+    cancelled with nothing asking: 10 of 10), and with an anyio scope cancelled too it
+    was lost (the block ran on to its end).  Now the finished work is undone (the map
+    closed, the file it created removed) and the cancellation raised, once."""
+    import asyncio
+
+    import anymmap._async._raw
+
+    _slow_after_work(monkeypatch, anymmap._async._raw, "create_file_map")
+    path = shm_path / "raw"
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def under_a_timeout() -> None:
+        async with _timeout(0.01):
+            with anyio.move_on_after(0.01 if also_a_scope else math.inf):
+                await anymmap.MmapRaw.create(path, 1 << 20)
+            await anyio.sleep(5)  # (reached only if the cancellation was lost)
+
+    started = anyio.current_time()
+    with pytest.raises(asyncio.TimeoutError):
+        await under_a_timeout()
+    assert anyio.current_time() - started < 4
+    assert not path.exists()  # undone: the file it made is gone
+    if sys.version_info >= (3, 11):
+        assert task.cancelling() == 0
+    await anyio.sleep(0.01)  # no cancellation is left pending for a later await
+    with pytest.raises(asyncio.TimeoutError):  # the same through wait_for, with no await after
+        await asyncio.wait_for(anymmap.MmapRaw.create(path, 1 << 20), 0.01)
+    assert not path.exists()
+    await anyio.sleep(0.01)
+
+
+def _timeout(seconds: float) -> Any:
+    """``asyncio.timeout`` (3.11+), or the same through ``wait_for`` semantics before."""
+    import asyncio
+
+    if sys.version_info >= (3, 11):
+        return asyncio.timeout(seconds)
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def timeout() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        handle = asyncio.get_running_loop().call_later(seconds, task.cancel)
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise asyncio.TimeoutError from None
+        finally:
+            handle.cancel()
+
+    return timeout()

@@ -39,7 +39,7 @@ What it gives, for asyncio (also with uvloop) and trio:
 from __future__ import annotations
 
 import asyncio
-import math
+import contextlib
 import os
 import sys
 import threading
@@ -336,7 +336,9 @@ def thread_limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
-async def run_sync(func: Callable[..., T], *args: object, keep: bool = False) -> T:
+async def run_sync(
+    func: Callable[..., T], *args: object, undo: Callable[[T], object] | None = None
+) -> T:
     """Run ``func(*args)`` in a worker thread and wait for it, whatever happens.
 
     The call is never abandoned: memory a worker touches is only guaranteed to stay mapped
@@ -344,12 +346,17 @@ async def run_sync(func: Callable[..., T], *args: object, keep: bool = False) ->
     cancellation that arrives meanwhile is held back until the thread has finished, then
     delivered; if the call failed too, the cancellation wins and chains the error.
 
-    ``keep=True`` is for a call whose effect cannot be taken back once it returned (a
-    constructor: a map made, a file created or renamed over another).  If it succeeded,
-    its result is returned and the cancellation comes at the caller's next checkpoint
-    (trio's rule: ``Cancelled`` means the operation did not happen).  Dropping the result
-    instead left the map to the collector, whose finalizer deleted the file of a region
-    that ``create(replace=True)`` had just put in place of the user's.
+    ``undo`` is for a call that makes something (a constructor: a map, a file) whose
+    result must not be dropped: dropped, a map was left to the collector, whose finalizer
+    deleted the file of a region that ``create(replace=True)`` had just put in place of
+    the user's.  If the call succeeded while a cancel scope (trio's, anyio's) was
+    cancelled, the result is returned and the scope raises at the caller's next
+    checkpoint, as it does by itself (trio's rule: ``Cancelled`` means the operation did
+    not happen).  A native ``Task.cancel()`` (``asyncio.timeout``, ``wait_for``,
+    ``TaskGroup``) is delivered once and cannot be asked again safely before Python 3.13
+    (``uncancel()`` does not withdraw a pending request): ``undo(result)`` then runs in a
+    worker thread (it closes the map, removes a file the call created), and the
+    cancellation is raised.
 
     On asyncio the caller waits for a future that only the worker thread resolves, so not
     even cancelling every task (as ``asyncio.run`` does on its way out) ends the wait
@@ -359,7 +366,7 @@ async def run_sync(func: Callable[..., T], *args: object, keep: bool = False) ->
     if backend_local.name == "trio":
         with anyio.CancelScope(shield=True):
             result = await anyio.to_thread.run_sync(func, *args, limiter=thread_limiter())
-        if not keep:  # (with keep, trio's scope raises at the next checkpoint by itself)
+        if undo is None:  # (else trio's scope raises at the next checkpoint by itself)
             await anyio.lowlevel.checkpoint_if_cancelled()
         return result
 
@@ -370,7 +377,7 @@ async def run_sync(func: Callable[..., T], *args: object, keep: bool = False) ->
     # first, and a caller that resumed before anyio's task ended could let the loop close
     # with that task pending, leaving anyio's (non-daemon) worker thread waiting forever
     # for a stop that never comes, and the interpreter waiting for it at exit.
-    return await _wait_for(call.outcome, hop, keep=keep)
+    return await _wait_for(call.outcome, hop, undo=undo)
 
 
 class _WorkerCall(Generic[T]):
@@ -425,11 +432,14 @@ class _WorkerCall(Generic[T]):
 
 
 async def _wait_for(
-    future: asyncio.Future[T], *also: asyncio.Future[Any], keep: bool = False
+    future: asyncio.Future[T],
+    *also: asyncio.Future[Any],
+    undo: Callable[[T], object] | None = None,
 ) -> T:
     """Wait for ``future`` (and the futures in ``also``) through any number of
-    cancellations, then deliver the first cancellation, or ``future``'s outcome (with
-    ``keep``, a result wins, and the cancellation is armed again for the next ``await``)."""
+    cancellations, then deliver the first cancellation, or ``future``'s outcome (see
+    :func:`run_sync` for ``undo``).  The wait is shielded from anyio's scopes, so what it
+    catches are native cancellations."""
     cancelled: BaseException | None = None
     pending = (future, *also)
     with anyio.CancelScope(shield=True):
@@ -441,31 +451,16 @@ async def _wait_for(
                     cancelled = exc
     if cancelled is not None:
         error = None if future.cancelled() else future.exception()
-        if keep and not future.cancelled() and error is None:
-            _rearm(cancelled)
-            return future.result()
+        if undo is not None and not future.cancelled() and error is None:
+            # The cancellation is what the caller must see.  (A cancel scope of anyio that
+            # asks again while the undoing runs would replace it: it asks again by itself.)
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await run_sync(undo, future.result())
         raise cancelled from error
     result = future.result()
-    if not keep:  # (with keep, a cancelled anyio scope raises at the next checkpoint)
+    if undo is None:  # (else a cancelled anyio scope raises at the next checkpoint)
         await anyio.lowlevel.checkpoint_if_cancelled()
     return result
-
-
-def _rearm(cancelled: BaseException) -> None:
-    """Make the current task's next ``await`` raise the cancellation it was given here.
-
-    A cancelled anyio scope delivers again by itself (the deadline is then ``-inf``); a
-    native ``Task.cancel()`` (``asyncio.timeout``, ``asyncio.run`` at its end) is delivered
-    once, so it is requested again, with its message, after taking back the request this
-    wait consumed (so ``asyncio.timeout`` still counts one and turns it into TimeoutError).
-    """
-    if anyio.current_effective_deadline() == -math.inf:
-        return
-    task = asyncio.current_task()
-    assert task is not None
-    if sys.version_info >= (3, 11):
-        task.uncancel()
-    task.cancel(*cancelled.args[:1])
 
 
 async def shielded(start: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -41,7 +41,7 @@ class MmapOptions(OptionsBase):
         """
         kwargs = self._anon_kwargs()
         if kwargs["populate"]:
-            core = await run_sync(lambda: AnonCore(**kwargs), keep=True)
+            core = await run_sync(lambda: AnonCore(**kwargs), undo=AnonCore.close)
         else:
             await checkpoint()
             core = AnonCore(**kwargs)
@@ -55,7 +55,7 @@ class MmapOptions(OptionsBase):
         kwargs = self._file_kwargs()
         core = await run_sync(
             partial(FileCore, file, offset=offset, mode=mode, fault_safe=fault_safe, **kwargs),
-            keep=True,
+            undo=FileCore.close,
         )
         return MmapRaw._create(core)
 

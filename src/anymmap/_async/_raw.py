@@ -4,7 +4,7 @@ import sys
 from functools import partial
 
 from .._backend import run_sync
-from .._core._file import FileCore, Prefill, create_file_map
+from .._core._file import FileCore, Prefill, create_file_map, undo_create
 from .._core._files import FileArg, Mode, PathArg
 from .._core._handle import FileMapInfo
 from ._base import FlushingAsyncMap, ResizableAsyncMap
@@ -86,7 +86,7 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
                 fault_safe=fault_safe,
                 prefill=prefill,
             ),
-            keep=True,
+            undo=FileCore.close,
         )
         return cls._create(core)
 
@@ -128,7 +128,7 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
                 mode=mode,
                 fault_safe=fault_safe,
             ),
-            keep=True,
+            undo=undo_create,
         )
         return cls._create(core)
 

@@ -95,7 +95,7 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         """
         core = await run_sync(
             partial(create_region, path, size, cleanup, max_size=max_size, replace=replace),
-            keep=True,
+            undo=RegionCore.close,
         )
         return cls._create(core)
 
@@ -113,7 +113,7 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         """
         core = await run_sync(
             partial(attach_region, path, max_size=max_size, trust_others=trust_others),
-            keep=True,
+            undo=RegionCore.close,
         )
         return cls._create(core)
 
@@ -122,7 +122,9 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         """Map the region file open as ``fd`` (a descriptor or an object with
         ``fileno()``, for example received over a UNIX socket with ``socket.recv_fds``);
         the region keeps its own duplicate."""
-        core = await run_sync(partial(attach_region_fd, fd, max_size=max_size), keep=True)
+        core = await run_sync(
+            partial(attach_region_fd, fd, max_size=max_size), undo=RegionCore.close
+        )
         return cls._create(core)
 
     async def resize(self, new_size: int) -> None:
@@ -149,4 +151,9 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         if not core.grew():
             await checkpoint()
             return False
-        return await run_sync(core.check_and_remap, keep=True)  # (a True must not be lost)
+        # (Under a cancelled scope the True is returned, not lost; a native cancel raises.)
+        return await run_sync(core.check_and_remap, undo=_keep)
+
+
+def _keep(grew: bool) -> None:
+    """Nothing to take back: the map covers what the file gained either way."""

@@ -158,6 +158,8 @@ def create_file(
             os_impl.fdatasync(fd)
             os_impl.fsync_directory(os.path.dirname(os.path.abspath(os.fsdecode(path))))
         made = then(ref)
+        if created and isinstance(made, FileCore):  # (for undo_create)
+            made.made_file = (os.path.abspath(os.fsdecode(path)), os_impl.file_identity(fd))
         ref.close()
         return made  # (inside the try: a signal handled as it returns is undone)
     except BaseException:
@@ -270,6 +272,9 @@ class FileBackedCore(MapCore):
 
 
 class FileCore(FileBackedCore):
+    #: The absolute path and identity of the file, if ``MmapRaw.create`` made it.
+    made_file: tuple[str, tuple[int, int]] | None = None
+
     def __init__(
         self,
         file: object,
@@ -465,7 +470,7 @@ def create_file_map(
     """``MmapRaw.create``: make the file (see :func:`create_file`) and map all of it."""
     if not isinstance(fault_safe, bool):  # (before an existing file is grown)
         raise TypeError("fault_safe must be True or False")
-    return create_file(
+    core = create_file(
         path,
         size,
         exist_ok=exist_ok,
@@ -479,3 +484,20 @@ def create_file_map(
             label=label_of(path),
         ),
     )
+    return core
+
+
+def undo_create(core: FileCore) -> None:
+    """Take back a ``create`` that succeeded but whose caller was cancelled (a native
+    ``Task.cancel()``, see ``_backend.run_sync``): close the map, and remove the file if
+    that call created it and the path still names it."""
+    made = core.made_file
+    core.close()
+    if made is not None:
+        path, identity = made
+        with signals_held():
+            try:
+                if os_impl.path_identity(path) == identity:
+                    os_impl.unlink(path)
+            except OSError:  # pragma: no cover - gone already
+                pass
