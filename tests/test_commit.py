@@ -411,6 +411,29 @@ def test_auto_flush_of_the_twin_by_bytes_only(log_file: Path) -> None:
         assert m.pending_bytes() == 0
 
 
+def test_auto_flush_of_the_twin_gives_its_claim_back_if_its_thread_cannot_start(
+    log_file: Path,
+) -> None:
+    """Regression test (adversary round 20): the claim was taken before the ``try`` of
+    the block, so a flusher thread that could not start (or a Ctrl-C inside
+    ``Thread.start()``) left the map "already flushing" for good, and a thread started
+    before a Ctrl-C ran forever, holding up the interpreter's exit."""
+    with anymmap.sync.MmapRaw.create(log_file, MiB) as m:
+        threading.stack_size(1 << 40)  # 1 TiB stacks: pthread_create fails
+        try:
+            with pytest.raises(RuntimeError, match="can't start new thread"), m.auto_flush():
+                pass
+        finally:
+            threading.stack_size(0)
+        with m.auto_flush(every=math.inf, every_bytes=PAGE):  # not "already flushing"
+            m.update_region(0, b"x" * PAGE)
+            pause, deadline = threading.Event(), time.monotonic() + 30
+            while m.pending_bytes() and time.monotonic() < deadline:
+                pause.wait(0.001)
+            assert m.pending_bytes() == 0
+    assert not [t for t in threading.enumerate() if t.name == "anymmap auto flush"]
+
+
 def test_auto_flush_of_the_twin_admits_one_block_of_two_threads(log_file: Path) -> None:
     """Regression test (adversary round 19): two threads entering ``auto_flush`` of one
     map at once could both get past the "already flushes automatically" check (3 of

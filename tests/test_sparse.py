@@ -391,6 +391,9 @@ async def test_fill_at_and_read_plain(sparse: SparseMapping) -> None:
     for empty in ("0p", "0s", "0x", "<0Q"):
         with pytest.raises(ValueError, match="0 bytes long"):
             await sparse.read_plain(0, empty)
+    for odd in ("q0p", "1s0p"):  # (round 20: not of 0 bytes, but a 0p field still)
+        with pytest.raises(ValueError, match="0p"):
+            await sparse.read_plain(0, odd)
     with pytest.raises(TypeError):
         await sparse.read_plain(0, b"<Q")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not a byte"):

@@ -371,7 +371,10 @@ class SparseCore(MapCore):
 
         :raises ValueError: if the format describes more (or fewer) values than one
         """
-        values = layout.unpack(data)
+        try:
+            values = layout.unpack(data)
+        except SystemError:  # CPython's own unpack of a "0p" field ("q0p")
+            raise ValueError(f"struct cannot unpack {layout.format!r} (a 0p field)") from None
         if len(values) != 1:
             raise ValueError(f"format {layout.format!r} describes {len(values)} values, not one")
         return values[0]

@@ -270,7 +270,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
             # cancels it): keep flushing, so that what the block writes next still
             # becomes durable, and raise the first error when the block ends.
             wait = min(interval, threading.TIMEOUT_MAX)  # (every=inf: bytes only)
-            while not stop:
+            while not stop and not core.closed:  # (closed: nothing to flush through it)
                 if failures:  # retry at the interval, not at every write
                     until = time.monotonic() + wait
                     while not stop and time.monotonic() < until:
@@ -289,17 +289,25 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
                     if not failures:
                         failures.append(exc)
 
-        core.dirty.claim_listener(written)
-        thread = threading.Thread(target=flusher, name="anymmap auto flush")
-        thread.start()
+        # The claim is inside the try, and given back first thing in its finally (it is
+        # dropped only if it is this block's): a Ctrl-C in thread.start(), or a thread
+        # that cannot start, left it taken and the thread running.  A daemon thread, so
+        # that a block whose exit never ran cannot hold up the interpreter's exit.
+        thread = None
         try:
+            core.dirty.claim_listener(written)
+            thread = threading.Thread(target=flusher, name="anymmap auto flush", daemon=True)
+            thread.start()
             yield
         finally:
-            stop = True
-            wake.set()
-            thread.join()
-            core.dirty.drop_listener(written)
-            if not core.closed and core.dirty.pending():
+            try:
+                core.dirty.drop_listener(written)
+            finally:
+                stop = True
+                wake.set()
+                if thread is not None and thread.ident is not None:
+                    thread.join()
+            if thread is not None and not core.closed and core.dirty.pending():
                 try:
                     self.flush()
                 except Exception:
