@@ -141,9 +141,8 @@ def register_window(memory: Memory, identity: tuple[int, int]) -> None:
 def shares_pages(view: memoryview) -> bool:
     """Whether ``view``'s bytes may lie in a mapping of a file that another mapping also
     shows (then a copy between the two must not be direct).  Asked only by a map whose
-    own memory is ``twinned``; costs a look at each such mapping, not at every map."""
-    if type(view.obj) in (bytes, bytearray):
-        return False
+    own memory is ``twinned``, for a buffer that is not ``bytes``/``bytearray`` (see
+    ``MapCore._aliased``); costs a look at each such mapping, not at every map."""
     twins = [ref() for ref in _twins]  # (a list that is replaced, never changed)
     if not all(_live(memory) for memory in twins):  # one was closed or freed since
         with signals_held(), _windows_lock:

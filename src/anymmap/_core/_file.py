@@ -28,7 +28,16 @@ from .._sys import os_impl, signals_held
 from ._checks import as_int, check_size
 from ._commit import DirtyRanges, GroupCommit
 from ._copier import FileCopier, page_ceil, page_floor
-from ._files import MODES, FileRef, Mode, check_mappable, label_of, name_of, open_fd
+from ._files import (
+    MODES,
+    FileRef,
+    Mode,
+    check_mappable,
+    label_of,
+    name_of,
+    open_fd,
+    remove_if_same,
+)
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
@@ -113,11 +122,11 @@ def create_file(
     exist_ok: bool,
     prefill: object,
     mode: object,
-    then: Callable[[FileRef], _M],
+    then: Callable[[FileRef, bool], _M],
 ) -> _M:
     """Create ``path`` (``exist_ok``: or open it) and give it at least ``size`` bytes of
-    real blocks; make the file and its name durable; return ``then(descriptor)``, a map
-    of it (the descriptor is closed after it: the map has its own).
+    real blocks; make the file and its name durable; return ``then(descriptor, created)``,
+    a map of it (the descriptor is closed after it: the map has its own).
 
     An existing file is never shrunk.  If this call created the file and fails (also in
     ``then``, or as it returns), the map is closed and the file removed.
@@ -157,9 +166,7 @@ def create_file(
         if created or length > current:
             os_impl.fdatasync(fd)
             os_impl.fsync_directory(os.path.dirname(os.path.abspath(os.fsdecode(path))))
-        made = then(ref)
-        if created and isinstance(made, FileCore):  # (for undo_create)
-            made.made_file = (os.path.abspath(os.fsdecode(path)), os_impl.file_identity(fd))
+        made = then(ref, created)
         ref.close()
         return made  # (inside the try: a signal handled as it returns is undone)
     except BaseException:
@@ -470,34 +477,27 @@ def create_file_map(
     """``MmapRaw.create``: make the file (see :func:`create_file`) and map all of it."""
     if not isinstance(fault_safe, bool):  # (before an existing file is grown)
         raise TypeError("fault_safe must be True or False")
-    core = create_file(
-        path,
-        size,
-        exist_ok=exist_ok,
-        prefill=prefill,
-        mode=mode,
-        then=lambda created: FileCore(  # (the map has its own duplicate)
-            created.fd,
+
+    def mapped(created_ref: FileRef, created: bool) -> FileCore:
+        core = FileCore(  # (the map has its own duplicate)
+            created_ref.fd,
             mode="rw",
             fault_safe=fault_safe,
             prefill=prefill,  # type: ignore[arg-type]
             label=label_of(path),
-        ),
-    )
-    return core
+        )
+        if created:  # (for undo_create)
+            where = os.path.abspath(os.fsdecode(path))  # type: ignore[arg-type]
+            core.made_file = (where, os_impl.file_identity(created_ref.fd))
+        return core
+
+    return create_file(path, size, exist_ok=exist_ok, prefill=prefill, mode=mode, then=mapped)
 
 
 def undo_create(core: FileCore) -> None:
     """Take back a ``create`` that succeeded but whose caller was cancelled (a native
     ``Task.cancel()``, see ``_backend.run_sync``): close the map, and remove the file if
     that call created it and the path still names it."""
-    made = core.made_file
     core.close()
-    if made is not None:
-        path, identity = made
-        with signals_held():
-            try:
-                if os_impl.path_identity(path) == identity:
-                    os_impl.unlink(path)
-            except OSError:  # pragma: no cover - gone already
-                pass
+    if core.made_file is not None:
+        remove_if_same(*core.made_file)

@@ -175,3 +175,14 @@ def open_fd(file: object, mode: Mode, label: str | None = None) -> tuple[FileRef
     except BaseException:
         ref.close()
         raise
+
+
+def remove_if_same(path: str, identity: tuple[int, int]) -> None:
+    """Unlink ``path`` if it still names the file ``identity`` (a peer may have put
+    another file there: never delete someone else's); gone already is fine."""
+    with signals_held():  # (a second Ctrl-C must not stop it half-way)
+        try:
+            if os_impl.path_identity(path) == identity:
+                os_impl.unlink(path)
+        except OSError:  # pragma: no cover - gone already, or the directory is not ours
+            pass

@@ -31,7 +31,7 @@ from ._buffers import BufferLike
 from ._checks import MAX_SIZE, byte_view, check_range, check_size
 from ._copier import FileCopier, page_ceil
 from ._file import FileBackedCore
-from ._files import FileRef, adopt, as_fd, check_mappable, label_of, name_of
+from ._files import FileRef, adopt, as_fd, check_mappable, label_of, name_of, remove_if_same
 from ._lifetime import Memory
 from ._reservation import place, reserve
 from ._threadlock import check_not_held
@@ -82,11 +82,7 @@ def _remove_if_ours(owner: list[int], path: str, identity: tuple[int, int]) -> N
     if owner[0] != os.getpid():
         return
     owner[0] = 0
-    try:
-        if os_impl.path_identity(path) == identity:
-            os_impl.unlink(path)
-    except OSError:  # pragma: no cover - gone already, or the directory is not ours
-        pass
+    remove_if_same(path, identity)
 
 
 class RegionCore(FileBackedCore):
