@@ -460,9 +460,13 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
                     except ClosedMapError:
                         return  # the block closed the map: nothing left to flush through it
 
-        core.dirty.claim_listener(written)
         failure: BaseException | None = None
+        claimed = False
         try:
+            # (Inside the try: on trio a Ctrl-C is raised wherever the code is, and one
+            # handled as the claim returned would leave the map "already flushing".)
+            core.dirty.claim_listener(written)
+            claimed = True
             async with anyio.create_task_group() as tg:
                 tg.start_soon(flusher)
                 try:
@@ -475,8 +479,8 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
             if failure is not None:
                 raise failure
         finally:
-            core.dirty.drop_listener(written)
-            if not core.closed and core.dirty.pending():
+            core.dirty.drop_listener(written)  # (only if it is this block's)
+            if claimed and not core.closed and core.dirty.pending():
                 with anyio.CancelScope(shield=True):  # also when the block failed
                     await self.flush()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
@@ -250,72 +250,17 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         ``"copy"`` maps); see :meth:`anymmap.MmapRaw.pending_bytes`."""
         return self._open_core().dirty.pending()
 
-    @contextmanager
-    def auto_flush(self, every: float = 0.05, every_bytes: int = 8 << 20) -> Iterator[None]:
+    def auto_flush(
+        self, every: float = 0.05, every_bytes: int = 8 << 20
+    ) -> AbstractContextManager[None]:
         """Flush from a thread while the block runs, and what is pending at its end; see
         :meth:`anymmap.MmapRaw.auto_flush`.  The thread is joined before the block
-        exits."""
-        core = self._open_core()
-        interval, threshold = check_flush_policy(every, every_bytes)
-        wake = threading.Event()
-        stop = False
-        failures: list[BaseException] = []
+        exits.
 
-        def written(pending: int) -> None:
-            if pending >= threshold:
-                wake.set()
-
-        def flusher() -> None:
-            # A failed flush cannot end the block from this thread (the async form
-            # cancels it): keep flushing, so that what the block writes next still
-            # becomes durable, and raise the first error when the block ends.
-            wait = min(interval, threading.TIMEOUT_MAX)  # (every=inf: bytes only)
-            while not stop and not core.closed:  # (closed: nothing to flush through it)
-                if failures:  # retry at the interval, not at every write
-                    until = time.monotonic() + wait
-                    while not stop and time.monotonic() < until:
-                        wake.wait(until - time.monotonic())
-                        wake.clear()
-                elif core.dirty.pending() < threshold:
-                    wake.wait(wait)
-                wake.clear()
-                if stop or not core.dirty.pending():
-                    continue
-                try:
-                    self.flush()
-                except ClosedMapError:
-                    return  # the block closed the map: nothing left to flush through it
-                except Exception as exc:  # noqa: BLE001 - raised by the block's exit
-                    if not failures:
-                        failures.append(exc)
-
-        # The claim is inside the try, and given back first thing in its finally (it is
-        # dropped only if it is this block's): a Ctrl-C in thread.start(), or a thread
-        # that cannot start, left it taken and the thread running.  A daemon thread, so
-        # that a block whose exit never ran cannot hold up the interpreter's exit.
-        thread = None
-        try:
-            core.dirty.claim_listener(written)
-            thread = threading.Thread(target=flusher, name="anymmap auto flush", daemon=True)
-            thread.start()
-            yield
-        finally:
-            try:
-                core.dirty.drop_listener(written)
-            finally:
-                stop = True
-                wake.set()
-                if thread is not None and thread.ident is not None:
-                    thread.join()
-            if thread is not None and not core.closed and core.dirty.pending():
-                try:
-                    self.flush()
-                except Exception:
-                    if not failures:
-                        raise
-                    # (the first error is the one the block's exit raises)
-        if failures:
-            raise failures[0]
+        :raises ValueError: for a bound that is not positive
+        :raises RuntimeError: (on entry) if the map already flushes automatically
+        """
+        return _AutoFlush(self, *check_flush_policy(every, every_bytes))
 
     def flush_async(self) -> None:
         """Start writeback of the dirty pages and return; not durable."""
@@ -325,6 +270,127 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         """Start writeback of ``[offset, offset + length)`` and return; not durable."""
         core = self._open_core()
         core.flush(*core.check_range(offset, length), False)
+
+
+class _AutoFlush(Hold):
+    """``with m.auto_flush():`` of a blocking twin.  A class, not a ``@contextmanager``
+    generator, for the reason :class:`_Borrow` gives: under a storm of Ctrl-C the
+    generator form left the map's auto-flush claim taken ("already flushes
+    automatically" for good) when a signal was handled as its ``__enter__`` returned.
+    Here the give-back (drop the claim, stop the thread) is armed before the claim is
+    taken, runs if anything raises in ``__enter__``, and runs when the hold is dropped
+    if a signal skipped ``__exit__``.  Only ``__exit__`` joins the thread and flushes
+    what is pending; the thread is a daemon, which a dropped hold's stop lets end."""
+
+    _flusher: _Flusher | None = None
+
+    def __init__(self, facade: FlushingSyncMap[Any], interval: float, threshold: int) -> None:
+        self._map: FlushingSyncMap[Any] = facade
+        self._interval = interval
+        self._threshold = threshold
+
+    def __enter__(self) -> None:
+        if self._flusher is not None:
+            raise RuntimeError("this auto_flush() block was entered already")
+        flusher = self._flusher = _Flusher(self._map, self._interval, self._threshold)
+        try:
+            self._on_drop = flusher.stop  # (armed first: stop() is harmless before claim())
+            flusher.claim()
+            return  # (inside the try: a signal handled as it returns is undone)
+        except BaseException:
+            flusher.stop()
+            self._on_drop = DISARMED
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_rest: object) -> None:
+        self._on_drop()
+        self._on_drop = DISARMED
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.finish(failed=exc_type is not None)
+
+
+class _Flusher:
+    """The thread of one ``auto_flush`` block and what it shares with the block.  It
+    holds no reference to the block's hold, so that dropping the hold stops it."""
+
+    def __init__(self, facade: FlushingSyncMap[Any], interval: float, threshold: int) -> None:
+        self._map = facade
+        self._core: FileBackedCore = facade._open_core()
+        self._interval = min(interval, threading.TIMEOUT_MAX)  # (every=inf: bytes only)
+        self._threshold = threshold
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self.failures: list[BaseException] = []
+        # One bound method, kept: the map recognises its listener by identity.
+        self._listener: Callable[[int], None] = self._written
+
+    def _written(self, pending: int) -> None:
+        """The map's listener: wake the thread once enough bytes are pending."""
+        if pending >= self._threshold:
+            self._wake.set()
+
+    def claim(self) -> None:
+        """Become the map's one auto-flush policy and start the thread.  A daemon thread,
+        so that a block whose exit never ran cannot hold up the interpreter's exit."""
+        self._core.dirty.claim_listener(self._listener)
+        thread = threading.Thread(target=self._run, name="anymmap auto flush", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def stop(self) -> None:
+        """Give the claim back (only if it is ours) and tell the thread to end; any
+        number of times, from any thread."""
+        try:
+            self._core.dirty.drop_listener(self._listener)
+        finally:
+            self._stopped = True
+            self._wake.set()
+
+    def finish(self, failed: bool) -> None:
+        """After :meth:`stop`: wait for the thread, flush what is pending, and raise the
+        first flush error (the final flush's, even when the block failed)."""
+        thread, core = self._thread, self._core
+        if thread is None or thread.ident is None:
+            return  # (never started: the entry raised)
+        thread.join()
+        if not core.closed and core.dirty.pending():  # (also when the block failed)
+            try:
+                self._map.flush()
+            except Exception:
+                if not self.failures:
+                    raise
+                # (the first error is the one the block's exit raises)
+        if self.failures and not failed:  # (the block's own exception wins)
+            raise self.failures[0]
+
+    def _run(self) -> None:
+        # A failed flush cannot end the block from this thread (the async form cancels
+        # it): keep flushing, so that what the block writes next still becomes durable,
+        # and raise the first error when the block ends.
+        core, wake, wait = self._core, self._wake, self._interval
+        failures = self.failures
+        # (Closed: nothing to flush through it.  No longer the listener: the block's claim
+        # was given back, by a stop() that a second signal may have cut short.)
+        while not self._stopped and not core.closed and core.dirty.listener is self._listener:
+            if failures:  # retry at the interval, not at every write
+                until = time.monotonic() + wait
+                while not self._stopped and time.monotonic() < until:
+                    wake.wait(until - time.monotonic())
+                    wake.clear()
+            elif core.dirty.pending() < self._threshold:
+                wake.wait(wait)
+            wake.clear()
+            if self._stopped or not core.dirty.pending():
+                continue
+            try:
+                self._map.flush()
+            except ClosedMapError:
+                return  # the block closed the map: nothing left to flush through it
+            except Exception as exc:  # noqa: BLE001 - raised by the block's exit
+                if not failures:
+                    failures.append(exc)
 
 
 class _Borrow(Hold):
