@@ -15,7 +15,7 @@ import pytest
 from tests._child import check_child
 
 _PRELUDE = """
-    import gc, os, signal, sys, tempfile, threading
+    import gc, os, signal, sys, tempfile, threading, time
     import anymmap
     import anymmap.sync as S
     from anymmap._sys import _linux
@@ -1327,3 +1327,107 @@ def test_a_loan_dropped_in_a_cycle_survives_a_second_interrupt() -> None:
     the collector cleared the base view under the user's view's export: SIGSEGV (10 of
     10).  The finalizer is now C code that only hands the views to a registry."""
     check_child(_LOAN_DROPPED_IN_A_CYCLE, timeout=60)
+
+
+_AT_EVERY_POINT = (
+    _PRELUDE
+    + """
+    import anymmap._core._lifetime as L
+    what = sys.argv[1]
+    package = os.path.dirname(anymmap.__file__)
+    POINTS = ("call", "return", "c_return")
+    m = S.MmapRaw.create(os.path.join(d, "f"), 1 << 16)
+    dirty = m._core.dirty
+    sparse = S.SparseMapping.new(1 << 20)
+
+    def attempt(k):
+        # One SIGINT at the k-th point of anymmap's code in the scenario where Python
+        # handles signals: a function's start, its return to its caller, a C function's
+        # return (a profile hook's exception is raised there, as a handler's would be;
+        # a trace hook's, at every line, also where no signal is ever handled).
+        # Returns whether there was a k-th.
+        seen = [0]
+
+        def hook(frame, event, arg):
+            # (Not "c_call": no signal is handled before a C function runs.)
+            if event in POINTS and frame.f_code.co_filename.startswith(package):
+                seen[0] += 1
+                if seen[0] == k:
+                    sys.setprofile(None)
+                    os.kill(os.getpid(), signal.SIGINT)
+
+        try:
+            sys.setprofile(hook)
+            try:
+                if what == "writes":
+                    m.update_region(0, b"x")
+                    m.pending_bytes()
+                elif what == "flush":
+                    m.update_region(0, b"z")
+                    m.flush()  # starts the group-commit thread (see below)
+                elif what == "escaped":
+                    sparse.alloc(0, 1 << 16)
+                    kept = None
+                    try:
+                        with sparse.as_slice(0, 8) as view:
+                            kept = view[:4]  # outlives the borrow: its views are parked
+                    except anymmap.BorrowError:
+                        pass
+                    del kept
+                    sparse.unmap(0, 1 << 16)  # asks whether parked views cover it
+                else:
+                    with m.auto_flush(every=0.001):
+                        m.update_region(0, b"y")
+            finally:
+                sys.setprofile(None)
+        except KeyboardInterrupt:
+            pass
+        gc.collect()  # (a hold the interrupt left behind in a frame is dropped)
+        return seen[0] >= k
+
+    k = 1
+    while attempt(k):
+        assert not dirty._lock._is_owned(), f"point {k}: the count's lock stays taken"
+        other = threading.Thread(target=m.pending_bytes)
+        other.start()
+        other.join(10)
+        assert not other.is_alive(), f"point {k}: another thread's count waits for ever"
+        assert not L._ESCAPED_LOCK._is_owned(), f"point {k}: the parked views' lock stays taken"
+        if what == "auto_flush":
+            assert dirty.listener is None, f"point {k}: the map still flushes automatically"
+            for t in threading.enumerate():
+                if t.name == "anymmap auto flush":
+                    t.join(10)
+                    assert not t.is_alive(), f"point {k}: a flusher thread runs on"
+        for _ in range(2000):  # the next flush starts a committer (this one lingers)
+            if not m._core.commit._committer_pid:
+                break
+            time.sleep(0.005)
+        else:
+            raise AssertionError(f"point {k}: the committer's place stays taken")
+        k += 1
+    assert k > 50, k  # (the scenario has that many points in anymmap's code)
+    assert not L._ESCAPED, "parked views were never released"
+    sparse.close()
+    m.flush()
+    m.close()
+    print("ok")
+"""
+)
+
+
+@pytest.mark.parametrize("what", ["writes", "flush", "auto_flush", "escaped"])
+def test_a_signal_as_any_function_returns_leaves_the_counts_and_auto_flush_free(
+    what: str,
+) -> None:
+    """Regression test (a Ctrl-C storm over ``update_region`` and ``auto_flush``): the
+    count of written bytes took its lock in a helper and entered the ``try`` that gives
+    it back in the caller; a SIGINT handled as the helper returned left it taken, and
+    every later write, ``pending_bytes`` and flush of the map on another thread waited
+    for ever; so did the lock of views parked past a borrow's end, and a flush
+    interrupted as it started the group-commit thread left the committer's place taken
+    with no thread (every later flush waited for ever).  The blocking twin's ``auto_flush`` was a ``@contextmanager``; under the
+    same storm it left the map "already flushing" for good.  A SIGINT at each return of
+    anymmap's code in turn, those locks and the auto-flush claim are free after every
+    one."""
+    check_child(_AT_EVERY_POINT, what, timeout=90)

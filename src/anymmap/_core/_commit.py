@@ -148,8 +148,18 @@ class GroupCommit:
             # Started with the condition held: a finalizer run while the thread is made
             # (it allocates) gets RuntimeError above, instead of queueing for a committer
             # that this frame has not started yet.  (The new thread waits for the
-            # condition before it looks at the queue.)
-            self._start_committer(request)
+            # condition before it looks at the queue.)  The try begins before the call: a
+            # Ctrl-C handled as _start_committer began left the committer's place taken
+            # with no thread, and every later flush of the map waited for ever.
+            made: list[threading.Thread] = []
+            try:
+                self._start_committer(made)
+            except BaseException:
+                # (A KeyboardInterrupt can land inside start() after the thread started:
+                # then it runs, and takes this request too.)
+                if not made or made[0].ident is None:  # it never started
+                    self._unstart(request)
+                raise
         return request
 
     def outstanding(self) -> bool:
@@ -157,30 +167,32 @@ class GroupCommit:
         this process: it lingers briefly after its last batch)."""
         return bool(self._pending) or self._committer_pid == os.getpid()
 
-    def _start_committer(self, request: CommitRequest | None) -> None:
-        thread = threading.Thread(target=self._run, name="anymmap group commit")
+    def _start_committer(self, made: list[threading.Thread]) -> None:
+        made.append(threading.Thread(target=self._run, name="anymmap group commit"))
+        made[0].start()
+
+    def _unstart(self, request: CommitRequest) -> None:
+        """The committer thread of :meth:`submit` never started: take ``request`` back,
+        and start one for the requests of others queued meanwhile, or fail them."""
+        with self._cond:
+            if request in self._pending:
+                self._pending.remove(request)
+            stranded = bool(self._pending)
+            self._committer_pid = os.getpid() if stranded else 0
+        if not stranded:
+            return
+        made: list[threading.Thread] = []
         try:
-            thread.start()
-        except BaseException:
-            # (A KeyboardInterrupt can land inside start() after the thread started: then
-            # it runs, and takes this request too.)
-            if thread.ident is None:  # it never started: undo, and strand nobody
-                with self._cond:
-                    if request in self._pending:
-                        self._pending.remove(request)
-                    stranded = bool(self._pending)
-                    self._committer_pid = os.getpid() if stranded else 0
-                if stranded:
-                    try:
-                        self._start_committer(None)
-                    except Exception as exc:  # noqa: BLE001 - no thread at all: fail them
-                        with self._cond:
-                            left, self._pending = self._pending, []
-                            self._committer_pid = 0
-                        for other in left:
-                            other.finish(0, copy.copy(exc))
-                        _wake(left)
-            raise
+            self._start_committer(made)
+        except Exception as exc:  # noqa: BLE001 - no thread at all: fail them
+            if made and made[0].ident is not None:
+                return
+            with self._cond:
+                left, self._pending = self._pending, []
+                self._committer_pid = 0
+            for other in left:
+                other.finish(0, copy.copy(exc))
+            _wake(left)
 
     def _run(self) -> None:
         self._committer_thread = threading.get_ident()
@@ -329,6 +341,27 @@ class DirtyRanges:
             self._drain()
         return False
 
+    def _add(self, start: int, end: int) -> int:  # with self._lock held
+        self._sequence += 1
+        self._entries.append((start, end, self._sequence))
+        self._merged = False
+        self._upper += end - start
+        if len(self._entries) > self._limit:
+            self._merge()
+        return self._upper
+
+    @staticmethod
+    def _waits(lock: threading.RLock) -> bool:
+        """Whether the writers' and counters' usual case holds: this thread does not hold
+        the lock (a finalizer inside these methods) and the interpreter is not exiting,
+        so that the caller takes it with ``with lock:``.  Not ``acquire()``, then
+        ``try``: Python handles signals as a call returns, and a Ctrl-C handled as
+        ``acquire()`` returned left the lock taken for good (every later write, count
+        and flush of the map waited for it); a ``with`` statement takes a C lock with no
+        such point before its exit is armed (``BEFORE_WITH``, Python 3.10 to 3.13; 3.14
+        reopened the gap, gh-148874, fixed in 3.15)."""
+        return not held_here(lock) and not sys.is_finalizing()
+
     def _take(self, wait: bool) -> bool:
         """Take the lock, unless this thread holds it already (a finalizer inside these
         methods), or it is taken and ``wait`` is false or the interpreter is exiting (a
@@ -358,18 +391,19 @@ class DirtyRanges:
     def add(self, start: int, end: int) -> None:
         if end <= start:
             return
-        if self._later("add", start, end, 0, True):
+        lock = self._lock
+        if self._waits(lock):
+            with lock:  # (not acquire, then try: see _waits)
+                if self._deferred:
+                    self._drain()
+                upper = self._add(start, end)
+        elif self._later("add", start, end, 0, True):
             return
-        try:
-            self._sequence += 1
-            self._entries.append((start, end, self._sequence))
-            self._merged = False
-            self._upper += end - start
-            if len(self._entries) > self._limit:
-                self._merge()
-            upper = self._upper
-        finally:
-            self._lock.release()
+        else:
+            try:
+                upper = self._add(start, end)
+            finally:
+                lock.release()
         listener = self.listener
         if listener is not None:
             listener(upper)
@@ -439,17 +473,24 @@ class DirtyRanges:
         """The bytes pending: the size of the union of the ranges (rounded out to the
         grain, past :data:`MAX_EXACT` ranges); from inside one of these methods (a
         finalizer), or at exit while a stopped thread holds the lock, an upper bound."""
+        lock = self._lock
+        if self._waits(lock):
+            with lock:  # (not acquire, then try: see _waits)
+                return self._count()
         if not self._take(True):
             later = sum(b - a for kind, a, b, _ in list(self._deferred) if kind == "add")
             return self._upper + later
         try:
-            if self._deferred:
-                self._drain()
-            if not self._merged:
-                self._merge()
-            return self._upper
+            return self._count()
         finally:
-            self._lock.release()
+            lock.release()
+
+    def _count(self) -> int:  # with self._lock held
+        if self._deferred:
+            self._drain()
+        if not self._merged:
+            self._merge()
+        return self._upper
 
     def _merge(self) -> None:  # with self._lock held
         merged = _union(self._entries, self._grain)

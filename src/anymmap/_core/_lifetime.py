@@ -299,16 +299,27 @@ def release_escaped(blocking: bool = True) -> None:
     for key, (memory, offset, views) in list(_DROPPED.items()):
         memory.end_borrow(offset, views)  # (ended, or parked: once, however often called)
         _DROPPED.pop(key, None)
-    if _ESCAPED and _ESCAPED_LOCK.acquire(blocking):
+    if not _ESCAPED:
+        return
+    if blocking:
+        # (``with``, not acquire, then try: a Ctrl-C handled as acquire() returned would
+        # leave the lock taken for good; see DirtyRanges._waits.)
+        with _ESCAPED_LOCK:
+            _release_parked()
+    elif _ESCAPED_LOCK.acquire(False):  # (a collection's hook or a loop: never waits)
         try:
-            for escape in list(_ESCAPED):  # (a copy: entries may be appended meanwhile)
-                if escape.release():
-                    with suppress(ValueError):  # (removed by a call nested in this one)
-                        _ESCAPED.remove(escape)
-            if not _ESCAPED:
-                _unwatch_collections()
+            _release_parked()
         finally:
             _ESCAPED_LOCK.release()
+
+
+def _release_parked() -> None:  # with _ESCAPED_LOCK held
+    for escape in list(_ESCAPED):  # (a copy: entries may be appended meanwhile)
+        if escape.release():
+            with suppress(ValueError):  # (removed by a call nested in this one)
+                _ESCAPED.remove(escape)
+    if not _ESCAPED:
+        _unwatch_collections()
 
 
 def _after_gc(phase: str, info: dict[str, int]) -> None:
