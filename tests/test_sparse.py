@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -302,6 +303,38 @@ FILLS: dict[str, Call] = {
     "unmap": lambda m, o, n: m.unmap(o, n),
     "mmap_anonymous": lambda m, o, n: m.mmap_anonymous(o, n, RW, mmap.MAP_PRIVATE),
 }
+
+
+async def test_a_fill_the_kernel_refuses_keeps_what_was_there(
+    sparse: SparseMapping, shm_path: Path
+) -> None:
+    """Regression test (adversary round 21): a fill that mmap(2) refused before it
+    unmapped anything (a writable shared window of a read-only descriptor: EACCES;
+    MAP_SYNC on tmpfs: EOPNOTSUPP) still cleared the range, and the bytes written there
+    were gone.  A window reaching past 2**63 - 1 got the kernel's EOVERFLOW through the
+    same path instead of ValueError."""
+    path = shm_path / "f"  # (tmpfs: no MAP_SYNC)
+    path.write_bytes(b"F" * (2 * PAGE))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        await sparse.alloc(0, 4 * PAGE)
+        await sparse.write_at(PAGE, b"precious")
+        before = sparse.pieces()
+        rw, shared = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED
+        with pytest.raises(PermissionError):
+            await sparse.mmap(0, 2 * PAGE, rw, shared, fd)
+        validate_sync = getattr(mmap, "MAP_SHARED_VALIDATE", 0x03) | getattr(
+            mmap, "MAP_SYNC", 0x80000
+        )
+        with pytest.raises(OSError) as refused:
+            await sparse.mmap(0, 2 * PAGE, mmap.PROT_READ, validate_sync, fd)
+        assert refused.value.errno == errno.EOPNOTSUPP
+        with pytest.raises(ValueError, match="largest file offset"):
+            await sparse.map_file(0, 2 * PAGE, path, 2**63 - PAGE)
+        assert sparse.pieces() == before
+        assert await sparse.read(PAGE, 8) == b"precious"
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("name", list(FILLS))

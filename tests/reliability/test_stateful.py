@@ -16,6 +16,7 @@ in all, of up to 12 steps each); ``ANYMMAP_FUZZ=long`` runs ten times more.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import random
 import tempfile
@@ -473,6 +474,17 @@ class MapMachine(RuleBasedStateMachine):
         for p in range(page, page + count):
             self.pages[p] = state
         self.model.write(page * PAGE, bytes(count * PAGE))
+
+    @precondition(lambda self: self.KIND == "sparse")
+    @rule(page=st.integers(0, 15), count=st.integers(1, 4))
+    def a_fill_the_kernel_refuses(self, page: int, count: int) -> None:
+        # (MAP_SHARED_VALIDATE for anonymous memory: EINVAL before anything is unmapped;
+        # the pieces and their bytes stay.)
+        if self.closed:
+            return
+        count = min(count, 16 - page)
+        args = (page * PAGE, count * PAGE, mmap.PROT_READ, 0x03)
+        self.attempt(lambda: self.api.call(self.map, "mmap_anonymous", *args), OSError)
 
     # -- regions ------------------------------------------------------------------------
 

@@ -101,7 +101,7 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         """
         core = self._open_core()
         start, n = core.check_piece_range(offset, length)
-        where = check_file_offset(file_offset)
+        where = check_file_offset(file_offset, n)
         if not isinstance(writable, bool):
             raise TypeError("writable must be True or False")
         await self._change_mapping("map_file", core.map_file, start, n, file, where, writable)
@@ -127,7 +127,7 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         start, n = core.check_piece_range(offset, length)
         bits = check_mmap_bits(prot, flags)
         number = as_fd(fd)
-        where = check_file_offset(file_offset)
+        where = check_file_offset(file_offset, n)
         await self._change_mapping("mmap", core.mmap, start, n, *bits, number, where)
 
     async def mmap_anonymous(self, offset: int, length: int, prot: int, flags: int) -> None:

@@ -75,18 +75,23 @@ def _check_aligned(value: int, what: str, unit: int = PAGE_SIZE) -> None:
 MAX_FILE_OFFSET = (1 << 63) - 1
 
 
-def check_file_offset(value: object) -> int:
-    """``file_offset`` as a page-aligned offset a file can have.
+def check_file_offset(value: object, length: int) -> int:
+    """``file_offset`` as a page-aligned offset a file can have, for a window of
+    ``length`` bytes (checked already).
 
     :raises TypeError: if it is not an integer
-    :raises ValueError: if it is negative, not page-aligned, or past ``MAX_FILE_OFFSET``
-        (the kernel would see it wrapped around)
+    :raises ValueError: if it is negative, not page-aligned, or the window reaches past
+        ``MAX_FILE_OFFSET`` (the kernel would see it wrapped around, or refuse it with
+        ``EOVERFLOW``)
     """
     offset = as_int(value, "file_offset")
     if offset < 0:
         raise ValueError(f"file_offset {offset} is negative")
-    if offset > MAX_FILE_OFFSET:
-        raise ValueError(f"file_offset {offset} is past the largest file offset (2**63 - 1)")
+    if offset + length > MAX_FILE_OFFSET:
+        raise ValueError(
+            f"file_offset {offset} + length {length} reaches past the largest file offset "
+            "(2**63 - 1)"
+        )
     _check_aligned(offset, "file_offset")
     return offset
 
@@ -174,9 +179,11 @@ class SparseCore(MapCore):
         """Map ``[start, start + n)`` with ``map_it()`` and make it one piece, whose copier
         ``make()`` gives, replacing what overlapped it (the parts outside stay).
 
-        If the kernel refuses the new mapping, ``MAP_FIXED`` may already have removed the
-        old one: the range is then given back to the reservation, as a hole.  ``release``
-        lets go of what the new piece would have owned (its file) if it is not made.
+        If the kernel refuses the new mapping, the range stays as it was when the kernel
+        refused before it unmapped anything (most refusals: argument, permission, size
+        and feature checks); if the old pages are gone (``MAP_FIXED`` had removed them),
+        the range is given back to the reservation, as a hole.  ``release`` lets go of
+        what the new piece would have owned (its file) if it is not made.
         """
         made = False
         try:
@@ -187,12 +194,18 @@ class SparseCore(MapCore):
                         "range cannot be remapped until it is gone"
                     )
                 with signals_held():  # a Ctrl-C arrives once the pieces say what is mapped
+                    placed = False
                     try:
                         map_it()
+                        placed = True
                         copier = make()
                     except BaseException:
-                        clear(self.addr + start, n)
-                        self._set_range(start, n, HoleCopier(self.memory, start, False, "hole"))
+                        # (Refused before it unmapped anything: the old pieces and their
+                        # bytes are still there.  A failed fill lost data it never had to.)
+                        if placed or not os_impl.is_mapped(self.addr + start, n):
+                            clear(self.addr + start, n)
+                            hole = HoleCopier(self.memory, start, False, "hole")
+                            self._set_range(start, n, hole)
                         raise
                     self._set_range(start, n, copier)
                     made = True

@@ -62,7 +62,7 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
         start, n = core.check_piece_range(offset, length)
         if not isinstance(writable, bool):
             raise TypeError("writable must be True or False")
-        where = check_file_offset(file_offset)
+        where = check_file_offset(file_offset, n)
         self._change_mapping(core.map_file, start, n, file, where, writable)
 
     def mmap(
@@ -73,7 +73,7 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
         start, n = core.check_piece_range(offset, length)
         bits = check_mmap_bits(prot, flags)
         number = as_fd(fd)
-        where = check_file_offset(file_offset)
+        where = check_file_offset(file_offset, n)
         self._change_mapping(core.mmap, start, n, *bits, number, where)
 
     def mmap_anonymous(self, offset: int, length: int, prot: int, flags: int) -> None:

@@ -92,6 +92,7 @@ MAP_HUGETLB = 0x40000
 MAP_SYNC = 0x80000
 MAP_FIXED_NOREPLACE = 0x100000  # Linux 4.17; older kernels ignore it and treat addr as a hint
 MAP_HUGE_SHIFT = 26
+MS_ASYNC = 1
 MS_SYNC = 4
 MREMAP_MAYMOVE = 1
 MREMAP_FIXED = 2
@@ -148,6 +149,18 @@ def sync_memory(addr: int, length: int) -> None:
     (``msync(MS_SYNC)``: on Linux also what is needed to read them back, size included)."""
     if _msync(addr, length, MS_SYNC) != 0:
         _raise_errno("msync")
+
+
+def is_mapped(addr: int, length: int) -> bool:
+    """Whether every page of ``[addr, addr + length)`` is mapped (with any protection,
+    ``PROT_NONE`` included): ``msync(MS_ASYNC)`` fails with ``ENOMEM`` on a gap, and
+    otherwise does nothing on Linux (since 2.6.19)."""
+    # SAFETY: MS_ASYNC neither reads nor writes the pages; the range may hold anything.
+    if _msync(addr, length, MS_ASYNC) == 0:
+        return True
+    if ctypes.get_errno() == errno.ENOMEM:
+        return False
+    _raise_errno("msync")
 
 
 def madvise(addr: int, length: int, advice: int) -> None:
