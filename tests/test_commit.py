@@ -634,6 +634,9 @@ async def test_create_refuses_bad_input(tmp_path: Path) -> None:
         await MmapRaw.create(tmp_path / "p", PAGE, prefill="lots")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mode"):
         await MmapRaw.create(tmp_path / "m", PAGE, mode=0o70000)
+    for special in (0o4755, 0o2755, 0o1777):  # (adversary round 21: 0o7777 made 0o7755)
+        with pytest.raises(ValueError, match="setuid"):
+            await MmapRaw.create(tmp_path / "m", PAGE, mode=special)
     with pytest.raises(TypeError):
         await MmapRaw.create(3, PAGE)  # type: ignore[arg-type]
     with pytest.raises(IsADirectoryError):
@@ -659,6 +662,53 @@ def test_open_or_create_refuses_what_map_raw_refuses(
                 anymmap.sync.MmapRaw.open_or_create(target, 1 << 20)
             with pytest.raises(anymmap.UnmappableFileError, match=kind):
                 anymmap.sync.MmapRaw.create(target, 1 << 20, exist_ok=True, prefill=prefill)
+
+
+def test_open_or_create_opens_a_file_another_caller_creates_meanwhile(tmp_path: Path) -> None:
+    """Regression test (adversary round 21): ``open_or_create`` opens, and creates if
+    the open found nothing; a file another caller created between the two made it raise
+    ``FileExistsError`` "pass exist_ok=True" (about 9% of the calls of six threads
+    racing on one path).  It opens the file on the next turn."""
+    path = tmp_path / "shared"
+    misses: list[str] = []
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        # As the first open(2) finds nothing, another caller creates the file.
+        if event == "c_exception" and arg is os.open and not misses:
+            misses.append(frame.f_code.co_name)
+            path.write_bytes(b"theirs".ljust(PAGE, b"\0"))
+
+    calls: list[Callable[[], anymmap.sync.MmapRaw]] = [
+        lambda: anymmap.sync.MmapRaw.open_or_create(path, 2 * PAGE),
+        lambda: anymmap.sync.MmapRaw.create(path, 2 * PAGE, exist_ok=True),
+    ]
+    for call in calls:
+        path.unlink(missing_ok=True)
+        misses.clear()
+        sys.setprofile(hook)
+        try:
+            m = call()
+        finally:
+            sys.setprofile(None)
+        assert misses == ["open_create"]
+        with m:
+            assert len(m) == 2 * PAGE  # theirs, grown to the size asked
+            assert m.read(0, 6) == b"theirs"
+
+
+def test_create_through_a_dangling_link_says_so(tmp_path: Path) -> None:
+    """Regression test (adversary round 21): a symbolic link to a missing file gave
+    ``FileExistsError`` "pass exist_ok=True to map it anyway" even with
+    ``exist_ok=True``; no file is created through a link, and the error says why."""
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "missing")
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        anymmap.sync.MmapRaw.open_or_create(link, PAGE)
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        anymmap.sync.MmapRaw.create(link, PAGE, exist_ok=True)
+    with pytest.raises(FileExistsError, match="exist_ok=True"):
+        anymmap.sync.MmapRaw.create(link, PAGE)
+    assert not (tmp_path / "missing").exists()
 
 
 async def test_create_on_a_full_disk_fails_at_once_and_leaves_nothing(tmp_path: Path) -> None:

@@ -138,8 +138,11 @@ def create_file(
     if not isinstance(exist_ok, bool):
         raise TypeError("exist_ok must be True or False")
     permissions = as_int(mode, "mode")
-    if not 0 <= permissions <= 0o7777:
-        raise ValueError(f"mode {permissions:#o} is not a file mode")
+    if not 0 <= permissions <= 0o777:
+        raise ValueError(
+            f"mode {permissions:#o} is not a set of permission bits (0 to 0o777; a data "
+            "file has no use for the setuid, setgid and sticky bits)"
+        )
     ref: FileRef | None = None
     made: _M | None = None
     created = False
@@ -150,6 +153,8 @@ def create_file(
             try:
                 fd, created = os_impl.open_create(path, exclusive=not exist_ok, mode=permissions)
             except FileExistsError:
+                if exist_ok:  # (a dangling symbolic link: the message says so)
+                    raise
                 raise FileExistsError(
                     errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"
                 ) from None

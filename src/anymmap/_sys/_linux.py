@@ -627,13 +627,39 @@ def open_create(path: PathArg, exclusive: bool, mode: int) -> tuple[int, bool]:
     umask) if it does not exist; ``exclusive``: it must not exist.  Returns the
     descriptor and whether this call created the file."""
     flags = os.O_RDWR | os.O_CLOEXEC
-    if not exclusive:
+    # O_EXCL: a file created by someone else meanwhile, or a symbolic link, is not ours.
+    creating = flags | os.O_CREAT | os.O_EXCL
+    if exclusive:
+        return os.open(path, creating, mode), True
+    # Open, else create; a file another caller created in between is opened on the next
+    # turn (two processes calling open_or_create on one path both succeed).  Bounded: a
+    # path created and removed again at every turn by others ends in FileExistsError.
+    for _ in range(_OPEN_CREATE_TURNS):
         try:
             return os.open(path, flags), False
         except FileNotFoundError:
             pass
-    # O_EXCL: a file created by someone else meanwhile, or a symbolic link, is not ours.
-    return os.open(path, flags | os.O_CREAT | os.O_EXCL, mode), True
+        try:
+            return os.open(path, creating, mode), True
+        except FileExistsError:
+            try:
+                linked = stat.S_ISLNK(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                continue  # (removed again meanwhile)
+            if linked:
+                raise FileExistsError(
+                    errno.EEXIST,
+                    f"{os.fsdecode(path)!r} is a symbolic link to a file that does not exist; "
+                    "a new file is never created through a link",
+                ) from None
+    raise FileExistsError(
+        errno.EEXIST, f"{os.fsdecode(path)!r} kept appearing and disappearing; try again"
+    )
+
+
+#: How many times open_create opens, then creates, before it gives up on a path that
+#: other callers keep creating and removing.
+_OPEN_CREATE_TURNS = 100
 
 
 _ZEROS = bytes(1 << 20)
