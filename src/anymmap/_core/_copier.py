@@ -58,10 +58,12 @@ def page_ceil(value: int) -> int:
     return -(-value // PAGE_SIZE) * PAGE_SIZE
 
 
-def efault(address: int, what: str) -> OSError:
-    """The error a copier raises for a page that is not there (``address`` included)."""
+def efault(address: int, what: str, cause: str | None = None) -> OSError:
+    """The error a copier raises for a page that is not there (``address`` included), or
+    that it refuses for a known ``cause`` (which the map's error then gives)."""
     error = OSError(errno.EFAULT, f"{what} at {address:#x}: Bad address")
     error.address = address  # type: ignore[attr-defined]
+    error.cause = cause  # type: ignore[attr-defined]
     return error
 
 
@@ -234,7 +236,7 @@ class Copier:
         return offset, self.cause
 
     def _read_only(self, offset: int) -> OSError:
-        return efault(self.addr + offset, "write to a read-only page")
+        return efault(self.addr + offset, "write to a read-only page", "the page is read-only")
 
 
 class MemoryCopier(Copier):
@@ -408,6 +410,8 @@ class FileCopier(KernelCopier):
         return True
 
     def write_now(self, offset: int, src: memoryview) -> bool:
+        if not self.writable:  # (a read-only window of a sparse map)
+            raise self._read_only(offset)
         n = len(src)
         if not self.resident(offset, n):
             self._raise_if_past_end(offset, n)
@@ -434,6 +438,8 @@ class FileCopier(KernelCopier):
             os_impl.memmove(dst, self.addr + offset, length)
 
     def write(self, offset: int, src: int, length: int) -> None:
+        if not self.writable:
+            raise self._read_only(offset)
         if self.fault_safe:
             os_impl.write_memory(self.addr + offset, src, length)
         else:

@@ -337,6 +337,7 @@ class MapCore:
         if address is not None and copier.addr <= address < copier.addr + offset + length:
             offset, length = address - copier.addr, 1
         first, cause = copier.fault(offset, length)
+        cause = getattr(exc, "cause", None) or cause  # (a refusal that knows why)
         map_offset = copier.addr + first - self.addr
         return MappingFaultError(max(map_offset, 0), copier.addr + first, cause)
 
