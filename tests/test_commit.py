@@ -597,6 +597,61 @@ async def test_closing_the_map_inside_auto_flush_ends_the_block_quietly(
     assert twin.closed
 
 
+async def test_closing_the_map_inside_auto_flush_makes_the_final_flush(log_file: Path) -> None:
+    """Regression test (adversary round 21): a map closed inside its ``auto_flush``
+    block skipped the block's final flush silently (the close does not flush, and the
+    block found the map closed).  The close now makes what is pending durable, as it
+    does for queued flushes."""
+    m = await MmapRaw.create(log_file, MiB)
+    async with m.auto_flush(every=3600, every_bytes=1 << 40):
+        await m.update_region(0, b"abc")
+        await m.aclose()
+    assert m._core._closing_sync is None  # synced by the close, and it succeeded
+
+    twin = anymmap.sync.MmapRaw.map_raw(log_file)
+    with twin.auto_flush(every=3600, every_bytes=1 << 40):
+        twin.update_region(0, b"abc")
+        twin.close()
+    assert twin._core._closing_sync is None
+
+
+def _check_the_close_flushed(core: Any, raised: OSError | None) -> None:
+    # (A page whose background writeback failed already is clean again: the close's
+    # flush then succeeds, and the block ends quietly; the device fails it first.)
+    assert core._closing_sync is not False  # the close flushed
+    if isinstance(core._closing_sync, OSError):
+        assert raised is not None
+        assert raised.errno == errno.EIO
+    else:
+        assert raised is None
+
+
+async def test_a_failed_flush_at_a_close_inside_auto_flush_ends_the_block_with_it(
+    failing_device: Path,
+) -> None:
+    m = await MmapRaw.map_raw(failing_device)
+    raised: OSError | None = None
+    try:
+        async with m.auto_flush(every=3600, every_bytes=1 << 40):
+            await m.update_region(0, b"\xee" * 4 * MiB)
+            await m.aclose()
+    except OSError as exc:
+        raised = exc
+    _check_the_close_flushed(m._core, raised)
+
+
+def test_a_failed_flush_at_a_close_inside_auto_flush_of_the_twin(failing_device: Path) -> None:
+    m = anymmap.sync.MmapRaw.map_raw(failing_device)
+    raised: OSError | None = None
+    try:
+        with m.auto_flush(every=3600, every_bytes=1 << 40):
+            m.update_region(0, b"\xee" * 4 * MiB)
+            m.close()
+    except OSError as exc:
+        raised = exc
+    _check_the_close_flushed(m._core, raised)
+
+
 # --- files anymmap creates ---------------------------------------------------------------
 
 

@@ -483,6 +483,8 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
             if claimed and not core.closed and core.dirty.pending():
                 with anyio.CancelScope(shield=True):  # also when the block failed
                     await self.flush()
+        if claimed and core.closed and (error := core.closing_error()) is not None:
+            raise error  # the close inside the block made the final flush, and it failed
 
     async def flush_async(self) -> None:
         """Start writing the map's dirty pages to the file and return without waiting.

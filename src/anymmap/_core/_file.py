@@ -237,8 +237,13 @@ class FileBackedCore(MapCore):
     def _before_unmap(self) -> None:
         """Commits queued or running when the map is closed (a flush cancelled after it
         was submitted is still owed its msync) would find it closed: make all of it
-        durable here, once, on the closing thread."""
-        if self.mode != "rw" or not self.length or not self.commit.outstanding():
+        durable here, once, on the closing thread.  The same for bytes pending under an
+        ``auto_flush`` block, whose final flush the close takes over (the block raises
+        what it raised: :meth:`closing_error`)."""
+        owed = self.commit.outstanding() or (
+            self.dirty.listener is not None and self.dirty.maybe_pending()
+        )
+        if self.mode != "rw" or not self.length or not owed:
             return
         try:
             self._sync_exclusive(0, self.length)
@@ -246,6 +251,11 @@ class FileBackedCore(MapCore):
             self._closing_sync = exc
         else:
             self._closing_sync = None
+
+    def closing_error(self) -> BaseException | None:
+        """A copy of the error of the flush :meth:`_before_unmap` made, if it failed."""
+        failed = self._closing_sync
+        return copy.copy(failed) if isinstance(failed, BaseException) else None
 
     def _sync_exclusive(self, first: int, n: int) -> None:
         """``msync(MS_SYNC)`` of ``[first, first + n)`` from inside :meth:`exclusive`

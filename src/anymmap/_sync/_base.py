@@ -364,6 +364,8 @@ class _Flusher:
                 # (the first error is the one the block's exit raises)
         if self.failures and not failed:  # (the block's own exception wins)
             raise self.failures[0]
+        if core.closed and not failed and (error := core.closing_error()) is not None:
+            raise error  # the close inside the block made the final flush, and it failed
 
     def _run(self) -> None:
         # A failed flush cannot end the block from this thread (the async form cancels
