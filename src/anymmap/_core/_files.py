@@ -77,7 +77,10 @@ class FileRef:
         self._closer.atexit = False
 
     def close(self) -> None:
-        self._closer()
+        # (Held: the finalizer marks itself dead, then calls close(fd); a Ctrl-C handled
+        # as that call began left the descriptor open for good.)
+        with signals_held():
+            self._closer()
 
     @property
     def closed(self) -> bool:

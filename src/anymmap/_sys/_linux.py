@@ -716,8 +716,9 @@ class changing_size:  # (lower case: used like a function, ``with changing_size(
     def __del__(self) -> None:
         # A signal handled as __exit__ or _let_go began skipped it: let go when dropped
         # (a descriptor left open would keep the growth lock, and every later growth of
-        # the file would wait _GROWTH_LOCK_PATIENCE for it).
-        if self._append is not None:
+        # the file would wait _GROWTH_LOCK_PATIENCE for it).  (getattr: a signal may
+        # have cut __init__ short.)
+        if getattr(self, "_append", None) is not None:
             self._let_go()
 
     def _let_go(self) -> None:
