@@ -1340,6 +1340,7 @@ _AT_EVERY_POINT = (
     m = S.MmapRaw.create(os.path.join(d, "f"), 1 << 16)
     sparse = S.SparseMapping.new(1 << 20)
     anon = S.AnonymousMmap.new(1 << 16)
+    host = S.MmapRegion.create(os.path.join(d, "host"), 4096, anymmap.FileCleanup.MANUAL)
     dirty = m._core.dirty
 
     def scenario():
@@ -1382,9 +1383,17 @@ _AT_EVERY_POINT = (
             sparse.map_file(1 << 16, 4096, os.path.join(d, "f"))
             sparse.read_at(1 << 16, bytearray(4))
             sparse.unmap(0, 1 << 17)
+        elif what == "lifecycle":
+            S.AnonymousMmap.new(1 << 16).close()
+            S.SparseMapping.new(1 << 20).close()
+            S.MmapRaw.map_raw(os.path.join(d, "f"), mode="r").close()
+            with S.MmapRegion.attach(host.path) as guest:
+                host.resize(len(host) + 4096)
+                guest.check_and_remap()
+                guest.read(0, 1)
         else:
             for name in os.listdir(d):
-                if name != "f":
+                if name not in ("f", "host"):
                     os.unlink(os.path.join(d, name))
             if what == "create":
                 with S.MmapRaw.create(os.path.join(d, "c"), 8192) as c:
@@ -1465,7 +1474,7 @@ _AT_EVERY_POINT = (
         k += 1
     assert k > 50, k  # (the scenario has that many points in anymmap's code)
     assert not L._ESCAPED, "parked views were never released"
-    for mm in (sparse, anon, m):
+    for mm in (sparse, anon, host, m):
         mm.close()
     print("ok")
 """
@@ -1482,6 +1491,7 @@ WHERE_SIGNALS_STRIKE = [
     "sparse",
     "create",
     "region",
+    "lifecycle",
 ]
 
 
