@@ -261,8 +261,11 @@ async def test_pass_through_mmap(sparse: SparseMapping, data_file: Path) -> None
     finally:
         os.close(fd)  # the mapping keeps its own reference to the file
     assert await sparse.read(4 * PAGE, 3) == b"CCC"
-    with pytest.raises(MappingFaultError):
-        await sparse.write_at(4 * PAGE, b"x")  # PROT_READ: the kernel refuses, no signal
+    # PROT_READ: refused, no signal, and said so (adversary round 22: a generic cause)
+    with pytest.raises(MappingFaultError, match="the page is read-only"):
+        await sparse.write_at(4 * PAGE, b"x")
+    with pytest.raises(MappingFaultError, match="the page is read-only"):
+        await sparse.update_region(4 * PAGE + 8, b"y" * PAGE)  # (the worker's path)
     await sparse.mmap_anonymous(8 * PAGE, PAGE, PROT_NONE, mmap.MAP_PRIVATE)
     with pytest.raises(MappingFaultError):
         await sparse.read(8 * PAGE, 1)

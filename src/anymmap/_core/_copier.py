@@ -300,12 +300,19 @@ class KernelCopier(Copier):
         return True
 
     def write_now(self, offset: int, src: memoryview) -> bool:
+        if not self.writable:  # (a read-only pass-through piece: say so)
+            raise self._read_only(offset)
         n = len(src)
         if not self.resident(offset, n):
             return False
         with PinnedBuffer(src, writable=False) as pin:
             self.write(offset, pin.address, n)
         return True
+
+    def write(self, offset: int, src: int, length: int) -> None:
+        if not self.writable:
+            raise self._read_only(offset)
+        os_impl.write_memory(self.addr + offset, src, length)
 
     def resident(self, offset: int, length: int) -> bool:
         start = page_floor(self.addr + offset)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from functools import partial
+from queue import SimpleQueue
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -240,9 +241,12 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         if core.mode != "rw" or not n:
             return
         core.check_can_wait()  # the committer's pin would wait for this thread
-        done = threading.Event()
-        request = core.commit.submit(start, start + n, done.set)
-        done.wait()
+        # A C queue, not a threading.Event: a Ctrl-C storm could cut the Event's Python
+        # wait half-way and leave its lock taken, and the committer then waited for ever
+        # to set it (and every later flush of the map with it).
+        done: SimpleQueue[None] = SimpleQueue()
+        request = core.commit.submit(start, start + n, partial(done.put, None))
+        done.get()
         request.result()
 
     def pending_bytes(self) -> int:
