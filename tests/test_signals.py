@@ -1067,6 +1067,19 @@ _CTRL_C_AS_A_HOLD_IS_DROPPED = (
             made[e.args[0]] = None
             e = e.__context__
 
+    # The documented residual: a second Ctrl-C handled as the give-back of a hold whose
+    # release the first one skipped begins (two signals microseconds apart; under load
+    # the storm below makes that rare case happen).  Python prints its exception from
+    # the give-back (a partial) and the hold stays: accounted for, and the run ends.
+    residual = []
+
+    def unraisable(u):
+        if isinstance(u.exc_value, KeyboardInterrupt) and hasattr(u.object, "func"):
+            residual.append(u.exc_value.args[0])
+        else:
+            sys.__unraisablehook__(u)
+
+    sys.unraisablehook = unraisable
     signal.signal(signal.SIGINT, handler)
     sender = subprocess.Popen(
         [sys.executable, "-c", (
@@ -1088,15 +1101,22 @@ _CTRL_C_AS_A_HOLD_IS_DROPPED = (
                 armed[0] = False
         except KeyboardInterrupt as e:
             caught(e)
+        except RuntimeError:
+            if not residual:  # (the map's own: its hold was left by the residual case)
+                raise
+            break
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender.kill()
     sender.wait()
-    assert handled[0] > 100, handled  # (the sender ran)
+    assert handled[0] > 100 or residual, handled  # (the sender ran)
+    seen.update(residual)
     lost = set(range(1, handled[0] + 1)) - seen
     assert not lost, f"lost {len(lost)} of {handled[0]} Ctrl-Cs"
-    lock = m._lock
-    assert not lock._readers and lock._writer is None and not m._core._pinners
-    m.close()
+    assert len(residual) <= 1, residual
+    if not residual:
+        lock = m._lock
+        assert not lock._readers and lock._writer is None and not m._core._pinners
+        m.close()
     print("ok")
 """
 )
