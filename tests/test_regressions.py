@@ -1065,8 +1065,11 @@ _DONTFORK = """
             anyio.run(child_side, m, other)
             # Something else of the child's now lives where the map was: dropping the
             # map must not unmap it.
+            # (MAP_FIXED_NOREPLACE: if the child's own allocations, a worker thread's
+            # stack or an arena, took the freed range already, that is the something.)
             placed = libc.mmap(addr, 4096, 3, 0x22 | 0x100000, -1, 0)
-            assert placed == addr, (placed, addr)
+            if placed != addr:
+                assert ctypes.get_errno() == 17 and mapped(addr), (placed, addr)
             del m
             gc.collect()
             assert mapped(addr)
