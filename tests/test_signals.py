@@ -1354,8 +1354,10 @@ _AT_EVERY_POINT = (
     + """
     import time
     import anymmap._core._lifetime as L
-    what = sys.argv[1]
-    package = os.path.dirname(anymmap.__file__)
+    what, _, deep = sys.argv[1].partition("+")
+    # Where points are counted: anymmap's code, and for "+threading" the threading module's
+    # as well (the Events and Conditions under thread starts and waits run there).
+    roots = (os.path.dirname(anymmap.__file__),) + ((threading.__file__,) if deep else ())
     POINTS = ("call", "return", "c_return")
     m = S.MmapRaw.create(os.path.join(d, "f"), 1 << 16)
     sparse = S.SparseMapping.new(1 << 20)
@@ -1438,7 +1440,7 @@ _AT_EVERY_POINT = (
                 # its block, where no real signal is ever handled.)
                 return
             # (Not "c_call": no signal is handled before a C function runs.)
-            if event in POINTS and frame.f_code.co_filename.startswith(package):
+            if event in POINTS and frame.f_code.co_filename.startswith(roots):
                 seen[0] += 1
                 if seen[0] == k:
                     sys.setprofile(None)
@@ -1506,7 +1508,9 @@ _AT_EVERY_POINT = (
 WHERE_SIGNALS_STRIKE = [
     "writes",
     "flush",
+    "flush+threading",
     "auto_flush",
+    "auto_flush+threading",
     "escaped",
     "borrow",
     "resize",
@@ -1530,5 +1534,8 @@ def test_a_signal_at_any_point_leaves_every_lock_hold_and_descriptor_free(what: 
     flush waited for ever); the blocking twin's ``auto_flush``, a ``@contextmanager``,
     left the map "already flushing" for good; a descriptor whose close was interrupted
     as it began stayed open.  After every point: no lock, hold, claim or descriptor is
-    left, and another thread's calls of every map go through."""
+    left, and another thread's calls of every map go through.  With "+threading", points
+    in the threading module count too: the blocking twin's flush and auto-flush woke (and
+    started) threads through ``threading.Event``, whose ``with`` a SIGINT can cut after it
+    took the event's lock, and the thread then slept or started for ever."""
     check_child(_AT_EVERY_POINT, what, timeout=100)

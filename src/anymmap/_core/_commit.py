@@ -39,6 +39,7 @@ from contextlib import suppress
 from functools import partial
 
 from .._errors import ClosedMapError
+from .._sys import start_thread
 from ._threadlock import check_not_held, held_here, new_condition
 
 #: Waiting ranges closer than this share one msync over their span.
@@ -169,7 +170,7 @@ class GroupCommit:
 
     def _start_committer(self, made: list[threading.Thread]) -> None:
         made.append(threading.Thread(target=self._run, name="anymmap group commit"))
-        made[0].start()
+        start_thread(made[0])  # (a Ctrl-C cannot leave it started but stuck)
 
     def _unstart(self, request: CommitRequest) -> None:
         """The committer thread of :meth:`submit` never started: take ``request`` back,

@@ -6,9 +6,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from functools import partial
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ from .._core._lifetime import escape_error
 from .._core._map import MapCore, ProgressCallback
 from .._core._threadlock import ThreadRWLock
 from .._errors import ClosedMapError
-from .._sys import DISARMED, Hold
+from .._sys import DISARMED, Hold, start_thread, whole
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -298,7 +298,9 @@ class _AutoFlush(Hold):
             raise RuntimeError("this auto_flush() block was entered already")
         flusher = self._flusher = _Flusher(self._map, self._interval, self._threshold)
         try:
-            self._on_drop = flusher.stop  # (armed first: stop() is harmless before claim())
+            # (Armed first: stopping is harmless before claim().  A partial, C code, like
+            # the give-back of every hold: a bound method of a Python class would not be.)
+            self._on_drop = partial(_Flusher.stop, flusher)
             flusher.claim()
             return  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
@@ -323,7 +325,11 @@ class _Flusher:
         self._core: FileBackedCore = facade._open_core()
         self._interval = min(interval, threading.TIMEOUT_MAX)  # (every=inf: bytes only)
         self._threshold = threshold
-        self._wake = threading.Event()
+        # A C queue, not a threading.Event, for the reason FlushingSyncMap._commit gives:
+        # writes on the main thread wake the thread, and a Ctrl-C that cut an Event's
+        # ``with`` left its lock taken, so the thread slept for good (and the next write
+        # that woke it waited for ever).  Any item means "look again"; each wait empties it.
+        self._wake: SimpleQueue[None] = SimpleQueue()
         self._stopped = False
         self._thread: threading.Thread | None = None
         self.failures: list[BaseException] = []
@@ -333,7 +339,7 @@ class _Flusher:
     def _written(self, pending: int) -> None:
         """The map's listener: wake the thread once enough bytes are pending."""
         if pending >= self._threshold:
-            self._wake.set()
+            self._wake.put(None)
 
     def claim(self) -> None:
         """Become the map's one auto-flush policy and start the thread.  A daemon thread,
@@ -341,8 +347,9 @@ class _Flusher:
         self._core.dirty.claim_listener(self._listener)
         thread = threading.Thread(target=self._run, name="anymmap auto flush", daemon=True)
         self._thread = thread
-        thread.start()
+        start_thread(thread)
 
+    @whole
     def stop(self) -> None:
         """Give the claim back (only if it is ours) and tell the thread to end; any
         number of times, from any thread."""
@@ -350,7 +357,7 @@ class _Flusher:
             self._core.dirty.drop_listener(self._listener)
         finally:
             self._stopped = True
-            self._wake.set()
+            self._wake.put(None)
 
     def finish(self, failed: bool) -> None:
         """After :meth:`stop`: wait for the thread, flush what is pending, and raise the
@@ -375,19 +382,19 @@ class _Flusher:
         # A failed flush cannot end the block from this thread (the async form cancels
         # it): keep flushing, so that what the block writes next still becomes durable,
         # and raise the first error when the block ends.
-        core, wake, wait = self._core, self._wake, self._interval
+        core, wait = self._core, self._interval
         failures = self.failures
         # (Closed: nothing to flush through it.  No longer the listener: the block's claim
         # was given back, by a stop() that a second signal may have cut short.)
         while not self._stopped and not core.closed and core.dirty.listener is self._listener:
             if failures:  # retry at the interval, not at every write
                 until = time.monotonic() + wait
-                while not self._stopped and time.monotonic() < until:
-                    wake.wait(until - time.monotonic())
-                    wake.clear()
+                while not self._stopped and (left := until - time.monotonic()) > 0:
+                    self._sleep(left)
             elif core.dirty.pending() < self._threshold:
-                wake.wait(wait)
-            wake.clear()
+                self._sleep(wait)
+            else:
+                self._sleep(0)  # (forget the wakes this flush answers)
             if self._stopped or not core.dirty.pending():
                 continue
             try:
@@ -397,6 +404,18 @@ class _Flusher:
             except Exception as exc:  # noqa: BLE001 - raised by the block's exit
                 if not failures:
                     failures.append(exc)
+
+    def _sleep(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a wake, then forget every wake so far."""
+        wake = self._wake
+        if timeout > 0:
+            try:
+                wake.get(timeout=timeout)
+            except Empty:
+                return
+        with suppress(Empty):
+            while True:
+                wake.get_nowait()
 
 
 class _Borrow(Hold):

@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._interface import OSInterface
-from ._signals import DISARMED, ON_DROP, Hold, give_back_skipped, signals_held, whole
+from ._signals import DISARMED, ON_DROP, Hold, give_back_skipped, signals_held, start_thread, whole
 
 os_impl: OSInterface
 if sys.platform == "linux":
@@ -36,5 +36,6 @@ __all__ = [
     "give_back_skipped",
     "os_impl",
     "signals_held",
+    "start_thread",
     "whole",
 ]

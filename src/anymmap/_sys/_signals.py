@@ -120,6 +120,21 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         signal.raise_signal(signum)  # (the default action, as if it arrived now)
 
 
+def start_thread(thread: threading.Thread) -> None:
+    """``thread.start()``, with the handlers held off on the main thread.
+
+    ``Thread.start`` waits for the new thread on a ``threading.Event``, whose Python
+    ``with`` a Ctrl-C can cut right after it took the event's lock: the lock then stays
+    taken, the new thread blocks for ever as it reports that it started, and the caller
+    gets ``RuntimeError: release unlocked lock`` or a thread that never runs its target
+    (a committer slot taken by nobody, an auto-flush thread that never ends).  The wait is
+    the thread's start-up, not another thread's work, so holding signals across it
+    delays a Ctrl-C by that much only; one that arrived is raised once the thread runs.
+    """
+    with signals_held():
+        thread.start()
+
+
 class signals_held:  # (lower case: used like a function, ``with signals_held():``)
     """Hold off the Python handlers of :data:`HELD` for the block; run them after it for
     the signals that arrived (see the module docstring)."""
