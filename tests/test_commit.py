@@ -337,6 +337,38 @@ async def test_auto_flush_inside_a_failing_block_still_flushes(log_file: Path) -
         assert m.pending_bytes() == 0
 
 
+async def test_auto_flush_whose_end_was_cut_gives_its_claim_back(log_file: Path) -> None:
+    """Regression test (adversary round 22, trio under a Ctrl-C storm): trio raises a
+    ``KeyboardInterrupt`` wherever the code is, and one raised as the block's ``finally``
+    began skipped the release of the map's auto-flush claim: every later ``auto_flush``
+    raised "already flushes automatically", for good.  The claim is now held weakly by
+    the block, so it is free once the block's frame is gone.  The interrupt is raised
+    here by a profile hook, at the call of the release, where trio's handler raised it."""
+    import gc
+
+    async with await MmapRaw.create(log_file, MiB) as m:
+
+        def hook(frame: Any, event: str, arg: object) -> None:
+            if event == "call" and frame.f_code.co_name == "drop_listener":
+                sys.setprofile(None)
+                raise KeyboardInterrupt
+
+        cut = False
+        try:
+            async with m.auto_flush(every=3600):
+                await m.update_region(0, b"lost?")
+                sys.setprofile(hook)
+        except KeyboardInterrupt:
+            cut = True
+        finally:
+            sys.setprofile(None)
+        assert cut
+        gc.collect()
+        async with m.auto_flush(every=3600):  # not "already flushes automatically"
+            await m.update_region(0, b"kept")
+        assert m.pending_bytes() == 0  # (the earlier write too: nothing was lost)
+
+
 def test_auto_flush_of_the_twin(log_file: Path) -> None:
     def flushers() -> int:
         return sum(t.name == "anymmap auto flush" for t in threading.enumerate())
@@ -502,12 +534,12 @@ async def test_a_write_counts_as_pending_only_once_its_bytes_are_in_memory(
             # (the map is open and pinned by the write that calls this)
             seen.append(ctypes.string_at(core.addr, size) == data)
 
-        core.dirty.listener = listener
+        core.dirty.claim_listener(listener)
         try:
             await m.update_region(0, data)
             m.update_region_nowait(0, data[:16])
         finally:
-            core.dirty.listener = None
+            core.dirty.drop_listener(listener)
         assert seen
         assert all(seen), seen
         assert m.pending_bytes() == size

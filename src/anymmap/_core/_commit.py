@@ -298,9 +298,20 @@ class DirtyRanges:
         self._grain = 1  # the ranges are rounded out to multiples of this
         self._upper = 0  # the sum of the entries' lengths: pending() or more
         self._sequence = 0
-        #: Called after every write with an upper bound of the bytes now pending (the
-        #: auto-flush policy; it asks :meth:`pending` before it acts).
-        self.listener: Callable[[int], None] | None = None
+        self._listener: weakref.ref[Callable[[int], None]] | None = None
+
+    @property
+    def listener(self) -> Callable[[int], None] | None:
+        """Called after every write with an upper bound of the bytes now pending (the
+        auto-flush policy; it asks :meth:`pending` before it acts).
+
+        Held weakly: the block that claimed it holds it.  A block whose end never ran (on
+        trio a ``KeyboardInterrupt`` is raised wherever the code is, also as its
+        ``finally`` begins) then gives the claim back once its frame is gone, instead of
+        leaving the map "already flushing" for good.
+        """
+        ref = self._listener
+        return None if ref is None else ref()
 
     def claim_listener(self, listener: Callable[[int], None]) -> None:
         """Make ``listener`` this map's one auto-flush policy.
@@ -311,19 +322,19 @@ class DirtyRanges:
         with self._lock:
             if self.listener is not None:
                 raise RuntimeError("this map already flushes automatically")
-            self.listener = listener
+            self._listener = weakref.ref(listener)
 
     def drop_listener(self, listener: Callable[[int], None]) -> None:
         """End what :meth:`claim_listener` began (a policy set since is left alone)."""
         with self._lock:
             if self.listener is listener:
-                self.listener = None
+                self._listener = None
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.RLock()  # a thread of the parent may have held it
         # The parent's auto-flush wakes a thread or event loop that is not here (and may
         # take a lock a vanished thread held): the child may start an auto_flush of its own.
-        self.listener = None
+        self._listener = None
 
     def _later(self, kind: str, first: int, last: int, upto: int, wait: bool) -> bool:
         """Take the lock and apply what was deferred, or, if this thread holds it already
