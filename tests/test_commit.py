@@ -406,6 +406,52 @@ def test_auto_flush_of_the_twin_keeps_flushing_after_a_failure(failing_device: P
         assert info.value.errno == errno.EIO
 
 
+async def test_a_background_flush_failure_ends_the_async_block_with_the_error_itself(
+    failing_device: Path,
+) -> None:
+    """Regression test: a failed background flush ended the async ``auto_flush`` block
+    with an ``ExceptionGroup`` around the ``OSError`` (the twin raises the error itself),
+    so ``except OSError`` around the block missed it.  Now the error itself ends it."""
+    async with await MmapRaw.map_raw(failing_device) as m:
+        with pytest.raises(OSError) as info:  # noqa: PT012
+            async with m.auto_flush(every=0.01, every_bytes=1 << 40):
+                await m.update_region(0, b"\xee" * 4 * MiB)
+                await anyio.sleep(60)  # (ended at the first failure)
+        assert info.value.errno == errno.EIO
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_ctrl_c_in_the_flusher_task_ends_the_block_as_a_keyboard_interrupt(
+    log_file: Path,
+) -> None:
+    """Regression test (adversary round 22, trio under a Ctrl-C storm): trio raises a
+    ``KeyboardInterrupt`` in whatever task runs, and one raised in the block's flusher
+    task came out of the block as a ``BaseExceptionGroup``, which ``except
+    KeyboardInterrupt`` does not catch.  A profile hook raises it where trio did, as the
+    flusher calls ``flush``."""
+
+    def hook(frame: Any, event: str, arg: object) -> None:
+        caller = frame.f_back
+        in_flusher = caller is not None and caller.f_code.co_name == "flusher"
+        if event == "call" and frame.f_code.co_name == "flush" and in_flusher:
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+
+    with anyio.fail_after(30):
+        async with await MmapRaw.create(log_file, MiB) as m:
+            with pytest.raises(KeyboardInterrupt):  # noqa: PT012
+                sys.setprofile(hook)
+                try:
+                    async with m.auto_flush(every=0.001, every_bytes=1):
+                        await m.update_region(0, b"x")
+                        await anyio.sleep(30)
+                finally:
+                    sys.setprofile(None)
+            async with m.auto_flush(every=3600):  # the claim was given back
+                await m.update_region(0, b"y")
+            assert m.pending_bytes() == 0
+
+
 def test_auto_flush_of_the_twin_retries_at_its_interval_not_at_every_write(
     failing_device: Path,
 ) -> None:

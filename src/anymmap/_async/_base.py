@@ -448,17 +448,28 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
             if pending >= threshold and wake:
                 wake[0].wake_from_thread()
 
-        async def flusher() -> None:
-            while True:
-                wake[:] = [ThreadWaiter()]
-                if core.dirty.pending() < threshold:
-                    with anyio.move_on_after(interval):
-                        await wake[0].wait()
-                if core.dirty.pending():
-                    try:
+        # What ended the flusher: a failed flush (or, on trio, a Ctrl-C raised in it).
+        # It ends the block, as the error itself, not in an ExceptionGroup: the same
+        # ``except OSError`` catches it here and in the twin.
+        background: list[BaseException] = []
+        cancelled = anyio.get_cancelled_exc_class()
+
+        async def flusher(scope: anyio.CancelScope) -> None:
+            try:
+                while True:
+                    wake[:] = [ThreadWaiter()]
+                    if core.dirty.pending() < threshold:
+                        with anyio.move_on_after(interval):
+                            await wake[0].wait()
+                    if core.dirty.pending():
                         await self.flush()
-                    except ClosedMapError:
-                        return  # the block closed the map: nothing left to flush through it
+            except ClosedMapError:
+                return  # the block closed the map: nothing left to flush through it
+            except cancelled:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - raised by the block, below
+                background.append(exc)
+                scope.cancel()
 
         failure: BaseException | None = None
         claimed = False
@@ -468,7 +479,7 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
             core.dirty.claim_listener(written)
             claimed = True
             async with anyio.create_task_group() as tg:
-                tg.start_soon(flusher)
+                tg.start_soon(flusher, tg.cancel_scope)
                 try:
                     yield
                 except BaseException as exc:  # noqa: BLE001 - raised again below
@@ -476,6 +487,10 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
                     failure = exc
                 finally:
                     tg.cancel_scope.cancel()
+            # The block's own exception wins, unless it is the cancellation the failed
+            # flush caused (or one from outside that came with it: the error says more).
+            if background and (failure is None or isinstance(failure, cancelled)):
+                raise background[0]
             if failure is not None:
                 raise failure
         finally:
