@@ -829,6 +829,46 @@ def test_open_or_create_opens_a_file_another_caller_creates_meanwhile(tmp_path: 
             assert m.read(0, 6) == b"theirs"
 
 
+_RACING_OPENER = """
+    import os, sys, time
+    import anymmap.sync as S
+    folder, me, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    time.sleep(max(0.0, start - time.time()))  # (all begin together)
+    for r in range(int(sys.argv[4])):
+        path = os.path.join(folder, f"f{r}")
+        prefill = "zeros" if r % 2 else "allocate"
+        with S.MmapRaw.open_or_create(path, 2 * 4096, prefill=prefill) as m:
+            m.update_region(me * 8, bytes([me + 1]) * 8)
+            m.flush()
+    print("ok")
+"""
+
+
+def test_open_or_create_from_racing_processes(tmp_path: Path) -> None:
+    """Four processes call ``open_or_create`` on the same new paths at once (50 paths,
+    half prefilled with zeros, half allocated): every call succeeds, all map one file
+    (none replaced another's), and no creator's prefill wipes what a faster opener wrote
+    meanwhile."""
+    import concurrent.futures
+
+    from ._child import check_child
+
+    start, rounds = time.time() + 2, 50
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        runs = [
+            pool.submit(
+                check_child, _RACING_OPENER, str(tmp_path), str(me), str(start), str(rounds)
+            )
+            for me in range(4)
+        ]
+        for run in runs:
+            run.result()
+    for r in range(rounds):
+        data = (tmp_path / f"f{r}").read_bytes()
+        assert len(data) == 2 * PAGE
+        assert data[:32] == b"".join(bytes([me + 1]) * 8 for me in range(4)), r
+
+
 def test_create_through_a_dangling_link_says_so(tmp_path: Path) -> None:
     """Regression test (adversary round 21): a symbolic link to a missing file gave
     ``FileExistsError`` "pass exist_ok=True to map it anyway" even with
