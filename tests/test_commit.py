@@ -432,7 +432,7 @@ async def test_a_ctrl_c_in_the_flusher_task_ends_the_block_as_a_keyboard_interru
 
     def hook(frame: Any, event: str, arg: object) -> None:
         caller = frame.f_back
-        in_flusher = caller is not None and caller.f_code.co_name == "flusher"
+        in_flusher = caller is not None and caller.f_code.co_name == "_flush_in_background"
         if event == "call" and frame.f_code.co_name == "flush" and in_flusher:
             sys.setprofile(None)
             raise KeyboardInterrupt

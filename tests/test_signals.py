@@ -1505,6 +1505,72 @@ _AT_EVERY_POINT = (
 )
 
 
+_TRIO_AT_EVERY_POINT = (
+    _PRELUDE
+    + """
+    import contextlib
+    import trio
+    # Points in anymmap's code and in contextlib's (where a generator-based context
+    # manager's enter and exit run).
+    roots = (os.path.dirname(anymmap.__file__), contextlib.__file__)
+    POINTS = ("call", "return", "c_return")
+
+    async def main():
+        m = await anymmap.MmapRaw.create(os.path.join(d, "f"), 1 << 16)
+        k = 1
+        while True:
+            seen = [0]
+
+            def hook(frame, event, arg):
+                if event == "return" and frame.f_code.co_name in ("__enter__", "__aenter__"):
+                    return  # (see the blocking form's test: no real signal lands there)
+                if event in POINTS and frame.f_code.co_filename.startswith(roots):
+                    seen[0] += 1
+                    if seen[0] == k:
+                        sys.setprofile(None)
+                        os.kill(os.getpid(), signal.SIGINT)
+
+            try:
+                try:
+                    sys.setprofile(hook)
+                    try:
+                        async with m.auto_flush(every=0.001, every_bytes=1):
+                            await m.update_region(0, b"x")
+                    finally:
+                        sys.setprofile(None)
+                except KeyboardInterrupt:
+                    pass
+                await trio.sleep(0)  # (trio delivers one to protected code at a checkpoint)
+            except KeyboardInterrupt:
+                pass
+            if seen[0] < k:
+                break
+            gc.collect()
+            assert m._core.dirty.listener is None, f"point {k}: the map still flushes automatically"
+            k += 1
+        assert k > 50, k
+        async with m.auto_flush(every=3600):
+            await m.update_region(0, b"y")
+        assert m.pending_bytes() == 0
+        await m.aclose()
+
+    trio.run(main)  # (trio's "Nursery stack corrupted" would end it with an error)
+    print("ok")
+"""
+)
+
+
+def test_a_signal_at_any_point_of_an_async_auto_flush_on_trio() -> None:
+    """Regression test (adversary round 22, trio under a Ctrl-C storm): trio raises a
+    ``KeyboardInterrupt`` in code it does not know to be protected, and anymmap's own
+    code is marked protected but contextlib's is not: the ``@asynccontextmanager``
+    ``auto_flush`` block could be cut in contextlib's exit, and a Ctrl-C trio delivered
+    at its task group's exit came out as a ``BaseExceptionGroup``.  A SIGINT at each
+    point of anymmap's and contextlib's code in turn: every one ends the block as a
+    plain ``KeyboardInterrupt``, gives the claim back, and trio's run ends cleanly."""
+    check_child(_TRIO_AT_EVERY_POINT, timeout=100)
+
+
 WHERE_SIGNALS_STRIKE = [
     "writes",
     "flush",

@@ -8,14 +8,15 @@ the disk, a worker thread for the rest) and the :class:`~anymmap.RWLock` around 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.from_thread
 from anyio import WouldBlock
+from anyio.abc import TaskGroup
 
 from .._advice import check_advice
 from .._backend import (
@@ -424,10 +425,9 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
         (never too low) until a flush covers them."""
         return self._open_core().dirty.pending()
 
-    @asynccontextmanager
-    async def auto_flush(
+    def auto_flush(
         self, every: float = 0.05, every_bytes: int = 8 << 20
-    ) -> AsyncIterator[None]:
+    ) -> AbstractAsyncContextManager[None]:
         """Flush in the background while the block runs: whenever ``every`` seconds
         passed with bytes pending, or as soon as ``every_bytes`` are pending
         (mmap-io's ``EveryMillis`` / ``EveryBytes``), and what is pending when it ends::
@@ -436,70 +436,13 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
                 ...  # writes become durable within about 50 ms
 
         The flushing task lives in a task group of the block's own: none outlives it.
+        A background flush that fails ends the block with its error (the error itself,
+        not an ``ExceptionGroup``; the block's own exception wins over it).
 
         :raises ValueError: for a bound that is not positive
-        :raises RuntimeError: if the map already flushes automatically
+        :raises RuntimeError: (on entry) if the map already flushes automatically
         """
-        core = self._open_core()
-        interval, threshold = check_flush_policy(every, every_bytes)
-        wake: list[ThreadWaiter] = []
-
-        def written(pending: int) -> None:
-            if pending >= threshold and wake:
-                wake[0].wake_from_thread()
-
-        # What ended the flusher: a failed flush (or, on trio, a Ctrl-C raised in it).
-        # It ends the block, as the error itself, not in an ExceptionGroup: the same
-        # ``except OSError`` catches it here and in the twin.
-        background: list[BaseException] = []
-        cancelled = anyio.get_cancelled_exc_class()
-
-        async def flusher(scope: anyio.CancelScope) -> None:
-            try:
-                while True:
-                    wake[:] = [ThreadWaiter()]
-                    if core.dirty.pending() < threshold:
-                        with anyio.move_on_after(interval):
-                            await wake[0].wait()
-                    if core.dirty.pending():
-                        await self.flush()
-            except ClosedMapError:
-                return  # the block closed the map: nothing left to flush through it
-            except cancelled:
-                raise
-            except BaseException as exc:  # noqa: BLE001 - raised by the block, below
-                background.append(exc)
-                scope.cancel()
-
-        failure: BaseException | None = None
-        claimed = False
-        try:
-            # (Inside the try: on trio a Ctrl-C is raised wherever the code is, and one
-            # handled as the claim returned would leave the map "already flushing".)
-            core.dirty.claim_listener(written)
-            claimed = True
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(flusher, tg.cancel_scope)
-                try:
-                    yield
-                except BaseException as exc:  # noqa: BLE001 - raised again below
-                    # Outside the task group, so that it is not wrapped in an ExceptionGroup.
-                    failure = exc
-                finally:
-                    tg.cancel_scope.cancel()
-            # The block's own exception wins, unless it is the cancellation the failed
-            # flush caused (or one from outside that came with it: the error says more).
-            if background and (failure is None or isinstance(failure, cancelled)):
-                raise background[0]
-            if failure is not None:
-                raise failure
-        finally:
-            core.dirty.drop_listener(written)  # (only if it is this block's)
-            if claimed and not core.closed and core.dirty.pending():
-                with anyio.CancelScope(shield=True):  # also when the block failed
-                    await self.flush()
-        if claimed and core.closed and (error := core.closing_error()) is not None:
-            raise error  # the close inside the block made the final flush, and it failed
+        return _AutoFlush(self, *check_flush_policy(every, every_bytes))
 
     async def flush_async(self) -> None:
         """Start writing the map's dirty pages to the file and return without waiting.
@@ -516,6 +459,120 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
         core = self._open_core()
         start, n = core.check_range(offset, length)  # checked again once pinned
         await run_sync(core.flush, start, n, False)
+
+
+class _AutoFlush:
+    """``async with m.auto_flush():``.  A class, not an ``@asynccontextmanager``
+    generator: on trio a Ctrl-C is raised wherever code trio does not know to be
+    protected runs, and anymmap's code is marked protected but contextlib's is not.  One
+    raised in contextlib's ``__aexit__`` never resumed the generator: its task group was
+    then closed by trio's finalizer task ("Nursery stack corrupted") and the map stayed
+    "already flushing" (adversary round 22).  Here the whole exit is anymmap's code: a
+    Ctrl-C arrives at one of its awaits, and the claim is dropped in a ``finally``."""
+
+    _group: TaskGroup | None = None
+
+    def __init__(self, facade: FlushingAsyncMap[Any], interval: float, threshold: int) -> None:
+        self._map = facade
+        self._core: FileBackedCore = facade._open_core()
+        self._interval = interval
+        self._threshold = threshold
+        self._wake: list[ThreadWaiter] = []
+        #: What ended the flusher: a failed flush (or, on trio, a Ctrl-C raised in it).
+        self._background: list[BaseException] = []
+        self._entered = False
+        # One bound method, kept: the map holds its claim through a weak reference to it,
+        # so that a block dropped without its exit gives the claim back.
+        self._listener: Callable[[int], None] = self._written
+
+    def _written(self, pending: int) -> None:
+        """The map's listener (called by writes, on any thread)."""
+        wake = self._wake
+        if pending >= self._threshold and wake:
+            wake[0].wake_from_thread()
+
+    async def _flush_in_background(self, scope: anyio.CancelScope) -> None:
+        core, threshold = self._core, self._threshold
+        try:
+            while True:
+                self._wake[:] = [ThreadWaiter()]
+                if core.dirty.pending() < threshold:
+                    with anyio.move_on_after(self._interval):
+                        await self._wake[0].wait()
+                if core.dirty.pending():
+                    await self._map.flush()
+        except ClosedMapError:
+            return  # the block closed the map: nothing left to flush through it
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # noqa: BLE001 - raised by the block's exit
+            self._background.append(exc)
+            scope.cancel()  # ends the block: its exit raises the error itself
+
+    async def __aenter__(self) -> None:
+        if self._entered:
+            raise RuntimeError("this auto_flush() block was entered already")
+        self._entered = True
+        dirty = self._core.dirty
+        dirty.claim_listener(self._listener)
+        try:
+            group = anyio.create_task_group()
+            await group.__aenter__()
+        except BaseException:
+            dirty.drop_listener(self._listener)
+            raise
+        self._group = group
+        group.start_soon(self._flush_in_background, group.cancel_scope)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        core, group = self._core, self._group
+        try:
+            if group is not None:
+                self._group = None
+                group.cancel_scope.cancel()
+                # (Not told of the block's exception: it is raised below, not wrapped in
+                # an ExceptionGroup.)
+                try:
+                    await group.__aexit__(None, None, None)
+                except BaseException as raised:
+                    # A Ctrl-C trio delivered at the group's wait comes out in a group:
+                    # raise it as itself, for ``except KeyboardInterrupt``.
+                    interrupt = _only_interrupts(raised)
+                    if interrupt is None:
+                        raise
+                    raise interrupt from None
+        finally:
+            core.dirty.drop_listener(self._listener)  # (only if it is this block's)
+            if not core.closed and core.dirty.pending():
+                with anyio.CancelScope(shield=True):  # also when the block failed
+                    await self._map.flush()
+        # The block's own exception wins, unless it is the cancellation the failed flush
+        # caused (or one from outside that came with it: the error says more).
+        background = self._background
+        if background and (exc is None or isinstance(exc, anyio.get_cancelled_exc_class())):
+            raise background[0]
+        if exc is None and core.closed and (error := core.closing_error()) is not None:
+            raise error  # the close inside the block made the final flush, and it failed
+
+
+def _only_interrupts(raised: BaseException) -> KeyboardInterrupt | None:
+    """The first ``KeyboardInterrupt`` of an exception group made of nothing else (at
+    any depth), or None."""
+    inner = getattr(raised, "exceptions", None)
+    if isinstance(raised, KeyboardInterrupt) or not isinstance(inner, tuple) or not inner:
+        return None
+    first: KeyboardInterrupt | None = None
+    for exc in inner:
+        found = exc if isinstance(exc, KeyboardInterrupt) else _only_interrupts(exc)
+        if found is None:
+            return None
+        first = first or found
+    return first
 
 
 class _Borrow:
