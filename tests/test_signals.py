@@ -40,6 +40,23 @@ _PRELUDE = """
         raise AssertionError("the SIGINT was lost")
 
     d = tempfile.mkdtemp(dir=os.environ["ANYMMAP_CHILD_SHM"])
+
+    def signal_at_point(k, roots, seen):
+        # A profile hook that sends one SIGINT at the k-th point, in code under `roots`,
+        # where Python handles signals: a function's start, its return to its caller, a
+        # C function's return (not "c_call": no signal is handled before a C function
+        # runs).  Counts the points in seen[0].
+        def hook(frame, event, arg):
+            if event == "return" and frame.f_code.co_name in ("__enter__", "__aenter__"):
+                # (The signal would be handled in the caller's `with`, before its block,
+                # where no real signal is ever handled.)
+                return
+            if event in ("call", "return", "c_return") and frame.f_code.co_filename.startswith(roots):
+                seen[0] += 1
+                if seen[0] == k:
+                    sys.setprofile(None)
+                    os.kill(os.getpid(), signal.SIGINT)
+        return hook
 """
 
 
@@ -1358,7 +1375,6 @@ _AT_EVERY_POINT = (
     # Where points are counted: anymmap's code, and for "+threading" the threading module's
     # as well (the Events and Conditions under thread starts and waits run there).
     roots = (os.path.dirname(anymmap.__file__),) + ((threading.__file__,) if deep else ())
-    POINTS = ("call", "return", "c_return")
     m = S.MmapRaw.create(os.path.join(d, "f"), 1 << 16)
     sparse = S.SparseMapping.new(1 << 20)
     anon = S.AnonymousMmap.new(1 << 16)
@@ -1433,21 +1449,8 @@ _AT_EVERY_POINT = (
         # a trace hook's, at every line, also where no signal is ever handled).
         # Returns whether there was a k-th.
         seen = [0]
-
-        def hook(frame, event, arg):
-            if event == "return" and frame.f_code.co_name == "__enter__":
-                # (The hook's exception would be raised in the caller's `with`, before
-                # its block, where no real signal is ever handled.)
-                return
-            # (Not "c_call": no signal is handled before a C function runs.)
-            if event in POINTS and frame.f_code.co_filename.startswith(roots):
-                seen[0] += 1
-                if seen[0] == k:
-                    sys.setprofile(None)
-                    os.kill(os.getpid(), signal.SIGINT)
-
         try:
-            sys.setprofile(hook)
+            sys.setprofile(signal_at_point(k, roots, seen))
             try:
                 scenario()
             finally:
@@ -1513,26 +1516,15 @@ _TRIO_AT_EVERY_POINT = (
     # Points in anymmap's code and in contextlib's (where a generator-based context
     # manager's enter and exit run).
     roots = (os.path.dirname(anymmap.__file__), contextlib.__file__)
-    POINTS = ("call", "return", "c_return")
 
     async def main():
         m = await anymmap.MmapRaw.create(os.path.join(d, "f"), 1 << 16)
         k = 1
         while True:
             seen = [0]
-
-            def hook(frame, event, arg):
-                if event == "return" and frame.f_code.co_name in ("__enter__", "__aenter__"):
-                    return  # (see the blocking form's test: no real signal lands there)
-                if event in POINTS and frame.f_code.co_filename.startswith(roots):
-                    seen[0] += 1
-                    if seen[0] == k:
-                        sys.setprofile(None)
-                        os.kill(os.getpid(), signal.SIGINT)
-
             try:
                 try:
-                    sys.setprofile(hook)
+                    sys.setprofile(signal_at_point(k, roots, seen))
                     try:
                         async with m.auto_flush(every=0.001, every_bytes=1):
                             await m.update_region(0, b"x")
