@@ -363,6 +363,9 @@ async def test_auto_flush_whose_end_was_cut_gives_its_claim_back(log_file: Path)
         finally:
             sys.setprofile(None)
         assert cut
+        # (Once the loop has run the callbacks of the block's ended task, which refer to
+        # its frames, and the collector has freed them.)
+        await wait_all_tasks_blocked()
         gc.collect()
         async with m.auto_flush(every=3600):  # not "already flushes automatically"
             await m.update_region(0, b"kept")
