@@ -696,6 +696,60 @@ async def test_closing_the_map_inside_auto_flush_makes_the_final_flush(log_file:
     assert twin._core._closing_sync is None
 
 
+def test_a_flush_racing_a_close_after_a_failed_close_is_not_called_durable(
+    log_file: Path,
+) -> None:
+    """Regression test (adversary round 23): a close that synced what was owed, then
+    failed with ``BorrowError`` (a view still alive), left its "synced" mark behind; a
+    flush that found the map closed by a later close (which owed nothing, so synced
+    nothing) took that mark for a sync covering it and returned as if durable, with no
+    ``msync`` after its write.  It raises ``ClosedMapError``, as without the failed close."""
+    m = anymmap.sync.MmapRaw.create(log_file, 16 * PAGE)
+    core = m._core
+    m.update_region(0, b"a" * PAGE)
+    m.flush()  # the committer lingers: the close below owes it a sync
+    kept = None
+    with pytest.raises(anymmap.BorrowError), m.as_slice(0, 16) as view:
+        kept = view[:4]  # escapes the borrow
+    with pytest.raises(anymmap.BorrowError):
+        m.close()  # synced the whole map, then refused: the view is alive
+    assert not m.closed
+    del kept
+    deadline = time.monotonic() + 30
+    while core.commit.outstanding() and time.monotonic() < deadline:
+        time.sleep(0.005)  # (the committer ends: nothing is owed any more)
+    assert not core.commit.outstanding()
+    m.update_region(0, b"b" * PAGE)
+
+    # Another thread's flush passes its checks, then waits here until the map is closed.
+    checked, closed = threading.Event(), threading.Event()
+    real_check = core.check_can_wait
+
+    def check_then_wait() -> None:
+        real_check()
+        checked.set()
+        closed.wait(30)
+
+    core.check_can_wait = check_then_wait  # type: ignore[method-assign]
+    outcome: list[BaseException | None] = []
+
+    def flush() -> None:
+        try:
+            m.flush()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome.append(exc)
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    assert checked.wait(30)
+    m.close()  # owes nothing: no sync
+    closed.set()
+    flusher.join(30)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], anymmap.ClosedMapError), outcome
+
+
 def _check_the_close_flushed(core: Any, raised: OSError | None) -> None:
     # (A page whose background writeback failed already is clean again: the close's
     # flush then succeeds, and the block ends quietly; the device fails it first.)

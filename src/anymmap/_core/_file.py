@@ -240,6 +240,10 @@ class FileBackedCore(MapCore):
         durable here, once, on the closing thread.  The same for bytes pending under an
         ``auto_flush`` block, whose final flush the close takes over (the block raises
         what it raised: :meth:`closing_error`)."""
+        # (What an earlier close that then failed, with a view still alive, recorded is
+        # not this close's: a request that finds the map closed must not take it for a
+        # sync that covered it.)
+        self._closing_sync = False
         owed = self.commit.outstanding() or (
             self.dirty.listener is not None and self.dirty.maybe_pending()
         )
