@@ -423,6 +423,25 @@ async def test_a_background_flush_failure_ends_the_async_block_with_the_error_it
         assert info.value.errno == errno.EIO
 
 
+async def test_the_blocks_own_error_wins_over_a_failed_final_flush(failing_device: Path) -> None:
+    """Regression test (adversary round 23): after a background flush failed, an async
+    ``auto_flush`` block that raised an error of its own (here on its cancellation)
+    ended with the error of its final flush instead, which failed as well; the twin
+    raises the block's own."""
+    async with await MmapRaw.map_raw(failing_device) as m:
+        with pytest.raises(KeyError, match="the block's own"):  # noqa: PT012
+            async with m.auto_flush(every=0.01, every_bytes=1 << 40):
+                await m.update_region(0, b"\xee" * 4 * MiB)
+                try:
+                    await anyio.sleep(60)  # (cancelled at the first failure)
+                finally:
+                    # (Dirty again, so that the final flush fails too: a page whose
+                    # writeback failed is clean afterwards.  Past the first MiB, which
+                    # the device's tiny backing store could take.)
+                    m.update_region_nowait(2 * MiB, b"\xdd" * MiB)
+                    raise KeyError("the block's own")
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_a_ctrl_c_in_the_flusher_task_ends_the_block_as_a_keyboard_interrupt(
     log_file: Path,

@@ -550,7 +550,12 @@ class _AutoFlush:
             core.dirty.drop_listener(self._listener)  # (only if it is this block's)
             if not core.closed and core.dirty.pending():
                 with anyio.CancelScope(shield=True):  # also when the block failed
-                    await self._map.flush()
+                    try:
+                        await self._map.flush()
+                    except Exception:
+                        if not self._background:
+                            raise
+                        # (as in the twin: the first error, or the block's own, is raised)
         # The block's own exception wins, unless it is the cancellation the failed flush
         # caused (or one from outside that came with it: the error says more).
         background = self._background
