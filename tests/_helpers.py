@@ -94,6 +94,32 @@ class Heartbeat:
             self.lags.append(time.perf_counter() - before - 0.001)
 
 
+async def assert_loop_keeps_running(
+    operation: Callable[[], Awaitable[None]],
+    prepare: Callable[[], Awaitable[None]] | None = None,
+    attempts: int = 2,
+) -> tuple[Heartbeat, float]:
+    """Run ``operation`` under a heartbeat (after ``prepare``, outside it) and check it
+    with :func:`assert_loop_kept_running`; returns the heartbeat and the duration.
+
+    A stall the operation causes happens at every run; one that a busy machine's
+    scheduling causes (a 176 ms gap in a 330 ms read, once, with two test runs and an
+    adversary's probes sharing two cores) rarely twice: so it passes if one of
+    ``attempts`` runs does.
+    """
+    for _ in range(attempts):
+        if prepare is not None:
+            await prepare()
+        async with heartbeat() as beat:
+            start = time.perf_counter()
+            await operation()
+            took = time.perf_counter() - start
+        if beat.lags and beat.worst < took / 2:
+            break
+    assert_loop_kept_running(beat, took)
+    return beat, took
+
+
 def assert_loop_kept_running(beat: Heartbeat, took: float) -> None:
     """The event loop was never stalled for a large part of an operation that took
     ``took`` seconds.
