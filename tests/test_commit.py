@@ -511,6 +511,35 @@ def test_auto_flush_of_the_twin_by_bytes_only(log_file: Path) -> None:
         assert m.pending_bytes() == 0
 
 
+def test_a_twin_auto_flush_block_dropped_without_its_give_back_frees_its_claim(
+    log_file: Path,
+) -> None:
+    """Regression test (adversary round 23, a Ctrl-C storm): a second Ctrl-C handled as
+    the give-back of a block whose exit the first one skipped began cut that give-back;
+    the block's thread then kept its own (weakly held) claim alive and flushed on until
+    the map closed, and every later block raised "already flushes automatically".  The
+    thread now follows its block: when the block goes, it is woken, gives the claim back
+    and ends.  Here the give-back is disarmed by hand, as the cut left it."""
+    from anymmap._sys import DISARMED
+
+    def flushers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "anymmap auto flush"]
+
+    with anymmap.sync.MmapRaw.create(log_file, MiB) as m:
+        block = m.auto_flush(every=math.inf, every_bytes=1 << 40)  # (never wakes by itself)
+        block.__enter__()
+        (thread,) = flushers()
+        block._on_drop = DISARMED  # type: ignore[attr-defined]
+        del block
+        thread.join(30)
+        assert not thread.is_alive()
+        assert m._core.dirty.listener is None
+        with m.auto_flush(every=math.inf, every_bytes=1 << 40):  # not "already flushes"
+            m.update_region(0, b"x")
+        assert m.pending_bytes() == 0
+    assert not flushers()
+
+
 def test_auto_flush_of_the_twin_gives_its_claim_back_if_its_thread_cannot_start(
     log_file: Path,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager, suppress
 from functools import partial
@@ -296,7 +297,7 @@ class _AutoFlush(Hold):
     def __enter__(self) -> None:
         if self._flusher is not None:
             raise RuntimeError("this auto_flush() block was entered already")
-        flusher = self._flusher = _Flusher(self._map, self._interval, self._threshold)
+        flusher = self._flusher = _Flusher(self._map, self._interval, self._threshold, self)
         try:
             # (Armed first: stopping is harmless before claim().  A partial, C code, like
             # the give-back of every hold: a bound method of a Python class would not be.)
@@ -320,7 +321,9 @@ class _Flusher:
     """The thread of one ``auto_flush`` block and what it shares with the block.  It
     holds no reference to the block's hold, so that dropping the hold stops it."""
 
-    def __init__(self, facade: FlushingSyncMap[Any], interval: float, threshold: int) -> None:
+    def __init__(
+        self, facade: FlushingSyncMap[Any], interval: float, threshold: int, block: _AutoFlush
+    ) -> None:
         self._map = facade
         self._core: FileBackedCore = facade._open_core()
         self._interval = min(interval, threading.TIMEOUT_MAX)  # (every=inf: bytes only)
@@ -329,7 +332,12 @@ class _Flusher:
         # writes on the main thread wake the thread, and a Ctrl-C that cut an Event's
         # ``with`` left its lock taken, so the thread slept for good (and the next write
         # that woke it waited for ever).  Any item means "look again"; each wait empties it.
-        self._wake: SimpleQueue[None] = SimpleQueue()
+        self._wake: SimpleQueue[object] = SimpleQueue()
+        # The block, weakly: a block dropped without its give-back (a second Ctrl-C
+        # handled as the give-back began) wakes the thread as it goes (the callback is
+        # C code), and the thread then ends and gives the claim back.  Without this the
+        # thread kept its own claim alive for good (adversary round 23).
+        self._block = weakref.ref(block, self._wake.put)
         self._stopped = False
         self._thread: threading.Thread | None = None
         self.failures: list[BaseException] = []
@@ -386,16 +394,24 @@ class _Flusher:
         failures = self.failures
         # (Closed: nothing to flush through it.  No longer the listener: the block's claim
         # was given back, by a stop() that a second signal may have cut short.)
-        while not self._stopped and not core.closed and core.dirty.listener is self._listener:
+        block = self._block
+        while (
+            not self._stopped
+            and block() is not None
+            and not core.closed
+            and core.dirty.listener is self._listener
+        ):
             if failures:  # retry at the interval, not at every write
                 until = time.monotonic() + wait
                 while not self._stopped and (left := until - time.monotonic()) > 0:
                     self._sleep(left)
+                    if block() is None:
+                        break
             elif core.dirty.pending() < self._threshold:
                 self._sleep(wait)
             else:
                 self._sleep(0)  # (forget the wakes this flush answers)
-            if self._stopped or not core.dirty.pending():
+            if self._stopped or block() is None or not core.dirty.pending():
                 continue
             try:
                 self._map.flush()
@@ -404,6 +420,8 @@ class _Flusher:
             except Exception as exc:  # noqa: BLE001 - raised by the block's exit
                 if not failures:
                     failures.append(exc)
+        if block() is None:  # dropped without its give-back: give the claim back here
+            core.dirty.drop_listener(self._listener)
 
     def _sleep(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for a wake, then forget every wake so far."""
