@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -219,6 +220,33 @@ def test_index_that_closes_or_resizes_the_map_never_hangs() -> None:
     the pin its own thread held, for ever.  Arguments are now converted before pinning,
     and closing or resizing from inside a pinned call raises ``RuntimeError``."""
     check_child(_INDEX_CALLS_BACK, timeout=30)
+
+
+def test_a_range_is_checked_against_the_map_its_index_left(tmp_path: Path) -> None:
+    """Regression test (adversary round 23): ``flush_range`` checked its range against
+    the length the map had before the ``__index__`` of an argument shrank it, and
+    returned as if durable for a range no longer in the map; a zero-length
+    ``flush_range`` whose ``__index__`` closed the map returned on a closed map."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(16 * PAGE))
+
+    class Index:
+        def __init__(self, action: Callable[[], object], value: int) -> None:
+            self.action, self.value = action, value
+
+        def __index__(self) -> int:
+            self.action()
+            return self.value
+
+    with anymmap.sync.MmapRaw.map_raw(path) as m:
+        with pytest.raises(anymmap.OutOfBoundsError):
+            m.flush_range(Index(lambda: m.resize(PAGE), 8 * PAGE), 100)  # type: ignore[arg-type]
+        with pytest.raises(anymmap.OutOfBoundsError):
+            m.flush_async_range(8 * PAGE, Index(lambda: m.resize(PAGE), 100))  # type: ignore[arg-type]
+        assert len(m) == PAGE
+    m = anymmap.sync.MmapRaw.map_raw(path)
+    with pytest.raises(anymmap.ClosedMapError):
+        m.flush_range(0, Index(m.close, 0))  # type: ignore[arg-type]
 
 
 _INDEX_CONVERTED_FIRST = """

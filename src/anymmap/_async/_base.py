@@ -407,6 +407,7 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
 
     @staticmethod
     async def _commit(core: FileBackedCore, start: int, n: int) -> None:
+        core.check_open()  # (an __index__ of the range may have closed it)
         if core.mode != "rw" or not n:
             await checkpoint()
             return

@@ -202,7 +202,9 @@ class MapCore:
             and offset + length <= self.length
         ):
             return offset, length  # the common case, without a call
-        return check_range(offset, length, self.length)
+        # (Converted before the length is read: an __index__ may resize or close the map.)
+        start, count = as_int(offset, "offset"), as_int(length, "length")
+        return check_range(start, count, self.length)
 
     def check_span(self, offset: object, length: object | None) -> tuple[int, int]:
         """Like check_range; a length of None means "to the end of the map"."""
@@ -211,7 +213,8 @@ class MapCore:
             if not 0 <= start <= self.length:
                 raise OutOfBoundsError(start, None, self.length)
             return start, self.length - start
-        return check_range(offset, length, self.length)
+        start, count = as_int(offset, "offset"), as_int(length, "length")
+        return check_range(start, count, self.length)
 
     # -- pins and exclusive access ----------------------------------------------------
 

@@ -239,6 +239,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
 
     @staticmethod
     def _commit(core: FileBackedCore, start: int, n: int) -> None:
+        core.check_open()  # (an __index__ of the range may have closed it)
         if core.mode != "rw" or not n:
             return
         core.check_can_wait()  # the committer's pin would wait for this thread
