@@ -61,6 +61,10 @@ _LOOP_ENDS = """
                     await m.resize(size + 4096 if not hasattr(m, "max_size") else size + 4096)
                     if not hasattr(m, "max_size"):
                         await m.resize(4 << 20)
+                elif WORK == "auto_flush" and hasattr(m, "auto_flush"):
+                    async with m.auto_flush(every=0.001, every_bytes=1):  # its own task group
+                        await m.update_region(0, b"z" * 100)
+                        await anyio.sleep(0)
                 elif WORK == "borrow":
                     async with m.as_mut_slice(0, 64) as view:
                         view[:8] = b"borrowed"
@@ -82,7 +86,7 @@ _LOOP_ENDS = """
     print("ok")
 """
 
-WORKS = ["copy", "flush", "populate", "resize", "borrow"]
+WORKS = ["copy", "flush", "auto_flush", "populate", "resize", "borrow"]
 
 
 @pytest.mark.parametrize("work", WORKS)
