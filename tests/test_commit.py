@@ -372,6 +372,32 @@ async def test_auto_flush_whose_end_was_cut_gives_its_claim_back(log_file: Path)
         assert m.pending_bytes() == 0  # (the earlier write too: nothing was lost)
 
 
+async def test_auto_flush_whose_flusher_could_not_start_exits_its_group(log_file: Path) -> None:
+    """Regression test: a Ctrl-C (raised here by a profile hook, where asyncio's handler
+    can raise it) as the block's entry started its flusher task left the entry's task
+    group entered and the map "already flushes automatically", for good.  The entry now
+    exits its group and gives the claim back before it raises."""
+    async with await MmapRaw.create(log_file, MiB) as m:
+
+        def hook(frame: Any, event: str, arg: object) -> None:
+            if event == "call" and frame.f_code.co_name == "start_soon":
+                sys.setprofile(None)
+                raise KeyboardInterrupt
+
+        sys.setprofile(hook)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                async with m.auto_flush(every=3600):
+                    pytest.fail("the block ran without its flusher")
+        finally:
+            sys.setprofile(None)
+        with anyio.fail_after(30):  # (the task's cancel scopes are whole again)
+            await wait_all_tasks_blocked()
+            async with m.auto_flush(every=3600):  # not "already flushes automatically"
+                await m.update_region(0, b"kept")
+        assert m.pending_bytes() == 0
+
+
 def test_auto_flush_of_the_twin(log_file: Path) -> None:
     def flushers() -> int:
         return sum(t.name == "anymmap auto flush" for t in threading.enumerate())

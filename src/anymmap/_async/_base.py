@@ -523,7 +523,12 @@ class _AutoFlush:
             dirty.drop_listener(self._listener)
             raise
         self._group = group
-        group.start_soon(self._flush_in_background, group.cancel_scope)
+        try:
+            group.start_soon(self._flush_in_background, group.cancel_scope)
+        except BaseException as exc:
+            # (No flusher: exit the group again, as the block's exit would.)
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
 
     async def __aexit__(
         self,
