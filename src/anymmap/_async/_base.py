@@ -537,6 +537,7 @@ class _AutoFlush:
         tb: TracebackType | None,
     ) -> None:
         core, group = self._core, self._group
+        final: BaseException | None = None
         try:
             if group is not None:
                 self._group = None
@@ -558,17 +559,15 @@ class _AutoFlush:
                 with anyio.CancelScope(shield=True):  # also when the block failed
                     try:
                         await self._map.flush()
-                    except Exception:
-                        if not self._background:
-                            raise
-                        # (as in the twin: the first error, or the block's own, is raised)
-        # The block's own exception wins, unless it is the cancellation the failed flush
-        # caused (or one from outside that came with it: the error says more).
-        background = self._background
-        if background and (exc is None or isinstance(exc, anyio.get_cancelled_exc_class())):
-            raise background[0]
-        if exc is None and core.closed and (error := core.closing_error()) is not None:
-            raise error  # the close inside the block made the final flush, and it failed
+                    except Exception as flush_error:  # noqa: BLE001 - raised below
+                        final = flush_error
+        # (The cancellation a failed background flush caused is not the block's own.)
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+        error = core.auto_flush_error(
+            self._background, final, failed=exc is not None and not cancelled, ended=exc is None
+        )
+        if error is not None:
+            raise error
 
 
 def _only_interrupts(raised: BaseException) -> KeyboardInterrupt | None:

@@ -261,6 +261,30 @@ class FileBackedCore(MapCore):
         failed = self._closing_sync
         return copy.copy(failed) if isinstance(failed, BaseException) else None
 
+    def auto_flush_error(
+        self,
+        background: list[BaseException],
+        final: BaseException | None,
+        *,
+        failed: bool,
+        ended: bool,
+    ) -> BaseException | None:
+        """What an ``auto_flush`` block's exit raises (both forms), once its flusher has
+        stopped and the final flush ran, or None.  ``background``: the flusher's errors;
+        ``final``: the final flush's; ``failed``: the block raised an error of its own
+        (not the cancellation a failed background flush caused); ``ended``: it ran to
+        its end.
+
+        The block's own error wins over a background one (the first of which is raised
+        otherwise, and the final flush's is then dropped); the final flush's is raised
+        even over the block's own (chained to it); and if the block closed the map, the
+        close made the final flush: its error."""
+        if background:
+            return None if failed else background[0]
+        if final is not None:
+            return final
+        return self.closing_error() if ended and self.closed else None
+
     def _sync_exclusive(self, first: int, n: int) -> None:
         """``msync(MS_SYNC)`` of ``[first, first + n)`` from inside :meth:`exclusive`
         (where :meth:`flush`, which pins, cannot be called), errors translated as there.

@@ -369,23 +369,21 @@ class _Flusher:
             self._wake.put(None)
 
     def finish(self, failed: bool) -> None:
-        """After :meth:`stop`: wait for the thread, flush what is pending, and raise the
-        first flush error (the final flush's, even when the block failed)."""
+        """After :meth:`stop`: wait for the thread, flush what is pending, and raise
+        what :meth:`FileBackedCore.auto_flush_error` says."""
         thread, core = self._thread, self._core
         if thread is None or thread.ident is None:
             return  # (never started: the entry raised)
         thread.join()
+        final: BaseException | None = None
         if not core.closed and core.dirty.pending():  # (also when the block failed)
             try:
                 self._map.flush()
-            except Exception:
-                if not self.failures:
-                    raise
-                # (the first error is the one the block's exit raises)
-        if self.failures and not failed:  # (the block's own exception wins)
-            raise self.failures[0]
-        if core.closed and not failed and (error := core.closing_error()) is not None:
-            raise error  # the close inside the block made the final flush, and it failed
+            except Exception as exc:  # noqa: BLE001 - raised below, by the rule
+                final = exc
+        error = core.auto_flush_error(self.failures, final, failed=failed, ended=not failed)
+        if error is not None:
+            raise error
 
     def _run(self) -> None:
         # A failed flush cannot end the block from this thread (the async form cancels
