@@ -438,7 +438,9 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
 
         The flushing task lives in a task group of the block's own: none outlives it.
         A background flush that fails ends the block with its error (the error itself,
-        not an ``ExceptionGroup``; the block's own exception wins over it).
+        not an ``ExceptionGroup``; the block's own exception wins over it).  The final
+        flush runs even when the block failed; if it fails (and no background flush
+        did), its error is raised, chained to the block's own.
 
         :raises ValueError: for a bound that is not positive
         :raises RuntimeError: (on entry) if the map already flushes automatically

@@ -261,7 +261,9 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
     ) -> AbstractContextManager[None]:
         """Flush from a thread while the block runs, and what is pending at its end; see
         :meth:`anymmap.MmapRaw.auto_flush`.  The thread is joined before the block
-        exits.
+        exits.  A background flush that fails does not end the block (a thread cannot):
+        the thread retries at the interval, and the block's exit raises the first error
+        (the block's own exception wins over it).
 
         :raises ValueError: for a bound that is not positive
         :raises RuntimeError: (on entry) if the map already flushes automatically
