@@ -449,6 +449,27 @@ async def test_a_background_flush_failure_ends_the_async_block_with_the_error_it
         assert info.value.errno == errno.EIO
 
 
+async def test_a_failed_final_flush_is_raised_over_the_blocks_own_error(
+    failing_device: Path,
+) -> None:
+    """The rule both forms follow when no background flush failed: the final flush runs
+    after a block that raised, and its error is raised, chained to the block's own (the
+    bytes are not durable: that must not go unseen)."""
+    async with await MmapRaw.map_raw(failing_device) as m:
+        with pytest.raises(OSError) as info:  # noqa: PT012
+            async with m.auto_flush(every=3600, every_bytes=1 << 40):  # (no background flush)
+                await m.update_region(0, b"\xee" * 4 * MiB)
+                raise KeyError("the block's own")
+        assert info.value.errno == errno.EIO
+        assert isinstance(info.value.__context__, KeyError)
+    with anymmap.sync.MmapRaw.map_raw(failing_device) as twin:
+        with pytest.raises(OSError) as info, twin.auto_flush(every=3600, every_bytes=1 << 40):  # noqa: PT012
+            twin.update_region(2 * MiB, b"\xdd" * MiB)  # (dirty again: fails again)
+            raise KeyError("the block's own")
+        assert info.value.errno == errno.EIO
+        assert isinstance(info.value.__context__, KeyError)
+
+
 async def test_the_blocks_own_error_wins_over_a_failed_final_flush(failing_device: Path) -> None:
     """Regression test (adversary round 23): after a background flush failed, an async
     ``auto_flush`` block that raised an error of its own (here on its cancellation)
