@@ -2063,6 +2063,77 @@ def test_a_borrow_ended_inside_the_parking_bookkeeping_never_waits_for_itself() 
     check_child(_BORROW_ENDED_BY_A_COLLECTION_INSIDE_THE_PARKING, timeout=30)
 
 
+def _fail_after_a_peer_replaced(path: Path, step: str) -> Callable[..., Any]:
+    """A profile hook: when anymmap calls ``step``, another program atomically puts its
+    own file at ``path``, and then the call fails (a Ctrl-C, as ``step`` begins)."""
+    other = path.with_name("someone else's")
+    other.write_bytes(b"someone else's data")
+
+    def hook(frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_name == step:
+            sys.setprofile(None)
+            os.replace(other, path)
+            raise KeyboardInterrupt
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    ("kind", "step"),
+    [("raw", "fill_file"), ("raw", "fdatasync"), ("region", "allocate"), ("region", "place")],
+)
+def test_a_failed_create_never_removes_a_file_another_program_put_there(
+    tmp_path: Path, kind: str, step: str
+) -> None:
+    """Regression test (adversary round 24): a ``create`` that failed after it made its
+    file removed whatever the path named by then: another program's file, put there
+    (``rename``) while the create allocated its blocks, was deleted.  The undo now
+    removes the file only if the path still names the one the create made."""
+    path = tmp_path / "f"
+    create = anymmap.sync.MmapRaw.create if kind == "raw" else anymmap.sync.MmapRegion.create
+    sys.setprofile(_fail_after_a_peer_replaced(path, step))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            create(path, 1 << 20)
+    finally:
+        sys.setprofile(None)
+    assert path.read_bytes() == b"someone else's data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_failed_or_undone_open_or_create_keeps_the_file_it_made(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 24): a failed ``open_or_create`` (or
+    ``create(exist_ok=True)``) removed the file it had made, though a caller racing on
+    the path may have opened that file meanwhile, as the README promises, and made
+    records durable in it: they were lost with the file.  The file is now kept; a later
+    call completes it."""
+    path = tmp_path / "f"
+    # The racing caller opens the file while the first one allocates its blocks.
+    joined: list[anymmap.sync.MmapRaw] = []
+
+    def hook(frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_name == "fill_file" and not joined:
+            sys.setprofile(None)
+            joined.append(anymmap.sync.MmapRaw.open_or_create(path, PAGE))
+            joined[0].update_region(0, b"a durable record")
+            joined[0].flush()
+            joined[0].close()
+            raise KeyboardInterrupt  # (and then the first one fails)
+
+    sys.setprofile(hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            anymmap.sync.MmapRaw.open_or_create(path, 1 << 20)
+    finally:
+        sys.setprofile(None)
+    assert path.read_bytes()[:16] == b"a durable record"
+    with anymmap.sync.MmapRaw.open_or_create(path, 1 << 20) as m:  # completes it
+        assert len(m) == 1 << 20
+        assert m.read(0, 16) == b"a durable record"
+
+
 def test_a_whole_file_larger_than_a_map_can_be_is_refused(shm_path: Path) -> None:
     """Regression test (adversary round 12): mapping a whole (sparse) file of more than
     128 TiB raised ``OSError(ENOMEM)`` from ``mmap`` instead of the documented
@@ -2545,6 +2616,29 @@ async def test_a_native_cancel_of_a_finished_create_undoes_it_and_is_delivered_o
         await asyncio.wait_for(anymmap.MmapRaw.create(path, 1 << 20), 0.01)
     assert not path.exists()
     await anyio.sleep(0.01)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS, indirect=True)
+async def test_a_native_cancel_of_a_finished_open_or_create_keeps_the_file(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression test (adversary round 24): the undo of a natively cancelled
+    ``open_or_create`` removed the file it had made, though a caller racing on the path
+    may have it (as the README promises) and have made records durable in it.  The map
+    is closed; the file stays."""
+    import asyncio
+
+    import anymmap._async._raw
+
+    _slow_after_work(monkeypatch, anymmap._async._raw, "create_file_map")
+    path = shm_path / "raw"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(anymmap.MmapRaw.open_or_create(path, 1 << 20), 0.01)
+    assert path.stat().st_size == 1 << 20
+    with pytest.raises(asyncio.TimeoutError):  # (and create(exist_ok=True) the same)
+        await asyncio.wait_for(anymmap.MmapRaw.create(shm_path / "x", PAGE, exist_ok=True), 0.01)
+    assert (shm_path / "x").stat().st_size == PAGE
 
 
 def _timeout(seconds: float) -> Any:

@@ -114,7 +114,8 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
         block is faster; ``benchmarks/bench_commit.py`` measures both).
 
         :param exist_ok: map an existing file instead of refusing it (it is grown to
-            ``size`` if shorter, never shrunk; the whole file is mapped)
+            ``size`` if shorter, never shrunk; the whole file is mapped).  A call that
+            fails then keeps a file it made: a caller racing on the path may have it.
         :raises FileExistsError: if ``path`` exists and not ``exist_ok``
         :raises InvalidSizeError: if ``size`` is 0 or above 128 TiB
         """

@@ -129,7 +129,9 @@ def create_file(
     a map of it (the descriptor is closed after it: the map has its own).
 
     An existing file is never shrunk.  If this call created the file and fails (also in
-    ``then``, or as it returns), the map is closed and the file removed.
+    ``then``, or as it returns), the map is closed and the file removed, if the path
+    still names it (a peer may have put its own file there meanwhile) and unless
+    ``exist_ok`` (a caller racing on the path may have opened it and be using it).
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a path, not {type(path).__name__}")
@@ -146,6 +148,7 @@ def create_file(
     ref: FileRef | None = None
     made: _M | None = None
     created = False
+    ours: tuple[str, tuple[int, int]] | None = None  # (what to remove if the rest fails)
     try:
         # (Opened means owned, and created means removed below if the rest fails: a
         # Ctrl-C in between would leak the descriptor or leave the file.)
@@ -163,6 +166,8 @@ def create_file(
                     raise UnmappableFileError(name_of(path), os_impl.path_kind(path)) from None
                 raise
             ref = FileRef(fd, name_of(path))
+            if created and not exist_ok:
+                ours = (os.path.abspath(os.fsdecode(path)), os_impl.file_identity(fd))
         # Before anything is allocated or written: also no /proc or /sys file.
         check_mappable(fd, name_of(path), kinds=("regular file",))
         current = os_impl.file_size(fd)
@@ -178,8 +183,8 @@ def create_file(
         with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
             if made is not None:
                 made.close()
-            if created:
-                os_impl.unlink(path)
+            if ours is not None:
+                remove_if_same(*ours)
         raise
     finally:
         if ref is not None:
@@ -529,7 +534,7 @@ def create_file_map(
             prefill=prefill,  # type: ignore[arg-type]
             label=label_of(path),
         )
-        if created:  # (for undo_create)
+        if created and not exist_ok:  # (for undo_create; see create_file for exist_ok)
             where = os.path.abspath(os.fsdecode(path))  # type: ignore[arg-type]
             core.made_file = (where, os_impl.file_identity(created_ref.fd))
         return core

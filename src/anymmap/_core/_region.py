@@ -337,6 +337,7 @@ def create_region(
         where = f"{target}.{secrets.token_hex(8)}.tmp"
     region_limit(length, max_size)  # (a bad max_size must not replace anything)
     file: FileRef | None = None
+    identity: tuple[int, int] | None = None
     core: RegionCore | None = None
     made = False
     try:
@@ -349,6 +350,7 @@ def create_region(
                     f"{name_of(target)} exists (as a file or a symbolic link); pass "
                     "replace=True to replace it",
                 ) from None
+            identity = os_impl.file_identity(file.fd)
         os_impl.allocate(file.fd, 0, length)
         # The map is made before the name changes: if it fails, a file replace=True
         # would have replaced is still there.
@@ -364,11 +366,10 @@ def create_region(
                 if made:  # a signal as the region was made: the old file is gone, keep this
                     core.set_owner(False)
                 core.close()
+            if identity is not None:
+                # (Unless renamed, or replaced by someone else's file meanwhile.)
+                remove_if_same(where, identity)
             if file is not None:
-                try:
-                    os_impl.unlink(where)
-                except OSError:  # (renamed, or someone else removed it meanwhile)
-                    pass
                 file.close()
         raise
     if cleanup is FileCleanup.AUTO:
