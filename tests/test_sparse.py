@@ -291,6 +291,34 @@ async def test_refused_flags(sparse: SparseMapping, flags: int, match: str) -> N
     assert kinds(sparse) == [(0, len(sparse), "hole")]
 
 
+@pytest.mark.parametrize(
+    "prot", [0, mmap.PROT_EXEC, mmap.PROT_WRITE], ids=["PROT_NONE", "PROT_EXEC", "PROT_WRITE"]
+)
+async def test_nowait_copies_of_an_unreadable_piece_fail_at_once(
+    sparse: SparseMapping, prot: int
+) -> None:
+    """Regression test (adversary round 24): ``read_into_nowait`` and
+    ``update_region_nowait`` over a pass-through piece mapped without ``PROT_READ``
+    raised ``WouldBlock`` ("not in memory") on every try, though no wait could help: the
+    awaited call then raised ``MappingFaultError``.  They now raise it at once."""
+    await sparse.mmap_anonymous(0, PAGE, prot, mmap.MAP_PRIVATE)
+    buf = bytearray(8)
+    for _ in range(2):
+        with pytest.raises(MappingFaultError, match="PROT_READ") as info:
+            sparse.read_into_nowait(0, buf)
+        assert info.value.offset == 0
+        with pytest.raises(MappingFaultError, match="PROT_READ"):
+            await sparse.read_into(0, buf)
+    if prot & mmap.PROT_WRITE:  # (write-only: writes go through, the nowait one too)
+        await sparse.update_region(0, b"x")
+        sparse.update_region_nowait(1, b"y")
+    else:
+        with pytest.raises(MappingFaultError, match="not accessible"):
+            sparse.update_region_nowait(0, b"x")
+        with pytest.raises(MappingFaultError, match="not accessible"):
+            await sparse.update_region(0, b"x")
+
+
 async def test_refused_prot_and_anonymous_file(sparse: SparseMapping, data_file: Path) -> None:
     with pytest.raises(ValueError, match="prot"):
         await sparse.mmap_anonymous(0, PAGE, 0x100, mmap.MAP_PRIVATE)

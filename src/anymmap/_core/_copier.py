@@ -300,6 +300,8 @@ class KernelCopier(Copier):
         return True
 
     def write_now(self, offset: int, src: memoryview) -> bool:
+        if not self.writable:  # (no wait can help: not "not in memory")
+            raise self._read_only(offset)
         n = len(src)
         if not self.resident(offset, n):
             return False
@@ -315,6 +317,25 @@ class KernelCopier(Copier):
     def resident(self, offset: int, length: int) -> bool:
         start = page_floor(self.addr + offset)
         return os_impl.resident(start, page_ceil(self.addr + offset + length) - start)
+
+
+class UnreadableCopier(KernelCopier):
+    """A pass-through piece mapped without ``PROT_READ`` (``PROT_NONE``, execute-only,
+    write-only): the kernel refuses every read of it, so a copy that cannot wait refuses
+    at once instead of saying "not in memory" for ever."""
+
+    __slots__ = ()
+
+    cause = "the page is not readable (mapped without PROT_READ)"
+
+    def read_now(self, offset: int, dst: memoryview) -> bool:
+        raise efault(self.addr + offset, "read", self.cause)
+
+    def read(self, dst: int, offset: int, length: int) -> None:
+        raise efault(self.addr + offset, "read", self.cause)
+
+    def _read_only(self, offset: int) -> OSError:
+        return efault(self.addr + offset, "write", "the page is not accessible (its protection)")
 
 
 class HoleCopier(Copier):

@@ -29,6 +29,7 @@ from ._copier import (
     HoleCopier,
     KernelCopier,
     MemoryCopier,
+    UnreadableCopier,
     page_ceil,
     register_window,
 )
@@ -316,10 +317,11 @@ class SparseCore(MapCore):
             # registration without its piece (a copy more), not the other way round.
             register_window(self.memory, os_impl.file_identity(fd))
         writable = bool(prot & os_impl.PROT_WRITE)
+        kind = KernelCopier if prot & os_impl.PROT_READ else UnreadableCopier
         self._replace(
             start,
             n,
-            lambda: KernelCopier(self.memory, start, writable, "mmap"),
+            lambda: kind(self.memory, start, writable, "mmap"),
             lambda: place(self.addr + start, n, prot, flags, fd, file_offset),
         )
 
