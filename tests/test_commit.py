@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import anyio
+import numpy as np
 import pytest
 from anyio import wait_all_tasks_blocked
 
@@ -322,6 +323,14 @@ async def test_auto_flush_by_time_by_bytes_and_at_exit(log_file: Path, backend_n
         with pytest.raises(TypeError):
             async with m.auto_flush(every="often"):  # type: ignore[arg-type]
                 pass  # pragma: no cover
+        # Regression (adversary round 24): an int past any float raised OverflowError.
+        with pytest.raises(ValueError, match="positive"):
+            async with m.auto_flush(every=-(10**400)):
+                pass  # pragma: no cover
+        async with m.auto_flush(every=10**400, every_bytes=cast(Any, np.int64(1))):  # as math.inf
+            await m.update_region(0, b"z")
+        async with m.auto_flush(every=cast(Any, np.float32(0.5))):  # NumPy numbers are numbers
+            pass
 
 
 async def test_auto_flush_inside_a_failing_block_still_flushes(log_file: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import operator
 import re
 
@@ -124,11 +126,15 @@ def check_flush_policy(every: object, every_bytes: object) -> tuple[float, int]:
     :raises TypeError: if they are not numbers
     :raises ValueError: if either is not positive
     """
-    if isinstance(every, bool) or not isinstance(every, (int, float)):
+    if isinstance(every, bool) or not isinstance(every, numbers.Real):  # (NumPy's too)
         raise TypeError(f"every must be a number of seconds, not {type(every).__name__}")
     threshold = as_int(every_bytes, "every_bytes")
-    if not every > 0:
+    try:
+        seconds = float(every)
+    except OverflowError:  # (an int past any float: as math.inf, or -math.inf)
+        seconds = math.inf if operator.index(every) > 0 else -math.inf  # type: ignore[arg-type]
+    if not seconds > 0:
         raise ValueError(f"every must be positive, not {every}")
     if threshold <= 0:
         raise ValueError(f"every_bytes must be positive, not {threshold}")
-    return float(every), threshold
+    return seconds, threshold
