@@ -10,8 +10,9 @@ class Advice(enum.IntEnum):
     """Advice for :meth:`~anymmap.AnonymousMmap.advise` (``madvise``).
 
     The values are the platform's own, so ``mmap.MADV_*`` integers are accepted too.
-    ``DONTNEED`` and ``FREE`` discard the contents of private (anonymous or copy-on-write)
-    pages: they read back as zeros or as the file's data.  For these two, ``advise`` covers
+    ``DONTNEED`` discards the contents of private (anonymous or copy-on-write) pages: they
+    read back as zeros or as the file's data; ``FREE`` lets the kernel discard an
+    :class:`~anymmap.AnonymousMmap`'s pages (other maps refuse it with ``EINVAL``).  For these two, ``advise`` covers
     only the pages that lie wholly inside the given range (so nothing outside it is lost);
     other advice covers every page the range touches.
 

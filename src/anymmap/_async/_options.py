@@ -4,7 +4,7 @@ from functools import partial
 
 from .._backend import checkpoint, run_sync
 from .._core._anon import AnonCore
-from .._core._file import FileCore
+from .._core._file import FileCore, Prefill
 from .._core._files import FileArg, Mode
 from .._core._options import OptionsBase
 from .._core._sparse import SparseCore
@@ -48,13 +48,27 @@ class MmapOptions(OptionsBase):
         return AnonymousMmap._create(core)
 
     async def map_raw(
-        self, file: FileArg, *, offset: int = 0, mode: Mode = "rw", fault_safe: bool = True
+        self,
+        file: FileArg,
+        *,
+        offset: int = 0,
+        mode: Mode = "rw",
+        fault_safe: bool = True,
+        prefill: Prefill = "allocate",
     ) -> MmapRaw:
         """Map ``file`` with these options (``len`` unset: the rest of the file), in a
         worker thread; see :meth:`anymmap.MmapRaw.map_raw`."""
         kwargs = self._file_kwargs()
         core = await run_sync(
-            partial(FileCore, file, offset=offset, mode=mode, fault_safe=fault_safe, **kwargs),
+            partial(
+                FileCore,
+                file,
+                offset=offset,
+                mode=mode,
+                fault_safe=fault_safe,
+                prefill=prefill,
+                **kwargs,
+            ),
             undo=FileCore.close,
         )
         return MmapRaw._create(core)

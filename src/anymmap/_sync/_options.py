@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from .._core._anon import AnonCore
-from .._core._file import FileCore
+from .._core._file import FileCore, Prefill
 from .._core._files import FileArg, Mode
 from .._core._options import OptionsBase
 from .._core._sparse import SparseCore
@@ -25,11 +25,20 @@ class MmapOptions(OptionsBase):
         return AnonymousMmap._create(AnonCore(**self._anon_kwargs()))
 
     def map_raw(
-        self, file: FileArg, *, offset: int = 0, mode: Mode = "rw", fault_safe: bool = True
+        self,
+        file: FileArg,
+        *,
+        offset: int = 0,
+        mode: Mode = "rw",
+        fault_safe: bool = True,
+        prefill: Prefill = "allocate",
     ) -> MmapRaw:
         """Map ``file`` with these options; see :meth:`anymmap.MmapOptions.map_raw`."""
+        kwargs = self._file_kwargs()
         return MmapRaw._create(
-            FileCore(file, offset=offset, mode=mode, fault_safe=fault_safe, **self._file_kwargs())
+            FileCore(
+                file, offset=offset, mode=mode, fault_safe=fault_safe, prefill=prefill, **kwargs
+            )
         )
 
     def map_sparse(self) -> SparseMapping:
