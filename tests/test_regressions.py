@@ -2101,6 +2101,46 @@ def test_a_failed_create_never_removes_a_file_another_program_put_there(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
 
 
+def test_removing_a_file_never_deletes_one_renamed_over_it_after_the_check(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 24, the same bug through a narrower gap): the
+    removal of a file anymmap made (a failed ``create``'s undo, a ``MANUAL`` region's
+    close) checked that the path still named that file, then unlinked the path; a
+    peer's ``rename`` over the path between the two had its file deleted (1 run in 10
+    of the adversary's probe: a rename over a file being allocated waits for the
+    allocation, and lands right after the check).  Here the peer renames as the check
+    returns.  The file is now renamed aside before it is unlinked, and the peer's linked
+    back."""
+    from anymmap._core._files import remove_if_same
+
+    path = tmp_path / "f"
+    path.write_bytes(b"ours")
+    identity = (path.stat().st_dev, path.stat().st_ino)
+    other = tmp_path / "other"
+    other.write_bytes(b"someone else's data")
+    moved: list[bool] = []
+
+    def hook(frame: Any, event: str, arg: object) -> None:
+        if event == "return" and frame.f_code.co_name == "path_identity" and not moved:
+            moved.append(True)
+            sys.setprofile(None)
+            os.replace(other, path)  # the peer, right after the check
+
+    sys.setprofile(hook)
+    try:
+        remove_if_same(str(path), identity)
+    finally:
+        sys.setprofile(None)
+    assert moved, "no check was made"
+    assert path.read_bytes() == b"someone else's data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # (nothing left aside)
+    remove_if_same(str(path), identity)  # not ours: left alone
+    assert path.read_bytes() == b"someone else's data"
+    remove_if_same(str(path), (path.stat().st_dev, path.stat().st_ino))  # ours: removed
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_or_undone_open_or_create_keeps_the_file_it_made(
     tmp_path: Path,
 ) -> None:

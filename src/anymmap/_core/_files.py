@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import weakref
 from collections.abc import Callable
 from typing import Literal, Protocol, get_args
@@ -182,10 +183,31 @@ def open_fd(file: object, mode: Mode, label: str | None = None) -> tuple[FileRef
 
 def remove_if_same(path: str, identity: tuple[int, int]) -> None:
     """Unlink ``path`` if it still names the file ``identity`` (a peer may have put
-    another file there: never delete someone else's); gone already is fine."""
+    another file there: never delete someone else's); gone already is fine.
+
+    Not "check, then unlink": a peer's ``rename`` over the path landing between the two
+    had its file deleted (adversary round 24: a rename over a file being allocated waits
+    for the allocation, and so landed right after the check, one run in ten).  The path
+    is first renamed aside to a fresh name in its directory, which takes whatever it
+    names at that instant; that is unlinked if it is ours, else linked back (``link``
+    never replaces: a file put at the path meanwhile stays, and the peer's then keeps
+    the aside name rather than being lost).  A peer's file is away from its path for
+    the microseconds between the two calls only, and only if it arrived after the
+    check that comes first.
+    """
     with signals_held():  # (a second Ctrl-C must not stop it half-way)
+        aside = os.path.join(os.path.dirname(path), f".anymmap-{secrets.token_hex(8)}.gone")
         try:
-            if os_impl.path_identity(path) == identity:
-                os_impl.unlink(path)
-        except OSError:  # pragma: no cover - gone already, or the directory is not ours
+            if os_impl.path_identity(path) != identity:
+                return  # (not ours, or gone: the usual case of a replaced path moves nothing)
+            os_impl.rename(path, aside)
+        except OSError:  # pragma: no cover - gone meanwhile, or the directory is not ours
+            return
+        try:
+            if os_impl.path_identity(aside) == identity:
+                os_impl.unlink(aside)
+            else:
+                os_impl.link(aside, path)
+                os_impl.unlink(aside)
+        except OSError:  # pragma: no cover - the path was taken again meanwhile
             pass

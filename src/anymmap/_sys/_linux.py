@@ -606,6 +606,12 @@ def unlink(path: PathArg) -> None:
     os.unlink(path)
 
 
+def link(source: PathArg, target: PathArg) -> None:
+    """A new name ``target`` for what ``source`` names (a link itself, not followed);
+    ``FileExistsError`` if ``target`` exists: it never replaces anything."""
+    os.link(source, target, follow_symlinks=False)
+
+
 def file_identity(fd: int) -> tuple[int, int]:
     """``(device, inode)`` of ``fd``'s file."""
     info = os.fstat(fd)
