@@ -206,8 +206,14 @@ def remove_if_same(path: str, identity: tuple[int, int]) -> None:
         try:
             if os_impl.path_identity(aside) == identity:
                 os_impl.unlink(aside)
-            else:
+                return
+            try:
                 os_impl.link(aside, path)
-                os_impl.unlink(aside)
-        except OSError:  # pragma: no cover - the path was taken again meanwhile
+            except FileExistsError:  # pragma: no cover - the path was taken again meanwhile
+                return
+            except OSError:  # pragma: no cover - no hard links here (vfat, some FUSE)
+                os_impl.rename(aside, path)
+                return
+            os_impl.unlink(aside)
+        except OSError:  # pragma: no cover - the directory changed under us
             pass
