@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from functools import partial
-
 from .._backend import checkpoint, run_sync
 from .._core._anon import AnonCore
 from .._core._file import FileCore, Prefill
@@ -58,18 +56,8 @@ class MmapOptions(OptionsBase):
     ) -> MmapRaw:
         """Map ``file`` with these options (``len`` unset: the rest of the file), in a
         worker thread; see :meth:`anymmap.MmapRaw.map_raw`."""
-        kwargs = self._file_kwargs()
         core = await run_sync(
-            partial(
-                FileCore,
-                file,
-                offset=offset,
-                mode=mode,
-                fault_safe=fault_safe,
-                prefill=prefill,
-                **kwargs,
-            ),
-            undo=FileCore.close,
+            self._raw_core(file, offset, mode, fault_safe, prefill), undo=FileCore.close
         )
         return MmapRaw._create(core)
 

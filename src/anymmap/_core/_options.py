@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any, NoReturn
 
 from .._errors import InvalidHintError, InvalidSizeError
 from .._sys import os_impl
 from ._checks import as_int, check_size
+from ._file import FileCore, Prefill
+from ._files import Mode
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -145,6 +149,21 @@ class OptionsBase:
             "populate": self._populate,
             "no_reserve": self._no_reserve,
         }
+
+    def _raw_core(
+        self, file: object, offset: int, mode: Mode, fault_safe: bool, prefill: Prefill
+    ) -> Callable[[], FileCore]:
+        """The work of either facade's ``map_raw`` (run in a worker, or at once)."""
+        kwargs = self._file_kwargs()  # (checked now, on the caller's thread)
+        return partial(
+            FileCore,
+            file,
+            offset=offset,
+            mode=mode,
+            fault_safe=fault_safe,
+            prefill=prefill,
+            **kwargs,
+        )
 
     def _sparse_kwargs(self) -> dict[str, Any]:
         """For ``map_sparse``: the length and placement (a reservation is always

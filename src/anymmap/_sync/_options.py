@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from .._core._anon import AnonCore
-from .._core._file import FileCore, Prefill
+from .._core._file import Prefill
 from .._core._files import FileArg, Mode
 from .._core._options import OptionsBase
 from .._core._sparse import SparseCore
@@ -34,12 +34,7 @@ class MmapOptions(OptionsBase):
         prefill: Prefill = "allocate",
     ) -> MmapRaw:
         """Map ``file`` with these options; see :meth:`anymmap.MmapOptions.map_raw`."""
-        kwargs = self._file_kwargs()
-        return MmapRaw._create(
-            FileCore(
-                file, offset=offset, mode=mode, fault_safe=fault_safe, prefill=prefill, **kwargs
-            )
-        )
+        return MmapRaw._create(self._raw_core(file, offset, mode, fault_safe, prefill)())
 
     def map_sparse(self) -> SparseMapping:
         """Reserve an :class:`anymmap.sync.SparseMapping`; see
