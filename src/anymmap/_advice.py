@@ -12,9 +12,9 @@ class Advice(enum.IntEnum):
     The values are the platform's own, so ``mmap.MADV_*`` integers are accepted too.
     ``DONTNEED`` discards the contents of private (anonymous or copy-on-write) pages: they
     read back as zeros or as the file's data; ``FREE`` lets the kernel discard an
-    :class:`~anymmap.AnonymousMmap`'s pages (other maps refuse it with ``EINVAL``).  For these two, ``advise`` covers
-    only the pages that lie wholly inside the given range (so nothing outside it is lost);
-    other advice covers every page the range touches.
+    :class:`~anymmap.AnonymousMmap`'s pages (other maps refuse it with ``EINVAL``).  For
+    these two, ``advise`` covers only the pages that lie wholly inside the given range (so
+    nothing outside it is lost); other advice covers every page the range touches.
 
     .. versionadded:: 0.1
     """
