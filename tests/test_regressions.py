@@ -2141,6 +2141,35 @@ def test_removing_a_file_never_deletes_one_renamed_over_it_after_the_check(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_whose_path_is_near_path_max_is_still_removed(tmp_path: Path) -> None:
+    """Regression test (adversary round 25): the removal renames a file aside to a name
+    30 bytes long in its directory; for a file whose path was within that of PATH_MAX
+    (4,095 bytes) the rename failed with ENAMETOOLONG, silently, and the file stayed (a
+    failed ``create``, a ``MANUAL`` region's close).  It is then unlinked by name."""
+    deep = tmp_path
+    while len(str(deep)) < 4080:  # (components of at most 250 bytes: NAME_MAX is 255)
+        deep = deep / ("d" * min(250, 4080 - len(str(deep)) - 1))
+    deep.mkdir(parents=True)
+    path = deep / "f"  # (fits; a 30-byte name beside it would not)
+    assert len(str(path)) == 4082
+
+    def hook(frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_name == "fill_file":
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+
+    sys.setprofile(hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            anymmap.sync.MmapRaw.create(path, PAGE)
+    finally:
+        sys.setprofile(None)
+    assert list(deep.iterdir()) == []
+    with anymmap.sync.MmapRegion.create(path, PAGE):
+        assert path.exists()
+    assert list(deep.iterdir()) == []
+
+
 def test_a_failed_or_undone_open_or_create_keeps_the_file_it_made(
     tmp_path: Path,
 ) -> None:

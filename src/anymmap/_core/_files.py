@@ -13,6 +13,7 @@ import os
 import secrets
 import weakref
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Literal, Protocol, get_args
 
 from .._errors import UnmappableFileError
@@ -201,8 +202,11 @@ def remove_if_same(path: str, identity: tuple[int, int]) -> None:
             if os_impl.path_identity(path) != identity:
                 return  # (not ours, or gone: the usual case of a replaced path moves nothing)
             os_impl.rename(path, aside)
-        except OSError:  # pragma: no cover - gone meanwhile, or the directory is not ours
-            return
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # (a path within bytes of PATH_MAX, where
+                with suppress(OSError):  # the aside name is too long: check, then unlink)
+                    os_impl.unlink(path)
+            return  # (else gone meanwhile, or the directory is not ours)
         try:
             if os_impl.path_identity(aside) == identity:
                 os_impl.unlink(aside)
