@@ -72,18 +72,25 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
     there meanwhile), and the rest of the range (a window growing over existing bytes,
     or holes in them) is allocated, which changes no data.
 
-    If it fails (a full disk), what this call added to the file is cut away again; the
-    maps of anymmap that grow one file take turns, so that never cuts another's growth.
+    If it fails (a full disk), what this call added to the file is cut away again, if
+    the file is still exactly as long as this call made it: the maps of anymmap that
+    grow one file take turns, but another process may append to it meanwhile, and its
+    bytes are never cut (adversary round 25: records a process appended and synced
+    during a failed growth were cut away with it).  A failed allocation that left the
+    file longer is left so (its blocks read as zeros).
     """
     with os_impl.changing_size(fd) as append:
         before = os_impl.file_size(fd)
+        made = [before]  # (the size this call made, as far as it knows; -1: not only it)
         try:
             if prefill == "zeros" and append is not None and offset + length > before:
-                os_impl.append_zeros(append, offset + length)
+                os_impl.append_zeros(append, offset + length, made)
             os_impl.allocate(fd, offset, length)  # (grows the file if appending could not)
+            if made[0] >= 0:  # (from here, a Ctrl-C undoes what the allocation grew)
+                made[0] = max(made[0], offset + length)
         except BaseException:
             with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
-                if os_impl.file_size(fd) > before:
+                if made[0] > before and os_impl.file_size(fd) == made[0]:
                     os_impl.truncate(fd, before)
             raise
 

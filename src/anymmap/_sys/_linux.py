@@ -738,7 +738,7 @@ class changing_size:  # (lower case: used like a function, ``with changing_size(
                 os.close(append)
 
 
-def append_zeros(append: int, end: int) -> None:
+def append_zeros(append: int, end: int, made: list[int]) -> None:
     """Append zero bytes to the file until it is ``end`` bytes long (real blocks, not a
     hole or an unwritten extent: the first later write into them needs no metadata
     change), through the descriptor :func:`changing_size` gave.
@@ -746,10 +746,17 @@ def append_zeros(append: int, end: int) -> None:
     Every write goes to the end of the file as it is at that instant, so bytes that
     another map or process puts past the size seen here are never overwritten (a
     foreign process growing the file at the same moment may leave it up to 1 MiB of
-    zeros longer than ``end``).
+    zeros longer than ``end``).  ``made[0]`` is the size the file had before; it is
+    kept as the size this call left after each of its writes, and set to -1 once the
+    file is found longer than that (another writer's bytes: cutting back is then not
+    this call's to do).
     """
     while (size := os.fstat(append).st_size) < end:
-        os.write(append, memoryview(_ZEROS)[: min(len(_ZEROS), end - size)])
+        if size != made[0]:
+            made[0] = -1
+        written = os.write(append, memoryview(_ZEROS)[: min(len(_ZEROS), end - size)])
+        if made[0] >= 0:
+            made[0] = size + written
 
 
 def _lock_growth(fd: int) -> bool:
