@@ -1685,6 +1685,42 @@ def test_a_failed_growth_never_cuts_what_another_writer_appended(
             assert len(data) == PAGE  # alone: cut back as before
 
 
+_GROWTH_UNDER_A_PROGRAMS_LOCK = """
+    import os, subprocess, sys
+    import anymmap.sync
+    from anymmap._sys import _linux
+
+    _linux._GROWTH_LOCK_PATIENCE = 3600.0  # (a wait for the lock would hang: the timeout)
+    path = sys.argv[1]
+    m = anymmap.sync.MmapRaw.create(path, 4096)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+         "fcntl.lockf(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()", path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline() == "locked\\n"
+    m.resize(1 << 20)  # grows: goes on at once past the program's own lock
+    m.update_region((1 << 20) - 1, b"x")
+    m.resize(4096)  # cuts
+    with anymmap.sync.MmapRaw.open_or_create(path, 2 << 20) as other:  # grows
+        assert len(other) == 2 << 20
+    holder.communicate("")
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_growth_does_not_wait_for_a_lock_the_program_holds_on_its_file(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 25): the maps of a file take turns to change its
+    size with an OFD lock on one byte of it; a whole-file ``lockf`` another process held
+    (a single-instance guard, say) covers that byte, and every ``resize`` and growing
+    ``open_or_create`` waited 30 s for it.  Only another growth's turn is waited for now.
+    (The wait is made endless here, so that one would show as the child's timeout.)"""
+    check_child(_GROWTH_UNDER_A_PROGRAMS_LOCK, str(tmp_path / "f"), timeout=30)
+
+
 _FORK_DURING_A_GROWTH = """
     import fcntl, os, struct, sys, threading
     import anymmap.sync

@@ -771,6 +771,11 @@ def _lock_growth(fd: int) -> bool:
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 return False  # no OFD locks here (an old kernel, some network file systems)
+        if not _held_by_a_growth(fd):
+            # Someone's own lock covers the byte (a whole-file ``lockf``, say, which
+            # reaches every byte): it is not a turn, and may be held for the program's
+            # life (adversary round 25: every resize waited the whole patience).
+            return False
         # Polled, not waited for: a holder stopped at exit, or this very thread (a signal
         # handler that grows the file inside a growth), must not hang the call.
         if sys.is_finalizing() or time.monotonic() > deadline:
@@ -778,10 +783,26 @@ def _lock_growth(fd: int) -> bool:
         time.sleep(0.001)
 
 
+#: struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for an OFD lock), padding.
+_FLOCK = "hhqqi4x"
+
+
 def _set_growth_lock(fd: int, kind: int) -> None:
-    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for an OFD lock), padding.
-    request = struct.pack("hhqqi4x", kind, os.SEEK_SET, _GROWTH_LOCK_AT, 1, 0)
+    request = struct.pack(_FLOCK, kind, os.SEEK_SET, _GROWTH_LOCK_AT, 1, 0)
     fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+
+
+def _held_by_a_growth(fd: int) -> bool:
+    """Whether what keeps the growth lock from ``fd`` is another growth's turn (an OFD
+    lock of exactly that byte, as :func:`_set_growth_lock` takes), not a lock of the
+    program's own; True if the lock is free by now (try again)."""
+    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _GROWTH_LOCK_AT, 1, 0)
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, request)
+    except OSError:  # pragma: no cover - it took the lock a moment ago
+        return True
+    kind, _, start, length, pid = struct.unpack(_FLOCK, answer)
+    return bool(kind == fcntl.F_UNLCK or (start, length, pid) == (_GROWTH_LOCK_AT, 1, -1))
 
 
 def fdatasync(fd: int) -> None:
