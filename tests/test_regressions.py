@@ -2246,6 +2246,47 @@ def test_a_file_whose_path_is_near_path_max_is_still_removed(tmp_path: Path) -> 
     assert list(deep.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["raw-failed", "region", "region-replace", "region-auto"])
+def test_a_chdir_during_the_create_of_a_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Regression test (adversary round 25): another thread's ``chdir`` while a region
+    was created at a relative path made the region record its path against the new
+    directory: its ``MANUAL`` close and ``AUTO`` unlink removed nothing, and
+    ``replace=True`` failed and left its temporary file; a failed ``MmapRaw.create``
+    likewise.  The path is made absolute before the file is created.  (The chdir comes
+    from a profile hook here, as the blocks are allocated.)"""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    step = "fill_file" if kind == "raw-failed" else "allocate"
+
+    def hook(frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_name == step:
+            sys.setprofile(None)
+            os.chdir(elsewhere)
+            if kind == "raw-failed":
+                raise KeyboardInterrupt
+
+    sys.setprofile(hook)
+    try:
+        if kind == "raw-failed":
+            with pytest.raises(KeyboardInterrupt):
+                anymmap.sync.MmapRaw.create("f", PAGE)
+        else:
+            cleanup = (
+                anymmap.FileCleanup.AUTO if kind == "region-auto" else anymmap.FileCleanup.MANUAL
+            )
+            replace = kind == "region-replace"
+            with anymmap.sync.MmapRegion.create("r", PAGE, cleanup, replace=replace):
+                assert [p.name for p in home.iterdir()] == ([] if "auto" in kind else ["r"])
+    finally:
+        sys.setprofile(None)
+    assert list(home.iterdir()) == []
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_failed_or_undone_open_or_create_keeps_the_file_it_made(
     tmp_path: Path,
 ) -> None:

@@ -129,11 +129,13 @@ def create_file(
     exist_ok: bool,
     prefill: object,
     mode: object,
-    then: Callable[[FileRef, bool], _M],
+    then: Callable[[FileRef, str | None], _M],
 ) -> _M:
     """Create ``path`` (``exist_ok``: or open it) and give it at least ``size`` bytes of
-    real blocks; make the file and its name durable; return ``then(descriptor, created)``,
-    a map of it (the descriptor is closed after it: the map has its own).
+    real blocks; make the file and its name durable; return ``then(descriptor, made)``,
+    a map of it (the descriptor is closed after it: the map has its own), where
+    ``made`` is the absolute path if this call created the file and it is to be
+    removed if the call is undone (not with ``exist_ok``), else None.
 
     An existing file is never shrunk.  If this call created the file and fails (also in
     ``then``, or as it returns), the map is closed and the file removed, if the path
@@ -156,12 +158,17 @@ def create_file(
     made: _M | None = None
     created = False
     ours: tuple[str, tuple[int, int]] | None = None  # (what to remove if the rest fails)
+    # (Absolute first: another thread may chdir while the blocks are allocated, and the
+    # name removed and whose directory is synced must be the one created.)
+    absolute = os.path.abspath(os.fsdecode(path))
     try:
         # (Opened means owned, and created means removed below if the rest fails: a
         # Ctrl-C in between would leak the descriptor or leave the file.)
         with signals_held():
             try:
-                fd, created = os_impl.open_create(path, exclusive=not exist_ok, mode=permissions)
+                fd, created = os_impl.open_create(
+                    absolute, exclusive=not exist_ok, mode=permissions
+                )
             except FileExistsError:
                 if exist_ok:  # (a dangling symbolic link: the message says so)
                     raise
@@ -174,7 +181,7 @@ def create_file(
                 raise
             ref = FileRef(fd, name_of(path))
             if created and not exist_ok:
-                ours = (os.path.abspath(os.fsdecode(path)), os_impl.file_identity(fd))
+                ours = (absolute, os_impl.file_identity(fd))
         # Before anything is allocated or written: also no /proc or /sys file.
         check_mappable(fd, name_of(path), kinds=("regular file",))
         current = os_impl.file_size(fd)
@@ -182,8 +189,8 @@ def create_file(
             fill_file(fd, current, length - current, prefill)  # type: ignore[arg-type]
         if created or length > current:
             os_impl.fdatasync(fd)
-            os_impl.fsync_directory(os.path.dirname(os.path.abspath(os.fsdecode(path))))
-        made = then(ref, created)
+            os_impl.fsync_directory(os.path.dirname(absolute))
+        made = then(ref, None if ours is None else ours[0])
         ref.close()
         return made  # (inside the try: a signal handled as it returns is undone)
     except BaseException:
@@ -533,7 +540,7 @@ def create_file_map(
     if not isinstance(fault_safe, bool):  # (before an existing file is grown)
         raise TypeError("fault_safe must be True or False")
 
-    def mapped(created_ref: FileRef, created: bool) -> FileCore:
+    def mapped(created_ref: FileRef, made: str | None) -> FileCore:
         core = FileCore(  # (the map has its own duplicate)
             created_ref.fd,
             mode="rw",
@@ -541,9 +548,8 @@ def create_file_map(
             prefill=prefill,  # type: ignore[arg-type]
             label=label_of(path),
         )
-        if created and not exist_ok:  # (for undo_create; see create_file for exist_ok)
-            where = os.path.abspath(os.fsdecode(path))  # type: ignore[arg-type]
-            core.made_file = (where, os_impl.file_identity(created_ref.fd))
+        if made is not None:  # (for undo_create; see create_file for exist_ok)
+            core.made_file = (made, os_impl.file_identity(created_ref.fd))
         return core
 
     return create_file(path, size, exist_ok=exist_ok, prefill=prefill, mode=mode, then=mapped)

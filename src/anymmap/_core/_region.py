@@ -95,9 +95,11 @@ class RegionCore(FileBackedCore):
         *,
         max_size: object,
         owner: bool,
+        where: str | None = None,
     ) -> None:
         """Map ``file``, which the region then owns (its creator closes it if this
-        fails: one owner, so that it is never closed twice)."""
+        fails: one owner, so that it is never closed twice).  ``where``: ``path`` made
+        absolute before the file was opened (the process may chdir meanwhile)."""
         super().__init__(writable=True)
         self.mode = "rw"
         self.file_offset = 0
@@ -133,7 +135,7 @@ class RegionCore(FileBackedCore):
             self,
             _remove_if_ours,
             self._owner,
-            os.path.abspath(path) if path else "",
+            where or (os.path.abspath(path) if path else ""),
             os_impl.file_identity(fd),
         )
         # At exit too: an owner that never closed still removes its file (as the
@@ -330,11 +332,13 @@ def create_region(
         raise TypeError(f"path must be a path, not {type(path).__name__}")
     length = check_size(size)
     target = os.fsdecode(os.fspath(path))
-    where = target
+    # (Absolute first: another thread may chdir while the blocks are allocated, and
+    # the name renamed, owned and removed must be the one created.)
+    absolute = where = os.path.abspath(target)
     if replace:
         # Build the new file beside the old one, then rename it over: the path changes
         # atomically, and a symbolic link there is replaced, never followed.
-        where = f"{target}.{secrets.token_hex(8)}.tmp"
+        where = f"{absolute}.{secrets.token_hex(8)}.tmp"
     region_limit(length, max_size)  # (a bad max_size must not replace anything)
     file: FileRef | None = None
     identity: tuple[int, int] | None = None
@@ -354,10 +358,10 @@ def create_region(
         os_impl.allocate(file.fd, 0, length)
         # The map is made before the name changes: if it fails, a file replace=True
         # would have replaced is still there.
-        core = RegionCore(file, target, max_size=max_size, owner=False)
+        core = RegionCore(file, target, max_size=max_size, owner=False, where=absolute)
         with signals_held():  # renamed means owned: deleted at close
             if replace:
-                os_impl.rename(where, target)
+                os_impl.rename(where, absolute)
             core.set_owner(True)
             made = True
     except BaseException:
@@ -386,8 +390,10 @@ def attach_region(
     if not isinstance(trust_others, bool):
         raise TypeError("trust_others must be True or False")
     name = name_of(path)
+    target = os.fsdecode(os.fspath(path))  # (take_ownership() may delete it)
+    absolute = os.path.abspath(target)  # (before the open: see create_region)
     try:
-        file = adopt(lambda: os_impl.open_no_follow(path, writable=True), label_of(path))
+        file = adopt(lambda: os_impl.open_no_follow(absolute, writable=True), label_of(path))
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise OSError(
@@ -414,8 +420,7 @@ def attach_region(
                     f"{name} may be written by its group or others (mode {mode:#o}); pass "
                     "trust_others=True to attach anyway",
                 )
-        target = os.fsdecode(os.fspath(path))  # (take_ownership() may delete it)
-        return RegionCore(file, target, max_size=max_size, owner=False)
+        return RegionCore(file, target, max_size=max_size, owner=False, where=absolute)
     except BaseException:
         file.close()
         raise
