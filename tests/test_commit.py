@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import fractions
 import math
 import os
 import stat
@@ -329,6 +330,12 @@ async def test_auto_flush_by_time_by_bytes_and_at_exit(log_file: Path, backend_n
                 pass  # pragma: no cover
         async with m.auto_flush(every=10**400, every_bytes=cast(Any, np.int64(1))):  # as math.inf
             await m.update_region(0, b"z")
+        # (round 25: a Fraction past any float raised TypeError; the error was 401 digits)
+        async with m.auto_flush(every=cast(Any, fractions.Fraction(10**400))):
+            pass
+        with pytest.raises(ValueError, match=r"positive, not -1000.*\.\.\.$"):
+            async with m.auto_flush(every=-(10**400)):
+                pass  # pragma: no cover
         async with m.auto_flush(every=cast(Any, np.float32(0.5))):  # NumPy numbers are numbers
             pass
 

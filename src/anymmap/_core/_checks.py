@@ -7,6 +7,7 @@ import math
 import numbers
 import operator
 import re
+from typing import Any, cast
 
 from .._errors import InvalidSizeError, OutOfBoundsError
 
@@ -131,10 +132,11 @@ def check_flush_policy(every: object, every_bytes: object) -> tuple[float, int]:
     threshold = as_int(every_bytes, "every_bytes")
     try:
         seconds = float(every)
-    except OverflowError:  # (an int past any float: as math.inf, or -math.inf)
-        seconds = math.inf if operator.index(every) > 0 else -math.inf  # type: ignore[arg-type]
+    except OverflowError:  # (a number past any float: as math.inf, or -math.inf)
+        seconds = math.inf if cast(Any, every) > 0 else -math.inf
     if not seconds > 0:
-        raise ValueError(f"every must be positive, not {every}")
+        shown = repr(every)
+        raise ValueError(f"every must be positive, not {shown[:40]}{shown[40:] and '...'}")
     if threshold <= 0:
         raise ValueError(f"every_bytes must be positive, not {threshold}")
     return seconds, threshold
