@@ -2287,6 +2287,28 @@ def test_a_chdir_during_the_create_of_a_relative_path(
     assert list(elsewhere.iterdir()) == []
 
 
+def test_a_relative_path_through_a_symbolic_link_names_what_the_kernel_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression test (adversary round 26): round 25 made paths absolute with
+    ``os.path.abspath``, which drops ``link/..`` by the letters; through a symbolic link
+    that is another directory than the kernel's, so ``MmapRegion.create("link/../f")``
+    made ``f`` beside the link, and ``attach`` of the same path mapped another file.
+    Paths are now only anchored at the current directory."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "b")
+    monkeypatch.chdir(tmp_path)
+    with anymmap.sync.MmapRegion.create("link/../f", PAGE) as host:
+        assert (tmp_path / "a" / "f").exists()  # where open(2) puts it
+        assert not (tmp_path / "f").exists()
+        host.update_region(0, b"host")
+        with anymmap.sync.MmapRegion.attach("link/../f") as guest:
+            assert guest.read(0, 4) == b"host"  # the same file
+    assert not (tmp_path / "a" / "f").exists()  # removed at close (MANUAL)
+    with anymmap.sync.MmapRaw.create("link/../g", PAGE):
+        assert (tmp_path / "a" / "g").exists()
+
+
 def test_a_failed_or_undone_open_or_create_keeps_the_file_it_made(
     tmp_path: Path,
 ) -> None:

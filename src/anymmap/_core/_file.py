@@ -32,6 +32,7 @@ from ._files import (
     MODES,
     FileRef,
     Mode,
+    anchored,
     check_mappable,
     label_of,
     name_of,
@@ -160,7 +161,7 @@ def create_file(
     ours: tuple[str, tuple[int, int]] | None = None  # (what to remove if the rest fails)
     # (Absolute first: another thread may chdir while the blocks are allocated, and the
     # name removed and whose directory is synced must be the one created.)
-    absolute = os.path.abspath(os.fsdecode(path))
+    absolute = anchored(os.fsdecode(path))
     try:
         # (Opened means owned, and created means removed below if the rest fails: a
         # Ctrl-C in between would leak the descriptor or leave the file.)

@@ -182,6 +182,14 @@ def open_fd(file: object, mode: Mode, label: str | None = None) -> tuple[FileRef
         raise
 
 
+def anchored(path: str) -> str:
+    """``path`` made absolute against the current directory now (another thread may
+    chdir while a file is made), without resolving ``..`` as ``os.path.abspath`` does:
+    through a symbolic link ``link/../f`` is not ``f``, and the kernel decides which
+    ``..`` is meant at each call (adversary round 26)."""
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
 def remove_if_same(path: str, identity: tuple[int, int]) -> None:
     """Unlink ``path`` if it still names the file ``identity`` (a peer may have put
     another file there: never delete someone else's); gone already is fine.

@@ -31,7 +31,16 @@ from ._buffers import BufferLike
 from ._checks import MAX_SIZE, byte_view, check_range, check_size
 from ._copier import FileCopier, page_ceil
 from ._file import FileBackedCore
-from ._files import FileRef, adopt, as_fd, check_mappable, label_of, name_of, remove_if_same
+from ._files import (
+    FileRef,
+    adopt,
+    anchored,
+    as_fd,
+    check_mappable,
+    label_of,
+    name_of,
+    remove_if_same,
+)
 from ._lifetime import Memory
 from ._reservation import place, reserve
 from ._threadlock import check_not_held
@@ -135,7 +144,7 @@ class RegionCore(FileBackedCore):
             self,
             _remove_if_ours,
             self._owner,
-            where or (os.path.abspath(path) if path else ""),
+            where or (anchored(path) if path else ""),
             os_impl.file_identity(fd),
         )
         # At exit too: an owner that never closed still removes its file (as the
@@ -334,7 +343,7 @@ def create_region(
     target = os.fsdecode(os.fspath(path))
     # (Absolute first: another thread may chdir while the blocks are allocated, and
     # the name renamed, owned and removed must be the one created.)
-    absolute = where = os.path.abspath(target)
+    absolute = where = anchored(target)
     if replace:
         # Build the new file beside the old one, then rename it over: the path changes
         # atomically, and a symbolic link there is replaced, never followed.
@@ -391,7 +400,7 @@ def attach_region(
         raise TypeError("trust_others must be True or False")
     name = name_of(path)
     target = os.fsdecode(os.fspath(path))  # (take_ownership() may delete it)
-    absolute = os.path.abspath(target)  # (before the open: see create_region)
+    absolute = anchored(target)  # (before the open: see create_region)
     try:
         file = adopt(lambda: os_impl.open_no_follow(absolute, writable=True), label_of(path))
     except OSError as exc:
