@@ -1721,6 +1721,83 @@ def test_a_growth_does_not_wait_for_a_lock_the_program_holds_on_its_file(
     check_child(_GROWTH_UNDER_A_PROGRAMS_LOCK, str(tmp_path / "f"), timeout=30)
 
 
+_A_MAP_MADE_DURING_A_FAILING_GROWTH = """
+    import errno, os, select, subprocess, sys, textwrap
+    import anymmap.sync
+
+    PEER = '''
+    import sys
+    import anymmap.sync
+
+    path, how = sys.argv[1], sys.argv[2]
+    if how == "check_and_remap":
+        region = anymmap.sync.MmapRegion.attach(path)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    if how == "map_raw":
+        m = anymmap.sync.MmapRaw.map_raw(path)
+    elif how == "open_or_create":
+        m = anymmap.sync.MmapRaw.open_or_create(path, 4096)
+    elif how == "attach":
+        m = anymmap.sync.MmapRegion.attach(path)
+    else:
+        region.check_and_remap()
+        m = region
+    print(len(m), flush=True)
+    sys.stdin.readline()
+    '''
+    path, how = sys.argv[1], sys.argv[2]
+    m = anymmap.sync.MmapRaw.create(path, 4096, prefill="zeros")
+    peer = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(PEER), path, how],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert peer.stdout.readline() == "ready\\n"
+    early = []
+
+    def fail_once_appended(frame, event, arg):
+        # The zeros are appended and the growth holds its turn: the peer maps the file
+        # now, or waits for the turn.  Then the growth fails as on a full disk.
+        if event == "call" and frame.f_code.co_name == "allocate":
+            assert os.path.getsize(path) == 8 << 20
+            peer.stdin.write("go\\n")
+            peer.stdin.flush()
+            if select.select([peer.stdout], [], [], 1.0)[0]:
+                early.append(peer.stdout.readline())
+            raise OSError(errno.ENOSPC, "no space left, as it were")
+
+    sys.settrace(fail_once_appended)
+    try:
+        m.resize(8 << 20)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    else:
+        raise AssertionError("the growth did not fail")
+    finally:
+        sys.settrace(None)
+    assert os.path.getsize(path) == 4096  # cut back
+    seen = early[0] if early else peer.stdout.readline()
+    assert seen == "4096\\n", f"the peer mapped {seen.strip()} bytes of a 4096-byte file"
+    peer.communicate("end\\n")
+    assert peer.returncode == 0
+    m.close()
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["map_raw", "open_or_create", "attach", "check_and_remap"])
+def test_a_map_made_during_a_failing_growth_does_not_outlive_its_file(
+    tmp_path: Path, how: str
+) -> None:
+    """Regression test (adversary round 26): a growth that fails cuts back what it
+    appended, if the file is as long as it made it; another process that mapped the file
+    meanwhile (``map_raw``, ``open_or_create`` of the existing file, a region's ``attach``
+    or ``check_and_remap``) took no turn, and was left with a map past the end of its
+    file (``MappingFaultError`` from its copies, SIGBUS through a view).  Mapping now
+    takes a shared turn with the growths, and maps what the failed growth left."""
+    check_child(_A_MAP_MADE_DURING_A_FAILING_GROWTH, str(tmp_path / "f"), how, timeout=30)
+
+
 _FORK_DURING_A_GROWTH = """
     import fcntl, os, struct, sys, threading
     import anymmap.sync

@@ -371,23 +371,9 @@ class FileCore(FileBackedCore):
         wanted = None if length is None else check_size(length, "length")
         super().__init__(writable=mode != "r")
         # The map owns the descriptor from here; it is closed if the map is not made.
-        self.file, size = open_fd(file, mode, label)
+        self.file, _ = open_fd(file, mode, label)
         self.fd = fd = self.file.fd
         try:
-            if size == 0:
-                raise InvalidSizeError(0, f"cannot map an empty file ({name_of(file)})")
-            if start < 0 or start >= size:
-                raise OutOfBoundsError(start, wanted, size, "file")
-            if wanted is None:  # the rest of the file, which may be larger than a map can be
-                count = check_size(size - start, f"the rest of {name_of(file)}")
-            else:
-                count = wanted
-            if start + count > size:
-                raise OutOfBoundsError(start, count, size, "file")
-
-            base = page_floor(start)
-            delta = start - base
-            map_len = page_ceil(delta + count)
             prot = os_impl.PROT_READ if mode == "r" else os_impl.PROT_READ | os_impl.PROT_WRITE
             flags = os_impl.MAP_PRIVATE if mode == "copy" else os_impl.MAP_SHARED
             if populate:
@@ -397,14 +383,30 @@ class FileCore(FileBackedCore):
             self.mode: Mode = mode
             self.fault_safe = fault_safe
             self.file_offset = start
-            self._delta = delta  # from the page-aligned start of the mapping to byte 0
+            self._delta = start - page_floor(start)  # from the mapping's start to byte 0
             self._fixed = strict
             self._block_device = os_impl.file_kind(fd) == "block device"
             #: How growth gets its blocks: "allocate" (posix_fallocate) or "zeros" (written).
             self.prefill: Prefill = prefill
-            with signals_held():  # mapped means owned: a Ctrl-C in between would leak it
-                addr = map_placed(map_len, prot, flags, fd, base, hint, strict)
-                self._install(addr, map_len, count)
+            # The size is read and mapped in a shared turn with the maps that grow the file
+            # (adversary round 26: a map of what a failing growth had appended was left
+            # past the end of its file once the growth cut it back).
+            with os_impl.reading_size(fd):
+                size = os_impl.file_size(fd)
+                if size == 0:
+                    raise InvalidSizeError(0, f"cannot map an empty file ({name_of(file)})")
+                if start < 0 or start >= size:
+                    raise OutOfBoundsError(start, wanted, size, "file")
+                if wanted is None:  # the rest of the file, maybe more than a map can be
+                    count = check_size(size - start, f"the rest of {name_of(file)}")
+                else:
+                    count = wanted
+                if start + count > size:
+                    raise OutOfBoundsError(start, count, size, "file")
+                map_len = page_ceil(self._delta + count)
+                with signals_held():  # mapped means owned: a Ctrl-C in between would leak it
+                    addr = map_placed(map_len, prot, flags, fd, page_floor(start), hint, strict)
+                    self._install(addr, map_len, count)
         except BaseException:
             self.file.close()
             raise

@@ -115,20 +115,21 @@ class RegionCore(FileBackedCore):
         self.path = path
         self.file = file
         self.fd = fd = file.fd
-        size = os_impl.file_size(fd)
-        if size == 0:
-            raise InvalidSizeError(0, f"cannot map an empty file ({file.name})")
-        self.max_size = limit = region_limit(size, max_size)
-        with signals_held():  # reserved means owned: a Ctrl-C in between would leak it
-            self.addr = reserve(limit)
-            try:
-                place(self.addr, page_ceil(size), _RW, os_impl.MAP_SHARED, fd)
-            except BaseException:
-                os_impl.munmap(self.addr, limit)
-                raise
-            self.memory = Memory(
-                self.addr, limit, partial(os_impl.munmap, self.addr, limit), self._fork_guard
-            )
+        with os_impl.reading_size(fd):  # (a shared turn with growths: see FileCore)
+            size = os_impl.file_size(fd)
+            if size == 0:
+                raise InvalidSizeError(0, f"cannot map an empty file ({file.name})")
+            self.max_size = limit = region_limit(size, max_size)
+            with signals_held():  # reserved means owned: a Ctrl-C in between would leak it
+                self.addr = reserve(limit)
+                try:
+                    place(self.addr, page_ceil(size), _RW, os_impl.MAP_SHARED, fd)
+                except BaseException:
+                    os_impl.munmap(self.addr, limit)
+                    raise
+                self.memory = Memory(
+                    self.addr, limit, partial(os_impl.munmap, self.addr, limit), self._fork_guard
+                )
         self._copier = FileCopier(
             self.memory, 0, True, file=self.file, file_offset=0, shared=True, fault_safe=True
         )
@@ -227,12 +228,15 @@ class RegionCore(FileBackedCore):
         :raises InvalidSizeError: if the file grew past this region's ``max_size``
         """
         with self.pinned(), self._growing():
-            size = os_impl.file_size(self.fd)
-            if size <= self.length:
+            if not self.grew():
                 return False
-            self._check_fits(size)
-            self._map_to(size)
-            return True
+            with os_impl.reading_size(self.fd):  # (a shared turn with growths: see FileCore)
+                size = os_impl.file_size(self.fd)
+                if size <= self.length:  # (a failed growth cut back what it appended)
+                    return False
+                self._check_fits(size)
+                self._map_to(size)
+                return True
 
     def _growing(self) -> threading.RLock:
         """The growth lock, for one growth at a time.

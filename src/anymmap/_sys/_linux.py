@@ -9,6 +9,7 @@ says where memory is touched by address.  Failures raise ``OSError`` with the ca
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -710,7 +711,7 @@ class changing_size:  # (lower case: used like a function, ``with changing_size(
                     )
             except OSError:
                 return None
-            self._locked = _lock_growth(self._append)
+            self._locked = _lock_growth(self._append, fcntl.F_WRLCK)
             return self._append  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
             self._let_go()
@@ -734,8 +735,43 @@ class changing_size:  # (lower case: used like a function, ``with changing_size(
                 if self._locked:
                     # Released explicitly: a child forked meanwhile shares the open file
                     # description, and closing ours alone would leave it locked in there.
-                    _set_growth_lock(append, fcntl.F_UNLCK)
+                    _growth_lock(append, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
                 os.close(append)
+
+
+class reading_size:  # (lower case: used like a function, ``with reading_size(fd):``)
+    """For the block: a shared turn with the maps of anymmap that grow or cut the file
+    (see :class:`changing_size`), for reading its size and mapping that much: it waits
+    for a growth or cut under way and keeps new ones from starting, but not other
+    readers.  A growth that fails cuts back what it appended, and must not do so under a
+    map made meanwhile (adversary round 26).
+
+    The lock is taken on ``fd`` itself (no descriptor opened: mapping is frequent), so
+    ``fd`` must be open for reading and is best a descriptor of the caller's own: on a
+    duplicate of someone's, letting go also ends an OFD lock that they held on the
+    growth lock's byte through it.
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __enter__(self) -> None:
+        try:
+            _lock_growth(self._fd, fcntl.F_RDLCK)
+        except BaseException:
+            self._let_go()  # (a Ctrl-C handled as the lock was taken)
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._let_go()
+
+    def _let_go(self) -> None:
+        # Explicitly, and whether or not it was taken (harmless): the descriptor stays
+        # open, and a child forked meanwhile shares its open file description.
+        with signals_held(), contextlib.suppress(OSError):
+            _growth_lock(self._fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
 
 
 def append_zeros(append: int, end: int, made: list[int]) -> None:
@@ -759,19 +795,19 @@ def append_zeros(append: int, end: int, made: list[int]) -> None:
             made[0] = size + written
 
 
-def _lock_growth(fd: int) -> bool:
-    """Take the growth lock of ``fd``'s file if it comes within
-    :data:`_GROWTH_LOCK_PATIENCE` (see changing_size); return whether it did (never
-    raises for want of it)."""
+def _lock_growth(fd: int, kind: int) -> bool:
+    """Take the growth lock of ``fd``'s file (``kind``: ``F_WRLCK`` to change the size,
+    ``F_RDLCK`` to read it) if it comes within :data:`_GROWTH_LOCK_PATIENCE` (see
+    changing_size); return whether it did (never raises for want of it)."""
     deadline = time.monotonic() + _GROWTH_LOCK_PATIENCE
     while True:
         try:
-            _set_growth_lock(fd, fcntl.F_WRLCK)
+            _growth_lock(fd, fcntl.F_OFD_SETLK, kind)
             return True
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 return False  # no OFD locks here (an old kernel, some network file systems)
-        if not _held_by_a_growth(fd):
+        if not _held_for_a_turn(fd, kind):
             # Someone's own lock covers the byte (a whole-file ``lockf``, say, which
             # reaches every byte): it is not a turn, and may be held for the program's
             # life (adversary round 25: every resize waited the whole patience).
@@ -787,22 +823,24 @@ def _lock_growth(fd: int) -> bool:
 _FLOCK = "hhqqi4x"
 
 
-def _set_growth_lock(fd: int, kind: int) -> None:
+def _growth_lock(fd: int, command: int, kind: int) -> bytes:
+    """``fcntl(fd, command, ...)`` for an OFD lock of ``kind`` on the growth lock's byte;
+    what the kernel answers (``F_OFD_GETLK``: the lock in the way, if any)."""
     request = struct.pack(_FLOCK, kind, os.SEEK_SET, _GROWTH_LOCK_AT, 1, 0)
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+    answer: bytes = fcntl.fcntl(fd, command, request)
+    return answer
 
 
-def _held_by_a_growth(fd: int) -> bool:
-    """Whether what keeps the growth lock from ``fd`` is another growth's turn (an OFD
-    lock of exactly that byte, as :func:`_set_growth_lock` takes), not a lock of the
+def _held_for_a_turn(fd: int, kind: int) -> bool:
+    """Whether what keeps a growth lock of ``kind`` from ``fd`` is another map's turn (an
+    OFD lock of exactly that byte, as :func:`_growth_lock` takes), not a lock of the
     program's own; True if the lock is free by now (try again)."""
-    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _GROWTH_LOCK_AT, 1, 0)
     try:
-        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, request)
+        answer = _growth_lock(fd, fcntl.F_OFD_GETLK, kind)
     except OSError:  # pragma: no cover - it took the lock a moment ago
         return True
-    kind, _, start, length, pid = struct.unpack(_FLOCK, answer)
-    return bool(kind == fcntl.F_UNLCK or (start, length, pid) == (_GROWTH_LOCK_AT, 1, -1))
+    held, _, start, length, pid = struct.unpack(_FLOCK, answer)
+    return bool(held == fcntl.F_UNLCK or (start, length, pid) == (_GROWTH_LOCK_AT, 1, -1))
 
 
 def fdatasync(fd: int) -> None:

@@ -64,4 +64,5 @@ file_system = access_mode = is_direct = is_hole = pread = nowait_reads = _unsupp
 pread_nowait = allocate = truncate = start_writeback = _unsupported
 open_new = open_no_follow = file_owner = current_uid = rename = unlink = link = _unsupported
 file_identity = path_identity = _unsupported
-open_create = changing_size = append_zeros = fdatasync = fsync_directory = _unsupported
+open_create = changing_size = reading_size = append_zeros = _unsupported
+fdatasync = fsync_directory = _unsupported
