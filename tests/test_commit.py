@@ -26,6 +26,7 @@ import anymmap
 import anymmap.sync
 from anymmap import MmapRaw
 from anymmap._core._commit import CommitRequest, DirtyRanges, GroupCommit
+from anymmap._sys import _linux
 
 from ._helpers import PAGE, unwritten_pages, wait_until
 
@@ -901,8 +902,13 @@ def test_a_failed_flush_at_a_close_inside_auto_flush_of_the_twin(failing_device:
 # --- files anymmap creates ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "by-name"])
 @pytest.mark.parametrize("prefill", ["allocate", "zeros"])
-async def test_create(tmp_path: Path, prefill: str) -> None:
+async def test_create(
+    tmp_path: Path, prefill: str, unnamed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (by-name: as on a file system without O_TMPFILE, where the file is made by name)
+    monkeypatch.setattr(_linux, "_UNNAMED_FILES", unnamed)
     path = tmp_path / "new.bin"
     old = os.umask(0o022)
     try:

@@ -10,6 +10,7 @@ import errno
 import fcntl
 import math
 import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -1796,6 +1797,66 @@ def test_a_map_made_during_a_failing_growth_does_not_outlive_its_file(
     file (``MappingFaultError`` from its copies, SIGBUS through a view).  Mapping now
     takes a shared turn with the growths, and maps what the failed growth left."""
     check_child(_A_MAP_MADE_DURING_A_FAILING_GROWTH, str(tmp_path / "f"), how, timeout=30)
+
+
+_AN_EXCLUSIVE_CREATE_RACED_BY_OPEN_OR_CREATE = """
+    import errno, os, subprocess, sys
+    import anymmap.sync
+
+    PEER = (
+        "import sys, anymmap.sync\\n"
+        "with anymmap.sync.MmapRaw.open_or_create(sys.argv[1], 4096) as m:\\n"
+        "    m.update_region(0, b'peer record')\\n"
+        "    m.flush()\\n"
+        "print('done', flush=True)\\n"
+    )
+    path, at = sys.argv[1], sys.argv[2]
+    ran = []
+
+    def peer_at(frame, event, arg):
+        # While the exclusive create allocates its blocks ("allocate", then it fails as
+        # on a full disk) or is about to name its file ("link_unnamed"), another
+        # process calls open_or_create on the path, and writes and flushes a record.
+        if event == "call" and frame.f_code.co_name == at and not ran:
+            ran.append(subprocess.run(
+                [sys.executable, "-c", PEER, path], capture_output=True, text=True,
+            ))
+            if at == "allocate":
+                raise OSError(errno.ENOSPC, "no space left, as it were")
+
+    sys.settrace(peer_at)
+    try:
+        anymmap.sync.MmapRaw.create(path, 8 << 20, prefill="zeros")
+    except OSError as exc:
+        want = errno.ENOSPC if at == "allocate" else errno.EEXIST
+        assert exc.errno == want, exc
+    else:
+        raise AssertionError("the create did not fail")
+    finally:
+        sys.settrace(None)
+    assert ran and ran[0].stdout == "done\\n", ran
+    with open(path, "rb") as f:  # the peer's file, whole, where it made it
+        assert f.read() == b"peer record" + bytes(4096 - 11)
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("at", ["allocate", "link_unnamed"])
+def test_an_open_or_create_racing_a_failing_create_keeps_its_file(at: str) -> None:
+    """Regression test (documented as not covered in round 26): an exclusive ``create``
+    that failed removed its file, and with it what an ``open_or_create`` in another
+    process had opened in the meantime and written (it lived on only in that map).
+    The file is now made without a name (``O_TMPFILE``) and named only once whole and
+    mapped: the peer makes its own file, and a create that then finds the path taken
+    raises ``FileExistsError``.  (On tmpfs, which has ``O_TMPFILE``: the disk
+    under ``tmp_path`` may not.)"""
+    shm = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        check_child(
+            _AN_EXCLUSIVE_CREATE_RACED_BY_OPEN_OR_CREATE, os.path.join(shm, "f"), at, timeout=30
+        )
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
 
 
 _FORK_DURING_A_GROWTH = """

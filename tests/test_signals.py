@@ -418,7 +418,11 @@ _CREATE_INTERRUPTED = (
     if kind == "region-replace-map":
         with open(os.path.join(d, "region"), "wb") as old:
             old.write(b"old")
-    undo = interrupting("open_new" if kind == "region" else "open_create" if kind == "raw" else "mmap")
+    # (raw: the new file has no name yet; raw-named: the signal as it gets its name.)
+    at = {"region": "open_new", "raw": "open_unnamed", "raw-named": "link_unnamed",
+          "raw-by-name": "open_create"}
+    _linux._UNNAMED_FILES = kind != "raw-by-name"  # (as where a file system lacks O_TMPFILE)
+    undo = interrupting(at.get(kind, "mmap"))
     if kind.startswith("region"):
         path = os.path.join(d, "region")
         expect_interrupt(lambda: S.MmapRegion.create(path, 4096, replace="replace" in kind))
@@ -438,7 +442,9 @@ _CREATE_INTERRUPTED = (
 )
 
 
-@pytest.mark.parametrize("kind", ["region", "raw", "raw-map", "region-replace-map"])
+@pytest.mark.parametrize(
+    "kind", ["region", "raw", "raw-named", "raw-by-name", "raw-map", "region-replace-map"]
+)
 def test_a_signal_right_after_a_file_is_created_removes_it(kind: str) -> None:
     """Regression test (adversary round 11): a SIGINT during the ``open`` that created a
     region's or file map's file was delivered before the code that removes the file on

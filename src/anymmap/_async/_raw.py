@@ -104,10 +104,12 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
         """Create the file ``path`` of ``size`` bytes and map all of it ``"rw"``, in a
         worker thread (mmap-io's ``create_rw``).
 
-        The file is made with ``O_CREAT | O_EXCL | O_CLOEXEC`` and permissions ``mode``
-        minus the umask; its blocks are allocated before it is mapped, so a full disk
-        fails here (``OSError(ENOSPC)``, and the new file is removed) instead of a later
-        write dying of SIGBUS; then the file and its directory are synced, so the new name
+        The file is made with permissions ``mode`` minus the umask, without a name
+        (``O_TMPFILE``; where the file system cannot, with ``O_CREAT | O_EXCL``), and is
+        named only once it is whole and mapped (``FileExistsError`` if the path was
+        taken meanwhile); its blocks are allocated before it is mapped, so a full disk
+        fails here (``OSError(ENOSPC)``, and no file is left) instead of a later write
+        dying of SIGBUS; then the file and its directory are synced, so the new name
         survives a crash.  ``prefill`` says how the blocks are made, here and by later
         growth: ``"allocate"`` (``posix_fallocate``, the default: instant) or ``"zeros"``
         (written now: slower to create, and on some disks the first commit into each

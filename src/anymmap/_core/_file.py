@@ -138,6 +138,10 @@ def create_file(
     ``made`` is the absolute path if this call created the file and it is to be
     removed if the call is undone (not with ``exist_ok``), else None.
 
+    Without ``exist_ok``, the file is made without a name where the file system can
+    (``O_TMPFILE``: ext4, xfs, btrfs, tmpfs) and named only once it is whole and mapped
+    (``FileExistsError`` if the path was taken meanwhile).
+
     An existing file is never shrunk.  If this call created the file and fails (also in
     ``then``, or as it returns), the map is closed and the file removed, if the path
     still names it (a peer may have put its own file there meanwhile) and unless
@@ -162,26 +166,40 @@ def create_file(
     # (Absolute first: another thread may chdir while the blocks are allocated, and the
     # name removed and whose directory is synced must be the one created.)
     absolute = anchored(os.fsdecode(path))
+    directory = os.path.dirname(absolute)
+    exists = FileExistsError(
+        errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"
+    )
+    unnamed: int | None = None
     try:
         # (Opened means owned, and created means removed below if the rest fails: a
         # Ctrl-C in between would leak the descriptor or leave the file.)
         with signals_held():
             try:
-                fd, created = os_impl.open_create(
-                    absolute, exclusive=not exist_ok, mode=permissions
-                )
+                if not exist_ok:
+                    # Made without a name where the file system can, and named only once
+                    # it is whole and mapped: nobody opens it half made, and a failure
+                    # before that leaves nothing to remove (once it had a name, an
+                    # open_or_create that opened it meanwhile lost it with the undo).
+                    if os.path.lexists(absolute):  # (cheap, before blocks are allocated)
+                        raise exists
+                    unnamed = os_impl.open_unnamed(directory, permissions)
+                if unnamed is None:
+                    fd, created = os_impl.open_create(
+                        absolute, exclusive=not exist_ok, mode=permissions
+                    )
+                else:
+                    fd, created = unnamed, True
             except FileExistsError:
                 if exist_ok:  # (a dangling symbolic link: the message says so)
                     raise
-                raise FileExistsError(
-                    errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"
-                ) from None
+                raise exists from None
             except OSError as exc:
                 if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
                     raise UnmappableFileError(name_of(path), os_impl.path_kind(path)) from None
                 raise
             ref = FileRef(fd, name_of(path))
-            if created and not exist_ok:
+            if created and not exist_ok and unnamed is None:
                 ours = (absolute, os_impl.file_identity(fd))
         # Before anything is allocated or written: also no /proc or /sys file.
         check_mappable(fd, name_of(path), kinds=("regular file",))
@@ -190,8 +208,18 @@ def create_file(
             fill_file(fd, current, length - current, prefill)  # type: ignore[arg-type]
         if created or length > current:
             os_impl.fdatasync(fd)
-            os_impl.fsync_directory(os.path.dirname(absolute))
-        made = then(ref, None if ours is None else ours[0])
+        if unnamed is not None:
+            made = then(ref, absolute)
+            with signals_held():  # (named means removed below if the rest fails)
+                try:
+                    os_impl.link_unnamed(fd, absolute)
+                except FileExistsError:  # (made by someone else meanwhile)
+                    raise exists from None
+                ours = (absolute, os_impl.file_identity(fd))
+        if created or length > current:
+            os_impl.fsync_directory(directory)
+        if made is None:
+            made = then(ref, None if ours is None else ours[0])
         ref.close()
         return made  # (inside the try: a signal handled as it returns is undone)
     except BaseException:

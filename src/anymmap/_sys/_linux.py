@@ -664,6 +664,39 @@ def open_create(path: PathArg, exclusive: bool, mode: int) -> tuple[int, bool]:
     )
 
 
+#: Whether to make new files without a name first (``O_TMPFILE``, Linux 3.11); the
+#: tests turn it off to run the way taken where a file system cannot.
+_UNNAMED_FILES = hasattr(os, "O_TMPFILE")
+
+
+def open_unnamed(directory: PathArg, mode: int) -> int | None:
+    """A new file without a name in ``directory`` (``O_TMPFILE``), open for reading and
+    writing, permissions ``mode`` minus the umask; None where the file system cannot
+    make one (then make it by name).  Nobody else can open it until
+    :func:`link_unnamed` names it."""
+    if not _UNNAMED_FILES:
+        return None
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None  # (EISDIR, EINVAL: a kernel or file system without O_TMPFILE)
+        raise
+
+
+def link_unnamed(fd: int, path: PathArg) -> None:
+    """Give the file ``fd`` from :func:`open_unnamed` the name ``path``, which must not
+    exist, not even as a symbolic link (``FileExistsError``: never followed)."""
+    # The documented way (open(2)): linkat of the /proc link, following it to the file.
+    # (os.link with only follow_symlinks calls link(2), which follows nothing: EXDEV.)
+    with signals_held():  # (opened means closed)
+        fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(str(fd), path, src_dir_fd=fds, follow_symlinks=True)
+    finally:
+        os.close(fds)
+
+
 #: How many times open_create opens, then creates, before it gives up on a path that
 #: other callers keep creating and removing.
 _OPEN_CREATE_TURNS = 100

@@ -64,5 +64,6 @@ file_system = access_mode = is_direct = is_hole = pread = nowait_reads = _unsupp
 pread_nowait = allocate = truncate = start_writeback = _unsupported
 open_new = open_no_follow = file_owner = current_uid = rename = unlink = link = _unsupported
 file_identity = path_identity = _unsupported
-open_create = changing_size = reading_size = append_zeros = _unsupported
+open_create = open_unnamed = link_unnamed = changing_size = reading_size = _unsupported
+append_zeros = _unsupported
 fdatasync = fsync_directory = _unsupported
