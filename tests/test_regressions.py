@@ -11,6 +11,7 @@ import fcntl
 import math
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import textwrap
@@ -1855,6 +1856,143 @@ def test_an_open_or_create_racing_a_failing_create_keeps_its_file(at: str) -> No
         check_child(
             _AN_EXCLUSIVE_CREATE_RACED_BY_OPEN_OR_CREATE, os.path.join(shm, "f"), at, timeout=30
         )
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+
+
+_A_TURN_INSIDE_A_TURN_OF_THE_SAME_THREAD = """
+    import os, sys
+    import anymmap.sync
+    from anymmap._sys import _linux
+
+    _linux._GROWTH_LOCK_PATIENCE = 3600.0  # (a wait for the lock would hang: the timeout)
+    path, case = sys.argv[1], sys.argv[2]
+    m = anymmap.sync.MmapRaw.create(path, 4096, prefill="zeros")
+    other = anymmap.sync.MmapRaw.map_raw(path)
+    done = []
+
+    def inside(frame, event, arg):
+        # What a signal handler or a finalizer might do on this thread: map the file
+        # inside a growth of it, or grow it inside a mapping of it.
+        if event != "call" or done:
+            return
+        if case == "map in growth" and frame.f_code.co_name == "append_zeros":
+            done.append(anymmap.sync.MmapRaw.map_raw(path))
+            done.append(anymmap.sync.MmapRaw.open_or_create(path, 4096))
+        elif case == "growth in map" and frame.f_code.co_name == "map_placed":
+            other.resize(1 << 20)
+            done.append(other)
+
+    sys.settrace(inside)
+    try:
+        if case == "map in growth":
+            m.resize(1 << 20)
+        else:
+            anymmap.sync.MmapRaw.map_raw(path).close()
+    finally:
+        sys.settrace(None)
+    assert done, "the hook never ran"
+    assert os.path.getsize(path) == 1 << 20
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("case", ["map in growth", "growth in map"])
+def test_a_turn_inside_a_turn_of_the_same_thread_does_not_wait(tmp_path: Path, case: str) -> None:
+    """Regression test (adversary round 27): a signal handler or finalizer that mapped a
+    file while its thread was inside a growth of it (or grew it inside a mapping) waited
+    for its own thread's turn, 30 s.  A thread now goes on without a turn it holds."""
+    check_child(_A_TURN_INSIDE_A_TURN_OF_THE_SAME_THREAD, str(tmp_path / "f"), case, timeout=30)
+
+
+_A_PARENT_KILLED_DURING_A_GROWTH = """
+    import os, signal, subprocess, sys
+    import anymmap.sync
+    from anymmap._sys import _linux
+
+    _linux._GROWTH_LOCK_PATIENCE = 3600.0  # (a wait for the lock would hang: the timeout)
+    path = sys.argv[1]
+    GROWER = (
+        "import os, signal, sys, anymmap.sync\\n"
+        "m = anymmap.sync.MmapRaw.create(sys.argv[1], 4096, prefill='zeros')\\n"
+        "def fork_and_die(frame, event, arg):\\n"
+        "    if event == 'call' and frame.f_code.co_name == 'append_zeros':\\n"
+        "        pid = os.fork()\\n"
+        "        if pid == 0:\\n"
+        "            sys.settrace(None)\\n"
+        "            os.read(0, 1)\\n"  # (lives on until told)
+        "            os._exit(0)\\n"
+        "        print(pid, flush=True)\\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\\n"
+        "sys.settrace(fork_and_die)\\n"
+        "m.resize(1 << 20)\\n"
+    )
+    grower = subprocess.Popen(
+        [sys.executable, "-c", GROWER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    child = int(grower.stdout.readline())
+    assert grower.wait() == -signal.SIGKILL
+    # The grower died inside its growth; its child lives on, with the grower's
+    # descriptors.  Nothing here waits for it:
+    with anymmap.sync.MmapRaw.map_raw(path) as m:
+        m.resize(4 << 20)
+    with anymmap.sync.MmapRaw.open_or_create(path, 8 << 20) as m:
+        assert len(m) == 8 << 20
+    grower.stdin.close()  # (the child's stdin too: it ends)
+    os.kill(child, signal.SIGKILL)
+    print("ok")
+"""
+
+
+def test_a_child_of_a_process_killed_during_a_growth_does_not_keep_its_turn(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 27): a child forked during a growth shares the
+    descriptor by which the parent takes its turn; when the parent was killed before
+    letting go, the child kept the turn, and every map and growth of the file waited for
+    the child to end (30 s each).  A forked child now closes the descriptors of the
+    turns in flight (without unlocking: the parent's turn goes on while it lives)."""
+    check_child(_A_PARENT_KILLED_DURING_A_GROWTH, str(tmp_path / "f"), timeout=30)
+
+
+def test_mapping_a_descriptor_leaves_its_owners_ofd_locks_alone(tmp_path: Path) -> None:
+    """Regression test (adversary round 27): mapping a descriptor passed in (``map_raw``
+    of an fd, a region's ``attach_fd``) took the shared turn on the caller's own open
+    file and then unlocked the turn's byte, punching a hole into the caller's whole-file
+    OFD lock.  The turn is now taken on a descriptor opened for it."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(PAGE))
+    whole_file = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+    probe = struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, 1 << 62, 1, 0)
+    fd = os.open(path, os.O_RDWR)
+    other = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, whole_file)
+        anymmap.sync.MmapRaw.map_raw(fd).close()
+        anymmap.sync.MmapRegion.attach_fd(fd).close()
+        kind = struct.unpack("hhqqi4x", fcntl.fcntl(other, fcntl.F_OFD_GETLK, probe))[0]
+        assert kind == fcntl.F_WRLCK  # the caller's lock still covers the byte
+    finally:
+        os.close(fd)
+        os.close(other)
+
+
+def test_create_refuses_a_path_it_cannot_name_before_allocating(tmp_path: Path) -> None:
+    """Regression test (adversary round 27): an exclusive ``create`` makes its file
+    without a name and names it at the end; a name too long was found out only then,
+    after the whole file was allocated (and the error named ``'3'``, the descriptor the
+    name was linked from).  Such a path is refused first, as it was before."""
+    shm = tempfile.mkdtemp(dir="/dev/shm")  # (tmpfs: 1 TiB could never be allocated)
+    try:
+        too_long = os.path.join(shm, "x" * 300)
+        with pytest.raises(OSError) as info:
+            anymmap.sync.MmapRaw.create(too_long, 1 << 40)
+        assert info.value.errno == errno.ENAMETOOLONG
+        assert info.value.filename == too_long
+        for path, error in [("", IsADirectoryError), (f"{shm}/new/", IsADirectoryError)]:
+            with pytest.raises(error):
+                anymmap.sync.MmapRaw.create(path, PAGE)
+        assert os.listdir(shm) == []
     finally:
         shutil.rmtree(shm, ignore_errors=True)
 

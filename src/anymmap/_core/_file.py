@@ -30,6 +30,7 @@ from ._commit import DirtyRanges, GroupCommit
 from ._copier import FileCopier, page_ceil, page_floor
 from ._files import (
     MODES,
+    PATH_TYPES,
     FileRef,
     Mode,
     anchored,
@@ -181,9 +182,7 @@ def create_file(
                     # it is whole and mapped: nobody opens it half made, and a failure
                     # before that leaves nothing to remove (once it had a name, an
                     # open_or_create that opened it meanwhile lost it with the undo).
-                    if os.path.lexists(absolute):  # (cheap, before blocks are allocated)
-                        raise exists
-                    unnamed = os_impl.open_unnamed(directory, permissions)
+                    unnamed = os_impl.open_unnamed(absolute, permissions)
                 if unnamed is None:
                     fd, created = os_impl.open_create(
                         absolute, exclusive=not exist_ok, mode=permissions
@@ -418,8 +417,9 @@ class FileCore(FileBackedCore):
             self.prefill: Prefill = prefill
             # The size is read and mapped in a shared turn with the maps that grow the file
             # (adversary round 26: a map of what a failing growth had appended was left
-            # past the end of its file once the growth cut it back).
-            with os_impl.reading_size(fd):
+            # past the end of its file once the growth cut it back).  (A descriptor that
+            # was passed in is the caller's open file: its OFD locks are theirs.)
+            with os_impl.reading_size(fd, borrowed=not isinstance(file, PATH_TYPES)):
                 size = os_impl.file_size(fd)
                 if size == 0:
                     raise InvalidSizeError(0, f"cannot map an empty file ({name_of(file)})")

@@ -89,12 +89,12 @@ class FileRef:
         return not self._closer.alive
 
 
-_PATH_TYPES = (str, bytes, os.PathLike)
+PATH_TYPES = (str, bytes, os.PathLike)
 
 
 def label_of(file: object) -> str:
     """What ``file`` is called: a path as a str, ``"fd 5"``, or a file object's name."""
-    if isinstance(file, _PATH_TYPES):
+    if isinstance(file, PATH_TYPES):
         return os.fsdecode(file)
     if isinstance(file, int):
         return f"fd {file}"
@@ -104,7 +104,7 @@ def label_of(file: object) -> str:
 
 def name_of(file: object) -> str:
     """How messages name ``file``."""
-    if isinstance(file, _PATH_TYPES):
+    if isinstance(file, PATH_TYPES):
         return repr(os.fsdecode(file))
     if isinstance(file, int):
         return f"file descriptor {file}"
@@ -145,7 +145,7 @@ def open_fd(file: object, mode: Mode, label: str | None = None) -> tuple[FileRef
     writable = mode == "rw"
     name = name_of(file)
     label = label_of(file) if label is None else label
-    if isinstance(file, _PATH_TYPES):
+    if isinstance(file, PATH_TYPES):
         path: PathArg = file
         try:
             ref = adopt(lambda: os_impl.open_nonblocking(path, writable), label)

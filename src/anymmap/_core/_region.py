@@ -105,17 +105,20 @@ class RegionCore(FileBackedCore):
         max_size: object,
         owner: bool,
         where: str | None = None,
+        borrowed: bool = False,
     ) -> None:
         """Map ``file``, which the region then owns (its creator closes it if this
         fails: one owner, so that it is never closed twice).  ``where``: ``path`` made
-        absolute before the file was opened (the process may chdir meanwhile)."""
+        absolute before the file was opened (the process may chdir meanwhile);
+        ``borrowed``: ``file`` duplicates a descriptor the caller passed in."""
         super().__init__(writable=True)
         self.mode = "rw"
         self.file_offset = 0
         self.path = path
         self.file = file
         self.fd = fd = file.fd
-        with os_impl.reading_size(fd):  # (a shared turn with growths: see FileCore)
+        self._borrowed = borrowed
+        with os_impl.reading_size(fd, borrowed=borrowed):  # (a shared turn: see FileCore)
             size = os_impl.file_size(fd)
             if size == 0:
                 raise InvalidSizeError(0, f"cannot map an empty file ({file.name})")
@@ -230,7 +233,7 @@ class RegionCore(FileBackedCore):
         with self.pinned(), self._growing():
             if not self.grew():
                 return False
-            with os_impl.reading_size(self.fd):  # (a shared turn with growths: see FileCore)
+            with os_impl.reading_size(self.fd, borrowed=self._borrowed):  # (see FileCore)
                 size = os_impl.file_size(self.fd)
                 if size <= self.length:  # (a failed growth cut back what it appended)
                     return False
@@ -446,7 +449,7 @@ def attach_region_fd(fd: object, *, max_size: object = None) -> RegionCore:
     file = adopt(lambda: os_impl.dup(number), label_of(number))
     try:
         _check_regular(file.fd, name)
-        return RegionCore(file, None, max_size=max_size, owner=False)
+        return RegionCore(file, None, max_size=max_size, owner=False, borrowed=True)
     except BaseException:
         file.close()
         raise

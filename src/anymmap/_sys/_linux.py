@@ -20,6 +20,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -669,19 +670,32 @@ def open_create(path: PathArg, exclusive: bool, mode: int) -> tuple[int, bool]:
 _UNNAMED_FILES = hasattr(os, "O_TMPFILE")
 
 
-def open_unnamed(directory: PathArg, mode: int) -> int | None:
-    """A new file without a name in ``directory`` (``O_TMPFILE``), open for reading and
-    writing, permissions ``mode`` minus the umask; None where the file system cannot
-    make one (then make it by name).  Nobody else can open it until
-    :func:`link_unnamed` names it."""
-    if not _UNNAMED_FILES:
+def open_unnamed(path: PathArg, mode: int) -> int | None:
+    """A new file without a name, to be named ``path`` by :func:`link_unnamed`, made in
+    its directory (``O_TMPFILE``) and open for reading and writing, permissions ``mode``
+    minus the umask; nobody else can open it until then.  None where the file system
+    cannot make one, or for a path that ends in "/" (then make it by name, which gives
+    the error the path deserves).
+
+    :raises FileExistsError: if ``path`` exists, also as a symbolic link (checked
+        first: a path that cannot be named fails before the file's blocks are made)
+    """
+    name = os.fsdecode(path)
+    if not _UNNAMED_FILES or not name or name.endswith("/"):
         return None
     try:
-        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode)
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            return None  # (EISDIR, EINVAL: a kernel or file system without O_TMPFILE)
-        raise
+        os.lstat(name)  # (also a name too long, or a directory missing or not searchable)
+    except FileNotFoundError:
+        pass
+    else:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+    try:
+        return os.open(os.path.dirname(name) or ".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode)
+    except OSError:
+        # No O_TMPFILE here (EOPNOTSUPP; EISDIR or EINVAL from an old kernel; EPERM
+        # from /proc), or a directory that cannot take a file: made by name, the error
+        # (if any) is the one the path itself gives.
+        return None
 
 
 def link_unnamed(fd: int, path: PathArg) -> None:
@@ -693,6 +707,8 @@ def link_unnamed(fd: int, path: PathArg) -> None:
         fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.link(str(fd), path, src_dir_fd=fds, follow_symlinks=True)
+    except OSError as exc:  # (named after the path, not the descriptor's number)
+        raise OSError(exc.errno, exc.strerror, os.fsdecode(path)) from None
     finally:
         os.close(fds)
 
@@ -716,36 +732,68 @@ _GROWTH_LOCK_AT = 1 << 62
 _GROWTH_LOCK_PATIENCE = 30.0
 
 
-class changing_size:  # (lower case: used like a function, ``with changing_size(fd):``)
-    """For the block: take turns with anymmap's other maps that grow or cut the file, and
-    have a descriptor of it that appends (``O_APPEND``, reopened through
-    ``/proc/self/fd``), or None if the file's permissions no longer allow opening it for
-    writing (then without taking turns).
+class _Turn:
+    """A turn on a file's growth lock (an OFD lock of :data:`_GROWTH_LOCK_AT`), by which
+    the maps of anymmap, in any process, take turns to change a file's size
+    (:class:`changing_size`, exclusive) and to read it and map that much
+    (:class:`reading_size`, shared).
+
+    Never waits for itself: a thread that takes a turn of a file it already has one of
+    (a signal handler or finalizer that maps or grows the file inside a growth or a
+    mapping of it) goes on without the lock (adversary round 27: it waited the whole
+    :data:`_GROWTH_LOCK_PATIENCE`).  A child forked while turns are taken lets go of
+    them (see :func:`_forget_turns_in_child`).
 
     A class, not a ``@contextmanager`` generator: a signal handled as the generator
     yielded raised inside contextlib, and the descriptor and the lock stayed taken (the
     next growth of the file waited :data:`_GROWTH_LOCK_PATIENCE` for it).
     """
 
-    __slots__ = ("_append", "_fd", "_locked")
+    __slots__ = (
+        "__weakref__",
+        "_access",
+        "_counts",
+        "_fd",
+        "_file",
+        "_kind",
+        "_lock_fd",
+        "_locked",
+        "_private",
+    )
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, kind: int, access: int | None) -> None:
+        """``access``: open a descriptor of the file for the turn (through
+        ``/proc/self/fd``, with these flags), or None: take it on ``fd`` itself."""
         self._fd = fd
-        self._append: int | None = None
+        self._kind = kind
+        self._access = access
+        self._lock_fd: int | None = None
+        self._private = False
         self._locked = False
 
     def __enter__(self) -> int | None:
+        """Take the turn; return the descriptor it is taken on, or None if it could
+        not be opened (then without a turn)."""
+        private, access = self._access is not None, self._access or 0
         try:
-            try:
-                # (Opened means closed: a Ctrl-C handled as open() returns would leak it.)
-                with signals_held():
-                    self._append = os.open(
-                        f"/proc/self/fd/{self._fd}", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-                    )
-            except OSError:
-                return None
-            self._locked = _lock_growth(self._append, fcntl.F_WRLCK)
-            return self._append  # (inside the try: a signal handled as it returns is undone)
+            with signals_held():  # (opened and counted means given back by _let_go)
+                info = os.fstat(self._fd)
+                if private:
+                    try:
+                        lock_fd = os.open(f"/proc/self/fd/{self._fd}", access | os.O_CLOEXEC)
+                    except OSError:
+                        return None  # (the permissions no longer allow it)
+                else:
+                    lock_fd = self._fd
+                self._lock_fd, self._private = lock_fd, private
+                self._file = (info.st_dev, info.st_ino)
+                self._counts = counts = _turns_of_this_thread()
+                inside = counts.get(self._file, 0)
+                counts[self._file] = inside + 1
+                _turns_in_flight[id(self)] = self
+            if not inside:
+                self._locked = _lock_growth(lock_fd, self._kind)
+            return lock_fd  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
             self._let_go()
             raise
@@ -758,53 +806,88 @@ class changing_size:  # (lower case: used like a function, ``with changing_size(
         # (a descriptor left open would keep the growth lock, and every later growth of
         # the file would wait _GROWTH_LOCK_PATIENCE for it).  (getattr: a signal may
         # have cut __init__ short.)
-        if getattr(self, "_append", None) is not None:
+        if getattr(self, "_lock_fd", None) is not None:
             self._let_go()
 
-    def _let_go(self) -> None:
+    def _let_go(self, in_child: bool = False) -> None:
         with signals_held():  # (once begun, whole, and once)
-            append, self._append = self._append, None
-            if append is not None:
-                if self._locked:
-                    # Released explicitly: a child forked meanwhile shares the open file
-                    # description, and closing ours alone would leave it locked in there.
-                    _growth_lock(append, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
-                os.close(append)
+            lock_fd, self._lock_fd = self._lock_fd, None
+            if lock_fd is None:
+                return
+            _turns_in_flight.pop(id(self), None)
+            left = self._counts.get(self._file, 1) - 1
+            if left:
+                self._counts[self._file] = left
+            else:
+                self._counts.pop(self._file, None)
+            # Released explicitly: a child forked meanwhile shares the open file
+            # description, and closing ours alone would leave it locked in there.  (In
+            # that child, a private descriptor is only closed: the parent's turn goes on.)
+            if self._locked and not (in_child and self._private):
+                with contextlib.suppress(OSError):
+                    _growth_lock(lock_fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
+            if self._private:
+                os.close(lock_fd)
 
 
-class reading_size:  # (lower case: used like a function, ``with reading_size(fd):``)
-    """For the block: a shared turn with the maps of anymmap that grow or cut the file
-    (see :class:`changing_size`), for reading its size and mapping that much: it waits
-    for a growth or cut under way and keeps new ones from starting, but not other
-    readers.  A growth that fails cuts back what it appended, and must not do so under a
-    map made meanwhile (adversary round 26).
+class changing_size(_Turn):  # (lower case: used like a function, ``with changing_size(fd):``)
+    """For the block: take turns with anymmap's other maps that grow or cut the file, and
+    have a descriptor of it that appends (``O_APPEND``, reopened through
+    ``/proc/self/fd``), or None if the file's permissions no longer allow opening it for
+    writing (then without taking turns)."""
 
-    The lock is taken on ``fd`` itself (no descriptor opened: mapping is frequent), so
-    ``fd`` must be open for reading and is best a descriptor of the caller's own: on a
-    duplicate of someone's, letting go also ends an OFD lock that they held on the
-    growth lock's byte through it.
-    """
-
-    __slots__ = ("_fd",)
+    __slots__ = ()
 
     def __init__(self, fd: int) -> None:
-        self._fd = fd
+        super().__init__(fd, fcntl.F_WRLCK, os.O_WRONLY | os.O_APPEND)
 
-    def __enter__(self) -> None:
-        try:
-            _lock_growth(self._fd, fcntl.F_RDLCK)
-        except BaseException:
-            self._let_go()  # (a Ctrl-C handled as the lock was taken)
-            raise
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._let_go()
+class reading_size(_Turn):  # (lower case: used like a function, ``with reading_size(fd):``)
+    """For the block: a shared turn with the maps of anymmap that grow or cut the file,
+    for reading its size and mapping that much: it waits for a growth or cut under way
+    and keeps new ones from starting, but not other readers.  A growth that fails cuts
+    back what it appended, and must not do so under a map made meanwhile (adversary
+    round 26).
 
-    def _let_go(self) -> None:
-        # Explicitly, and whether or not it was taken (harmless): the descriptor stays
-        # open, and a child forked meanwhile shares its open file description.
-        with signals_held(), contextlib.suppress(OSError):
-            _growth_lock(self._fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
+    The lock is taken on ``fd`` itself (mapping is frequent), which must be open for
+    reading; ``borrowed``: ``fd`` shares its open file description with a descriptor
+    of the caller's (a duplicate of one passed in), whose own OFD locks a lock on it
+    would change, so a descriptor is opened for the turn instead (adversary round 27).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, fd: int, *, borrowed: bool = False) -> None:
+        super().__init__(fd, fcntl.F_RDLCK, os.O_RDONLY if borrowed else None)
+
+
+#: The turns being taken or held in this process, for a forked child to let go of (weak:
+#: a turn whose holder was cut short by a signal lets go when dropped, see __del__).
+_turns_in_flight: weakref.WeakValueDictionary[int, _Turn] = weakref.WeakValueDictionary()
+_this_thread = threading.local()
+
+
+def _turns_of_this_thread() -> dict[tuple[int, int], int]:
+    """How many turns this thread takes or holds of each file (device, inode)."""
+    counts: dict[tuple[int, int], int] | None = getattr(_this_thread, "counts", None)
+    if counts is None:
+        counts = _this_thread.counts = {}
+    return counts
+
+
+def _forget_turns_in_child() -> None:
+    """In a forked child: let go of the turns the parent's threads were taking.  The
+    child shares their open file descriptions, and an OFD lock lasts while any process
+    has one open: a parent killed during a growth left its turn to the child, and every
+    map and growth of the file waited for the child to end (adversary round 27).  A
+    descriptor opened for a turn is closed (the parent's turn goes on), a shared turn on
+    a map's own descriptor is released (the parent maps without it)."""
+    for turn in list(_turns_in_flight.values()):
+        turn._let_go(in_child=True)
+    _turns_in_flight.clear()
+
+
+os.register_at_fork(after_in_child=_forget_turns_in_child)
 
 
 def append_zeros(append: int, end: int, made: list[int]) -> None:
@@ -845,8 +928,7 @@ def _lock_growth(fd: int, kind: int) -> bool:
             # reaches every byte): it is not a turn, and may be held for the program's
             # life (adversary round 25: every resize waited the whole patience).
             return False
-        # Polled, not waited for: a holder stopped at exit, or this very thread (a signal
-        # handler that grows the file inside a growth), must not hang the call.
+        # Polled, not waited for: a holder stopped at exit must not hang the call.
         if sys.is_finalizing() or time.monotonic() > deadline:
             return False
         time.sleep(0.001)
