@@ -3146,3 +3146,21 @@ def _timeout(seconds: float) -> Any:
         return asyncio.timeout(seconds)
     else:  # (an else: a type check for either version sees no dead code)
         return by_hand()
+
+
+@pytest.mark.parametrize("access", ["O_PATH", "O_WRONLY"])
+def test_a_descriptor_that_cannot_read_is_refused_clearly(tmp_path: Path, access: str) -> None:
+    """Regression test (adversary round 27): an ``O_PATH`` descriptor, whose access bits
+    read as ``O_RDONLY``, passed the check for ``mode="r"`` and failed later with a bare
+    ``OSError(EBADF)``; it is refused as a descriptor not open for reading."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(PAGE))
+    fd = os.open(path, getattr(os, access))
+    try:
+        for mode in ("r", "rw", "copy"):
+            with pytest.raises(PermissionError, match="not open for reading"):
+                anymmap.sync.MmapRaw.map_raw(fd, mode=mode)
+        with pytest.raises(PermissionError, match="not open for reading"):
+            anymmap.sync.MmapRegion.attach_fd(fd)
+    finally:
+        os.close(fd)

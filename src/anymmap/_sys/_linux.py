@@ -508,9 +508,16 @@ def file_system(fd: int) -> str:
 
 
 def access_mode(fd: int) -> tuple[bool, bool]:
-    """Whether ``fd`` was opened for reading, and for writing."""
-    access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    """Whether ``fd`` was opened for reading, and for writing (an ``O_PATH`` descriptor,
+    whose access bits read as ``O_RDONLY``, for neither)."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if flags & _O_PATH:
+        return False, False
+    access = flags & os.O_ACCMODE
     return access in (os.O_RDONLY, os.O_RDWR), access in (os.O_WRONLY, os.O_RDWR)
+
+
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 
 def is_direct(fd: int) -> bool:
