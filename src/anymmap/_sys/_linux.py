@@ -766,6 +766,7 @@ class _Turn:
         "_lock_fd",
         "_locked",
         "_private",
+        "_thread",
     )
 
     def __init__(self, fd: int, kind: int, access: int | None) -> None:
@@ -794,6 +795,7 @@ class _Turn:
                     lock_fd = self._fd
                 self._lock_fd, self._private = lock_fd, private
                 self._file = (info.st_dev, info.st_ino)
+                self._thread = threading.get_ident()
                 self._counts = counts = _turns_of_this_thread()
                 inside = counts.get(self._file, 0)
                 counts[self._file] = inside + 1
@@ -815,6 +817,28 @@ class _Turn:
         # have cut __init__ short.)
         if getattr(self, "_lock_fd", None) is not None:
             self._let_go()
+
+    def _keep_in_child(self) -> None:
+        """In a forked child, for a turn of the thread that forked: drop the lock but
+        keep the descriptor usable (the child may go on growing the file with it): a
+        private one is replaced by a new open file description of the file, without
+        the lock, under the same number."""
+        with signals_held():
+            lock_fd = self._lock_fd
+            if lock_fd is None or not self._locked:
+                return
+            if not self._private:
+                with contextlib.suppress(OSError):
+                    _growth_lock(lock_fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
+                self._locked = False
+                return
+            try:
+                fresh = os.open(f"/proc/self/fd/{lock_fd}", (self._access or 0) | os.O_CLOEXEC)
+            except OSError:
+                return  # (then the child keeps the parent's turn, as before)
+            os.dup2(fresh, lock_fd, inheritable=False)
+            os.close(fresh)
+            self._locked = False
 
     def _let_go(self, in_child: bool = False) -> None:
         with signals_held():  # (once begun, whole, and once)
@@ -888,10 +912,15 @@ def _forget_turns_in_child() -> None:
     has one open: a parent killed during a growth left its turn to the child, and every
     map and growth of the file waited for the child to end (adversary round 27).  A
     descriptor opened for a turn is closed (the parent's turn goes on), a shared turn on
-    a map's own descriptor is released (the parent maps without it)."""
+    a map's own descriptor is released (the parent maps without it).  The turns of the
+    thread that forked, which goes on in the child and may still use them, are kept
+    without their locks (see :meth:`_Turn._keep_in_child`)."""
+    me = threading.get_ident()
     for turn in list(_turns_in_flight.values()):
-        turn._let_go(in_child=True)
-    _turns_in_flight.clear()
+        if turn._thread == me:
+            turn._keep_in_child()
+        else:
+            turn._let_go(in_child=True)
 
 
 os.register_at_fork(after_in_child=_forget_turns_in_child)
