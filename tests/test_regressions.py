@@ -3164,3 +3164,37 @@ def test_a_descriptor_that_cannot_read_is_refused_clearly(tmp_path: Path, access
             anymmap.sync.MmapRegion.attach_fd(fd)
     finally:
         os.close(fd)
+
+
+_A_CHILD_FORKED_INSIDE_ITS_GROWTH_GOES_ON = """
+    import os, sys
+    import anymmap.sync
+
+    path = sys.argv[1]
+    m = anymmap.sync.MmapRaw.create(path, 4096, prefill="zeros")
+    pid = []
+
+    def fork_inside(frame, event, arg):  # as a signal handler could, inside the growth
+        if event == "call" and frame.f_code.co_name == "append_zeros" and not pid:
+            pid.append(os.fork())
+
+    sys.settrace(fork_inside)
+    m.resize(8 << 20)  # both processes finish it
+    sys.settrace(None)
+    m.update_region((8 << 20) - 1, b"x")
+    m.close()
+    if pid[0] == 0:
+        os._exit(0)
+    assert os.waitpid(pid[0], 0)[1] == 0, "the child's growth failed"
+    with anymmap.sync.MmapRaw.map_raw(path) as m:  # and the turn is free
+        m.resize(16 << 20)
+    print("ok")
+"""
+
+
+def test_a_child_forked_inside_its_own_growth_can_finish_it(tmp_path: Path) -> None:
+    """Regression test: a forked child lets go of the turns in flight (see
+    ``test_a_child_of_a_process_killed_during_a_growth_does_not_keep_its_turn``), but
+    the thread that forked goes on in the child, inside its growth: its descriptor must
+    stay usable (reopened without the lock), not be closed under it."""
+    check_child(_A_CHILD_FORKED_INSIDE_ITS_GROWTH_GOES_ON, str(tmp_path / "f"), timeout=30)
