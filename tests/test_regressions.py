@@ -15,6 +15,7 @@ import struct
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -3198,3 +3199,155 @@ def test_a_child_forked_inside_its_own_growth_can_finish_it(tmp_path: Path) -> N
     the thread that forked goes on in the child, inside its growth: its descriptor must
     stay usable (reopened without the lock), not be closed under it."""
     check_child(_A_CHILD_FORKED_INSIDE_ITS_GROWTH_GOES_ON, str(tmp_path / "f"), timeout=30)
+
+
+def _turn_byte_lock(path: Path) -> int:
+    """The kind of lock on the growth turn's byte that another descriptor sees."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        probe = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 1 << 62, 1, 0)
+        kind: int = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe))[0]
+        return kind
+    finally:
+        os.close(fd)
+
+
+_A_FORK_WHILE_A_TURN_IS_BEING_TAKEN = """
+    import os, sys, threading, time
+    import anymmap.sync
+
+    path = sys.argv[1]
+    m = anymmap.sync.MmapRaw.create(path, 4096, prefill="zeros")
+    in_gap, leave_gap, in_growth, end_growth = (threading.Event() for _ in range(4))
+
+    def hook(frame, event, arg):
+        # Holds the growing thread right after it opened its turn's descriptor, then
+        # inside its growth.
+        if event != "call":
+            return
+        if frame.f_code.co_name == "_turns_of_this_thread" and not in_gap.is_set():
+            in_gap.set()
+            leave_gap.wait()
+        elif frame.f_code.co_name == "append_zeros" and not in_growth.is_set():
+            in_growth.set()
+            end_growth.wait()
+
+    def grow():
+        sys.settrace(hook)
+        m.resize(1 << 20)
+
+    grower = threading.Thread(target=grow)
+    grower.start()
+    in_gap.wait()
+    r, w = os.pipe()
+    forked = []
+
+    def fork():
+        pid = os.fork()
+        if pid == 0:  # once the growth holds its turn: does this child share it?
+            status = 4
+            try:
+                os.read(r, 1)
+                status = 3 if any(map(locked, os.listdir("/proc/self/fdinfo"))) else 0
+            finally:
+                os._exit(status)
+        forked.append(pid)
+
+    def locked(n):
+        try:
+            with open(f"/proc/self/fdinfo/{n}") as f:
+                return "OFDLCK" in f.read()
+        except FileNotFoundError:  # (the listing's own descriptor)
+            return False
+
+    forker = threading.Thread(target=fork)
+    forker.start()
+    time.sleep(0.2)  # (so that the fork comes in the gap: if later, it proves less)
+    leave_gap.set()
+    in_growth.wait()
+    forker.join()
+    os.write(w, b"x")
+    status = os.waitpid(forked[0], 0)[1]
+    end_growth.set()
+    grower.join()
+    assert os.waitstatus_to_exitcode(status) == 0, "the child has the growth's turn"
+    print("ok")
+"""
+
+
+def test_a_fork_while_a_turn_is_being_taken_leaves_the_child_without_it(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 28): a fork that came between a turn's descriptor
+    being opened and being recorded left the child a descriptor no fork hook knew of;
+    the parent then locked it, and if killed mid-growth, left its turn to the child.
+    Opening and recording are now one step with respect to fork."""
+    check_child(_A_FORK_WHILE_A_TURN_IS_BEING_TAKEN, str(tmp_path / "f"), timeout=30)
+
+
+def test_a_fork_leaves_the_parents_shared_turn_alone(tmp_path: Path) -> None:
+    """Regression test (adversary round 28): the fork hook unlocked the shared turn of a
+    mapping under way in the parent (the child shares that map's open file
+    description), so the parent mapped on without it.  The child now only forgets it."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(2 * PAGE))
+    inside, go = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name == "map_placed" and not inside.is_set():
+            inside.set()
+            go.wait()
+
+    def map_it() -> None:
+        sys.settrace(hook)
+        try:
+            anymmap.sync.MmapRaw.map_raw(path, mode="r").close()
+        finally:
+            sys.settrace(None)
+
+    mapper = threading.Thread(target=map_it)
+    mapper.start()
+    try:
+        inside.wait()
+        seen.append(_turn_byte_lock(path))
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        seen.append(_turn_byte_lock(path))
+    finally:
+        go.set()
+        mapper.join()
+    assert seen == [fcntl.F_RDLCK, fcntl.F_RDLCK]
+    assert _turn_byte_lock(path) == fcntl.F_UNLCK
+
+
+_A_LEASED_DESCRIPTOR_MAPPED = """
+    import fcntl, os, sys
+    import anymmap.sync
+
+    path = sys.argv[1]
+    with open(path, "wb") as f:
+        f.write(bytes(8192))
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    anymmap.sync.MmapRaw.map_raw(fd, mode="r").close()
+    assert fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_RDLCK
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    os.close(fd)
+    fd = os.open(path, os.O_RDWR)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    anymmap.sync.MmapRaw.map_raw(fd).close()
+    anymmap.sync.MmapRegion.attach_fd(fd).close()
+    assert fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_WRLCK
+    print("ok")
+"""
+
+
+def test_mapping_a_leased_descriptor_keeps_the_lease(tmp_path: Path) -> None:
+    """Regression test (adversary round 28): the shared turn of ``map_raw(fd)`` and
+    ``attach_fd(fd)`` opened the file again, which broke the caller's own lease: the
+    call waited out the lease's break (45 s) and the lease was gone.  A descriptor
+    passed in now takes no turn."""
+    check_child(_A_LEASED_DESCRIPTOR_MAPPED, str(tmp_path / "f"), timeout=30)

@@ -386,7 +386,10 @@ class FileCore(FileBackedCore):
         no_reserve: bool = False,
         prefill: Prefill = "allocate",
         label: str | None = None,
+        borrowed: bool | None = None,
     ) -> None:
+        """``borrowed``: whether ``file``, if a descriptor, is the caller's own open file
+        (by default: a path is not, a descriptor is), see ``reading_size``."""
         if not os_impl.SUPPORTED:
             raise UnsupportedError(f"anymmap file maps on {sys.platform}")
         if mode not in MODES:
@@ -419,7 +422,9 @@ class FileCore(FileBackedCore):
             # (adversary round 26: a map of what a failing growth had appended was left
             # past the end of its file once the growth cut it back).  (A descriptor that
             # was passed in is the caller's open file: its OFD locks are theirs.)
-            with os_impl.reading_size(fd, borrowed=not isinstance(file, PATH_TYPES)):
+            if borrowed is None:
+                borrowed = not isinstance(file, PATH_TYPES)
+            with os_impl.reading_size(fd, borrowed=borrowed):
                 size = os_impl.file_size(fd)
                 if size == 0:
                     raise InvalidSizeError(0, f"cannot map an empty file ({name_of(file)})")
@@ -578,6 +583,7 @@ def create_file_map(
             fault_safe=fault_safe,
             prefill=prefill,  # type: ignore[arg-type]
             label=label_of(path),
+            borrowed=False,  # (create_file opened it: a turn may be taken on it)
         )
         if made is not None:  # (for undo_create; see create_file for exist_ok)
             core.made_file = (made, os_impl.file_identity(created_ref.fd))

@@ -784,13 +784,17 @@ class _Turn:
         not be opened (then without a turn)."""
         private, access = self._access is not None, self._access or 0
         try:
-            with signals_held():  # (opened and counted means given back by _let_go)
+            # (Opened and counted means given back by _let_go; opened and recorded
+            # means known to a child forked meanwhile: see _forget_turns_in_child.)
+            with signals_held(), _turns_lock:
                 info = os.fstat(self._fd)
                 if private:
                     try:
-                        lock_fd = os.open(f"/proc/self/fd/{self._fd}", access | os.O_CLOEXEC)
+                        # (O_NONBLOCK: a file under a lease fails at once, EWOULDBLOCK,
+                        # instead of waiting out the lease's break, 45 s by default.)
+                        lock_fd = os.open(f"/proc/self/fd/{self._fd}", access | _REOPEN)
                     except OSError:
-                        return None  # (the permissions no longer allow it)
+                        return None  # (the permissions no longer allow it; a lease)
                 else:
                     lock_fd = self._fd
                 self._lock_fd, self._private = lock_fd, private
@@ -828,12 +832,12 @@ class _Turn:
             if lock_fd is None or not self._locked:
                 return
             if not self._private:
-                with contextlib.suppress(OSError):
-                    _growth_lock(lock_fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
+                # (Not unlocked: the parent shares the open file description, and its
+                # own turn would go; the child's exit of the turn leaves it alone.)
                 self._locked = False
                 return
             try:
-                fresh = os.open(f"/proc/self/fd/{lock_fd}", (self._access or 0) | os.O_CLOEXEC)
+                fresh = os.open(f"/proc/self/fd/{lock_fd}", (self._access or 0) | _REOPEN)
             except OSError:
                 return  # (then the child keeps the parent's turn, as before)
             os.dup2(fresh, lock_fd, inheritable=False)
@@ -853,8 +857,8 @@ class _Turn:
                 self._counts.pop(self._file, None)
             # Released explicitly: a child forked meanwhile shares the open file
             # description, and closing ours alone would leave it locked in there.  (In
-            # that child, a private descriptor is only closed: the parent's turn goes on.)
-            if self._locked and not (in_child and self._private):
+            # that child, nothing is unlocked: the parent's turn goes on.)
+            if self._locked and not in_child:
                 with contextlib.suppress(OSError):
                     _growth_lock(lock_fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
             if self._private:
@@ -881,17 +885,29 @@ class reading_size(_Turn):  # (lower case: used like a function, ``with reading_
     round 26).
 
     The lock is taken on ``fd`` itself (mapping is frequent), which must be open for
-    reading; ``borrowed``: ``fd`` shares its open file description with a descriptor
-    of the caller's (a duplicate of one passed in), whose own OFD locks a lock on it
-    would change, so a descriptor is opened for the turn instead (adversary round 27).
+    reading.  ``borrowed``: ``fd`` shares its open file description with a descriptor
+    of the caller's (a duplicate of one passed in), and no turn is taken: a lock on it
+    would change the caller's own OFD locks (adversary round 27), and opening another
+    descriptor for it would break the caller's lease on the file (round 28).
     """
 
-    __slots__ = ()
+    __slots__ = ("_borrowed",)
 
     def __init__(self, fd: int, *, borrowed: bool = False) -> None:
-        super().__init__(fd, fcntl.F_RDLCK, os.O_RDONLY if borrowed else None)
+        super().__init__(fd, fcntl.F_RDLCK, None)
+        self._borrowed = borrowed
+
+    def __enter__(self) -> int | None:
+        return None if self._borrowed else super().__enter__()
 
 
+#: Held while a turn's descriptor is opened and recorded, and across a fork: a fork in
+#: between left the child a descriptor no hook knew of, and with it the turn of a parent
+#: killed mid-growth (adversary round 28).  Re-entrant: a fork from a trace hook of the
+#: thread that holds it.
+_turns_lock = threading.RLock()
+#: How a descriptor of a file is opened for a turn (see _Turn.__enter__).
+_REOPEN = os.O_CLOEXEC | os.O_NONBLOCK
 #: The turns being taken or held in this process, for a forked child to let go of (weak:
 #: a turn whose holder was cut short by a signal lets go when dropped, see __del__).
 _turns_in_flight: weakref.WeakValueDictionary[int, _Turn] = weakref.WeakValueDictionary()
@@ -911,19 +927,28 @@ def _forget_turns_in_child() -> None:
     child shares their open file descriptions, and an OFD lock lasts while any process
     has one open: a parent killed during a growth left its turn to the child, and every
     map and growth of the file waited for the child to end (adversary round 27).  A
-    descriptor opened for a turn is closed (the parent's turn goes on), a shared turn on
-    a map's own descriptor is released (the parent maps without it).  The turns of the
-    thread that forked, which goes on in the child and may still use them, are kept
-    without their locks (see :meth:`_Turn._keep_in_child`)."""
+    descriptor opened for a turn is closed (the parent's turn goes on); a shared turn on
+    a map's own descriptor is only forgotten (unlocking it would end the parent's too:
+    if the parent is killed while it maps, the turn lasts until the child closes that
+    descriptor or ends).  The turns of the thread that forked, which goes on in the
+    child and may still use them, are kept without their locks (see
+    :meth:`_Turn._keep_in_child`)."""
     me = threading.get_ident()
-    for turn in list(_turns_in_flight.values()):
-        if turn._thread == me:
-            turn._keep_in_child()
-        else:
-            turn._let_go(in_child=True)
+    try:
+        for turn in list(_turns_in_flight.values()):
+            if turn._thread == me:
+                turn._keep_in_child()
+            else:
+                turn._let_go(in_child=True)
+    finally:
+        _turns_lock.release()  # (taken before the fork)
 
 
-os.register_at_fork(after_in_child=_forget_turns_in_child)
+os.register_at_fork(
+    before=_turns_lock.acquire,
+    after_in_parent=_turns_lock.release,
+    after_in_child=_forget_turns_in_child,
+)
 
 
 def append_zeros(append: int, end: int, made: list[int]) -> None:
