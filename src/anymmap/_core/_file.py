@@ -401,7 +401,7 @@ class FileCore(FileBackedCore):
         wanted = None if length is None else check_size(length, "length")
         super().__init__(writable=mode != "r")
         # The map owns the descriptor from here; it is closed if the map is not made.
-        self.file, _ = open_fd(file, mode, label)
+        self.file = open_fd(file, mode, label)
         self.fd = fd = self.file.fd
         try:
             prot = os_impl.PROT_READ if mode == "r" else os_impl.PROT_READ | os_impl.PROT_WRITE

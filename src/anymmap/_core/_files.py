@@ -130,11 +130,11 @@ def as_fd(file: object) -> int:
     return fd
 
 
-def open_fd(file: object, mode: Mode, label: str | None = None) -> tuple[FileRef, int]:
+def open_fd(file: object, mode: Mode, label: str | None = None) -> FileRef:
     """Open what ``file`` names (a path, an fd, or an object with ``fileno()``) for a map
     of ``mode``; return the descriptor, which the map owns (a given fd is duplicated), as
-    a :class:`FileRef` called ``label`` (by default :func:`label_of` the file), and the
-    size of the file.
+    a :class:`FileRef` called ``label`` (by default :func:`label_of` the file).  (Its
+    size is the caller's to read, in a turn: see ``reading_size``.)
 
     Never blocks: a path is opened with ``O_NONBLOCK`` (a FIFO would wait for a writer),
     and anything that is not a regular file or a block device is refused.
@@ -176,7 +176,7 @@ def open_fd(file: object, mode: Mode, label: str | None = None) -> tuple[FileRef
                 f"{name} is not open for {need}; a map of mode {mode!r} needs it{hint}",
             )
         os_impl.set_blocking(fd)
-        return ref, os_impl.file_size(fd)
+        return ref
     except BaseException:
         ref.close()
         raise

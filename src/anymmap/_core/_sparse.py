@@ -268,7 +268,7 @@ class SparseCore(MapCore):
     def map_file(self, start: int, n: int, file: object, file_offset: int, writable: bool) -> None:
         """A shared window of ``file`` (``writable``: writes reach the file);
         ``file_offset`` checked by :func:`check_file_offset`."""
-        ref, _ = open_fd(file, "rw" if writable else "r")
+        ref = open_fd(file, "rw" if writable else "r")
         fd = ref.fd
         prot = os_impl.PROT_READ | (os_impl.PROT_WRITE if writable else 0)
         self._replace(

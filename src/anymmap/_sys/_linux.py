@@ -765,7 +765,6 @@ class _Turn:
         "_kind",
         "_lock_fd",
         "_locked",
-        "_private",
         "_thread",
     )
 
@@ -776,28 +775,33 @@ class _Turn:
         self._kind = kind
         self._access = access
         self._lock_fd: int | None = None
-        self._private = False
         self._locked = False
+
+    @property
+    def _private(self) -> bool:
+        """Whether the turn is taken on a descriptor opened for it (and closed after)."""
+        return self._access is not None
+
+    def _reopen(self, fd: int) -> int:
+        """A new open file description of ``fd``'s file, for the turn."""
+        return os.open(f"/proc/self/fd/{fd}", (self._access or 0) | _REOPEN)
 
     def __enter__(self) -> int | None:
         """Take the turn; return the descriptor it is taken on, or None if it could
         not be opened (then without a turn)."""
-        private, access = self._access is not None, self._access or 0
         try:
             # (Opened and counted means given back by _let_go; opened and recorded
             # means known to a child forked meanwhile: see _forget_turns_in_child.)
             with signals_held(), _turns_lock:
                 info = os.fstat(self._fd)
-                if private:
+                if self._private:
                     try:
-                        # (O_NONBLOCK: a file under a lease fails at once, EWOULDBLOCK,
-                        # instead of waiting out the lease's break, 45 s by default.)
-                        lock_fd = os.open(f"/proc/self/fd/{self._fd}", access | _REOPEN)
+                        lock_fd = self._reopen(self._fd)
                     except OSError:
                         return None  # (the permissions no longer allow it; a lease)
                 else:
                     lock_fd = self._fd
-                self._lock_fd, self._private = lock_fd, private
+                self._lock_fd = lock_fd
                 self._file = (info.st_dev, info.st_ino)
                 self._thread = threading.get_ident()
                 self._counts = counts = _turns_of_this_thread()
@@ -837,7 +841,7 @@ class _Turn:
                 self._locked = False
                 return
             try:
-                fresh = os.open(f"/proc/self/fd/{lock_fd}", (self._access or 0) | _REOPEN)
+                fresh = self._reopen(lock_fd)
             except OSError:
                 return  # (then the child keeps the parent's turn, as before)
             os.dup2(fresh, lock_fd, inheritable=False)
@@ -906,7 +910,9 @@ class reading_size(_Turn):  # (lower case: used like a function, ``with reading_
 #: killed mid-growth (adversary round 28).  Re-entrant: a fork from a trace hook of the
 #: thread that holds it.
 _turns_lock = threading.RLock()
-#: How a descriptor of a file is opened for a turn (see _Turn.__enter__).
+#: How a descriptor of a file is opened for a turn (O_NONBLOCK: a file under a lease
+#: fails the open at once, EWOULDBLOCK, instead of waiting out the lease's break, 45 s
+#: by default).
 _REOPEN = os.O_CLOEXEC | os.O_NONBLOCK
 #: The turns being taken or held in this process, for a forked child to let go of (weak:
 #: a turn whose holder was cut short by a signal lets go when dropped, see __del__).
