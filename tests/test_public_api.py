@@ -45,6 +45,7 @@ PUBLIC = {
         "SparsePiece",
         "UnmappableFileError",
         "UnsupportedError",
+        "WriteBackError",
         "sync",
     },
     "anymmap.sync": {"AnonymousMmap", "MmapOptions", "MmapRaw", "MmapRegion", "SparseMapping"},
@@ -81,6 +82,7 @@ def test_errors_subclass_what_users_catch() -> None:
     assert issubclass(anymmap.MappingFaultError, OSError)
     assert issubclass(anymmap.HintNotHonoredError, OSError)
     assert issubclass(anymmap.UnsupportedError, OSError)
+    assert issubclass(anymmap.WriteBackError, OSError)
     assert issubclass(anymmap.ReadOnlyError, TypeError)
     for name in PUBLIC["anymmap"]:
         value = getattr(anymmap, name)

@@ -50,6 +50,7 @@ from ._errors import OutOfBoundsError as OutOfBoundsError
 from ._errors import ReadOnlyError as ReadOnlyError
 from ._errors import UnmappableFileError as UnmappableFileError
 from ._errors import UnsupportedError as UnsupportedError
+from ._errors import WriteBackError as WriteBackError
 from ._rwlock import RWLock as RWLock
 from ._rwlock import RWLockStatistics as RWLockStatistics
 from ._sys import os_impl as _os_impl
@@ -92,6 +93,7 @@ __all__ = [
     "SparsePiece",
     "UnmappableFileError",
     "UnsupportedError",
+    "WriteBackError",
 ]
 
 # Re-export the public names as if they were defined here, so that reprs and tracebacks

@@ -108,6 +108,31 @@ class MappingFaultError(AnymmapError, OSError):
         return type(self), (self.offset, self.address, self.cause)
 
 
+class WriteBackError(AnymmapError, OSError):
+    """Raised by a durable flush of a file map (``flush``, ``flush_range``, the final flush
+    of ``auto_flush`` or of a close) once the kernel has failed to write some of the map's
+    pages back to the file: then, and by every later durable flush of the same map.
+
+    ``errno`` is the error the kernel gave (``EIO``, ``ENOSPC``, ``EDQUOT``...), and
+    ``__cause__`` is that first ``OSError``.  Linux reports a failed write-back once per
+    open file, and may drop the pages it could not write (or mark them clean): a later
+    ``msync`` that returns success does not make them durable.  So the map keeps the
+    error: what was written to it is not known to be on the disk, and ``pending_bytes()``
+    keeps counting it.  Rewrite the data from its source through a new map.
+    """
+
+    def __init__(self, error: int, strerror: str) -> None:
+        self.first = strerror
+        super().__init__(
+            error,
+            f"writing the map's pages back to its file failed ({strerror}): they may be "
+            "lost, and every durable flush of this map raises this error from now on",
+        )
+
+    def __reduce__(self) -> tuple[type[WriteBackError], tuple[int, str]]:
+        return type(self), (self.errno or errno.EIO, self.first)
+
+
 class UnmappableFileError(AnymmapError, OSError):
     """Raised when what was given to map is not a regular file or a block device (a FIFO
     or pipe, a socket, a character device such as ``/dev/zero``), or is a file of a file

@@ -13,7 +13,8 @@ requests; requests that arrive meanwhile wait for the next batch.  So:
   and nobody else waits longer.  The committer pins the map while it flushes, so closing
   waits for it.
 * **An error reaches the requests it concerns**: those whose ranges the failed ``msync``
-  covered, each with its own copy of the exception.
+  covered, each with its own copy of the exception.  (A failed write-back also fails
+  every later ``msync`` of the map: see ``FileBackedCore._msync``.)
 
 How a batch is flushed: its ranges are merged, and ranges closer to each other than
 :data:`GAP_LIMIT` are flushed by one ``msync`` over their span.  Measured here (ext4 in
