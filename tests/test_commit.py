@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import errno
 import fractions
+import gc
 import math
 import os
 import pickle
@@ -29,7 +30,7 @@ from anymmap import MmapRaw
 from anymmap._core._commit import CommitRequest, DirtyRanges, GroupCommit
 from anymmap._sys import _linux
 
-from ._helpers import PAGE, unwritten_pages, wait_until
+from ._helpers import PAGE, is_mapped, unwritten_pages, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -213,6 +214,37 @@ async def test_a_cancelled_waiter_does_not_hurt_the_others(log_file: Path) -> No
         assert sorted(done) == list(range(0, 16, 2))
         await wait_until(lambda: m.pending_bytes() == 0)  # the cancelled ones too
     assert_another_process_reads_every_record(log_file, 16)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # (unclosed, on purpose)
+async def test_a_cancelled_flush_of_a_map_dropped_unclosed_is_made_all_the_same(
+    log_file: Path,
+) -> None:
+    """Regression test (adversary round 29): a flush cancelled after it was submitted is
+    owed its msync, but when the map was then dropped without ``aclose()`` before the
+    committer took the request, the committer found the map gone and flushed nothing.
+    The request now holds the map until its msync is made."""
+    log_file.write_bytes(bytes(4 * PAGE))
+    m = await MmapRaw.map_raw(log_file)
+    await m.update_region(0, b"owed")
+    commit, addr = m._core.commit, m.as_ptr()
+    gate, run = threading.Event(), commit._run
+
+    def gated_run() -> None:  # the committer starts only once the map is dropped
+        gate.wait()
+        run()
+
+    commit._run = gated_run  # type: ignore[method-assign]
+    with anyio.move_on_after(0):
+        await m.flush()
+    del m
+    gc.collect()
+    gate.set()
+    await wait_until(lambda: not commit.outstanding())
+    assert list(commit.failed_batches) == []
+    assert commit.msyncs == 1
+    gc.collect()
+    assert not is_mapped(addr)  # and then freed
 
 
 @pytest.fixture
