@@ -452,6 +452,58 @@ async def test_auto_flush_by_time_by_bytes_and_at_exit(log_file: Path, backend_n
             pass
 
 
+class _CountedPending:
+    """Counts the calls of a map's ``dirty.pending()``: how often a flusher looked."""
+
+    def __init__(self, core: Any) -> None:
+        self.calls = 0
+        self._pending = core.dirty.pending
+        core.dirty.pending = self
+
+    def __call__(self) -> int:
+        self.calls += 1
+        return cast(int, self._pending())
+
+
+async def test_an_idle_auto_flush_waits_for_a_write_not_for_its_interval(
+    log_file: Path,
+) -> None:
+    """Regression test (adversary round 29): with a tiny ``every`` and nothing written,
+    the flusher woke at every interval (``every=1e-9``: 100 % of a core).  It now waits
+    for the first write, and the interval counts from there."""
+    log_file.write_bytes(bytes(4 * PAGE))
+    async with await MmapRaw.map_raw(log_file) as m:
+        counted = _CountedPending(m._core)
+        async with m.auto_flush(every=0.001, every_bytes=1 << 40):
+            await anyio.sleep(0.3)  # idle: 300 intervals
+            looked = counted.calls
+            assert looked <= 3, looked
+            await m.update_region(0, b"written")
+            await wait_until(lambda: m.pending_bytes() == 0)  # flushed after the write
+            flushed = counted.calls
+            await anyio.sleep(0.3)  # idle again
+            assert counted.calls - flushed <= 3, counted.calls - flushed
+        assert m.pending_bytes() == 0
+
+
+def test_an_idle_auto_flush_of_the_twin_waits_for_a_write(log_file: Path) -> None:
+    log_file.write_bytes(bytes(4 * PAGE))
+    with anymmap.sync.MmapRaw.map_raw(log_file) as m:
+        counted = _CountedPending(m._core)
+        with m.auto_flush(every=0.001, every_bytes=1 << 40):
+            time.sleep(0.3)
+            looked = counted.calls
+            assert looked <= 3, looked
+            m.update_region(0, b"written")
+            deadline = time.monotonic() + 30
+            while m.pending_bytes() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert m.pending_bytes() == 0
+            flushed = counted.calls
+            time.sleep(0.3)
+            assert counted.calls - flushed <= 3, counted.calls - flushed
+
+
 async def test_auto_flush_inside_a_failing_block_still_flushes(log_file: Path) -> None:
     async with await MmapRaw.create(log_file, MiB) as m:
 

@@ -484,6 +484,8 @@ class _AutoFlush:
         #: What ended the flusher: a failed flush (or, on trio, a Ctrl-C raised in it).
         self._background: list[BaseException] = []
         self._entered = False
+        #: The flusher waits for a first write (nothing is pending): any write wakes it.
+        self._idle = False
         # One bound method, kept: the map holds its claim through a weak reference to it,
         # so that a block dropped without its exit gives the claim back.
         self._listener: Callable[[int], None] = self._written
@@ -491,7 +493,7 @@ class _AutoFlush:
     def _written(self, pending: int) -> None:
         """The map's listener (called by writes, on any thread)."""
         wake = self._wake
-        if pending >= self._threshold and wake:
+        if (pending >= self._threshold or self._idle) and wake:
             wake[0].wake_from_thread()
 
     async def _flush_in_background(self, scope: anyio.CancelScope) -> None:
@@ -499,6 +501,17 @@ class _AutoFlush:
         try:
             while True:
                 self._wake[:] = [ThreadWaiter()]
+                if not core.dirty.pending():
+                    # Nothing to flush: wait for a write, not for the interval (a tiny
+                    # ``every`` spun the loop at 100 % CPU with nothing written,
+                    # adversary round 29); the interval counts from the first write.
+                    self._idle = True
+                    try:
+                        if not core.dirty.pending():  # (a write before the flag was up)
+                            await self._wake[0].wait()
+                    finally:
+                        self._idle = False
+                    self._wake[:] = [ThreadWaiter()]
                 if core.dirty.pending() < threshold:
                     with anyio.move_on_after(self._interval):
                         await self._wake[0].wait()

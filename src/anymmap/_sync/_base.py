@@ -346,10 +346,13 @@ class _Flusher:
         self.failures: list[BaseException] = []
         # One bound method, kept: the map recognises its listener by identity.
         self._listener: Callable[[int], None] = self._written
+        #: The thread waits for a first write (nothing is pending): any write wakes it.
+        self._idle = False
 
     def _written(self, pending: int) -> None:
-        """The map's listener: wake the thread once enough bytes are pending."""
-        if pending >= self._threshold:
+        """The map's listener: wake the thread once enough bytes are pending, or at the
+        first write while it waits for one."""
+        if pending >= self._threshold or self._idle:
             self._wake.put(None)
 
     def claim(self) -> None:
@@ -408,6 +411,18 @@ class _Flusher:
                     self._sleep(left)
                     if block() is None:
                         break
+            elif not core.dirty.pending():
+                # Nothing to flush: wait for a write (or the block's end), not for a
+                # tiny interval (a wake-up every ``every`` seconds for nothing); the
+                # interval counts from the first write.  (At least once a second: a
+                # close of the map, which wakes nothing, ends the thread.)
+                self._idle = True
+                try:
+                    if not core.dirty.pending():  # (a write before the flag was up)
+                        self._sleep(max(wait, 1.0))
+                finally:
+                    self._idle = False
+                continue
             elif core.dirty.pending() < self._threshold:
                 self._sleep(wait)
             else:
