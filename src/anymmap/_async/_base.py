@@ -494,6 +494,7 @@ class _AutoFlush:
         """The map's listener (called by writes, on any thread)."""
         wake = self._wake
         if (pending >= self._threshold or self._idle) and wake:
+            self._idle = False  # (once: the writes of a burst make no wake-up each)
             wake[0].wake_from_thread()
 
     async def _flush_in_background(self, scope: anyio.CancelScope) -> None:

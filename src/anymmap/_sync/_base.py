@@ -353,6 +353,7 @@ class _Flusher:
         """The map's listener: wake the thread once enough bytes are pending, or at the
         first write while it waits for one."""
         if pending >= self._threshold or self._idle:
+            self._idle = False  # (once: the writes of a burst make no wake-up each)
             self._wake.put(None)
 
     def claim(self) -> None:
