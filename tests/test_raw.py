@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import pickle
+import platform
 import socket
 import subprocess
 import sys
@@ -141,6 +143,36 @@ async def test_bad_files(tmp_path: Path, data_file: Path) -> None:
     if os.geteuid() != 0:  # root may write anyway
         with pytest.raises(PermissionError, match="mode='r'"):
             await MmapRaw.map_raw(data_file)
+
+
+def _memfd_secret() -> int:
+    """A ``memfd_secret`` descriptor one page long, or skip."""
+    if platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("memfd_secret's system call number is known for x86-64 and arm64")
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.syscall(447, 0)  # SYS_memfd_secret
+    if fd < 0:
+        pytest.skip(f"no memfd_secret here: {os.strerror(ctypes.get_errno())}")
+    os.ftruncate(fd, PAGE)
+    return int(fd)
+
+
+async def test_memfd_secret_is_refused_by_name(tmp_path: Path) -> None:
+    """Regression test (adversary round 29): a ``memfd_secret`` descriptor gave a raw
+    ``OSError(ESPIPE)`` from an internal probe (and, mapped, no copy of it could work:
+    its pages are out of reach of every system call).  It is refused by name."""
+    fd = _memfd_secret()
+    try:
+        with pytest.raises(UnmappableFileError, match="memfd_secret"):
+            await MmapRaw.map_raw(fd, mode="r")
+        with pytest.raises(UnmappableFileError, match="memfd_secret"):
+            await anymmap.MmapRegion.attach_fd(fd)
+        async with await anymmap.SparseMapping.new(4 * PAGE) as sparse:
+            with pytest.raises(UnmappableFileError, match="memfd_secret"):
+                await sparse.map_file(0, PAGE, fd)
+            assert [piece.kind for piece in sparse.pieces()] == ["hole"]
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("mode", ["rw", "r", "copy"])

@@ -313,7 +313,8 @@ async def test_attach_refuses_what_it_should(tmp_path: Path) -> None:
     empty.chmod(0o600)
     with pytest.raises(InvalidSizeError, match="empty"):
         await MmapRegion.attach(empty)
-    with pytest.raises(UnmappableFileError, match="character device"):
+    # (adversary round 29: "it is a block device; only regular files and block devices")
+    with pytest.raises(UnmappableFileError, match="character device; only regular files can"):
         await MmapRegion.attach("/dev/zero")
     target.chmod(0o666)
     with pytest.raises(PermissionError, match="trust_others"):

@@ -142,18 +142,20 @@ class UnmappableFileError(AnymmapError, OSError):
     raises :exc:`IsADirectoryError`, as everywhere in Python.)
     """
 
-    def __init__(self, name: str, kind: str) -> None:
+    def __init__(
+        self, name: str, kind: str, mappable: str = "regular files and block devices"
+    ) -> None:
         self.name = name
         self.kind = kind
+        self.mappable = mappable
         article = "an" if kind[:1] in ("a", "e", "i", "o", "u") else "a"
         super().__init__(
             errno.ENODEV,
-            f"cannot map {name}: it is {article} {kind}; "
-            "only regular files and block devices can be mapped",
+            f"cannot map {name}: it is {article} {kind}; only {mappable} can be mapped",
         )
 
-    def __reduce__(self) -> tuple[type[UnmappableFileError], tuple[str, str]]:
-        return type(self), (self.name, self.kind)
+    def __reduce__(self) -> tuple[type[UnmappableFileError], tuple[str, str, str]]:
+        return type(self), (self.name, self.kind, self.mappable)
 
 
 class UnsupportedError(AnymmapError, OSError):

@@ -196,7 +196,8 @@ def create_file(
                 raise exists from None
             except OSError as exc:
                 if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
-                    raise UnmappableFileError(name_of(path), os_impl.path_kind(path)) from None
+                    kind = os_impl.path_kind(path)
+                    raise UnmappableFileError(name_of(path), kind, "regular files") from None
                 raise
             ref = FileRef(fd, name_of(path))
             if created and not exist_ok and unnamed is None:

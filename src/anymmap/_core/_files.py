@@ -47,11 +47,12 @@ def check_mappable(fd: int, name: str, kinds: tuple[str, ...] = MAPPABLE_KINDS) 
     kind = os_impl.file_kind(fd)
     if kind == "directory":
         raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
+    mappable = " and ".join(f"{each}s" for each in kinds)
     if kind not in kinds:
-        raise UnmappableFileError(name, kind)
+        raise UnmappableFileError(name, kind, mappable)
     where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(fd))
     if where is not None:
-        raise UnmappableFileError(name, f"file in {where}")
+        raise UnmappableFileError(name, f"file in {where}", mappable)
 
 
 def adopt(open_it: Callable[[], int], name: str) -> FileRef:

@@ -416,7 +416,7 @@ def attach_region(
                 errno.ELOOP, f"{name} is a symbolic link; attach() does not follow links"
             ) from None
         if exc.errno == errno.ENXIO:  # a socket
-            raise UnmappableFileError(name, os_impl.path_kind(path)) from None
+            raise UnmappableFileError(name, os_impl.path_kind(path), "regular files") from None
         raise
     fd = file.fd
     try:

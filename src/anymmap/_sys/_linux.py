@@ -445,8 +445,21 @@ _FILE_KINDS = (
 )
 
 # statfs(2) f_type of the file systems anymmap treats specially.
-_FILE_SYSTEMS = {0x9FA0: "proc", 0x62656572: "sysfs", 0x64626720: "debugfs", 0x01021994: "tmpfs"}
-UNMAPPABLE_FILE_SYSTEMS = {"proc": "/proc", "sysfs": "/sys", "debugfs": "debugfs"}
+_FILE_SYSTEMS = {
+    0x9FA0: "proc",
+    0x62656572: "sysfs",
+    0x64626720: "debugfs",
+    0x01021994: "tmpfs",
+    0x5345434D: "secretmem",
+}
+#: Where the files that cannot be mapped (or copied, once mapped) live: memfd_secret
+#: pages are out of reach of every system call, so each fault-safe copy would fail.
+UNMAPPABLE_FILE_SYSTEMS = {
+    "proc": "/proc",
+    "sysfs": "/sys",
+    "debugfs": "debugfs",
+    "secretmem": "memfd_secret memory (no system call can copy its pages)",
+}
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
@@ -548,7 +561,7 @@ def nowait_reads(fd: int) -> bool:
     except BlockingIOError:
         return True
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ESPIPE):
             return False
         raise
     return True
