@@ -200,6 +200,23 @@ async def test_check_and_remap_works_while_the_guest_borrows(
         assert not await guest.check_and_remap()
 
 
+async def test_a_nowait_write_into_a_fresh_region_in_dev_shm_goes_through(
+    shm_path: Path,
+) -> None:
+    """Regression test (adversary round 29): the first write into each page of a region
+    on tmpfs (its blocks allocated, never written) raised ``WouldBlock`` "it would be
+    read from the disk", although tmpfs has no disk to wait for.  Such pages take the
+    write at once; a file on disk still waits (below)."""
+    region = await MmapRegion.create(shm_path / "region", 64 * PAGE)
+    raw = await anymmap.MmapRaw.create(shm_path / "raw", 64 * PAGE)
+    async with region, raw:
+        for m in (region, raw):
+            m.update_region_nowait(7 * PAGE + 3, b"first")
+            assert await m.read(7 * PAGE + 3, 5) == b"first"
+            m.update_region_nowait(0, b"\1" * 64 * PAGE)  # every page
+            assert await m.read(0, 64 * PAGE) == b"\1" * 64 * PAGE
+
+
 async def test_resize_rules(host: MmapRegion, tmp_path: Path) -> None:
     await host.resize(4 * PAGE)  # the same size: a no-op
     with pytest.raises(ValueError, match="only grows"):

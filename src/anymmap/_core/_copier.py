@@ -406,7 +406,8 @@ class FileCopier(KernelCopier):
         self._pread = shared and not os_impl.is_direct(fd)
         self._nowait = self._pread and os_impl.nowait_reads(fd)
         # On tmpfs a page that is not in memory is either swapped out or a hole never
-        # written, and a hole reads as zeros with no I/O: reads on this thread check.
+        # written, and a hole reads as zeros and takes a write with no I/O: copies on
+        # this thread check.
         self._holes_free = self._pread and os_impl.file_system(fd) == "tmpfs"
 
     # -- on the calling thread --------------------------------------------------------
@@ -426,7 +427,7 @@ class FileCopier(KernelCopier):
             return True
         if not self.resident(offset, n):
             self._raise_if_past_end(offset, n)
-            if not (self._holes_free and os_impl.is_hole(self.fd, self.file_offset + offset, n)):
+            if not self._in_memory_or_holes(offset, n):
                 return False
         if self._pread or self.fault_safe:
             self.read(address_of(dst), offset, n)
@@ -441,13 +442,27 @@ class FileCopier(KernelCopier):
         n = len(src)
         if not self.resident(offset, n):
             self._raise_if_past_end(offset, n)
-            return False
+            # (A fresh region in /dev/shm refused every first write, adversary round 29.)
+            if not self._in_memory_or_holes(offset, n):
+                return False
         if self.fault_safe:
             with PinnedBuffer(src, writable=False) as pin:
                 os_impl.write_memory(self.addr + offset, pin.address, n)
         else:
             start = self.base + offset
             self.memory.view[start : start + n] = src
+        return True
+
+    def _in_memory_or_holes(self, offset: int, length: int) -> bool:
+        """On tmpfs, whether no page of the range needs I/O: each is in memory or in a
+        hole (never written, or allocated and never written), which reads as zeros and
+        takes a write with no I/O; a page that is neither is swapped out."""
+        if not self._holes_free:
+            return False
+        start = self.file_offset + offset  # (file offsets; ``resident`` takes the piece's)
+        for first, end in os_impl.data_extents(self.fd, start, length):
+            if not self.resident(first - self.file_offset, end - first):
+                return False
         return True
 
     # -- blocking, without the GIL ----------------------------------------------------

@@ -538,16 +538,24 @@ def is_direct(fd: int) -> bool:
     return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
 
 
-def is_hole(fd: int, offset: int, length: int) -> bool:
-    """Whether ``[offset, offset + length)`` of the file holds no data at all (never
-    written: it reads as zeros without any I/O).  Asks the file system (SEEK_DATA)."""
-    try:
-        data = os.lseek(fd, offset, os.SEEK_DATA)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # no data from offset to the end of the file
-            return True
-        raise
-    return data >= offset + length
+def data_extents(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` ranges of ``[offset, offset + length)`` where the file holds
+    data; the rest are holes (never written, or allocated and never written on tmpfs:
+    they read as zeros without any I/O).  Asks the file system (SEEK_DATA, SEEK_HOLE)."""
+    extents: list[tuple[int, int]] = []
+    end = offset + length
+    while offset < end:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data from offset to the end of the file
+                break
+            raise
+        if start >= end:
+            break
+        offset = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+        extents.append((start, offset))
+    return extents
 
 
 def nowait_reads(fd: int) -> bool:
