@@ -291,6 +291,20 @@ async def test_refused_flags(sparse: SparseMapping, flags: int, match: str) -> N
     assert kinds(sparse) == [(0, len(sparse), "hole")]
 
 
+async def test_huge_pages_need_an_aligned_address_not_only_offset() -> None:
+    """Regression test (adversary round 29): ``MAP_HUGETLB | MAP_HUGE_1GB`` at an offset
+    that is a multiple of 1 GiB passed the check, and the kernel refused it with a bare
+    ``EINVAL``: the base is aligned to 2 MiB only.  The address is checked."""
+    gib = 1 << 30
+    async with await SparseMapping.new(4 * gib) as big:
+        if big.as_ptr() % gib == 0:
+            pytest.skip("the base happens to be aligned to 1 GiB")
+        offset = gib
+        with pytest.raises(ValueError, match="not a multiple of the huge page size"):
+            await big.mmap_anonymous(offset, gib, RW, mmap.MAP_PRIVATE | MAP_HUGETLB | 30 << 26)
+        assert kinds(big) == [(0, len(big), "hole")]
+
+
 @pytest.mark.parametrize(
     "prot", [0, mmap.PROT_EXEC, mmap.PROT_WRITE], ids=["PROT_NONE", "PROT_EXEC", "PROT_WRITE"]
 )
@@ -465,6 +479,8 @@ async def test_fill_at_and_read_plain(sparse: SparseMapping) -> None:
         await sparse.read_plain(0, "1000000000000s")
     with pytest.raises(ValueError, match="bad struct format"):
         await sparse.read_plain(0, "<Z")
+    with pytest.raises(ValueError, match="bad struct format"):  # (adversary round 29)
+        await sparse.read_plain(0, "\u00e9")
     # Regression (adversary round 19): "0p" raised SystemError from CPython's unpack.
     for empty in ("0p", "0s", "0x", "<0Q"):
         with pytest.raises(ValueError, match="0 bytes long"):

@@ -304,6 +304,12 @@ class SparseCore(MapCore):
             size = _huge_page_size(flags)
             _check_aligned(start, "offset (MAP_HUGETLB)", size)
             _check_aligned(n, "length (MAP_HUGETLB)", size)
+            if (self.addr + start) % size:  # (the base is aligned to 2 MiB at most)
+                raise ValueError(
+                    f"offset {start} (MAP_HUGETLB) is at address {self.addr + start:#x}, "
+                    f"not a multiple of the huge page size {size}: the map's base "
+                    f"{self.addr:#x} is not aligned to it"
+                )
         if fd is None:
             flags |= os_impl.MAP_ANONYMOUS
             fd, file_offset = -1, 0
@@ -374,7 +380,7 @@ class SparseCore(MapCore):
             raise TypeError(f"fmt must be a struct format string, not {type(fmt).__name__}")
         try:
             layout = struct.Struct(fmt)
-        except struct.error as exc:
+        except (struct.error, UnicodeEncodeError) as exc:  # ("é": struct wants ASCII)
             raise ValueError(f"bad struct format {fmt!r}: {exc}") from None
         if not layout.size:  # (CPython's own unpack of "0p" raises SystemError)
             raise ValueError(f"struct format {fmt!r} is 0 bytes long: there is no value to read")
