@@ -230,7 +230,8 @@ class AsyncMap(MapHandle[CoreT]):
         """Fault the pages of the range into memory, in a worker thread.
 
         Works in 16 MiB chunks and calls ``progress(done, total)`` on the event loop thread
-        after each.  ``write=True`` also prepares the pages for writing
+        after each (a plain callback: on asyncio it runs outside any task, where a lock
+        cannot be taken).  ``write=True`` also prepares the pages for writing
         (``MADV_POPULATE_WRITE``; on a shared file map that dirties every page).  Runs
         beside copies and borrows, as it changes no byte; ``resize`` and ``aclose`` wait for
         the chunk in progress, and the next chunk then raises ``ClosedMapError`` or
