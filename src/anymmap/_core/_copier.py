@@ -408,7 +408,12 @@ class FileCopier(KernelCopier):
         # On tmpfs a page that is not in memory is either swapped out or a hole never
         # written, and a hole reads as zeros and takes a write with no I/O: copies on
         # this thread check.
-        self._holes_free = self._pread and os_impl.file_system(fd) == "tmpfs"
+        # (A device node in /dev is on devtmpfs, whose magic is tmpfs's: files only.)
+        self._holes_free = (
+            self._pread
+            and os_impl.file_system(fd) == "tmpfs"
+            and os_impl.file_kind(fd) == "regular file"
+        )
 
     # -- on the calling thread --------------------------------------------------------
 

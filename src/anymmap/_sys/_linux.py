@@ -550,6 +550,8 @@ def data_extents(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # no data from offset to the end of the file
                 break
+            if exc.errno == errno.EINVAL:  # no SEEK_DATA here: say it is all data
+                return [*extents, (offset, end)]
             raise
         if start >= end:
             break
