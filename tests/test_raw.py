@@ -165,6 +165,9 @@ async def test_memfd_secret_is_refused_by_name(tmp_path: Path) -> None:
     try:
         with pytest.raises(UnmappableFileError, match="memfd_secret"):
             await MmapRaw.map_raw(fd, mode="r")
+        # (adversary round 30: "it is a regular file; only regular files ... can be mapped")
+        with pytest.raises(UnmappableFileError, match="regular file that cannot be opened"):
+            await MmapRaw.map_raw(f"/proc/self/fd/{fd}")
         with pytest.raises(UnmappableFileError, match="memfd_secret"):
             await anymmap.MmapRegion.attach_fd(fd)
         async with await anymmap.SparseMapping.new(4 * PAGE) as sparse:

@@ -113,12 +113,13 @@ class WriteBackError(AnymmapError, OSError):
     of ``auto_flush`` or of a close) once the kernel has failed to write some of the map's
     pages back to the file: then, and by every later durable flush of the same map.
 
-    ``errno`` is the error the kernel gave (``EIO``, ``ENOSPC``, ``EDQUOT``...), and
-    ``__cause__`` is that first ``OSError``.  Linux reports a failed write-back once per
-    open file, and may drop the pages it could not write (or mark them clean): a later
-    ``msync`` that returns success does not make them durable.  So the map keeps the
-    error: what was written to it is not known to be on the disk, and ``pending_bytes()``
-    keeps counting it.  Rewrite the data from its source through a new map.
+    ``errno`` is the error the kernel gave (``EIO``, ``ENOSPC``, ``EDQUOT``...), and the
+    message says its text.  Linux reports a failed write-back once per open file, and
+    may drop the pages it could not write (or mark them clean): a later ``msync`` that
+    returns success does not make them durable.  So the map keeps the error (and so do
+    the other maps of the file open in this process then): what was written to it is not
+    known to be on the disk, and ``pending_bytes()`` keeps counting it.  Rewrite the data
+    from its source through a new map.
     """
 
     def __init__(self, error: int, strerror: str) -> None:

@@ -410,6 +410,7 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
     async def _commit(core: FileBackedCore, start: int, n: int) -> None:
         core.check_open()  # (an __index__ of the range may have closed it)
         if core.mode != "rw" or not n:
+            core.check_written_back()  # (a flush of nothing, after a failure: raises)
             await checkpoint()
             return
         waiter = ThreadWaiter()

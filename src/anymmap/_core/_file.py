@@ -12,6 +12,8 @@ import copy
 import errno
 import os
 import sys
+import threading
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import Literal, TypeVar, get_args
@@ -21,7 +23,6 @@ from .._errors import (
     InvalidSizeError,
     OutOfBoundsError,
     ReadOnlyError,
-    UnmappableFileError,
     UnsupportedError,
     WriteBackError,
 )
@@ -39,6 +40,7 @@ from ._files import (
     label_of,
     name_of,
     open_fd,
+    refused_open,
     remove_if_same,
 )
 from ._lifetime import Memory
@@ -196,8 +198,7 @@ def create_file(
                 raise exists from None
             except OSError as exc:
                 if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
-                    kind = os_impl.path_kind(path)
-                    raise UnmappableFileError(name_of(path), kind, "regular files") from None
+                    raise refused_open(name_of(path), path, ("regular file",)) from None
                 raise
             ref = FileRef(fd, name_of(path))
             if created and not exist_ok and unnamed is None:
@@ -239,6 +240,11 @@ def create_file(
 #: argument, locked pages), not that pages failed to reach the file.
 _NOT_WRITE_BACK = frozenset((errno.ENOMEM, errno.EINVAL, errno.EBUSY, errno.EFAULT))
 
+#: Every file map of this process, for a failed write-back to reach all of one file's
+#: (see ``FileBackedCore._fail_write_back``).
+_file_maps: weakref.WeakSet[FileBackedCore] = weakref.WeakSet()
+_file_maps_lock = threading.Lock()
+
 
 class FileBackedCore(MapCore):
     """A map of a file: what file maps and shared regions have in common (the flush
@@ -262,6 +268,8 @@ class FileBackedCore(MapCore):
         self._closing_sync: BaseException | bool | None = False
         #: The first failed write-back (see :meth:`_msync`), kept for good.
         self._write_back_failure: OSError | None = None
+        with _file_maps_lock:
+            _file_maps.add(self)
 
     def after_fork_in_child(self, survivor: int) -> None:
         super().after_fork_in_child(survivor)
@@ -359,16 +367,42 @@ class FileBackedCore(MapCore):
         took the error of another's range while that one was told durable).  The error
         belongs to the file, not to a range: every durable flush of the map raises
         :exc:`~anymmap.WriteBackError` from then on."""
-        failed = self._write_back_failure
-        if failed is not None:
-            raise WriteBackError(failed.errno or errno.EIO, failed.strerror or str(failed))
+        self.check_written_back()
         try:
             os_impl.sync_memory(start, span)
         except OSError as exc:
             if exc.errno in _NOT_WRITE_BACK:  # the call was wrong, not the write-back
                 raise
-            self._write_back_failure = exc
+            self._fail_write_back(exc)
             raise WriteBackError(exc.errno or errno.EIO, exc.strerror or str(exc)) from exc
+
+    def check_written_back(self) -> None:
+        """Raise :exc:`~anymmap.WriteBackError` if a write-back of the map failed."""
+        failed = self._write_back_failure
+        if failed is not None:
+            raise WriteBackError(failed.errno or errno.EIO, failed.strerror or str(failed))
+
+    def _fail_write_back(self, error: OSError) -> None:
+        """Keep ``error`` for this map and for every other map of the same file open in
+        this process now: they share the file's pages, so what one failed to write may be
+        what another wrote (and the kernel tells one open file description once: two
+        maps of one descriptor, adversary round 30).  Maps made later start clean: they
+        are the way to write the data again."""
+        identity = os_impl.file_identity(self.fd)
+        with _file_maps_lock:
+            maps = list(_file_maps)
+        for other in maps:
+            if getattr(other, "mode", None) != "rw" or other.closed:  # (or being made)
+                continue
+            if other._write_back_failure is not None:
+                continue
+            try:
+                same = os_impl.file_identity(getattr(other, "fd", -1)) == identity
+            except OSError:  # (one being made, or closed meanwhile)
+                continue
+            if same:
+                other._write_back_failure = error
+        self._write_back_failure = error
 
     # -- flush ------------------------------------------------------------------------
 
@@ -383,7 +417,11 @@ class FileBackedCore(MapCore):
             if n is None:
                 n = self.length - first
             self.check_range(first, n)
-            if self.mode != "rw" or not n:
+            if self.mode != "rw":
+                return
+            if not n:
+                if wait:  # (durable for nothing: still not after a failed write-back)
+                    self.check_written_back()
                 return
             start, span = self.aligned(first, n)
             copier = self._pieces[0][2]
@@ -568,7 +606,12 @@ class FileCore(FileBackedCore):
                 elif length < old_length:
                     end = self.file_offset + old_length
                     cut_file(self.fd, end, self.file_offset + length, cut)
-                if length < old_length and not cut and self.dirty.maybe_pending():
+                if (
+                    length < old_length
+                    and not cut
+                    and self.dirty.maybe_pending()
+                    and self._write_back_failure is None  # (nothing is durable now)
+                ):
                     # The bytes past the new end stay in the file: make what was written
                     # there durable now, while this map can still flush it (pending_bytes
                     # forgets it below, and would miss it if the map grew back over it).

@@ -47,12 +47,22 @@ def check_mappable(fd: int, name: str, kinds: tuple[str, ...] = MAPPABLE_KINDS) 
     kind = os_impl.file_kind(fd)
     if kind == "directory":
         raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
-    mappable = " and ".join(f"{each}s" for each in kinds)
+    mappable = " and ".join(f"{each}s" for each in kinds)  # (as in refused_open)
     if kind not in kinds:
         raise UnmappableFileError(name, kind, mappable)
     where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(fd))
     if where is not None:
         raise UnmappableFileError(name, f"file in {where}", mappable)
+
+
+def refused_open(name: str, path: PathArg, mappable: tuple[str, ...] = MAPPABLE_KINDS) -> OSError:
+    """The error for ``open(2)`` failing with ``ENXIO`` on ``path``: a socket, or a file
+    that cannot be opened by its name (``/proc/self/fd/N`` of ``memfd_secret`` memory, a
+    device with nothing behind it)."""
+    kind = os_impl.path_kind(path)
+    if kind in mappable:
+        kind = f"{kind} that cannot be opened by its name (no such device or address)"
+    return UnmappableFileError(name, kind, " and ".join(f"{each}s" for each in mappable))
 
 
 def adopt(open_it: Callable[[], int], name: str) -> FileRef:
@@ -160,7 +170,7 @@ def open_fd(file: object, mode: Mode, label: str | None = None) -> FileRef:
             ) from None
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
-                raise UnmappableFileError(name, os_impl.path_kind(file)) from None
+                raise refused_open(name, file) from None
             raise
     else:
         number = as_fd(file)

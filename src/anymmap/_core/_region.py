@@ -25,7 +25,7 @@ import weakref
 from dataclasses import dataclass, field
 from functools import partial
 
-from .._errors import InvalidSizeError, UnmappableFileError
+from .._errors import InvalidSizeError
 from .._sys import os_impl, signals_held
 from ._buffers import BufferLike
 from ._checks import MAX_SIZE, byte_view, check_range, check_size
@@ -39,6 +39,7 @@ from ._files import (
     check_mappable,
     label_of,
     name_of,
+    refused_open,
     remove_if_same,
 )
 from ._lifetime import Memory
@@ -416,7 +417,7 @@ def attach_region(
                 errno.ELOOP, f"{name} is a symbolic link; attach() does not follow links"
             ) from None
         if exc.errno == errno.ENXIO:  # a socket
-            raise UnmappableFileError(name, os_impl.path_kind(path), "regular files") from None
+            raise refused_open(name, path, ("regular file",)) from None
         raise
     fd = file.fd
     try:

@@ -241,6 +241,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
     def _commit(core: FileBackedCore, start: int, n: int) -> None:
         core.check_open()  # (an __index__ of the range may have closed it)
         if core.mode != "rw" or not n:
+            core.check_written_back()  # (a flush of nothing, after a failure: raises)
             return
         core.check_can_wait()  # the committer's pin would wait for this thread
         # A C queue, not a threading.Event: a Ctrl-C storm could cut the Event's Python
