@@ -12,7 +12,6 @@ import copy
 import errno
 import os
 import sys
-import threading
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -241,9 +240,10 @@ def create_file(
 _NOT_WRITE_BACK = frozenset((errno.ENOMEM, errno.EINVAL, errno.EBUSY, errno.EFAULT))
 
 #: Every file map of this process, for a failed write-back to reach all of one file's
-#: (see ``FileBackedCore._fail_write_back``).
+#: (see ``FileBackedCore._fail_write_back``).  No lock (one held by another thread at a
+#: fork would stay taken in the child): adding is one step under the GIL, and the rare
+#: reader retries if a map was added while it copied the set.
 _file_maps: weakref.WeakSet[FileBackedCore] = weakref.WeakSet()
-_file_maps_lock = threading.Lock()
 
 
 class FileBackedCore(MapCore):
@@ -268,8 +268,7 @@ class FileBackedCore(MapCore):
         self._closing_sync: BaseException | bool | None = False
         #: The first failed write-back (see :meth:`_msync`), kept for good.
         self._write_back_failure: OSError | None = None
-        with _file_maps_lock:
-            _file_maps.add(self)
+        _file_maps.add(self)
 
     def after_fork_in_child(self, survivor: int) -> None:
         super().after_fork_in_child(survivor)
@@ -389,8 +388,12 @@ class FileBackedCore(MapCore):
         maps of one descriptor, adversary round 30).  Maps made later start clean: they
         are the way to write the data again."""
         identity = os_impl.file_identity(self.fd)
-        with _file_maps_lock:
-            maps = list(_file_maps)
+        while True:
+            try:
+                maps = list(_file_maps)
+            except RuntimeError:  # "changed size during iteration": a map made meanwhile
+                continue
+            break
         for other in maps:
             if getattr(other, "mode", None) != "rw" or other.closed:  # (or being made)
                 continue
