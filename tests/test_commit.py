@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import fractions
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -383,6 +385,77 @@ async def test_a_failed_write_back_reaches_every_map_of_the_file_open_then(
             async with await MmapRaw.map_raw(failing_device) as later:
                 await later.flush()  # nothing written through it: nothing lost
                 await later.flush_range(0, 0)
+
+
+def _flush_at(
+    start: threading.Barrier,
+    m: anymmap.sync.MmapRaw,
+    name: str,
+    outcomes: dict[str, BaseException | None],
+) -> None:
+    start.wait()
+    try:
+        m.flush()
+    except OSError as exc:
+        outcomes[name] = exc
+    else:
+        outcomes[name] = None
+
+
+def test_two_maps_of_one_descriptor_flushing_at_once_both_hear_of_a_failure(
+    failing_device: Path,
+) -> None:
+    """Regression test (adversary round 31): two maps of one descriptor share its open
+    file description, so the kernel tells one ``msync`` of the two of a failed
+    write-back; when the other's was in flight at that moment it returned success (12
+    of 20 runs), with its bytes lost, before the first could mark it failed.  An
+    ``msync`` that succeeds now waits for those in flight beside it on the file, and
+    fails if one of them failed."""
+    with open(failing_device, "r+b") as device:
+        device.write(b"\xee" * 2 * MiB)  # fill the backing file: every write fails now
+        with contextlib.suppress(OSError):
+            os.fsync(device.fileno())
+        for _ in range(10):
+            first = anymmap.sync.MmapRaw.map_raw(device, length=16 * MiB)
+            second = anymmap.sync.MmapRaw.map_raw(device, length=16 * MiB)
+            with first, second:
+                first.update_region(4 * MiB, b"\xaa" * 2 * MiB)
+                second.update_region(12 * MiB, b"\xbb" * MiB)
+                start = threading.Barrier(2)
+                outcomes: dict[str, BaseException | None] = {}
+                threads = [
+                    threading.Thread(target=_flush_at, args=(start, m, name, outcomes))
+                    for name, m in (("first", first), ("second", second))
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                for error in outcomes.values():
+                    assert isinstance(error, anymmap.WriteBackError), outcomes
+
+
+def test_a_failed_map_closed_is_freed_while_another_map_of_the_file_is_open(
+    failing_device: Path,
+) -> None:
+    """Regression test (adversary round 31): every map of the file kept the failed
+    ``msync``'s own ``OSError``, whose traceback held the failing map's frames (and
+    through its chain the caller's): a closed map and its caller's data stayed alive
+    while another map of the file was open."""
+    with anymmap.sync.MmapRaw.map_raw(failing_device) as other:
+        failed = anymmap.sync.MmapRaw.map_raw(failing_device)
+        failed.update_region(0, b"\xee" * 4 * MiB)
+        with pytest.raises(anymmap.WriteBackError):
+            failed.flush()
+        with pytest.raises(anymmap.WriteBackError):
+            other.flush()  # (it shares the failure)
+        core = weakref.ref(failed._core)
+        failed.close()
+        del failed
+        deadline = time.monotonic() + 10  # (the committer thread lingers after a batch)
+        while gc.collect() is not None and core() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert core() is None
 
 
 def test_a_failed_write_back_fails_every_later_flush_of_the_twin(failing_device: Path) -> None:

@@ -126,7 +126,7 @@ class WriteBackError(AnymmapError, OSError):
         self.first = strerror
         super().__init__(
             error,
-            f"writing the map's pages back to its file failed ({strerror}): they may be "
+            f"writing pages of the map's file back to it failed ({strerror}): they may be "
             "lost, and every durable flush of this map raises this error from now on",
         )
 

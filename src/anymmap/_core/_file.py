@@ -12,6 +12,7 @@ import copy
 import errno
 import os
 import sys
+import threading
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -246,6 +247,44 @@ _NOT_WRITE_BACK = frozenset((errno.ENOMEM, errno.EINVAL, errno.EBUSY, errno.EFAU
 _file_maps: weakref.WeakSet[FileBackedCore] = weakref.WeakSet()
 
 
+class _FileSyncs:
+    """The ``msync`` calls in flight on one file in this process, and how many failed.
+
+    Two maps of one open file description (``map_raw(fd)`` twice on one descriptor)
+    share the kernel's one report of a failed write-back: when one map's ``msync`` took
+    it, the other's, in flight at the same moment, returned success for pages that may
+    be lost, before the first could mark it failed (adversary round 31: 12 of 20 runs).
+    So an ``msync`` that succeeds waits for those that were in flight beside it, and
+    counts as failed if one of them failed."""
+
+    __slots__ = ("__weakref__", "active", "cond", "failed")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.active: set[object] = set()
+        self.failed = 0
+
+
+#: By file identity, for as long as a map of the file holds its entry.
+_syncs: weakref.WeakValueDictionary[tuple[int, int], _FileSyncs] = weakref.WeakValueDictionary()
+
+
+def _syncs_of(identity: tuple[int, int]) -> _FileSyncs:
+    syncs = _syncs.get(identity)
+    if syncs is None:
+        syncs = _syncs.setdefault(identity, _FileSyncs())
+    return syncs
+
+
+def _forget_syncs_in_child() -> None:
+    """In a forked child: the parent's calls in flight are not here (nor are their
+    threads), and a lock one of them held would stay taken."""
+    _syncs.clear()
+
+
+os.register_at_fork(after_in_child=_forget_syncs_in_child)
+
+
 class FileBackedCore(MapCore):
     """A map of a file: what file maps and shared regions have in common (the flush
     family).  Subclasses set ``file``, ``fd``, ``mode`` and ``file_offset`` (the position
@@ -268,12 +307,15 @@ class FileBackedCore(MapCore):
         self._closing_sync: BaseException | bool | None = False
         #: The first failed write-back (see :meth:`_msync`), kept for good.
         self._write_back_failure: OSError | None = None
+        #: The msyncs of this map's file in flight in this process (see _FileSyncs).
+        self._syncs: _FileSyncs | None = None
         _file_maps.add(self)
 
     def after_fork_in_child(self, survivor: int) -> None:
         super().after_fork_in_child(survivor)
         self.commit.after_fork_in_child()
         self.dirty.after_fork_in_child()
+        self._syncs = None  # (the parent's msyncs in flight are not here: _FileSyncs)
 
     def note_write(self, start: int, n: int) -> None:
         if self.mode == "rw":  # the pages of "r" and "copy" maps never reach the file
@@ -367,13 +409,41 @@ class FileBackedCore(MapCore):
         belongs to the file, not to a range: every durable flush of the map raises
         :exc:`~anymmap.WriteBackError` from then on."""
         self.check_written_back()
+        syncs, me = self._syncs, object()
+        if syncs is None:  # (the first durable flush: the map holds it from now on)
+            syncs = self._syncs = _syncs_of(os_impl.file_identity(self.fd))
+        error: OSError | None = None
         try:
+            with syncs.cond:
+                syncs.active.add(me)
+                failures = syncs.failed
             os_impl.sync_memory(start, span)
         except OSError as exc:
-            if exc.errno in _NOT_WRITE_BACK:  # the call was wrong, not the write-back
-                raise
-            self._fail_write_back(exc)
-            raise WriteBackError(exc.errno or errno.EIO, exc.strerror or str(exc)) from exc
+            error = exc
+            if exc.errno not in _NOT_WRITE_BACK:
+                # Marked before the msyncs beside it are woken (below).  (A new error,
+                # not ``exc``: its traceback would keep the caller's frames alive, and
+                # every map of the file holds it: adversary round 31.)
+                failure = OSError(exc.errno or errno.EIO, exc.strerror or str(exc))
+                self._fail_write_back(failure)
+        finally:
+            with syncs.cond:
+                syncs.active.discard(me)
+                if error is not None and error.errno not in _NOT_WRITE_BACK:
+                    syncs.failed += 1
+                syncs.cond.notify_all()
+        if error is not None:
+            if error.errno in _NOT_WRITE_BACK:  # the call was wrong, not the write-back
+                raise error
+            self.check_written_back()
+        with syncs.cond:
+            beside = set(syncs.active)
+            while beside & syncs.active:
+                syncs.cond.wait()
+            other_failed = syncs.failed != failures
+        if other_failed:  # one beside it may have taken the kernel's report of ours
+            self.check_written_back()  # (it marked this map too, if it was open)
+            raise WriteBackError(errno.EIO, "a write-back of the file failed meanwhile")
 
     def check_written_back(self) -> None:
         """Raise :exc:`~anymmap.WriteBackError` if a write-back of the map failed."""
