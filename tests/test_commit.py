@@ -32,6 +32,7 @@ from anymmap import MmapRaw
 from anymmap._core._commit import CommitRequest, DirtyRanges, GroupCommit
 from anymmap._sys import _linux
 
+from ._child import check_child
 from ._helpers import PAGE, is_mapped, unwritten_pages, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -456,6 +457,36 @@ def test_a_failed_map_closed_is_freed_while_another_map_of_the_file_is_open(
         while gc.collect() is not None and core() is not None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert core() is None
+
+
+_FORK_WITH_AN_MSYNC_IN_FLIGHT = """
+    import os, sys
+    import anymmap.sync
+
+    m = anymmap.sync.MmapRaw.map_raw(sys.argv[1])
+    syncs = m._core._syncs
+    with syncs.cond:  # as a thread of the parent inside an msync's bookkeeping, with
+        syncs.active.add(object())  # an msync in flight that the child never sees end
+        pid = os.fork()
+    if pid == 0:
+        m.update_region(0, b"child")
+        m.flush()  # waited for the parent's msync for good before
+        os._exit(0)
+    syncs.active.clear()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_forked_child_flushes_whatever_msyncs_the_parent_had_in_flight(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(bytes(4 * PAGE))
+    check_child(_FORK_WITH_AN_MSYNC_IN_FLIGHT, str(path), timeout=20)
+    assert path.read_bytes()[:5] == b"child"
 
 
 def test_a_failed_write_back_fails_every_later_flush_of_the_twin(failing_device: Path) -> None:

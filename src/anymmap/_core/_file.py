@@ -240,49 +240,44 @@ def create_file(
 #: argument, locked pages), not that pages failed to reach the file.
 _NOT_WRITE_BACK = frozenset((errno.ENOMEM, errno.EINVAL, errno.EBUSY, errno.EFAULT))
 
-#: Every file map of this process, for a failed write-back to reach all of one file's
-#: (see ``FileBackedCore._fail_write_back``).  No lock (one held by another thread at a
-#: fork would stay taken in the child): adding is one step under the GIL, and the rare
-#: reader retries if a map was added while it copied the set.
-_file_maps: weakref.WeakSet[FileBackedCore] = weakref.WeakSet()
-
 
 class _FileSyncs:
-    """The ``msync`` calls in flight on one file in this process, and how many failed.
+    """One file's maps in this process, its ``msync`` calls in flight, and how many failed.
 
-    Two maps of one open file description (``map_raw(fd)`` twice on one descriptor)
-    share the kernel's one report of a failed write-back: when one map's ``msync`` took
-    it, the other's, in flight at the same moment, returned success for pages that may
-    be lost, before the first could mark it failed (adversary round 31: 12 of 20 runs).
-    So an ``msync`` that succeeds waits for those that were in flight beside it, and
-    counts as failed if one of them failed."""
+    A failed write-back reaches every map of the file open at that moment (they share
+    its pages: see :meth:`FileBackedCore._fail_write_back`).  And two maps of one open
+    file description (``map_raw(fd)`` twice on one descriptor) share the kernel's one
+    report of it: when one map's ``msync`` took it, the other's, in flight at the same
+    moment, returned success for pages that may be lost, before the first could mark it
+    failed (adversary round 31: 12 of 20 runs).  So an ``msync`` that succeeds waits for
+    those that were in flight beside it, and counts as failed if one of them failed."""
 
-    __slots__ = ("__weakref__", "active", "cond", "failed")
+    __slots__ = ("__weakref__", "active", "cond", "failed", "maps")
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())
         self.active: set[object] = set()
         self.failed = 0
+        #: No lock for this one: adding is one step under the GIL, and the rare reader
+        #: (a failed write-back) retries if a map was added while it copied the set.
+        self.maps: weakref.WeakSet[FileBackedCore] = weakref.WeakSet()
 
 
-#: By file identity, for as long as a map of the file holds its entry.
+#: By file identity, for as long as a map of the file holds its entry; the process
+#: they belong to (a forked child starts afresh: see ``FileBackedCore.after_fork``).
 _syncs: weakref.WeakValueDictionary[tuple[int, int], _FileSyncs] = weakref.WeakValueDictionary()
+_syncs_pid = os.getpid()
 
 
 def _syncs_of(identity: tuple[int, int]) -> _FileSyncs:
+    global _syncs_pid
+    if _syncs_pid != os.getpid():  # the parent's calls in flight are not here
+        _syncs.clear()
+        _syncs_pid = os.getpid()
     syncs = _syncs.get(identity)
     if syncs is None:
         syncs = _syncs.setdefault(identity, _FileSyncs())
     return syncs
-
-
-def _forget_syncs_in_child() -> None:
-    """In a forked child: the parent's calls in flight are not here (nor are their
-    threads), and a lock one of them held would stay taken."""
-    _syncs.clear()
-
-
-os.register_at_fork(after_in_child=_forget_syncs_in_child)
 
 
 class FileBackedCore(MapCore):
@@ -307,15 +302,23 @@ class FileBackedCore(MapCore):
         self._closing_sync: BaseException | bool | None = False
         #: The first failed write-back (see :meth:`_msync`), kept for good.
         self._write_back_failure: OSError | None = None
-        #: The msyncs of this map's file in flight in this process (see _FileSyncs).
-        self._syncs: _FileSyncs | None = None
-        _file_maps.add(self)
+        #: The file's maps and msyncs in this process (set by :meth:`_join_file`).
+        self._syncs = _FileSyncs()
+        self._identity = (-1, -1)
+
+    def _join_file(self) -> None:
+        """Join the other maps of the file (subclasses call it once ``fd`` is set)."""
+        self._identity = os_impl.file_identity(self.fd)
+        self._syncs = _syncs_of(self._identity)
+        self._syncs.maps.add(self)
 
     def after_fork_in_child(self, survivor: int) -> None:
         super().after_fork_in_child(survivor)
         self.commit.after_fork_in_child()
         self.dirty.after_fork_in_child()
-        self._syncs = None  # (the parent's msyncs in flight are not here: _FileSyncs)
+        if self._identity != (-1, -1):  # (the parent's msyncs in flight are not here)
+            self._syncs = _syncs_of(self._identity)
+            self._syncs.maps.add(self)
 
     def note_write(self, start: int, n: int) -> None:
         if self.mode == "rw":  # the pages of "r" and "copy" maps never reach the file
@@ -410,8 +413,6 @@ class FileBackedCore(MapCore):
         :exc:`~anymmap.WriteBackError` from then on."""
         self.check_written_back()
         syncs, me = self._syncs, object()
-        if syncs is None:  # (the first durable flush: the map holds it from now on)
-            syncs = self._syncs = _syncs_of(os_impl.file_identity(self.fd))
         error: OSError | None = None
         try:
             with syncs.cond:
@@ -457,23 +458,16 @@ class FileBackedCore(MapCore):
         what another wrote (and the kernel tells one open file description once: two
         maps of one descriptor, adversary round 30).  Maps made later start clean: they
         are the way to write the data again."""
-        identity = os_impl.file_identity(self.fd)
         while True:
             try:
-                maps = list(_file_maps)
+                maps = list(self._syncs.maps)
             except RuntimeError:  # "changed size during iteration": a map made meanwhile
                 continue
             break
         for other in maps:
             if getattr(other, "mode", None) != "rw" or other.closed:  # (or being made)
                 continue
-            if other._write_back_failure is not None:
-                continue
-            try:
-                same = os_impl.file_identity(getattr(other, "fd", -1)) == identity
-            except OSError:  # (one being made, or closed meanwhile)
-                continue
-            if same:
+            if other._write_back_failure is None:
                 other._write_back_failure = error
         self._write_back_failure = error
 
@@ -544,6 +538,7 @@ class FileCore(FileBackedCore):
         self.file = open_fd(file, mode, label)
         self.fd = fd = self.file.fd
         try:
+            self._join_file()
             prot = os_impl.PROT_READ if mode == "r" else os_impl.PROT_READ | os_impl.PROT_WRITE
             flags = os_impl.MAP_PRIVATE if mode == "copy" else os_impl.MAP_SHARED
             if populate:

@@ -119,6 +119,7 @@ class RegionCore(FileBackedCore):
         self.file = file
         self.fd = fd = file.fd
         self._borrowed = borrowed
+        self._join_file()
         with os_impl.reading_size(fd, borrowed=borrowed):  # (a shared turn: see FileCore)
             size = os_impl.file_size(fd)
             if size == 0:
