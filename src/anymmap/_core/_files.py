@@ -47,7 +47,7 @@ def check_mappable(fd: int, name: str, kinds: tuple[str, ...] = MAPPABLE_KINDS) 
     kind = os_impl.file_kind(fd)
     if kind == "directory":
         raise IsADirectoryError(errno.EISDIR, f"cannot map {name}: it is a directory")
-    mappable = " and ".join(f"{each}s" for each in kinds)  # (as in refused_open)
+    mappable = _plural(kinds)
     if kind not in kinds:
         raise UnmappableFileError(name, kind, mappable)
     where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(fd))
@@ -62,7 +62,12 @@ def refused_open(name: str, path: PathArg, mappable: tuple[str, ...] = MAPPABLE_
     kind = os_impl.path_kind(path)
     if kind in mappable:
         kind = f"{kind} that cannot be opened by its name (no such device or address)"
-    return UnmappableFileError(name, kind, " and ".join(f"{each}s" for each in mappable))
+    return UnmappableFileError(name, kind, _plural(mappable))
+
+
+def _plural(kinds: tuple[str, ...]) -> str:
+    """What the error says can be mapped: "regular files and block devices"."""
+    return " and ".join(f"{each}s" for each in kinds)
 
 
 def adopt(open_it: Callable[[], int], name: str) -> FileRef:
