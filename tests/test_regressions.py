@@ -27,6 +27,7 @@ import pytest
 
 import anymmap
 import anymmap.sync
+from anymmap._core import _copier
 
 from ._child import RUNNERS, check_child
 from ._helpers import PAGE, unwritten_pages
@@ -2890,6 +2891,43 @@ def test_a_buffer_in_a_truncated_twin_is_a_mapping_fault_and_others_pay_nothing(
             assert "the buffer" in info.value.cause
             with pytest.raises(anymmap.MappingFaultError):
                 c.update_region(0, view)  # (not a twin: the kernel copy faults on it)
+
+
+def test_many_maps_of_one_file_are_registered_without_recounting_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression test: every map of a file recounted all the file's maps when it was
+    made (opening 4,000 maps of one file took 5 s, 4,000 x 4,000 looks).  The maps of a
+    twinned file are counted again only when their list doubles, so the closed ones are
+    still dropped: a map opened and closed in a loop next to a long-lived one leaves the
+    registry small."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(PAGE))
+    recounts = 0
+    recount = _copier._recount
+
+    def counting(identities: Any) -> None:
+        nonlocal recounts
+        recounts += 1
+        recount(identities)
+
+    monkeypatch.setattr(_copier, "_recount", counting)
+    with anymmap.sync.MmapRaw.map_raw(path) as kept:
+        identity = os.stat(path).st_dev, os.stat(path).st_ino
+        for _ in range(300):
+            with anymmap.sync.MmapRaw.map_raw(path) as m:
+                assert m._core.memory.twinned
+                assert kept._core.memory.twinned
+        assert len(_copier._windows[identity]) <= 4  # (two live at most: kept, m)
+        recounts = 0
+        maps = [anymmap.sync.MmapRaw.map_raw(path) for _ in range(500)]
+        assert all(m._core.memory.twinned for m in maps)
+        assert recounts <= 9  # (at 4, 8, ... 512 maps: one count per doubling)
+        for m in maps:
+            m.close()
+        kept.read_into(0, np.zeros(8, np.uint8))  # (a foreign buffer: maps are counted)
+        assert not kept._core.memory.twinned
+        assert len(_copier._windows[identity]) == 1
 
 
 _RELEASE_BY_HAND_IN_A_FORKED_CHILD = """

@@ -86,10 +86,13 @@ def address_of(view: memoryview) -> int:
 # cost that extra copy.
 
 
-#: file identity -> weak references to the mappings (``Memory``) of its windows; the
-#: identities of files mapped more than once and their mappings (the twins); and the lock
-#: of the three (maps are made in any thread; no user code runs under it).
-_windows: dict[tuple[int, int], list[weakref.ref[Memory]]] = {}
+#: file identity -> weak references to the mappings (``Memory``) of its windows, by
+#: ``id`` (a sparse map may show one file in several windows: it counts once); how many
+#: of them lived at the file's last recount; the identities of files mapped more than
+#: once and their mappings (the twins); and the lock of these (maps are made in any
+#: thread; no user code runs under it).
+_windows: dict[tuple[int, int], dict[int, weakref.ref[Memory]]] = {}
+_counted: dict[tuple[int, int], int] = {}
 _twinned_files: set[tuple[int, int]] = set()
 _twins: list[weakref.ref[Memory]] = []
 _windows_lock = threading.Lock()
@@ -114,29 +117,41 @@ def _recount(identities: Iterable[tuple[int, int]]) -> None:
     global _twins
     touched: list[Memory] = []
     for identity in identities:
-        live = [ref for ref in _windows.get(identity, ()) if _live(ref())]
-        touched += [memory for memory in (ref() for ref in live) if memory is not None]
+        live = {key: ref for key, ref in _windows.get(identity, {}).items() if _live(ref())}
+        touched += [memory for memory in (ref() for ref in live.values()) if memory is not None]
         if live:
             _windows[identity] = live
+            _counted[identity] = len(live)
         else:
             _windows.pop(identity, None)
+            _counted.pop(identity, None)
         if len(live) > 1:
             _twinned_files.add(identity)
         else:
             _twinned_files.discard(identity)
-    _twins = [ref for identity in _twinned_files for ref in _windows[identity]]
+    _twins = [ref for identity in _twinned_files for ref in _windows[identity].values()]
     twinned = {id(memory) for memory in (ref() for ref in _twins) if memory is not None}
     for memory in touched:  # (a map may have windows of several files: any twin counts)
         memory.twinned = id(memory) in twinned
 
 
 def register_window(memory: Memory, identity: tuple[int, int]) -> None:
-    """Note that ``memory`` maps (part of) the file ``identity``.  (Signals held: a
-    Ctrl-C half-way would leave the mapping registered but not marked.)"""
+    """Note that ``memory`` maps (part of) the file ``identity``.  A file already twinned
+    only gains a twin (a map opened a thousand times must not cost a million looks); the
+    file's mappings are counted again when it becomes twinned, and when its list has
+    doubled since the last count, which drops the closed ones.  (Signals held: a Ctrl-C
+    half-way would leave the mapping registered but not marked.)"""
+    global _twins
     with signals_held(), _windows_lock:
-        refs = _windows.setdefault(identity, [])
-        if not any(ref() is memory for ref in refs):
-            refs.append(weakref.ref(memory))
+        refs = _windows.setdefault(identity, {})
+        known = refs.get(id(memory))
+        if known is not None and known() is memory:
+            return
+        ref = refs[id(memory)] = weakref.ref(memory)
+        if identity in _twinned_files and len(refs) <= 2 * _counted.get(identity, 0):
+            memory.twinned = True
+            _twins = [*_twins, ref]  # (replaced, never changed: see ``shares_pages``)
+        else:
             _recount((identity,))
 
 
