@@ -147,8 +147,11 @@ def test_requests_made_during_an_msync_share_the_next_one() -> None:
                 inside.set()
                 gate.wait(30)
 
+        def entering(self) -> None:
+            pass
+
     target = Map()
-    commit = GroupCommit(target.sync)
+    commit = GroupCommit(target.sync, target.entering)
     first = threading.Event()
     commit.submit(0, 1, first.set)
     assert inside.wait(30)
@@ -179,8 +182,11 @@ def test_a_request_is_done_only_by_an_msync_that_started_after_it() -> None:
                 finished.setdefault(i, self.running)
             gate.wait(0.001)
 
+        def entering(self) -> None:
+            pass
+
     target = Map()  # (the committer holds it weakly, as it holds a map)
-    commit = GroupCommit(target.sync)
+    commit = GroupCommit(target.sync, target.entering)
     requests: list[CommitRequest] = []
     for i in range(300):
         started.append(target.running)

@@ -467,6 +467,73 @@ def test_a_finalizer_that_flushes_never_deadlocks() -> None:
     check_child(_FINALIZER_FLUSHES, timeout=30)
 
 
+
+_FINALIZER_FLUSHES_ANOTHER_MAP_OF_THE_FILE = """
+    import gc, os, sys, tempfile, threading
+    import anymmap.sync
+
+    path = os.path.join(tempfile.mkdtemp(), "f")
+    a = anymmap.sync.MmapRaw.create(path, 1 << 20)
+    b = anymmap.sync.MmapRaw.map_raw(path)
+    seen = []
+    sys.unraisablehook = lambda u: seen.append(type(u.exc_value).__name__)
+
+    class FlushOnDrop:
+        def __init__(self):
+            self.me = self  # cyclic garbage: freed by whichever thread collects
+
+        def __del__(self):
+            b.update_region(8, b"b")
+            b.flush_range(8, 1)  # works, or RuntimeError: never a wait for itself
+            seen.append("ok")
+
+    def collect_at(k, call):
+        gc.collect()
+        gc.disable()
+        gc.set_threshold(k)
+        FlushOnDrop()
+        gc.enable()
+        try:
+            call()
+        finally:
+            gc.set_threshold(700)
+            gc.collect()
+
+    # 1. On a's group-commit thread, inside a's msync (a flush from another thread).
+    for k in range(1, 200):
+        a.update_region(0, b"a")
+        thread = threading.Thread(target=collect_at, args=(k, a.flush))
+        thread.start()
+        thread.join()
+    # 2. On the main thread, inside the msync that a's close makes for an auto_flush
+    #    block's pending bytes (where a signal handler would run too).
+    for k in range(1, 200):
+        a = anymmap.sync.MmapRaw.map_raw(path)
+        with a.auto_flush(every=1000):
+            a.update_region(4096, b"a" * 4096)
+            collect_at(k, a.close)
+    assert set(seen) <= {"ok", "RuntimeError"}, set(seen)
+    a = anymmap.sync.MmapRaw.map_raw(path)
+    a.update_region(0, b"c")
+    a.flush()  # both maps still work
+    b.flush()
+    assert b.read(0, 9) == b"c" + bytes(7) + b"b"
+    a.close()
+    b.close()
+    print("ok")
+"""
+
+
+def test_a_finalizer_that_flushes_another_map_of_the_file_never_deadlocks() -> None:
+    """Regression test (adversary round 32): a ``__del__`` that flushed map B of a file,
+    run by a garbage collection inside map A's ``msync`` (on A's group-commit thread, or
+    in the msync of A's ``close()``, where a signal handler runs too), waited for B's
+    committer, which waited for A's call in flight: the process hung.  Such a flush now
+    raises ``RuntimeError`` (reported as an exception ignored in ``__del__``), and both
+    maps go on."""
+    check_child(_FINALIZER_FLUSHES_ANOTHER_MAP_OF_THE_FILE, timeout=40)
+
+
 _FINALIZER_FLUSHES_AT_EXIT = """
     import os, tempfile
     import anymmap.sync

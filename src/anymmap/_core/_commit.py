@@ -98,11 +98,13 @@ class GroupCommit:
     ``sync(start, length)`` makes a range of the map durable (the map pins itself).
     """
 
-    def __init__(self, sync: Callable[[int, int], None]) -> None:
-        # A weak reference: the map holds this object, and a strong one back would make
+    def __init__(self, sync: Callable[[int, int], None], entering: Callable[[], None]) -> None:
+        # Weak references: the map holds this object, and a strong one back would make
         # a cycle that only the cyclic collector frees (so a map dropped unclosed would
         # linger).
         self._sync = weakref.WeakMethod(sync)
+        #: Raises if the calling thread must not wait for a commit (see ``submit``).
+        self._entering = weakref.WeakMethod(entering)
         self._cond = new_condition()
         self._pending: list[CommitRequest] = []
         self._committer_pid = 0  # the process whose committer thread runs; 0: none
@@ -136,6 +138,10 @@ class GroupCommit:
                 "callback run there by the garbage collector)"
             )
         check_not_held(self._cond)  # a finalizer run inside submit's own bookkeeping
+        entering = self._entering()
+        if entering is not None:  # (one run inside an msync of the file, on any map)
+            entering()
+        del entering
         request = CommitRequest(start, end, wake, scheduler)
         request.owner = self._sync()
         if sys.is_finalizing():

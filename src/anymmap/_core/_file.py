@@ -46,6 +46,7 @@ from ._files import (
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
+from ._threadlock import new_condition
 
 #: How a file's new blocks are made: allocated (``posix_fallocate``: instant, the blocks
 #: are "unwritten" extents) or filled with zeros (written now: slower to make, but the
@@ -241,6 +242,14 @@ def create_file(
 _NOT_WRITE_BACK = frozenset((errno.ENOMEM, errno.EINVAL, errno.EBUSY, errno.EFAULT))
 
 
+#: What a flush run inside an ``msync`` of its file on the same thread raises.
+_SYNCING = (
+    "a finalizer (__del__ or weakref callback) or signal handler that Python ran inside "
+    "an msync of this file on this thread cannot flush a map of the file: it would wait "
+    "for the call it interrupted"
+)
+
+
 class _FileSyncs:
     """One file's maps in this process, its ``msync`` calls in flight, and how many failed.
 
@@ -252,11 +261,15 @@ class _FileSyncs:
     failed (adversary round 31: 12 of 20 runs).  So an ``msync`` that succeeds waits for
     those that were in flight beside it, and counts as failed if one of them failed."""
 
-    __slots__ = ("__weakref__", "active", "cond", "failed", "maps")
+    __slots__ = ("__weakref__", "active", "cond", "failed", "maps", "threads")
 
     def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
+        self.cond = new_condition()
         self.active: set[object] = set()
+        #: The threads inside an ``msync`` of the file's (its bookkeeping included): a
+        #: finalizer or signal handler run there that flushes a map of the file would
+        #: wait for the call it interrupted (see :meth:`FileBackedCore.check_not_syncing`).
+        self.threads: set[int] = set()
         self.failed = 0
         #: No lock for this one: adding is one step under the GIL, and the rare reader
         #: (a failed write-back) retries if a map was added while it copied the set.
@@ -294,7 +307,7 @@ class FileBackedCore(MapCore):
     def __init__(self, writable: bool) -> None:
         super().__init__(writable)
         #: Concurrent durable flushes share msyncs (see _commit).
-        self.commit = GroupCommit(self._durable)
+        self.commit = GroupCommit(self._durable, self.check_not_syncing)
         #: What was written and not yet flushed (``pending_bytes()``).
         self.dirty = DirtyRanges()
         #: Set by close when it made the whole map durable for the commits still queued
@@ -412,7 +425,15 @@ class FileBackedCore(MapCore):
         belongs to the file, not to a range: every durable flush of the map raises
         :exc:`~anymmap.WriteBackError` from then on."""
         self.check_written_back()
-        syncs, me = self._syncs, object()
+        self.check_not_syncing()
+        syncs, me, thread = self._syncs, object(), threading.get_ident()
+        syncs.threads.add(thread)  # (one step under the GIL; before any lock is taken)
+        try:
+            self._msync_beside(syncs, me, start, span)
+        finally:
+            syncs.threads.discard(thread)
+
+    def _msync_beside(self, syncs: _FileSyncs, me: object, start: int, span: int) -> None:
         error: OSError | None = None
         try:
             with syncs.cond:
@@ -445,6 +466,17 @@ class FileBackedCore(MapCore):
         if other_failed:  # one beside it may have taken the kernel's report of ours
             self.check_written_back()  # (it marked this map too, if it was open)
             raise WriteBackError(errno.EIO, "a write-back of the file failed meanwhile")
+
+    def check_not_syncing(self) -> None:
+        """Refuse a durable flush of the file on a thread inside an ``msync`` of it: a
+        finalizer or signal handler run there (adversary round 32: a ``__del__`` that
+        flushed map B of a file, run by a collection inside map A's bookkeeping on A's
+        group-commit thread, waited for ever for B's committer, which waited for A's).
+
+        :raises RuntimeError: then
+        """
+        if threading.get_ident() in self._syncs.threads:
+            raise RuntimeError(_SYNCING)
 
     def check_written_back(self) -> None:
         """Raise :exc:`~anymmap.WriteBackError` if a write-back of the map failed."""
