@@ -427,8 +427,8 @@ class FileBackedCore(MapCore):
         self.check_written_back()
         self.check_not_syncing()
         syncs, me, thread = self._syncs, object(), threading.get_ident()
-        syncs.threads.add(thread)  # (one step under the GIL; before any lock is taken)
         try:
+            syncs.threads.add(thread)  # (one step under the GIL; before any lock is taken)
             self._msync_beside(syncs, me, start, span)
         finally:
             syncs.threads.discard(thread)
