@@ -495,6 +495,42 @@ def test_a_forked_child_flushes_whatever_msyncs_the_parent_had_in_flight(
     assert path.read_bytes()[:5] == b"child"
 
 
+def test_threads_mapping_one_file_at_once_share_one_record_of_it(tmp_path: Path) -> None:
+    """Regression test (adversary round 32): eight threads that mapped one fresh file at
+    once made two records of its msyncs in 5 of 200 rounds (the lookup was not atomic),
+    so a failed write-back of one map did not reach the maps of the other record, whose
+    flushes then said durable.  Every map of the file now joins the one record."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (threads switch inside the lookup, as under load)
+    try:
+        for round_ in range(300):
+            path = tmp_path / f"f{round_}"
+            path.write_bytes(bytes(PAGE))
+            maps: list[anymmap.sync.MmapRaw] = []
+            barrier = threading.Barrier(8)
+
+            def open_one(
+                path: Path, maps: list[anymmap.sync.MmapRaw], barrier: threading.Barrier
+            ) -> None:
+                barrier.wait()
+                maps.append(anymmap.sync.MmapRaw.map_raw(path))
+
+            threads = [
+                threading.Thread(target=open_one, args=(path, maps, barrier)) for _ in range(8)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            records = {id(m._core._syncs) for m in maps}
+            for m in maps:
+                m.close()
+            assert len(maps) == 8
+            assert len(records) == 1, f"round {round_}: {len(records)} records of one file"
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_a_failed_write_back_fails_every_later_flush_of_the_twin(failing_device: Path) -> None:
     """The same for the blocking twin, whose threads share the committer."""
     with anymmap.sync.MmapRaw.map_raw(failing_device) as m:

@@ -467,7 +467,6 @@ def test_a_finalizer_that_flushes_never_deadlocks() -> None:
     check_child(_FINALIZER_FLUSHES, timeout=30)
 
 
-
 _FINALIZER_FLUSHES_ANOTHER_MAP_OF_THE_FILE = """
     import gc, os, sys, tempfile, threading
     import anymmap.sync

@@ -43,6 +43,7 @@ from ._files import (
     refused_open,
     remove_if_same,
 )
+from ._forks import renew_in_child
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
@@ -280,17 +281,31 @@ class _FileSyncs:
 #: they belong to (a forked child starts afresh: see ``FileBackedCore.after_fork``).
 _syncs: weakref.WeakValueDictionary[tuple[int, int], _FileSyncs] = weakref.WeakValueDictionary()
 _syncs_pid = os.getpid()
+#: Held while a record is looked up or made: ``WeakValueDictionary.setdefault`` is
+#: Python code, and two threads mapping one file at once made two records (adversary
+#: round 32: 5 of 200 rounds of 8 threads), so one map's failed write-back did not reach
+#: the others.  Re-entrant: a finalizer run inside that maps the file looks up too.
+_syncs_lock = threading.RLock()
+
+
+def _renew_syncs_lock_in_child() -> None:
+    global _syncs_lock
+    _syncs_lock = threading.RLock()  # a thread of the parent may have held it
+
+
+renew_in_child(_renew_syncs_lock_in_child)
 
 
 def _syncs_of(identity: tuple[int, int]) -> _FileSyncs:
     global _syncs_pid
-    if _syncs_pid != os.getpid():  # the parent's calls in flight are not here
-        _syncs.clear()
-        _syncs_pid = os.getpid()
-    syncs = _syncs.get(identity)
-    if syncs is None:
-        syncs = _syncs.setdefault(identity, _FileSyncs())
-    return syncs
+    with _syncs_lock:
+        if _syncs_pid != os.getpid():  # the parent's calls in flight are not here
+            _syncs.clear()
+            _syncs_pid = os.getpid()
+        syncs = _syncs.get(identity)
+        if syncs is None:
+            syncs = _syncs[identity] = _FileSyncs()
+        return syncs
 
 
 class FileBackedCore(MapCore):
