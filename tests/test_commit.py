@@ -495,6 +495,70 @@ def test_a_forked_child_flushes_whatever_msyncs_the_parent_had_in_flight(
     assert path.read_bytes()[:5] == b"child"
 
 
+_WAIT_INSIDE_AN_MSYNC_OF_THE_FILE = """
+    import os, sys, threading, time
+    import anymmap.sync
+
+    path = sys.argv[1]
+    a = anymmap.sync.MmapRaw.map_raw(path)
+    b = anymmap.sync.MmapRaw.map_raw(path)
+    syncs = a._core._syncs
+    assert b._core._syncs is syncs
+    # The main thread as inside a's msync (a signal handler runs there): its call in
+    # flight, which every other msync of the file now waits for.
+    interrupted = object()
+    syncs.threads.add(threading.get_ident())
+    with syncs.cond:
+        syncs.active.add(interrupted)
+
+    def flush_b():  # b's committer: its msync succeeds, then waits for a's, pinned
+        b.update_region(0, b"b")
+        b.flush_range(0, 1)
+
+    flusher = threading.Thread(target=flush_b)
+    flusher.start()
+    while not b._core._pinners:  # (the committer's pin)
+        time.sleep(0.001)
+    refused = []
+    for call in (b.close, lambda: b.resize(2 * 4096), lambda: b.flush_range(0, 1)):
+        try:
+            call()  # each would wait for b's committer, which waits for this thread
+        except RuntimeError:
+            refused.append(True)
+    assert refused == [True, True, True], refused
+    resizer = threading.Thread(target=b.resize, args=(2 * 4096,))  # waits for the pin
+    resizer.start()
+    while b._core._remapper is None and b._lock._writer is None:
+        time.sleep(0.001)
+    try:
+        b.read(0, 1)  # would wait for the resize, which waits for b's committer
+    except RuntimeError:
+        refused.append(True)
+    assert len(refused) == 4, refused
+    with syncs.cond:  # a's msync ends
+        syncs.active.discard(interrupted)
+        syncs.cond.notify_all()
+    syncs.threads.discard(threading.get_ident())
+    flusher.join()
+    resizer.join()
+    assert len(b) == 2 * 4096
+    b.flush()  # all usable
+    b.close()
+    a.close()
+    print("ok")
+"""
+
+
+def test_a_wait_inside_an_msync_of_the_file_on_its_thread_is_refused(tmp_path: Path) -> None:
+    """Regression test (adversary round 32): a signal handler that closed (or resized,
+    or flushed) map B of a file while its thread was inside map A's ``msync`` waited for
+    B's committer, which waited beside for A's ``msync``: the process hung.  Every such
+    wait now raises ``RuntimeError``, and both maps go on."""
+    path = tmp_path / "file"
+    path.write_bytes(bytes(4 * PAGE))
+    check_child(_WAIT_INSIDE_AN_MSYNC_OF_THE_FILE, str(path), timeout=20)
+
+
 def test_threads_mapping_one_file_at_once_share_one_record_of_it(tmp_path: Path) -> None:
     """Regression test (adversary round 32): eight threads that mapped one fresh file at
     once made two records of its msyncs in 5 of 200 rounds (the lookup was not atomic),

@@ -246,8 +246,9 @@ _NOT_WRITE_BACK = frozenset((errno.ENOMEM, errno.EINVAL, errno.EBUSY, errno.EFAU
 #: What a flush run inside an ``msync`` of its file on the same thread raises.
 _SYNCING = (
     "a finalizer (__del__ or weakref callback) or signal handler that Python ran inside "
-    "an msync of this file on this thread cannot flush a map of the file: it would wait "
-    "for the call it interrupted"
+    "an msync of this file on this thread cannot flush, close or resize a map of the "
+    "file, or wait for another thread's use of one: it would wait for the call it "
+    "interrupted"
 )
 
 
@@ -483,10 +484,14 @@ class FileBackedCore(MapCore):
             raise WriteBackError(errno.EIO, "a write-back of the file failed meanwhile")
 
     def check_not_syncing(self) -> None:
-        """Refuse a durable flush of the file on a thread inside an ``msync`` of it: a
-        finalizer or signal handler run there (adversary round 32: a ``__del__`` that
-        flushed map B of a file, run by a collection inside map A's bookkeeping on A's
-        group-commit thread, waited for ever for B's committer, which waited for A's).
+        """Refuse a wait for another thread's use of the map on a thread inside an
+        ``msync`` of its file: a finalizer or signal handler run there.  An ``msync``
+        waits for the file's others in flight (see :class:`_FileSyncs`) holding its
+        map's pin (or its close), so such a wait is a wait for itself (adversary round
+        32: a ``__del__`` that flushed map B of a file, run by a collection inside map
+        A's bookkeeping on A's group-commit thread, waited for B's committer, which
+        waited for A's call; a signal handler that closed B there waited for B's pin).
+        Checked by a durable flush, a close or resize, and a pin or lock that would wait.
 
         :raises RuntimeError: then
         """

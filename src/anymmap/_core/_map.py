@@ -230,12 +230,14 @@ class MapCore:
         """
         return _Pinned(self, join)
 
-    def check_not_pinned_here(self) -> None:
-        """Raise if the calling thread holds a pin: it is inside one of this map's calls,
-        so what calls back in (a finalizer or signal handler) must not wait for another
-        thread, which may be a close or resize waiting for that very pin.
+    def check_may_wait(self) -> None:
+        """Raise if the calling thread must not wait for another thread's use of the map:
+        it holds a pin (it is inside one of this map's calls, and a close or resize may
+        wait for that very pin), or it is inside an ``msync`` of the map's file (see
+        :meth:`check_not_syncing`).  What calls back in there is a finalizer or signal
+        handler.
 
-        :raises RuntimeError: if it does
+        :raises RuntimeError: if so
         """
         if threading.get_ident() in self._pinners:
             raise RuntimeError(
@@ -243,6 +245,14 @@ class MapCore:
                 "wait for another thread's use of it (a close or resize may wait for this "
                 "call)"
             )
+        self.check_not_syncing()
+
+    def check_not_syncing(self) -> None:
+        """Raise if the calling thread is inside an ``msync`` of the map's file (maps of
+        files: see ``FileBackedCore``); a no-op for other maps.
+
+        :raises RuntimeError: if it is
+        """
 
     def check_can_wait(self) -> None:
         """Raise if the calling thread may not wait for another thread's work on this map
@@ -253,6 +263,7 @@ class MapCore:
         """
         check_not_held(self._cond)
         self.check_not_remapping()
+        self.check_not_syncing()
 
     def check_not_remapping(self, me: int | None = None) -> None:
         """Raise if the calling thread is inside :meth:`exclusive` (closing or resizing
@@ -850,6 +861,7 @@ class _Pinned(Hold):
                     and me not in core._pinners
                     and not (self._join and core._pinners)
                 ):
+                    core.check_not_syncing()  # (only when it would wait: the hot path)
                     wait_unless_exiting(core._cond, HEAL_EVERY)
                 core.check_open()
                 held = core._pinners.get(me, 0)
@@ -896,6 +908,7 @@ class _Exclusive(Hold):
         if core._remapper == me or me in core._pinners:  # (only this thread makes that so)
             give_back_skipped()
         core.check_not_remapping(me)  # (so a _remapper of `me` below is this call's)
+        core.check_not_syncing()
         due = [False]
         try:
             with core._cond:

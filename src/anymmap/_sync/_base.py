@@ -49,7 +49,7 @@ class SyncMap(MapHandle[CoreT]):
     def _setup(self) -> None:
         # A call made by a finalizer inside one of this map's pinned calls must not wait
         # for a writer (a resize or close may be waiting for that pin).
-        self._lock = ThreadRWLock(before_wait=self._core.check_not_pinned_here)
+        self._lock = ThreadRWLock(before_wait=self._core.check_may_wait)
 
     # -- copies -----------------------------------------------------------------------
 
