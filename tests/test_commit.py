@@ -559,6 +559,58 @@ def test_a_wait_inside_an_msync_of_the_file_on_its_thread_is_refused(tmp_path: P
     check_child(_WAIT_INSIDE_AN_MSYNC_OF_THE_FILE, str(path), timeout=20)
 
 
+_EXIT_WITH_A_DAEMON_INSIDE_AN_MSYNC = """
+    import os, sys, threading
+    import anymmap.sync
+
+    a = anymmap.sync.MmapRaw.map_raw(sys.argv[1])
+    b = anymmap.sync.MmapRaw.map_raw(sys.argv[1])
+    syncs = a._core._syncs
+    inside = threading.Event()
+
+    def daemon():  # stands for a daemon thread's msync of a, in flight as the main ends
+        if sys.argv[2] == "lock held":
+            syncs.cond.acquire()
+        else:
+            with syncs.cond:
+                syncs.active.add(object())
+        inside.set()
+        threading.Event().wait()
+
+    threading.Thread(target=daemon, daemon=True).start()
+    inside.wait()
+
+    class FlushOnDrop:
+        def __init__(self):
+            self.me = self  # cyclic garbage: the last collection frees it
+
+        def __del__(self):
+            b.update_region(0, b"b")
+            try:
+                b.flush()
+            except RuntimeError:
+                os.write(1, b"refused\\n")
+
+    FlushOnDrop()
+    print("main ends", flush=True)
+"""
+
+
+@pytest.mark.parametrize("daemon", ["msync in flight", "lock held"])
+def test_a_finalizer_at_exit_never_waits_for_a_daemon_inside_an_msync_of_the_file(
+    tmp_path: Path, daemon: str
+) -> None:
+    """Regression test (adversary round 32): a finalizer run by the interpreter's last
+    collection that flushed map B of a file waited for ever for a daemon thread stopped
+    at exit inside an ``msync`` of map A of the file (its call in flight, or the lock of
+    the file's msync bookkeeping): the process never exited.  It gets ``RuntimeError``."""
+    path = tmp_path / "file"
+    path.write_bytes(bytes(4 * PAGE))
+    check_child(
+        _EXIT_WITH_A_DAEMON_INSIDE_AN_MSYNC, str(path), daemon, expect="refused", timeout=20
+    )
+
+
 def test_threads_mapping_one_file_at_once_share_one_record_of_it(tmp_path: Path) -> None:
     """Regression test (adversary round 32): eight threads that mapped one fresh file at
     once made two records of its msyncs in 5 of 200 rounds (the lookup was not atomic),

@@ -47,7 +47,7 @@ from ._forks import renew_in_child
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed
-from ._threadlock import new_condition
+from ._threadlock import STOPPED_AT_EXIT, new_condition, wait_unless_exiting
 
 #: How a file's new blocks are made: allocated (``posix_fallocate``: instant, the blocks
 #: are "unwritten" extents) or filled with zeros (written now: slower to make, but the
@@ -297,6 +297,19 @@ def _renew_syncs_lock_in_child() -> None:
 renew_in_child(_renew_syncs_lock_in_child)
 
 
+def _check_free_at_exit(cond: threading.Condition) -> None:
+    """During the interpreter's finalization, raise if ``cond`` is held: no other thread
+    runs Python then, so its holder is a daemon thread stopped for good inside a call
+    (adversary round 32: a finalizer's flush at exit waited for one stopped in an
+    ``msync`` of the same file).
+
+    :raises RuntimeError: then
+    """
+    if not cond.acquire(blocking=False):
+        raise RuntimeError(STOPPED_AT_EXIT)
+    cond.release()
+
+
 def _syncs_of(identity: tuple[int, int]) -> _FileSyncs:
     global _syncs_pid
     with _syncs_lock:
@@ -443,6 +456,8 @@ class FileBackedCore(MapCore):
         self.check_written_back()
         self.check_not_syncing()
         syncs, me, thread = self._syncs, object(), threading.get_ident()
+        if sys.is_finalizing():  # (a finalizer run by the last collection: see below)
+            _check_free_at_exit(syncs.cond)
         try:
             syncs.threads.add(thread)  # (one step under the GIL; before any lock is taken)
             self._msync_beside(syncs, me, start, span)
@@ -477,7 +492,8 @@ class FileBackedCore(MapCore):
         with syncs.cond:
             beside = set(syncs.active)
             while beside & syncs.active:
-                syncs.cond.wait()
+                # (At exit, one beside it may be a daemon thread's that never ends.)
+                wait_unless_exiting(syncs.cond)
             other_failed = syncs.failed != failures
         if other_failed:  # one beside it may have taken the kernel's report of ours
             self.check_written_back()  # (it marked this map too, if it was open)
