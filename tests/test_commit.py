@@ -366,6 +366,48 @@ async def test_a_failed_write_back_fails_every_later_flush_of_the_map(
         await m.flush_async()  # starting write-back promises nothing: not refused
 
 
+async def test_a_write_back_failure_no_flush_raised_is_raised_by_the_close(
+    failing_device: Path,
+) -> None:
+    """Regression test (adversary round 32): a flush cancelled after it was submitted
+    still runs; its ``msync`` failed, no caller was left to hear it, and ``aclose()``
+    returned normally with 2 of 3 MiB lost.  The close raises a write-back failure that
+    no flush raised (the map is closed all the same), once."""
+    m = await MmapRaw.map_raw(failing_device)
+    await m.update_region(0, b"X" * 3 * MiB)
+    commit = m._core.commit
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(m.flush)
+            await wait_until(lambda: commit.batches > 0)  # submitted and taken
+            scope.cancel()
+    await wait_until(lambda: bool(commit.failed_batches))  # its msync failed
+    with pytest.raises(anymmap.WriteBackError) as failure:
+        await m.aclose()
+    assert failure.value.errno == errno.EIO
+    assert m.closed
+    await m.aclose()  # (once)
+
+
+def test_a_write_back_failure_of_another_map_is_raised_by_the_close(
+    failing_device: Path,
+) -> None:
+    """The same for a map that never flushed, open when another map of the file failed
+    (they share its pages), in the blocking twin; a map that raised it closes quietly."""
+    with open(failing_device, "r+b") as device:
+        failed = anymmap.sync.MmapRaw.map_raw(device, length=16 * MiB)
+        other = anymmap.sync.MmapRaw.map_raw(device, length=16 * MiB)
+        other.update_region(MiB, b"Y" * MiB)
+        failed.update_region(0, b"X" * 3 * MiB)
+        with pytest.raises(anymmap.WriteBackError):
+            failed.flush()
+        failed.close()  # it raised the failure already
+        with pytest.raises(anymmap.WriteBackError):
+            other.close()
+        assert other.closed
+        other.close()
+
+
 async def test_a_failed_write_back_reaches_every_map_of_the_file_open_then(
     failing_device: Path,
 ) -> None:

@@ -276,6 +276,9 @@ class AsyncMap(MapHandle[CoreT]):
         :raises BorrowError: if an object exported from a borrow is still alive (the map
             then stays open)
         :raises RuntimeError: if the calling task is inside a borrow of this map
+        :raises WriteBackError: if a write-back of the map failed and no flush raised it
+            yet (the flushes that met it were cancelled, or it was another map's of the
+            file); the map is closed all the same
         """
         if self._core.closed:
             await checkpoint()
@@ -285,8 +288,12 @@ class AsyncMap(MapHandle[CoreT]):
 
     async def _close(self) -> None:
         async with self._lock.write():
+            closing = not self._core.closed
             await run_sync(self._core.close)
             self._closed()
+        failed = self._core.unheard_failure() if closing else None
+        if failed is not None:
+            raise failed
 
     async def __aenter__(self) -> Self:
         return self
@@ -410,13 +417,13 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
     async def _commit(core: FileBackedCore, start: int, n: int) -> None:
         core.check_open()  # (an __index__ of the range may have closed it)
         if core.mode != "rw" or not n:
-            core.check_written_back()  # (a flush of nothing, after a failure: raises)
+            core.check_written_back(to_caller=True)  # (a flush of nothing, after a failure)
             await checkpoint()
             return
         waiter = ThreadWaiter()
         request = core.commit.submit(start, start + n, waiter.wake, waiter.scheduler)
         await waiter.wait()  # leaving early (cancelled) leaves the flush to the committer
-        request.result()
+        core.result_of(request)
 
     def pending_bytes(self) -> int:
         """How many bytes were written through this map (copies and writable borrows)

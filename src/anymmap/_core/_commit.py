@@ -109,6 +109,7 @@ class GroupCommit:
         self._pending: list[CommitRequest] = []
         self._committer_pid = 0  # the process whose committer thread runs; 0: none
         self._committer_thread: int | None = None  # its identity, while it runs
+        self._running = False  # a batch is taken and not yet finished
         #: How many batches and msync calls there were, and the last 1,024 batches whose
         #: flush failed (for tests and benchmarks; bounded for a device that keeps failing).
         self.batches = 0
@@ -122,6 +123,7 @@ class GroupCommit:
         self._pending = []
         self._committer_pid = 0
         self._committer_thread = None
+        self._running = False
 
     def submit(
         self,
@@ -181,6 +183,12 @@ class GroupCommit:
         this process: it lingers briefly after its last batch)."""
         return bool(self._pending) or self._committer_pid == os.getpid()
 
+    def owed(self) -> bool:
+        """Whether requests are waiting, or a batch of them is running and not finished
+        (a close must then make the map durable for them); a committer that only lingers
+        owes nothing."""
+        return bool(self._pending) or (self._running and self._committer_pid == os.getpid())
+
     def _start_committer(self, made: list[threading.Thread]) -> None:
         made.append(threading.Thread(target=self._run, name="anymmap group commit"))
         start_thread(made[0])  # (a Ctrl-C cannot leave it started but stuck)
@@ -219,9 +227,11 @@ class GroupCommit:
                     self._committer_pid = 0
                     self._committer_thread = None
                     return
+                self._running = True
             self.batches += 1
             for cluster in _clusters(batch):
                 self._flush(cluster)
+            self._running = False  # (finished: before the waiters may close the map)
             _wake(batch)
 
     def _flush(self, cluster: list[CommitRequest]) -> None:

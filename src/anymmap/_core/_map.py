@@ -312,6 +312,11 @@ class MapCore:
     def _before_unmap(self) -> None:
         """What to do while the map is still mapped and nobody else uses it (in close)."""
 
+    def unheard_failure(self) -> OSError | None:
+        """For :meth:`close`'s caller: a failure of the map's that no call raised yet
+        (maps of files: a failed write-back), once; None for other maps."""
+        return None
+
     def _unmap(self) -> None:
         raise NotImplementedError  # pragma: no cover - every map type defines it
 

@@ -169,10 +169,17 @@ class SyncMap(MapHandle[CoreT]):
 
         :raises BorrowError: if an object exported from a borrow is still alive (the map
             then stays open)
+        :raises WriteBackError: if a write-back of the map failed and no flush raised it
+            yet (the flushes that met it were cancelled, or it was another map's of the
+            file); the map is closed all the same
         """
         with self._lock.write():
+            closing = not self._core.closed
             self._core.close()
             self._closed()
+        failed = self._core.unheard_failure() if closing else None
+        if failed is not None:
+            raise failed
 
     def __enter__(self) -> Self:
         return self
@@ -241,7 +248,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
     def _commit(core: FileBackedCore, start: int, n: int) -> None:
         core.check_open()  # (an __index__ of the range may have closed it)
         if core.mode != "rw" or not n:
-            core.check_written_back()  # (a flush of nothing, after a failure: raises)
+            core.check_written_back(to_caller=True)  # (a flush of nothing, after a failure)
             return
         core.check_can_wait()  # the committer's pin would wait for this thread
         # A C queue, not a threading.Event: a Ctrl-C storm could cut the Event's Python
@@ -250,7 +257,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         done: SimpleQueue[None] = SimpleQueue()
         request = core.commit.submit(start, start + n, partial(done.put, None))
         done.get()
-        request.result()
+        core.result_of(request)
 
     def pending_bytes(self) -> int:
         """Bytes written since a durable flush last covered them (0 for ``"r"`` and
