@@ -389,6 +389,68 @@ async def test_a_write_back_failure_no_flush_raised_is_raised_by_the_close(
     await m.aclose()  # (once)
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_cancelled_close_leaves_the_unheard_failure_to_the_next(
+    failing_device: Path,
+) -> None:
+    """Regression test (adversary round 33): an ``aclose()`` cancelled by a native
+    ``Task.cancel()`` while it closed raised the unheard write-back failure only as the
+    ``__cause__`` of its ``CancelledError``, and the next close said nothing.  The
+    cancelled one leaves it to the next."""
+    m = await MmapRaw.map_raw(failing_device)
+    await m.update_region(0, b"X" * 3 * MiB)
+    commit = m._core.commit
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(m.flush)
+            await wait_until(lambda: commit.batches > 0)
+            scope.cancel()
+    await wait_until(lambda: bool(commit.failed_batches))
+    closing = asyncio.ensure_future(m.aclose())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert m.closed
+    with pytest.raises(anymmap.WriteBackError):
+        await m.aclose()
+    await m.aclose()
+
+
+def test_a_failure_a_shrink_raised_is_not_raised_again_by_the_close(
+    failing_device: Path,
+) -> None:
+    """Regression test (adversary round 33): a shrinking ``resize`` of a device map
+    flushes what it cuts off and raised that flush's failure; the close then raised it
+    again."""
+    with open(failing_device, "r+b") as device:
+        m = anymmap.sync.MmapRaw.map_raw(device, length=16 * MiB)
+        m.update_region(8 * MiB, b"Z" * 4 * MiB)
+        with pytest.raises(anymmap.WriteBackError):
+            m.resize(8 * MiB)
+        m.close()  # (raised already, by the resize)
+        assert m.closed
+
+
+def test_a_failure_the_blocks_own_error_hid_is_raised_by_the_close(
+    failing_device: Path,
+) -> None:
+    """Regression test (adversary round 33): the blocking twin's ``auto_flush`` block
+    raised its own error over a failed background flush (the rule), and the failure was
+    then heard by nobody: the close said nothing."""
+    with open(failing_device, "r+b") as device:
+        m = anymmap.sync.MmapRaw.map_raw(device, length=16 * MiB)
+        with pytest.raises(KeyError), m.auto_flush(every=0.01, every_bytes=MiB):  # noqa: PT012
+            m.update_region(0, b"\xee" * 4 * MiB)
+            deadline = time.monotonic() + 20
+            while not m._core.commit.failed_batches and time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise KeyError("the block's own")
+        with pytest.raises(anymmap.WriteBackError):
+            m.close()
+        m.close()
+
+
 def test_a_write_back_failure_of_another_map_is_raised_by_the_close(
     failing_device: Path,
 ) -> None:
@@ -988,19 +1050,23 @@ async def test_the_blocks_own_error_wins_over_a_failed_final_flush(failing_devic
     """Regression test (adversary round 23): after a background flush failed, an async
     ``auto_flush`` block that raised an error of its own (here on its cancellation)
     ended with the error of its final flush instead, which failed as well; the twin
-    raises the block's own."""
-    async with await MmapRaw.map_raw(failing_device) as m:
-        with pytest.raises(KeyError, match="the block's own"):  # noqa: PT012
-            async with m.auto_flush(every=0.01, every_bytes=1 << 40):
-                await m.update_region(0, b"\xee" * 4 * MiB)
-                try:
-                    await anyio.sleep(60)  # (cancelled at the first failure)
-                finally:
-                    # (Dirty again, so that the final flush fails too: a page whose
-                    # writeback failed is clean afterwards.  Past the first MiB, which
-                    # the device's tiny backing store could take.)
-                    m.update_region_nowait(2 * MiB, b"\xdd" * MiB)
-                    raise KeyError("the block's own")
+    raises the block's own.  The write-back failure the block's error hid is raised by
+    the close (adversary round 32: it went unheard)."""
+    m = await MmapRaw.map_raw(failing_device)
+    with pytest.raises(KeyError, match="the block's own"):  # noqa: PT012
+        async with m.auto_flush(every=0.01, every_bytes=1 << 40):
+            await m.update_region(0, b"\xee" * 4 * MiB)
+            try:
+                await anyio.sleep(60)  # (cancelled at the first failure)
+            finally:
+                # (Dirty again, so that the final flush fails too: a page whose
+                # writeback failed is clean afterwards.  Past the first MiB, which
+                # the device's tiny backing store could take.)
+                m.update_region_nowait(2 * MiB, b"\xdd" * MiB)
+                raise KeyError("the block's own")
+    with pytest.raises(anymmap.WriteBackError):
+        await m.aclose()
+    await m.aclose()  # (once)
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])

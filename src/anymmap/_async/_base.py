@@ -276,24 +276,24 @@ class AsyncMap(MapHandle[CoreT]):
         :raises BorrowError: if an object exported from a borrow is still alive (the map
             then stays open)
         :raises RuntimeError: if the calling task is inside a borrow of this map
-        :raises WriteBackError: if a write-back of the map failed and no flush raised it
+        :raises WriteBackError: if a write-back of the map failed and no call raised it
             yet (the flushes that met it were cancelled, or it was another map's of the
-            file); the map is closed all the same
+            file); the map is closed all the same (once: raised by the next ``aclose``
+            if this one was cancelled)
         """
-        if self._core.closed:
+        if not self._core.closed:
+            self._check_not_borrowing("close")
+            await shielded(self._close)
+        else:
             await checkpoint()
-            return
-        self._check_not_borrowing("close")
-        await shielded(self._close)
+        failed = self._core.unheard_failure()  # (after the cancellation, not in its cause)
+        if failed is not None:
+            raise failed
 
     async def _close(self) -> None:
         async with self._lock.write():
-            closing = not self._core.closed
             await run_sync(self._core.close)
             self._closed()
-        failed = self._core.unheard_failure() if closing else None
-        if failed is not None:
-            raise failed
 
     async def __aenter__(self) -> Self:
         return self

@@ -433,13 +433,20 @@ class FileBackedCore(MapCore):
         close made the final flush: its error, unless it was a write-back failure that
         the close (or a flush) raised already."""
         if background:
-            return None if failed else background[0]
-        if final is not None:
-            return final
-        closing = self.closing_error() if ended and self.closed else None
-        if isinstance(closing, WriteBackError) and self._write_back_heard:
-            return None
-        return closing
+            error = None if failed else background[0]
+        elif final is not None:
+            error = final
+        else:
+            error = self.closing_error() if ended and self.closed else None
+            if isinstance(error, WriteBackError) and self._write_back_heard:
+                return None  # (the close raised it, or a flush did before)
+        # The block's flushes are the library's: a write-back failure they met is heard
+        # if the block raises it; if the block's own error won, the close raises it.
+        if isinstance(error, WriteBackError):
+            self._write_back_heard = True
+        elif any(isinstance(each, WriteBackError) for each in (*background, final)):
+            self._write_back_heard = False
+        return error
 
     def _sync_exclusive(self, first: int, n: int) -> None:
         """``msync(MS_SYNC)`` of ``[first, first + n)`` from inside :meth:`exclusive`
@@ -781,7 +788,11 @@ class FileCore(FileBackedCore):
                     # The bytes past the new end stay in the file: make what was written
                     # there durable now, while this map can still flush it (pending_bytes
                     # forgets it below, and would miss it if the map grew back over it).
-                    self._sync_exclusive(length, old_length - length)
+                    try:
+                        self._sync_exclusive(length, old_length - length)
+                    except WriteBackError:
+                        self._write_back_heard = True  # (raised to the resize's caller)
+                        raise
                 remap()
             except BaseException:
                 if installed:  # a signal that arrived during the change: it is made

@@ -169,15 +169,14 @@ class SyncMap(MapHandle[CoreT]):
 
         :raises BorrowError: if an object exported from a borrow is still alive (the map
             then stays open)
-        :raises WriteBackError: if a write-back of the map failed and no flush raised it
+        :raises WriteBackError: if a write-back of the map failed and no call raised it
             yet (the flushes that met it were cancelled, or it was another map's of the
-            file); the map is closed all the same
+            file); the map is closed all the same (once: a later close says nothing)
         """
         with self._lock.write():
-            closing = not self._core.closed
             self._core.close()
             self._closed()
-        failed = self._core.unheard_failure() if closing else None
+        failed = self._core.unheard_failure()
         if failed is not None:
             raise failed
 
