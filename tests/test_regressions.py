@@ -2996,6 +2996,109 @@ def test_many_maps_of_one_file_are_registered_without_recounting_each_time(
         assert len(_copier._windows[identity]) == 1
 
 
+_FINALIZER_INSIDE_THE_TWIN_REGISTRY = """
+    import array, gc, os, sys
+    import anymmap.sync
+    from anymmap._core import _copier
+
+    path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
+    with open(path, "wb") as f:
+        f.truncate(1 << 16)
+    a = anymmap.sync.MmapRaw.map_raw(path)
+    b = anymmap.sync.MmapRaw.map_raw(path)
+    anymmap.sync.MmapRaw.map_raw(path).close()  # a closed twin: the next copy recounts
+    made = []
+    errors = []
+    PATTERN = bytes(range(1, 65))
+
+    class Bomb:
+        def __init__(self):
+            self.me = self
+
+        def __del__(self):  # run by a collection inside the registry's lock
+            try:
+                b.update_region(0, array.array("B", PATTERN))  # recounts the twins
+                made.append(anymmap.sync.MmapRaw.map_raw(path))  # registers a window
+                with a.as_slice(0, 4096) as view:  # an overlapping copy between twins
+                    made[0].update_region(8, view[:64])
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    recount = _copier._recount
+
+    def collecting(identities):
+        gc.collect()  # what an allocation inside the lock may run
+        return recount(identities)
+
+    _copier._recount = collecting
+    gc.disable()
+    Bomb()
+    kept = [anymmap.sync.MmapRaw.map_raw(path) for _ in range(8)]  # recounts inside
+    _copier._recount = recount
+    assert not errors, errors
+    assert made, "the finalizer did not run"
+    assert a.read(0, 72) == PATTERN[:8] + PATTERN, a.read(0, 72)  # as memmove would
+    assert not _copier._deferred
+    identity = os.stat(path).st_dev, os.stat(path).st_ino
+    assert id(made[0]._core.memory) in _copier._windows[identity]
+    for m in (a, b, *made, *kept):
+        m.close()
+    print("ok")
+"""
+
+
+def test_a_finalizer_inside_the_twin_registry_maps_and_copies() -> None:
+    """Regression test (adversary round 33): a finalizer run by a garbage collection
+    inside the registry of maps of one file (under its lock, on the same thread) that
+    copied into a map of a file mapped twice, or mapped the file, waited for the lock
+    its own thread held: the process hung.  The copy goes on with the twins as they
+    are, the new map is registered by the call it interrupted, and a copy between
+    twins still moves bytes as ``memmove`` would."""
+    check_child(_FINALIZER_INSIDE_THE_TWIN_REGISTRY, timeout=30)
+
+
+_EXIT_WITH_A_DAEMON_INSIDE_THE_TWIN_REGISTRY = """
+    import array, os, threading
+    import anymmap.sync
+    from anymmap._core import _copier
+
+    path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
+    with open(path, "wb") as f:
+        f.truncate(1 << 16)
+    a = anymmap.sync.MmapRaw.map_raw(path)
+    anymmap.sync.MmapRaw.map_raw(path).close()  # a closed twin: the next copy recounts
+    inside = threading.Event()
+
+    def daemon():  # stands for a daemon thread stopped at exit inside the registry
+        with _copier._windows_lock:
+            inside.set()
+            threading.Event().wait()
+
+    threading.Thread(target=daemon, daemon=True).start()
+    inside.wait()
+
+    class AtExit:
+        def __init__(self):
+            self.me = self  # cyclic garbage: the last collection frees it
+
+        def __del__(self):
+            b = anymmap.sync.MmapRaw.map_raw(path)
+            a.update_region(0, array.array("B", b"at exit"))
+            os.write(1, b"done %r\\n" % b.read(0, 7))
+
+    AtExit()
+    print("main ends", flush=True)
+"""
+
+
+def test_a_finalizer_at_exit_never_waits_for_a_daemon_inside_the_twin_registry() -> None:
+    """Regression test (adversary round 33): a finalizer run by the interpreter's last
+    collection that mapped a file, or copied into a map of a file mapped twice, waited
+    for ever for a daemon thread stopped at exit inside the registry of maps of one
+    file: the process never exited."""
+    check_child(_EXIT_WITH_A_DAEMON_INSIDE_THE_TWIN_REGISTRY, expect="done b'at exit'", timeout=20)
+
+
 _RELEASE_BY_HAND_IN_A_FORKED_CHILD = """
     import os, sys
     import trio, anymmap

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import sys
 import threading
 import weakref
 from collections.abc import Iterable
@@ -46,6 +47,7 @@ from ._buffers import PinnedBuffer, new_bytes
 from ._files import FileRef
 from ._forks import renew_in_child
 from ._lifetime import Memory
+from ._threadlock import held_here
 
 PAGE_SIZE = os_impl.PAGE_SIZE
 
@@ -89,18 +91,34 @@ def address_of(view: memoryview) -> int:
 #: file identity -> weak references to the mappings (``Memory``) of its windows, by
 #: ``id`` (a sparse map may show one file in several windows: it counts once); how many
 #: of them lived at the file's last recount; the identities of files mapped more than
-#: once and their mappings (the twins); and the lock of these (maps are made in any
-#: thread; no user code runs under it).
+#: once and their mappings (the twins); registrations left for the next one (see
+#: ``_may_lock``); and the lock of these (maps are made in any thread; no user code runs
+#: under it, but a finalizer or signal handler may: it is never entered twice).
 _windows: dict[tuple[int, int], dict[int, weakref.ref[Memory]]] = {}
 _counted: dict[tuple[int, int], int] = {}
 _twinned_files: set[tuple[int, int]] = set()
 _twins: list[weakref.ref[Memory]] = []
-_windows_lock = threading.Lock()
+_deferred: list[tuple[weakref.ref[Memory], tuple[int, int]]] = []
+_windows_lock = threading.RLock()
 
 
 def _renew_lock_in_child() -> None:
     global _windows_lock
-    _windows_lock = threading.Lock()  # a thread of the parent may have held it
+    _windows_lock = threading.RLock()  # a thread of the parent may have held it
+
+
+def _may_lock() -> bool:
+    """Whether the calling thread may take ``_windows_lock`` now: not from inside it (a
+    finalizer or signal handler run there, which maps a file or copies: adversary round
+    33, the thread waited for itself), nor at interpreter exit while a daemon thread
+    stopped inside it holds it for good."""
+    if held_here(_windows_lock):
+        return False
+    if sys.is_finalizing():
+        if not _windows_lock.acquire(blocking=False):
+            return False
+        _windows_lock.release()
+    return True
 
 
 renew_in_child(_renew_lock_in_child)
@@ -142,17 +160,39 @@ def register_window(memory: Memory, identity: tuple[int, int]) -> None:
     doubled since the last count, which drops the closed ones.  (Signals held: a Ctrl-C
     half-way would leave the mapping registered but not marked.)"""
     global _twins
-    with signals_held(), _windows_lock:
-        refs = _windows.setdefault(identity, {})
-        known = refs.get(id(memory))
-        if known is not None and known() is memory:
-            return
-        ref = refs[id(memory)] = weakref.ref(memory)
-        if identity in _twinned_files and len(refs) <= 2 * _counted.get(identity, 0):
+    ref = weakref.ref(memory)
+    with signals_held():
+        if not _may_lock():
+            # Registered by the call this one interrupted, before it returns; until
+            # then the mapping counts as a twin of every other mapping of the file.
+            _deferred.append((ref, identity))
+            _twins = [*_twins, ref]
+            for other in (each() for each in list(_windows.get(identity, {}).values())):
+                if other is not None:
+                    other.twinned = True
             memory.twinned = True
-            _twins = [*_twins, ref]  # (replaced, never changed: see ``shares_pages``)
-        else:
-            _recount((identity,))
+            return
+        with _windows_lock:
+            _register(ref, identity)
+            while _deferred:
+                _register(*_deferred.pop())
+
+
+def _register(ref: weakref.ref[Memory], identity: tuple[int, int]) -> None:
+    global _twins
+    memory = ref()
+    if memory is None:
+        return
+    refs = _windows.setdefault(identity, {})
+    known = refs.get(id(memory))
+    if known is not None and known() is memory:
+        return
+    refs[id(memory)] = ref
+    if identity in _twinned_files and len(refs) <= 2 * _counted.get(identity, 0):
+        memory.twinned = True
+        _twins = [*_twins, ref]  # (replaced, never changed: see ``shares_pages``)
+    else:
+        _recount((identity,))
 
 
 def shares_pages(view: memoryview) -> bool:
@@ -162,9 +202,11 @@ def shares_pages(view: memoryview) -> bool:
     ``MapCore._aliased``); costs a look at each such mapping, not at every map."""
     twins = [ref() for ref in _twins]  # (a list that is replaced, never changed)
     if not all(_live(memory) for memory in twins):  # one was closed or freed since
-        with signals_held(), _windows_lock:
-            _recount(list(_twinned_files))
-            twins = [ref() for ref in _twins]
+        with signals_held():
+            if _may_lock():  # (else the twins as they are: a few more look, that is all)
+                with _windows_lock:
+                    _recount(list(_twinned_files))
+                    twins = [ref() for ref in _twins]
     if not twins:
         return False
     with PinnedBuffer(view, writable=False) as pin:
