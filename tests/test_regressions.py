@@ -2988,12 +2988,25 @@ def test_many_maps_of_one_file_are_registered_without_recounting_each_time(
         recounts = 0
         maps = [anymmap.sync.MmapRaw.map_raw(path) for _ in range(500)]
         assert all(m._core.memory.twinned for m in maps)
-        assert recounts <= 9  # (at 4, 8, ... 512 maps: one count per doubling)
+        assert recounts <= 12  # (at 4, 8, ... 512 maps, and a sweep when they doubled)
         for m in maps:
             m.close()
         kept.read_into(0, np.zeros(8, np.uint8))  # (a foreign buffer: maps are counted)
         assert not kept._core.memory.twinned
         assert len(_copier._windows[identity]) == 1
+
+
+def test_the_twin_registry_forgets_files_no_longer_mapped(tmp_path: Path) -> None:
+    """Regression test (adversary round 33): the registry of maps by file kept an entry
+    for every file ever mapped once (20,000 files left 20,200 entries); it is swept
+    as registrations accumulate."""
+    before = len(_copier._windows)
+    for i in range(600):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(bytes(PAGE))
+        with anymmap.sync.MmapRaw.map_raw(path):
+            pass
+    assert len(_copier._windows) <= before + 200, len(_copier._windows)
 
 
 _FINALIZER_INSIDE_THE_TWIN_REGISTRY = """
@@ -3055,6 +3068,64 @@ def test_a_finalizer_inside_the_twin_registry_maps_and_copies() -> None:
     are, the new map is registered by the call it interrupted, and a copy between
     twins still moves bytes as ``memmove`` would."""
     check_child(_FINALIZER_INSIDE_THE_TWIN_REGISTRY, timeout=30)
+
+
+_FINALIZER_MAPS_INSIDE_A_RECOUNT_OF_THE_TWINS = """
+    import array, gc, os
+    import anymmap.sync
+    from anymmap._core import _copier
+
+    root = os.environ["ANYMMAP_CHILD_SHM"]
+    g, f = os.path.join(root, "g"), os.path.join(root, "f")
+    with open(g, "wb") as out:
+        out.truncate(1 << 16)
+    data = bytes(range(256)) * 1024
+    with open(f, "wb") as out:
+        out.write(data)
+    y1, y2 = anymmap.sync.MmapRaw.map_raw(g), anymmap.sync.MmapRaw.map_raw(g)
+    anymmap.sync.MmapRaw.map_raw(g).close()  # a closed twin: y1's next copy recounts
+    x = anymmap.sync.MmapRaw.map_raw(f)
+    opened = []
+
+    class Bomb:
+        def __init__(self):
+            self.me = self
+
+        def __del__(self):  # inside the recount: maps f a second time, a page on
+            opened.append(anymmap.sync.MmapRaw.map_raw(f, offset=4096))
+
+    recount = _copier._recount
+
+    def collecting(identities):
+        gc.collect()  # what an allocation inside the lock may run
+        return recount(identities)
+
+    _copier._recount = collecting
+    gc.disable()
+    Bomb()
+    y1.update_region(0, array.array("b", b"y" * 64))  # recounts, and the finalizer runs
+    _copier._recount = recount
+    d = opened[0]
+    assert not _copier._deferred
+    assert any(ref() is d._core.memory for ref in _copier._twins)
+    model = bytearray(data)
+    src, dst, n = 8192, 8192 + 100, 40000  # overlapping ranges of the file
+    with d.as_slice(src - 4096, n) as view:
+        x.update_region(dst, view)
+    model[dst : dst + n] = model[src : src + n]
+    assert x.read(0, len(data)) == bytes(model), "not as memmove"
+    for m in (x, d, y1, y2):
+        m.close()
+    print("ok")
+"""
+
+
+def test_a_map_made_by_a_finalizer_inside_a_recount_of_the_twins_is_a_twin() -> None:
+    """Regression test (adversary round 33, on the fix above): a map made by a finalizer
+    run inside the recount a copy makes (``shares_pages``) was left to that call, which
+    never registered it: an overlapping copy between it and the file's other map was
+    not as ``memmove``.  Every holder of the registry's lock registers what was left."""
+    check_child(_FINALIZER_MAPS_INSIDE_A_RECOUNT_OF_THE_TWINS, timeout=30)
 
 
 _EXIT_WITH_A_DAEMON_INSIDE_THE_TWIN_REGISTRY = """

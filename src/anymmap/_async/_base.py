@@ -406,6 +406,12 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
         core = self._open_core()
         await self._commit(core, 0, core.length)
 
+    async def _flush_for_block(self) -> None:
+        """:meth:`flush` for an ``auto_flush`` block: a write-back failure it meets is
+        the block's to report (``FileBackedCore.auto_flush_error``), not heard yet."""
+        core = self._open_core()
+        await self._commit(core, 0, core.length, to_caller=False)
+
     async def flush_range(self, offset: int, length: int) -> None:
         """Like :meth:`flush`, for the bytes ``[offset, offset + length)``; the range need
         not be page-aligned.  Other dirty pages may be written as well."""
@@ -414,16 +420,16 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
         await self._commit(core, start, n)
 
     @staticmethod
-    async def _commit(core: FileBackedCore, start: int, n: int) -> None:
+    async def _commit(core: FileBackedCore, start: int, n: int, *, to_caller: bool = True) -> None:
         core.check_open()  # (an __index__ of the range may have closed it)
         if core.mode != "rw" or not n:
-            core.check_written_back(to_caller=True)  # (a flush of nothing, after a failure)
+            core.check_written_back(to_caller=to_caller)  # (a flush of nothing, after a failure)
             await checkpoint()
             return
         waiter = ThreadWaiter()
         request = core.commit.submit(start, start + n, waiter.wake, waiter.scheduler)
         await waiter.wait()  # leaving early (cancelled) leaves the flush to the committer
-        core.result_of(request)
+        core.result_of(request, to_caller=to_caller)
 
     def pending_bytes(self) -> int:
         """How many bytes were written through this map (copies and writable borrows)
@@ -526,7 +532,7 @@ class _AutoFlush:
                     with anyio.move_on_after(self._interval):
                         await self._wake[0].wait()
                 if core.dirty.pending():
-                    await self._map.flush()
+                    await self._map._flush_for_block()
         except ClosedMapError:
             return  # the block closed the map: nothing left to flush through it
         except anyio.get_cancelled_exc_class():
@@ -583,7 +589,7 @@ class _AutoFlush:
             if not core.closed and core.dirty.pending():
                 with anyio.CancelScope(shield=True):  # also when the block failed
                     try:
-                        await self._map.flush()
+                        await self._map._flush_for_block()
                     except Exception as flush_error:  # noqa: BLE001 - raised below
                         final = flush_error
         # (The cancellation a failed background flush caused is not the block's own.)

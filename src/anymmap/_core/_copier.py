@@ -100,6 +100,10 @@ _twinned_files: set[tuple[int, int]] = set()
 _twins: list[weakref.ref[Memory]] = []
 _deferred: list[tuple[weakref.ref[Memory], tuple[int, int]]] = []
 _windows_lock = threading.RLock()
+#: Registrations since every file's list was last swept (a file mapped once and closed
+#: is not looked at again otherwise: its entry stayed, adversary round 33).
+_since_sweep = 0
+_after_sweep = 0  # mappings in the registry after that sweep
 
 
 def _renew_lock_in_child() -> None:
@@ -165,21 +169,32 @@ def register_window(memory: Memory, identity: tuple[int, int]) -> None:
         if not _may_lock():
             # Registered by the call this one interrupted, before it returns; until
             # then the mapping counts as a twin of every other mapping of the file.
+            others = list(_windows.get(identity, {}).values())
             _deferred.append((ref, identity))
-            _twins = [*_twins, ref]
-            for other in (each() for each in list(_windows.get(identity, {}).values())):
+            _twins = [*_twins, ref, *others]
+            for other in (each() for each in others):
                 if other is not None:
                     other.twinned = True
             memory.twinned = True
             return
         with _windows_lock:
             _register(ref, identity)
-            while _deferred:
-                _register(*_deferred.pop())
+            _register_deferred()
+
+
+def _register_deferred() -> None:
+    """Register what a finalizer or signal handler left (under the lock, by whoever
+    holds it: a registration, or a recount of ``shares_pages``)."""
+    while _deferred:
+        _register(*_deferred.pop())
 
 
 def _register(ref: weakref.ref[Memory], identity: tuple[int, int]) -> None:
-    global _twins
+    global _twins, _since_sweep, _after_sweep
+    _since_sweep += 1
+    if _since_sweep > max(64, _after_sweep):  # (amortized: a look per registration)
+        _recount(list(_windows))
+        _since_sweep, _after_sweep = 0, sum(map(len, _windows.values()))
     memory = ref()
     if memory is None:
         return
@@ -206,6 +221,7 @@ def shares_pages(view: memoryview) -> bool:
             if _may_lock():  # (else the twins as they are: a few more look, that is all)
                 with _windows_lock:
                     _recount(list(_twinned_files))
+                    _register_deferred()
                     twins = [ref() for ref in _twins]
     if not twins:
         return False

@@ -297,7 +297,7 @@ def _renew_syncs_lock_in_child() -> None:
 renew_in_child(_renew_syncs_lock_in_child)
 
 
-def _check_free_at_exit(cond: threading.Condition) -> None:
+def _check_free_at_exit(cond: threading.Condition | threading.RLock) -> None:
     """During the interpreter's finalization, raise if ``cond`` is held: no other thread
     runs Python then, so its holder is a daemon thread stopped for good inside a call
     (adversary round 32: a finalizer's flush at exit waited for one stopped in an
@@ -312,6 +312,8 @@ def _check_free_at_exit(cond: threading.Condition) -> None:
 
 def _syncs_of(identity: tuple[int, int]) -> _FileSyncs:
     global _syncs_pid
+    if sys.is_finalizing():  # (a daemon thread stopped inside would hold it for good)
+        _check_free_at_exit(_syncs_lock)
     with _syncs_lock:
         if _syncs_pid != os.getpid():  # the parent's calls in flight are not here
             _syncs.clear()
@@ -444,8 +446,6 @@ class FileBackedCore(MapCore):
         # if the block raises it; if the block's own error won, the close raises it.
         if isinstance(error, WriteBackError):
             self._write_back_heard = True
-        elif any(isinstance(each, WriteBackError) for each in (*background, final)):
-            self._write_back_heard = False
         return error
 
     def _sync_exclusive(self, first: int, n: int) -> None:
@@ -536,26 +536,29 @@ class FileBackedCore(MapCore):
                 self._write_back_heard = True
             raise WriteBackError(failed.errno or errno.EIO, failed.strerror or str(failed))
 
-    def result_of(self, request: CommitRequest) -> None:
+    def result_of(self, request: CommitRequest, *, to_caller: bool = True) -> None:
         """Raise the error of ``request``'s flush to its caller (a write-back failure
-        raised so has been heard of)."""
+        raised so has been heard of, if ``to_caller``: not by an ``auto_flush`` block's
+        own flush, whose exit decides)."""
         try:
             request.result()
         except WriteBackError:
-            self._write_back_heard = True
+            if to_caller:
+                self._write_back_heard = True
             raise
 
     def unheard_failure(self) -> OSError | None:
         """A failed write-back that no flush raised to its caller (the flushes that met
         it were cancelled, or it was another map's: adversary round 32, a cancelled
         flush's failure then a close, and 2 of 3 MiB lost in silence), once."""
-        if self._write_back_heard:
+        with signals_held(), self._cond:  # (two threads closing at once: one raises)
+            if self._write_back_heard:
+                return None
+            try:
+                self.check_written_back(to_caller=True)
+            except WriteBackError as exc:
+                return exc
             return None
-        try:
-            self.check_written_back(to_caller=True)
-        except WriteBackError as exc:
-            return exc
-        return None
 
     def _fail_write_back(self, error: OSError) -> None:
         """Keep ``error`` for this map and for every other map of the same file open in

@@ -237,6 +237,12 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         core = self._open_core()
         self._commit(core, 0, core.length)
 
+    def _flush_for_block(self) -> None:
+        """:meth:`flush` for an ``auto_flush`` block: a write-back failure it meets is
+        the block's to report (``FileBackedCore.auto_flush_error``), not heard yet."""
+        core = self._open_core()
+        self._commit(core, 0, core.length, to_caller=False)
+
     def flush_range(self, offset: int, length: int) -> None:
         """Like :meth:`flush`, for ``[offset, offset + length)`` (need not be aligned)."""
         core = self._open_core()
@@ -244,10 +250,10 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         self._commit(core, start, n)
 
     @staticmethod
-    def _commit(core: FileBackedCore, start: int, n: int) -> None:
+    def _commit(core: FileBackedCore, start: int, n: int, *, to_caller: bool = True) -> None:
         core.check_open()  # (an __index__ of the range may have closed it)
         if core.mode != "rw" or not n:
-            core.check_written_back(to_caller=True)  # (a flush of nothing, after a failure)
+            core.check_written_back(to_caller=to_caller)  # (a flush of nothing, after a failure)
             return
         core.check_can_wait()  # the committer's pin would wait for this thread
         # A C queue, not a threading.Event: a Ctrl-C storm could cut the Event's Python
@@ -256,7 +262,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         done: SimpleQueue[None] = SimpleQueue()
         request = core.commit.submit(start, start + n, partial(done.put, None))
         done.get()
-        core.result_of(request)
+        core.result_of(request, to_caller=to_caller)
 
     def pending_bytes(self) -> int:
         """Bytes written since a durable flush last covered them (0 for ``"r"`` and
@@ -307,6 +313,7 @@ class _AutoFlush(Hold):
     def __enter__(self) -> None:
         if self._flusher is not None:
             raise RuntimeError("this auto_flush() block was entered already")
+        self._map._open_core().check_not_syncing()  # (its exit waits for its thread)
         flusher = self._flusher = _Flusher(self._map, self._interval, self._threshold, self)
         try:
             # (Armed first: stopping is harmless before claim().  A partial, C code, like
@@ -391,7 +398,7 @@ class _Flusher:
         final: BaseException | None = None
         if not core.closed and core.dirty.pending():  # (also when the block failed)
             try:
-                self._map.flush()
+                self._map._flush_for_block()
             except Exception as exc:  # noqa: BLE001 - raised below, by the rule
                 final = exc
         error = core.auto_flush_error(self.failures, final, failed=failed, ended=not failed)
@@ -438,7 +445,7 @@ class _Flusher:
             if self._stopped or block() is None or not core.dirty.pending():
                 continue
             try:
-                self._map.flush()
+                self._map._flush_for_block()
             except ClosedMapError:
                 return  # the block closed the map: nothing left to flush through it
             except Exception as exc:  # noqa: BLE001 - raised by the block's exit
