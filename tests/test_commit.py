@@ -474,6 +474,26 @@ def test_a_failure_the_user_heard_inside_an_auto_flush_block_is_not_raised_again
         m.close()  # (heard already)
 
 
+def test_a_failure_the_close_inside_an_auto_flush_block_raised_is_not_raised_again(
+    failing_device: Path,
+) -> None:
+    """Regression test (adversary round 34): the block's background flush met the
+    failure, the close inside the block raised it (the user handled it), and the
+    block's end raised it a second time."""
+    with open(failing_device, "r+b") as device:
+        m = anymmap.sync.MmapRaw.map_raw(device, length=16 * MiB)
+        block = m.auto_flush(every=0.01, every_bytes=MiB)
+        with block:
+            m.update_region(0, b"\xee" * 4 * MiB)
+            deadline = time.monotonic() + 20
+            while not block._flusher.failures and time.monotonic() < deadline:  # type: ignore[attr-defined]
+                time.sleep(0.01)
+            assert block._flusher.failures  # type: ignore[attr-defined]
+            with pytest.raises(anymmap.WriteBackError):
+                m.close()  # heard here
+        assert m.closed
+
+
 def test_two_threads_closing_one_map_raise_its_unheard_failure_once(tmp_path: Path) -> None:
     """Regression test (adversary round 33): two threads closing one map at once could
     both raise its unheard write-back failure (2 in 6,000 trials): the check and the

@@ -432,19 +432,21 @@ class FileBackedCore(MapCore):
         The block's own error wins over a background one (the first of which is raised
         otherwise, and the final flush's is then dropped); the final flush's is raised
         even over the block's own (chained to it); and if the block closed the map, the
-        close made the final flush: its error, unless it was a write-back failure that
-        the close (or a flush) raised already."""
+        close made the final flush: its error.  A write-back failure that a call raised
+        already is not raised again."""
         if background:
             error = None if failed else background[0]
         elif final is not None:
             error = final
         else:
             error = self.closing_error() if ended and self.closed else None
-            if isinstance(error, WriteBackError) and self._write_back_heard:
-                return None  # (the close raised it, or a flush did before)
         # The block's flushes are the library's: a write-back failure they met is heard
-        # if the block raises it; if the block's own error won, the close raises it.
+        # if the block raises it, and not raised again if a call raised it already (the
+        # close inside the block, a flush of the user's: adversary round 34); if the
+        # block's own error won, the close raises it.
         if isinstance(error, WriteBackError):
+            if self._write_back_heard:
+                return None
             self._write_back_heard = True
         return error
 
