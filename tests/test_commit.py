@@ -751,18 +751,20 @@ def test_a_wait_inside_an_msync_of_the_file_on_its_thread_is_refused(tmp_path: P
 _EXIT_WITH_A_DAEMON_INSIDE_AN_MSYNC = """
     import os, sys, threading
     import anymmap.sync
+    from anymmap._core import _file
 
     a = anymmap.sync.MmapRaw.map_raw(sys.argv[1])
-    b = anymmap.sync.MmapRaw.map_raw(sys.argv[1])
     syncs = a._core._syncs
     inside = threading.Event()
 
-    def daemon():  # stands for a daemon thread's msync of a, in flight as the main ends
-        if sys.argv[2] == "lock held":
-            syncs.cond.acquire()
-        else:
+    def daemon():  # stands for a daemon thread stopped at exit inside an msync of a
+        if sys.argv[2] == "msync in flight":
             with syncs.cond:
                 syncs.active.add(object())
+        elif sys.argv[2] == "msync bookkeeping":
+            syncs.cond.acquire()
+        else:  # "record lookup": mapping the file
+            _file._syncs_lock.acquire()
         inside.set()
         threading.Event().wait()
 
@@ -774,8 +776,9 @@ _EXIT_WITH_A_DAEMON_INSIDE_AN_MSYNC = """
             self.me = self  # cyclic garbage: the last collection frees it
 
         def __del__(self):
-            b.update_region(0, b"b")
             try:
+                b = anymmap.sync.MmapRaw.map_raw(sys.argv[1])
+                b.update_region(0, b"b")
                 b.flush()
             except RuntimeError:
                 os.write(1, b"refused\\n")
@@ -785,61 +788,20 @@ _EXIT_WITH_A_DAEMON_INSIDE_AN_MSYNC = """
 """
 
 
-@pytest.mark.parametrize("daemon", ["msync in flight", "lock held"])
+@pytest.mark.parametrize("daemon", ["msync in flight", "msync bookkeeping", "record lookup"])
 def test_a_finalizer_at_exit_never_waits_for_a_daemon_inside_an_msync_of_the_file(
     tmp_path: Path, daemon: str
 ) -> None:
-    """Regression test (adversary round 32): a finalizer run by the interpreter's last
-    collection that flushed map B of a file waited for ever for a daemon thread stopped
-    at exit inside an ``msync`` of map A of the file (its call in flight, or the lock of
-    the file's msync bookkeeping): the process never exited.  It gets ``RuntimeError``."""
+    """Regression test (adversary rounds 32 and 33): a finalizer run by the interpreter's
+    last collection that mapped a file and flushed the map waited for ever for a daemon
+    thread stopped at exit inside an ``msync`` of another map of the file (its call in
+    flight, or the lock of the file's msync bookkeeping) or inside the lookup of that
+    bookkeeping (mapping the file): the process never exited.  It gets
+    ``RuntimeError``."""
     path = tmp_path / "file"
     path.write_bytes(bytes(4 * PAGE))
     check_child(
         _EXIT_WITH_A_DAEMON_INSIDE_AN_MSYNC, str(path), daemon, expect="refused", timeout=20
-    )
-
-
-_EXIT_WITH_A_DAEMON_INSIDE_THE_RECORD_LOOKUP = """
-    import os, sys, threading
-    import anymmap.sync
-    from anymmap._core import _file
-
-    inside = threading.Event()
-
-    def daemon():  # stands for a daemon thread stopped at exit while it maps a file
-        with _file._syncs_lock:
-            inside.set()
-            threading.Event().wait()
-
-    threading.Thread(target=daemon, daemon=True).start()
-    inside.wait()
-
-    class AtExit:
-        def __init__(self):
-            self.me = self  # cyclic garbage: the last collection frees it
-
-        def __del__(self):
-            try:
-                anymmap.sync.MmapRaw.map_raw(sys.argv[1])
-            except RuntimeError:
-                os.write(1, b"refused\\n")
-
-    AtExit()
-    print("main ends", flush=True)
-"""
-
-
-def test_a_finalizer_at_exit_never_waits_for_a_daemon_inside_the_record_lookup(
-    tmp_path: Path,
-) -> None:
-    """Regression test (adversary round 33): a finalizer run by the interpreter's last
-    collection that mapped a file waited for ever for a daemon thread stopped at exit
-    inside the lookup of a file's msync record: it gets ``RuntimeError``."""
-    path = tmp_path / "file"
-    path.write_bytes(bytes(PAGE))
-    check_child(
-        _EXIT_WITH_A_DAEMON_INSIDE_THE_RECORD_LOOKUP, str(path), expect="refused", timeout=20
     )
 
 
