@@ -494,6 +494,27 @@ def test_a_failure_the_close_inside_an_auto_flush_block_raised_is_not_raised_aga
         assert m.closed
 
 
+async def test_a_block_cut_short_by_a_failure_already_heard_still_raises_it(
+    failing_device: Path,
+) -> None:
+    """Regression test (adversary round 34): another task's flush raised the failure
+    (heard), then the block's background flush met it and cancelled the block; the
+    block's end raised nothing, so the cancellation leaked out of the block and cut
+    short the code after it.  A failure that cut the block short is raised."""
+    m = await MmapRaw.map_raw(failing_device)
+    await m.update_region(0, b"X" * 3 * MiB)
+    with pytest.raises(anymmap.WriteBackError):
+        await m.flush()  # heard
+    after = False
+    with pytest.raises(anymmap.WriteBackError):  # noqa: PT012
+        async with m.auto_flush(every=0.01, every_bytes=MiB):
+            await m.update_region(0, b"Y" * 2 * MiB)
+            await anyio.sleep(30)  # (cancelled by the background flush's failure)
+        after = True
+    assert not after
+    await m.aclose()  # (heard: quiet)
+
+
 def test_two_threads_closing_one_map_raise_its_unheard_failure_once(tmp_path: Path) -> None:
     """Regression test (adversary round 33): two threads closing one map at once could
     both raise its unheard write-back failure (2 in 6,000 trials): the check and the

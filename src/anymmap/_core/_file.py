@@ -441,11 +441,13 @@ class FileBackedCore(MapCore):
         else:
             error = self.closing_error() if ended and self.closed else None
         # The block's flushes are the library's: a write-back failure they met is heard
-        # if the block raises it, and not raised again if a call raised it already (the
-        # close inside the block, a flush of the user's: adversary round 34); if the
-        # block's own error won, the close raises it.
+        # if the block raises it, and not raised again by a block that ran to its end
+        # if a call raised it already (the close inside the block, a flush of the
+        # user's: adversary round 34); one that cut the block short is raised all the
+        # same (else the cancellation it caused would leak out); if the block's own
+        # error won, the close raises it.
         if isinstance(error, WriteBackError):
-            if self._write_back_heard:
+            if self._write_back_heard and ended:
                 return None
             self._write_back_heard = True
         return error
