@@ -155,7 +155,7 @@ def _recount(identities: Iterable[tuple[int, int]]) -> None:
     # A registration left by a finalizer and not finished yet counts as a twin of its
     # file's mappings until it is (adversary round 34: another thread's recount dropped
     # it meanwhile, and copies between it and an overlapping map went direct).
-    for ref, identity in list(_deferred):
+    for ref, identity in _deferred:  # (one a finalizer adds meanwhile is seen too)
         _twins += [ref, *_windows.get(identity, {}).values()]
     twinned = {id(memory) for memory in (ref() for ref in _twins) if memory is not None}
     for memory in touched:  # (a map may have windows of several files: any twin counts)
