@@ -6,6 +6,7 @@ process (see ``_child``), so that a regression shows as an exit status and a sta
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import math
@@ -1005,6 +1006,32 @@ _OBJECT_BUFFERS = """
 
         yield (Named * 2)()  # "T{<z:name:<i:n:}"
 
+        # Found by adversary round 35, each a crash once the field was touched: ctypes
+        # exports a union or a packed structure as opaque "B" items of its own size,
+        # and a field name may hold the ":" that ends names in the format.
+        class Union(ctypes.Union):
+            _fields_ = [("o", ctypes.py_object), ("i", ctypes.c_long)]
+
+        class Packed(ctypes.Structure):
+            _pack_ = 1
+            _fields_ = [("a", ctypes.c_uint8), ("p", ctypes.c_void_p)]
+
+        class Colon(ctypes.Structure):
+            _fields_ = [("p:", ctypes.c_int32), ("q", ctypes.py_object)]  # T{<i:p::<O:q:}
+
+        class Tricky(ctypes.Structure):  # names that pair the colons up again
+            _fields_ = [("a:b", ctypes.c_int), ("q", ctypes.py_object), ("c:d", ctypes.c_int)]
+
+        class Inherited(Packed):  # the pointer is the base class's field
+            _fields_ = [("n", ctypes.c_int)]
+
+        yield Union()
+        yield (Union * 3)()
+        yield Packed()
+        yield Colon()
+        yield Tricky()
+        yield (Inherited * 2)()
+
     async def main():
         async with await anymmap.AnonymousMmap.new(4096) as m:
             await m.update_region(0, b"\\xff" * 4096)
@@ -1030,6 +1057,11 @@ _OBJECT_BUFFERS = """
             # Plain structured data is fine, whatever its fields are called.
             plain = np.zeros(2, dtype=[("Ocean", "f8"), ("P", "i4"), ("zX", "c8")])
             await m.read_into(0, plain)
+
+            class PlainUnion(ctypes.Union):
+                _fields_ = [("f", ctypes.c_double), ("n", ctypes.c_uint64)]
+
+            await m.read_into(0, (PlainUnion * 2)())  # plain data, whatever ctypes exports
             await m.read_into(0, np.zeros(2, dtype=np.complex128))  # "Zd": plain numbers
 
     anyio.run(main)
@@ -1052,6 +1084,97 @@ def test_buffers_that_hold_references_are_refused() -> None:
     bytes, overwrote the object pointers, and the process died when the array was freed
     (and, later, the same with ctypes string and function pointer arrays)."""
     check_child(_OBJECT_BUFFERS)
+
+
+class _PackedPair(ctypes.Structure):
+    """5-byte items that ctypes exports as format ``"B"`` of item size 5."""
+
+    _pack_ = 1
+    _fields_ = (("a", ctypes.c_uint8), ("b", ctypes.c_uint32))
+
+
+@pytest.mark.anyio
+async def test_buffers_of_items_wider_than_their_format_are_copied_whole(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 35): an array of 4 packed 5-byte structures
+    (``len`` 4, 20 bytes, format ``"B"``) was checked as 4 bytes and copied as 20 by the
+    kernel paths (a read 16 bytes past the end of a file window, a ``Region.write``
+    over its neighbour), copied as 4 by others (silently short), and refused with a
+    raw ``ValueError`` by the memory paths.  Every path copies its 20 bytes, and a
+    range is checked in bytes."""
+    data = bytes(range(1, 21))
+    path = tmp_path / "file"
+    path.write_bytes(b"\xee" * PAGE + b"OUTSIDE!" * 4)
+    raw = await anymmap.MmapRaw.map_raw(path, length=PAGE)
+    copy = await anymmap.MmapRaw.map_raw(path, mode="copy", length=PAGE)
+    anon = await anymmap.AnonymousMmap.new(PAGE)
+    region = await anymmap.MmapRegion.create(tmp_path / "region", 2 * PAGE)
+    async with raw, copy, anon, region:
+        for m in (raw, anon, region):
+            after = await m.read(28, 4)
+            await m.update_region(8, (_PackedPair * 4).from_buffer_copy(data))
+            assert await m.read(8, 24) == data + after
+            m.update_region_nowait(40, (_PackedPair * 4).from_buffer_copy(data))
+            assert await m.read(40, 20) == data
+        for m in (raw, copy, anon, region):
+            out = (_PackedPair * 4)()
+            await m.read_into(8, out)
+            assert bytes(out) == await m.read(8, 20)
+            out = (_PackedPair * 4)()
+            m.read_into_nowait(8, out)
+            assert bytes(out) == await m.read(8, 20)
+            with pytest.raises(anymmap.OutOfBoundsError):
+                await m.read_into(len(m) - 4, (_PackedPair * 4)())
+            with pytest.raises(anymmap.OutOfBoundsError):
+                m.read_into_nowait(len(m) - 4, (_PackedPair * 4)())
+        view = region.region()
+        with pytest.raises(anymmap.OutOfBoundsError):
+            view.write(view.length - 4, (_PackedPair * 4).from_buffer_copy(data))
+        assert await region.read(len(region) - 4, 4) == bytes(4)
+    with anymmap.sync.AnonymousMmap.new(PAGE) as twin:
+        twin.update_region(0, (_PackedPair * 4).from_buffer_copy(data))
+        out = (_PackedPair * 4)()
+        twin.read_into(0, out)
+        assert bytes(out) == data
+        with pytest.raises(anymmap.OutOfBoundsError):
+            twin.update_region(PAGE - 4, out)
+
+
+@pytest.mark.anyio
+async def test_a_view_released_during_an_awaited_copy_does_not_fail_it() -> None:
+    """Regression test (adversary round 35): a copy took the caller's memoryview as it
+    was, so another task that released it (and cleared the bytearray under it) before
+    the copy ran made the copy raise a raw ``ValueError``.  The copy keeps a view of its
+    own: the release is the caller's, the memory stays exported, the copy completes."""
+    size = 4 << 20  # (a copy in a worker thread, on both backends)
+    async with await anymmap.AnonymousMmap.new(size) as m:
+        await m.update_region(0, b"m" * size)
+        for direction in ("read", "write"):
+            backing = bytearray(b"b" * size)
+            view = memoryview(backing)
+            outcome: list[str] = []
+
+            async def meddle(
+                view: memoryview = view, backing: bytearray = backing, outcome: list[str] = outcome
+            ) -> None:
+                view.release()  # the caller's own view: allowed
+                try:
+                    backing.clear()  # the memory under the copy: refused while exported
+                except BufferError:
+                    outcome.append("kept")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(meddle)  # (runs at the copy's first checkpoint)
+                if direction == "read":
+                    await m.read_into(0, view)
+                else:
+                    await m.update_region(0, view)
+            assert outcome == ["kept"]
+            if direction == "read":
+                assert bytes(backing) == b"m" * size
+            else:
+                assert await m.read(0, size) == b"b" * size
 
 
 @pytest.mark.anyio

@@ -95,7 +95,7 @@ class AsyncMap(MapHandle[CoreT]):
             would wait for itself), or another event loop is using the map
         :raises ClosedMapError: if the map is closed
         """
-        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
+        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True, keep=True)
         await checkpoint_before()
         # A copy that does not yield needs no lock: no other task runs while it does.
         # This is the *_nowait copy inside a checkpoint, and the usual case.
@@ -136,7 +136,7 @@ class AsyncMap(MapHandle[CoreT]):
             would wait for itself), or another event loop is using the map
         :raises ClosedMapError: if the map is closed
         """
-        offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
+        offset, src = as_int(offset, "offset"), byte_view(data, writable=False, keep=True)
         self._open_core().check_writable()
         await checkpoint_before()
         if self._lock.free_for_writing() and self._open_core().try_write(  # as in read_into

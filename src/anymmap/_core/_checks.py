@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import math
 import numbers
@@ -61,15 +62,23 @@ _FIELD_NAMES = re.compile(":[^:]*:")
 #: ``&`` prefixes, ctypes' ``z``/``Z`` string pointers, ``X{}`` function pointers).  A
 #: ``Z`` followed by ``f``, ``d`` or ``g`` is a complex number, plain data.
 _REFERENCE_CODES = re.compile(r"[OP&zX]|Z(?![fdg])")
+#: The ``_type_`` codes of ctypes' simple types that are references: ``py_object``,
+#: ``c_void_p``, ``c_char_p``, ``c_wchar_p`` (and Windows' ``BSTR``).
+_CTYPES_REFERENCES = frozenset("OPzZX")
 
 
-def byte_view(buffer: object, *, writable: bool) -> memoryview:
+def byte_view(buffer: object, *, writable: bool, keep: bool = False) -> memoryview:
     """Return a flat, byte-typed memoryview of a C-contiguous buffer of plain data.
+
+    ``keep``: the copy waits (for the lock, a checkpoint, a worker) before it uses the
+    view, so the view is one of anymmap's own even when ``buffer`` is a memoryview: a
+    ``release()`` of the caller's view meanwhile neither fails the copy with a raw
+    ``ValueError`` nor frees the memory (the buffer stays exported: adversary round 35).
 
     :raises TypeError: if ``buffer`` does not support the buffer protocol (a ``str``), is
         not contiguous, is read-only when ``writable`` is set, or holds references
-        (NumPy object arrays, ctypes pointer arrays: overwriting them as bytes would
-        crash the interpreter)
+        (NumPy object arrays, ctypes pointers or ``py_object`` fields, also inside unions
+        and packed structures: overwriting them as bytes would crash the interpreter)
     """
     if type(buffer) is bytearray or (type(buffer) is bytes and not writable):
         return memoryview(buffer)  # always flat, contiguous bytes: skip the checks
@@ -86,11 +95,18 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
         raise TypeError(
             f"this {type(buffer).__name__} cannot be used as a buffer: {exc}"
         ) from None
-    if fmt != "B":
-        if _REFERENCE_CODES.search(_FIELD_NAMES.sub("", fmt)):
+    if fmt != "B" or view.itemsize != 1:
+        # (ctypes exports a union or a packed structure as "B" items of its own size:
+        # adversary round 35, a copy 4 of 20 bytes long, or 20 into a 4-byte range.)
+        if _holds_references(view.obj, fmt):
+            what = (
+                f"ctypes {type(view.obj).__name__} objects"
+                if isinstance(view.obj, _CData)
+                else f"buffers of format {fmt!r}"
+            )
             raise TypeError(
-                f"buffers of format {fmt!r} hold references (objects or pointers), not "
-                "plain data; they cannot be copied as bytes"
+                f"{what} hold references (objects or pointers), not plain data; they "
+                "cannot be copied as bytes"
             )
         if not view.nbytes:  # an empty array of any shape (memoryview cannot cast it)
             view = memoryview(b"" if view.readonly else bytearray())
@@ -101,7 +117,47 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
         raise TypeError("the buffer must be C-contiguous")
     if view.ndim != 1:
         view = view.cast("B") if view.nbytes else memoryview(bytearray())
-    return view
+    return memoryview(view) if keep and view is buffer else view
+
+
+def _holds_references(exporter: object, fmt: str) -> bool:
+    """Whether the items of a buffer of format ``fmt`` exported by ``exporter`` may hold
+    references.  A ctypes object is judged by its type, not by its format: a union or a
+    packed structure exports opaque ``"B"`` items, and a field name may hold the ``:``
+    that ends names in the format (``T{<i:p::<O:q:}``), which then hides a field's code
+    from any reading of it (adversary round 35: both let a copy overwrite a
+    ``py_object``, and touching it crashed).  Other exporters are judged by the format
+    (NumPy refuses ``:`` in field names); an opaque one of items wider than a byte, or
+    one whose names cannot be told apart from its codes, is refused."""
+    if isinstance(exporter, _CData):
+        return _ctypes_holds_references(type(exporter))
+    codes = _FIELD_NAMES.sub("", fmt)
+    return (
+        fmt == "B"  # (an opaque item of several bytes, not from ctypes: unknown)
+        or ":" in codes
+        or _REFERENCE_CODES.search(codes) is not None
+    )
+
+
+#: The base class of every ctypes instance.
+_CData: type = ctypes.c_int.__mro__[-2]
+
+
+def _ctypes_holds_references(ctype: type) -> bool:
+    """Whether instances of the ctypes type ``ctype`` hold references: pointers,
+    ``py_object``, function pointers, at any depth of arrays, structures and unions
+    (their base classes' fields included)."""
+    if issubclass(ctype, ctypes.Array):
+        return _ctypes_holds_references(cast(type, ctype._type_))
+    if issubclass(ctype, (ctypes.Structure, ctypes.Union)):
+        return any(
+            _ctypes_holds_references(field[1])
+            for klass in ctype.__mro__
+            for field in vars(klass).get("_fields_", ())
+        )
+    if issubclass(ctype, ctypes._SimpleCData):
+        return getattr(ctype, "_type_", "P") in _CTYPES_REFERENCES
+    return True  # pointers, function pointers, and anything not known to be plain
 
 
 def check_populate_args(write: object, progress: object) -> None:

@@ -67,7 +67,7 @@ class SyncMap(MapHandle[CoreT]):
             (the copy would wait for itself)
         :raises ClosedMapError: if the map is closed
         """
-        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
+        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True, keep=True)
         with self._lock.read():
             self._open_core().read(offset, dst)
 
@@ -91,7 +91,7 @@ class SyncMap(MapHandle[CoreT]):
             would wait for itself)
         :raises ClosedMapError: if the map is closed
         """
-        offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
+        offset, src = as_int(offset, "offset"), byte_view(data, writable=False, keep=True)
         with self._lock.write():
             self._open_core().write(offset, src)
 
