@@ -12,6 +12,7 @@ import pytest
 from anyio import wait_all_tasks_blocked
 from anyio.abc import TaskStatus
 
+import anymmap
 from anymmap import RWLock, RWLockStatistics
 
 from .conftest import ASYNCIO_BACKENDS
@@ -699,3 +700,85 @@ async def test_stress_with_random_cancellations() -> None:
     assert_idle(lock)
     lock.acquire_write_nowait()
     lock.release_write()
+
+
+@pytest.mark.parametrize("write", [False, True])
+async def test_a_guard_serves_one_block_at_a_time(write: bool) -> None:
+    """Regression test (adversary round 35): one guard entered by several tasks at
+    once (aiorwlock's shared ``writer_lock`` idiom) overwrote its holder, so the first
+    exit raised "not holding", and the lock stayed held for good by a task that had
+    ended (every later acquirer waited forever).  A second entry is refused at once;
+    the guard serves again once its block ended, and after an entry that failed."""
+    lock = RWLock()
+    guard = lock.write() if write else lock.read()
+    entered: list[str] = []
+    refused: list[str] = []
+
+    async def use(name: str) -> None:
+        try:
+            async with guard:
+                entered.append(name)
+                await anyio.sleep(0.01)
+        except RuntimeError as exc:
+            refused.append(str(exc))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for name in ("a", "b", "c"):
+                tg.start_soon(use, name)
+    assert (len(entered), len(refused)) == (1, 2), (entered, refused)
+    assert all("held already" in message for message in refused), refused
+    assert_idle(lock)
+    async with guard:  # once more, after its block ended
+        with pytest.raises(RuntimeError, match="held already"):
+            async with guard:
+                pass
+    assert_idle(lock)
+
+    done = anyio.Event()
+
+    async def hold_write(*, task_status: TaskStatus[None]) -> None:
+        async with lock.write():
+            task_status.started()
+            await done.wait()
+
+    async with anyio.create_task_group() as tg:  # a wait that is cancelled frees it too
+        await tg.start(hold_write)
+        with anyio.move_on_after(0.01):
+            async with guard:
+                raise AssertionError("entered past the writer")
+        done.set()
+    async with guard:
+        pass
+    assert_idle(lock)
+    async with lock.read():  # and so does an entry that the lock refuses
+        if write:
+            with pytest.raises(RuntimeError, match="this task holds the read lock"):
+                async with guard:
+                    pass
+    async with guard:
+        pass
+    assert_idle(lock)
+
+
+async def test_a_maps_guard_shared_by_tasks_leaves_the_map_closable() -> None:
+    """The same through a map's own lock: once the shared guard's holder left, the map
+    closed (its ``aclose``, shielded, waited for the lost holder for ever before)."""
+    m = await anymmap.AnonymousMmap.new(4096)
+    guard = m.lock.write()
+    refused = 0
+
+    async def use() -> None:
+        nonlocal refused
+        try:
+            async with guard:
+                await anyio.sleep(0.01)
+        except RuntimeError:
+            refused += 1
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(use)
+        assert refused == 2
+        await m.aclose()

@@ -101,47 +101,60 @@ class _Guard:
 
     It remembers the task that acquired, and its exit releases on behalf of that task,
     whichever task runs it: an async generator suspended inside the block may be
-    finalized by another task, and the lock must not stay held forever.
+    finalized by another task, and the lock must not stay held forever.  So it serves one
+    block at a time: entering it again before its exit raises :exc:`RuntimeError`
+    (adversary round 35: one guard shared by several tasks, as aiorwlock's
+    ``writer_lock`` is, lost track of its holder, and the lock stayed held for good by a
+    task that had ended).
     """
 
     __slots__ = ("_lock", "_task", "_write")
 
-    _task: object
-
     def __init__(self, lock: RWLock, write: bool) -> None:
         self._lock = lock
         self._write = write
+        self._task: object | None = None
 
     @types.coroutine
     def __aenter__(self) -> Generator[Any, Any, None]:
+        if self._task is not None:
+            side = "write" if self._write else "read"
+            raise RuntimeError(
+                f"this lock.{side}() guard is held already (by another task, or entered "
+                f"twice): call lock.{side}() for each 'async with' block"
+            )
         lock = self._lock
         write = self._write
-        if backend_local.name == "trio":
-            self._task = task = trio_current_task()
-            yield from trio_checkpoint_if_cancelled()
-            if (lock._try_write if write else lock._try_read)(task):
-                yield from trio_cancel_shielded_checkpoint()
+        try:  # (whatever raises in here leaves nothing held: the guard is free again)
+            if backend_local.name == "trio":
+                self._task = task = trio_current_task()
+                yield from trio_checkpoint_if_cancelled()
+                if (lock._try_write if write else lock._try_read)(task):
+                    yield from trio_cancel_shielded_checkpoint()
+                else:
+                    yield from lock._wait(task, write)
+                return
+
+            self._task = task = asyncio_current_task() or not_in_a_task()
+            readers = lock._readers
+            if not write and lock._writer is None and not lock._queue and task not in readers:
+                readers[task] = 1  # the common case of _try_read, inline
+                try:
+                    yield  # asyncio's checkpoint, as in asyncio.sleep(0)
+                except BaseException:
+                    lock._release_read(task)
+                    raise
+            elif (lock._try_write if write else lock._try_read)(task):
+                try:
+                    yield  # asyncio's checkpoint, as in asyncio.sleep(0)
+                except BaseException:
+                    lock._release(task, write)
+                    raise
             else:
                 yield from lock._wait(task, write)
-            return
-
-        self._task = task = asyncio_current_task() or not_in_a_task()
-        readers = lock._readers
-        if not write and lock._writer is None and not lock._queue and task not in readers:
-            readers[task] = 1  # the common case of _try_read, inline
-            try:
-                yield  # asyncio's checkpoint, as in asyncio.sleep(0)
-            except BaseException:
-                lock._release_read(task)
-                raise
-        elif (lock._try_write if write else lock._try_read)(task):
-            try:
-                yield  # asyncio's checkpoint, as in asyncio.sleep(0)
-            except BaseException:
-                lock._release(task, write)
-                raise
-        else:
-            yield from lock._wait(task, write)
+        except BaseException:
+            self._task = None
+            raise
 
     def __aexit__(
         self,
@@ -149,15 +162,17 @@ class _Guard:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> _Done:
+        task, self._task = self._task, None
         if self._write:
-            self._lock._release_write(self._task)
+            self._lock._release_write(task)
         else:
-            self._lock._release_read(self._task)
+            self._lock._release_read(task)
         return _DONE  # releasing never waits: an awaitable that is already done
 
     def release(self) -> None:
         """Release what this guard acquired (synchronous; for the maps' borrows)."""
-        self._lock._release(self._task, self._write)
+        task, self._task = self._task, None
+        self._lock._release(task, self._write)
 
 
 class RWLock:
