@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import copy
 import errno
 import pickle
 from typing import Any
 
+import numpy as np
 import pytest
 
 import anymmap
@@ -32,6 +34,21 @@ def test_value_semantics() -> None:
     assert opts != anymmap.sync.MmapOptions(**_kwargs(opts))  # different types
     with pytest.raises(AttributeError, match="immutable"):
         opts._len = 1
+
+
+@pytest.mark.parametrize("cls", [MmapOptions, anymmap.sync.MmapOptions])
+def test_options_copy_and_pickle_by_value(cls: type[MmapOptions]) -> None:
+    """Regression test (adversary round 35): ``copy.copy`` and ``pickle`` of an options
+    value raised "MmapOptions is immutable" (its own ``__setattr__`` refused the state);
+    a bool of another library was refused as "not bool"; ``None`` resets a field."""
+    opts = cls(len=8192).with_hint(0x7F0000000000).populate(True)
+    assert copy.copy(opts) is opts  # immutable: a copy is the value itself
+    assert copy.deepcopy(opts) is opts
+    again = pickle.loads(pickle.dumps(opts))
+    assert (type(again), again) == (cls, opts)
+    assert opts.len(None).with_hint(None) == cls(populate=True)
+    with pytest.raises(TypeError, match=r"not numpy\.bool"):
+        cls().populate(np.bool_(True))  # type: ignore[arg-type]
 
 
 def _kwargs(opts: MmapOptions) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+import pickle
 import re
 import types
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +166,50 @@ async def test_with_instead_of_async_with_says_what_to_write() -> None:
         assert m.lock.statistics().writer is None
         await m.update_region(0, b"abcd")  # nothing was taken
         assert await m.read(0, 4) == b"abcd"
+
+
+@pytest.mark.anyio
+async def test_maps_locks_and_holds_refuse_copies_and_pickles(tmp_path: Path) -> None:
+    """Regression test (adversary round 35): ``copy.copy`` of a map returned an alias of
+    its mapping, and closing the copy closed the original; a copy of a held lock shared
+    its holders; ``deepcopy`` and ``pickle`` failed on an internal ``RLock``.  Each
+    refuses with a ``TypeError`` that says why, and the original is untouched."""
+    path = tmp_path / "file"
+    path.write_bytes(bytes(4096))
+    region = await anymmap.MmapRegion.create(tmp_path / "region", 4096)
+    raw = await anymmap.MmapRaw.map_raw(path)
+    flushing = raw.auto_flush(every=60)
+    async with (
+        await anymmap.AnonymousMmap.new(4096) as anon,
+        raw,
+        await anymmap.SparseMapping.new(1 << 20) as sparse,
+        region,
+        anon.as_slice(0, 4) as view,
+        flushing,
+    ):
+        twin = anymmap.sync.AnonymousMmap.new(4096)
+        with twin, twin.as_slice(0, 4) as twin_view:
+            lock = anymmap.RWLock()
+            async with lock.write():
+                objects = (
+                    anon,
+                    raw,
+                    sparse,
+                    region,
+                    region.region(),
+                    anon.as_slice(0, 4),
+                    flushing,
+                    lock,
+                    lock.read(),
+                    anon.lock,
+                    twin,
+                    twin.as_mut_slice(0, 4),
+                )
+                for thing in objects:
+                    for how in (copy.copy, copy.deepcopy, pickle.dumps):
+                        with pytest.raises(TypeError, match="cannot be copied or pickled"):
+                            how(thing)
+            assert bytes(view) == bytes(twin_view) == bytes(4)
+            assert lock.statistics() == anymmap.RWLockStatistics(0, None, 0, 0)
+        for m in (anon, raw, sparse, region):
+            assert not m.closed

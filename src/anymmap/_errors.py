@@ -9,6 +9,7 @@ listed here are plain ``OSError`` with the call's ``errno``.
 from __future__ import annotations
 
 import errno
+from typing import NoReturn, SupportsIndex
 
 
 class AnymmapError(Exception):
@@ -185,3 +186,20 @@ class HintNotHonoredError(AnymmapError, OSError):
 
     def __reduce__(self) -> tuple[type[HintNotHonoredError], tuple[int, int | None]]:
         return type(self), (self.hint, self.placed)
+
+
+class Uncopyable:
+    """A base for what stands for something that exists once (a mapping, a lock, a hold
+    of one): ``copy.copy``, ``copy.deepcopy`` and ``pickle`` raise a clear
+    :exc:`TypeError` (adversary round 35: a copy of a map shared its mapping and closed
+    it with the original's; a copy of a held lock shared its holders; ``deepcopy`` and
+    ``pickle`` failed on an internal ``RLock``)."""
+
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError(
+            f"{type(self).__name__} objects cannot be copied or pickled: each stands for "
+            "a mapping, a lock or a hold of one that exists once (pass it by reference; "
+            "to another process, pass the file's path or descriptor)"
+        )

@@ -24,6 +24,7 @@ from ._backend import (
     trio_current_task,
 )
 from ._core._forks import track
+from ._errors import Uncopyable
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ _CHECKPOINT = _Checkpoint()
 _get_ident = threading.get_ident
 
 
-class _Guard:
+class _Guard(Uncopyable):
     """An async context manager that holds one side of a lock for its block (what
     ``RWLock.read()`` and ``RWLock.write()`` return).
 
@@ -175,7 +176,7 @@ class _Guard:
         self._lock._release(task, self._write)
 
 
-class RWLock:
+class RWLock(Uncopyable):
     """
     A fair, task-owned read-write lock for asyncio and trio.
 

@@ -33,7 +33,7 @@ from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
 from .._core._map import INLINE_COPY_LIMIT, Borrowed, ProgressCallback
-from .._errors import ClosedMapError
+from .._errors import ClosedMapError, Uncopyable
 from .._rwlock import MapLock, RWLock, _Guard
 
 if sys.version_info >= (3, 11):
@@ -479,7 +479,7 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
         await run_sync(core.flush, start, n, False)
 
 
-class _AutoFlush:
+class _AutoFlush(Uncopyable):
     """``async with m.auto_flush():``.  A class, not an ``@asynccontextmanager``
     generator: on trio a Ctrl-C is raised wherever code trio does not know to be
     protected runs, and anymmap's code is marked protected but contextlib's is not.  One
@@ -616,7 +616,7 @@ def _only_interrupts(raised: BaseException) -> KeyboardInterrupt | None:
     return first
 
 
-class _Borrow:
+class _Borrow(Uncopyable):
     """The async context manager behind ``as_slice`` and ``as_mut_slice``.
 
     Its exit releases what its entry acquired, on behalf of the task that entered, even

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import ClassVar, Generic, TypeVar
 
+from .._errors import Uncopyable
 from .._sys import DISARMED, ON_DROP
 from ._file import FileCore
 from ._files import Mode
@@ -22,7 +23,7 @@ else:  # pragma: no cover
 CoreT = TypeVar("CoreT", bound=MapCore)
 
 
-class MapHandle(Generic[CoreT]):
+class MapHandle(Uncopyable, Generic[CoreT]):
     """Base of every public map type; the subclasses add a lock and the operations.
 
     Maps are made by their constructors (``await AnonymousMmap.new(...)``), which build

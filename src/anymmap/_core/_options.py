@@ -81,6 +81,17 @@ class OptionsBase:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable; its setters return a copy")
 
+    # Copied and pickled by value (adversary round 35: both fell on __setattr__); being
+    # immutable, a copy is the object itself.
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self._values())
+
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Self:
+        return self
+
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
@@ -97,15 +108,16 @@ class OptionsBase:
             f"no_reserve={self._no_reserve}, strict={self._strict})"
         )
 
-    def len(self, len: int) -> Self:
-        """Return a copy with the length of the map in bytes.
+    def len(self, len: int | None) -> Self:
+        """Return a copy with the length of the map in bytes (None: unset again).
 
         Default: unset.  Required by ``map_anon``; file maps default to the rest of the file.
         """
         return self._replace(len=len)
 
-    def with_hint(self, addr: int) -> Self:
-        """Return a copy that asks the kernel to place the map at ``addr``.
+    def with_hint(self, addr: int | None) -> Self:
+        """Return a copy that asks the kernel to place the map at ``addr`` (None: no
+        hint again).
 
         Default: no hint (the kernel chooses).  ``addr`` must be page-aligned.  Without
         :meth:`strict` it is only a hint: the kernel may place the map elsewhere.
@@ -195,5 +207,16 @@ def _check_hint(hint: object) -> int:
 
 def _check_flag(value: object, name: str) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, not {type(value).__name__}")
+        kind = type(value)
+        what = (
+            kind.__name__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__name__}"
+        )
+        raise TypeError(f"{name} must be True or False (a Python bool), not {what}")
     return value
+
+
+def _rebuilt(cls: type[OptionsBase], values: tuple[Any, ...]) -> OptionsBase:
+    """An unpickled options value (see :meth:`OptionsBase.__reduce__`)."""
+    return cls(**dict(zip(_FIELDS, values, strict=True)))

@@ -25,7 +25,7 @@ import weakref
 from dataclasses import dataclass, field
 from functools import partial
 
-from .._errors import InvalidSizeError
+from .._errors import InvalidSizeError, Uncopyable
 from .._sys import os_impl, signals_held
 from ._buffers import BufferLike
 from ._checks import MAX_SIZE, byte_view, check_range, check_size
@@ -290,7 +290,7 @@ class RegionCore(FileBackedCore):
 
 
 @dataclass(frozen=True)
-class Region:
+class Region(Uncopyable):
     """A region's memory by address, as ``shm-primitives``' ``Region``: ``address`` and ``length``
     (the region's length when it was taken), with bounds-checked, fault-safe copies.
 

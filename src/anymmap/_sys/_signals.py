@@ -37,6 +37,8 @@ from operator import attrgetter
 from types import FrameType
 from typing import Any, TypeVar, cast
 
+from .._errors import Uncopyable
+
 # The C functions under ``signal.signal`` / ``signal.getsignal``, without their wrappers'
 # enum conversions: 0.3 us and 15 ns against 3 us and 2 us (CPython always has them).
 _getsignal: Any = _signal.getsignal
@@ -197,7 +199,7 @@ DISARMED: Callable[[], object] = tuple
 ON_DROP = property(attrgetter("_on_drop"))
 
 
-class Hold:
+class Hold(Uncopyable):
     """Base of the blocking twins' holds: ``__enter__`` (the subclass's) arms
     ``_on_drop`` with its one-shot give-back; ``__exit__`` gives it back, then disarms."""
 
