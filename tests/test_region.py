@@ -406,6 +406,8 @@ async def test_an_attached_region_can_take_ownership(tmp_path: Path) -> None:
     assert peer.owns_file
     by_fd = await MmapRegion.attach_fd(creator.fileno())
     assert by_fd.path is None
+    with pytest.raises(TypeError, match="fd must be a file descriptor or have fileno"):
+        await MmapRegion.attach_fd(str(path))  # type: ignore[arg-type]  # (said "a path")
     with pytest.raises(ValueError, match="descriptor"):
         by_fd.take_ownership()
     by_fd.release_ownership()  # (nothing to release: fine)

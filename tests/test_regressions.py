@@ -1086,6 +1086,45 @@ def test_buffers_that_hold_references_are_refused() -> None:
     check_child(_OBJECT_BUFFERS)
 
 
+_SYSTEM_EXIT_FROM_A_PROGRESS_CALLBACK = """
+    import sys
+    import anyio, anymmap
+    from tests._child import run_loop
+
+    seen = []
+
+    async def main():
+        m = await anymmap.AnonymousMmap.new(48 << 20)
+
+        def progress(done, total):
+            raise SystemExit(3)
+
+        try:
+            await m.populate(0, None, progress=progress)
+        except SystemExit as exc:  # (was CancelledError on asyncio)
+            seen.append(exc.code)
+        assert m.lock.statistics().writer is None
+        await m.update_region(0, b"x")
+        await m.aclose()
+        await anyio.sleep(0.01)  # the loop goes on: nothing escaped it
+        seen.append("after")
+
+    run_loop(sys.argv[1], main)
+    assert seen == [3, "after"], seen
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_system_exit_from_a_progress_callback_reaches_the_caller(runner: str) -> None:
+    """Regression test (adversary round 35): a ``populate`` progress callback runs on
+    the event loop thread, where anyio raises a ``SystemExit`` or ``KeyboardInterrupt``
+    out of the loop (asyncio's rule for callbacks): the caller got a
+    ``CancelledError`` nobody asked for, and the exit came out of the runner later.
+    It now reaches the caller, as any error of the callback does."""
+    check_child(_SYSTEM_EXIT_FROM_A_PROGRESS_CALLBACK, runner, timeout=60)
+
+
 class _PackedPair(ctypes.Structure):
     """5-byte items that ctypes exports as format ``"B"`` of item size 5."""
 

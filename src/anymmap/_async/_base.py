@@ -247,7 +247,9 @@ class AsyncMap(MapHandle[CoreT]):
             callback = progress
 
             def report(done: int, total: int) -> None:
-                anyio.from_thread.run_sync(callback, done, total)
+                escaped = anyio.from_thread.run_sync(_call_reporting, callback, done, total)
+                if escaped is not None:
+                    raise escaped
 
         await run_sync(core.populate, start, n, write, report)
 
@@ -477,6 +479,21 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
         core = self._open_core()
         start, n = core.check_range(offset, length)  # checked again once pinned
         await run_sync(core.flush, start, n, False)
+
+
+def _call_reporting(callback: ProgressCallback, done: int, total: int) -> BaseException | None:
+    """Call a ``progress`` callback on the event loop thread; return what it raised that
+    is not an :exc:`Exception` (``SystemExit``, ``KeyboardInterrupt``), for the worker to
+    raise to the caller.  Raised here, anyio raises it out of the event loop (asyncio's
+    rule for callbacks), and the caller got a ``CancelledError`` nobody asked for
+    (adversary round 35)."""
+    try:
+        callback(done, total)
+    except Exception:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - raised again by the worker
+        return exc
+    return None
 
 
 class _AutoFlush(Uncopyable):

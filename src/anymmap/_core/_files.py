@@ -127,8 +127,9 @@ def name_of(file: object) -> str:
     return repr(file)
 
 
-def as_fd(file: object) -> int:
-    """The descriptor number of an int-like or of an object with ``fileno()``.
+def as_fd(file: object, *, paths: bool = True) -> int:
+    """The descriptor number of an int-like or of an object with ``fileno()``
+    (``paths``: the caller takes paths too, handled before; the error says so).
 
     :raises TypeError: for anything else (``bool`` included)
     :raises OSError: ``EBADF`` for a number no descriptor can have
@@ -137,9 +138,10 @@ def as_fd(file: object) -> int:
     if fileno is not None and not isinstance(file, int):
         file = fileno()
     if isinstance(file, bool) or not hasattr(type(file), "__index__"):
-        raise TypeError(
-            f"file must be a path, a file descriptor or have fileno(), not {type(file).__name__}"
+        what = (
+            "file must be a path, a file descriptor" if paths else "fd must be a file descriptor"
         )
+        raise TypeError(f"{what} or have fileno(), not {type(file).__name__}")
     fd = as_int(file, "file descriptor")
     if not 0 <= fd < 1 << 31:
         raise OSError(errno.EBADF, f"{fd} is not a file descriptor")

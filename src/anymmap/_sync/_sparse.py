@@ -72,7 +72,7 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
         core = self._open_core()
         start, n = core.check_piece_range(offset, length)
         bits = check_mmap_bits(prot, flags)
-        number = as_fd(fd)
+        number = as_fd(fd, paths=False)
         where = check_file_offset(file_offset, n)
         self._change_mapping(core.mmap, start, n, *bits, number, where)
 
