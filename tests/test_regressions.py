@@ -1181,39 +1181,67 @@ async def test_buffers_of_items_wider_than_their_format_are_copied_whole(
 
 
 @pytest.mark.anyio
-async def test_a_view_released_during_an_awaited_copy_does_not_fail_it() -> None:
-    """Regression test (adversary round 35): a copy took the caller's memoryview as it
-    was, so another task that released it (and cleared the bytearray under it) before
-    the copy ran made the copy raise a raw ``ValueError``.  The copy keeps a view of its
-    own: the release is the caller's, the memory stays exported, the copy completes."""
-    size = 4 << 20  # (a copy in a worker thread, on both backends)
+@pytest.mark.parametrize("size", [PAGE, 4 << 20])  # on the loop thread, in a worker
+async def test_a_view_released_while_a_copy_waits_is_a_type_error(size: int) -> None:
+    """Regression test (adversary round 35): a memoryview that another task released
+    (and whose bytearray it then freed) while an awaited copy waited for its turn made
+    the copy raise a raw ``ValueError``.  It is the documented ``TypeError`` for such a
+    buffer, the copy touches no freed memory, and the map and its lock are untouched.
+    (The twins' blocking copies check the same after their lock wait.)"""
     async with await anymmap.AnonymousMmap.new(size) as m:
         await m.update_region(0, b"m" * size)
         for direction in ("read", "write"):
             backing = bytearray(b"b" * size)
             view = memoryview(backing)
-            outcome: list[str] = []
-
-            async def meddle(
-                view: memoryview = view, backing: bytearray = backing, outcome: list[str] = outcome
-            ) -> None:
+            # The copy waits behind a borrow: a writable one for a read, any for a write.
+            borrow = m.as_mut_slice(0, 1) if direction == "read" else m.as_slice(0, 1)
+            async with anyio.create_task_group() as tg, borrow:
+                tg.start_soon(_copy_through, m, direction, view)
+                await anyio.wait_all_tasks_blocked()
                 view.release()  # the caller's own view: allowed
-                try:
-                    backing.clear()  # the memory under the copy: refused while exported
-                except BufferError:
-                    outcome.append("kept")
+                backing.clear()  # and the memory under it: free to go
+            assert m.lock.statistics() == anymmap.RWLockStatistics(0, None, 0, 0)
+            assert await m.read(0, size) == b"m" * size
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(meddle)  # (runs at the copy's first checkpoint)
-                if direction == "read":
-                    await m.read_into(0, view)
-                else:
-                    await m.update_region(0, view)
-            assert outcome == ["kept"]
-            if direction == "read":
-                assert bytes(backing) == b"m" * size
-            else:
-                assert await m.read(0, size) == b"b" * size
+
+def test_a_view_released_while_a_blocking_copy_waits_is_a_type_error() -> None:
+    """The same in the blocking twin: another thread releases the view while the copy
+    waits for the lock."""
+    with anymmap.sync.AnonymousMmap.new(PAGE) as m:
+        for direction in ("read", "write"):
+            backing = bytearray(PAGE)
+            view = memoryview(backing)
+            raised: list[BaseException] = []
+            copy = m.read_into if direction == "read" else m.update_region
+
+            def run(
+                copy: Callable[[int, memoryview], None] = copy,
+                view: memoryview = view,
+                raised: list[BaseException] = raised,
+            ) -> None:
+                try:
+                    copy(0, view)
+                except BaseException as exc:  # noqa: BLE001 - checked below
+                    raised.append(exc)
+
+            borrow = m.as_mut_slice(0, 1) if direction == "read" else m.as_slice(0, 1)
+            with borrow:
+                thread = threading.Thread(target=run)
+                thread.start()
+                while not m._lock._queue:  # (until the copy waits for the lock)
+                    thread.join(0.001)
+                view.release()
+                backing.clear()
+            thread.join()
+            assert len(raised) == 1, raised
+            assert isinstance(raised[0], TypeError), raised
+            assert "released" in str(raised[0])
+
+
+async def _copy_through(m: anymmap.AnonymousMmap, direction: str, view: memoryview) -> None:
+    copy = m.read_into if direction == "read" else m.update_region
+    with pytest.raises(TypeError, match="released"):
+        await copy(0, view)
 
 
 @pytest.mark.anyio

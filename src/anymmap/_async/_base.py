@@ -28,7 +28,14 @@ from .._backend import (
     shielded,
 )
 from .._core._buffers import BufferLike
-from .._core._checks import as_int, byte_view, check_flush_policy, check_populate_args, check_size
+from .._core._checks import (
+    as_int,
+    byte_view,
+    check_flush_policy,
+    check_not_released,
+    check_populate_args,
+    check_size,
+)
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
@@ -95,19 +102,23 @@ class AsyncMap(MapHandle[CoreT]):
             would wait for itself), or another event loop is using the map
         :raises ClosedMapError: if the map is closed
         """
-        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True, keep=True)
-        await checkpoint_before()
-        # A copy that does not yield needs no lock: no other task runs while it does.
-        # This is the *_nowait copy inside a checkpoint, and the usual case.
-        if self._lock.free_for_reading() and self._open_core().try_read(
-            offset, dst, INLINE_COPY_LIMIT
-        ):
-            await checkpoint_after()
-            return
-        async with self._lock.read():
-            rest = self._open_core().start_read(offset, dst)
-            if rest is not None:
-                await run_sync(rest)
+        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
+        try:
+            await checkpoint_before()
+            # A copy that does not yield needs no lock: no other task runs while it does.
+            # This is the *_nowait copy inside a checkpoint, and the usual case.
+            if self._lock.free_for_reading() and self._open_core().try_read(
+                offset, dst, INLINE_COPY_LIMIT
+            ):
+                await checkpoint_after()
+                return
+            async with self._lock.read():
+                rest = self._open_core().start_read(offset, dst)
+                if rest is not None:
+                    await run_sync(rest)
+        except ValueError:
+            check_not_released(dst)
+            raise
 
     async def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset`` (see :meth:`read_into`, also for
@@ -136,18 +147,22 @@ class AsyncMap(MapHandle[CoreT]):
             would wait for itself), or another event loop is using the map
         :raises ClosedMapError: if the map is closed
         """
-        offset, src = as_int(offset, "offset"), byte_view(data, writable=False, keep=True)
+        offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
         self._open_core().check_writable()
-        await checkpoint_before()
-        if self._lock.free_for_writing() and self._open_core().try_write(  # as in read_into
-            offset, src, INLINE_COPY_LIMIT
-        ):
-            await checkpoint_after()
-            return
-        async with self._lock.write():
-            rest = self._open_core().start_write(offset, src)
-            if rest is not None:
-                await run_sync(rest)
+        try:
+            await checkpoint_before()
+            if self._lock.free_for_writing() and self._open_core().try_write(  # as in read_into
+                offset, src, INLINE_COPY_LIMIT
+            ):
+                await checkpoint_after()
+                return
+            async with self._lock.write():
+                rest = self._open_core().start_write(offset, src)
+                if rest is not None:
+                    await run_sync(rest)
+        except ValueError:
+            check_not_released(src)
+            raise
 
     def read_into_nowait(self, offset: int, buf: BufferLike) -> None:
         """Copy into ``buf`` at once, on this thread, or raise :exc:`anyio.WouldBlock`.

@@ -67,13 +67,8 @@ _REFERENCE_CODES = re.compile(r"[OP&zX]|Z(?![fdg])")
 _CTYPES_REFERENCES = frozenset("OPzZX")
 
 
-def byte_view(buffer: object, *, writable: bool, keep: bool = False) -> memoryview:
+def byte_view(buffer: object, *, writable: bool) -> memoryview:
     """Return a flat, byte-typed memoryview of a C-contiguous buffer of plain data.
-
-    ``keep``: the copy waits (for the lock, a checkpoint, a worker) before it uses the
-    view, so the view is one of anymmap's own even when ``buffer`` is a memoryview: a
-    ``release()`` of the caller's view meanwhile neither fails the copy with a raw
-    ``ValueError`` nor frees the memory (the buffer stays exported: adversary round 35).
 
     :raises TypeError: if ``buffer`` does not support the buffer protocol (a ``str``), is
         not contiguous, is read-only when ``writable`` is set, or holds references
@@ -117,7 +112,21 @@ def byte_view(buffer: object, *, writable: bool, keep: bool = False) -> memoryvi
         raise TypeError("the buffer must be C-contiguous")
     if view.ndim != 1:
         view = view.cast("B") if view.nbytes else memoryview(bytearray())
-    return memoryview(view) if keep and view is buffer else view
+    return view
+
+
+def check_not_released(view: memoryview) -> None:
+    """After a copy through ``view`` raised ``ValueError``: if the view was released
+    meanwhile (its owner, another task or thread, called ``release()`` while the copy
+    waited: adversary round 35), raise the documented :exc:`TypeError` instead.  (The
+    copy did not touch the memory: a copy pins the buffer while it runs.)"""
+    try:
+        view.obj  # noqa: B018 - raises ValueError once the view is released
+    except ValueError:
+        raise TypeError(
+            "the buffer was released (memoryview.release()) while the copy waited for its "
+            "turn; the copy did not complete"
+        ) from None
 
 
 def _holds_references(exporter: object, fmt: str) -> bool:

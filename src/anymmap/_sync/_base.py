@@ -17,7 +17,14 @@ from anyio import WouldBlock
 
 from .._advice import check_advice
 from .._core._buffers import BufferLike
-from .._core._checks import as_int, byte_view, check_flush_policy, check_populate_args, check_size
+from .._core._checks import (
+    as_int,
+    byte_view,
+    check_flush_policy,
+    check_not_released,
+    check_populate_args,
+    check_size,
+)
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
@@ -67,9 +74,13 @@ class SyncMap(MapHandle[CoreT]):
             (the copy would wait for itself)
         :raises ClosedMapError: if the map is closed
         """
-        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True, keep=True)
-        with self._lock.read():
-            self._open_core().read(offset, dst)
+        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
+        try:
+            with self._lock.read():
+                self._open_core().read(offset, dst)
+        except ValueError:  # (another thread's release() while the lock was awaited)
+            check_not_released(dst)
+            raise
 
     def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes starting at ``offset`` (raises as :meth:`read_into`)."""
@@ -91,9 +102,13 @@ class SyncMap(MapHandle[CoreT]):
             would wait for itself)
         :raises ClosedMapError: if the map is closed
         """
-        offset, src = as_int(offset, "offset"), byte_view(data, writable=False, keep=True)
-        with self._lock.write():
-            self._open_core().write(offset, src)
+        offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
+        try:
+            with self._lock.write():
+                self._open_core().write(offset, src)
+        except ValueError:  # (as in read_into)
+            check_not_released(src)
+            raise
 
     def read_into_nowait(self, offset: int, buf: BufferLike) -> None:
         """Like :meth:`read_into`, but raise :exc:`anyio.WouldBlock` instead of waiting for
