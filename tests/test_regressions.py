@@ -1125,6 +1125,46 @@ def test_system_exit_from_a_progress_callback_reaches_the_caller(runner: str) ->
     check_child(_SYSTEM_EXIT_FROM_A_PROGRESS_CALLBACK, runner, timeout=60)
 
 
+_STOP_ITERATION_IN_A_WORKER = """
+    import sys
+    import anyio, anymmap
+    from tests._child import run_loop
+
+    class File:
+        def fileno(self):
+            raise StopIteration("fileno")
+
+    async def main():
+        m = await anymmap.AnonymousMmap.new(48 << 20)
+        ticks = iter(())
+        for call in (
+            lambda: m.populate(0, None, progress=lambda done, total: next(ticks)),
+            lambda: anymmap.MmapRaw.map_raw(File()),
+        ):
+            with anyio.fail_after(20):
+                try:
+                    await call()
+                except RuntimeError as exc:
+                    assert isinstance(exc.__cause__, StopIteration), repr(exc)
+                else:
+                    raise AssertionError("no error")
+        await m.aclose()
+
+    run_loop(sys.argv[1], main)
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_stop_iteration_in_a_worker_call_reaches_the_caller(runner: str) -> None:
+    """Regression test (adversary round 36): on asyncio a worker call that raised
+    ``StopIteration`` (a progress callback's exhausted ``next()``, a ``fileno()``)
+    could not be put into the caller's future, which then waited for ever (a
+    ``fail_after`` around it did not help: the wait for a worker is not abandoned).
+    It is a ``RuntimeError`` from the ``StopIteration``, as PEP 479 makes it."""
+    check_child(_STOP_ITERATION_IN_A_WORKER, runner, timeout=60)
+
+
 class _PackedPair(ctypes.Structure):
     """5-byte items that ctypes exports as format ``"B"`` of item size 5."""
 

@@ -419,6 +419,14 @@ class _WorkerCall(Generic[T]):
 
     def _fail(self, exc: BaseException) -> None:
         if not self.outcome.done():
+            if isinstance(exc, StopIteration):
+                # A future refuses it (it would end the awaiting coroutine as a return):
+                # refused, the outcome stayed unset and the caller waited for ever
+                # (adversary round 36: a progress callback's exhausted next(), a
+                # fileno() that raised it).  Turned into RuntimeError, as PEP 479 does.
+                error = RuntimeError(f"a worker thread's call raised {exc!r}")
+                error.__cause__ = exc
+                exc = error
             self.outcome.set_exception(exc)
 
     def hop_done(self, hop: asyncio.Future[None]) -> None:
