@@ -3,6 +3,7 @@ a hostile peer.  The peers are real second processes driven over pipes, never sl
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import signal
@@ -619,3 +620,23 @@ async def test_growth_after_a_cut_allocates_from_the_cut(host: MmapRegion, tmp_p
     assert os.stat(path).st_blocks * 512 >= 64 * PAGE
     await host.update_region(2 * PAGE, b"whole again")
     assert await host.read(2 * PAGE, 11) == b"whole again"
+
+
+async def test_a_region_value_made_longer_by_hand_stays_inside_its_map(tmp_path: Path) -> None:
+    """Regression test (adversary round 36): a ``Region`` copied with a longer length
+    (``dataclasses.replace``) bounded its copies by that length alone, and a write
+    landed in another region mapped after it.  It is bounded by its map as well."""
+    async with (
+        await MmapRegion.create(tmp_path / "a", PAGE) as first,
+        await MmapRegion.create(tmp_path / "b", PAGE) as second,
+    ):
+        forged = dataclasses.replace(first.region(), length=1 << 46)
+        delta = second.region().address - first.region().address
+        for offset in (PAGE - 2, delta if 0 < delta < 1 << 46 else PAGE):
+            with pytest.raises(anymmap.OutOfBoundsError):
+                forged.write(offset, b"PWNED")
+            with pytest.raises(anymmap.OutOfBoundsError):
+                forged.read_into(offset, bytearray(5))
+        assert await second.read(0, 5) == bytes(5)
+        forged.write(0, b"fine")  # inside: as the real one
+        assert await first.read(0, 4) == b"fine"

@@ -989,7 +989,7 @@ def test_reads_of_shared_maps_are_fault_safe_even_with_fault_safe_false(
 
 
 _OBJECT_BUFFERS = """
-    import ctypes, gc
+    import array, ctypes, gc, pickle
     import anyio, numpy as np, anymmap, anymmap.sync
 
     def buffers():
@@ -1032,6 +1032,29 @@ _OBJECT_BUFFERS = """
         yield Tricky()
         yield (Inherited * 2)()
 
+        # Round 36: the same laundered as bytes, a field list changed after the type
+        # was laid out, and a nesting too deep to walk (a RecursionError before).
+        yield memoryview(Union()).cast("B")
+        yield pickle.PickleBuffer(memoryview(Union()).cast("B"))
+        yield np.frombuffer(Union(), np.uint8)
+        fields = [("tag", ctypes.c_int), ("payload", ctypes.py_object)]
+        Template = type("Template", (ctypes.Structure,), {"_fields_": fields})
+        fields[1] = ("payload", ctypes.c_double)
+        yield Template()
+
+        class Hidden(list):
+            def __iter__(self):
+                return iter(())
+
+        class Sneaky(ctypes.Union):
+            _fields_ = Hidden([("n", ctypes.c_long), ("o", ctypes.py_object)])
+
+        yield Sneaky()
+        deep = ctypes.c_int
+        for level in range(3000):  # (plain, but too deep to walk: refused)
+            deep = type(f"Deep{level}", (ctypes.Structure,), {"_fields_": [("f", deep)]})
+        yield deep()
+
     async def main():
         async with await anymmap.AnonymousMmap.new(4096) as m:
             await m.update_region(0, b"\\xff" * 4096)
@@ -1062,6 +1085,9 @@ _OBJECT_BUFFERS = """
                 _fields_ = [("f", ctypes.c_double), ("n", ctypes.c_uint64)]
 
             await m.read_into(0, (PlainUnion * 2)())  # plain data, whatever ctypes exports
+            await m.read_into(0, memoryview(PlainUnion()).cast("B"))
+            await m.read_into(0, np.frombuffer(bytearray(PlainUnion()), np.uint8))
+            await m.read_into(0, array.array("B", bytes(8)))
             await m.read_into(0, np.zeros(2, dtype=np.complex128))  # "Zd": plain numbers
 
     anyio.run(main)
@@ -1276,6 +1302,54 @@ def test_a_view_released_while_a_blocking_copy_waits_is_a_type_error() -> None:
             assert len(raised) == 1, raised
             assert isinstance(raised[0], TypeError), raised
             assert "released" in str(raised[0])
+
+
+_DERIVED_FROM_A_BORROW: dict[str, Callable[[memoryview], Any]] = {
+    "the view": lambda view: view,
+    "a cast": lambda view: view.cast("I"),
+    "a slice": lambda view: view[0:PAGE],
+    "a NumPy array": lambda view: np.frombuffer(view, np.uint8),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("nowait", [False, True])
+@pytest.mark.parametrize("derive", list(_DERIVED_FROM_A_BORROW))
+async def test_a_failed_copys_kept_error_does_not_pin_its_buffer(
+    derive: str, nowait: bool
+) -> None:
+    """Regression test (adversary round 36): a copy that failed on a cast, slice or
+    NumPy array of another map's borrowed view, its error kept by the caller, kept that
+    buffer alive through the traceback (the call's frames held it and the view made of
+    it), so the borrow's end raised ``BorrowError``.  The call lets go of both; the
+    same in the blocking twin."""
+    make = _DERIVED_FROM_A_BORROW[derive]
+    kept: list[BaseException] = []
+    async with (
+        await anymmap.AnonymousMmap.new(PAGE) as m,
+        await anymmap.AnonymousMmap.new(PAGE) as other,
+        other.as_mut_slice(0, PAGE) as view,  # (its end raised BorrowError)
+    ):
+        try:
+            if nowait:
+                m.read_into_nowait(100, make(view))
+            else:
+                await m.read_into(100, make(view))
+        except anymmap.OutOfBoundsError as exc:
+            kept.append(exc)
+    with (
+        anymmap.sync.AnonymousMmap.new(PAGE) as a,
+        anymmap.sync.AnonymousMmap.new(PAGE) as b,
+        b.as_slice(0, PAGE) as twin_view,
+    ):
+        try:
+            if nowait:
+                a.update_region_nowait(100, make(twin_view))
+            else:
+                a.update_region(100, make(twin_view))
+        except anymmap.OutOfBoundsError as exc:
+            kept.append(exc)
+    assert len(kept) == 2, kept
 
 
 async def _copy_through(m: anymmap.AnonymousMmap, direction: str, view: memoryview) -> None:

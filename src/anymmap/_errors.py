@@ -9,7 +9,7 @@ listed here are plain ``OSError`` with the call's ``errno``.
 from __future__ import annotations
 
 import errno
-from typing import NoReturn, SupportsIndex
+from typing import NoReturn
 
 
 class AnymmapError(Exception):
@@ -197,7 +197,8 @@ class Uncopyable:
 
     __slots__ = ()
 
-    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+    # (__reduce__, not __reduce_ex__: a subclass's own __reduce__ then still wins.)
+    def __reduce__(self) -> NoReturn:
         raise TypeError(
             f"{type(self).__name__} objects cannot be copied or pickled: each stands for "
             "a mapping, a lock or a hold of one that exists once (pass it by reference; "

@@ -29,10 +29,10 @@ from .._backend import (
 )
 from .._core._buffers import BufferLike
 from .._core._checks import (
+    after_failed_copy,
     as_int,
     byte_view,
     check_flush_policy,
-    check_not_released,
     check_populate_args,
     check_size,
 )
@@ -116,8 +116,9 @@ class AsyncMap(MapHandle[CoreT]):
                 rest = self._open_core().start_read(offset, dst)
                 if rest is not None:
                     await run_sync(rest)
-        except ValueError:
-            check_not_released(dst)
+        except BaseException as exc:
+            after_failed_copy(dst, buf, exc)
+            del buf, dst  # (a traceback the caller keeps must not keep them)
             raise
 
     async def read(self, offset: int, length: int) -> bytes:
@@ -160,8 +161,9 @@ class AsyncMap(MapHandle[CoreT]):
                 rest = self._open_core().start_write(offset, src)
                 if rest is not None:
                     await run_sync(rest)
-        except ValueError:
-            check_not_released(src)
+        except BaseException as exc:
+            after_failed_copy(src, data, exc)
+            del data, src  # (a traceback the caller keeps must not keep them)
             raise
 
     def read_into_nowait(self, offset: int, buf: BufferLike) -> None:
@@ -173,24 +175,34 @@ class AsyncMap(MapHandle[CoreT]):
         """
         dst = memoryview(buf) if type(buf) is bytearray else byte_view(buf, writable=True)
         lock, core = self._lock, self._core  # (_open_core inline: the hot path)
-        if not lock.free_for_reading():
-            raise self._busy(writing=False)
-        if not core.usable:
-            core.check_open()
-        if not core.try_read(offset, dst):
-            raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
+        try:
+            if not lock.free_for_reading():
+                raise self._busy(writing=False)
+            if not core.usable:
+                core.check_open()
+            if not core.try_read(offset, dst):
+                raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
+        except BaseException as exc:
+            after_failed_copy(dst, buf, exc)
+            del buf, dst  # (a traceback the caller keeps must not keep them)
+            raise
 
     def update_region_nowait(self, offset: int, data: BufferLike) -> None:
         """Copy ``data`` into the map at once, on this thread, or raise
         :exc:`anyio.WouldBlock` while the lock is held or a page is not in memory."""
         src = memoryview(data) if type(data) is bytes else byte_view(data, writable=False)
         lock, core = self._lock, self._core  # (_open_core inline: the hot path)
-        if not lock.free_for_writing():
-            raise self._busy(writing=True)
-        if not core.usable:
-            core.check_open()
-        if not core.try_write(offset, src):
-            raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
+        try:
+            if not lock.free_for_writing():
+                raise self._busy(writing=True)
+            if not core.usable:
+                core.check_open()
+            if not core.try_write(offset, src):
+                raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
+        except BaseException as exc:
+            after_failed_copy(src, data, exc)
+            del data, src  # (a traceback the caller keeps must not keep them)
+            raise
 
     def _busy(self, writing: bool, then: str = "await the call to wait") -> Exception:
         """The error for a ``*_nowait`` copy that finds the lock taken: RuntimeError if

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import array
 import ctypes
 import inspect
 import math
+import mmap
 import numbers
 import operator
 import re
+import sys
 from typing import Any, cast
 
 from .._errors import InvalidSizeError, OutOfBoundsError
@@ -90,13 +93,15 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
         raise TypeError(
             f"this {type(buffer).__name__} cannot be used as a buffer: {exc}"
         ) from None
-    if fmt != "B" or view.itemsize != 1:
+    exporter = view.obj
+    if fmt != "B" or view.itemsize != 1 or type(exporter) not in _PLAIN_EXPORTERS:
         # (ctypes exports a union or a packed structure as "B" items of its own size:
         # adversary round 35, a copy 4 of 20 bytes long, or 20 into a 4-byte range.)
-        if _holds_references(view.obj, fmt):
+        owner = _owner(exporter)
+        if _holds_references(owner, fmt, view.itemsize):
             what = (
-                f"ctypes {type(view.obj).__name__} objects"
-                if isinstance(view.obj, _CData)
+                f"ctypes {type(owner).__name__} objects"
+                if isinstance(owner, _CData)
                 else f"buffers of format {fmt!r}"
             )
             raise TypeError(
@@ -115,37 +120,82 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
     return view
 
 
-def check_not_released(view: memoryview) -> None:
-    """After a copy through ``view`` raised ``ValueError``: if the view was released
-    meanwhile (its owner, another task or thread, called ``release()`` while the copy
-    waited: adversary round 35), raise the documented :exc:`TypeError` instead.  (The
-    copy did not touch the memory: a copy pins the buffer while it runs.)"""
-    try:
-        view.obj  # noqa: B018 - raises ValueError once the view is released
-    except ValueError:
+def after_failed_copy(view: memoryview, buffer: object, error: BaseException) -> None:
+    """Clean up after a copy through ``view`` (made of ``buffer`` by :func:`byte_view`)
+    raised ``error``; the caller then raises it.
+
+    A view of the call's own (not the caller's object) is released: the traceback the
+    caller may keep holds it, and it would keep the buffer exported (adversary round
+    36: a failed copy of a NumPy array or cast of a borrow's view, its error kept,
+    made the borrow's end raise ``BorrowError``).  A ``ValueError`` met because the
+    caller's view was released while the copy waited for its turn (its owner, another
+    task or thread, called ``release()``: round 35) is the documented :exc:`TypeError`.
+    (The copy did not touch the memory: a copy pins the buffer while it runs.)
+
+    :raises TypeError: then
+    """
+    released = False
+    if isinstance(error, ValueError):
+        try:
+            view.obj  # noqa: B018 - raises ValueError once the view is released
+        except ValueError:
+            released = True
+    if view is not buffer and not released:
+        try:
+            view.release()
+        except BufferError:  # pragma: no cover - exported by a frame the error keeps
+            pass
+    if released:
         raise TypeError(
             "the buffer was released (memoryview.release()) while the copy waited for its "
             "turn; the copy did not complete"
         ) from None
 
 
-def _holds_references(exporter: object, fmt: str) -> bool:
-    """Whether the items of a buffer of format ``fmt`` exported by ``exporter`` may hold
-    references.  A ctypes object is judged by its type, not by its format: a union or a
-    packed structure exports opaque ``"B"`` items, and a field name may hold the ``:``
-    that ends names in the format (``T{<i:p::<O:q:}``), which then hides a field's code
-    from any reading of it (adversary round 35: both let a copy overwrite a
-    ``py_object``, and touching it crashed).  Other exporters are judged by the format
-    (NumPy refuses ``:`` in field names); an opaque one of items wider than a byte, or
-    one whose names cannot be told apart from its codes, is refused."""
-    if isinstance(exporter, _CData):
-        return _ctypes_holds_references(type(exporter))
+#: Exporters whose "B" buffers are plain bytes (the check's fast exit).
+_PLAIN_EXPORTERS = frozenset({bytes, bytearray, mmap.mmap, array.array})
+
+
+def _owner(exporter: object) -> object:
+    """The object whose memory a buffer is: through views of views (casts, slices, a
+    ``PickleBuffer``'s view) and NumPy arrays over another's memory (adversary round
+    36: ``memoryview(x).cast("B")`` or ``np.frombuffer(x, np.uint8)`` of a ctypes
+    object holding a ``py_object`` passed as plain bytes, and the copy crashed it)."""
+    numpy = sys.modules.get("numpy")
+    for _ in range(256):  # (bounded: a chain of that length is not made by accident)
+        if type(exporter) is memoryview:
+            exporter = exporter.obj
+        elif numpy is not None and isinstance(exporter, numpy.ndarray):
+            if exporter.base is None:
+                return exporter
+            exporter = exporter.base
+        else:
+            return exporter
+    return exporter
+
+
+def _holds_references(owner: object, fmt: str, itemsize: int) -> bool:
+    """Whether the items of a buffer of format ``fmt`` of the memory of ``owner`` may
+    hold references.  A ctypes object is judged by its type and by its own format:
+    a union or a packed structure exports opaque ``"B"`` items, and a field name may
+    hold the ``:`` that ends names in the format (``T{<i:p::<O:q:}``), which then hides
+    a field's code from any reading of it (adversary round 35: both let a copy
+    overwrite a ``py_object``, and touching it crashed); its ``_fields_`` list may have
+    been changed since ctypes laid the type out (round 36), which its format then
+    shows.  Other owners are judged by the format (NumPy refuses ``:`` in field
+    names); an opaque one of items wider than a byte, or one whose names cannot be told
+    apart from its codes, is refused."""
+    if isinstance(owner, _CData):
+        try:
+            if _ctypes_holds_references(type(owner)):
+                return True
+        except RecursionError:  # (nested too deep to walk: refused, round 36)
+            return True
+        fmt, itemsize = memoryview(cast(Any, owner)).format, 1  # (its own, not a cast's)
+    if fmt == "B":
+        return itemsize != 1  # (an opaque item of several bytes, not ctypes': unknown)
     codes = _FIELD_NAMES.sub("", fmt)
-    return (
-        fmt == "B"  # (an opaque item of several bytes, not from ctypes: unknown)
-        or ":" in codes
-        or _REFERENCE_CODES.search(codes) is not None
-    )
+    return ":" in codes or _REFERENCE_CODES.search(codes) is not None
 
 
 #: The base class of every ctypes instance.
@@ -155,15 +205,16 @@ _CData: type = ctypes.c_int.__mro__[-2]
 def _ctypes_holds_references(ctype: type) -> bool:
     """Whether instances of the ctypes type ``ctype`` hold references: pointers,
     ``py_object``, function pointers, at any depth of arrays, structures and unions
-    (their base classes' fields included)."""
+    (their base classes' fields included), as their ``_fields_`` read now."""
     if issubclass(ctype, ctypes.Array):
         return _ctypes_holds_references(cast(type, ctype._type_))
     if issubclass(ctype, (ctypes.Structure, ctypes.Union)):
-        return any(
-            _ctypes_holds_references(field[1])
-            for klass in ctype.__mro__
-            for field in vars(klass).get("_fields_", ())
-        )
+        for klass in ctype.__mro__:
+            fields = vars(klass).get("_fields_", ())
+            for i in range(len(fields)):  # (by index, as ctypes reads it, not by iter())
+                if _ctypes_holds_references(fields[i][1]):
+                    return True
+        return False
     if issubclass(ctype, ctypes._SimpleCData):
         return getattr(ctype, "_type_", "P") in _CTYPES_REFERENCES
     return True  # pointers, function pointers, and anything not known to be plain

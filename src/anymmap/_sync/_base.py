@@ -18,10 +18,10 @@ from anyio import WouldBlock
 from .._advice import check_advice
 from .._core._buffers import BufferLike
 from .._core._checks import (
+    after_failed_copy,
     as_int,
     byte_view,
     check_flush_policy,
-    check_not_released,
     check_populate_args,
     check_size,
 )
@@ -78,8 +78,9 @@ class SyncMap(MapHandle[CoreT]):
         try:
             with self._lock.read():
                 self._open_core().read(offset, dst)
-        except ValueError:  # (another thread's release() while the lock was awaited)
-            check_not_released(dst)
+        except BaseException as exc:
+            after_failed_copy(dst, buf, exc)
+            del buf, dst  # (a traceback the caller keeps must not keep them)
             raise
 
     def read(self, offset: int, length: int) -> bytes:
@@ -106,25 +107,36 @@ class SyncMap(MapHandle[CoreT]):
         try:
             with self._lock.write():
                 self._open_core().write(offset, src)
-        except ValueError:  # (as in read_into)
-            check_not_released(src)
+        except BaseException as exc:
+            after_failed_copy(src, data, exc)
+            del data, src  # (a traceback the caller keeps must not keep them)
             raise
 
     def read_into_nowait(self, offset: int, buf: BufferLike) -> None:
         """Like :meth:`read_into`, but raise :exc:`anyio.WouldBlock` instead of waiting for
         a writer or for the disk (the contents of ``buf`` are then unspecified)."""
         offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
-        with self._lock.read(blocking=False):
-            if not self._open_core().try_read(offset, dst):
-                raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
+        try:
+            with self._lock.read(blocking=False):
+                if not self._open_core().try_read(offset, dst):
+                    raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
+        except BaseException as exc:
+            after_failed_copy(dst, buf, exc)
+            del buf, dst  # (a traceback the caller keeps must not keep them)
+            raise
 
     def update_region_nowait(self, offset: int, data: BufferLike) -> None:
         """Like :meth:`update_region`, but raise :exc:`anyio.WouldBlock` instead of waiting
         for a borrow or for the disk."""
         offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
-        with self._lock.write(blocking=False):
-            if not self._open_core().try_write(offset, src):
-                raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
+        try:
+            with self._lock.write(blocking=False):
+                if not self._open_core().try_write(offset, src):
+                    raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))
+        except BaseException as exc:
+            after_failed_copy(src, data, exc)
+            del data, src  # (a traceback the caller keeps must not keep them)
+            raise
 
     # -- borrows ----------------------------------------------------------------------
 
