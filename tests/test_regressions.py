@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import gc
 import math
 import os
 import shutil
@@ -1350,6 +1351,28 @@ async def test_a_failed_copys_kept_error_does_not_pin_its_buffer(
         except anymmap.OutOfBoundsError as exc:
             kept.append(exc)
     assert len(kept) == 2, kept
+
+
+@pytest.mark.anyio
+async def test_a_copy_cancelled_in_its_lock_wait_leaves_its_buffer_at_once() -> None:
+    """Regression test (adversary round 36): a copy cancelled while it waited for the
+    lock kept its bytearray exported until the cyclic collector ran (its view sat in
+    a reference cycle of the cancellation's traceback): the bytearray could not be
+    resized meanwhile."""
+    async with await anymmap.AnonymousMmap.new(PAGE) as m:
+        for copy in (m.read_into, m.update_region):
+            buffer = bytearray(64)
+            gc.disable()
+            try:
+                async with m.as_mut_slice(0, 8):
+                    with anyio.CancelScope() as scope:
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(copy, 0, buffer)
+                            await anyio.wait_all_tasks_blocked()
+                            scope.cancel()
+                buffer.append(0)  # (BufferError while it is still exported)
+            finally:
+                gc.enable()
 
 
 async def _copy_through(m: anymmap.AnonymousMmap, direction: str, view: memoryview) -> None:
