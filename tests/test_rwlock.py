@@ -782,3 +782,19 @@ async def test_a_maps_guard_shared_by_tasks_leaves_the_map_closable() -> None:
                 tg.start_soon(use)
         assert refused == 2
         await m.aclose()
+
+
+@pytest.mark.parametrize("write", [False, True])
+async def test_an_entry_closed_at_its_checkpoint_leaves_nothing_held(write: bool) -> None:
+    """Regression test (adversary round 36): on trio, a guard's entry closed by hand at
+    its shielded checkpoint (the lock already taken) left the lock held while the guard
+    read as free.  Closed there, it gives the lock back, as on asyncio."""
+    lock = RWLock()
+    guard = lock.write() if write else lock.read()
+    entry = guard.__aenter__()
+    entry.send(None)  # to its checkpoint, the lock taken
+    entry.close()
+    assert_idle(lock)
+    async with guard:
+        pass
+    assert_idle(lock)

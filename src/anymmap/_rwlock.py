@@ -131,7 +131,11 @@ class _Guard(Uncopyable):
                 self._task = task = trio_current_task()
                 yield from trio_checkpoint_if_cancelled()
                 if (lock._try_write if write else lock._try_read)(task):
-                    yield from trio_cancel_shielded_checkpoint()
+                    try:
+                        yield from trio_cancel_shielded_checkpoint()
+                    except BaseException:  # (the entry closed there: adversary round 36)
+                        lock._release(task, write)
+                        raise
                 else:
                     yield from lock._wait(task, write)
                 return
