@@ -11,6 +11,7 @@ import errno
 import fcntl
 import gc
 import math
+import mmap
 import os
 import shutil
 import struct
@@ -1051,6 +1052,11 @@ _OBJECT_BUFFERS = """
             _fields_ = Hidden([("n", ctypes.c_long), ("o", ctypes.py_object)])
 
         yield Sneaky()
+        # Round 37: ctypes' own byte view of such an object, and NumPy's strided view.
+        record = Colon()
+        yield (ctypes.c_char * ctypes.sizeof(record)).from_buffer(record)
+        yield np.frombuffer((ctypes.c_ubyte * ctypes.sizeof(record)).from_buffer(record), np.uint8)
+        yield np.lib.stride_tricks.as_strided(np.frombuffer(Union(), np.uint8), shape=(8,))
         deep = ctypes.c_int
         for level in range(3000):  # (plain, but too deep to walk: refused)
             deep = type(f"Deep{level}", (ctypes.Structure,), {"_fields_": [("f", deep)]})
@@ -1089,6 +1095,7 @@ _OBJECT_BUFFERS = """
             await m.read_into(0, memoryview(PlainUnion()).cast("B"))
             await m.read_into(0, np.frombuffer(bytearray(PlainUnion()), np.uint8))
             await m.read_into(0, array.array("B", bytes(8)))
+            await m.read_into(0, (ctypes.c_char * 8).from_buffer(PlainUnion()))
             await m.read_into(0, np.zeros(2, dtype=np.complex128))  # "Zd": plain numbers
 
     anyio.run(main)
@@ -1308,7 +1315,7 @@ def test_a_view_released_while_a_blocking_copy_waits_is_a_type_error() -> None:
 _DERIVED_FROM_A_BORROW: dict[str, Callable[[memoryview], Any]] = {
     "the view": lambda view: view,
     "a cast": lambda view: view.cast("I"),
-    "a slice": lambda view: view[0:PAGE],
+    "a slice": lambda view: view[0 : len(view)],
     "a NumPy array": lambda view: np.frombuffer(view, np.uint8),
 }
 
@@ -1373,6 +1380,52 @@ async def test_a_copy_cancelled_in_its_lock_wait_leaves_its_buffer_at_once() -> 
                 buffer.append(0)  # (BufferError while it is still exported)
             finally:
                 gc.enable()
+
+
+@pytest.mark.anyio
+async def test_kept_errors_of_pieced_region_and_refused_copies_pin_nothing(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 37): the same through a copy over two pieces of
+    a sparse map (its slice of the buffer for each piece), ``Region``'s copies, and a
+    buffer refused with ``TypeError`` (``byte_view``'s own view of it): the kept error
+    made another map's borrow end with ``BorrowError``, or a read-only ``mmap`` that
+    could not be closed."""
+    kept: list[BaseException] = []
+    async with (
+        await anymmap.SparseMapping.new(2 * PAGE) as sparse,
+        await anymmap.MmapRegion.create(tmp_path / "region", PAGE) as region,
+        await anymmap.AnonymousMmap.new(2 * PAGE) as other,
+    ):
+        await sparse.alloc(0, PAGE)  # then a hole
+        for make in _DERIVED_FROM_A_BORROW.values():
+            async with other.as_mut_slice(0, 2 * PAGE) as view:
+                try:
+                    await sparse.read_at(0, make(view))
+                except anymmap.MappingFaultError as exc:
+                    kept.append(exc)
+                try:
+                    sparse.read_into_nowait(0, make(view))
+                except anymmap.MappingFaultError as exc:
+                    kept.append(exc)
+                try:
+                    region.region().read_into(100, make(view))
+                except anymmap.OutOfBoundsError as exc:
+                    kept.append(exc)
+                try:
+                    await region.read_into(0, np.frombuffer(view, np.uint8)[::2])
+                except TypeError as exc:
+                    kept.append(exc)
+    assert len(kept) == 4 * len(_DERIVED_FROM_A_BORROW), kept
+    path = tmp_path / "file"
+    path.write_bytes(bytes(PAGE))
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as ro:
+        async with await anymmap.AnonymousMmap.new(PAGE) as m:
+            try:
+                await m.read_into(0, ro)  # (read-only: refused)
+            except TypeError as exc:
+                kept.append(exc)
+    assert isinstance(kept[-1], TypeError)  # and the mmap closed above
 
 
 async def _copy_through(m: anymmap.AnonymousMmap, direction: str, view: memoryview) -> None:

@@ -102,8 +102,9 @@ class AsyncMap(MapHandle[CoreT]):
             would wait for itself), or another event loop is using the map
         :raises ClosedMapError: if the map is closed
         """
-        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
+        dst: memoryview | None = None
         try:
+            offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
             await checkpoint_before()
             # A copy that does not yield needs no lock: no other task runs while it does.
             # This is the *_nowait copy inside a checkpoint, and the usual case.
@@ -148,9 +149,10 @@ class AsyncMap(MapHandle[CoreT]):
             would wait for itself), or another event loop is using the map
         :raises ClosedMapError: if the map is closed
         """
-        offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
-        self._open_core().check_writable()
+        src: memoryview | None = None
         try:
+            offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
+            self._open_core().check_writable()
             await checkpoint_before()
             if self._lock.free_for_writing() and self._open_core().try_write(  # as in read_into
                 offset, src, INLINE_COPY_LIMIT
@@ -173,9 +175,10 @@ class AsyncMap(MapHandle[CoreT]):
         not in memory (a file map) — never faults on the disk.  Copies of any size run
         here.  After WouldBlock the contents of ``buf`` are unspecified.
         """
-        dst = memoryview(buf) if type(buf) is bytearray else byte_view(buf, writable=True)
+        dst: memoryview | None = None
         lock, core = self._lock, self._core  # (_open_core inline: the hot path)
         try:
+            dst = memoryview(buf) if type(buf) is bytearray else byte_view(buf, writable=True)
             if not lock.free_for_reading():
                 raise self._busy(writing=False)
             if not core.usable:
@@ -190,9 +193,10 @@ class AsyncMap(MapHandle[CoreT]):
     def update_region_nowait(self, offset: int, data: BufferLike) -> None:
         """Copy ``data`` into the map at once, on this thread, or raise
         :exc:`anyio.WouldBlock` while the lock is held or a page is not in memory."""
-        src = memoryview(data) if type(data) is bytes else byte_view(data, writable=False)
+        src: memoryview | None = None
         lock, core = self._lock, self._core  # (_open_core inline: the hot path)
         try:
+            src = memoryview(data) if type(data) is bytes else byte_view(data, writable=False)
             if not lock.free_for_writing():
                 raise self._busy(writing=True)
             if not core.usable:

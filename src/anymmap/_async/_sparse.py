@@ -152,11 +152,19 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
 
     async def read_at(self, offset: int, buf: BufferLike) -> None:
         """Fill ``buf`` from ``offset``: :meth:`read_into` under ``sparse_mmap``'s name."""
-        await self.read_into(offset, buf)
+        try:
+            await self.read_into(offset, buf)
+        except BaseException:
+            del buf  # (a traceback the caller keeps must not keep it: see read_into)
+            raise
 
     async def write_at(self, offset: int, data: BufferLike) -> None:
         """Write ``data`` at ``offset``: :meth:`update_region` under ``sparse_mmap``'s name."""
-        await self.update_region(offset, data)
+        try:
+            await self.update_region(offset, data)
+        except BaseException:
+            del data  # (a traceback the caller keeps must not keep it: see read_into)
+            raise
 
     async def fill_at(self, offset: int, value: int, length: int) -> None:
         """Write ``length`` bytes of ``value`` (0 to 255) at ``offset``."""

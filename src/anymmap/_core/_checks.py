@@ -93,6 +93,7 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
         raise TypeError(
             f"this {type(buffer).__name__} cannot be used as a buffer: {exc}"
         ) from None
+    refusal = None
     exporter = view.obj
     if fmt != "B" or view.itemsize != 1 or type(exporter) not in _PLAIN_EXPORTERS:
         # (ctypes exports a union or a packed structure as "B" items of its own size:
@@ -104,23 +105,33 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
                 if isinstance(owner, _CData)
                 else f"buffers of format {fmt!r}"
             )
-            raise TypeError(
+            refusal = (
                 f"{what} hold references (objects or pointers), not plain data; they "
                 "cannot be copied as bytes"
             )
-        if not view.nbytes:  # an empty array of any shape (memoryview cannot cast it)
+        elif not view.nbytes:  # an empty array of any shape (memoryview cannot cast it)
             view = memoryview(b"" if view.readonly else bytearray())
-        view = view.cast("B") if view.c_contiguous else view
-    if writable and view.readonly:
-        raise TypeError("the destination buffer is read-only")
-    if not view.c_contiguous:
-        raise TypeError("the buffer must be C-contiguous")
+        else:
+            view = view.cast("B") if view.c_contiguous else view
+        del owner
+    if refusal is None and writable and view.readonly:
+        refusal = "the destination buffer is read-only"
+    if refusal is None and not view.c_contiguous:
+        refusal = "the buffer must be C-contiguous"
+    if refusal is not None:
+        # Let go of the buffer first: the error's traceback holds this frame, and a
+        # caller that keeps the error would keep the buffer exported (adversary round
+        # 37: a read-only mmap that could not be closed, a borrow that could not end).
+        if view is not buffer:
+            view.release()
+        del buffer, view, exporter
+        raise TypeError(refusal)
     if view.ndim != 1:
         view = view.cast("B") if view.nbytes else memoryview(bytearray())
     return view
 
 
-def after_failed_copy(view: memoryview, buffer: object, error: BaseException) -> None:
+def after_failed_copy(view: memoryview | None, buffer: object, error: BaseException) -> None:
     """Clean up after a copy through ``view`` (made of ``buffer`` by :func:`byte_view`)
     raised ``error``; the caller then raises it.
 
@@ -134,6 +145,8 @@ def after_failed_copy(view: memoryview, buffer: object, error: BaseException) ->
 
     :raises TypeError: then
     """
+    if view is None:  # (byte_view refused the buffer: it let go of its own view)
+        return
     released = False
     if isinstance(error, ValueError):
         try:
@@ -158,20 +171,36 @@ _PLAIN_EXPORTERS = frozenset({bytes, bytearray, mmap.mmap, array.array})
 
 def _owner(exporter: object) -> object:
     """The object whose memory a buffer is: through views of views (casts, slices, a
-    ``PickleBuffer``'s view) and NumPy arrays over another's memory (adversary round
-    36: ``memoryview(x).cast("B")`` or ``np.frombuffer(x, np.uint8)`` of a ctypes
-    object holding a ``py_object`` passed as plain bytes, and the copy crashed it)."""
+    ``PickleBuffer``'s view), NumPy arrays over another's memory (``np.frombuffer``,
+    ``as_strided``) and ctypes' ``from_buffer`` (adversary rounds 36 and 37: each of
+    these over a ctypes object holding a ``py_object`` passed as plain bytes, and the
+    copy crashed it).  Memory taken by address (``from_address``, ``ctypes.cast``) is
+    judged as what it says it is."""
     numpy = sys.modules.get("numpy")
     for _ in range(256):  # (bounded: a chain of that length is not made by accident)
         if type(exporter) is memoryview:
             exporter = exporter.obj
+        elif isinstance(exporter, _CData):
+            objects = exporter._objects  # type: ignore[attr-defined]
+            if not (isinstance(objects, dict) and _FROM_BUFFER in objects):
+                return exporter
+            exporter = objects[_FROM_BUFFER]  # (a view of the memory it was made over)
         elif numpy is not None and isinstance(exporter, numpy.ndarray):
             if exporter.base is None:
                 return exporter
             exporter = exporter.base
+        elif (
+            hasattr(exporter, "__array_interface__")
+            and getattr(exporter, "base", None) is not None
+        ):
+            exporter = exporter.base  # type: ignore[attr-defined]  # (as_strided's holder)
         else:
             return exporter
     return exporter
+
+
+#: Where ctypes' ``from_buffer`` keeps (a view of) the object it was made over.
+_FROM_BUFFER = "ffffffff"
 
 
 def _holds_references(owner: object, fmt: str, itemsize: int) -> bool:

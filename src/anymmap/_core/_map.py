@@ -460,13 +460,18 @@ class MapCore:
 
     def _copy_spans(self, start: int, n: int, buf: memoryview, writing: bool) -> bool:
         """:meth:`_copy_now` of a range over several pieces."""
+        part = buf
         try:
             for copier, at, count, pos in self._spans(start, n):
                 part = buf if count == n else buf[pos : pos + count]
                 if not (copier.write_now(at, part) if writing else copier.read_now(at, part)):
                     return False
-        except OSError as exc:
-            raise self.fault_error(exc, copier, at, count) from None
+        except BaseException as exc:
+            if part is not buf:  # (a traceback the caller keeps would keep it exported:
+                part.release()  # adversary round 37)
+            if isinstance(exc, OSError):
+                raise self.fault_error(exc, copier, at, count) from None
+            raise
         return True
 
     def start_read(self, offset: object, dst: memoryview) -> Callable[[], None] | None:

@@ -28,7 +28,7 @@ from functools import partial
 from .._errors import InvalidSizeError, Uncopyable
 from .._sys import os_impl, signals_held
 from ._buffers import BufferLike
-from ._checks import MAX_SIZE, byte_view, check_range, check_size
+from ._checks import MAX_SIZE, after_failed_copy, byte_view, check_range, check_size
 from ._copier import FileCopier, page_ceil
 from ._file import FileBackedCore
 from ._files import (
@@ -315,15 +315,27 @@ class Region(Uncopyable):
         :raises OutOfBoundsError: outside ``[0, length)``
         :raises MappingFaultError: if another process truncated the file under it
         """
-        dst = byte_view(buf, writable=True)
-        start, _ = self._check(offset, len(dst))
-        self._core.read_blocking(start, dst)
+        dst = None
+        try:
+            dst = byte_view(buf, writable=True)
+            start, _ = self._check(offset, len(dst))
+            self._core.read_blocking(start, dst)
+        except BaseException as exc:
+            after_failed_copy(dst, buf, exc)
+            del buf, dst  # (a traceback the caller keeps must not keep them)
+            raise
 
     def write(self, offset: int, data: BufferLike) -> None:
         """Copy the bytes-like ``data`` to ``offset``; see :meth:`read_into`."""
-        src = byte_view(data, writable=False)
-        start, _ = self._check(offset, len(src))
-        self._core.write_blocking(start, src)
+        src = None
+        try:
+            src = byte_view(data, writable=False)
+            start, _ = self._check(offset, len(src))
+            self._core.write_blocking(start, src)
+        except BaseException as exc:
+            after_failed_copy(src, data, exc)
+            del data, src  # (a traceback the caller keeps must not keep them)
+            raise
 
     def _check(self, offset: object, length: int) -> tuple[int, int]:
         core = self._core

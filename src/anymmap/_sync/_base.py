@@ -74,8 +74,9 @@ class SyncMap(MapHandle[CoreT]):
             (the copy would wait for itself)
         :raises ClosedMapError: if the map is closed
         """
-        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
+        dst: memoryview | None = None
         try:
+            offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
             with self._lock.read():
                 self._open_core().read(offset, dst)
         except BaseException as exc:
@@ -103,8 +104,9 @@ class SyncMap(MapHandle[CoreT]):
             would wait for itself)
         :raises ClosedMapError: if the map is closed
         """
-        offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
+        src: memoryview | None = None
         try:
+            offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
             with self._lock.write():
                 self._open_core().write(offset, src)
         except BaseException as exc:
@@ -115,8 +117,9 @@ class SyncMap(MapHandle[CoreT]):
     def read_into_nowait(self, offset: int, buf: BufferLike) -> None:
         """Like :meth:`read_into`, but raise :exc:`anyio.WouldBlock` instead of waiting for
         a writer or for the disk (the contents of ``buf`` are then unspecified)."""
-        offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
+        dst: memoryview | None = None
         try:
+            offset, dst = as_int(offset, "offset"), byte_view(buf, writable=True)
             with self._lock.read(blocking=False):
                 if not self._open_core().try_read(offset, dst):
                     raise WouldBlock(_NOT_IN_MEMORY.format(call="read_into"))
@@ -128,8 +131,9 @@ class SyncMap(MapHandle[CoreT]):
     def update_region_nowait(self, offset: int, data: BufferLike) -> None:
         """Like :meth:`update_region`, but raise :exc:`anyio.WouldBlock` instead of waiting
         for a borrow or for the disk."""
-        offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
+        src: memoryview | None = None
         try:
+            offset, src = as_int(offset, "offset"), byte_view(data, writable=False)
             with self._lock.write(blocking=False):
                 if not self._open_core().try_write(offset, src):
                     raise WouldBlock(_NOT_IN_MEMORY.format(call="update_region"))

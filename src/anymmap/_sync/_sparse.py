@@ -89,11 +89,19 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
 
     def read_at(self, offset: int, buf: BufferLike) -> None:
         """:meth:`read_into` under ``sparse_mmap``'s name."""
-        self.read_into(offset, buf)
+        try:
+            self.read_into(offset, buf)
+        except BaseException:
+            del buf  # (a traceback the caller keeps must not keep it: see read_into)
+            raise
 
     def write_at(self, offset: int, data: BufferLike) -> None:
         """:meth:`update_region` under ``sparse_mmap``'s name."""
-        self.update_region(offset, data)
+        try:
+            self.update_region(offset, data)
+        except BaseException:
+            del data  # (a traceback the caller keeps must not keep it: see read_into)
+            raise
 
     def fill_at(self, offset: int, value: int, length: int) -> None:
         """Write ``length`` bytes of ``value`` (0 to 255) at ``offset``."""
