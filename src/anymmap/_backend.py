@@ -365,7 +365,9 @@ async def run_sync(
     """
     if backend_local.name == "trio":
         with anyio.CancelScope(shield=True):
-            result = await anyio.to_thread.run_sync(func, *args, limiter=thread_limiter())
+            result = await anyio.to_thread.run_sync(
+                _Dropping(func, args), limiter=thread_limiter()
+            )
         if undo is None:  # (else trio's scope raises at the next checkpoint by itself)
             await anyio.lowlevel.checkpoint_if_cancelled()
         return result
@@ -378,6 +380,26 @@ async def run_sync(
     # with that task pending, leaving anyio's (non-daemon) worker thread waiting forever
     # for a stop that never comes, and the interpreter waiting for it at exit.
     return await _wait_for(call.outcome, hop, undo=undo)
+
+
+class _Dropping(Generic[T]):
+    """``func(*args)`` for a worker thread, that lets go of both as the call returns.
+
+    A worker thread's frames (anyio's, trio's) keep what they ran until they report the
+    outcome and take the next job; a caller that resumed meanwhile and ended a borrow
+    whose view (a cast of it, a NumPy array over it) was among the arguments found it
+    still exported: ``BorrowError`` under load (adversary round 37's follow-up)."""
+
+    __slots__ = ("_args", "_func")
+
+    def __init__(self, func: Callable[..., T], args: tuple[object, ...]) -> None:
+        self._func = func
+        self._args = args
+
+    def __call__(self) -> T:
+        func, args = self._func, self._args
+        del self._func, self._args
+        return func(*args)
 
 
 class _WorkerCall(Generic[T]):
@@ -400,8 +422,10 @@ class _WorkerCall(Generic[T]):
             if self._abandoned:
                 return
             self._started = True
+        func, args = self._func, self._args
+        del self._func, self._args  # (see _Dropping)
         try:
-            result = self._func(*self._args)
+            result = func(*args)
         except BaseException as exc:  # noqa: BLE001 - raised again in the waiting task
             self._deliver(self._fail, exc)
         else:
