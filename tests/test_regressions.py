@@ -3390,9 +3390,10 @@ def test_the_twin_registry_forgets_files_no_longer_mapped(tmp_path: Path) -> Non
 
 
 _FINALIZER_INSIDE_THE_TWIN_REGISTRY = """
-    import array, gc, os, sys
+    import array, os
     import anymmap.sync
     from anymmap._core import _copier
+    from tests._child import collecting_inside_recounts
 
     path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
     with open(path, "wb") as f:
@@ -3417,17 +3418,9 @@ _FINALIZER_INSIDE_THE_TWIN_REGISTRY = """
             except Exception as exc:
                 errors.append(repr(exc))
 
-    recount = _copier._recount
-
-    def collecting(identities):
-        gc.collect()  # what an allocation inside the lock may run
-        return recount(identities)
-
-    _copier._recount = collecting
-    gc.disable()
-    Bomb()
-    kept = [anymmap.sync.MmapRaw.map_raw(path) for _ in range(8)]  # recounts inside
-    _copier._recount = recount
+    with collecting_inside_recounts():
+        Bomb()
+        kept = [anymmap.sync.MmapRaw.map_raw(path) for _ in range(8)]  # recounts inside
     assert not errors, errors
     assert made, "the finalizer did not run"
     assert a.read(0, 72) == PATTERN[:8] + PATTERN, a.read(0, 72)  # as memmove would
@@ -3451,9 +3444,10 @@ def test_a_finalizer_inside_the_twin_registry_maps_and_copies() -> None:
 
 
 _FINALIZER_MAPS_INSIDE_A_RECOUNT_OF_THE_TWINS = """
-    import array, gc, os
+    import array, os
     import anymmap.sync
     from anymmap._core import _copier
+    from tests._child import collecting_inside_recounts
 
     root = os.environ["ANYMMAP_CHILD_SHM"]
     g, f = os.path.join(root, "g"), os.path.join(root, "f")
@@ -3474,17 +3468,9 @@ _FINALIZER_MAPS_INSIDE_A_RECOUNT_OF_THE_TWINS = """
         def __del__(self):  # inside the recount: maps f a second time, a page on
             opened.append(anymmap.sync.MmapRaw.map_raw(f, offset=4096))
 
-    recount = _copier._recount
-
-    def collecting(identities):
-        gc.collect()  # what an allocation inside the lock may run
-        return recount(identities)
-
-    _copier._recount = collecting
-    gc.disable()
-    Bomb()
-    y1.update_region(0, array.array("b", b"y" * 64))  # recounts, and the finalizer runs
-    _copier._recount = recount
+    with collecting_inside_recounts():
+        Bomb()
+        y1.update_region(0, array.array("b", b"y" * 64))  # recounts; the finalizer runs
     d = opened[0]
     assert not _copier._deferred
     assert any(ref() is d._core.memory for ref in _copier._twins)
