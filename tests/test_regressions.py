@@ -4012,3 +4012,62 @@ def test_mapping_a_leased_descriptor_keeps_the_lease(tmp_path: Path) -> None:
     call waited out the lease's break (45 s) and the lease was gone.  A descriptor
     passed in now takes no turn."""
     check_child(_A_LEASED_DESCRIPTOR_MAPPED, str(tmp_path / "f"), timeout=30)
+
+
+_WORKER_CALL_KEEPS_NOTHING = """
+    import inspect, sys, threading
+    import anyio, anymmap
+    from anyio._backends._asyncio import WorkerThread
+    from tests._child import run_loop
+
+    # Hold anyio's worker thread where it has reported a call's outcome but not yet let
+    # go of the call (its "del result, exception"), until the caller has looked at its
+    # buffer: the window a loaded machine opens at random, opened every time.
+    lines, first = inspect.getsourcelines(WorkerThread.run)
+    (window,) = [first + i for i, line in enumerate(lines) if "del result, exception" in line]
+    armed, paused, looked = threading.Event(), threading.Event(), threading.Event()
+
+    def local(frame, event, arg):
+        if event == "line" and frame.f_lineno == window and armed.is_set():
+            armed.clear()
+            paused.set()
+            looked.wait(20)
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code is WorkerThread.run.__code__ else None
+
+    threading.settrace(tracer)
+    SIZE = 2 << 20  # (above INLINE_COPY_LIMIT: the copies run in a worker thread)
+
+    async def main():
+        async with await anymmap.AnonymousMmap.new(SIZE) as m:
+            for copy in (m.read_into, m.update_region):
+                buffer = bytearray(SIZE)
+                armed.set()
+                await copy(0, buffer)
+                assert paused.wait(20), "the worker thread never reached the window"
+                paused.clear()
+                try:
+                    buffer.append(0)
+                except BufferError:
+                    print(f"{copy.__name__}: the worker thread still exports the buffer")
+                    sys.exit(1)
+                finally:
+                    looked.set()
+                looked.clear()
+
+    run_loop(sys.argv[1], main)
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "uvloop"])
+def test_a_worker_call_keeps_nothing_of_its_buffer_once_it_returns(runner: str) -> None:
+    """Regression test (3a5dcff, found by the suite under two CPU hogs): anyio's worker
+    thread kept the call it ran (and so the copy's view of the caller's buffer) for a
+    moment after reporting its outcome, so a caller that resumed in that moment found its
+    buffer still exported (``BufferError`` resizing it; a borrow whose view was copied
+    from ended with ``BorrowError``).  The call now lets go of its function and arguments
+    as it returns.  (On trio, trio's worker thread lets go before it reports.)"""
+    check_child(_WORKER_CALL_KEEPS_NOTHING, runner)
