@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import gc
 import inspect
 import math
 import mmap
@@ -100,14 +101,9 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
         # adversary round 35, a copy 4 of 20 bytes long, or 20 into a 4-byte range.)
         owner = _owner(exporter)
         if _holds_references(owner, fmt, view.itemsize):
-            what = (
-                f"ctypes {type(owner).__name__} objects"
-                if isinstance(owner, _CData)
-                else f"buffers of format {fmt!r}"
-            )
             refusal = (
-                f"{what} hold references (objects or pointers), not plain data; they "
-                "cannot be copied as bytes"
+                f"{_describe(owner, fmt)} hold references (objects or pointers), not plain "
+                "data; they cannot be copied as bytes"
             )
         elif not view.nbytes:  # an empty array of any shape (memoryview cannot cast it)
             view = memoryview(b"" if view.readonly else bytearray())
@@ -194,9 +190,39 @@ def _owner(exporter: object) -> object:
             and getattr(exporter, "base", None) is not None
         ):
             exporter = exporter.base  # type: ignore[attr-defined]  # (as_strided's holder)
+        elif type(exporter) is _BUFFER_WRAPPER:
+            # A Python class's __buffer__ (PEP 688, 3.12+): CPython's wrapper holds the
+            # memoryview it returned (adversary round 38: a byte cast of a ctypes
+            # py_object or a NumPy object array, returned by __buffer__, passed as plain
+            # bytes and the copy crashed it).  Not found, it cannot be judged: refused.
+            views = [r for r in gc.get_referents(exporter) if type(r) is memoryview]
+            if len(views) != 1:
+                return _UNKNOWN
+            exporter = views[0]
         else:
             return exporter
     return exporter
+
+
+def _buffer_wrapper_type() -> type | None:
+    """The type of what ``memoryview(x).obj`` is for a Python class ``x`` with a
+    ``__buffer__`` method (3.12+; None before)."""
+
+    class Exporter:
+        def __buffer__(self, flags: int) -> memoryview:
+            return memoryview(b"")
+
+    try:
+        with memoryview(Exporter()) as view:
+            return type(view.obj)
+    except TypeError:  # (before 3.12: not a buffer)
+        return None
+
+
+_BUFFER_WRAPPER = _buffer_wrapper_type()
+
+#: What :func:`_owner` returns for memory it cannot find the owner of.
+_UNKNOWN = object()
 
 
 #: Where ctypes' ``from_buffer`` keeps (a view of) the object it was made over.
@@ -211,9 +237,12 @@ def _holds_references(owner: object, fmt: str, itemsize: int) -> bool:
     a field's code from any reading of it (adversary round 35: both let a copy
     overwrite a ``py_object``, and touching it crashed); its ``_fields_`` list may have
     been changed since ctypes laid the type out (round 36), which its format then
-    shows.  Other owners are judged by the format (NumPy refuses ``:`` in field
-    names); an opaque one of items wider than a byte, or one whose names cannot be told
-    apart from its codes, is refused."""
+    shows.  A NumPy array is judged by its dtype too (a byte cast of an object array
+    says ``"B"``: round 38).  Other owners are judged by the format (NumPy refuses ``:``
+    in field names); an opaque one of items wider than a byte, one whose names cannot
+    be told apart from its codes, or memory whose owner was not found, is refused."""
+    if owner is _UNKNOWN:
+        return True
     if isinstance(owner, _CData):
         try:
             if _ctypes_holds_references(type(owner)):
@@ -221,10 +250,25 @@ def _holds_references(owner: object, fmt: str, itemsize: int) -> bool:
         except RecursionError:  # (nested too deep to walk: refused, round 36)
             return True
         fmt, itemsize = memoryview(cast(Any, owner)).format, 1  # (its own, not a cast's)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(owner, numpy.ndarray) and owner.dtype.hasobject:
+        return True  # (a byte cast of an object array says "B": adversary round 38)
     if fmt == "B":
         return itemsize != 1  # (an opaque item of several bytes, not ctypes': unknown)
     codes = _FIELD_NAMES.sub("", fmt)
     return ":" in codes or _REFERENCE_CODES.search(codes) is not None
+
+
+def _describe(owner: object, fmt: str) -> str:
+    """What a refused buffer is, for the error (see :func:`_holds_references`)."""
+    if owner is _UNKNOWN:
+        return "buffers made by __buffer__ over memory whose owner cannot be found (they may)"
+    if isinstance(owner, _CData):
+        return f"ctypes {type(owner).__name__} objects"
+    dtype = getattr(owner, "dtype", None)
+    if getattr(dtype, "hasobject", False):
+        return f"NumPy arrays of dtype {dtype}, also as bytes,"
+    return f"buffers of format {fmt!r}"
 
 
 #: The base class of every ctypes instance.
