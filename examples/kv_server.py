@@ -29,6 +29,11 @@ from the last known durable offset is asked for.  A GET (or a DEL that finds not
 answers only once what it saw is durable, so no client ever sees a value that a crash
 could take back.
 
+One server at a time uses a data directory: it holds an exclusive ``flock`` on
+``DATA/lock`` while it runs, and a second one exits with a message before reading the log.
+Running out of descriptors (more clients than the open-file limit) pauses accepting until
+one is free; the new connections wait in the listen backlog meanwhile.
+
 Recovery reads the records from the start and stops at the first whose header or CRC is
 wrong: the torn last record of a crash, or the zeros past the end.  The file is then cut
 there (``resize`` down to that offset, then back up: the old tail becomes fresh zeroed
@@ -49,16 +54,19 @@ from __future__ import annotations
 
 import argparse
 import enum
+import errno
+import fcntl
 import importlib.util
 import ipaddress
 import os
+import re
 import signal
 import struct
 import sys
 import time
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -131,6 +139,28 @@ def value_problem(value: bytes) -> str | None:
     return None
 
 
+#: ASCII control characters: what no key or value holds, in any Python's Unicode version.
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def stored_problem(key: bytes, value: bytes) -> str | None:
+    """Why a record's ``key`` and ``value`` could not have been written by this server, or
+    None.  Recovery checks this, not :func:`key_problem` and :func:`value_problem`:
+    ``str.isprintable`` follows the interpreter's Unicode version, and a value accepted by
+    a newer Python must not stop recovery under an older one (adversary round 38: every
+    record after it was cut for good)."""
+    for what, data in (("key", key), ("value", value)):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"the {what} is not UTF-8"
+        if _CONTROL.search(data):
+            return f"the {what} holds a control character"
+    if b" " in key:
+        return "the key holds a space"
+    return None
+
+
 # -- records ------------------------------------------------------------------------------------
 
 
@@ -172,7 +202,7 @@ def decode_record(data: bytes | memoryview) -> tuple[Record, int]:
 
     Reads only ``data[:length]``: a record that claims to end past ``data`` is an error,
     as are a bad magic, op or length, a CRC that does not match, and a key or value that
-    the protocol would refuse (which only a bug could have written).
+    no version of this server could have written (:func:`stored_problem`).
 
     :raises RecordError: if ``data`` does not start with a valid record
     """
@@ -197,7 +227,7 @@ def decode_record(data: bytes | memoryview) -> tuple[Record, int]:
     if _crc(view[:CHECKED_HEADER], body) != crc:
         raise RecordError("CRC mismatch")
     key, value = bytes(body[:key_length]), bytes(body[key_length:])
-    problem = key_problem(key) or value_problem(value)
+    problem = stored_problem(key, value)
     if problem is not None:
         raise RecordError(f"the CRC checks out, but {problem}")
     return Record(Op(op), key, value), length
@@ -657,8 +687,73 @@ async def stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
+#: What ``accept`` raises when the process or the system is out of descriptors or memory.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: How long accepting pauses then (connections wait in the listen backlog meanwhile).
+ACCEPT_PAUSE = 0.1
+
+
+async def accept_forever(
+    listener: anyio.abc.SocketListener,
+    handler: Callable[[anyio.abc.SocketStream], Coroutine[Any, Any, None]],
+    tg: anyio.abc.TaskGroup,
+) -> None:
+    """Serve each connection in a task of ``tg``.  Unlike ``listener.serve``, running out
+    of descriptors pauses accepting instead of ending the server (adversary round 38: a
+    client that opened more connections than the open-file limit stopped it), as trio's
+    ``serve_listeners`` does."""
+    paused = False
+    while True:
+        try:
+            client = await listener.accept()
+        except (OSError, anyio.BrokenResourceError) as exc:
+            cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc
+            if not isinstance(cause, OSError) or cause.errno not in OUT_OF_RESOURCES:
+                raise  # (anyio on trio raises the OSError as the cause of this)
+            if not paused:
+                print(f"kv_server: accept paused: {cause.strerror}", file=sys.stderr, flush=True)
+            paused = True
+            await anyio.sleep(ACCEPT_PAUSE)
+            continue
+        paused = False
+        tg.start_soon(handler, client)
+
+
+class DataInUseError(Exception):
+    """Another server holds the data directory."""
+
+
+def lock_data(directory: Path) -> int:
+    """Take the data directory for this process (an exclusive ``flock`` on ``DATA/lock``,
+    given back when the process ends, however it ends); return the lock's descriptor.
+    Recovery cuts the log after its last valid record, so a second server on the same
+    data would cut records the first one is writing (adversary round 38: a second start
+    that then failed to bind the port lost acknowledged SETs).
+
+    :raises DataInUseError: if another process holds it
+    """
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataInUseError(f"{directory} is in use by another kv_server") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 async def serve(config: Config) -> None:
     await anyio.Path(config.data).mkdir(parents=True, exist_ok=True)
+    lock = lock_data(config.data)
+    try:
+        await serve_locked(config)
+    finally:
+        os.close(lock)
+
+
+async def serve_locked(config: Config) -> None:
     path = config.data / LOG_NAME
     print(f"{config.storage} storage, log {path}", flush=True)
     store: Store = await (MmapStore if config.storage == "anymmap" else FileStore).open(path)
@@ -676,7 +771,9 @@ async def serve(config: Config) -> None:
             host = f"[{config.host}]" if ":" in config.host else config.host
             print(f"listening on {host}:{port}", flush=True)
             tg.start_soon(stop_on_signal, tg.cancel_scope)
-            await listener.serve(partial(handle_client, store), task_group=tg)
+            for each in listener.listeners:  # (one per address family of the host)
+                assert isinstance(each, anyio.abc.SocketListener)
+                tg.start_soon(accept_forever, each, partial(handle_client, store), tg)
     finally:
         with anyio.CancelScope(shield=True):
             await store.aclose()
@@ -688,7 +785,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     options = {"use_uvloop": True} if config.backend == "uvloop" else {}
     try:
         anyio.run(serve, config, backend=backend, backend_options=options)
-    except LogFormatError as exc:
+    except (LogFormatError, DataInUseError) as exc:
         sys.exit(f"kv_server: {exc}")
 
 

@@ -15,6 +15,7 @@ import random
 import signal
 import socket
 import string
+import struct
 import subprocess
 import sys
 import threading
@@ -55,13 +56,19 @@ class Server:
     """``kv_server.py --port 0 --data DATA ARGS`` in a session of its own.  Its stdout is
     read by a thread (so that it never blocks on a full pipe); its stderr goes to a file."""
 
-    def __init__(self, data: Path, stderr_path: Path, *args: str) -> None:
+    def __init__(
+        self, data: Path, stderr_path: Path, *args: str, max_files: int | None = None
+    ) -> None:
         self.stderr_path = stderr_path
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
+        # (With max_files, the server's RLIMIT_NOFILE, set by the interpreter first.)
+        run = (
+            [str(SERVER)] if max_files is None else ["-c", _LIMITED.format(max_files), str(SERVER)]
+        )
         with open(stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, str(SERVER), "--port", "0", "--data", str(data), *args],
+                [sys.executable, *run, "--port", "0", "--data", str(data), *args],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 env={**os.environ, "PYTHONFAULTHANDLER": "1"},
@@ -123,6 +130,12 @@ class Server:
         return f"--- server stdout ---\n{chr(10).join(self.lines)}\n--- stderr ---\n{stderr}"
 
 
+_LIMITED = (
+    "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({0}, {0})); "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 class Servers:
     """Starts servers and kills whatever is left of them at the end of the test."""
 
@@ -130,9 +143,9 @@ class Servers:
         self.directory = directory
         self.started: list[Server] = []
 
-    def start(self, data: Path, *args: str) -> Server:
+    def start(self, data: Path, *args: str, max_files: int | None = None) -> Server:
         stderr_path = self.directory / f"server-{len(self.started)}.stderr"
-        server = Server(data, stderr_path, *args)
+        server = Server(data, stderr_path, *args, max_files=max_files)
         self.started.append(server)
         return server
 
@@ -563,6 +576,92 @@ def test_recovery_of_a_long_log_reports_progress(tmp_path: Path, servers: Server
     )
     assert get_all(server.port, sorted(expected)) == expected
     server.stop()
+
+
+def test_a_second_server_on_the_same_data_exits_and_the_first_loses_nothing(
+    tmp_path: Path, servers: Servers
+) -> None:
+    """Regression test (adversary round 38): a second server started on the same data
+    ran its recovery, which cut the log under the first one, before it failed to bind
+    the port: acknowledged SETs were lost.  (Here the second server could even listen,
+    on a port of its own.)  It now exits with a message before it reads the log."""
+    data = tmp_path / "data"
+    first = servers.start(data)
+    expected = {f"k{i}": f"v{i}" for i in range(200)}
+    with closing(Client(first.port)) as client:
+        assert set(client.pipeline([f"SET {k} {v}".encode() for k, v in expected.items()])) == {
+            b"OK"
+        }
+        second = subprocess.run(
+            [sys.executable, str(SERVER), "--port", "0", "--data", str(data)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert second.returncode == 1, second
+        assert "in use by another kv_server" in second.stderr, second.stderr
+        assert client.call(b"SET after second") == b"OK"  # the first one serves on
+    expected["after"] = "second"
+    first.kill()
+    again = servers.start(data)
+    assert get_all(again.port, sorted(expected)) == expected
+    again.stop()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_running_out_of_descriptors_pauses_accepting_instead_of_ending_the_server(
+    tmp_path: Path, servers: Servers, backend: str
+) -> None:
+    """Regression test (adversary round 38): more connections than the server's open-file
+    limit made ``accept`` raise ``EMFILE`` (on trio, anyio's ``BrokenResourceError``
+    from it), which ended the server.  It now pauses accepting until a descriptor is
+    free; the waiting connections are served then."""
+    server = servers.start(tmp_path / "data", "--backend", backend, max_files=64)
+    with closing(Client(server.port)) as client:
+        assert client.call(b"SET a 1") == b"OK"
+        flood = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+        try:
+            deadline = time.monotonic() + TIMEOUT  # (until it has met the limit, or ended)
+            while (
+                "accept paused: Too many open files" not in server.stderr_path.read_text()
+                and server.process.poll() is None
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+            assert server.process.poll() is None, server
+            assert "accept paused" in server.stderr_path.read_text(), server
+            assert client.call(b"GET a") == b"VALUE 1"  # served on while it is full
+        finally:
+            for sock in flood:
+                sock.close()
+    with closing(Client(server.port)) as late:  # (accepted once descriptors are free)
+        assert late.call(b"GET a") == b"VALUE 1"
+    server.stop()
+
+
+def raw_record(op: int, key: bytes, value: bytes) -> bytes:
+    """A record's bytes as the log holds them, whatever its key and value."""
+    body = key + value
+    length = kv.RECORD_HEADER.size + len(body)
+    header: bytes = kv.RECORD_HEADER.pack(kv.RECORD_MAGIC, length, len(key), op, 0, 0)
+    checked = header[: kv.CHECKED_HEADER]
+    return checked + struct.pack("<I", kv._crc(checked, body)) + body
+
+
+def test_recovery_does_not_depend_on_the_unicode_version() -> None:
+    """Regression test (adversary round 38): recovery checked values with
+    ``str.isprintable``, which follows the interpreter's Unicode version: a value that
+    3.12 or 3.13 accepted (U+1FA75, new in Unicode 15) stopped recovery under 3.11, and
+    every record after it was cut for good.  Recovery accepts what the CRC vouches for
+    unless no version of the server could have written it (a control character, a space
+    in the key, bytes that are not UTF-8)."""
+    for value in ("\U0001fa75".encode(), "\u200b".encode(), b"plain"):  # (U+200B: unprintable)
+        record = raw_record(kv.Op.SET, b"key", value)
+        assert kv.decode_record(record) == (kv.Record(kv.Op.SET, b"key", value), len(record))
+    for key, value in ((b"k", b"a\nb"), (b"k", b"\x7f"), (b"k e", b"v"), (b"k", b"\xff")):
+        with pytest.raises(kv.RecordError, match="the CRC checks out, but"):
+            kv.decode_record(raw_record(kv.Op.SET, key, value))
 
 
 # -- the record decoder and the parser, fuzzed --------------------------------------------------
