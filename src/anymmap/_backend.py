@@ -353,7 +353,7 @@ async def run_sync(
     cancelled, the result is returned and the scope raises at the caller's next
     checkpoint, as it does by itself (trio's rule: ``Cancelled`` means the operation did
     not happen).  A native ``Task.cancel()`` (``asyncio.timeout``, ``wait_for``,
-    ``TaskGroup``) is delivered once and cannot be asked again safely before Python 3.13
+    ``TaskGroup``) is delivered once and cannot be asked again safely on any version
     (``uncancel()`` does not withdraw a pending request): ``undo(result)`` then runs in a
     worker thread (it closes the map, removes a file the call created), and the
     cancellation is raised.
