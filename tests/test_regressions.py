@@ -1070,6 +1070,44 @@ _OBJECT_BUFFERS = """
         yield Exporter(lambda: memoryview(Colon()).cast("B"))
         yield Exporter(lambda: memoryview(objects).cast("B"))
         yield Exporter(lambda: memoryview(Exporter(lambda: memoryview(Union()).cast("B"))))
+        # Round 39: a walk past the old bound of 256 steps, links read through attributes
+        # a subclass redefines, an object array in the middle of the walk, and (3.12+)
+        # NumPy over a __buffer__ object (it keeps the object, not the view it gave).
+        laundered = (ctypes.py_object * 4)(*"abcd")
+        for _ in range(129):
+            laundered = (ctypes.c_char * ctypes.sizeof(laundered)).from_buffer(laundered)
+        yield laundered
+
+        class Shadowed(ctypes.c_char * 32):
+            _objects = None
+
+        yield Shadowed.from_buffer((ctypes.py_object * 4)(*"abcd"))
+
+        class LyingBase(np.ndarray):
+            @property
+            def base(self):
+                return bytearray(32)
+
+        class LyingDtype(np.ndarray):
+            @property
+            def dtype(self):
+                return np.dtype(np.uint8)
+
+        yield memoryview(objects.view(LyingBase)).cast("B")
+        yield memoryview(objects.view(LyingDtype)).cast("B")
+
+        class Interface:
+            __array_interface__ = {
+                "shape": (4,), "typestr": "|O", "data": bytearray(32), "version": 3
+            }
+
+        yield memoryview(np.asarray(Interface())).cast("B")
+        if sys.version_info >= (3, 12):
+            yield np.frombuffer(Exporter(lambda: memoryview(objects).cast("B")), np.uint8)
+        deep = memoryview(objects).cast("B")
+        for _ in range(129):
+            deep = Exporter(lambda inner=deep: memoryview(inner))
+        yield deep
 
     class Exporter:  # (a buffer from 3.12 on, PEP 688; before, refused as no buffer)
         def __init__(self, make):
@@ -4097,3 +4135,19 @@ def test_a_worker_call_keeps_nothing_of_its_buffer_once_it_returns(runner: str) 
     from ended with ``BorrowError``).  The call now lets go of its function and arguments
     as it returns.  (On trio, trio's worker thread lets go before it reports.)"""
     check_child(_WORKER_CALL_KEEPS_NOTHING, runner)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ (PEP 688) is 3.12+")
+def test_the_error_of_a_buffer_method_reaches_the_caller() -> None:
+    """Regression test (adversary round 39): a class whose ``__buffer__`` raised
+    ``TypeError`` had its message replaced by "a bytes-like object is required"."""
+
+    class Refusing:
+        def __buffer__(self, flags: int) -> memoryview:
+            raise TypeError("not while the device is busy")
+
+    with anymmap.sync.AnonymousMmap.new(PAGE) as m:
+        with pytest.raises(TypeError, match="not while the device is busy"):
+            m.read_into(0, Refusing())
+        with pytest.raises(TypeError, match="not while the device is busy"):
+            m.update_region(0, Refusing())

@@ -12,6 +12,8 @@ import numbers
 import operator
 import re
 import sys
+import types
+from collections.abc import Callable
 from typing import Any, cast
 
 from .._errors import InvalidSizeError, OutOfBoundsError
@@ -87,6 +89,8 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
         view = buffer if type(buffer) is memoryview else memoryview(buffer)  # type: ignore[arg-type]
         fmt = view.format
     except TypeError:
+        if _has_python_buffer(type(buffer)):
+            raise  # (its own __buffer__'s error: round 39)
         raise TypeError(
             f"a bytes-like object (buffer protocol) is required, not {type(buffer).__name__}"
         ) from None
@@ -99,8 +103,8 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
     if fmt != "B" or view.itemsize != 1 or type(exporter) not in _PLAIN_EXPORTERS:
         # (ctypes exports a union or a packed structure as "B" items of its own size:
         # adversary round 35, a copy 4 of 20 bytes long, or 20 into a 4-byte range.)
-        owner = _owner(exporter)
-        if _holds_references(owner, fmt, view.itemsize):
+        owner = _refusing(exporter, fmt, view.itemsize)
+        if owner is not None:
             refusal = (
                 f"{_describe(owner, fmt)} hold references (objects or pointers), not plain "
                 "data; they cannot be copied as bytes"
@@ -165,43 +169,136 @@ def after_failed_copy(view: memoryview | None, buffer: object, error: BaseExcept
 _PLAIN_EXPORTERS = frozenset({bytes, bytearray, mmap.mmap, array.array})
 
 
-def _owner(exporter: object) -> object:
-    """The object whose memory a buffer is: through views of views (casts, slices, a
-    ``PickleBuffer``'s view), NumPy arrays over another's memory (``np.frombuffer``,
-    ``as_strided``) and ctypes' ``from_buffer`` (adversary rounds 36 and 37: each of
-    these over a ctypes object holding a ``py_object`` passed as plain bytes, and the
-    copy crashed it).  Memory taken by address (``from_address``, ``ctypes.cast``) is
-    judged as what it says it is."""
+def _refusing(exporter: object, fmt: str, itemsize: int) -> object | None:
+    """Walk from ``exporter`` (a buffer's ``memoryview.obj``) to the object whose memory
+    it is, judging every object on the way (:func:`_link_refuses`) and the last by the
+    format of the view (``fmt``, ``itemsize``); return the first that holds references,
+    or :data:`_UNKNOWN` where the walk cannot go on, or None.
+
+    The walk goes through views of views (casts, slices, a ``PickleBuffer``'s view),
+    NumPy arrays over another's memory (``np.frombuffer``, ``as_strided``,
+    ``__array_interface__``), ctypes' ``from_buffer``, and (3.12+) classes whose
+    ``__buffer__`` returns a view of something else (adversary rounds 36 to 39: each of
+    these over an object holding references passed as plain bytes, and the copy crashed
+    it).  It reads NumPy's and ctypes' links through their C descriptors, not attributes
+    a subclass may redefine (round 39).  A walk longer than :data:`_MAX_WALK` steps is
+    refused (round 39: 129 nested ``from_buffer`` arrays got past the old bound).
+    Memory taken by address (``from_address``, ``ctypes.cast``, an
+    ``__array_interface__`` whose data is an address) is judged as what it says it is;
+    a ``__buffer__`` is judged by what it returns when asked."""
+    numpy = _numpy_links()
+    ndarray = None if numpy is None else numpy[0]
+    fresh: list[memoryview] = []  # views this walk took of __buffer__ objects
+    try:
+        for _ in range(_MAX_WALK):
+            kind = type(exporter)
+            if kind is memoryview:
+                exporter = cast(memoryview, exporter).obj
+                continue
+            if _link_refuses(exporter, numpy):
+                return exporter
+            if isinstance(exporter, _CData):
+                objects = _CDATA_OBJECTS(exporter)
+                if not (isinstance(objects, dict) and _FROM_BUFFER in objects):
+                    return None  # (judged by its own format: _link_refuses)
+                exporter = objects[_FROM_BUFFER]  # (a view of the memory it was made over)
+            elif ndarray is not None and isinstance(exporter, ndarray):
+                base = numpy[1](exporter)  # type: ignore[index]  # (ndarray: numpy is set)
+                if base is None:
+                    return exporter if _format_refuses(fmt, itemsize) else None
+                exporter = base
+            elif kind is _BUFFER_WRAPPER:
+                # A Python class's __buffer__ (PEP 688): CPython's wrapper holds the
+                # memoryview it returned (round 38).  Not found, it cannot be judged.
+                views = [r for r in gc.get_referents(exporter) if type(r) is memoryview]
+                if len(views) != 1:
+                    return _UNKNOWN
+                exporter = views[0]
+            elif _has_python_buffer(kind):
+                # Reached as a NumPy base (np.frombuffer of it keeps it, not the view
+                # it gave: round 39): ask it again, and follow that view.
+                try:
+                    fresh.append(memoryview(exporter))  # type: ignore[arg-type]
+                except Exception:  # noqa: BLE001 - whatever it raises, it cannot be judged
+                    return _UNKNOWN
+                exporter = fresh[-1]
+            elif hasattr(exporter, "__array_interface__"):
+                data = exporter.__array_interface__.get("data")
+                if data is not None and not isinstance(data, tuple):
+                    exporter = data  # (an array made over this buffer object)
+                elif getattr(exporter, "base", None) is not None:
+                    exporter = exporter.base  # type: ignore[attr-defined]  # (as_strided's)
+                else:
+                    return exporter if _format_refuses(fmt, itemsize) else None
+            else:
+                return exporter if _format_refuses(fmt, itemsize) else None
+        return _UNKNOWN
+    finally:
+        for view in fresh:
+            view.release()
+
+
+#: How many steps :func:`_refusing` takes before it refuses (no chain of views and
+#: arrays that long is made by accident).
+_MAX_WALK = 256
+
+
+def _link_refuses(link: object, numpy: _NumpyLinks | None) -> bool:
+    """Whether ``link``, an object on the way to a buffer's memory, holds references
+    itself.  A ctypes object is judged by its type and by its own format: a union or a
+    packed structure exports opaque ``"B"`` items, and a field name may hold the ``:``
+    that ends names in the format (``T{<i:p::<O:q:}``), which then hides a field's code
+    from any reading of it (adversary round 35: both let a copy overwrite a
+    ``py_object``, and touching it crashed); its ``_fields_`` list may have been
+    changed since ctypes laid the type out (round 36), which its format then shows.  A
+    NumPy array is judged by its dtype (a byte cast of an object array says ``"B"``:
+    round 38), wherever it is on the way (round 39: one in the middle was not)."""
+    if isinstance(link, _CData):
+        try:
+            if _ctypes_holds_references(type(link)):
+                return True
+        except RecursionError:  # (nested too deep to walk: refused, round 36)
+            return True
+        with memoryview(cast(Any, link)) as own:  # (its own format, not a cast's)
+            return _format_refuses(own.format, 1)
+    if numpy is not None and isinstance(link, numpy[0]):
+        return bool(numpy[2](link).hasobject)
+    return False
+
+
+#: ``numpy.ndarray`` and its ``base`` and ``dtype`` read through NumPy's own descriptors
+#: (a subclass may redefine the attributes: adversary round 39).
+_NumpyLinks = tuple[type, Callable[[object], object], Callable[[object], Any]]
+_numpy_cache: list[_NumpyLinks] = []
+
+
+def _numpy_links() -> _NumpyLinks | None:
+    """:data:`_NumpyLinks` once NumPy is imported (by anyone), else None."""
+    if _numpy_cache:
+        return _numpy_cache[0]
     numpy = sys.modules.get("numpy")
-    for _ in range(256):  # (bounded: a chain of that length is not made by accident)
-        if type(exporter) is memoryview:
-            exporter = exporter.obj
-        elif isinstance(exporter, _CData):
-            objects = exporter._objects  # type: ignore[attr-defined]
-            if not (isinstance(objects, dict) and _FROM_BUFFER in objects):
-                return exporter
-            exporter = objects[_FROM_BUFFER]  # (a view of the memory it was made over)
-        elif numpy is not None and isinstance(exporter, numpy.ndarray):
-            if exporter.base is None:
-                return exporter
-            exporter = exporter.base
-        elif (
-            hasattr(exporter, "__array_interface__")
-            and getattr(exporter, "base", None) is not None
-        ):
-            exporter = exporter.base  # type: ignore[attr-defined]  # (as_strided's holder)
-        elif type(exporter) is _BUFFER_WRAPPER:
-            # A Python class's __buffer__ (PEP 688, 3.12+): CPython's wrapper holds the
-            # memoryview it returned (adversary round 38: a byte cast of a ctypes
-            # py_object or a NumPy object array, returned by __buffer__, passed as plain
-            # bytes and the copy crashed it).  Not found, it cannot be judged: refused.
-            views = [r for r in gc.get_referents(exporter) if type(r) is memoryview]
-            if len(views) != 1:
-                return _UNKNOWN
-            exporter = views[0]
-        else:
-            return exporter
-    return exporter
+    if numpy is None:
+        return None
+    ndarray = numpy.ndarray
+    _numpy_cache.append((ndarray, vars(ndarray)["base"].__get__, vars(ndarray)["dtype"].__get__))
+    return _numpy_cache[0]
+
+
+def _format_refuses(fmt: str, itemsize: int) -> bool:
+    """Whether items of the PEP 3118 format ``fmt`` may hold references: an object or
+    pointer code, a name that cannot be told apart from the codes (NumPy refuses ``:``
+    in field names), or an opaque ``"B"`` item wider than a byte (not ctypes')."""
+    if fmt == "B":
+        return itemsize != 1
+    codes = _FIELD_NAMES.sub("", fmt)
+    return ":" in codes or _REFERENCE_CODES.search(codes) is not None
+
+
+def _has_python_buffer(kind: type) -> bool:
+    """Whether instances of ``kind`` export their buffer through a ``__buffer__`` method
+    written in Python (PEP 688, 3.12+), not a built-in's slot."""
+    method = getattr(kind, "__buffer__", None)
+    return method is not None and not isinstance(method, types.WrapperDescriptorType)
 
 
 def _buffer_wrapper_type() -> type | None:
@@ -221,58 +318,32 @@ def _buffer_wrapper_type() -> type | None:
 
 _BUFFER_WRAPPER = _buffer_wrapper_type()
 
-#: What :func:`_owner` returns for memory it cannot find the owner of.
+#: What :func:`_refusing` returns for memory it cannot find the owner of.
 _UNKNOWN = object()
-
 
 #: Where ctypes' ``from_buffer`` keeps (a view of) the object it was made over.
 _FROM_BUFFER = "ffffffff"
 
 
-def _holds_references(owner: object, fmt: str, itemsize: int) -> bool:
-    """Whether the items of a buffer of format ``fmt`` of the memory of ``owner`` may
-    hold references.  A ctypes object is judged by its type and by its own format:
-    a union or a packed structure exports opaque ``"B"`` items, and a field name may
-    hold the ``:`` that ends names in the format (``T{<i:p::<O:q:}``), which then hides
-    a field's code from any reading of it (adversary round 35: both let a copy
-    overwrite a ``py_object``, and touching it crashed); its ``_fields_`` list may have
-    been changed since ctypes laid the type out (round 36), which its format then
-    shows.  A NumPy array is judged by its dtype too (a byte cast of an object array
-    says ``"B"``: round 38).  Other owners are judged by the format (NumPy refuses ``:``
-    in field names); an opaque one of items wider than a byte, one whose names cannot
-    be told apart from its codes, or memory whose owner was not found, is refused."""
-    if owner is _UNKNOWN:
-        return True
-    if isinstance(owner, _CData):
-        try:
-            if _ctypes_holds_references(type(owner)):
-                return True
-        except RecursionError:  # (nested too deep to walk: refused, round 36)
-            return True
-        fmt, itemsize = memoryview(cast(Any, owner)).format, 1  # (its own, not a cast's)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(owner, numpy.ndarray) and owner.dtype.hasobject:
-        return True  # (a byte cast of an object array says "B": adversary round 38)
-    if fmt == "B":
-        return itemsize != 1  # (an opaque item of several bytes, not ctypes': unknown)
-    codes = _FIELD_NAMES.sub("", fmt)
-    return ":" in codes or _REFERENCE_CODES.search(codes) is not None
-
-
 def _describe(owner: object, fmt: str) -> str:
-    """What a refused buffer is, for the error (see :func:`_holds_references`)."""
+    """What a refused buffer is, for the error (see :func:`_refusing`)."""
     if owner is _UNKNOWN:
-        return "buffers made by __buffer__ over memory whose owner cannot be found (they may)"
+        return "buffers whose memory's owner cannot be found (they may)"
     if isinstance(owner, _CData):
         return f"ctypes {type(owner).__name__} objects"
-    dtype = getattr(owner, "dtype", None)
-    if getattr(dtype, "hasobject", False):
-        return f"NumPy arrays of dtype {dtype}, also as bytes,"
+    numpy = _numpy_links()
+    if numpy is not None and isinstance(owner, numpy[0]):
+        dtype = numpy[2](owner)
+        if dtype.hasobject:
+            return f"NumPy arrays of dtype {dtype}, also as bytes,"
     return f"buffers of format {fmt!r}"
 
 
 #: The base class of every ctypes instance.
 _CData: type = ctypes.c_int.__mro__[-2]
+#: An instance's ``_objects`` read through ctypes' own descriptor (a subclass may shadow
+#: the attribute: adversary round 39).
+_CDATA_OBJECTS: Callable[[object], object] = vars(_CData)["_objects"].__get__
 
 
 def _ctypes_holds_references(ctype: type) -> bool:
