@@ -29,8 +29,8 @@ from the last known durable offset is asked for.  A GET (or a DEL that finds not
 answers only once what it saw is durable, so no client ever sees a value that a crash
 could take back.
 
-One server at a time uses a data directory: it holds an exclusive ``flock`` on
-``DATA/lock`` while it runs, and a second one exits with a message before reading the log.
+One server at a time uses a data directory: it holds an exclusive ``flock`` on the
+directory while it runs, and a second one exits with a message before reading the log.
 Running out of descriptors (more clients than the open-file limit) pauses accepting until
 one is free; the new connections wait in the listen backlog meanwhile.
 
@@ -724,15 +724,18 @@ class DataInUseError(Exception):
 
 
 def lock_data(directory: Path) -> int:
-    """Take the data directory for this process (an exclusive ``flock`` on ``DATA/lock``,
-    given back when the process ends, however it ends); return the lock's descriptor.
-    Recovery cuts the log after its last valid record, so a second server on the same
-    data would cut records the first one is writing (adversary round 38: a second start
-    that then failed to bind the port lost acknowledged SETs).
+    """Take the data directory for this process (an exclusive ``flock`` on the directory
+    itself, given back when the process ends, however it ends); return the lock's
+    descriptor.  Recovery cuts the log after its last valid record, so a second server
+    on the same data would cut records the first one is writing (adversary round 38: a
+    second start that then failed to bind the port lost acknowledged SETs).  The
+    directory, not a lock file in it: a lock file removed as "stale" while the server
+    ran let a second one in (round 39), and one replaced by a symbolic link was
+    followed.
 
     :raises DataInUseError: if another process holds it
     """
-    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -584,7 +584,9 @@ def test_a_second_server_on_the_same_data_exits_and_the_first_loses_nothing(
     """Regression test (adversary round 38): a second server started on the same data
     ran its recovery, which cut the log under the first one, before it failed to bind
     the port: acknowledged SETs were lost.  (Here the second server could even listen,
-    on a port of its own.)  It now exits with a message before it reads the log."""
+    on a port of its own.)  It now exits with a message before it reads the log.  The
+    lock is the directory's own, not a file in it that a cleanup could remove (round
+    39: removing ``DATA/lock`` let the second one in)."""
     data = tmp_path / "data"
     first = servers.start(data)
     expected = {f"k{i}": f"v{i}" for i in range(200)}
@@ -592,6 +594,7 @@ def test_a_second_server_on_the_same_data_exits_and_the_first_loses_nothing(
         assert set(client.pipeline([f"SET {k} {v}".encode() for k, v in expected.items()])) == {
             b"OK"
         }
+        (data / "lock").unlink(missing_ok=True)  # (round 39: a "stale lock" cleanup)
         second = subprocess.run(
             [sys.executable, str(SERVER), "--port", "0", "--data", str(data)],
             capture_output=True,
