@@ -1108,6 +1108,41 @@ _OBJECT_BUFFERS = """
         for _ in range(129):
             deep = Exporter(lambda inner=deep: memoryview(inner))
         yield deep
+        # Round 40: a field or element of a ctypes object (it shares its memory), a
+        # union whose _fields_ were cleared or replaced after the layout, an array of
+        # unions retyped, a metaclass's __mro__, and (3.12+) NumPy over a __buffer__
+        # object that answers differently when asked again.
+        class Overlay(ctypes.Union):
+            _fields_ = [("raw", ctypes.c_ubyte * 32), ("objs", ctypes.py_object * 4)]
+
+        overlay = Overlay()
+        overlay.objs = (ctypes.py_object * 4)(*"abcd")
+        yield overlay.raw
+        yield ((ctypes.c_ubyte * 8) * 4).from_buffer((ctypes.py_object * 4)(*"abcd"))[0]
+        yield (Overlay * 2)()[1].raw
+        for change in ("clear", "replace"):
+            Changed = type("Changed", (ctypes.Union,), {"_fields_": list(Overlay._fields_)})
+            if change == "clear":
+                Changed._fields_.clear()
+            else:
+                try:
+                    Changed._fields_ = [("raw", ctypes.c_ubyte * 32)]
+                except AttributeError:  # ("_fields_ is final", after it was set)
+                    pass
+            yield Changed()
+        Retyped = Overlay * 2
+        Retyped._type_ = ctypes.c_ubyte * 32
+        yield Retyped()
+
+        class Lying(type(ctypes.Union)):
+            @property
+            def __mro__(cls):
+                return (object,)
+
+        yield Lying("Hidden", (ctypes.Union,), {"_fields_": list(Overlay._fields_)})()
+        if sys.version_info >= (3, 12):
+            answers = [memoryview(objects).cast("B"), memoryview(bytearray(32))]
+            yield np.frombuffer(Exporter(lambda: answers.pop(0)), np.uint8)
 
     class Exporter:  # (a buffer from 3.12 on, PEP 688; before, refused as no buffer)
         def __init__(self, make):
@@ -1153,6 +1188,22 @@ _OBJECT_BUFFERS = """
             await m.read_into(0, array.array("B", bytes(8)))
             await m.read_into(0, (ctypes.c_char * 8).from_buffer(PlainUnion()))
             await m.read_into(0, np.zeros(2, dtype=np.complex128))  # "Zd": plain numbers
+            # A union of unions 30 deep (2**30 visits of its types, before round 40).
+            tree = ctypes.c_ubyte * 8
+            for level in range(30):
+                tree = type(f"Tree{level}", (ctypes.Union,), {"_fields_": [("a", tree), ("b", tree)]})
+            await m.read_into(0, tree())
+
+            class Named(ctypes.Structure):  # a plain field of a plain structure is fine
+                _fields_ = [("name", ctypes.c_ubyte * 16), ("n", ctypes.c_int)]
+
+            await m.read_into(0, Named().name)
+
+            class Anonymous(ctypes.Structure):  # its union's fields are laid out in it too
+                _anonymous_ = ("u",)
+                _fields_ = [("u", PlainUnion), ("count", ctypes.c_int)]
+
+            await m.read_into(0, Anonymous())
             if sys.version_info >= (3, 12):  # a __buffer__ over plain memory is fine
                 target = bytearray(8)
                 await m.read_into(0, Exporter(lambda: memoryview(target)))
@@ -4151,3 +4202,28 @@ def test_the_error_of_a_buffer_method_reaches_the_caller() -> None:
             m.read_into(0, Refusing())
         with pytest.raises(TypeError, match="not while the device is busy"):
             m.update_region(0, Refusing())
+
+
+@pytest.mark.anyio
+async def test_an_error_inside_the_buffer_check_is_a_type_error_and_lets_go() -> None:
+    """Regression test (adversary round 40): whatever the check of a buffer's owner
+    raised (a ``base`` or ``__array_interface__`` property of a ``bytearray`` subclass,
+    a malformed ``_fields_`` entry) escaped as it was, instead of the documented
+    ``TypeError``, and the buffer stayed exported while the caller kept the error."""
+
+    class Raising(bytearray):
+        @property
+        def __array_interface__(self) -> dict[str, object]:
+            raise RuntimeError("boom")
+
+    kept: list[BaseException] = []
+    async with await anymmap.AnonymousMmap.new(PAGE) as m:
+        buffer = Raising(32)
+        for call in (m.read_into, m.update_region):
+            with pytest.raises(TypeError, match="cannot be traced") as caught:
+                await call(0, buffer)
+            kept.append(caught.value)
+        with pytest.raises(TypeError, match="cannot be traced") as caught:
+            m.read_into_nowait(0, buffer)
+        kept.append(caught.value)
+        buffer.append(0)  # (BufferError while an export is kept)

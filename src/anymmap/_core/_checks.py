@@ -103,7 +103,10 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
     if fmt != "B" or view.itemsize != 1 or type(exporter) not in _PLAIN_EXPORTERS:
         # (ctypes exports a union or a packed structure as "B" items of its own size:
         # adversary round 35, a copy 4 of 20 bytes long, or 20 into a 4-byte range.)
-        owner = _refusing(exporter, fmt, view.itemsize)
+        try:
+            owner = _refusing(exporter, fmt, view.itemsize)
+        except Exception:  # noqa: BLE001 - refused, as TypeError (round 40: it escaped)
+            owner = _UNKNOWN  # (a lying attribute, a ctypes type that cannot be read)
         if owner is not None:
             refusal = (
                 f"{_describe(owner, fmt)} hold references (objects or pointers), not plain "
@@ -184,58 +187,59 @@ def _refusing(exporter: object, fmt: str, itemsize: int) -> object | None:
     a subclass may redefine (round 39).  A walk longer than :data:`_MAX_WALK` steps is
     refused (round 39: 129 nested ``from_buffer`` arrays got past the old bound).
     Memory taken by address (``from_address``, ``ctypes.cast``, an
-    ``__array_interface__`` whose data is an address) is judged as what it says it is;
-    a ``__buffer__`` is judged by what it returns when asked."""
-    numpy = _numpy_links()
-    ndarray = None if numpy is None else numpy[0]
-    fresh: list[memoryview] = []  # views this walk took of __buffer__ objects
-    try:
-        for _ in range(_MAX_WALK):
-            kind = type(exporter)
-            if kind is memoryview:
-                exporter = cast(memoryview, exporter).obj
-                continue
-            if _link_refuses(exporter, numpy):
-                return exporter
-            if isinstance(exporter, _CData):
-                objects = _CDATA_OBJECTS(exporter)
-                if not (isinstance(objects, dict) and _FROM_BUFFER in objects):
-                    return None  # (judged by its own format: _link_refuses)
+    ``__array_interface__`` whose data is an address) is judged as what it says it is.
+    A NumPy array over a ``__buffer__`` object cannot be judged (NumPy let go of the view
+    it was given): refused.  Whatever the walk raises, the caller refuses the buffer."""
+    numpy = ndarray = None
+    for _ in range(_MAX_WALK):
+        kind = type(exporter)
+        if numpy is None and (numpy := _numpy_links(kind)) is not None:
+            ndarray = numpy[0]
+        if kind is memoryview:
+            exporter = cast(memoryview, exporter).obj
+            continue
+        if _link_refuses(exporter, numpy):
+            return exporter
+        if isinstance(exporter, _CData):
+            objects = _CDATA_OBJECTS(exporter)
+            if isinstance(objects, dict) and _FROM_BUFFER in objects:
                 exporter = objects[_FROM_BUFFER]  # (a view of the memory it was made over)
-            elif ndarray is not None and isinstance(exporter, ndarray):
-                base = numpy[1](exporter)  # type: ignore[index]  # (ndarray: numpy is set)
-                if base is None:
-                    return exporter if _format_refuses(fmt, itemsize) else None
-                exporter = base
-            elif kind is _BUFFER_WRAPPER:
-                # A Python class's __buffer__ (PEP 688): CPython's wrapper holds the
-                # memoryview it returned (round 38).  Not found, it cannot be judged.
-                views = [r for r in gc.get_referents(exporter) if type(r) is memoryview]
-                if len(views) != 1:
-                    return _UNKNOWN
-                exporter = views[0]
-            elif _has_python_buffer(kind):
-                # Reached as a NumPy base (np.frombuffer of it keeps it, not the view
-                # it gave: round 39): ask it again, and follow that view.
-                try:
-                    fresh.append(memoryview(exporter))  # type: ignore[arg-type]
-                except Exception:  # noqa: BLE001 - whatever it raises, it cannot be judged
-                    return _UNKNOWN
-                exporter = fresh[-1]
-            elif hasattr(exporter, "__array_interface__"):
-                data = exporter.__array_interface__.get("data")
-                if data is not None and not isinstance(data, tuple):
-                    exporter = data  # (an array made over this buffer object)
-                elif getattr(exporter, "base", None) is not None:
-                    exporter = exporter.base  # type: ignore[attr-defined]  # (as_strided's)
-                else:
-                    return exporter if _format_refuses(fmt, itemsize) else None
+            else:
+                # A field or an element shares the memory of the object it is read
+                # from, which is judged too (round 40: a union's plain field over its
+                # py_object passed as plain bytes).  Conservative: a plain field of
+                # a structure holding a pointer elsewhere is refused as well.
+                exporter = _CDATA_BASE(exporter)
+                if exporter is None:
+                    return None  # (judged by its own format: _link_refuses)
+        elif ndarray is not None and isinstance(exporter, ndarray):
+            base = numpy[1](exporter)  # type: ignore[index]  # (ndarray: numpy is set)
+            if base is None:
+                return exporter if _format_refuses(fmt, itemsize) else None
+            exporter = base
+        elif kind is _BUFFER_WRAPPER:
+            # A Python class's __buffer__ (PEP 688): CPython's wrapper holds the
+            # memoryview it returned (round 38).  Not found, it cannot be judged.
+            views = [r for r in gc.get_referents(exporter) if type(r) is memoryview]
+            if len(views) != 1:
+                return _UNKNOWN
+            exporter = views[0]
+        elif _has_python_buffer(kind):
+            # Reached as a NumPy base: np.frombuffer of it keeps the object and lets
+            # go of the view it was given (round 39), and asking again may get
+            # another answer (round 40): what the array is over cannot be told.
+            return _UNKNOWN
+        elif hasattr(exporter, "__array_interface__"):
+            data = exporter.__array_interface__.get("data")
+            if data is not None and not isinstance(data, tuple):
+                exporter = data  # (an array made over this buffer object)
+            elif getattr(exporter, "base", None) is not None:
+                exporter = exporter.base  # type: ignore[attr-defined]  # (as_strided's)
             else:
                 return exporter if _format_refuses(fmt, itemsize) else None
-        return _UNKNOWN
-    finally:
-        for view in fresh:
-            view.release()
+        else:
+            return exporter if _format_refuses(fmt, itemsize) else None
+    return _UNKNOWN
 
 
 #: How many steps :func:`_refusing` takes before it refuses (no chain of views and
@@ -259,6 +263,12 @@ def _link_refuses(link: object, numpy: _NumpyLinks | None) -> bool:
                 return True
         except RecursionError:  # (nested too deep to walk: refused, round 36)
             return True
+        if isinstance(link, ctypes.Array) and ctypes.Array.__len__(link):
+            # An element is made with the type ctypes laid the array out with, whatever
+            # _type_ says now (round 40: an array of unions retyped as plain).
+            element = ctypes.Array.__getitem__(link, 0)
+            if isinstance(element, _CData) and _link_refuses(element, numpy):
+                return True
         with memoryview(cast(Any, link)) as own:  # (its own format, not a cast's)
             return _format_refuses(own.format, 1)
     if numpy is not None and isinstance(link, numpy[0]):
@@ -272,14 +282,19 @@ _NumpyLinks = tuple[type, Callable[[object], object], Callable[[object], Any]]
 _numpy_cache: list[_NumpyLinks] = []
 
 
-def _numpy_links() -> _NumpyLinks | None:
-    """:data:`_NumpyLinks` once NumPy is imported (by anyone), else None."""
+def _numpy_links(kind: type) -> _NumpyLinks | None:
+    """:data:`_NumpyLinks` once NumPy is imported (by anyone), else None; also found
+    through ``kind`` if it is an array type (round 40: NumPy removed from
+    ``sys.modules`` hid every array)."""
     if _numpy_cache:
         return _numpy_cache[0]
     numpy = sys.modules.get("numpy")
-    if numpy is None:
-        return None
-    ndarray = numpy.ndarray
+    ndarray = getattr(numpy, "ndarray", None)
+    if not isinstance(ndarray, type):
+        found = [k for k in _TYPE_MRO(kind) if k.__module__ == "numpy" and k.__name__ == "ndarray"]
+        if not found:
+            return None
+        ndarray = found[-1]
     _numpy_cache.append((ndarray, vars(ndarray)["base"].__get__, vars(ndarray)["dtype"].__get__))
     return _numpy_cache[0]
 
@@ -328,10 +343,13 @@ _FROM_BUFFER = "ffffffff"
 def _describe(owner: object, fmt: str) -> str:
     """What a refused buffer is, for the error (see :func:`_refusing`)."""
     if owner is _UNKNOWN:
-        return "buffers whose memory's owner cannot be found (they may)"
+        return (
+            "buffers whose memory cannot be traced to its owner (a NumPy array over a "
+            "__buffer__ object, a way longer than 256 views, a check that failed) may"
+        )
     if isinstance(owner, _CData):
         return f"ctypes {type(owner).__name__} objects"
-    numpy = _numpy_links()
+    numpy = _numpy_links(type(owner))
     if numpy is not None and isinstance(owner, numpy[0]):
         dtype = numpy[2](owner)
         if dtype.hasobject:
@@ -344,20 +362,58 @@ _CData: type = ctypes.c_int.__mro__[-2]
 #: An instance's ``_objects`` read through ctypes' own descriptor (a subclass may shadow
 #: the attribute: adversary round 39).
 _CDATA_OBJECTS: Callable[[object], object] = vars(_CData)["_objects"].__get__
+#: The object whose memory a field or element shares (ctypes' own descriptor).
+_CDATA_BASE: Callable[[object], object] = vars(_CData)["_b_base_"].__get__
+#: A class's own ``__mro__`` and namespace (a metaclass may redefine both: round 40).
+_TYPE_MRO: Callable[[type], tuple[type, ...]] = vars(type)["__mro__"].__get__
+_TYPE_DICT: Callable[[type], Any] = vars(type)["__dict__"].__get__
+#: The type of a structure's or union's field descriptors, which ctypes made as it laid
+#: the type out (their ``repr`` names the field's type then).
+_CFIELD = type(type("_Probe", (ctypes.Structure,), {"_fields_": [("x", ctypes.c_int)]}).x)  # type: ignore[attr-defined]
 
 
-def _ctypes_holds_references(ctype: type) -> bool:
+def _ctypes_holds_references(ctype: type, seen: dict[type, bool] | None = None) -> bool:
     """Whether instances of the ctypes type ``ctype`` hold references: pointers,
     ``py_object``, function pointers, at any depth of arrays, structures and unions
-    (their base classes' fields included), as their ``_fields_`` read now."""
+    (their base classes' fields included), as their ``_fields_`` read now.  A
+    structure or union whose ``_fields_`` no longer match the fields ctypes laid out
+    (names, and the type each field had then) is refused (round 40: a union's list
+    replaced, cleared or lying about its length passed as plain data).  Each type is
+    judged once per walk (round 40: a union of unions 22 deep took seconds)."""
+    if seen is None:
+        seen = {}
+    verdict = seen.get(ctype)
+    if verdict is None:
+        seen[ctype] = True  # (a type that contains itself is refused)
+        verdict = seen[ctype] = _judge_ctype(ctype, seen)
+    return verdict
+
+
+def _judge_ctype(ctype: type, seen: dict[type, bool]) -> bool:
+    """:func:`_ctypes_holds_references` of one type, not yet judged in this walk."""
     if issubclass(ctype, ctypes.Array):
-        return _ctypes_holds_references(cast(type, ctype._type_))
+        return _ctypes_holds_references(cast(type, ctype._type_), seen)
     if issubclass(ctype, (ctypes.Structure, ctypes.Union)):
-        for klass in ctype.__mro__:
-            fields = vars(klass).get("_fields_", ())
+        for klass in _TYPE_MRO(ctype):
+            namespace = _TYPE_DICT(klass)
+            if "_fields_" not in namespace:
+                continue
+            fields = namespace["_fields_"]
+            laid_out = {name for name, value in namespace.items() if type(value) is _CFIELD}
+            anonymous = "_anonymous_" in namespace  # (their fields are laid out here too)
+            names = set()
             for i in range(len(fields)):  # (by index, as ctypes reads it, not by iter())
-                if _ctypes_holds_references(fields[i][1]):
+                name, field_type = fields[i][0], fields[i][1]
+                names.add(name)
+                described = namespace.get(name)
+                if (
+                    type(described) is not _CFIELD
+                    or f"type={field_type.__name__}," not in repr(described)
+                    or _ctypes_holds_references(field_type, seen)
+                ):
                     return True
+            if not (names <= laid_out if anonymous else names == laid_out):
+                return True
         return False
     if issubclass(ctype, ctypes._SimpleCData):
         return getattr(ctype, "_type_", "P") in _CTYPES_REFERENCES
