@@ -1143,6 +1143,25 @@ _OBJECT_BUFFERS = """
         if sys.version_info >= (3, 12):
             answers = [memoryview(objects).cast("B"), memoryview(bytearray(32))]
             yield np.frombuffer(Exporter(lambda: answers.pop(0)), np.uint8)
+        # Round 41: more changes to a union's class after ctypes laid it out: _fields_
+        # deleted, emptied beside an _anonymous_, and the _type_ of a py_object or
+        # c_void_p subclass, or of a py_object array type, used as its field.
+        Deleted = type("Deleted", (ctypes.Union,), {"_fields_": list(Overlay._fields_)})
+        del Deleted._fields_
+        yield Deleted()
+        Emptied = type("Emptied", (ctypes.Union,), {"_fields_": list(Overlay._fields_)})
+        Emptied._fields_.clear()
+        Emptied._anonymous_ = ()
+        yield Emptied()
+        for pointer_type in (ctypes.py_object, ctypes.c_void_p):
+            Sub = type("Sub", (pointer_type,), {})
+            Holder = type("Holder", (ctypes.Union,), {"_fields_": [("raw", ctypes.c_ubyte * 8), ("p", Sub)]})
+            Sub._type_ = "B"
+            yield Holder()
+        Objects = type("Objects", (ctypes.Array,), {"_type_": ctypes.py_object, "_length_": 4})
+        Holder = type("Holder", (ctypes.Union,), {"_fields_": [("raw", ctypes.c_ubyte * 32), ("o", Objects)]})
+        Objects._type_ = ctypes.c_ubyte
+        yield Holder()
 
     class Exporter:  # (a buffer from 3.12 on, PEP 688; before, refused as no buffer)
         def __init__(self, make):
@@ -1198,6 +1217,17 @@ _OBJECT_BUFFERS = """
                 _fields_ = [("name", ctypes.c_ubyte * 16), ("n", ctypes.c_int)]
 
             await m.read_into(0, Named().name)
+            # A wide plain structure under nested arrays, and a field deep in it (round 41:
+            # judged again at every level, seconds; now each type once, and kept).
+            wide = type("Wide", (ctypes.Structure,), {"_fields_": [(f"f{i}", ctypes.c_uint8) for i in range(4000)]})
+            nested = wide
+            for _ in range(20):
+                nested = nested * 1
+            inner = nested()
+            for _ in range(20):
+                inner = inner[0]
+            await m.read_into(0, inner)
+            await m.read_into(0, nested())
 
             class Anonymous(ctypes.Structure):  # its union's fields are laid out in it too
                 _anonymous_ = ("u",)

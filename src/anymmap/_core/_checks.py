@@ -13,6 +13,7 @@ import operator
 import re
 import sys
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -83,7 +84,7 @@ def byte_view(buffer: object, *, writable: bool) -> memoryview:
     """
     if type(buffer) is bytearray or (type(buffer) is bytes and not writable):
         return memoryview(buffer)  # always flat, contiguous bytes: skip the checks
-    if isinstance(buffer, str):
+    if issubclass(type(buffer), str):
         raise TypeError("data must be a bytes-like object, not str; encode it first")
     try:
         view = buffer if type(buffer) is memoryview else memoryview(buffer)  # type: ignore[arg-type]
@@ -191,6 +192,7 @@ def _refusing(exporter: object, fmt: str, itemsize: int) -> object | None:
     A NumPy array over a ``__buffer__`` object cannot be judged (NumPy let go of the view
     it was given): refused.  Whatever the walk raises, the caller refuses the buffer."""
     numpy = ndarray = None
+    seen: dict[type, bool] = {}  # (ctypes types judged in this check)
     for _ in range(_MAX_WALK):
         kind = type(exporter)
         if numpy is None and (numpy := _numpy_links(kind)) is not None:
@@ -198,9 +200,9 @@ def _refusing(exporter: object, fmt: str, itemsize: int) -> object | None:
         if kind is memoryview:
             exporter = cast(memoryview, exporter).obj
             continue
-        if _link_refuses(exporter, numpy):
+        if _link_refuses(exporter, numpy, seen):
             return exporter
-        if isinstance(exporter, _CData):
+        if issubclass(kind, _CData):
             objects = _CDATA_OBJECTS(exporter)
             if isinstance(objects, dict) and _FROM_BUFFER in objects:
                 exporter = objects[_FROM_BUFFER]  # (a view of the memory it was made over)
@@ -212,7 +214,7 @@ def _refusing(exporter: object, fmt: str, itemsize: int) -> object | None:
                 exporter = _CDATA_BASE(exporter)
                 if exporter is None:
                     return None  # (judged by its own format: _link_refuses)
-        elif ndarray is not None and isinstance(exporter, ndarray):
+        elif ndarray is not None and issubclass(kind, ndarray):
             base = numpy[1](exporter)  # type: ignore[index]  # (ndarray: numpy is set)
             if base is None:
                 return exporter if _format_refuses(fmt, itemsize) else None
@@ -247,31 +249,31 @@ def _refusing(exporter: object, fmt: str, itemsize: int) -> object | None:
 _MAX_WALK = 256
 
 
-def _link_refuses(link: object, numpy: _NumpyLinks | None) -> bool:
+def _link_refuses(link: object, numpy: _NumpyLinks | None, seen: dict[type, bool]) -> bool:
     """Whether ``link``, an object on the way to a buffer's memory, holds references
-    itself.  A ctypes object is judged by its type and by its own format: a union or a
-    packed structure exports opaque ``"B"`` items, and a field name may hold the ``:``
-    that ends names in the format (``T{<i:p::<O:q:}``), which then hides a field's code
-    from any reading of it (adversary round 35: both let a copy overwrite a
-    ``py_object``, and touching it crashed); its ``_fields_`` list may have been
-    changed since ctypes laid the type out (round 36), which its format then shows.  A
+    itself.  A ctypes object is judged by its type (:func:`_ctypes_holds_references`,
+    its format included: a union or a packed structure exports opaque ``"B"`` items,
+    and a field name may hold the ``:`` that ends names in the format,
+    ``T{<i:p::<O:q:}``, which then hides a field's code from any reading of it:
+    adversary round 35, both let a copy overwrite a ``py_object``), and an array also
+    through its first element.  A
     NumPy array is judged by its dtype (a byte cast of an object array says ``"B"``:
     round 38), wherever it is on the way (round 39: one in the middle was not)."""
-    if isinstance(link, _CData):
+    if issubclass(type(link), _CData):
         try:
-            if _ctypes_holds_references(type(link)):
+            if _ctypes_holds_references(type(link), seen):
                 return True
         except RecursionError:  # (nested too deep to walk: refused, round 36)
             return True
-        if isinstance(link, ctypes.Array) and ctypes.Array.__len__(link):
+        array = cast("ctypes.Array[Any]", link)
+        if issubclass(type(link), ctypes.Array) and ctypes.Array.__len__(array):
             # An element is made with the type ctypes laid the array out with, whatever
             # _type_ says now (round 40: an array of unions retyped as plain).
-            element = ctypes.Array.__getitem__(link, 0)
-            if isinstance(element, _CData) and _link_refuses(element, numpy):
+            element = ctypes.Array.__getitem__(array, 0)
+            if issubclass(type(element), _CData) and _link_refuses(element, numpy, seen):
                 return True
-        with memoryview(cast(Any, link)) as own:  # (its own format, not a cast's)
-            return _format_refuses(own.format, 1)
-    if numpy is not None and isinstance(link, numpy[0]):
+        return False  # (its own format was judged with its type)
+    if numpy is not None and issubclass(type(link), numpy[0]):
         return bool(numpy[2](link).hasobject)
     return False
 
@@ -347,10 +349,10 @@ def _describe(owner: object, fmt: str) -> str:
             "buffers whose memory cannot be traced to its owner (a NumPy array over a "
             "__buffer__ object, a way longer than 256 views, a check that failed) may"
         )
-    if isinstance(owner, _CData):
+    if issubclass(type(owner), _CData):
         return f"ctypes {type(owner).__name__} objects"
     numpy = _numpy_links(type(owner))
-    if numpy is not None and isinstance(owner, numpy[0]):
+    if numpy is not None and issubclass(type(owner), numpy[0]):
         dtype = numpy[2](owner)
         if dtype.hasobject:
             return f"NumPy arrays of dtype {dtype}, also as bytes,"
@@ -375,32 +377,81 @@ _CFIELD = type(type("_Probe", (ctypes.Structure,), {"_fields_": [("x", ctypes.c_
 def _ctypes_holds_references(ctype: type, seen: dict[type, bool] | None = None) -> bool:
     """Whether instances of the ctypes type ``ctype`` hold references: pointers,
     ``py_object``, function pointers, at any depth of arrays, structures and unions
-    (their base classes' fields included), as their ``_fields_`` read now.  A
-    structure or union whose ``_fields_`` no longer match the fields ctypes laid out
-    (names, and the type each field had then) is refused (round 40: a union's list
-    replaced, cleared or lying about its length passed as plain data).  Each type is
-    judged once per walk (round 40: a union of unions 22 deep took seconds)."""
+    (their base classes' fields included).
+
+    Two readings, and either refuses.  What ctypes recorded as it laid the type out,
+    which later changes to the class cannot touch: its flag for "contains pointers"
+    (what makes pickling such an object fail) and, for simple types and arrays, the
+    buffer format of a fresh zeroed instance.  And the class as it reads now: its
+    ``_fields_`` through its MRO, each checked against the field descriptor ctypes made
+    for it (names, and the type each names), since the flag misses base classes' fields
+    and subclasses of the simple pointer types.  (Adversary rounds 36, 40 and 41:
+    ``_fields_`` cleared, replaced or deleted, ``_type_`` reassigned, a metaclass
+    redefining ``__mro__``, each let a ``py_object`` through.)  ``seen`` holds the types
+    judged in this check, so each is judged once (rounds 40 and 41: a union of unions
+    22 deep, or a wide structure under 30 array levels, took seconds)."""
+    verdict = _VERDICTS.get(ctype)
+    if verdict is not None:
+        return verdict
     if seen is None:
         seen = {}
     verdict = seen.get(ctype)
     if verdict is None:
         seen[ctype] = True  # (a type that contains itself is refused)
-        verdict = seen[ctype] = _judge_ctype(ctype, seen)
+        verdict = seen[ctype] = _laid_out_with_pointers(ctype) or _judge_ctype(ctype, seen)
+        _VERDICTS[ctype] = verdict
     return verdict
 
 
+#: Verdicts of :func:`_ctypes_holds_references` by type, kept while the type lives (a
+#: wide structure took milliseconds on every copy: round 41).  A type's layout cannot
+#: change once ctypes made it, so neither can the right verdict.
+_VERDICTS: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def _laid_out_with_pointers(ctype: type) -> bool:
+    """What ctypes recorded for ``ctype`` as it laid it out (see
+    :func:`_ctypes_holds_references`), read from a fresh zeroed instance made by
+    ctypes' own ``__new__`` (no ``__init__`` runs)."""
+    for kind in _CTYPES_KINDS:
+        if issubclass(ctype, kind):
+            break
+    else:
+        return True  # pointers, function pointers, and anything not known to be plain
+    if ctypes.sizeof(cast(Any, ctype)) > _LARGEST_PROBE:
+        return False  # (too big to make a copy of: judged by its class alone)
+    probe = vars(kind)["__new__"](ctype)
+    try:
+        _CDATA_REDUCE(probe)
+    except ValueError:  # "ctypes objects containing pointers cannot be pickled"
+        return True
+    with memoryview(probe) as own:  # (its format: a union's and a packed one's is "B")
+        return _format_refuses(own.format, 1)
+
+
+#: The ctypes base classes whose instances :func:`_laid_out_with_pointers` can make.
+_CTYPES_KINDS: tuple[type, ...] = (
+    ctypes.Structure,
+    ctypes.Union,
+    ctypes.Array,
+    ctypes._SimpleCData,
+)
+#: The largest zeroed instance made to read a type's layout (bigger: its class alone).
+_LARGEST_PROBE = 1 << 20
+_CDATA_REDUCE: Callable[[object], object] = vars(_CData)["__reduce__"]
+
+
 def _judge_ctype(ctype: type, seen: dict[type, bool]) -> bool:
-    """:func:`_ctypes_holds_references` of one type, not yet judged in this walk."""
+    """The class as it reads now (see :func:`_ctypes_holds_references`)."""
     if issubclass(ctype, ctypes.Array):
         return _ctypes_holds_references(cast(type, ctype._type_), seen)
     if issubclass(ctype, (ctypes.Structure, ctypes.Union)):
         for klass in _TYPE_MRO(ctype):
             namespace = _TYPE_DICT(klass)
-            if "_fields_" not in namespace:
-                continue
-            fields = namespace["_fields_"]
             laid_out = {name for name, value in namespace.items() if type(value) is _CFIELD}
-            anonymous = "_anonymous_" in namespace  # (their fields are laid out here too)
+            fields = namespace.get("_fields_", ())
+            if laid_out and not fields:
+                return True  # (its _fields_ deleted or emptied since: round 41)
             names = set()
             for i in range(len(fields)):  # (by index, as ctypes reads it, not by iter())
                 name, field_type = fields[i][0], fields[i][1]
@@ -412,7 +463,8 @@ def _judge_ctype(ctype: type, seen: dict[type, bool]) -> bool:
                     or _ctypes_holds_references(field_type, seen)
                 ):
                     return True
-            if not (names <= laid_out if anonymous else names == laid_out):
+            # (an _anonymous_ member's fields are laid out in the class too)
+            if not (names <= laid_out if "_anonymous_" in namespace else names == laid_out):
                 return True
         return False
     if issubclass(ctype, ctypes._SimpleCData):
