@@ -691,6 +691,24 @@ async def stop_on_signal(scope: anyio.CancelScope) -> None:
 OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: How long accepting pauses then (connections wait in the listen backlog meanwhile).
 ACCEPT_PAUSE = 0.1
+#: What ``accept`` raises for a connection that failed before it was taken: accept the
+#: next one (accept(2) says to retry these; trio's listener does; adversary round 41).
+CONNECTION_GONE = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "EPROTO",
+        "EPERM",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+    )
+    if hasattr(errno, name)
+)
 
 
 async def accept_forever(
@@ -701,13 +719,16 @@ async def accept_forever(
     """Serve each connection in a task of ``tg``.  Unlike ``listener.serve``, running out
     of descriptors pauses accepting instead of ending the server (adversary round 38: a
     client that opened more connections than the open-file limit stopped it), as trio's
-    ``serve_listeners`` does."""
+    ``serve_listeners`` does, and a connection that failed before it was accepted is
+    skipped."""
     paused = False
     while True:
         try:
             client = await listener.accept()
         except (OSError, anyio.BrokenResourceError) as exc:
             cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc
+            if isinstance(cause, OSError) and cause.errno in CONNECTION_GONE:
+                continue
             if not isinstance(cause, OSError) or cause.errno not in OUT_OF_RESOURCES:
                 raise  # (anyio on trio raises the OSError as the cause of this)
             if not paused:
