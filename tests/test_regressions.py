@@ -1162,6 +1162,25 @@ _OBJECT_BUFFERS = """
         Holder = type("Holder", (ctypes.Union,), {"_fields_": [("raw", ctypes.c_ubyte * 32), ("o", Objects)]})
         Objects._type_ = ctypes.c_ubyte
         yield Holder()
+        # Round 42: the same past 1 MiB (the layout was not read there), and a metaclass
+        # whose == and hash made a py_object structure find a plain one's verdict.
+        Big = ctypes.py_object * ((1 << 20) // ctypes.sizeof(ctypes.py_object) + 1)
+        Big._type_ = ctypes.c_ssize_t
+        yield type("Huge", (ctypes.Structure,), {"_fields_": [("objs", Big)]})()
+
+        class SameNames(type(ctypes.Structure)):
+            def __eq__(cls, other):
+                return isinstance(other, SameNames)
+
+            def __hash__(cls):
+                return 0
+
+        Plain = SameNames("Plain", (ctypes.Structure,), {"_fields_": [("v", ctypes.c_ssize_t)]})
+        try:
+            anymmap.sync.AnonymousMmap.new(4096).read_into(0, Plain())  # (its verdict kept)
+        except TypeError:
+            raise AssertionError("a plain structure was refused") from None
+        yield SameNames("Holding", (ctypes.Structure,), {"_fields_": [("v", ctypes.py_object)]})()
 
     class Exporter:  # (a buffer from 3.12 on, PEP 688; before, refused as no buffer)
         def __init__(self, make):
@@ -1228,6 +1247,29 @@ _OBJECT_BUFFERS = """
                 inner = inner[0]
             await m.read_into(0, inner)
             await m.read_into(0, nested())
+            # Round 42: NumPy's padding fields (all named ""), a field given a second
+            # name in a subclass, and no zeroed instance made (its __del__ ran).
+            aligned = np.dtype([("a", "<i4"), ("b", "<f8"), ("c", "u1", (3,))], align=True)
+            await m.read_into(0, (np.ctypeslib.as_ctypes_type(aligned) * 4)())
+
+            class Base(ctypes.Structure):
+                _fields_ = [("w", ctypes.c_int)]
+
+            class Alias(Base):
+                width = Base.w
+
+            await m.read_into(0, Alias())
+            deleted = []
+
+            class Handle(ctypes.Structure):
+                _fields_ = [("fd", ctypes.c_int)]
+
+                def __del__(self):
+                    deleted.append(self)
+
+            handle = Handle()
+            await m.read_into(0, handle)
+            assert not deleted, "the check made (and dropped) an instance of the class"
 
             class Anonymous(ctypes.Structure):  # its union's fields are laid out in it too
                 _anonymous_ = ("u",)

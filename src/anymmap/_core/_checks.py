@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import collections
 import ctypes
 import gc
 import inspect
@@ -192,7 +193,7 @@ def _refusing(exporter: object, fmt: str, itemsize: int) -> object | None:
     A NumPy array over a ``__buffer__`` object cannot be judged (NumPy let go of the view
     it was given): refused.  Whatever the walk raises, the caller refuses the buffer."""
     numpy = ndarray = None
-    seen: dict[type, bool] = {}  # (ctypes types judged in this check)
+    seen: dict[int, bool] = {}  # (ctypes types judged in this check, by id)
     for _ in range(_MAX_WALK):
         kind = type(exporter)
         if numpy is None and (numpy := _numpy_links(kind)) is not None:
@@ -249,7 +250,7 @@ def _refusing(exporter: object, fmt: str, itemsize: int) -> object | None:
 _MAX_WALK = 256
 
 
-def _link_refuses(link: object, numpy: _NumpyLinks | None, seen: dict[type, bool]) -> bool:
+def _link_refuses(link: object, numpy: _NumpyLinks | None, seen: dict[int, bool]) -> bool:
     """Whether ``link``, an object on the way to a buffer's memory, holds references
     itself.  A ctypes object is judged by its type (:func:`_ctypes_holds_references`,
     its format included: a union or a packed structure exports opaque ``"B"`` items,
@@ -261,7 +262,7 @@ def _link_refuses(link: object, numpy: _NumpyLinks | None, seen: dict[type, bool
     round 38), wherever it is on the way (round 39: one in the middle was not)."""
     if issubclass(type(link), _CData):
         try:
-            if _ctypes_holds_references(type(link), seen):
+            if _ctypes_holds_references(type(link), seen, link):
                 return True
         except RecursionError:  # (nested too deep to walk: refused, round 36)
             return True
@@ -374,97 +375,112 @@ _TYPE_DICT: Callable[[type], Any] = vars(type)["__dict__"].__get__
 _CFIELD = type(type("_Probe", (ctypes.Structure,), {"_fields_": [("x", ctypes.c_int)]}).x)  # type: ignore[attr-defined]
 
 
-def _ctypes_holds_references(ctype: type, seen: dict[type, bool] | None = None) -> bool:
+def _ctypes_holds_references(
+    ctype: type, seen: dict[int, bool] | None = None, instance: object = None
+) -> bool:
     """Whether instances of the ctypes type ``ctype`` hold references: pointers,
     ``py_object``, function pointers, at any depth of arrays, structures and unions
-    (their base classes' fields included).
+    (their base classes' fields included).  ``instance``, if given, is one of them.
 
     Two readings, and either refuses.  What ctypes recorded as it laid the type out,
     which later changes to the class cannot touch: its flag for "contains pointers"
-    (what makes pickling such an object fail) and, for simple types and arrays, the
-    buffer format of a fresh zeroed instance.  And the class as it reads now: its
-    ``_fields_`` through its MRO, each checked against the field descriptor ctypes made
-    for it (names, and the type each names), since the flag misses base classes' fields
-    and subclasses of the simple pointer types.  (Adversary rounds 36, 40 and 41:
-    ``_fields_`` cleared, replaced or deleted, ``_type_`` reassigned, a metaclass
-    redefining ``__mro__``, each let a ``py_object`` through.)  ``seen`` holds the types
-    judged in this check, so each is judged once (rounds 40 and 41: a union of unions
-    22 deep, or a wide structure under 30 array levels, took seconds)."""
-    verdict = _VERDICTS.get(ctype)
-    if verdict is not None:
-        return verdict
+    (what makes pickling such an object fail), read from ``instance`` for a structure
+    or union, and for simple types and arrays the buffer format of a zeroed instance
+    made by ctypes' own ``__new__``.  And the class as it reads now: its ``_fields_``
+    through its MRO, each checked against the field descriptor ctypes made for it,
+    since the flag misses base classes' fields and subclasses of the simple pointer
+    types.  (Adversary rounds 36 and 40 to 42: ``_fields_`` cleared, replaced or
+    deleted, ``_type_`` reassigned, a metaclass redefining ``__mro__``, each let a
+    ``py_object`` through.)  A type is judged once per check (``seen``, by identity) and
+    its verdict kept while it lives (rounds 40 and 41: a union of unions 22 deep, a wide
+    structure under 30 array levels, took seconds on every copy)."""
+    key = id(ctype)  # (by identity: a metaclass may define == and hash: round 42)
+    kept = _VERDICTS.get(key)
+    if kept is not None and kept[0]() is ctype:
+        return kept[1]
     if seen is None:
         seen = {}
-    verdict = seen.get(ctype)
+    verdict = seen.get(key)
     if verdict is None:
-        seen[ctype] = True  # (a type that contains itself is refused)
-        verdict = seen[ctype] = _laid_out_with_pointers(ctype) or _judge_ctype(ctype, seen)
-        _VERDICTS[ctype] = verdict
+        seen[key] = True  # (a type that contains itself is refused)
+        verdict = _laid_out_with_pointers(ctype, instance) or _judge_ctype(ctype, seen)
+        seen[key] = verdict
+        if instance is not None or not issubclass(ctype, (ctypes.Structure, ctypes.Union)):
+            _keep_verdict(ctype, verdict)  # (a structure's needs its flag, read from one)
     return verdict
 
 
-#: Verdicts of :func:`_ctypes_holds_references` by type, kept while the type lives (a
-#: wide structure took milliseconds on every copy: round 41).  A type's layout cannot
-#: change once ctypes made it, so neither can the right verdict.
-_VERDICTS: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+#: Verdicts of :func:`_ctypes_holds_references` by the type's id, with a weak reference
+#: to the type (an entry goes when its type does).  A type's layout cannot change once
+#: ctypes made it, so neither can the right verdict.
+_VERDICTS: dict[int, tuple[weakref.ref[type], bool]] = {}
 
 
-def _laid_out_with_pointers(ctype: type) -> bool:
-    """What ctypes recorded for ``ctype`` as it laid it out (see
-    :func:`_ctypes_holds_references`), read from a fresh zeroed instance made by
-    ctypes' own ``__new__`` (no ``__init__`` runs)."""
-    for kind in _CTYPES_KINDS:
-        if issubclass(ctype, kind):
-            break
-    else:
-        return True  # pointers, function pointers, and anything not known to be plain
-    if ctypes.sizeof(cast(Any, ctype)) > _LARGEST_PROBE:
-        return False  # (too big to make a copy of: judged by its class alone)
-    probe = vars(kind)["__new__"](ctype)
+def _keep_verdict(ctype: type, verdict: bool) -> None:
+    key = id(ctype)
+
+    def forget(ref: weakref.ref[type]) -> None:
+        if _VERDICTS.get(key, (None, False))[0] is ref:
+            del _VERDICTS[key]
+
     try:
-        _CDATA_REDUCE(probe)
-    except ValueError:  # "ctypes objects containing pointers cannot be pickled"
-        return True
-    with memoryview(probe) as own:  # (its format: a union's and a packed one's is "B")
-        return _format_refuses(own.format, 1)
+        _VERDICTS[key] = (weakref.ref(ctype, forget), verdict)
+    except TypeError:  # pragma: no cover - every class can be weakly referenced
+        pass
 
 
-#: The ctypes base classes whose instances :func:`_laid_out_with_pointers` can make.
-_CTYPES_KINDS: tuple[type, ...] = (
-    ctypes.Structure,
-    ctypes.Union,
-    ctypes.Array,
-    ctypes._SimpleCData,
-)
-#: The largest zeroed instance made to read a type's layout (bigger: its class alone).
-_LARGEST_PROBE = 1 << 20
+def _laid_out_with_pointers(ctype: type, instance: object) -> bool:
+    """What ctypes recorded for ``ctype`` as it laid it out (see
+    :func:`_ctypes_holds_references`)."""
+    if issubclass(ctype, (ctypes.Structure, ctypes.Union)):
+        if instance is None:
+            return False  # (a field's type: the flag of the object it is in covers it)
+        try:
+            _CDATA_REDUCE(instance)  # (a copy of its bytes, once per type)
+        except ValueError:  # "ctypes objects containing pointers cannot be pickled"
+            return True
+        with memoryview(cast(Any, instance)) as own:  # (a union's, a packed one's: "B")
+            return _format_refuses(own.format, 1)
+    for kind in (ctypes.Array, ctypes._SimpleCData):
+        if issubclass(ctype, kind):
+            # A zeroed instance (calloc: untouched pages even for a big array); its
+            # format is the one ctypes computed from the element type it was made with.
+            with memoryview(vars(kind)["__new__"](ctype)) as own:
+                return _format_refuses(own.format, 1)
+    return True  # pointers, function pointers, and anything not known to be plain
+
+
 _CDATA_REDUCE: Callable[[object], object] = vars(_CData)["__reduce__"]
 
 
-def _judge_ctype(ctype: type, seen: dict[type, bool]) -> bool:
+def _judge_ctype(ctype: type, seen: dict[int, bool]) -> bool:
     """The class as it reads now (see :func:`_ctypes_holds_references`)."""
     if issubclass(ctype, ctypes.Array):
         return _ctypes_holds_references(cast(type, ctype._type_), seen)
     if issubclass(ctype, (ctypes.Structure, ctypes.Union)):
-        for klass in _TYPE_MRO(ctype):
+        mro = _TYPE_MRO(ctype)
+        for at, klass in enumerate(mro):
             namespace = _TYPE_DICT(klass)
-            laid_out = {name for name, value in namespace.items() if type(value) is _CFIELD}
+            laid_out = {id(v) for v in namespace.values() if type(v) is _CFIELD}
+            for base in mro[at + 1 :]:  # (an alias in a subclass of a base's field)
+                laid_out -= {id(v) for v in _TYPE_DICT(base).values() if type(v) is _CFIELD}
             fields = namespace.get("_fields_", ())
             if laid_out and not fields:
                 return True  # (its _fields_ deleted or emptied since: round 41)
-            names = set()
-            for i in range(len(fields)):  # (by index, as ctypes reads it, not by iter())
-                name, field_type = fields[i][0], fields[i][1]
-                names.add(name)
+            entries = [(fields[i][0], fields[i][1]) for i in range(len(fields))]  # (by
+            # index, as ctypes reads it, not by iter())
+            names = collections.Counter(name for name, _ in entries)
+            for name, field_type in entries:
                 described = namespace.get(name)
-                if (
-                    type(described) is not _CFIELD
-                    or f"type={field_type.__name__}," not in repr(described)
-                    or _ctypes_holds_references(field_type, seen)
-                ):
+                if type(described) is not _CFIELD or _ctypes_holds_references(field_type, seen):
                     return True
-            # (an _anonymous_ member's fields are laid out in the class too)
-            if not (names <= laid_out if "_anonymous_" in namespace else names == laid_out):
+                if names[name] == 1 and f"type={field_type.__name__}," not in repr(described):
+                    return True  # (a repeated name, NumPy's padding "", keeps its last)
+            named = {id(namespace[name]) for name in names}
+            # Every field ctypes laid out is named in _fields_ (an alias of one is the
+            # same descriptor: round 42), but an _anonymous_ member's fields, laid out
+            # in the class too.
+            if not (laid_out <= named or "_anonymous_" in namespace):
                 return True
         return False
     if issubclass(ctype, ctypes._SimpleCData):
