@@ -443,11 +443,20 @@ def _laid_out_with_pointers(ctype: type, instance: object) -> bool:
             return _format_refuses(own.format, 1)
     for kind in (ctypes.Array, ctypes._SimpleCData):
         if issubclass(ctype, kind):
-            # A zeroed instance (calloc: untouched pages even for a big array); its
-            # format is the one ctypes computed from the element type it was made with.
-            with memoryview(vars(kind)["__new__"](ctype)) as own:
+            # Its format, the one ctypes computed from the element type it was made
+            # with: the object's own, or (a field's type) a small zeroed instance's.
+            if instance is None:
+                if ctypes.sizeof(cast(Any, ctype)) > _LARGEST_PROBE:
+                    return False  # (judged by its class alone)
+                instance = vars(kind)["__new__"](ctype)
+            with memoryview(cast(Any, instance)) as own:
                 return _format_refuses(own.format, 1)
     return True  # pointers, function pointers, and anything not known to be plain
+
+
+#: The largest zeroed instance made to read a field type's format (a region's memory is
+#: a ctypes array as long as its reservation, 64 GiB by default).
+_LARGEST_PROBE = 1 << 20
 
 
 _CDATA_REDUCE: Callable[[object], object] = vars(_CData)["__reduce__"]
