@@ -256,24 +256,14 @@ def _link_refuses(link: object, numpy: _NumpyLinks | None, seen: dict[int, bool]
     its format included: a union or a packed structure exports opaque ``"B"`` items,
     and a field name may hold the ``:`` that ends names in the format,
     ``T{<i:p::<O:q:}``, which then hides a field's code from any reading of it:
-    adversary round 35, both let a copy overwrite a ``py_object``), and an array also
-    through its first element.  A
-    NumPy array is judged by its dtype (a byte cast of an object array says ``"B"``:
-    round 38), wherever it is on the way (round 39: one in the middle was not)."""
+    adversary round 35, both let a copy overwrite a ``py_object``).  A NumPy array is
+    judged by its dtype (a byte cast of an object array says ``"B"``: round 38),
+    wherever it is on the way (round 39: one in the middle was not)."""
     if issubclass(type(link), _CData):
         try:
-            if _ctypes_holds_references(type(link), seen, link):
-                return True
+            return _ctypes_holds_references(type(link), seen)
         except RecursionError:  # (nested too deep to walk: refused, round 36)
             return True
-        array = cast("ctypes.Array[Any]", link)
-        if issubclass(type(link), ctypes.Array) and ctypes.Array.__len__(array):
-            # An element is made with the type ctypes laid the array out with, whatever
-            # _type_ says now (round 40: an array of unions retyped as plain).
-            element = ctypes.Array.__getitem__(array, 0)
-            if issubclass(type(element), _CData) and _link_refuses(element, numpy, seen):
-                return True
-        return False  # (its own format was judged with its type)
     if numpy is not None and issubclass(type(link), numpy[0]):
         return bool(numpy[2](link).hasobject)
     return False
@@ -375,25 +365,21 @@ _TYPE_DICT: Callable[[type], Any] = vars(type)["__dict__"].__get__
 _CFIELD = type(type("_Probe", (ctypes.Structure,), {"_fields_": [("x", ctypes.c_int)]}).x)  # type: ignore[attr-defined]
 
 
-def _ctypes_holds_references(
-    ctype: type, seen: dict[int, bool] | None = None, instance: object = None
-) -> bool:
+def _ctypes_holds_references(ctype: type, seen: dict[int, bool] | None = None) -> bool:
     """Whether instances of the ctypes type ``ctype`` hold references: pointers,
     ``py_object``, function pointers, at any depth of arrays, structures and unions
-    (their base classes' fields included).  ``instance``, if given, is one of them.
+    (their base classes' fields included).
 
     Two readings, and either refuses.  What ctypes recorded as it laid the type out,
-    which later changes to the class cannot touch: its flag for "contains pointers"
-    (what makes pickling such an object fail), read from ``instance`` for a structure
-    or union, and for simple types and arrays the buffer format of a zeroed instance
-    made by ctypes' own ``__new__``.  And the class as it reads now: its ``_fields_``
-    through its MRO, each checked against the field descriptor ctypes made for it,
-    since the flag misses base classes' fields and subclasses of the simple pointer
-    types.  (Adversary rounds 36 and 40 to 42: ``_fields_`` cleared, replaced or
-    deleted, ``_type_`` reassigned, a metaclass redefining ``__mro__``, each let a
-    ``py_object`` through.)  A type is judged once per check (``seen``, by identity) and
-    its verdict kept while it lives (rounds 40 and 41: a union of unions 22 deep, a wide
-    structure under 30 array levels, took seconds on every copy)."""
+    which later changes to the class cannot touch (:func:`_laid_out_with_pointers`).
+    And the class as it reads now: its ``_fields_`` through its MRO, each checked
+    against the field descriptor ctypes made for it, since the record misses base
+    classes' fields and subclasses of the simple pointer types.  (Adversary rounds 36
+    and 40 to 42: ``_fields_`` cleared, replaced or deleted, ``_type_`` reassigned, a
+    metaclass redefining ``__mro__``, each let a ``py_object`` through.)  A type is
+    judged once per check (``seen``, by identity) and its verdict kept while it lives
+    (rounds 40 and 41: a union of unions 22 deep, a wide structure under 30 array
+    levels, took seconds on every copy)."""
     key = id(ctype)  # (by identity: a metaclass may define == and hash: round 42)
     kept = _VERDICTS.get(key)
     if kept is not None and kept[0]() is ctype:
@@ -403,10 +389,9 @@ def _ctypes_holds_references(
     verdict = seen.get(key)
     if verdict is None:
         seen[key] = True  # (a type that contains itself is refused)
-        verdict = _laid_out_with_pointers(ctype, instance) or _judge_ctype(ctype, seen)
+        verdict = _laid_out_with_pointers(ctype) or _judge_ctype(ctype, seen)
         seen[key] = verdict
-        if instance is not None or not issubclass(ctype, (ctypes.Structure, ctypes.Union)):
-            _keep_verdict(ctype, verdict)  # (a structure's needs its flag, read from one)
+        _keep_verdict(ctype, verdict)
     return verdict
 
 
@@ -429,36 +414,29 @@ def _keep_verdict(ctype: type, verdict: bool) -> None:
         pass
 
 
-def _laid_out_with_pointers(ctype: type, instance: object) -> bool:
-    """What ctypes recorded for ``ctype`` as it laid it out (see
-    :func:`_ctypes_holds_references`)."""
-    if issubclass(ctype, (ctypes.Structure, ctypes.Union)):
-        if instance is None:
-            return False  # (a field's type: the flag of the object it is in covers it)
-        try:
-            _CDATA_REDUCE(instance)  # (a copy of its bytes, once per type)
-        except ValueError:  # "ctypes objects containing pointers cannot be pickled"
-            return True
-        with memoryview(cast(Any, instance)) as own:  # (a union's, a packed one's: "B")
-            return _format_refuses(own.format, 1)
-    for kind in (ctypes.Array, ctypes._SimpleCData):
-        if issubclass(ctype, kind):
-            # Its format, the one ctypes computed from the element type it was made
-            # with: the object's own, or (a field's type) a small zeroed instance's.
-            if instance is None:
-                if ctypes.sizeof(cast(Any, ctype)) > _LARGEST_PROBE:
-                    return False  # (judged by its class alone)
-                instance = vars(kind)["__new__"](ctype)
-            with memoryview(cast(Any, instance)) as own:
-                return _format_refuses(own.format, 1)
-    return True  # pointers, function pointers, and anything not known to be plain
+def _laid_out_with_pointers(ctype: type) -> bool:
+    """What ctypes recorded for ``ctype`` as it laid it out: its flag for "contains
+    pointers" (what makes pickling such an object fail) and its buffer format, read
+    from an empty array of it, a type ctypes makes from that record alone.  No instance
+    of ``ctype`` is made (its ``__del__`` ran on one: round 42) and nothing is copied
+    (a structure's bytes were, on the event loop's thread), whatever its size."""
+    if not issubclass(ctype, _CTYPES_KINDS):
+        return True  # pointers, function pointers, and anything not known to be plain
+    empty = _ARRAY_NEW(
+        _ARRAY_TYPE("_anymmap_probe", (ctypes.Array,), {"_type_": ctype, "_length_": 0})
+    )
+    try:
+        _CDATA_REDUCE(empty)
+    except ValueError:  # "ctypes objects containing pointers cannot be pickled"
+        return True
+    with memoryview(cast(Any, empty)) as own:  # (its items' format: a union's, a packed one's "B")
+        return _format_refuses(own.format, 1)
 
 
-#: The largest zeroed instance made to read a field type's format (a region's memory is
-#: a ctypes array as long as its reservation, 64 GiB by default).
-_LARGEST_PROBE = 1 << 20
-
-
+#: The ctypes types an array can be made of, and how to make one (ctypes' own).
+_CTYPES_KINDS = (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._SimpleCData)
+_ARRAY_TYPE: type = type(ctypes.Array)
+_ARRAY_NEW: Callable[[type], object] = vars(ctypes.Array)["__new__"]
 _CDATA_REDUCE: Callable[[object], object] = vars(_CData)["__reduce__"]
 
 
