@@ -481,6 +481,19 @@ class _MapGuard(_Guard):
         self._lock.check_caller()
         return _Guard.__aenter__(self)
 
+    def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> _Done:
+        if not self._lock._dropped:
+            return _Guard.__aexit__(self, exc_type, exc_val, exc_tb)
+        # In a forked child (trio runs the parent's tasks on there): a hold dropped at
+        # the fork ends as a no-op (adversary round 43: the copies' own guards raised).
+        self.release()
+        return _DONE
+
 
 #: The end of the errors for a task of a second event loop.
 _ONE_LOOP = (
@@ -557,21 +570,28 @@ class MapLock(RWLock):
 
     def after_fork_in_child(self, survivor: int) -> None:
         # A fork from inside a running event loop goes on running the loop's tasks in the
-        # child: their releases of what they held must not raise.  Tasks waiting at the
-        # fork are not woken (a fork from a running loop is unsupported by asyncio too).
+        # child (trio; asyncio forgets its running loop there): their releases of what
+        # they held must not raise, and those waiting get the lock in their turn
+        # (adversary round 43: they waited for ever).  Other waiters are not woken: their
+        # tasks never run again, and granted, the lock would stay theirs.
         dropped = self._dropped
         dropped.update(self._readers)
         if self._writer is not None:
             dropped[self._writer] = 0
+        kept: deque[_Ticket] = deque()
+        if self._thread == survivor:
+            kept.extend(t for t in self._queue if not t.cancelled and t._future is None)
         for ticket in self._queue:
-            ticket.cancelled = True
+            if ticket not in kept:
+                ticket.cancelled = True
         self._readers = {}
         self._writer = None
-        self._queue = deque()
-        self._readers_waiting = 0
-        self._writers_waiting = 0
+        self._queue = kept
+        self._writers_waiting = sum(1 for ticket in kept if ticket.write)
+        self._readers_waiting = len(kept) - self._writers_waiting
         if self._thread != survivor:
             self._loop = None  # that thread's event loop does not run here
+        self._grant()
 
     def _release(self, task: object, write: bool) -> None:
         dropped = self._dropped

@@ -41,6 +41,7 @@ from functools import partial
 
 from .._errors import ClosedMapError
 from .._sys import start_thread
+from ._forks import after_renewal
 from ._threadlock import check_not_held, held_here, new_condition
 
 #: Waiting ranges closer than this share one msync over their span.
@@ -62,7 +63,17 @@ class CommitRequest:
     batch, for all of its requests), or directly from the committer thread if
     ``scheduler`` is None."""
 
-    __slots__ = ("_error", "_wake", "batch", "done", "end", "owner", "scheduler", "start")
+    __slots__ = (
+        "_error",
+        "_wake",
+        "batch",
+        "done",
+        "end",
+        "owner",
+        "scheduler",
+        "start",
+        "thread",
+    )
 
     def __init__(
         self, start: int, end: int, wake: Callable[[], None], scheduler: Scheduler | None
@@ -79,6 +90,8 @@ class CommitRequest:
         #: dropped unclosed after its flush was cancelled is flushed all the same, and
         #: freed after (adversary round 29: its range was never flushed in 6-8 of 20).
         self.owner: object = None
+        #: The thread that made it (in a forked child, the one that forked may wait).
+        self.thread = threading.get_ident()
 
     def finish(self, batch: int, error: BaseException | None) -> None:
         self.batch = batch
@@ -110,20 +123,38 @@ class GroupCommit:
         self._committer_pid = 0  # the process whose committer thread runs; 0: none
         self._committer_thread: int | None = None  # its identity, while it runs
         self._running = False  # a batch is taken and not yet finished
+        self._batch: list[CommitRequest] = []  # that batch, until its waiters are woken
         #: How many batches and msync calls there were, and the last 1,024 batches whose
         #: flush failed (for tests and benchmarks; bounded for a device that keeps failing).
         self.batches = 0
         self.msyncs = 0
         self.failed_batches: deque[int] = deque(maxlen=1024)
 
-    def after_fork_in_child(self) -> None:
-        """In a child: no committer runs, and the requests waiting are the parent's (its
-        waiters do not exist here)."""
+    def after_fork_in_child(self, survivor: int) -> None:
+        """In a child: no committer runs, and the requests waiting or running at the fork
+        were made by threads that are gone, but for those of ``survivor``, the thread that
+        forked: one forked from inside its own flush (a signal handler, a finalizer), or
+        a task of a trio loop that runs on in the child, still waits.  Those are queued
+        again, for a committer of this process once every map is renewed (adversary round
+        43: they waited for ever).  Their flush starts after the fork, so after the call
+        was made: the durability rule holds."""
+        ours = [
+            request
+            for request in {id(r): r for r in self._pending + self._batch}.values()
+            if request.thread == survivor
+        ]
+        for request in ours:
+            request.done = False
+            request._error = None
+            request.owner = self._sync()
         self._cond = new_condition()
-        self._pending = []
+        self._pending = ours
         self._committer_pid = 0
         self._committer_thread = None
         self._running = False
+        self._batch = []
+        if ours:
+            after_renewal(self._restart)
 
     def submit(
         self,
@@ -201,8 +232,20 @@ class GroupCommit:
                 self._pending.remove(request)
             stranded = bool(self._pending)
             self._committer_pid = os.getpid() if stranded else 0
-        if not stranded:
-            return
+        if stranded:
+            self._start_or_fail()
+
+    def _restart(self) -> None:
+        """Start a committer for the requests :meth:`after_fork_in_child` queued."""
+        with self._cond:
+            if not self._pending or self._committer_pid == os.getpid():
+                return
+            self._committer_pid = os.getpid()
+        self._start_or_fail()
+
+    def _start_or_fail(self) -> None:
+        """Start a committer for the requests queued (the committer's place is taken
+        already), or, if no thread can start, fail them with the reason."""
         made: list[threading.Thread] = []
         try:
             self._start_committer(made)
@@ -228,11 +271,13 @@ class GroupCommit:
                     self._committer_thread = None
                     return
                 self._running = True
+                self._batch = batch
             self.batches += 1
             for cluster in _clusters(batch):
                 self._flush(cluster)
             self._running = False  # (finished: before the waiters may close the map)
             _wake(batch)
+            self._batch = []
 
     def _flush(self, cluster: list[CommitRequest]) -> None:
         start = min(request.start for request in cluster)

@@ -360,7 +360,7 @@ class FileBackedCore(MapCore):
 
     def after_fork_in_child(self, survivor: int) -> None:
         super().after_fork_in_child(survivor)
-        self.commit.after_fork_in_child()
+        self.commit.after_fork_in_child(survivor)
         self.dirty.after_fork_in_child()
         if self._identity != (-1, -1):  # (the parent's msyncs in flight are not here)
             self._syncs = _syncs_of(self._identity)

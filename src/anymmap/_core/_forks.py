@@ -40,6 +40,7 @@ _TRACKED: list[weakref.ref[AfterFork]] = []
 _TRACKED_LOCK = threading.Lock()
 _prune_at = 64
 _MODULE_HOOKS: list[Callable[[], None]] = []
+_AFTER_RENEWAL: list[Callable[[], None]] = []
 
 
 def track(obj: AfterFork) -> None:
@@ -59,6 +60,13 @@ def renew_in_child(hook: Callable[[], None]) -> None:
     _MODULE_HOOKS.append(hook)
 
 
+def after_renewal(call: Callable[[], None]) -> None:
+    """From an ``after_fork_in_child``: call ``call()`` in the child once every tracked
+    object is renewed (for work that needs the others usable, such as starting a thread
+    that pins a map).  It must not raise."""
+    _AFTER_RENEWAL.append(call)
+
+
 def _in_child() -> None:
     global _TRACKED_LOCK
     _TRACKED_LOCK = threading.Lock()  # a thread of the parent may have held it
@@ -69,6 +77,10 @@ def _in_child() -> None:
         obj = ref()
         if obj is not None:
             obj.after_fork_in_child(survivor)
+    calls = _AFTER_RENEWAL[:]
+    del _AFTER_RENEWAL[:]
+    for call in calls:
+        call()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - every POSIX system

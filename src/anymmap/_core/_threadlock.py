@@ -108,13 +108,19 @@ class ThreadRWLock:
         track(self)
 
     def after_fork_in_child(self, survivor: int) -> None:
-        """Keep only what the thread that forked holds (see ``_forks``)."""
+        """Keep only what the thread that forked holds (see ``_forks``); if it was
+        waiting (a signal handler forked inside its wait), it gets the lock now, and its
+        wait ends at its next wake-up (at most ``HEAL_EVERY``).  (Adversary round 43: it
+        woke to a queue without it and raised ValueError.)"""
         self._cond = new_condition()
         count = self._readers.get(survivor, 0)
         self._readers = {survivor: count} if count else {}
         if self._writer != survivor:
             self._writer = None
-        self._queue = deque()  # their threads are not in this process
+        # The other threads are not in this process.
+        self._queue = deque(waiter for waiter in self._queue if waiter[1] == survivor)
+        with self._cond:
+            self._hand_over()
 
     def acquire_read(self, blocking: bool = True) -> int:
         """Acquire for the calling thread and return its identity (for ``_release_*``)."""
