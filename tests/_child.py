@@ -20,7 +20,7 @@ import tempfile
 import textwrap
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -137,6 +137,26 @@ def spawn_detached(runner: str, coro: Coroutine[Any, Any, None]) -> None:
 
 
 _DETACHED: set[asyncio.Future[None]] = set()
+
+
+async def report_trio_fork(pid: int, check: Callable[[], Coroutine[Any, Any, None]]) -> NoReturn:
+    """After a fork from a task of a running trio loop: in the child (``pid`` 0), run
+    ``check()`` (which must finish within 20 s) and exit 0 if it passed; in the parent,
+    wait for the child, print ``child exit N`` and exit at once (its loop shares trio's
+    wake-up socket with the child's, which may have taken its wake-ups)."""
+    if pid == 0:
+        code = 0
+        try:
+            with anyio.fail_after(20):
+                await check()
+        except BaseException as exc:  # noqa: BLE001 - reported through the exit code
+            print("child failed:", repr(exc), flush=True)
+            code = 3
+        os._exit(code)
+    # (Blocking: the parent's loop must not run, or it could take the child's wake-ups.)
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])  # noqa: ASYNC222
+    print("child exit", status, flush=True)
+    os._exit(0 if status == 0 else 4)
 
 
 def exit_if_a_thread_is_left(run: int) -> None:

@@ -368,6 +368,7 @@ def test_a_fork_from_inside_the_forking_threads_own_flush() -> None:
 _FORK_WHILE_A_TASK_FLUSHES = """
     import os, tempfile
     import trio, anymmap
+    from tests._child import report_trio_fork
 
     path = os.path.join(tempfile.mkdtemp(), "file")  # on disk: an msync takes a while
 
@@ -387,20 +388,13 @@ _FORK_WHILE_A_TASK_FLUSHES = """
                 await trio.sleep(0)
             async with m._lock.write():  # as a copy's worker call holds it
                 pid = os.fork()
-            if pid == 0:
-                code = 0
-                try:
-                    with trio.fail_after(20):
-                        await flushed.wait()
-                        await m.update_region(0, b"child")
-                        await m.flush()
-                except BaseException as exc:
-                    print("child failed:", repr(exc), flush=True)
-                    code = 3
-                os._exit(code)  # (the parent's loop shares trio's wake-up socket with us)
-            status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-            print("child exit", status, flush=True)
-            os._exit(0 if status == 0 else 4)
+
+            async def check():
+                await flushed.wait()
+                await m.update_region(0, b"child")
+                await m.flush()
+
+            await report_trio_fork(pid, check)
 
     trio.run(main)
 """
@@ -484,6 +478,7 @@ def test_a_fork_from_inside_a_lock_wait_of_the_forking_thread(call: str) -> None
 _FORK_WHILE_TASKS_WAIT_FOR_THE_LOCK = """
     import os
     import trio, anymmap
+    from tests._child import report_trio_fork
 
     async def main():
         m = await anymmap.AnonymousMmap.new(1 << 16)
@@ -512,20 +507,13 @@ _FORK_WHILE_TASKS_WAIT_FOR_THE_LOCK = """
             while len(m._lock._queue) < 2:
                 await trio.sleep(0)
             pid = os.fork()
-            if pid == 0:
-                code = 0
-                try:
-                    with trio.fail_after(20):
-                        while not {"reader", "writer"} <= set(done):
-                            await trio.sleep(0.01)
-                    assert await m.read(0, 5) == b"write"
-                except BaseException as exc:
-                    print("child failed:", repr(exc), flush=True)
-                    code = 3
-                os._exit(code)  # (the parent's loop shares trio's wake-up socket with us)
-            status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-            print("child exit", status, flush=True)
-            os._exit(0 if status == 0 else 4)
+
+            async def check():
+                while not {"reader", "writer"} <= set(done):
+                    await trio.sleep(0.01)
+                assert await m.read(0, 5) == b"write"
+
+            await report_trio_fork(pid, check)
 
     trio.run(main)
 """
@@ -533,3 +521,81 @@ _FORK_WHILE_TASKS_WAIT_FOR_THE_LOCK = """
 
 def test_a_fork_while_tasks_of_a_trio_loop_wait_for_the_lock() -> None:
     check_child(_FORK_WHILE_TASKS_WAIT_FOR_THE_LOCK, expect="child exit 0", timeout=60)
+
+
+# A fork (as a signal handler's would) at a chosen line inside the bookkeeping of a
+# flush or a copy of the forking thread: in the child that call completes and the map
+# goes on working.  Adversary round 44: inside submit's critical section the child's
+# flush raised RuntimeError (a renewed condition the frame did not hold); between its
+# claim of the committer's place and the thread's start, two committers ran; inside a
+# direct copy the thread stayed registered as copying, and close() was refused for good.
+_FORK_AT_A_LINE = """
+    import inspect, os, signal, sys, tempfile
+    import anymmap.sync as t
+    from anymmap._core import _commit, _map
+
+    MODULE = {"commit": _commit, "map": _map}[sys.argv[1]]
+    FUNCTION, MARK = sys.argv[2], sys.argv[3]
+    code = getattr(MODULE.GroupCommit if MODULE is _commit else MODULE.MapCore, FUNCTION)
+    lines, first = inspect.getsourcelines(code)
+    LINE = first + next(i for i, line in enumerate(lines) if MARK in line)
+
+    m = t.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "file"), 1 << 20)
+    forked = []
+
+    def tracer(frame, event, arg):
+        if frame.f_code is not code.__code__:
+            return None
+
+        def local(frame, event, arg):
+            if event == "line" and frame.f_lineno == LINE and not forked:
+                forked.append(os.fork())
+            return local
+
+        return local
+
+    sys.settrace(tracer)
+    try:
+        for _ in range(1000):  # (notify() needs a committer lingering from the last flush)
+            m.update_region(0, b"hello")
+            m.flush()
+            if forked:
+                break
+        outcome = "done"
+    except BaseException as exc:
+        outcome = repr(exc)
+    sys.settrace(None)
+    assert forked, "the line was never reached"
+    if forked == [0]:
+        signal.alarm(20)
+        code = 0 if outcome == "done" else 3
+        try:
+            m.update_region(0, b"child")
+            m.flush()
+            assert m.pending_bytes() == 0
+            m.close()
+        except BaseException as exc:
+            outcome = repr(exc)
+            code = 4
+        print("child:", outcome, flush=True)
+        os._exit(code)
+    status = os.waitstatus_to_exitcode(os.waitpid(forked[0], 0)[1])
+    assert outcome == "done" and status == 0, (outcome, status)
+    m.close()
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "function", "mark"),
+    [
+        ("commit", "submit", "self._pending.append(request)"),
+        ("commit", "submit", "self._cond.notify()"),
+        ("commit", "submit", "self._start_committer(made)"),
+        ("map", "_copy_now", "if self._remapper is not None or start + n > self.length"),
+    ],
+)
+def test_a_fork_inside_the_bookkeeping_of_the_forking_threads_own_call(
+    module: str, function: str, mark: str
+) -> None:
+    check_child(_FORK_AT_A_LINE, module, function, mark, timeout=60)

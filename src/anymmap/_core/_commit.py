@@ -42,7 +42,7 @@ from functools import partial
 from .._errors import ClosedMapError
 from .._sys import start_thread
 from ._forks import after_renewal
-from ._threadlock import check_not_held, held_here, new_condition
+from ._threadlock import check_not_held, held_here, new_condition, renewed
 
 #: Waiting ranges closer than this share one msync over their span.
 GAP_LIMIT = 256 << 20
@@ -147,7 +147,7 @@ class GroupCommit:
             request.done = False
             request._error = None
             request.owner = self._sync()
-        self._cond = new_condition()
+        self._cond = renewed(self._cond)  # (the survivor may be inside submit)
         self._pending = ours
         self._committer_pid = 0
         self._committer_thread = None
@@ -260,7 +260,13 @@ class GroupCommit:
             _wake(left)
 
     def _run(self) -> None:
-        self._committer_thread = threading.get_ident()
+        with self._cond:
+            if self._committer_thread is not None:
+                # Another committer of this process runs, and takes what is queued: a
+                # fork inside submit, after it claimed the committer's place, had both
+                # the child's restart and submit start one (adversary round 44).
+                return
+            self._committer_thread = threading.get_ident()
         while True:
             with self._cond:
                 if not self._pending:

@@ -55,6 +55,7 @@ from ._threadlock import (
     check_not_held,
     held_here,
     new_condition,
+    renewed,
     wait_unless_exiting,
 )
 
@@ -130,10 +131,13 @@ class MapCore:
         """Keep only the pins of the thread that forked (see ``_forks``).  A map another
         thread was remapping or closing counts as closed here: its memory may be
         half-changed, so it is neither used nor unmapped (as after DONTFORK)."""
-        self._cond = new_condition()
+        self._cond = renewed(self._cond)
         pins = self._pinners.get(survivor, 0)
         self._pinners = {survivor: pins} if pins else {}
-        self._direct = [me for me in self._direct if me == survivor]
+        # In place: a copy the survivor was in (a signal handler forked) removes itself
+        # from this very list (adversary round 44: a new list kept it there for good,
+        # and the child could never close or resize the map).
+        self._direct[:] = [me for me in self._direct if me == survivor]
         if self._remapper not in (None, survivor):
             self._remapper = None
             self._fork_guard[:] = [_LOST_IN_A_FORK]

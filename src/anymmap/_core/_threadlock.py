@@ -61,6 +61,14 @@ def new_condition() -> threading.Condition:
     return _Condition(threading.RLock())
 
 
+def renewed(cond: threading.Condition) -> threading.Condition:
+    """In a forked child: ``cond`` if the thread that forked (the caller) holds it, as
+    one forked by a signal handler inside a critical section does (a fresh one would
+    not be held by the frame that goes on in it: adversary round 44), else a fresh one
+    (a thread of the parent may have held it, and is not here to give it back)."""
+    return cond if held_here(cond) else new_condition()
+
+
 def held_here(lock: threading.Condition | threading.RLock) -> bool:
     """Whether the calling thread holds ``lock`` (an RLock, or a condition made by
     :func:`new_condition`)."""
@@ -110,9 +118,11 @@ class ThreadRWLock:
     def after_fork_in_child(self, survivor: int) -> None:
         """Keep only what the thread that forked holds (see ``_forks``); if it was
         waiting (a signal handler forked inside its wait), it gets the lock now, and its
-        wait ends at its next wake-up (at most ``HEAL_EVERY``).  (Adversary round 43: it
-        woke to a queue without it and raised ValueError.)"""
-        self._cond = new_condition()
+        wait ends at its next wake-up (at most ``HEAL_EVERY``), unless another thread was
+        inside the lock's bookkeeping at the fork (then the wait takes that thread's
+        condition back for ever, as for any lock a vanished thread held).  (Adversary
+        round 43: it woke to a queue without it and raised ValueError.)"""
+        self._cond = renewed(self._cond)
         count = self._readers.get(survivor, 0)
         self._readers = {survivor: count} if count else {}
         if self._writer != survivor:
