@@ -377,10 +377,12 @@ async def test_a_write_back_failure_no_flush_raised_is_raised_by_the_close(
     await m.update_region(0, b"X" * 3 * MiB)
     commit = m._core.commit
     with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(m.flush)
-            await wait_until(lambda: commit.batches > 0)  # submitted and taken
-            scope.cancel()
+        # Cancelled before the call: it submits its flush (no checkpoint comes first),
+        # then its wait ends at once, before any wake-up (when the scope was cancelled
+        # after the batch was taken, the failed msync could wake it first under load).
+        scope.cancel()
+        await m.flush()
+    assert scope.cancelled_caught
     await wait_until(lambda: bool(commit.failed_batches))  # its msync failed
     with pytest.raises(anymmap.WriteBackError) as failure:
         await m.aclose()
