@@ -51,6 +51,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from ._core._forks import renew_in_child
+
 # Trio names itself in sniffio's thread-local for as long as it runs a task; anything else
 # anymmap runs under is asyncio.
 backend_local: Any
@@ -147,6 +149,38 @@ def _load_trio() -> types.ModuleType:
 
 
 _ki_protected = False
+
+
+def _free_trio_run_in_child() -> None:
+    """In a child forked by a task of a trio run (which runs on in the child): free the
+    lock of the run's queue of calls from other threads if a thread of the parent held
+    it.  ``run_sync_soon`` holds it while it queues a call; trio's worker threads call it
+    to hand a result back, and they can still be inside when the task they woke already
+    runs and forks.  The child then inherited it held by a thread that is gone, and every
+    later call into its run from a thread, trio's own worker threads' and anymmap's group
+    committer's, waited for it for ever (one run in ten of
+    ``test_a_fork_while_a_task_of_a_trio_loop_flushes``, in CI).  trio forgets its idle
+    worker threads in a child, but not this lock.  The lock guards one queue append: a
+    call cut at the fork is either queued or lost (a worker call in flight at a fork is
+    lost anyway, see the README).  Through trio's private attributes: if they change,
+    nothing is done (and ``tests/reliability/test_fork.py`` fails)."""
+    if _trio_module is None:
+        return  # (no trio run has used anymmap)
+    try:
+        token = _trio_module.lowlevel.current_trio_token()
+    except RuntimeError:
+        return  # this thread runs no trio run
+    queue: Any = getattr(token, "_reentry_queue", None)
+    lock = getattr(queue, "lock", None)
+    if lock is None:
+        return
+    if lock.acquire(blocking=False):  # free, or held by this thread (a signal handler)
+        lock.release()
+    else:
+        queue.lock = threading.RLock()
+
+
+renew_in_child(_free_trio_run_in_child)
 
 
 def _protect_from_keyboard_interrupt(trio: types.ModuleType) -> None:

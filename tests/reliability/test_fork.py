@@ -404,6 +404,77 @@ def test_a_fork_while_a_task_of_a_trio_loop_flushes() -> None:
     check_child(_FORK_WHILE_A_TASK_FLUSHES, expect="child exit 0", timeout=60)
 
 
+# The fork comes while a thread is inside the trio run's ``run_sync_soon`` (held there by
+# a trace function), which holds the run's lock: the group committer waking the flushing
+# task, or a trio worker thread handing a result back (it can still be inside when the
+# task it woke runs and forks).  The child inherited the lock held by a thread that is
+# gone, and every later call into its run from a thread waited for ever: the committer's
+# wake-up of a flush, a worker thread's result (one run in ten of the test above, in CI).
+# The child's threads get a bigger stack than the parent's: else glibc gives a new thread
+# the stack of the gone one, and so its thread identity, and the lock counts as its own.
+_FORK_WHILE_A_THREAD_CALLS_INTO_TRIO = """
+    import os, sys, tempfile, threading, time
+    import anyio, trio, anymmap
+    from tests._child import report_trio_fork
+
+    WHO = sys.argv[1]
+    path = os.path.join(tempfile.mkdtemp(), "file")
+    inside = threading.Event()
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "run_sync_soon":
+            return in_run_sync_soon
+        return None
+
+    def in_run_sync_soon(frame, event, arg):
+        lock = getattr(frame.f_locals.get("self"), "lock", None)  # trio's entry queue
+        if event == "line" and lock is not None and lock._is_owned() and not inside.is_set():
+            inside.set()
+            time.sleep(0.5)  # the fork comes meanwhile
+        return in_run_sync_soon
+
+    def hand_back():
+        sys.settrace(tracer)  # (for what this worker thread runs next: the hand-back)
+
+    async def main():
+        m = await anymmap.MmapRaw.create(path, 1 << 16)
+        flushed = trio.Event()
+
+        async def flusher():
+            await m.update_region(0, b"x")
+            await m.flush()
+            flushed.set()
+
+        async with trio.open_nursery() as nursery:
+            if WHO == "committer":
+                threading.settrace(tracer)  # (for the committer, which starts after this)
+                nursery.start_soon(flusher)
+            else:
+                nursery.start_soon(anyio.to_thread.run_sync, hand_back)
+            while not inside.is_set():
+                await trio.sleep(0)
+            threading.settrace(None)
+            threading.stack_size(32 << 20)
+            pid = os.fork()
+
+            async def check():
+                if WHO == "committer":
+                    await flushed.wait()  # (a worker's call in flight at a fork is lost)
+                await m.update_region(0, b"child")
+                await m.flush()
+                await anyio.to_thread.run_sync(int)
+
+            await report_trio_fork(pid, check)
+
+    trio.run(main)
+"""
+
+
+@pytest.mark.parametrize("who", ["committer", "worker"])
+def test_a_fork_while_a_thread_calls_into_the_trio_run(who: str) -> None:
+    check_child(_FORK_WHILE_A_THREAD_CALLS_INTO_TRIO, who, expect="child exit 0", timeout=60)
+
+
 # A fork from inside a lock wait of the forking thread (a signal handler that forks while
 # the thread waits for another thread's borrow): in the child the borrow's thread is
 # gone, so the wait ends with the lock (adversary round 43: ValueError from the lock's

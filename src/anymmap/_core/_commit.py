@@ -138,11 +138,8 @@ class GroupCommit:
         again, for a committer of this process once every map is renewed (adversary round
         43: they waited for ever).  Their flush starts after the fork, so after the call
         was made: the durability rule holds."""
-        ours = [
-            request
-            for request in {id(r): r for r in self._pending + self._batch}.values()
-            if request.thread == survivor
-        ]
+        # (A request is in one of the two: the committer takes the queue as its batch.)
+        ours = [request for request in self._pending + self._batch if request.thread == survivor]
         for request in ours:
             request.done = False
             request._error = None
