@@ -864,6 +864,7 @@ class _Pinned(Hold):
         check_not_held(core._cond)
         held = -1  # the pins this thread held before
         due = [False]
+        unpin = partial(_unpin, core, me, due)
         try:
             with core._cond:
                 core.check_not_remapping(me)
@@ -881,12 +882,15 @@ class _Pinned(Hold):
                 held = core._pinners.get(me, 0)
                 core._pinners[me] = held + 1
                 due[0] = True
-            self._on_drop = partial(_unpin, core, me, due)
+            self._on_drop = unpin
             return  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
-            if held >= 0 and core._pinners.get(me, 0) == held + 1:
+            # (No call until the hold is armed: see Held.__enter__.)
+            pinners = core._pinners
+            if held >= 0 and (pinners[me] if me in pinners else 0) == held + 1:  # noqa: SIM401 - no call
                 due[0] = True  # (counted, then a signal's handler raised)
-            _unpin(core, me, due)
+            self._on_drop = unpin  # (interrupted, the give-back happens at the drop)
+            unpin()
             self._on_drop = DISARMED
             raise
 
@@ -924,6 +928,7 @@ class _Exclusive(Hold):
         core.check_not_remapping(me)  # (so a _remapper of `me` below is this call's)
         core.check_not_syncing()
         due = [False]
+        release = partial(_release_exclusive, core, due)
         try:
             with core._cond:
                 core.check_open()
@@ -937,7 +942,7 @@ class _Exclusive(Hold):
                     core.check_open()
                 core._remapper = me
                 due[0] = True
-                self._on_drop = partial(_release_exclusive, core, due)
+                self._on_drop = release
                 while core._pinners:
                     wait_unless_exiting(core._cond, HEAL_EVERY)
                 # Direct accesses take no pin; they are short and never wait, so poll.
@@ -947,9 +952,11 @@ class _Exclusive(Hold):
             # (a daemon thread) must not keep a finalizer's call from failing cleanly.
             return  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
+            # (No call until the hold is armed: see Held.__enter__.)
             if core._remapper == me:
                 due[0] = True
-            _release_exclusive(core, due)
+            self._on_drop = release  # (interrupted, the give-back happens at the drop)
+            release()
             self._on_drop = DISARMED
             raise
 

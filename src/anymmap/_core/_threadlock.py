@@ -264,19 +264,25 @@ class Held(Hold):
         # (Taking the write lock twice raises; the hold is then not ours.)
         before = lock._writer == me if write else lock._readers.get(me, 0)
         due = [False]
+        give_back = partial(_give_back, lock, me, write, due)
         try:
             if write:
                 lock.acquire_write(self._blocking)
             else:
                 lock.acquire_read(self._blocking)
             due[0] = True
-            self._on_drop = partial(_give_back, lock, me, write, due)
+            self._on_drop = give_back
             return  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
+            # No call until the hold is armed: a second signal's handler, run as a call
+            # begins or returns, left the lock taken with nothing to give it back (CPython
+            # 3.13 under load: 13 of 60 runs of a 1.5 s Ctrl-C storm).
             if not due[0]:  # got it, then a signal's handler raised as the call returned?
-                got = lock._writer == me if write else lock._readers.get(me, 0)
-                due[0] = got != before and bool(got)
-            _give_back(lock, me, write, due)
+                readers = lock._readers
+                got = lock._writer == me if write else readers[me] if me in readers else 0  # noqa: SIM401
+                due[0] = got != before and got != 0
+            self._on_drop = give_back  # (interrupted, the give-back happens at the drop)
+            give_back()
             self._on_drop = DISARMED
             raise
 
