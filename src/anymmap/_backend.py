@@ -152,10 +152,17 @@ _ki_protected = False
 
 
 def _free_trio_run_in_child() -> None:
-    """In a child forked by a task of a trio run (which runs on in the child): free the
-    lock of the run's queue of calls from other threads if a thread of the parent held
-    it.  ``run_sync_soon`` holds it while it queues a call; trio's worker threads call it
-    to hand a result back, and they can still be inside when the task they woke already
+    """In a child forked by a task of a trio run (which runs on in the child): give the
+    run a new worker limiter, and free the lock of the run's queue of calls from other
+    threads if a thread of the parent held it.
+
+    The worker calls in flight at the fork are lost with their threads, and each kept
+    its token of the run's limiter for good: with 16 in flight, every later worker call
+    of the child (a ``populate``, a ``resize``, an ``aclose``, a big copy) waited for ever
+    (adversary round 45).  The lost calls' tasks keep the old limiter.
+
+    The lock: ``run_sync_soon`` holds it while it queues a call; trio's worker threads
+    call it to hand a result back, and they can still be inside when the task they woke already
     runs and forks.  The child then inherited it held by a thread that is gone, and every
     later call into its run from a thread, trio's own worker threads' and anymmap's group
     committer's, waited for it for ever (one run in ten of
@@ -172,12 +179,13 @@ def _free_trio_run_in_child() -> None:
         return  # this thread runs no trio run
     queue: Any = getattr(token, "_reentry_queue", None)
     lock = getattr(queue, "lock", None)
-    if lock is None:
-        return
-    if lock.acquire(blocking=False):  # free, or held by this thread (a signal handler)
-        lock.release()
-    else:
+    if lock is not None and not lock.acquire(blocking=False):  # (this thread's: acquired)
         queue.lock = threading.RLock()
+    elif lock is not None:
+        lock.release()
+    with contextlib.suppress(LookupError):  # (none yet: nothing was lost)
+        _limiter.get()
+        _limiter.set(anyio.CapacityLimiter(DEFAULT_THREAD_TOKENS))
 
 
 renew_in_child(_free_trio_run_in_child)

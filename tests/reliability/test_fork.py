@@ -475,6 +475,44 @@ def test_a_fork_while_a_thread_calls_into_the_trio_run(who: str) -> None:
     check_child(_FORK_WHILE_A_THREAD_CALLS_INTO_TRIO, who, expect="child exit 0", timeout=60)
 
 
+# Sixteen worker calls in flight at a fork from a trio task (as sixteen big copies would
+# be): they are lost in the child with their threads, and each kept its token of the
+# run's worker limiter, so every later worker call of the child waited for ever (10 of 10
+# children of adversary round 45).  The child's run gets a new limiter.
+_FORK_WHILE_EVERY_WORKER_IS_BUSY = """
+    import os, threading
+    import anyio, trio, anymmap
+    from anymmap._backend import DEFAULT_THREAD_TOKENS, thread_limiter
+    from tests._child import report_trio_fork
+
+    async def main():
+        m = await anymmap.AnonymousMmap.new(1 << 20)
+        release = threading.Event()
+        limiter = thread_limiter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(DEFAULT_THREAD_TOKENS):
+                nursery.start_soon(lambda: anyio.to_thread.run_sync(release.wait, limiter=limiter))
+            while limiter.borrowed_tokens < DEFAULT_THREAD_TOKENS:
+                await trio.sleep(0.01)
+            pid = os.fork()
+            if pid:
+                release.set()
+
+            async def check():
+                await m.populate()  # a worker call
+                await m.resize(2 << 20)
+                await m.aclose()
+
+            await report_trio_fork(pid, check)
+
+    trio.run(main)
+"""
+
+
+def test_a_fork_while_every_worker_thread_is_busy() -> None:
+    check_child(_FORK_WHILE_EVERY_WORKER_IS_BUSY, expect="child exit 0", timeout=60)
+
+
 # A fork from inside a lock wait of the forking thread (a signal handler that forks while
 # the thread waits for another thread's borrow): in the child the borrow's thread is
 # gone, so the wait ends with the lock (adversary round 43: ValueError from the lock's
