@@ -1993,7 +1993,11 @@ _A_NEW_THREAD_WITH_AN_OLD_IDENTITY = """
     while time.monotonic() < deadline:
         thread = threading.Thread(target=second)
         thread.start()
-        if running.wait(0.01):
+        # (Until it runs its loop or ends: one that got the identity runs until stopped,
+        # and on a busy machine may take longer than any fixed wait to start its loop.)
+        while thread.is_alive() and not running.wait(0.01):
+            pass
+        if running.is_set():
             break
         thread.join()
     else:
