@@ -162,10 +162,10 @@ def _free_trio_run_in_child() -> None:
     (adversary round 45).  The lost calls' tasks keep the old limiter.
 
     The lock: ``run_sync_soon`` holds it while it queues a call; trio's worker threads
-    call it to hand a result back, and they can still be inside when the task they woke already
-    runs and forks.  The child then inherited it held by a thread that is gone, and every
-    later call into its run from a thread, trio's own worker threads' and anymmap's group
-    committer's, waited for it for ever (one run in ten of
+    call it to hand a result back, and can still be inside when the task they woke runs
+    and forks.  The child then inherited it held by a thread that is gone, and every
+    later call into its run from a thread (trio's own worker threads', anymmap's group
+    committer's) waited for it for ever (one run in ten of
     ``test_a_fork_while_a_task_of_a_trio_loop_flushes``, in CI).  trio forgets its idle
     worker threads in a child, but not this lock.  The lock guards one queue append: a
     call cut at the fork is either queued or lost (a worker call in flight at a fork is
