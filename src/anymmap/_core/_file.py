@@ -102,15 +102,19 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
             raise
 
 
-def cut_file(fd: int, map_end: int, new_end: int, cut: list[int]) -> None:
+def cut_file(
+    fd: int, map_end: int, new_end: int, cut: list[int], then: Callable[[], None]
+) -> None:
     """Cut the file to ``new_end`` bytes if a map ending at ``map_end`` reaches its end,
-    and append its size before to ``cut``; leave it if it goes on past the map (a
-    window, or a file another map or process has grown meanwhile: that growth is not
-    this map's to cut).  The maps of anymmap that change a file's size take turns, so
-    the size is read and cut with no other map's growth in between.
+    append its size before to ``cut`` and call ``then`` (the map's move to its new end);
+    leave it if it goes on past the map (a window, or a file another map or process has
+    grown meanwhile: that growth is not this map's to cut).  The maps of anymmap that
+    change a file's size take turns, so the size is read and cut with no other map's
+    growth in between.
 
-    ``cut`` is appended to as the file is cut, whatever signal arrives: a caller that
-    gets an exception still knows whether the file was cut.
+    The cut, its record in ``cut`` and ``then`` are one section with signals held: a
+    Ctrl-C between the cut and the map's move would leave the map reaching past the end
+    of its file, and a second one could cut short the except path that finished the move.
     """
     with os_impl.changing_size(fd):
         size = os_impl.file_size(fd)
@@ -119,6 +123,7 @@ def cut_file(fd: int, map_end: int, new_end: int, cut: list[int]) -> None:
         with signals_held():
             os_impl.truncate(fd, new_end)
             cut.append(size)
+            then()
 
 
 def uncut_file(fd: int, end: int, size: int) -> None:
@@ -750,32 +755,36 @@ class FileCore(FileBackedCore):
             old_length = self.length
             old_addr, old_map_len = self.map_addr, self.map_len
             old_size = os_impl.file_size(self.fd)
-            retired = installed = False
+            installed = False
             # The file changes first: growing or cutting it is what can fail (a full disk,
             # a sealed memfd, a block device), and then the map has not changed yet.
             # Remapping can then only fail for want of address space.
             cut: list[int] = []  # the file's size before this resize cut it, once it did
-            remap_failed = False
 
             def remap() -> None:
-                nonlocal installed, remap_failed
+                nonlocal installed
                 new_map_len = page_ceil(self._delta + length)
-                with signals_held():  # (installed means recorded, whatever arrives)
+                # The old memory is given up, moved and the new one recorded in one held
+                # section, which puts the old one back if the move fails: nothing is left
+                # for the except path below to undo (a second Ctrl-C can cut that short,
+                # and the map was left with no memory at all).  Installed means recorded,
+                # whatever arrives.
+                with signals_held():
+                    self.memory.retire()
                     try:
                         addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
-                    except OSError:
-                        remap_failed = True
+                    except BaseException:
+                        self._install(old_addr, old_map_len, old_length)
                         raise
                     self._install(addr, new_map_len, length)
                     self.dirty.cut(length)  # this map can no longer flush past its end
                     installed = True
 
             try:
-                # (Signals held where a Ctrl-C would leave the map describing memory that
-                # changed under it: it arrives once the change is recorded.)
+                # A view that outlives its borrow refuses the resize before the file changes.
+                # (Held: a collection of views left in cycles runs here.)
                 with signals_held():
-                    self.memory.retire()
-                    retired = True
+                    self.memory.check_unborrowed()
                 if self._block_device:
                     if self.file_offset + length > old_size:
                         raise OutOfBoundsError(self.file_offset, length, old_size, "device")
@@ -785,7 +794,7 @@ class FileCore(FileBackedCore):
                     )
                 elif length < old_length:
                     end = self.file_offset + old_length
-                    cut_file(self.fd, end, self.file_offset + length, cut)
+                    cut_file(self.fd, end, self.file_offset + length, cut, then=remap)
                 if (
                     length < old_length
                     and not cut
@@ -800,20 +809,14 @@ class FileCore(FileBackedCore):
                     except WriteBackError:
                         self._write_back_heard = True  # (raised to the resize's caller)
                         raise
-                remap()
+                if not installed:  # (a cut moved the map already)
+                    remap()
             except BaseException:
                 if installed:  # a signal that arrived during the change: it is made
                     raise
-                if cut and not remap_failed:
-                    # The file is cut and a signal arrived before the map followed: finish
-                    # (the map must not reach past the end of its file).
-                    remap()
-                    raise
-                with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
-                    if retired:
-                        self._install(old_addr, old_map_len, old_length)
                 # A failed growth undid itself (fill_file).  One that worked stays when the
-                # remap fails: cutting it back could cut another map's growth since.
+                # remap fails: cutting it back could cut another map's growth since.  A cut
+                # is undone: the remap that followed it failed.
                 if cut:
                     uncut_file(self.fd, self.file_offset + length, cut[0])
                 raise

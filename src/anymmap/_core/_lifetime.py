@@ -81,6 +81,15 @@ def _finalize(unmap: Callable[[], None], fork_guard: list[int]) -> None:
         pass
 
 
+def _check_no_leak(leaked: int) -> None:
+    """:raises BorrowError: if ``leaked`` buffers of a memory are alive"""
+    if leaked:
+        raise BorrowError(
+            f"{leaked} buffer(s) exported from this map are still alive; drop every "
+            "view, slice or array taken from a borrow first"
+        )
+
+
 class Memory:
     """``length`` bytes of mapped memory at ``addr`` and every view of it.
 
@@ -125,6 +134,18 @@ class Memory:
         """Whether :meth:`retire` gave the memory up."""
         return not hasattr(self, "_exporter")
 
+    def check_unborrowed(self) -> None:
+        """Check that :meth:`retire` would succeed, changing nothing (``self.view`` stays
+        usable: an interrupted check leaves the memory as it was).
+
+        :raises BorrowError: if a view of it is still alive
+        """
+        # (self.view adds one reference over the baseline.)
+        if sys.getrefcount(self._exporter) != self._baseline + 1:
+            gc.collect()  # a view kept alive only by a reference cycle
+            release_escaped()
+        _check_no_leak(sys.getrefcount(self._exporter) - self._baseline - 1)
+
     def retire(self) -> None:
         """Give up the memory before it is unmapped or moved; the object is unusable after.
 
@@ -137,10 +158,7 @@ class Memory:
         leaked = sys.getrefcount(self._exporter) - self._baseline
         if leaked:
             self.view = memoryview(self._exporter).cast("B")
-            raise BorrowError(
-                f"{leaked} buffer(s) exported from this map are still alive; drop every "
-                "view, slice or array taken from a borrow first"
-            )
+            _check_no_leak(leaked)
         self._finalizer.detach()
         del self._exporter
 
