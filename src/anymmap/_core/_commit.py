@@ -40,7 +40,7 @@ from contextlib import suppress
 from functools import partial
 
 from .._errors import ClosedMapError
-from .._sys import start_thread
+from .._sys import signals_held, start_thread
 from ._forks import after_renewal
 from ._threadlock import check_not_held, held_here, new_condition, renewed
 
@@ -182,7 +182,13 @@ class GroupCommit:
             self._flush([request])
             _wake([request])
             return request
-        with self._cond:
+        # Queued, the committer's place taken and its thread started in one section with
+        # signals held (the thread's start-up is all it waits for): a Ctrl-C handled as
+        # _start_committer began left the place taken with no thread, and a second one
+        # handled as the except path's _unstart began did the same; every later flush of
+        # the map then waited for ever.  What arrives is raised once the request is
+        # queued for a running committer.
+        with self._cond, signals_held():
             self._pending.append(request)
             # A committer of another process (the parent of a fork) does not run here.
             if self._committer_pid == os.getpid():
@@ -192,15 +198,11 @@ class GroupCommit:
             # Started with the condition held: a finalizer run while the thread is made
             # (it allocates) gets RuntimeError above, instead of queueing for a committer
             # that this frame has not started yet.  (The new thread waits for the
-            # condition before it looks at the queue.)  The try begins before the call: a
-            # Ctrl-C handled as _start_committer began left the committer's place taken
-            # with no thread, and every later flush of the map waited for ever.
+            # condition before it looks at the queue.)
             made: list[threading.Thread] = []
             try:
                 self._start_committer(made)
             except BaseException:
-                # (A KeyboardInterrupt can land inside start() after the thread started:
-                # then it runs, and takes this request too.)
                 if not made or made[0].ident is None:  # it never started
                     self._unstart(request)
                 raise
