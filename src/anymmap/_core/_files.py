@@ -11,13 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-import weakref
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from typing import Literal, Protocol, get_args
 
 from .._errors import UnmappableFileError
-from .._sys import os_impl, signals_held
+from .._sys import DISARMED, ON_DROP, os_impl, signals_held
 from .._sys._interface import PathArg as PathArg  # a path anymmap accepts
 from ._checks import as_int
 
@@ -77,32 +77,47 @@ def adopt(open_it: Callable[[], int], name: str) -> FileRef:
         return FileRef(open_it(), name)
 
 
+class _Closer:
+    """What closes a :class:`FileRef`'s descriptor when it is dropped: its ``__del__`` is
+    C code calling ``_on_drop``, ``partial(os.close, fd)`` while armed (a
+    ``weakref.finalize`` ran Python frames first, and a Ctrl-C handled as one began
+    left the descriptor open for good)."""
+
+    __slots__ = ("_on_drop",)
+    __del__ = ON_DROP
+
+    def __init__(self, fd: int) -> None:
+        self._on_drop: Callable[[], object] = partial(os_impl.close, fd)
+
+
 class FileRef:
     """A file descriptor a map owns, with what the file was called (``label_of``).
 
-    It is closed by :meth:`close`, or when the last object holding it goes away.
+    It is closed by :meth:`close`, or when the last object holding it goes away (not by
+    an exit handler: the map may still be used then, by an atexit handler registered
+    before anymmap was imported or a daemon thread, and a descriptor closed under an
+    open map is a number the next ``open()`` reuses; the OS closes it at exit).
     """
 
-    __slots__ = ("__weakref__", "_closer", "fd", "name")
+    __slots__ = ("_closer", "fd", "name")
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
         self.name = name
-        self._closer = weakref.finalize(self, os_impl.close, fd)
-        # Not at exit: the map may still be used then (an atexit handler registered
-        # before anymmap was imported, a daemon thread), and a descriptor closed under
-        # an open map is a number the next open() reuses.  The OS closes it at exit.
-        self._closer.atexit = False
+        self._closer = _Closer(fd)
 
     def close(self) -> None:
-        # (Held: the finalizer marks itself dead, then calls close(fd); a Ctrl-C handled
-        # as that call began left the descriptor open for good.)
+        # Disarmed, then closed, with no point between where a signal's handler could
+        # raise (held for CPython 3.10, which handles signals between any two
+        # instructions).  Cut short before the block, the drop closes it.
         with signals_held():
-            self._closer()
+            closer = self._closer
+            close, closer._on_drop = closer._on_drop, DISARMED
+            close()
 
     @property
     def closed(self) -> bool:
-        return not self._closer.alive
+        return self._closer._on_drop is DISARMED
 
 
 PATH_TYPES = (str, bytes, os.PathLike)

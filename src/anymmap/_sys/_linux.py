@@ -479,8 +479,9 @@ def dup(fd: int) -> int:
     return os.dup(fd)
 
 
-def close(fd: int) -> None:
-    os.close(fd)
+#: ``os.close`` itself, no Python frame over it: a descriptor's drop (see ``FileRef``)
+#: closes it with no point before the call where a signal's handler could raise.
+close = os.close
 
 
 def _kind(mode: int) -> str:
