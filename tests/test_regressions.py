@@ -4303,3 +4303,82 @@ async def test_an_error_inside_the_buffer_check_is_a_type_error_and_lets_go() ->
             m.read_into_nowait(0, buffer)
         kept.append(caught.value)
         buffer.append(0)  # (BufferError while an export is kept)
+
+
+_A_CLOSED_LOOP_LEFT_A_BORROW = """
+    import asyncio, gc, sys, threading
+    import anymmap
+    loop_kind, where = sys.argv[1:]
+    new_loop = asyncio.new_event_loop
+    if loop_kind == "uvloop":
+        import uvloop
+        new_loop = uvloop.new_event_loop
+
+    def run(main):
+        loop = new_loop()
+        try:
+            return loop.run_until_complete(main())
+        finally:
+            loop.close()
+
+    async def make():
+        return await anymmap.AnonymousMmap.new(1 << 16)
+
+    m = run(make)
+    # A loop closed without cancelling its tasks (a hand-made runner, as older code
+    # has): one is suspended inside a borrow, another waits to resize behind it.
+    old = new_loop()
+    async def borrower():
+        async with m.as_mut_slice(0, 8) as view:
+            view[0] = 7
+            await asyncio.sleep(3600)
+    async def resizer():
+        await m.resize(1 << 17)
+    tasks = [old.create_task(borrower()), old.create_task(resizer())]
+    old.run_until_complete(asyncio.sleep(0.05))
+    assert m.lock.locked()
+    old.close()
+
+    async def later():
+        assert await m.read(0, 1) == b"\\x07"  # (before: waited for ever behind the resize)
+        for call in (lambda: m.resize(1 << 17), m.aclose):
+            try:  # the borrow's view is alive in the abandoned task's frame
+                await call()
+            except anymmap.BorrowError:
+                pass
+            else:
+                raise AssertionError("the memory under a live view was unmapped")
+        assert not m.closed and not m.lock.locked()
+        async with m.as_slice(0, 1) as view:
+            assert bytes(view) == b"\\x07"
+        return True
+
+    if where == "same thread":
+        assert run(later)
+    else:
+        done = []
+        thread = threading.Thread(target=lambda: done.append(run(later)))
+        thread.start()
+        thread.join()
+        assert done == [True]
+    del tasks, old
+    gc.collect()  # the abandoned tasks (and their views) go
+    async def close():
+        await m.aclose()
+    run(close)
+    assert m.closed
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("where", ["same thread", "another thread"])
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_loop_closed_inside_a_borrow_does_not_keep_the_lock(loop_kind: str, where: str) -> None:
+    """Regression test: an asyncio loop closed without cancelling its tasks (not
+    ``asyncio.run``, which cancels them) left a task suspended inside a borrow holding
+    the map's lock, and a second task's resize waiting for it: every later call of the
+    map in a new loop (``read``, ``resize``, ``aclose``) waited for ever.  The tasks of a
+    closed loop never run again, so the next loop that takes the map drops their holds;
+    the borrow's view, still alive in the abandoned frame, keeps the memory mapped
+    (``resize`` and ``aclose`` raise ``BorrowError``) until the task is collected."""
+    check_child(_A_CLOSED_LOOP_LEFT_A_BORROW, loop_kind, where, timeout=40)

@@ -121,6 +121,20 @@ def loop_running(loop: object) -> bool:
     return True
 
 
+def loop_closed(loop: object) -> bool:
+    """Whether ``loop`` (from :func:`current_loop`) can never run a task again: a closed
+    asyncio loop, or a trio run that has finished."""
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return loop.is_closed()
+    return not loop_running(loop)
+
+
+def task_loop_closed(task: object) -> bool:
+    """Whether ``task`` (from :func:`current_task`) is an asyncio task of a closed loop:
+    it can never run again (the collector may still close its coroutine)."""
+    return isinstance(task, asyncio.Future) and task.get_loop().is_closed()
+
+
 def _nothing() -> None:
     pass
 

@@ -16,9 +16,11 @@ from ._backend import (
     backend_local,
     current_loop,
     current_task,
+    loop_closed,
     loop_running,
     not_in_a_task,
     task_info,
+    task_loop_closed,
     trio_cancel_shielded_checkpoint,
     trio_checkpoint_if_cancelled,
     trio_current_task,
@@ -574,13 +576,22 @@ class MapLock(RWLock):
         # they held must not raise, and those waiting get the lock in their turn
         # (adversary round 43: they waited for ever).  Other waiters are not woken: their
         # tasks never run again, and granted, the lock would stay theirs.
-        dropped = self._dropped
-        dropped.update(self._readers)
-        if self._writer is not None:
-            dropped[self._writer] = 0
         kept: deque[_Ticket] = deque()
         if self._thread == survivor:
             kept.extend(t for t in self._queue if not t.cancelled and t._future is None)
+        self._drop_holds(kept, remember=True)
+        if self._thread != survivor:
+            self._loop = None  # that thread's event loop does not run here
+
+    def _drop_holds(self, kept: deque[_Ticket], remember: bool) -> None:
+        """Drop every hold and every waiter but ``kept``, whose tasks get the lock in
+        their turn.  ``remember``: a later release of a dropped hold is a no-op (else the
+        tasks must never release: see :meth:`_release`)."""
+        if remember:
+            dropped = self._dropped
+            dropped.update(self._readers)
+            if self._writer is not None:
+                dropped[self._writer] = 0
         for ticket in self._queue:
             if ticket not in kept:
                 ticket.cancelled = True
@@ -589,8 +600,6 @@ class MapLock(RWLock):
         self._queue = kept
         self._writers_waiting = sum(1 for ticket in kept if ticket.write)
         self._readers_waiting = len(kept) - self._writers_waiting
-        if self._thread != survivor:
-            self._loop = None  # that thread's event loop does not run here
         self._grant()
 
     def _release(self, task: object, write: bool) -> None:
@@ -601,6 +610,8 @@ class MapLock(RWLock):
             else:
                 del dropped[task]
             return
+        if task is not self._writer and task not in self._readers and task_loop_closed(task):
+            return  # a hold dropped as its closed loop's tasks were (see _check_thread)
         super()._release(task, write)
 
     # The *_nowait copies complete without yielding, so they only need the lock to be free
@@ -644,6 +655,14 @@ class MapLock(RWLock):
                 "anyio.from_thread.run_sync there, or the blocking twin in anymmap.sync"
             ) from None
         with _ADOPTING:
+            if self._loop is not None and self._loop is not loop and loop_closed(self._loop):
+                # The tasks of a closed loop never run again: one suspended inside a
+                # borrow (an asyncio loop closed without cancelling its tasks) would hold
+                # the lock for ever, and this loop's aclose or resize would wait for ever.
+                # Its holds are dropped, not remembered (that would keep the tasks, and
+                # the views in their frames, alive for ever); their views still keep the
+                # memory mapped until the tasks are collected.
+                self._drop_holds(deque(), remember=False)
             if _get_ident() != self._thread:
                 if self._writer is not None or self._readers or self._queue:
                     raise RuntimeError(
