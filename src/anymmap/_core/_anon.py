@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from .._sys import os_impl, signals_held
 from ._copier import MemoryCopier, page_ceil
 from ._lifetime import Memory
@@ -44,9 +42,7 @@ class AnonCore(MapCore):
         self.map_len = map_len
         self.addr = addr
         self.length = length
-        self.memory = Memory(
-            addr, length, partial(os_impl.munmap, addr, map_len), self._fork_guard
-        )
+        self.memory = Memory(addr, length, self._fork_guard, unmap=(addr, map_len))
         self._set_pieces(((0, length, MemoryCopier(self.memory, 0, True, "anonymous")),))
 
     def _unmap(self) -> None:

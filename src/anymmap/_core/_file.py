@@ -15,7 +15,6 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from functools import partial
 from typing import Literal, TypeVar, get_args
 
 from .._errors import (
@@ -703,9 +702,7 @@ class FileCore(FileBackedCore):
         self.map_len = map_len
         self.addr = map_addr + self._delta
         self.length = length
-        self.memory = Memory(
-            self.addr, length, partial(os_impl.munmap, map_addr, map_len), self._fork_guard
-        )
+        self.memory = Memory(self.addr, length, self._fork_guard, unmap=(map_addr, map_len))
         copier = FileCopier(
             self.memory,
             0,

@@ -8,8 +8,8 @@ The mechanism, in one page:
 1. **The exporter.**  A :class:`Memory` places a ctypes array of exactly its length over
    the mapped address range (``from_address``).  Every memoryview anymmap hands out or uses
    is taken from that array, so every live view holds a reference to it (through the
-   view's managed buffer).  A ``weakref.finalize`` on the array unmaps the range when the
-   array dies, which is only when no view is left.  An explicit close first *retires* the
+   view's managed buffer).  The array's ``__del__`` (C code: ``munmap`` through ctypes) unmaps
+   the range when the array dies, which is only when no view is left.  An explicit close first *retires* the
    memory: it counts the references to the array against the count it had when nothing
    else used it (``sys.getrefcount``); if any view is still alive it refuses with
    :class:`~anymmap.BorrowError` and the memory stays mapped.
@@ -34,8 +34,9 @@ The mechanism, in one page:
    (:meth:`Memory.escaped_in`).
 
 4. **Fork.**  After ``Advice.DONTFORK`` a child process does not inherit the memory; the
-   finalizer then must not unmap whatever the child has put at that address since, so it
-   checks the pid recorded with the advice (``fork_guard``).
+   array's drop then must not unmap whatever the child has put at that address since, so
+   the drop of a map with a ``fork_guard`` (the pid recorded with the advice) is a Python
+   function that checks it (:meth:`Memory.guard_changed` re-arms the drop).
 
 Why not ``__buffer__`` / ``__release_buffer__`` (PEP 688, Python 3.12): it would let a
 Python object count its exports exactly, without reading reference counts, but anymmap
@@ -51,7 +52,6 @@ import gc
 import os
 import sys
 import threading
-import weakref
 from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
@@ -59,26 +59,31 @@ from pickle import PickleBuffer
 from typing import Any
 
 from .._errors import BorrowError
-from .._sys import DISARMED, ON_DROP, signals_held
+from .._sys import DISARMED, ON_DROP, os_impl
 from ._forks import renew_in_child
 
 
 def _exporter_type(length: int) -> type[ctypes.Array[ctypes.c_ubyte]]:
     # An array type of exactly `length` bytes, made fresh: `c_ubyte * n` would be cached by
     # ctypes forever, one type per length ever mapped.  About 10 µs per map or resize.
-    return type("MappedBytes", (ctypes.Array,), {"_type_": ctypes.c_ubyte, "_length_": length})
+    # Its __del__ is C code calling the instance's `_on_drop` (see Memory).
+    return type(
+        "MappedBytes",
+        (ctypes.Array,),
+        {"_type_": ctypes.c_ubyte, "_length_": length, "__del__": ON_DROP},
+    )
 
 
-def _finalize(unmap: Callable[[], None], fork_guard: list[int]) -> None:
-    # Runs when the exporter dies: no view of the range can exist any more.  In the child
-    # of a fork after DONTFORK advice the range is not ours.
+def _unmap_if_ours(addr: int, length: int, fork_guard: list[int]) -> None:
+    # The drop of a map advised DONTFORK: in a child of a fork the range is not ours, and
+    # unmapping would remove whatever the child has put at that address since.  Checked
+    # as it runs: a fork that skips Python's hooks (libc's fork() called through ctypes)
+    # must not unmap either.
+    # (A Python frame: a signal's handler that raises as it begins skips the unmap, which
+    # the C drop of every other map cannot.)
     if fork_guard and fork_guard[0] != os.getpid():
         return
-    try:
-        with signals_held():  # (a Ctrl-C handled as this starts must not skip the unmap)
-            unmap()
-    except OSError:  # pragma: no cover - the range was ours; nothing sensible to do
-        pass
+    os_impl.munmap_quietly(addr, length)
 
 
 def _check_no_leak(leaked: int) -> None:
@@ -93,15 +98,21 @@ def _check_no_leak(leaked: int) -> None:
 class Memory:
     """``length`` bytes of mapped memory at ``addr`` and every view of it.
 
-    ``unmap`` releases the mapping behind it; it runs once, when the last view is gone,
-    unless :meth:`retire` ran first (the owner then unmaps or remaps it itself).
+    ``unmap`` (``(address, length)``, the whole mapping behind it; default: the same
+    range) is unmapped once, when the last view is gone, unless :meth:`retire` ran first
+    (the owner then unmaps or remaps it itself).  By C code: the array's ``__del__`` calls
+    ``munmap`` through ctypes with no Python frame, where a signal's handler could raise
+    and the collector would drop the exception and the unmap with it (a Ctrl-C storm over
+    create/close loops left 60 to 70 whole-file mappings in 5 s when this was a
+    ``weakref.finalize``).
     """
 
     __slots__ = (
         "__weakref__",
         "_baseline",
         "_exporter",
-        "_finalizer",
+        "_fork_guard",
+        "_unmap",
         "addr",
         "length",
         "twinned",
@@ -109,17 +120,22 @@ class Memory:
     )
 
     def __init__(
-        self, addr: int, length: int, unmap: Callable[[], None], fork_guard: list[int]
+        self,
+        addr: int,
+        length: int,
+        fork_guard: list[int],
+        unmap: tuple[int, int] | None = None,
     ) -> None:
         self.addr = addr
         self.length = length
         #: Whether a file it maps is mapped by another ``Memory`` too (see _copier.py).
         self.twinned = False
         # SAFETY: the array describes exactly [addr, addr + length), which stays mapped for
-        # as long as the array lives (the finalizer unmaps it only when it dies).
-        exporter = _exporter_type(length).from_address(addr)
-        self._finalizer = weakref.finalize(exporter, _finalize, unmap, fork_guard)
-        self._finalizer.atexit = False  # the OS reclaims it; views may outlive atexit
+        # as long as the array lives (its drop unmaps it only when it dies).
+        self._unmap = unmap or (addr, length)
+        self._fork_guard = fork_guard
+        exporter: Any = _exporter_type(length).from_address(addr)
+        exporter._on_drop = self._drop()
         self._exporter = exporter
         del exporter
         # References now: self._exporter and getrefcount's argument.  Each live managed
@@ -128,6 +144,19 @@ class Memory:
         #: The whole range as bytes, for copies on the calling thread (slices of it are
         #: temporaries; nothing keeps one).
         self.view = memoryview(self._exporter).cast("B")
+
+    def _drop(self) -> Callable[[], object]:
+        """What the array's drop calls: ``munmap`` itself, or, for a map advised
+        DONTFORK, :func:`_unmap_if_ours`."""
+        if self._fork_guard:
+            return partial(_unmap_if_ours, *self._unmap, self._fork_guard)
+        return partial(os_impl.munmap_quietly, *self._unmap)
+
+    def guard_changed(self) -> None:
+        """Re-arm the drop after the map's ``fork_guard`` changed."""
+        exporter: Any = getattr(self, "_exporter", None)
+        if exporter is not None:
+            exporter._on_drop = self._drop()
 
     @property
     def retired(self) -> bool:
@@ -159,12 +188,12 @@ class Memory:
         if leaked:
             self.view = memoryview(self._exporter).cast("B")
             _check_no_leak(leaked)
-        self._finalizer.detach()
+        self._exporter._on_drop = DISARMED
         del self._exporter
 
     def forget(self) -> None:
         """Never unmap (the memory is not ours: a child after DONTFORK)."""
-        self._finalizer.detach()
+        self._exporter._on_drop = DISARMED
 
     # -- borrows ------------------------------------------------------------------------
 

@@ -141,6 +141,7 @@ class MapCore:
         if self._remapper not in (None, survivor):
             self._remapper = None
             self._fork_guard[:] = [_LOST_IN_A_FORK]
+            self.memory.guard_changed()
             self.usable = False
 
     # -- state ------------------------------------------------------------------------
@@ -174,9 +175,11 @@ class MapCore:
         """Remember DONTFORK (and forget it after DOFORK over the whole map)."""
         if advice == os_impl.MADV_DONTFORK:
             self._fork_guard[:] = [os.getpid()]
+            self.memory.guard_changed()
             self.usable = False
         elif advice == os_impl.MADV_DOFORK and whole:
             self._fork_guard.clear()
+            self.memory.guard_changed()
             self.usable = not self._closed
 
     def describe(self) -> str:

@@ -23,7 +23,6 @@ import secrets
 import threading
 import weakref
 from dataclasses import dataclass, field
-from functools import partial
 
 from .._errors import InvalidSizeError, Uncopyable
 from .._sys import os_impl, signals_held
@@ -132,9 +131,7 @@ class RegionCore(FileBackedCore):
                 except BaseException:
                     os_impl.munmap(self.addr, limit)
                     raise
-                self.memory = Memory(
-                    self.addr, limit, partial(os_impl.munmap, self.addr, limit), self._fork_guard
-                )
+                self.memory = Memory(self.addr, limit, self._fork_guard)
         self._copier = FileCopier(
             self.memory, 0, True, file=self.file, file_offset=0, shared=True, fault_safe=True
         )

@@ -136,9 +136,7 @@ class SparseCore(MapCore):
         self.length = size
         with signals_held():  # reserved means owned: a Ctrl-C in between would leak it
             self.addr = reserve(size, hint=hint, strict=strict)
-            self.memory = Memory(
-                self.addr, size, partial(os_impl.munmap, self.addr, size), self._fork_guard
-            )
+            self.memory = Memory(self.addr, size, self._fork_guard)
         self._set_pieces(((0, size, HoleCopier(self.memory, 0, False, "hole")),))
 
     def _unmap(self) -> None:

@@ -141,6 +141,12 @@ def munmap(addr: int, length: int) -> None:
         _raise_errno("munmap")
 
 
+#: ``munmap`` itself (the ctypes function: C code, no Python frame), returning its status
+#: instead of raising: what a map's memory calls as it is dropped (see ``Memory``), where
+#: no exception could be reported and a Python frame is a place a signal's handler raises.
+munmap_quietly = _munmap
+
+
 def mprotect(addr: int, length: int, prot: int) -> None:
     if _mprotect(addr, length, prot) != 0:
         _raise_errno("mprotect")

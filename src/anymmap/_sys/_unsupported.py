@@ -56,7 +56,9 @@ def _unsupported(*args: object, **kwargs: object) -> NoReturn:
     raise UnsupportedError(f"anymmap on {sys.platform}")
 
 
-mmap = munmap = mprotect = madvise = remap = sync_memory = memmove = memset = _unsupported
+mmap = munmap = munmap_quietly = mprotect = madvise = remap = sync_memory = memmove = memset = (
+    _unsupported
+)
 is_mapped = _unsupported
 resident = populate = prepare_access = read_memory = write_memory = _unsupported
 open_nonblocking = set_blocking = dup = close = file_kind = path_kind = file_size = _unsupported
