@@ -90,6 +90,20 @@ async def test_strict_needs_a_hint() -> None:
         await MmapOptions().len(PAGE).strict(True).map_anon()
 
 
+@pytest.mark.parametrize(
+    ("hint", "length"),
+    [((1 << 47) - PAGE, PAGE), ((1 << 47) - 2 * PAGE, 2 * PAGE), ((1 << 47) - PAGE, 1)],
+)
+async def test_a_strict_range_in_the_top_page_is_an_invalid_hint(hint: int, length: int) -> None:
+    """Regression test (adversary round 46): x86-64 never maps the page below 2**47, and
+    a strict range ending in it raised a plain ``OSError(ENOMEM)``."""
+    options = MmapOptions().len(length).with_hint(hint).strict(True)
+    with pytest.raises(InvalidHintError, match="user address space"):
+        await options.map_anon()
+    with pytest.raises(InvalidHintError, match="user address space"):
+        anymmap.sync.MmapOptions().len(length).with_hint(hint).strict(True).map_anon()
+
+
 async def _free_address(size: int) -> int:
     m = await anymmap.AnonymousMmap.new(size)
     addr = m.as_ptr()

@@ -71,9 +71,12 @@ _process_vm_writev = _fn(
 )  # fmt: skip
 
 PAGE_SIZE: int = _stdlib_mmap.PAGESIZE
-#: Where user space ends with 4-level page tables (x86-64, arm64 with 48-bit VAs); the
+#: Where user space ends with 4-level page tables (x86-64, arm64 with 48-bit VAs): the
 #: kernel places maps above it only when asked to with a hint there (5-level paging).
-USER_ADDRESS_SPACE = 1 << 47
+#: One page below 2**47: x86-64 never maps its top page (``TASK_SIZE_MAX``), and a strict
+#: range ending in it got a plain ``OSError`` instead of ``InvalidHintError`` (adversary
+#: round 46).
+USER_ADDRESS_SPACE = (1 << 47) - PAGE_SIZE
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 PROT_NONE = 0x0

@@ -15,7 +15,7 @@ from .._errors import UnsupportedError
 
 SUPPORTED = False
 PAGE_SIZE: int = _stdlib_mmap.PAGESIZE
-USER_ADDRESS_SPACE = 1 << 47
+USER_ADDRESS_SPACE = (1 << 47) - PAGE_SIZE
 
 PROT_NONE = 0x0
 PROT_READ = 0x1
