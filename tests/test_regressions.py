@@ -4382,3 +4382,64 @@ def test_a_loop_closed_inside_a_borrow_does_not_keep_the_lock(loop_kind: str, wh
     the borrow's view, still alive in the abandoned frame, keeps the memory mapped
     (``resize`` and ``aclose`` raise ``BorrowError``) until the task is collected."""
     check_child(_A_CLOSED_LOOP_LEFT_A_BORROW, loop_kind, where, timeout=40)
+
+
+_A_SHRINK_UNDER_ANOTHER_MAPS_BORROW = """
+    import os, sys
+    import anyio, anymmap
+    from anymmap import sync as S
+
+    other_kind = sys.argv[1]
+    d = os.environ["ANYMMAP_CHILD_SHM"]
+    path = os.path.join(d, "f")
+    N = 1 << 16
+    with open(path, "wb") as f:
+        f.write(b"y" * N)
+
+    async def main():
+        a = await anymmap.MmapRaw.map_raw(path)
+        if other_kind == "raw":
+            b = await anymmap.MmapRaw.map_raw(path)
+        elif other_kind == "region":
+            b = await anymmap.MmapRegion.attach(path)
+        else:
+            b = await anymmap.SparseMapping.new(1 << 20)
+            await b.map_file(0, N, path)
+        async with b.as_slice(0, N) as view:
+            await a.resize(4096)  # the file is mapped by b too: it is not cut
+            assert (len(a), os.path.getsize(path)) == (4096, N)
+            assert view[N - 1] == ord("y")  # (SIGBUS before)
+        assert await b.read(N - 1, 1) == b"y"
+        await b.aclose()
+        await a.aclose()
+        alone = await anymmap.MmapRaw.map_raw(path)
+        await alone.resize(2048)  # the only map of the file: it cuts
+        assert os.path.getsize(path) == 2048
+        await alone.aclose()
+
+    def sync_main():
+        a = S.MmapRaw.map_raw(path)
+        b = S.MmapRaw.map_raw(path)
+        with b.as_slice(0, N) as view:
+            a.resize(4096)
+            assert (len(a), os.path.getsize(path)) == (4096, N)
+            assert view[N - 1] == ord("y")
+        b.close()
+        a.close()
+        with S.MmapRaw.map_raw(path) as alone:
+            alone.resize(2048)
+        assert os.path.getsize(path) == 2048
+
+    sync_main() if other_kind == "sync" else anyio.run(main)
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("other_kind", ["raw", "region", "sparse", "sync"])
+def test_a_shrink_never_cuts_the_file_under_another_maps_borrow(other_kind: str) -> None:
+    """Regression test (adversary round 46, 20 of 20): a shrinking ``resize`` of one map
+    cut the file under a borrow of another map of the same file in the same process (a
+    second ``MmapRaw``, a region attached to it, a sparse map's window), and reading the
+    borrowed view died of SIGBUS.  The file is now cut only when no other map of this
+    process shows it."""
+    check_child(_A_SHRINK_UNDER_ANOTHER_MAPS_BORROW, other_kind, timeout=40)

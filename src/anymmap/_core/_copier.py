@@ -215,6 +215,20 @@ def _register(ref: weakref.ref[Memory], identity: tuple[int, int]) -> None:
         _recount((identity,))
 
 
+def mapped_elsewhere(memory: Memory, identity: tuple[int, int]) -> bool:
+    """Whether a mapping of this process other than ``memory`` may show the file
+    ``identity`` (its mappings are counted again first).  Errs towards yes: a sparse
+    map's window unmapped since still counts, as does a registration a finalizer left."""
+    with signals_held():
+        if not _may_lock():
+            return True
+        with _windows_lock:
+            _recount((identity,))
+            _register_deferred()
+            others = [ref() for ref in _windows.get(identity, {}).values()]
+            return any(other is not memory and _live(other) for other in others)
+
+
 def shares_pages(view: memoryview) -> bool:
     """Whether ``view``'s bytes may lie in a mapping of a file that another mapping also
     shows (then a copy between the two must not be direct).  Asked only by a map whose

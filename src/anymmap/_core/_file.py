@@ -28,7 +28,7 @@ from .._errors import (
 from .._sys import os_impl, signals_held
 from ._checks import as_int, check_size
 from ._commit import CommitRequest, DirtyRanges, GroupCommit
-from ._copier import FileCopier, page_ceil, page_floor
+from ._copier import FileCopier, mapped_elsewhere, page_ceil, page_floor
 from ._files import (
     MODES,
     PATH_TYPES,
@@ -737,9 +737,10 @@ class FileCore(FileBackedCore):
         ``prefill="zeros"``), so a full disk fails here with ``OSError(ENOSPC)`` and
         leaves file and map unchanged, instead of a later write dying with SIGBUS.
         Shrinking cuts the file to the map's new end only if the map reaches the end of
-        the file; a window in the middle of a file never cuts it, nor does a map of a
-        block device, and then what was written past the new end is flushed (durable)
-        first, since this map can no longer flush it afterwards.  If the file cannot be
+        the file and no other map of this process shows the file (one of them could have
+        a borrow past the new end); a window in the middle of a file never cuts it, nor
+        does a map of a block device, and then what was written past the new end is
+        flushed (durable) first, since this map can no longer flush it afterwards.  If the file cannot be
         grown or cut, the map and the file stay as they were (if the remap fails for want
         of address space after the file grew, the file keeps its new zeros).  Maps of one
         file that grow it at the same time take turns, and never overwrite or cut what
@@ -789,7 +790,11 @@ class FileCore(FileBackedCore):
                     fill_file(
                         self.fd, self.file_offset + old_length, length - old_length, self.prefill
                     )
-                elif length < old_length:
+                elif length < old_length and not mapped_elsewhere(
+                    self.memory, os_impl.file_identity(self.fd)
+                ):
+                    # (Another map of the file in this process keeps it whole: a borrow of
+                    # it past the new end would die of SIGBUS, adversary round 46.)
                     end = self.file_offset + old_length
                     cut_file(self.fd, end, self.file_offset + length, cut, then=remap)
                 if (
