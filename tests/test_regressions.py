@@ -4443,3 +4443,43 @@ def test_a_shrink_never_cuts_the_file_under_another_maps_borrow(other_kind: str)
     borrowed view died of SIGBUS.  The file is now cut only when no other map of this
     process shows it."""
     check_child(_A_SHRINK_UNDER_ANOTHER_MAPS_BORROW, other_kind, timeout=40)
+
+
+_A_LOOP_CLOSED_DURING_A_WORKER_CALL = """
+    import asyncio, sys
+    import anymmap
+    loop_kind, what = sys.argv[1:]
+    new_loop = asyncio.new_event_loop
+    if loop_kind == "uvloop":
+        import uvloop
+        new_loop = uvloop.new_event_loop
+    loop = new_loop()
+    m = loop.run_until_complete(anymmap.AnonymousMmap.new(256 << 20))
+    calls = {
+        "read": lambda: m.read(0, 128 << 20),
+        "update_region": lambda: m.update_region(0, bytes(64 << 20)),
+        "resize": lambda: m.resize(512 << 20),
+    }
+    async def op():
+        await calls[what]()  # (large: in a worker thread)
+    loop.create_task(op())
+    loop.run_until_complete(asyncio.sleep(0.005))
+    loop.stop()
+    loop.close()  # without cancelling the task: the interpreter must still exit
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("what", ["read", "update_region", "resize"])
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_the_interpreter_exits_after_a_loop_closed_during_a_worker_call(
+    loop_kind: str, what: str
+) -> None:
+    """Regression test (adversary round 46: 15 of 15 runs hung): a loop closed without
+    cancelling a task whose large copy or resize ran in a worker thread.  anyio stops a
+    worker when the task it took for the loop's root ends; when the
+    ``run_until_complete`` task had ended before the worker was made, that was
+    anymmap's own helper task, pending for ever, and the interpreter waited for the
+    (non-daemon) worker at exit.  anymmap now stops, at exit, the workers of a closed
+    loop that ran its calls."""
+    check_child(_A_LOOP_CLOSED_DURING_A_WORKER_CALL, loop_kind, what, timeout=20)

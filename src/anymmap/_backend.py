@@ -519,6 +519,30 @@ class _WorkerCall(Generic[T]):
         self._fail(error or asyncio.CancelledError())
 
 
+def _stop_orphaned_workers() -> None:
+    """At interpreter exit, before the non-daemon threads are joined: stop the anyio
+    worker threads (non-daemon) of a closed event loop, which no job can reach again.
+
+    anyio stops a worker when the task it took for the loop's root ends.  Under a loop
+    closed without cancelling its tasks (``loop.close()`` in a hand-made runner) that
+    task may never end: when the ``run_until_complete`` task had finished before the
+    worker was made, the task anyio took was anymmap's own helper task, pending for ever,
+    and the interpreter waited for the worker at exit (adversary round 46: 15 of 15 runs
+    that closed the loop during a large read).  A worker still running a call, or with
+    one queued, finishes it first (a call is never abandoned)."""
+    for thread in threading.enumerate():
+        if type(thread).__module__ != "anyio._backends._asyncio":
+            continue
+        loop, jobs = getattr(thread, "loop", None), getattr(thread, "queue", None)
+        if isinstance(loop, asyncio.AbstractEventLoop) and loop.is_closed() and jobs is not None:
+            with contextlib.suppress(Exception):  # (a full queue: it has a job to end)
+                jobs.put_nowait(None)  # anyio's own stop (WorkerThread.stop)
+
+
+# Run by threading._shutdown before it joins the threads (as concurrent.futures does).
+getattr(threading, "_register_atexit", lambda hook: None)(_stop_orphaned_workers)
+
+
 async def _wait_for(
     future: asyncio.Future[T],
     *also: asyncio.Future[Any],
