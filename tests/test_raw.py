@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -708,3 +709,21 @@ async def test_resizing_a_block_device_map(loop_device: Path) -> None:
         assert os.lseek(fd, 0, os.SEEK_END) == 4 << 20
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: anymmap.MmapRaw.create("", 4096),
+        lambda: anymmap.MmapRaw.create(b"", 4096),
+        lambda: anymmap.MmapRaw.open_or_create("", 4096),
+        lambda: anymmap.MmapRegion.create("", 4096),
+        lambda: anymmap.MmapRegion.attach(""),
+    ],
+)
+async def test_an_empty_path_names_no_file(call: Any) -> None:
+    """Regression test (adversary round 46): the empty path was anchored at the current
+    directory, and ``create("")`` raised ``IsADirectoryError`` naming it; ``map_raw("")``
+    already raised ``FileNotFoundError``, as ``open("")`` does."""
+    with pytest.raises(FileNotFoundError):
+        await call()

@@ -219,7 +219,13 @@ def anchored(path: str) -> str:
     """``path`` made absolute against the current directory now (another thread may
     chdir while a file is made), without resolving ``..`` as ``os.path.abspath`` does:
     through a symbolic link ``link/../f`` is not ``f``, and the kernel decides which
-    ``..`` is meant at each call (adversary round 26)."""
+    ``..`` is meant at each call (adversary round 26).
+
+    :raises FileNotFoundError: for the empty path, which names no file (as ``open("")``
+        says; anchored, it named the current directory: adversary round 46)
+    """
+    if not path:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
