@@ -740,13 +740,13 @@ class FileCore(FileBackedCore):
         the file and no other map of this process shows the file (one of them could have
         a borrow past the new end); a window in the middle of a file never cuts it, nor
         does a map of a block device, and then what was written past the new end is
-        flushed (durable) first, since this map can no longer flush it afterwards.  If the file cannot be
-        grown or cut, the map and the file stay as they were (if the remap fails for want
-        of address space after the file grew, the file keeps its new zeros).  Maps of one
-        file that grow it at the same time take turns, and never overwrite or cut what
-        the other grew and wrote.  The new size is durable
-        once a later ``flush`` returns (``msync(MS_SYNC)`` syncs what is needed to read
-        the data back, size included).
+        flushed (durable) first, since this map can no longer flush it afterwards.  If
+        the file cannot be grown or cut, the map and the file stay as they were (if the
+        remap fails for want of address space after the file grew, the file keeps its new
+        zeros).  Maps of one file that grow it at the same time take turns, and never
+        overwrite or cut what the other grew and wrote.  The new size is durable once a
+        later ``flush`` returns (``msync(MS_SYNC)`` syncs what is needed to read the data
+        back, size included).
         """
         self.check_resizable()
         with self.exclusive():
