@@ -66,11 +66,12 @@ from ._forks import renew_in_child
 def _exporter_type(length: int) -> type[ctypes.Array[ctypes.c_ubyte]]:
     # An array type of exactly `length` bytes, made fresh: `c_ubyte * n` would be cached by
     # ctypes forever, one type per length ever mapped.  About 10 µs per map or resize.
-    # Its __del__ is C code calling the instance's `_on_drop` (see Memory).
+    # Its __del__ is C code calling the instance's `_on_drop` (see Memory); one never
+    # armed drops quietly.
     return type(
         "MappedBytes",
         (ctypes.Array,),
-        {"_type_": ctypes.c_ubyte, "_length_": length, "__del__": ON_DROP},
+        {"_type_": ctypes.c_ubyte, "_length_": length, "__del__": ON_DROP, "_on_drop": DISARMED},
     )
 
 
@@ -134,8 +135,9 @@ class Memory:
         # as long as the array lives (its drop unmaps it only when it dies).
         self._unmap = unmap or (addr, length)
         self._fork_guard = fork_guard
+        drop = self._drop()
         exporter: Any = _exporter_type(length).from_address(addr)
-        exporter._on_drop = self._drop()
+        exporter._on_drop = drop  # (no call between: armed as it is made)
         self._exporter = exporter
         del exporter
         # References now: self._exporter and getrefcount's argument.  Each live managed
