@@ -132,7 +132,7 @@ def loop_closed(loop: object) -> bool:
 def task_loop_closed(task: object) -> bool:
     """Whether ``task`` (from :func:`current_task`) is an asyncio task of a closed loop:
     it can never run again (the collector may still close its coroutine)."""
-    return isinstance(task, asyncio.Future) and task.get_loop().is_closed()
+    return isinstance(task, asyncio.Future) and loop_closed(task.get_loop())
 
 
 def _nothing() -> None:

@@ -87,15 +87,6 @@ def _unmap_if_ours(addr: int, length: int, fork_guard: list[int]) -> None:
     os_impl.munmap_quietly(addr, length)
 
 
-def _check_no_leak(leaked: int) -> None:
-    """:raises BorrowError: if ``leaked`` buffers of a memory are alive"""
-    if leaked:
-        raise BorrowError(
-            f"{leaked} buffer(s) exported from this map are still alive; drop every "
-            "view, slice or array taken from a borrow first"
-        )
-
-
 class Memory:
     """``length`` bytes of mapped memory at ``addr`` and every view of it.
 
@@ -175,21 +166,21 @@ class Memory:
         if sys.getrefcount(self._exporter) != self._baseline + 1:
             gc.collect()  # a view kept alive only by a reference cycle
             release_escaped()
-        _check_no_leak(sys.getrefcount(self._exporter) - self._baseline - 1)
+        leaked = sys.getrefcount(self._exporter) - self._baseline - 1
+        if leaked:
+            raise BorrowError(
+                f"{leaked} buffer(s) exported from this map are still alive; drop every "
+                "view, slice or array taken from a borrow first"
+            )
 
     def retire(self) -> None:
-        """Give up the memory before it is unmapped or moved; the object is unusable after.
+        """Give up the memory before it is unmapped or moved; the object is unusable after
+        (the caller holds the map exclusively: no other view appears meanwhile).
 
         :raises BorrowError: if a view of it is still alive (it then stays usable)
         """
+        self.check_unborrowed()
         self.view.release()
-        if sys.getrefcount(self._exporter) != self._baseline:
-            gc.collect()  # a view kept alive only by a reference cycle
-            release_escaped()
-        leaked = sys.getrefcount(self._exporter) - self._baseline
-        if leaked:
-            self.view = memoryview(self._exporter).cast("B")
-            _check_no_leak(leaked)
         self._exporter._on_drop = DISARMED
         del self._exporter
 
