@@ -102,6 +102,38 @@ async def test_any_offset(data_file: Path, offset: int) -> None:
         assert len(m) == 1
 
 
+async def test_a_window_past_the_largest_file_offset_is_a_value_error(shm_path: Path) -> None:
+    """Regression test (adversary round 46): a window of a 2**63 - 1 byte (sparse, tmpfs)
+    file whose last page reaches past 2**63 - 1 raised the kernel's plain
+    ``OSError(EOVERFLOW)``, where a sparse map's window of it is a ``ValueError``; a
+    resize that would reach there is refused before the file changes."""
+    largest = 2**63 - 1
+    path = shm_path / "huge"
+    with path.open("wb") as f:
+        f.truncate(largest)
+    last_page = largest - largest % PAGE
+    for offset, length in [
+        (largest - 1, None),
+        (last_page, None),
+        (largest - 10_000, None),
+        (largest - 2**40, None),
+        (last_page - PAGE + 1, PAGE),
+    ]:
+        with pytest.raises(ValueError, match="largest file offset"):
+            await MmapRaw.map_raw(path, offset=offset, length=length)
+        with pytest.raises(ValueError, match="largest file offset"):
+            anymmap.sync.MmapRaw.map_raw(path, offset=offset, length=length)
+    # The last window a map can show ends at the last whole page, and cannot grow past it.
+    async with await MmapRaw.map_raw(path, offset=last_page - PAGE, length=PAGE) as m:
+        await m.update_region(PAGE - 1, b"E")
+        assert await m.read(PAGE - 1, 1) == b"E"
+        with pytest.raises(ValueError, match="largest file offset"):
+            await m.resize(PAGE + 1)
+        assert len(m) == PAGE
+        assert await m.read(PAGE - 1, 1) == b"E"
+    assert path.stat().st_size == largest
+
+
 async def test_bad_files(tmp_path: Path, data_file: Path) -> None:
     empty = tmp_path / "empty"
     empty.touch()

@@ -38,6 +38,24 @@ def check_size(size: object, what: str = "size") -> int:
     return value
 
 
+#: The largest file offset ``mmap`` maps up to (``off_t`` is a signed 64-bit integer).
+MAX_FILE_OFFSET = (1 << 63) - 1
+
+
+def check_file_end(start: int, end: int) -> None:
+    """Check that the file pages ``[start, end)`` a mapping would show end at or below
+    ``MAX_FILE_OFFSET``.
+
+    :raises ValueError: if they do not (the kernel would refuse them with ``EOVERFLOW``,
+        or see the offset wrapped around)
+    """
+    if end > MAX_FILE_OFFSET:
+        raise ValueError(
+            f"the file's bytes [{start}, {end}) reach past the largest file offset "
+            "a map can show (2**63 - 1)"
+        )
+
+
 def check_range(offset: object, length: object, total: int) -> tuple[int, int]:
     """Return ``(offset, length)`` as ints once they are known to lie inside ``total``.
 

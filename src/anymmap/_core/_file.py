@@ -26,7 +26,7 @@ from .._errors import (
     WriteBackError,
 )
 from .._sys import os_impl, signals_held
-from ._checks import as_int, check_size
+from ._checks import as_int, check_file_end, check_size
 from ._commit import CommitRequest, DirtyRanges, GroupCommit
 from ._copier import FileCopier, mapped_elsewhere, page_ceil, page_floor
 from ._files import (
@@ -688,6 +688,7 @@ class FileCore(FileBackedCore):
                 if start + count > size:
                     raise OutOfBoundsError(start, count, size, "file")
                 map_len = page_ceil(self._delta + count)
+                check_file_end(page_floor(start), page_floor(start) + map_len)
                 with signals_held():  # mapped means owned: a Ctrl-C in between would leak it
                     addr = map_placed(map_len, prot, flags, fd, page_floor(start), hint, strict)
                     self._install(addr, map_len, count)
@@ -749,6 +750,8 @@ class FileCore(FileBackedCore):
         back, size included).
         """
         self.check_resizable()
+        first_page = page_floor(self.file_offset)
+        check_file_end(first_page, first_page + page_ceil(self._delta + length))
         with self.exclusive():
             old_length = self.length
             old_addr, old_map_len = self.map_addr, self.map_len

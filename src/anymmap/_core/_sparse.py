@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from .._errors import BorrowError, MappingFaultError, OutOfBoundsError
 from .._sys import os_impl, signals_held
-from ._checks import as_int, check_size
+from ._checks import as_int, check_file_end, check_size
 from ._copier import (
     PAGE_SIZE,
     Copier,
@@ -72,27 +72,18 @@ def _check_aligned(value: int, what: str, unit: int = PAGE_SIZE) -> None:
         raise ValueError(f"{what} {value} is not a multiple of {unit}")
 
 
-#: The largest file offset ``mmap`` takes (``off_t`` is a signed 64-bit integer).
-MAX_FILE_OFFSET = (1 << 63) - 1
-
-
 def check_file_offset(value: object, length: int) -> int:
     """``file_offset`` as a page-aligned offset a file can have, for a window of
     ``length`` bytes (checked already).
 
     :raises TypeError: if it is not an integer
     :raises ValueError: if it is negative, not page-aligned, or the window reaches past
-        ``MAX_FILE_OFFSET`` (the kernel would see it wrapped around, or refuse it with
-        ``EOVERFLOW``)
+        ``MAX_FILE_OFFSET`` (see :func:`check_file_end`)
     """
     offset = as_int(value, "file_offset")
     if offset < 0:
         raise ValueError(f"file_offset {offset} is negative")
-    if offset + length > MAX_FILE_OFFSET:
-        raise ValueError(
-            f"file_offset {offset} + length {length} reaches past the largest file offset "
-            "(2**63 - 1)"
-        )
+    check_file_end(offset, offset + length)
     _check_aligned(offset, "file_offset")
     return offset
 
