@@ -8,6 +8,7 @@ assertion depends on how fast the machine is.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import queue
@@ -641,6 +642,56 @@ def test_running_out_of_descriptors_pauses_accepting_instead_of_ending_the_serve
     with closing(Client(server.port)) as late:  # (accepted once descriptors are free)
         assert late.call(b"GET a") == b"VALUE 1"
     server.stop()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_accept_skips_a_connection_that_failed_before_it_was_taken(backend: str) -> None:
+    """A connection that failed between the handshake and ``accept`` (``ECONNABORTED``,
+    ``EPROTO``, ...; on trio anyio raises ``BrokenResourceError`` from it) is skipped, as
+    accept(2) says to: the server accepts the next one.  Any other error still ends it.
+    (Linux's loopback never fails an accept this way, hence a listener that does.)"""
+    import anyio
+    import anyio.lowlevel
+
+    served: list[str] = []
+
+    class FailingListener:
+        def __init__(self) -> None:
+            self.results: list[object] = [
+                OSError(errno.ECONNABORTED, "Software caused connection abort"),
+                "first",
+                _broken(errno.EPROTO),
+                "second",
+                OSError(errno.EBADF, "Bad file descriptor"),
+            ]
+
+        async def accept(self) -> object:
+            await anyio.lowlevel.checkpoint()
+            result = self.results.pop(0)
+            if isinstance(result, BaseException):
+                raise result
+            return result
+
+    def _broken(code: int) -> anyio.BrokenResourceError:
+        error = anyio.BrokenResourceError()
+        error.__cause__ = OSError(code, os.strerror(code))
+        return error
+
+    async def handler(client: Any) -> None:
+        served.append(client)
+
+    ended: list[int | None] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            try:
+                await kv.accept_forever(FailingListener(), handler, tg)
+            except OSError as error:
+                ended.append(error.errno)
+
+    anyio.run(main, backend=backend)
+    assert ended == [errno.EBADF]
+    assert served == ["first", "second"]
 
 
 def raw_record(op: int, key: bytes, value: bytes) -> bytes:
