@@ -4445,6 +4445,84 @@ def test_a_shrink_never_cuts_the_file_under_another_maps_borrow(other_kind: str)
     check_child(_A_SHRINK_UNDER_ANOTHER_MAPS_BORROW, other_kind, timeout=40)
 
 
+_A_SHRINK_RACING_A_NEW_MAP = """
+    import os, sys, threading
+    from anymmap import sync as S
+
+    how = sys.argv[1]
+    d = os.environ["ANYMMAP_CHILD_SHM"]
+    path = os.path.join(d, "f")
+    P = 4096
+    with open(path, "wb") as f:
+        f.write(b"x" * (4 * P))
+    a = S.MmapRaw.map_raw(path)
+    ROUNDS = 1000
+    done = threading.Event()
+    counts = [0, 0]
+
+    def shrinker():
+        for _ in range(ROUNDS):
+            a.resize(P)
+            a.resize(4 * P)
+            counts[0] += 1
+            if done.is_set():
+                break
+        done.set()
+
+    def new_map(fd):
+        if how == "path":
+            return S.MmapRaw.map_raw(path)
+        if how == "fd":
+            return S.MmapRaw.map_raw(fd)
+        if how == "region":
+            return S.MmapRegion.attach(path)
+        size = os.fstat(fd).st_size
+        sparse = S.SparseMapping.new(1 << 20)
+        sparse.map_file(0, -(-size // P) * P, path)
+        return sparse
+
+    def mapper():
+        fd = os.open(path, os.O_RDWR)
+        while not done.is_set():
+            try:
+                b = new_map(fd)
+            except ValueError:  # (the file was being cut: "cannot map an empty file")
+                continue
+            with b:
+                n = len(b) if how != "sparse" else os.fstat(fd).st_size
+                if n > P:
+                    try:
+                        with b.as_slice(n - P, P) as v:
+                            sum(v[::512])  # SIGBUS here if the file was cut under it
+                    except Exception as e:  # (a sparse window past the end is refused)
+                        if how != "sparse":
+                            raise
+                counts[1] += 1
+        os.close(fd)
+
+    threads = [threading.Thread(target=shrinker), threading.Thread(target=mapper)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a.close()
+    assert counts[1] > 0, counts
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["path", "fd", "region", "sparse"])
+def test_a_shrink_never_cuts_the_file_under_a_map_being_made(how: str) -> None:
+    """Regression test (adversary round 47, 6 of 6 runs died of SIGBUS): a shrinking
+    ``resize`` checked for other maps of the file in this process, then cut it; a map
+    of the file made by another thread in between (by path, by descriptor, a region's
+    ``attach``) read the old size and mapped it, and a borrow of its last page died of
+    SIGBUS.  A map in the making counts from before it reads the size, and the check
+    and the cut are one section: the new map either keeps the file whole or reads the
+    size the cut left."""
+    check_child(_A_SHRINK_RACING_A_NEW_MAP, how, timeout=60)
+
+
 _A_LOOP_CLOSED_DURING_A_WORKER_CALL = """
     import asyncio, sys
     import anymmap

@@ -39,10 +39,11 @@ import errno
 import sys
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import ClassVar
 
-from .._sys import os_impl, signals_held
+from .._sys import Hold, os_impl, signals_held
 from ._buffers import PinnedBuffer, new_bytes
 from ._files import FileRef
 from ._forks import renew_in_child
@@ -215,18 +216,74 @@ def _register(ref: weakref.ref[Memory], identity: tuple[int, int]) -> None:
         _recount((identity,))
 
 
-def mapped_elsewhere(memory: Memory, identity: tuple[int, int]) -> bool:
-    """Whether a mapping of this process other than ``memory`` may show the file
-    ``identity`` (its mappings are counted again first).  Errs towards yes: a sparse
-    map's window unmapped since still counts, as does a registration a finalizer left."""
+# -- shrinking a file no other mapping shows ------------------------------------------
+#
+# A map's shrink cuts its file only if no other mapping of this process shows the file
+# (a borrow of it past the new end would die of SIGBUS, adversary round 46).  A mapping
+# being made reads the file's size and maps that much before it is registered: a cut in
+# between left a new map reaching past the end of its file, and its borrow died of
+# SIGBUS (adversary round 47, a thread mapping the file anew while another shrank it).
+# So a mapping in the making is counted (``mapping_file``) from before it reads the size
+# until it is registered, and the check and the cut are one section under the
+# registry's lock (``cut_if_alone``): a mapping is either counted there, and nothing is
+# cut, or begins after the cut and reads the new size.
+
+#: file identity -> how many mappings of it are being made now.
+_being_mapped: dict[tuple[int, int], int] = {}
+
+
+class mapping_file(Hold):  # (lower case: used like a function, ``with mapping_file(id):``)
+    """For the block: a mapping of the file ``identity`` is being made (its size read and
+    that much mapped and registered), so no shrink of this process cuts the file
+    meanwhile.  Given back when dropped if a signal skipped the exit (see ``Hold``); if
+    the count cannot be taken or given back (inside the registry's own lock, from a
+    finalizer), the file is not cut, which errs the safe way."""
+
+    def __init__(self, identity: tuple[int, int]) -> None:
+        self._identity = identity
+
+    def __enter__(self) -> None:
+        identity = self._identity
+        with signals_held():
+            if not _may_lock():
+                return
+            with _windows_lock:
+                _being_mapped[identity] = _being_mapped.get(identity, 0) + 1
+                self._on_drop = partial(_made, identity)
+
+
+def _made(identity: tuple[int, int]) -> None:
+    """A mapping of the file ``identity`` is made (or failed): stop counting it."""
     with signals_held():
         if not _may_lock():
-            return True
+            return  # (then counted for good: the file is never cut, the safe way)
+        with _windows_lock:
+            left = _being_mapped.get(identity, 0) - 1
+            if left > 0:
+                _being_mapped[identity] = left
+            else:
+                _being_mapped.pop(identity, None)
+
+
+def cut_if_alone(memory: Memory, identity: tuple[int, int], cut: Callable[[], None]) -> bool:
+    """Call ``cut`` (the file's truncation) unless a mapping of this process other than
+    ``memory`` may show the file ``identity``, or is being made (see
+    :class:`mapping_file`), with no mapping begun in between; return whether it did.
+    Errs towards not cutting: a sparse map's window unmapped since still counts, as does
+    a registration a finalizer left."""
+    with signals_held():
+        if not _may_lock():
+            return False
         with _windows_lock:
             _recount((identity,))
             _register_deferred()
+            if _being_mapped.get(identity):
+                return False
             others = [ref() for ref in _windows.get(identity, {}).values()]
-            return any(other is not memory and _live(other) for other in others)
+            if any(other is not memory and _live(other) for other in others):
+                return False
+            cut()
+            return True
 
 
 def shares_pages(view: memoryview) -> bool:

@@ -15,6 +15,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Literal, TypeVar, get_args
 
 from .._errors import (
@@ -28,7 +29,7 @@ from .._errors import (
 from .._sys import os_impl, signals_held
 from ._checks import as_int, check_file_end, check_size
 from ._commit import CommitRequest, DirtyRanges, GroupCommit
-from ._copier import FileCopier, mapped_elsewhere, page_ceil, page_floor
+from ._copier import FileCopier, cut_if_alone, mapping_file, page_ceil, page_floor
 from ._files import (
     MODES,
     PATH_TYPES,
@@ -102,14 +103,20 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
 
 
 def cut_file(
-    fd: int, map_end: int, new_end: int, cut: list[int], then: Callable[[], None]
+    fd: int,
+    map_end: int,
+    new_end: int,
+    cut: list[int],
+    then: Callable[[], None],
+    alone: Callable[[Callable[[], None]], bool],
 ) -> None:
     """Cut the file to ``new_end`` bytes if a map ending at ``map_end`` reaches its end,
     append its size before to ``cut`` and call ``then`` (the map's move to its new end);
     leave it if it goes on past the map (a window, or a file another map or process has
-    grown meanwhile: that growth is not this map's to cut).  The maps of anymmap that
-    change a file's size take turns, so the size is read and cut with no other map's
-    growth in between.
+    grown meanwhile: that growth is not this map's to cut), or if ``alone`` (see
+    :func:`cut_if_alone`) finds another mapping of the file in this process.  The maps
+    of anymmap that change a file's size take turns, so the size is read and cut with no
+    other map's growth in between.
 
     The cut, its record in ``cut`` and ``then`` are one section with signals held: a
     Ctrl-C between the cut and the map's move would leave the map reaching past the end
@@ -120,7 +127,8 @@ def cut_file(
         if size > map_end:
             return
         with signals_held():
-            os_impl.truncate(fd, new_end)
+            if not alone(partial(os_impl.truncate, fd, new_end)):
+                return
             cut.append(size)
             then()
 
@@ -675,7 +683,9 @@ class FileCore(FileBackedCore):
             # was passed in is the caller's open file: its OFD locks are theirs.)
             if borrowed is None:
                 borrowed = not isinstance(file, PATH_TYPES)
-            with os_impl.reading_size(fd, borrowed=borrowed):
+            # (Counted as a mapping of the file from before its size is read: a shrink
+            # of another map in this process must not cut it under this one.)
+            with mapping_file(self._identity), os_impl.reading_size(fd, borrowed=borrowed):
                 size = os_impl.file_size(fd)
                 if size == 0:
                     raise InvalidSizeError(0, f"cannot map an empty file ({name_of(file)})")
@@ -793,13 +803,13 @@ class FileCore(FileBackedCore):
                     fill_file(
                         self.fd, self.file_offset + old_length, length - old_length, self.prefill
                     )
-                elif length < old_length and not mapped_elsewhere(
-                    self.memory, os_impl.file_identity(self.fd)
-                ):
-                    # (Another map of the file in this process keeps it whole: a borrow of
-                    # it past the new end would die of SIGBUS, adversary round 46.)
+                elif length < old_length:
+                    # (Another map of the file in this process, or one being made, keeps
+                    # it whole: a borrow of it past the new end would die of SIGBUS.)
                     end = self.file_offset + old_length
-                    cut_file(self.fd, end, self.file_offset + length, cut, then=remap)
+                    identity = os_impl.file_identity(self.fd)
+                    alone = partial(cut_if_alone, self.memory, identity)
+                    cut_file(self.fd, end, self.file_offset + length, cut, remap, alone)
                 if (
                     length < old_length
                     and not cut

@@ -28,7 +28,7 @@ from .._errors import InvalidSizeError, Uncopyable
 from .._sys import os_impl, signals_held
 from ._buffers import BufferLike
 from ._checks import MAX_SIZE, after_failed_copy, byte_view, check_range, check_size
-from ._copier import FileCopier, page_ceil
+from ._copier import FileCopier, mapping_file, page_ceil
 from ._file import FileBackedCore
 from ._files import (
     FileRef,
@@ -119,22 +119,25 @@ class RegionCore(FileBackedCore):
         self.fd = fd = file.fd
         self._borrowed = borrowed
         self._join_file()
-        with os_impl.reading_size(fd, borrowed=borrowed):  # (a shared turn: see FileCore)
-            size = os_impl.file_size(fd)
-            if size == 0:
-                raise InvalidSizeError(0, f"cannot map an empty file ({file.name})")
-            self.max_size = limit = region_limit(size, max_size)
-            with signals_held():  # reserved means owned: a Ctrl-C in between would leak it
-                self.addr = reserve(limit)
-                try:
-                    place(self.addr, page_ceil(size), _RW, os_impl.MAP_SHARED, fd)
-                except BaseException:
-                    os_impl.munmap(self.addr, limit)
-                    raise
-                self.memory = Memory(self.addr, limit, self._fork_guard)
-        self._copier = FileCopier(
-            self.memory, 0, True, file=self.file, file_offset=0, shared=True, fault_safe=True
-        )
+        # (A shared turn, and counted as a mapping of the file until it is registered:
+        # see FileCore.)
+        with mapping_file(self._identity):
+            with os_impl.reading_size(fd, borrowed=borrowed):
+                size = os_impl.file_size(fd)
+                if size == 0:
+                    raise InvalidSizeError(0, f"cannot map an empty file ({file.name})")
+                self.max_size = limit = region_limit(size, max_size)
+                with signals_held():  # reserved means owned: a Ctrl-C in between would leak
+                    self.addr = reserve(limit)
+                    try:
+                        place(self.addr, page_ceil(size), _RW, os_impl.MAP_SHARED, fd)
+                    except BaseException:
+                        os_impl.munmap(self.addr, limit)
+                        raise
+                    self.memory = Memory(self.addr, limit, self._fork_guard)
+            self._copier = FileCopier(
+                self.memory, 0, True, file=self.file, file_offset=0, shared=True, fault_safe=True
+            )
         self._grow = threading.RLock()  # (re-entrant only to tell re-entry: _growing)
         self._mapped = page_ceil(size)
         self._set_length(size)

@@ -30,6 +30,7 @@ from ._copier import (
     KernelCopier,
     MemoryCopier,
     UnreadableCopier,
+    mapping_file,
     page_ceil,
     register_window,
 )
@@ -260,21 +261,29 @@ class SparseCore(MapCore):
         ref = open_fd(file, "rw" if writable else "r")
         fd = ref.fd
         prot = os_impl.PROT_READ | (os_impl.PROT_WRITE if writable else 0)
-        self._replace(
-            start,
-            n,
-            lambda: FileCopier(
-                self.memory,
+        try:
+            identity = os_impl.file_identity(fd)
+        except BaseException:
+            ref.close()
+            raise
+        # (Counted as a mapping of the file until the window is registered, so that no
+        # shrink of another map in this process cuts the file under it meanwhile.)
+        with mapping_file(identity):
+            self._replace(
                 start,
-                writable,
-                file=ref,
-                file_offset=file_offset,
-                shared=True,
-                fault_safe=True,
-            ),
-            lambda: place(self.addr + start, n, prot, os_impl.MAP_SHARED, fd, file_offset),
-            release=ref.close,
-        )
+                n,
+                lambda: FileCopier(
+                    self.memory,
+                    start,
+                    writable,
+                    file=ref,
+                    file_offset=file_offset,
+                    shared=True,
+                    fault_safe=True,
+                ),
+                lambda: place(self.addr + start, n, prot, os_impl.MAP_SHARED, fd, file_offset),
+                release=ref.close,
+            )
 
     def mmap(
         self, start: int, n: int, prot: int, flags: int, fd: int | None, file_offset: int
