@@ -766,6 +766,7 @@ class FileCore(FileBackedCore):
             old_length = self.length
             old_addr, old_map_len = self.map_addr, self.map_len
             old_size = os_impl.file_size(self.fd)
+            identity = os_impl.file_identity(self.fd)
             installed = False
             # The file changes first: growing or cutting it is what can fail (a full disk,
             # a sealed memfd, a block device), and then the map has not changed yet.
@@ -779,8 +780,11 @@ class FileCore(FileBackedCore):
                 # section, which puts the old one back if the move fails: nothing is left
                 # for the except path below to undo (a second Ctrl-C can cut that short,
                 # and the map was left with no memory at all).  Installed means recorded,
-                # whatever arrives.
-                with signals_held():
+                # whatever arrives.  Counted as a mapping of the file in the making from
+                # before the old memory is given up until the new one is registered: a
+                # shrink of another map of the file in between found none and cut the
+                # file under this map's new end (adversary round 47).
+                with mapping_file(identity), signals_held():
                     self.memory.retire()
                     try:
                         addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
@@ -807,7 +811,6 @@ class FileCore(FileBackedCore):
                     # (Another map of the file in this process, or one being made, keeps
                     # it whole: a borrow of it past the new end would die of SIGBUS.)
                     end = self.file_offset + old_length
-                    identity = os_impl.file_identity(self.fd)
                     alone = partial(cut_if_alone, self.memory, identity)
                     cut_file(self.fd, end, self.file_offset + length, cut, remap, alone)
                 if (
