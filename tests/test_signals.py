@@ -1455,6 +1455,7 @@ _AT_EVERY_POINT = (
     _PRELUDE
     + """
     import time
+    import anymmap._core._copier as C
     import anymmap._core._lifetime as L
     what, *more = sys.argv[1].split("+")
     deep, twice = "threading" in more, "twice" in more
@@ -1573,6 +1574,9 @@ _AT_EVERY_POINT = (
         assert not dirty._lock._is_owned(), f"point {k}: the count's lock stays taken"
         assert not L._ESCAPED_LOCK._is_owned(), f"point {k}: the parked views' lock stays taken"
         assert dirty.listener is None, f"point {k}: the map still flushes automatically"
+        # (A mapping counted as in the making for good would keep every later shrink of
+        # its file from cutting it.)
+        assert not C._being_mapped, f"point {k}: maps still being made: {C._being_mapped}"
         other = threading.Thread(target=others)
         other.start()
         other.join(10)
