@@ -249,15 +249,20 @@ class mapping_file(Hold):  # (lower case: used like a function, ``with mapping_f
                 return
             with _windows_lock:
                 _being_mapped[identity] = _being_mapped.get(identity, 0) + 1
-                self._on_drop = partial(_made, identity)
+                self._on_drop = partial(_made, identity, [True])
 
 
-def _made(identity: tuple[int, int]) -> None:
-    """A mapping of the file ``identity`` is made (or failed): stop counting it."""
+def _made(identity: tuple[int, int], due: list[bool]) -> None:
+    """A mapping of the file ``identity`` is made (or failed): stop counting it, once
+    (``due``: a signal handled as this returns, before the hold is disarmed, leaves it
+    to be called again on drop)."""
     with signals_held():
         if not _may_lock():
             return  # (then counted for good: the file is never cut, the safe way)
         with _windows_lock:
+            if not due[0]:
+                return
+            due[0] = False
             left = _being_mapped.get(identity, 0) - 1
             if left > 0:
                 _being_mapped[identity] = left
