@@ -708,3 +708,43 @@ def test_a_fork_inside_the_bookkeeping_of_the_forking_threads_own_call(
     module: str, function: str, mark: str
 ) -> None:
     check_child(_FORK_AT_A_LINE, module, function, mark, timeout=60)
+
+
+_FORK_WHILE_A_THREAD_MAPS_THE_FILE = """
+    import os, threading
+    from anymmap import sync as S
+    from anymmap._core import _copier
+
+    path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
+    with open(path, "wb") as f:
+        f.write(b"x" * 16384)
+    info = os.stat(path)
+    entered, finish = threading.Event(), threading.Event()
+
+    def making():  # another thread between reading the file's size and registering
+        with _copier.mapping_file((info.st_dev, info.st_ino)):
+            entered.set()
+            finish.wait()
+
+    thread = threading.Thread(target=making)
+    thread.start()
+    entered.wait()
+    pid = os.fork()
+    if pid == 0:
+        with S.MmapRaw.map_raw(path) as m:
+            m.resize(4096)  # the only map of the file in this process: it cuts
+        os._exit(0 if os.path.getsize(path) == 4096 else 3)
+    _, status = os.waitpid(pid, 0)
+    finish.set()
+    thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's shrink did not cut the file"
+    assert not _copier._being_mapped
+    print("ok")
+"""
+
+
+def test_a_map_another_thread_was_making_at_a_fork_does_not_count_in_the_child() -> None:
+    """A shrink cuts the file only if no map of it is being made in this process; a map
+    another thread of the parent was making at the fork never finishes in the child, and
+    counted on it kept every shrink of that file there from cutting it."""
+    check_child(_FORK_WHILE_A_THREAD_MAPS_THE_FILE, timeout=60)

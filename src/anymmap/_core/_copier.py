@@ -110,6 +110,10 @@ _after_sweep = 0  # mappings in the registry after that sweep
 def _renew_lock_in_child() -> None:
     global _windows_lock
     _windows_lock = threading.RLock()  # a thread of the parent may have held it
+    # The parent's maps in the making (other threads') never finish here: counted on,
+    # they would keep every shrink in the child from cutting their files.  (The forking
+    # thread's own, if it forked from inside one, gives back what is no longer there.)
+    _being_mapped.clear()
 
 
 def _may_lock() -> bool:
