@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import gc
 import sys
 import threading
 import weakref
@@ -279,20 +280,34 @@ def cut_if_alone(memory: Memory, identity: tuple[int, int], cut: Callable[[], No
     ``memory`` may show the file ``identity``, or is being made (see
     :class:`mapping_file`), with no mapping begun in between; return whether it did.
     Errs towards not cutting: a sparse map's window unmapped since still counts, as does
-    a registration a finalizer left."""
+    a registration a finalizer left.
+
+    The collector is off for the section: a finalizer it ran there could map the file
+    on this thread (not counted: it cannot take the lock this thread holds, and
+    registered only later) after the check, and the cut was made under it (adversary
+    round 48, SIGBUS).  Signal handlers are held off; no other finalizer runs here.
+    (The collector's switch is the process's: another thread that turns it off during
+    these microseconds finds it back on, and one that turns it on reopens the window.)
+    """
     with signals_held():
         if not _may_lock():
             return False
         with _windows_lock:
-            _recount((identity,))
-            _register_deferred()
-            if _being_mapped.get(identity):
-                return False
-            others = [ref() for ref in _windows.get(identity, {}).values()]
-            if any(other is not memory and _live(other) for other in others):
-                return False
-            cut()
-            return True
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                _recount((identity,))
+                _register_deferred()
+                if _being_mapped.get(identity):
+                    return False
+                others = [ref() for ref in _windows.get(identity, {}).values()]
+                if any(other is not memory and _live(other) for other in others):
+                    return False
+                cut()
+                return True
+            finally:
+                if collecting:
+                    gc.enable()
 
 
 def shares_pages(view: memoryview) -> bool:

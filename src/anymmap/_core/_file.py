@@ -219,23 +219,27 @@ def create_file(
                 ours = (absolute, os_impl.file_identity(fd))
         # Before anything is allocated or written: also no /proc or /sys file.
         check_mappable(fd, name_of(path), kinds=("regular file",))
-        current = os_impl.file_size(fd)
-        if length > current:
-            fill_file(fd, current, length - current, prefill)  # type: ignore[arg-type]
-        if created or length > current:
-            os_impl.fdatasync(fd)
-        if unnamed is not None:
-            made = then(ref, absolute)
-            with signals_held():  # (named means removed below if the rest fails)
-                try:
-                    os_impl.link_unnamed(fd, absolute)
-                except FileExistsError:  # (made by someone else meanwhile)
-                    raise exists from None
-                ours = (absolute, os_impl.file_identity(fd))
-        if created or length > current:
-            os_impl.fsync_directory(directory)
-        if made is None:
-            made = then(ref, None if ours is None else ours[0])
+        # Counted as a map of the file in the making from before it grows until it is
+        # mapped: a shrink of another map of the file in this process in between cut
+        # the growth away, and the map came out shorter than asked (adversary round 48).
+        with mapping_file(os_impl.file_identity(fd)):
+            current = os_impl.file_size(fd)
+            if length > current:
+                fill_file(fd, current, length - current, prefill)  # type: ignore[arg-type]
+            if created or length > current:
+                os_impl.fdatasync(fd)
+            if unnamed is not None:
+                made = then(ref, absolute)
+                with signals_held():  # (named means removed below if the rest fails)
+                    try:
+                        os_impl.link_unnamed(fd, absolute)
+                    except FileExistsError:  # (made by someone else meanwhile)
+                        raise exists from None
+                    ours = (absolute, os_impl.file_identity(fd))
+            if created or length > current:
+                os_impl.fsync_directory(directory)
+            if made is None:
+                made = then(ref, None if ours is None else ours[0])
         ref.close()
         return made  # (inside the try: a signal handled as it returns is undone)
     except BaseException:
