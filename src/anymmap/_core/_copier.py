@@ -233,46 +233,31 @@ def _register(ref: weakref.ref[Memory], identity: tuple[int, int]) -> None:
 # registry's lock (``cut_if_alone``): a mapping is either counted there, and nothing is
 # cut, or begins after the cut and reads the new size.
 
-#: file identity -> how many mappings of it are being made now.
-_being_mapped: dict[tuple[int, int], int] = {}
+#: The mappings being made now: ``id`` of their :class:`mapping_file` -> the file's
+#: identity.  (Keyed by hold, so that giving one back is a ``dict.pop``: C code, no
+#: Python frame where a second Ctrl-C could cut it short, and a second pop is a no-op.)
+_being_mapped: dict[int, tuple[int, int]] = {}
 
 
 class mapping_file(Hold):  # (lower case: used like a function, ``with mapping_file(id):``)
     """For the block: a mapping of the file ``identity`` is being made (its size read and
     that much mapped and registered), so no shrink of this process cuts the file
-    meanwhile.  Given back when dropped if a signal skipped the exit (see ``Hold``); if
-    the count cannot be taken or given back (inside the registry's own lock, from a
-    finalizer), the file is not cut, which errs the safe way."""
+    meanwhile.  Given back when dropped if a signal skipped the exit (see ``Hold``)."""
 
     def __init__(self, identity: tuple[int, int]) -> None:
         self._identity = identity
 
     def __enter__(self) -> None:
-        identity = self._identity
+        key = id(self)
         with signals_held():
-            if not _may_lock():
-                return
-            with _windows_lock:
-                _being_mapped[identity] = _being_mapped.get(identity, 0) + 1
-                self._on_drop = partial(_made, identity, [True])
-
-
-def _made(identity: tuple[int, int], due: list[bool]) -> None:
-    """A mapping of the file ``identity`` is made (or failed): stop counting it, once
-    (``due``: a signal handled as this returns, before the hold is disarmed, leaves it
-    to be called again on drop)."""
-    with signals_held():
-        if not _may_lock():
-            return  # (then counted for good: the file is never cut, the safe way)
-        with _windows_lock:
-            if not due[0]:
-                return
-            due[0] = False
-            left = _being_mapped.get(identity, 0) - 1
-            if left > 0:
-                _being_mapped[identity] = left
-            else:
-                _being_mapped.pop(identity, None)
+            if _may_lock():
+                # (Waits for a check and cut under way: this mapping then reads the size
+                # the cut left.)
+                with _windows_lock:
+                    _being_mapped[key] = self._identity
+            else:  # (a finalizer inside the registry's lock: no check runs meanwhile)
+                _being_mapped[key] = self._identity
+            self._on_drop = partial(_being_mapped.pop, key, None)
 
 
 def cut_if_alone(memory: Memory, identity: tuple[int, int], cut: Callable[[], None]) -> bool:
@@ -298,7 +283,7 @@ def cut_if_alone(memory: Memory, identity: tuple[int, int], cut: Callable[[], No
             try:
                 _recount((identity,))
                 _register_deferred()
-                if _being_mapped.get(identity):
+                if identity in _being_mapped.values():
                     return False
                 others = [ref() for ref in _windows.get(identity, {}).values()]
                 if any(other is not memory and _live(other) for other in others):
