@@ -694,6 +694,39 @@ def test_accept_skips_a_connection_that_failed_before_it_was_taken(backend: str)
     assert served == ["first", "second"]
 
 
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        OSError(errno.ENOTCONN, "Transport endpoint is not connected"),  # trio
+        RuntimeError("unable to perform operation on <TCPTransport closed=True>"),  # uvloop
+    ],
+)
+def test_a_client_that_resets_after_an_over_long_line_just_leaves(refusal: Exception) -> None:
+    """Regression test (adversary round 49, trio and uvloop, 1 to 3 in 300 resets): a
+    client that sent an over-long line and reset the connection right after the
+    server's error reply made the server's EOF fail (trio: ``OSError(ENOTCONN)`` from
+    ``shutdown``; uvloop: ``RuntimeError``, its transport closed), which the handler
+    logged as a bug that dropped the connection.  The client has left: the close ends
+    quietly.  (The reset lands between two system calls microseconds apart; a stream
+    that refuses the EOF as those did stands in for it.)"""
+    import anyio
+
+    sent: list[bytes] = []
+
+    class ResetStream:
+        async def send(self, data: bytes) -> None:
+            sent.append(data)
+
+        async def send_eof(self) -> None:
+            raise refusal
+
+        async def receive(self) -> bytes:
+            raise AssertionError("nothing is read from a connection that is gone")
+
+    anyio.run(kv.close_after, ResetStream(), b"ERROR line too long\n")
+    assert sent == [b"ERROR line too long\n"]
+
+
 def raw_record(op: int, key: bytes, value: bytes) -> bytes:
     """A record's bytes as the log holds them, whatever its key and value."""
     body = key + value
