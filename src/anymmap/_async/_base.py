@@ -364,9 +364,9 @@ class ResizableAsyncMap(AsyncMap[CoreT]):
         (except for a ``strict`` map, which must grow in place).  An anonymous map keeps
         its bytes up to the smaller size and reads zeros after.  A file map grows the file
         when it passes the file's end (allocating the blocks first) and cuts it when
-        shrinking only if the map reached the end and no other map of this process shows
-        the file (its borrows past the new end would die of SIGBUS); the new size is
-        durable once a later ``flush()`` returns.
+        shrinking only if the map reached the end and no other anymmap map of the file in
+        this process is open, being made or being resized (its borrows past the new end
+        would die of SIGBUS); the new size is durable once a later ``flush()`` returns.
 
         :raises InvalidSizeError: if ``new_size`` is 0 or above 128 TiB
         :raises ReadOnlyError: if the map is a read-only or copy file map

@@ -752,8 +752,9 @@ class FileCore(FileBackedCore):
         ``prefill="zeros"``), so a full disk fails here with ``OSError(ENOSPC)`` and
         leaves file and map unchanged, instead of a later write dying with SIGBUS.
         Shrinking cuts the file to the map's new end only if the map reaches the end of
-        the file and no other map of this process shows the file (one of them could have
-        a borrow past the new end); a window in the middle of a file never cuts it, nor
+        the file and no other map of anymmap in this process shows the file, or is being
+        made or resized (one of them could have a borrow past the new end: see
+        ``cut_if_alone``); a window in the middle of a file never cuts it, nor
         does a map of a block device, and then what was written past the new end is
         flushed (durable) first, since this map can no longer flush it afterwards.  If
         the file cannot be grown or cut, the map and the file stay as they were (if the

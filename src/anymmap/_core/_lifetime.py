@@ -9,10 +9,11 @@ The mechanism, in one page:
    the mapped address range (``from_address``).  Every memoryview anymmap hands out or uses
    is taken from that array, so every live view holds a reference to it (through the
    view's managed buffer).  The array's ``__del__`` (C code: ``munmap`` through ctypes)
-   unmaps the range when the array dies, which is only when no view is left.  An explicit close first *retires* the
-   memory: it counts the references to the array against the count it had when nothing
-   else used it (``sys.getrefcount``); if any view is still alive it refuses with
-   :class:`~anymmap.BorrowError` and the memory stays mapped.
+   unmaps the range when the array dies, which is only when no view is left.  An
+   explicit close first *retires* the memory: it counts the references to the array
+   against the count it had when nothing else used it (``sys.getrefcount``); if any view
+   is still alive it refuses with :class:`~anymmap.BorrowError` and the memory stays
+   mapped.
 
 2. **Borrows.**  ``as_slice`` / ``as_mut_slice`` hand out a view taken from a *base* view
    through a ``PickleBuffer``, so that whatever is built on the user's view (a slice, a
