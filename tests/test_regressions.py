@@ -4446,8 +4446,8 @@ def test_a_shrink_never_cuts_the_file_under_another_maps_borrow(other_kind: str)
 
 
 _A_SHRINK_RACING_A_NEW_MAP = """
-    import os, sys, threading
-    from anymmap import sync as S
+    import mmap, os, sys, threading
+    from anymmap import MappingFaultError, sync as S
 
     how = sys.argv[1]
     d = os.environ["ANYMMAP_CHILD_SHM"]
@@ -4490,9 +4490,39 @@ _A_SHRINK_RACING_A_NEW_MAP = """
                     sum(v[::512])  # SIGBUS here if the file was cut under it
                 counts[1] += 1
 
+    def windows():  # (one sparse map, its windows of the file come and go)
+        fd = os.open(path, os.O_RDWR)
+        with S.SparseMapping.new(1 << 20) as sparse:
+            k = 0
+            while not done.is_set():
+                k += 1
+                size = os.fstat(fd).st_size
+                n = -(-size // P) * P
+                try:
+                    if k % 2:
+                        sparse.map_file(0, n, path)
+                    else:
+                        sparse.mmap(0, n, mmap.PROT_READ, mmap.MAP_SHARED, fd)
+                except ValueError:  # (the file was being cut: an empty window)
+                    continue
+                if size > P:
+                    try:
+                        if k % 2:
+                            with sparse.as_slice(size - P, P) as v:
+                                sum(v[::512])  # SIGBUS here if the file was cut under it
+                        else:  # (a pass-through piece is read through the kernel)
+                            sparse.read(size - P, P)
+                    except MappingFaultError:  # (a window past the end of the file)
+                        pass
+                sparse.unmap(0, n)
+                counts[1] += 1
+        os.close(fd)
+
     def mapper():
         if how == "resize":
             return resizer()
+        if how == "sparse-windows":
+            return windows()
         fd = os.open(path, os.O_RDWR)
         while not done.is_set():
             try:
@@ -4522,7 +4552,7 @@ _A_SHRINK_RACING_A_NEW_MAP = """
 """
 
 
-@pytest.mark.parametrize("how", ["path", "fd", "region", "sparse", "resize"])
+@pytest.mark.parametrize("how", ["path", "fd", "region", "sparse", "sparse-windows", "resize"])
 def test_a_shrink_never_cuts_the_file_under_a_map_being_made(how: str) -> None:
     """Regression test (adversary round 47, 6 of 6 runs died of SIGBUS): a shrinking
     ``resize`` checked for other maps of the file in this process, then cut it; a map
@@ -4531,8 +4561,68 @@ def test_a_shrink_never_cuts_the_file_under_a_map_being_made(how: str) -> None:
     SIGBUS.  A map in the making counts from before it reads the size, and the check
     and the cut are one section: the new map either keeps the file whole or reads the
     size the cut left.  The same for another map's own resize (9 of 9 runs): between
-    giving up its old memory and registering the new one it was not seen at all."""
+    giving up its old memory and registering the new one it was not seen at all.
+    (``sparse-windows``: one sparse map whose windows of the file come and go, counted
+    only while one shows the file.)"""
     check_child(_A_SHRINK_RACING_A_NEW_MAP, how, timeout=60)
+
+
+_A_SPARSE_MAP_COUNTS_ONLY_THE_WINDOWS_IT_SHOWS = """
+    import mmap, os
+    from anymmap import sync as S
+
+    d = os.environ["ANYMMAP_CHILD_SHM"]
+    P = 4096
+    path, other = os.path.join(d, "f"), os.path.join(d, "g")
+    for name in (path, other):
+        with open(name, "wb") as f:
+            f.write(b"x" * (4 * P))
+
+    def cut_by_shrink():  # whether a shrink of another map of the file cuts it
+        with S.MmapRaw.map_raw(path) as a:
+            a.resize(P)
+            cut = os.path.getsize(path) == P
+        with open(path, "r+b") as f:
+            f.truncate(4 * P)
+        return cut
+
+    fd = os.open(path, os.O_RDWR)
+    with S.SparseMapping.new(16 * P) as sparse:
+        # What shows the file keeps it whole (a borrow of it past the new end would die)
+        sparse.map_file(0, 4 * P, path)
+        assert not cut_by_shrink()
+        sparse.mmap(8 * P, 4 * P, mmap.PROT_READ, mmap.MAP_SHARED, fd)
+        sparse.unmap(0, 4 * P)
+        assert not cut_by_shrink()  # (the pass-through window still shows it)
+        assert sparse.read(12 * P - 1, 1) == b"x"
+        # ... and what no longer does, does not: unmapped, replaced, or in part
+        sparse.alloc(8 * P, 4 * P)
+        assert cut_by_shrink()
+        sparse.map_file(0, 4 * P, path)
+        sparse.map_file(0, 2 * P, other)
+        assert not cut_by_shrink()  # (its back half is still a window of the file)
+        sparse.map_file(2 * P, 2 * P, other, file_offset=2 * P)
+        assert cut_by_shrink()
+        sparse.map_file(4 * P, 4 * P, path)
+        sparse.map_zero(4 * P, 4 * P)
+        assert cut_by_shrink()
+        kinds = [(p.kind, p.file) for p in sparse.pieces()]
+        assert kinds == [
+            ("file", other), ("file", other), ("zero", None), ("private", None), ("hole", None)
+        ], kinds
+    os.close(fd)
+    print("ok")
+"""
+
+
+def test_a_sparse_map_keeps_uncut_only_the_files_it_shows_now() -> None:
+    """Regression test (a limitation documented since round 46): a sparse map that had
+    once shown a window of a file kept every shrink of another map of that file from
+    cutting it until the sparse map was closed, even once the window was unmapped or
+    replaced.  The sparse map now says which files its pieces show (after a window's
+    pages are gone; a new window counts as being made until its piece says so), and a
+    shrink cuts the file unless a live window shows it."""
+    check_child(_A_SPARSE_MAP_COUNTS_ONLY_THE_WINDOWS_IT_SHOWS, timeout=40)
 
 
 _A_FINALIZER_MAPS_THE_FILE_DURING_A_SHRINK = """

@@ -138,6 +138,17 @@ def _live(memory: Memory | None) -> bool:
     return memory is not None and not memory.retired
 
 
+def _shows(memory: Memory | None, identity: tuple[int, int]) -> bool:
+    """Whether ``memory`` (registered under ``identity``) may still show that file: a
+    sparse map keeps count of the files its pieces show (``Memory.files``: updated
+    after a window's pages are gone, and before a new one is no longer counted by
+    :class:`mapping_file`)."""
+    if not _live(memory):
+        return False
+    assert memory is not None
+    return memory.files is None or identity in memory.files
+
+
 def _recount(identities: Iterable[tuple[int, int]]) -> None:
     """Drop the gone mappings of the files ``identities``, list the twins again and mark
     the mappings concerned (under the lock).  Costs a look at those files' mappings and
@@ -264,8 +275,8 @@ def cut_if_alone(memory: Memory, identity: tuple[int, int], cut: Callable[[], No
     """Call ``cut`` (the file's truncation) unless a mapping of this process other than
     ``memory`` may show the file ``identity``, or is being made (see
     :class:`mapping_file`), with no mapping begun in between; return whether it did.
-    Errs towards not cutting: a sparse map's window unmapped since still counts, as does
-    a registration a finalizer left.
+    Errs towards not cutting: a registration a finalizer left counts, as does a sparse
+    map's window being unmapped (its pieces say so once its pages are gone).
 
     The collector is off for the section: a finalizer it ran there could map the file
     on this thread (not counted: it cannot take the lock this thread holds, and
@@ -286,7 +297,7 @@ def cut_if_alone(memory: Memory, identity: tuple[int, int], cut: Callable[[], No
                 if identity in _being_mapped.values():
                     return False
                 others = [ref() for ref in _windows.get(identity, {}).values()]
-                if any(other is not memory and _live(other) for other in others):
+                if any(other is not memory and _shows(other, identity) for other in others):
                     return False
                 cut()
                 return True
@@ -340,18 +351,27 @@ class Copier:
     the address ``addr``.
     """
 
-    __slots__ = ("addr", "base", "kind", "memory", "writable")
+    __slots__ = ("addr", "base", "identity", "kind", "memory", "writable")
 
     #: What :meth:`fault` says when it knows nothing better.
     cause: ClassVar[str] = "the page could not be accessed"
 
-    def __init__(self, memory: Memory, base: int, writable: bool, kind: str) -> None:
+    def __init__(
+        self,
+        memory: Memory,
+        base: int,
+        writable: bool,
+        kind: str,
+        identity: tuple[int, int] | None = None,
+    ) -> None:
         self.memory = memory
         self.base = base
         self.addr = memory.addr + base
         self.writable = writable
         #: What the piece is, for ``pieces()``: "anonymous", "zero", "file", ...
         self.kind = kind
+        #: The file the piece shows (``os_impl.file_identity``), if any.
+        self.identity = identity
 
     def moved(self, by: int) -> Copier:
         """The same copier for the part of the piece that starts ``by`` bytes later (when
@@ -550,10 +570,11 @@ class FileCopier(KernelCopier):
         shared: bool,
         fault_safe: bool,
     ) -> None:
-        super().__init__(memory, base, writable, "file")
+        identity = os_impl.file_identity(file.fd)
+        super().__init__(memory, base, writable, "file", identity)
         self.file = file  # keeps the descriptor open for as long as the piece needs it
         fd = self.fd = file.fd
-        register_window(memory, os_impl.file_identity(fd))
+        register_window(memory, identity)
         self.file_offset = file_offset  # of the piece's first byte
         self._mapped_size = os_impl.file_size(
             fd

@@ -107,6 +107,7 @@ class Memory:
         "_fork_guard",
         "_unmap",
         "addr",
+        "files",
         "length",
         "twinned",
         "view",
@@ -123,6 +124,9 @@ class Memory:
         self.length = length
         #: Whether a file it maps is mapped by another ``Memory`` too (see _copier.py).
         self.twinned = False
+        #: The files (identities) it shows now, if its owner keeps count (a sparse map,
+        #: whose windows come and go); None: every file it was registered under.
+        self.files: frozenset[tuple[int, int]] | None = None
         # SAFETY: the array describes exactly [addr, addr + length), which stays mapped for
         # as long as the array lives (its drop unmaps it only when it dies).
         self._unmap = unmap or (addr, length)

@@ -15,7 +15,8 @@ worker thread; the core's ``exclusive()`` also waits for pinned work (populate, 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -133,6 +134,15 @@ class SparseCore(MapCore):
 
     def _unmap(self) -> None:
         os_impl.munmap(self.addr, self.length)
+
+    def _set_pieces(self, pieces: Sequence[Piece]) -> None:
+        super()._set_pieces(pieces)
+        # Which files the map shows now, for a shrink of another map of one of them
+        # (``cut_if_alone``).  Set after the pieces: an unmapped window's pages are gone
+        # by then, and a new one is still counted by ``mapping_file``.
+        self.memory.files = frozenset(
+            copier.identity for _, _, copier in pieces if copier.identity is not None
+        )
 
     def _release_resources(self) -> None:
         for _, _, copier in self._pieces:
@@ -315,19 +325,23 @@ class SparseCore(MapCore):
             raise ValueError("MAP_ANONYMOUS with a file: use mmap_anonymous()")
         else:
             check_mappable(fd, f"descriptor {fd}")  # the same files as everywhere
+        identity = None
         if fd >= 0:
             # As FileCopier does (copies between the piece and another map of the file),
             # before the piece exists: a signal between the two then leaves a
             # registration without its piece (a copy more), not the other way round.
-            register_window(self.memory, os_impl.file_identity(fd))
+            identity = os_impl.file_identity(fd)
+            register_window(self.memory, identity)
         writable = bool(prot & os_impl.PROT_WRITE)
         kind = KernelCopier if prot & os_impl.PROT_READ else UnreadableCopier
-        self._replace(
-            start,
-            n,
-            lambda: kind(self.memory, start, writable, "mmap"),
-            lambda: place(self.addr + start, n, prot, flags, fd, file_offset),
-        )
+        # (Counted as a mapping of the file until its piece says so: see map_file.)
+        with nullcontext() if identity is None else mapping_file(identity):
+            self._replace(
+                start,
+                n,
+                lambda: kind(self.memory, start, writable, "mmap", identity),
+                lambda: place(self.addr + start, n, prot, flags, fd, file_offset),
+            )
 
     def unmap(self, start: int, n: int) -> None:
         """Turn the range back into a hole: the bytes are gone."""
