@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import errno
 import pickle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,14 @@ import pytest
 
 import anymmap
 import anymmap.sync
-from anymmap import HintNotHonoredError, InvalidHintError, InvalidSizeError, MmapOptions
+from anymmap import (
+    AnonymousMmap,
+    HintNotHonoredError,
+    InvalidHintError,
+    InvalidSizeError,
+    MmapOptions,
+    MmapRaw,
+)
 
 from ._helpers import PAGE, at_a_free_address, resident_fraction, rss_bytes
 
@@ -170,6 +178,43 @@ async def test_strict_map_keeps_its_address_on_resize() -> None:
             return True
 
     await at_a_free_address(lambda: _free_address(64 * PAGE), attempt)
+
+
+@pytest.mark.parametrize("kind", ["anon", "raw"])
+async def test_a_strict_map_that_cannot_grow_in_place_says_so(kind: str, tmp_path: Path) -> None:
+    """Regression test (adversary round 50): a strict map whose next pages were taken
+    (a neighbour mapping right after it) failed ``resize`` with the kernel's
+    ``OSError(ENOMEM)`` "Cannot allocate memory", which sent users looking for a
+    memory shortage.  It raises ``HintNotHonoredError`` (an ``OSError``, ``EEXIST``)
+    naming the address it could not grow into, and the map stays as it was."""
+    path = tmp_path / "f"
+    path.write_bytes(b"fixed".ljust(PAGE, b"."))
+
+    async def attempt(addr: int) -> bool:
+        options = MmapOptions().with_hint(addr).strict(True)
+        try:
+            if kind == "anon":
+                m: AnonymousMmap | MmapRaw = await options.len(PAGE).map_anon()
+                await m.update_region(0, b"fixed")
+            else:
+                m = await options.map_raw(path)
+            neighbour = (
+                await MmapOptions().len(PAGE).with_hint(addr + PAGE).strict(True).map_anon()
+            )
+        except HintNotHonoredError:
+            return False
+        async with m, neighbour:
+            with pytest.raises(HintNotHonoredError) as info:
+                await m.resize(2 * PAGE)
+            assert info.value.errno == errno.EEXIST
+            assert info.value.hint == addr + PAGE
+            assert (m.as_ptr(), len(m)) == (addr, PAGE)
+            assert await m.read(0, 5) == b"fixed"
+            await m.resize(PAGE // 2)  # (shrinking, and growing back within its pages)
+            await m.resize(PAGE)
+        return True
+
+    await at_a_free_address(lambda: _free_address(4 * PAGE), attempt)
 
 
 async def test_populate_option() -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -288,6 +290,56 @@ async def test_a_failed_replace_leaves_the_old_file(tmp_path: Path) -> None:
     async with await MmapRegion.create(path, 1 << 20, replace=True) as region:
         assert len(region) == 1 << 20
     assert not path.exists()  # the owner deleted it
+
+
+async def test_replace_never_replaces_a_device_fifo_socket_or_directory(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 50): ``create(replace=True)`` renamed its new file
+    over whatever the path named (a block or character device node, a FIFO, a live
+    UNIX socket), and the owned region deleted the path at close: the node was gone
+    for good (the host's ``/dev/loop0``, once).  Only a regular file or a symbolic
+    link is replaced; anything else is a ``FileExistsError`` that says what is there,
+    with or without ``replace``."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    directory = tmp_path / "dir"
+    directory.mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    sock = tmp_path / "sock"
+    listener.bind(str(sock))
+    entries = {fifo: "FIFO or pipe", directory: "directory", sock: "socket"}
+    device = tmp_path / "null"
+    try:  # (a node of /dev/null's numbers; root only)
+        os.mknod(device, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        entries[device] = "character device"
+    except PermissionError:
+        pass
+    try:
+        for path, kind in entries.items():
+            before = os.lstat(path)
+            with pytest.raises(FileExistsError, match=f"is a {kind}: replace=True replaces"):
+                await MmapRegion.create(path, PAGE, replace=True)
+            with pytest.raises(FileExistsError, match=re.escape(f"(a {kind}), which replace")):
+                await MmapRegion.create(path, PAGE)
+            after = os.lstat(path)
+            assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in entries)
+    finally:
+        listener.close()
+
+
+async def test_replace_takes_a_name_as_long_as_the_file_system_allows(tmp_path: Path) -> None:
+    """Regression test (adversary round 50): ``create(replace=True)`` built its file
+    under the path's name plus 22 characters, so a legal name of 234 to 255 bytes
+    failed with ``ENAMETOOLONG``, naming a path the caller never gave."""
+    path = tmp_path / ("r" * os.pathconf(tmp_path, "PC_NAME_MAX"))
+    for _ in range(2):  # (nothing there, then the region's own file)
+        async with await MmapRegion.create(path, PAGE, FileCleanup.MANUAL, replace=True) as r:
+            await r.update_region(0, b"x")
+            r.release_ownership()
+        assert path.read_bytes()[:1] == b"x"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
 
 
 async def test_create_on_a_full_disk_fails_at_once(tmp_path: Path) -> None:

@@ -345,9 +345,9 @@ async def test_refused_prot_and_anonymous_file(sparse: SparseMapping, data_file:
         await sparse.mmap_anonymous(0, PAGE, 0x100, mmap.MAP_PRIVATE)
     # Regression (adversary review): bits past 32 were cut by ctypes without an error, and
     # a NumPy unsigned prot raised OverflowError.
-    with pytest.raises(ValueError, match="32-bit"):
+    with pytest.raises(ValueError, match="a C int"):
         await sparse.mmap_anonymous(0, PAGE, RW, mmap.MAP_PRIVATE | 1 << 33)
-    with pytest.raises(ValueError, match="32-bit"):
+    with pytest.raises(ValueError, match="a C int"):
         await sparse.mmap_anonymous(0, PAGE, -1, mmap.MAP_PRIVATE)
     with pytest.raises(TypeError):
         await sparse.mmap_anonymous(0, PAGE, 3.0, mmap.MAP_PRIVATE)  # type: ignore[arg-type]
@@ -857,3 +857,68 @@ async def test_direct_access_while_another_task_writes(sparse: SparseMapping) ->
         with pytest.raises(RuntimeError):
             sparse.atomic_store(8, 8, 1)
     assert sparse.atomic_load(8, 8) == 0
+
+
+async def test_a_files_fileno_may_use_the_map_it_is_mapped_into(tmp_path: Path) -> None:
+    """Regression test (adversary round 50): ``map_file`` ran the file's ``fileno()`` (and
+    a path's ``__fspath__``) in its worker, under the map's write lock: a ``fileno()``
+    that read the map through ``anyio.from_thread.run`` waited for ever on asyncio (no
+    ``move_on_after`` could end it), and one that read it directly raised
+    ``RuntimeError``.  The caller's own code now runs before the lock is taken, on the
+    caller's thread, as ``__index__`` does."""
+    path = tmp_path / "f"
+    path.write_bytes(b"f" * PAGE)
+    seen: list[bytes] = []
+
+    async with await SparseMapping.new(4 * PAGE) as sparse:
+        await sparse.alloc(0, 4 * PAGE)
+        await sparse.update_region(0, b"old!")
+        with open(path, "r+b") as f:
+
+            class Peeking:  # (a file whose fileno() looks at the map)
+                def fileno(self) -> int:
+                    buf = bytearray(4)
+                    sparse.read_into_nowait(0, buf)
+                    seen.append(bytes(buf))
+                    return f.fileno()
+
+            class PeekingPath:
+                def __fspath__(self) -> str:
+                    buf = bytearray(4)
+                    sparse.read_into_nowait(PAGE, buf)
+                    seen.append(bytes(buf))
+                    return str(path)
+
+            with anyio.fail_after(10):
+                await sparse.map_file(PAGE, PAGE, Peeking())
+                await sparse.map_file(2 * PAGE, PAGE, PeekingPath())
+        assert seen == [b"old!", b"ffff"]
+        assert await sparse.read(2 * PAGE, 4) == b"ffff"
+
+    with anymmap.sync.SparseMapping.new(2 * PAGE) as blocking, open(path, "rb") as g:
+        blocking.alloc(0, PAGE)
+
+        class Reading:
+            def fileno(self) -> int:
+                seen.append(blocking.read(0, 2))  # (RuntimeError before: its own lock)
+                return g.fileno()
+
+        blocking.map_file(PAGE, PAGE, Reading())
+        assert seen[-1] == b"\0\0"
+        assert blocking.read(PAGE, 1) == b"f"
+
+
+async def test_a_writable_window_of_a_read_only_file_says_how_to_map_it(tmp_path: Path) -> None:
+    """Adversary round 50: the refusal advised ``mode='r'``, which ``map_file`` does not
+    take; it names ``writable=False`` now."""
+    path = tmp_path / "f"
+    path.write_bytes(b"r" * PAGE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        async with await SparseMapping.new(2 * PAGE) as sparse:
+            with pytest.raises(PermissionError, match=r"pass writable=False$"):
+                await sparse.map_file(0, PAGE, fd, writable=True)
+            await sparse.map_file(0, PAGE, fd)
+            assert await sparse.read(0, 1) == b"r"
+    finally:
+        os.close(fd)

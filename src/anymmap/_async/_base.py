@@ -361,7 +361,8 @@ class ResizableAsyncMap(AsyncMap[CoreT]):
         """Grow or shrink the map once no borrow or copy is running.
 
         Runs in a worker thread and is never abandoned halfway.  The address may change
-        (except for a ``strict`` map, which must grow in place).  An anonymous map keeps
+        (except for a ``strict`` map, which must grow in place: ``HintNotHonoredError``
+        if the range after it is taken).  An anonymous map keeps
         its bytes up to the smaller size and reads zeros after.  A file map grows the file
         when it passes the file's end (allocating the blocks first) and cuts it when
         shrinking only if the map reached the end and no other anymmap map of the file in
@@ -372,6 +373,7 @@ class ResizableAsyncMap(AsyncMap[CoreT]):
         :raises ReadOnlyError: if the map is a read-only or copy file map
         :raises BorrowError: if an object exported from a borrow is still alive
         :raises RuntimeError: if the calling task is inside a borrow of this map
+        :raises HintNotHonoredError: if a ``strict`` map cannot grow in place
         """
         size = check_size(new_size)
         self._open_core().check_resizable()
@@ -470,9 +472,11 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
         since a durable flush last covered them; always 0 for ``"r"`` and ``"copy"``
         maps, whose writes never reach the file.
 
-        Exact while at most 4,096 separate ranges are pending; past that the ranges are
-        rounded out to whole pages, then coarser blocks, so the count may be too high
-        (never too low) until a flush covers them."""
+        Exact while at most 4,096 separate ranges are pending, for writes that
+        succeeded: one that failed or raised ``WouldBlock`` counts its whole range (part
+        of it may be in memory).  Past 4,096 ranges they are rounded out to whole pages,
+        then coarser blocks, so the count may be too high (never too low) until a flush
+        covers them."""
         return self._open_core().dirty.pending()
 
     def auto_flush(

@@ -6,7 +6,7 @@ from typing import Any
 from .._backend import checkpoint, checkpoint_after, checkpoint_before, run_sync
 from .._core._buffers import BufferLike
 from .._core._checks import as_int, check_size
-from .._core._files import FdArg, FileArg, as_fd
+from .._core._files import FdArg, FileArg, as_fd, plain_file
 from .._core._sparse import SparseCore, SparsePiece, check_file_offset, check_mmap_bits
 from ._base import DirectAccessAsyncMap
 
@@ -104,7 +104,9 @@ class SparseMapping(DirectAccessAsyncMap[SparseCore]):
         where = check_file_offset(file_offset, n)
         if not isinstance(writable, bool):
             raise TypeError("writable must be True or False")
-        await self._change_mapping("map_file", core.map_file, start, n, file, where, writable)
+        # (``file``'s own code runs here, not in the worker under the map's lock.)
+        plain = plain_file(file)
+        await self._change_mapping("map_file", core.map_file, start, n, plain, where, writable)
 
     async def mmap(
         self, offset: int, length: int, prot: int, flags: int, fd: FdArg, file_offset: int = 0

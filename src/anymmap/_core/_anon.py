@@ -6,7 +6,7 @@ from .._sys import os_impl, signals_held
 from ._copier import MemoryCopier, page_ceil
 from ._lifetime import Memory
 from ._map import MapCore
-from ._placement import map_placed
+from ._placement import map_placed, remap_placed
 
 _RW = os_impl.PROT_READ | os_impl.PROT_WRITE
 
@@ -51,14 +51,14 @@ class AnonCore(MapCore):
     def resize(self, length: int) -> None:
         """Grow or shrink with ``mremap``; the contents up to the smaller length stay, the
         rest reads as zeros.  The address may change, except for a ``strict`` map, which
-        must grow in place (``OSError(ENOMEM)`` if it cannot)."""
+        must grow in place (``HintNotHonoredError`` if the range after it is taken)."""
         # (Signals held: a Ctrl-C right after mremap must not lose the new address.)
         with self.exclusive(), signals_held():
             self.memory.retire()
             old_addr, old_map_len = self.addr, self.map_len
             new_map_len = page_ceil(length)
             try:
-                addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
+                addr = remap_placed(old_addr, old_map_len, new_map_len, self._fixed)
             except BaseException:
                 self._install(old_addr, old_map_len, self.length)
                 raise

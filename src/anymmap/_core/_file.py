@@ -46,7 +46,7 @@ from ._files import (
 from ._forks import renew_in_child
 from ._lifetime import Memory
 from ._map import MapCore
-from ._placement import map_placed
+from ._placement import map_placed, remap_placed
 from ._threadlock import STOPPED_AT_EXIT, new_condition, wait_unless_exiting
 
 #: How a file's new blocks are made: allocated (``posix_fallocate``: instant, the blocks
@@ -792,7 +792,7 @@ class FileCore(FileBackedCore):
                 with mapping_file(identity), signals_held():
                     self.memory.retire()
                     try:
-                        addr = os_impl.remap(old_addr, old_map_len, new_map_len, not self._fixed)
+                        addr = remap_placed(old_addr, old_map_len, new_map_len, self._fixed)
                     except BaseException:
                         self._install(old_addr, old_map_len, old_length)
                         raise

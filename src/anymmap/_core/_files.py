@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
-from typing import Literal, Protocol, get_args
+from typing import Literal, NamedTuple, Protocol, get_args
 
 from .._errors import UnmappableFileError
 from .._sys import DISARMED, ON_DROP, os_impl, signals_held
@@ -163,11 +163,41 @@ def as_fd(file: object, *, paths: bool = True) -> int:
     return fd
 
 
-def open_fd(file: object, mode: Mode, label: str | None = None) -> FileRef:
+class PlainFile(NamedTuple):
+    """A file argument with the caller's own code already run (see :func:`plain_file`):
+    a path as ``str``/``bytes`` or a descriptor number, and how it is called."""
+
+    file: str | bytes | int
+    label: str
+    name: str
+
+
+def plain_file(file: object) -> PlainFile:
+    """``file`` (as :func:`open_fd` takes it) with the code it may carry run now, on the
+    calling thread: a ``PathLike``'s ``__fspath__``, a ``fileno()``, an ``__index__``.
+    For a call that opens the file later under a map's lock: such code that used the
+    map waited for ever for the lock its own call held (adversary round 50).
+
+    :raises TypeError: if ``file`` is none of those
+    """
+    if isinstance(file, PATH_TYPES):
+        path = os.fspath(file)  # (once: each call runs the caller's code again)
+        return PlainFile(path, label_of(path), name_of(path))
+    return PlainFile(as_fd(file), label_of(file), name_of(file))
+
+
+def open_fd(
+    file: object,
+    mode: Mode,
+    label: str | None = None,
+    *,
+    read_only: str = "mode='r' (or mode='copy' for private writes)",
+) -> FileRef:
     """Open what ``file`` names (a path, an fd, or an object with ``fileno()``) for a map
     of ``mode``; return the descriptor, which the map owns (a given fd is duplicated), as
     a :class:`FileRef` called ``label`` (by default :func:`label_of` the file).  (Its
-    size is the caller's to read, in a turn: see ``reading_size``.)
+    size is the caller's to read, in a turn: see ``reading_size``.)  ``read_only``: how
+    the caller's API asks for a map that does not write, for the errors' advice.
 
     Never blocks: a path is opened with ``O_NONBLOCK`` (a FIFO would wait for a writer),
     and anything that is not a regular file or a block device is refused.
@@ -176,8 +206,11 @@ def open_fd(file: object, mode: Mode, label: str | None = None) -> FileRef:
     :raises PermissionError: if the file or fd does not allow the access ``mode`` needs
     """
     writable = mode == "rw"
-    name = name_of(file)
-    label = label_of(file) if label is None else label
+    if isinstance(file, PlainFile):
+        label, name, file = label or file.label, file.name, file.file
+    else:
+        name = name_of(file)
+        label = label_of(file) if label is None else label
     if isinstance(file, PATH_TYPES):
         path: PathArg = file
         try:
@@ -188,7 +221,7 @@ def open_fd(file: object, mode: Mode, label: str | None = None) -> FileRef:
             raise PermissionError(
                 exc.errno,
                 f"cannot open {name} for writing ({exc.strerror}); to map it for reading "
-                "only, pass mode='r' (or mode='copy' for private writes)",
+                f"only, pass {read_only}",
             ) from None
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
@@ -203,11 +236,10 @@ def open_fd(file: object, mode: Mode, label: str | None = None) -> FileRef:
         readable, can_write = os_impl.access_mode(fd)
         if not readable or (writable and not can_write):
             need = "reading and writing" if writable else "reading"
-            hint = " (or map it with mode='r' or mode='copy')" if writable and readable else ""
-            raise PermissionError(
-                errno.EACCES,
-                f"{name} is not open for {need}; a map of mode {mode!r} needs it{hint}",
+            hint = (
+                f"; to map it for reading only, pass {read_only}" if writable and readable else ""
             )
+            raise PermissionError(errno.EACCES, f"{name} is not open for {need}{hint}")
         os_impl.set_blocking(fd)
         return ref
     except BaseException:

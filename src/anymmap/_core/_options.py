@@ -146,8 +146,9 @@ class OptionsBase:
 
         Default: False.  Needs :meth:`with_hint`.  Linux: ``MAP_FIXED_NOREPLACE`` (never
         ``MAP_FIXED``, which would replace an existing mapping); if the range is taken,
-        mapping raises :class:`~anymmap.HintNotHonoredError`.  A strict anonymous map also
-        keeps its address on ``resize`` (growing in place or failing).
+        mapping raises :class:`~anymmap.HintNotHonoredError`.  A strict map also keeps its
+        address on ``resize``: it grows in place, or raises ``HintNotHonoredError`` if
+        the range after it is taken.
         """
         return self._replace(strict=strict)
 

@@ -43,3 +43,25 @@ def map_placed(
         os_impl.munmap(addr, length)
         raise HintNotHonoredError(hint, addr)
     return addr
+
+
+def remap_placed(addr: int, old_length: int, new_length: int, strict: bool) -> int:
+    """``os_impl.remap`` for a map placed with ``strict`` or not: a ``strict`` map keeps
+    its address, growing in place or failing.
+
+    :raises HintNotHonoredError: under ``strict``, if it cannot grow in place because
+        the address range after it is taken (the kernel's ``ENOMEM`` sent users looking
+        for a memory shortage: adversary round 50)
+    """
+    try:
+        return os_impl.remap(addr, old_length, new_length, not strict)
+    except OSError as exc:
+        end = addr + old_length
+        if (
+            strict
+            and exc.errno == errno.ENOMEM
+            and new_length > old_length
+            and os_impl.any_mapped(end, new_length - old_length)
+        ):
+            raise HintNotHonoredError(end) from None
+        raise

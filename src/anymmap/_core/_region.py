@@ -349,6 +349,20 @@ class Region(Uncopyable):
 # -- opening ------------------------------------------------------------------------------
 
 
+#: What ``MmapRegion.create(replace=True)`` replaces (never a directory, a device, a
+#: FIFO or a socket: adversary round 50, a block device node was renamed over and then
+#: deleted at close).
+_REPLACEABLE = ("regular file", "symbolic link")
+
+
+def _kind_at(path: str) -> str | None:
+    """What the name ``path`` is now (a link is a link), None if nothing."""
+    try:
+        return os_impl.path_kind(path, follow=False)
+    except FileNotFoundError:
+        return None
+
+
 def create_region(
     path: object,
     size: object,
@@ -369,11 +383,19 @@ def create_region(
     # (Absolute first: another thread may chdir while the blocks are allocated, and
     # the name renamed, owned and removed must be the one created.)
     absolute = where = anchored(target)
+    region_limit(length, max_size)  # (a bad max_size must not replace anything)
     if replace:
         # Build the new file beside the old one, then rename it over: the path changes
-        # atomically, and a symbolic link there is replaced, never followed.
-        where = f"{absolute}.{secrets.token_hex(8)}.tmp"
-    region_limit(length, max_size)  # (a bad max_size must not replace anything)
+        # atomically, and a symbolic link there is replaced, never followed.  (A name of
+        # its own, not the path's plus a suffix: a name near NAME_MAX would be too long.)
+        kind = _kind_at(absolute)
+        if kind not in (None, *_REPLACEABLE):
+            raise FileExistsError(
+                errno.EEXIST,
+                f"{name_of(target)} exists and is a {kind}: replace=True replaces only a "
+                "regular file or a symbolic link",
+            )
+        where = os.path.join(os.path.dirname(absolute), f".anymmap-{secrets.token_hex(8)}.new")
     file: FileRef | None = None
     identity: tuple[int, int] | None = None
     core: RegionCore | None = None
@@ -383,10 +405,16 @@ def create_region(
             try:
                 file = adopt(lambda: os_impl.open_new(where, 0o600), label_of(target))
             except FileExistsError:
+                if replace:  # (our own name, taken: as unlikely as it gets)
+                    raise
+                kind = _kind_at(absolute) or "file"
+                hint = (
+                    "pass replace=True to replace it"
+                    if kind in _REPLACEABLE
+                    else "which replace=True does not replace either"
+                )
                 raise FileExistsError(
-                    errno.EEXIST,
-                    f"{name_of(target)} exists (as a file or a symbolic link); pass "
-                    "replace=True to replace it",
+                    errno.EEXIST, f"{name_of(target)} exists (a {kind}), {hint}"
                 ) from None
             identity = os_impl.file_identity(file.fd)
         os_impl.allocate(file.fd, 0, length)

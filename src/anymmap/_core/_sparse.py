@@ -35,7 +35,7 @@ from ._copier import (
     page_ceil,
     register_window,
 )
-from ._files import check_mappable, open_fd
+from ._files import PlainFile, check_mappable, open_fd
 from ._lifetime import Memory
 from ._map import INLINE_COPY_LIMIT, MapCore, Piece
 from ._reservation import clear, place, reserve
@@ -94,13 +94,15 @@ def check_mmap_bits(prot: object, flags: object) -> tuple[int, int]:
     """``prot`` and ``flags`` as the C ``int`` values ``mmap(2)`` takes.
 
     :raises TypeError: if they are not integers
-    :raises ValueError: if one is negative or does not fit in 32 bits (ctypes would cut
-        it silently)
+    :raises ValueError: if one is negative or does not fit in a C ``int`` (below 2**31:
+        ctypes would cut it silently)
     """
     bits = as_int(prot, "prot"), as_int(flags, "flags")
     for name, value in zip(("prot", "flags"), bits, strict=True):
         if not 0 <= value < 1 << 31:
-            raise ValueError(f"{name} {value:#x} is not a 32-bit set of mmap(2) bits")
+            raise ValueError(
+                f"{name} {value:#x} is not a set of mmap(2) bits (0 to 2**31 - 1, a C int)"
+            )
     return bits
 
 
@@ -265,10 +267,12 @@ class SparseCore(MapCore):
             lambda: place(self.addr + start, n, os_impl.PROT_READ, _ANON_PRIVATE),
         )
 
-    def map_file(self, start: int, n: int, file: object, file_offset: int, writable: bool) -> None:
+    def map_file(
+        self, start: int, n: int, file: PlainFile, file_offset: int, writable: bool
+    ) -> None:
         """A shared window of ``file`` (``writable``: writes reach the file);
         ``file_offset`` checked by :func:`check_file_offset`."""
-        ref = open_fd(file, "rw" if writable else "r")
+        ref = open_fd(file, "rw" if writable else "r", read_only="writable=False")
         fd = ref.fd
         prot = os_impl.PROT_READ | (os_impl.PROT_WRITE if writable else 0)
         try:

@@ -5,7 +5,7 @@ from typing import Any
 
 from .._core._buffers import BufferLike
 from .._core._checks import as_int, check_size
-from .._core._files import FdArg, FileArg, as_fd
+from .._core._files import FdArg, FileArg, as_fd, plain_file
 from .._core._sparse import SparseCore, SparsePiece, check_file_offset, check_mmap_bits
 from ._base import DirectAccessSyncMap
 
@@ -63,7 +63,8 @@ class SparseMapping(DirectAccessSyncMap[SparseCore]):
         if not isinstance(writable, bool):
             raise TypeError("writable must be True or False")
         where = check_file_offset(file_offset, n)
-        self._change_mapping(core.map_file, start, n, file, where, writable)
+        # (``file``'s own code runs here, not under the map's lock.)
+        self._change_mapping(core.map_file, start, n, plain_file(file), where, writable)
 
     def mmap(
         self, offset: int, length: int, prot: int, flags: int, fd: FdArg, file_offset: int = 0

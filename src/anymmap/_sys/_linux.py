@@ -258,6 +258,12 @@ def _mappings_in(addr: int, length: int) -> list[tuple[int, int]]:
     return pieces
 
 
+def any_mapped(addr: int, length: int) -> bool:
+    """Whether any page of ``[addr, addr + length)`` is mapped (see :func:`is_mapped`
+    for every page)."""
+    return bool(_mappings_in(addr, length))
+
+
 def memset(addr: int, byte: int, length: int) -> None:
     # SAFETY: the caller owns the writable range [addr, addr + length).
     _memset(addr, byte, length)
@@ -506,9 +512,10 @@ def file_kind(fd: int) -> str:
     return _kind(os.fstat(fd).st_mode)
 
 
-def path_kind(path: PathArg) -> str:
-    """What ``path`` is (see :func:`file_kind`), following symbolic links."""
-    return _kind(os.stat(path).st_mode)
+def path_kind(path: PathArg, *, follow: bool = True) -> str:
+    """What ``path`` is (see :func:`file_kind`), following symbolic links unless not
+    ``follow`` (then a link is a "symbolic link")."""
+    return _kind(os.stat(path, follow_symlinks=follow).st_mode)
 
 
 def file_size(fd: int) -> int:

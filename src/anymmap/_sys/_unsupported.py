@@ -59,7 +59,7 @@ def _unsupported(*args: object, **kwargs: object) -> NoReturn:
 mmap = munmap = munmap_quietly = mprotect = madvise = remap = sync_memory = memmove = memset = (
     _unsupported
 )
-is_mapped = _unsupported
+is_mapped = any_mapped = _unsupported
 resident = populate = prepare_access = read_memory = write_memory = _unsupported
 open_nonblocking = set_blocking = dup = close = file_kind = path_kind = file_size = _unsupported
 file_system = access_mode = is_direct = data_extents = pread = nowait_reads = _unsupported
