@@ -297,9 +297,9 @@ async def test_an_io_error_reaches_every_waiter_it_concerns(failing_device: Path
         submit = commit.submit
 
         def spy(
-            start: int, end: int, wake: Callable[[], None], scheduler: Any = None
+            start: int, end: int, wake: Callable[[], None], scheduler: Any = None, **mine: Any
         ) -> CommitRequest:
-            request = submit(start, end, wake, scheduler)
+            request = submit(start, end, wake, scheduler, **mine)
             requests[start // MiB] = request
             return request
 

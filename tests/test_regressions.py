@@ -565,6 +565,152 @@ def test_a_finalizer_that_flushes_at_interpreter_exit_finishes() -> None:
     check_child(_FINALIZER_FLUSHES_AT_EXIT, expect="pending 0", timeout=20)
 
 
+_A_FINALIZER_IN_A_CYCLE_WITH_ITS_MAP = """
+    import gc, os, sys
+    import anyio
+    import anymmap
+    from anymmap import sync as S
+
+    how = sys.argv[1]
+    d = os.environ["ANYMMAP_CHILD_SHM"]
+    path = os.path.join(d, "f")
+    with open(path, "wb") as f:
+        f.write(bytes(1 << 16))
+    seen = []
+
+    def mapped(addr):
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                low, high = (int(x, 16) for x in line.split()[0].split("-"))
+                if low <= addr < high:
+                    return True
+        return False
+
+    def fds():
+        return sorted(os.listdir("/proc/self/fd"))
+
+    class Owner:  # a user's object in a reference cycle, using its map in __del__
+        def __init__(self, close):
+            self.me = self
+            self.close = close
+
+        def __del__(self):
+            m = self.m
+            try:
+                assert not m.closed
+                if how == "sync":
+                    m.update_region(0, b"bye")
+                    data = m.read(0, 3)
+                    with m.as_slice(0, 3) as view:
+                        assert bytes(view) == data
+                    if hasattr(m, "flush"):  # (its group commit's weak reference is dead)
+                        m.flush()
+                        assert m.pending_bytes() == 0
+                else:
+                    m.update_region_nowait(0, b"bye")
+                    buf = bytearray(3)
+                    m.read_into_nowait(0, buf)
+                    data = bytes(buf)
+                seen.append(data)
+                if self.close:
+                    m.close() if how == "sync" else m._core.close()
+            except BaseException as exc:
+                seen.append(exc)
+                raise
+
+    def sync_maps():
+        yield S.AnonymousMmap.new(1 << 16)
+        yield S.MmapRaw.map_raw(path)
+        sparse = S.SparseMapping.new(1 << 17)
+        sparse.alloc(0, 1 << 16)
+        sparse.map_file(1 << 16, 1 << 16, path, writable=True)
+        yield sparse
+        yield S.MmapRegion.create(os.path.join(d, "r"), 1 << 16, replace=True)
+
+    async def async_maps():
+        return [
+            await anymmap.AnonymousMmap.new(1 << 16),
+            await anymmap.MmapRaw.map_raw(path),
+            await anymmap.MmapRegion.create(os.path.join(d, "r"), 1 << 16, replace=True),
+        ]
+
+    def attempt(maps, before):
+        addrs = []
+        gc.disable()  # (the collection below is the one that frees the cycles)
+        for i, m in enumerate(maps):
+            addrs.append(m.as_ptr())
+            for close in (False, True):
+                if i % 2:  # the owner made first, then the map given to it
+                    owner = Owner(close)
+                    owner.m = m
+                else:  # the map made first (the collector meets them in another order)
+                    owner = Owner.__new__(Owner)
+                    owner.m = m
+                    owner.__init__(close)
+                del owner
+        del maps[:], m
+        gc.collect()
+        gc.enable()
+        assert seen == [b"bye"] * len(seen) and len(seen) == 2 * len(addrs), seen
+        assert not any(mapped(addr) for addr in addrs)  # unmapped once garbage
+        assert fds() == before  # and every descriptor closed, once
+
+    if how == "sync":
+        before = fds()
+        attempt(list(sync_maps()), before)
+    else:
+        async def main():
+            before = fds()
+            attempt(await async_maps(), before)
+        anyio.run(main, backend=how)
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["sync", "asyncio", "trio"])
+def test_a_finalizer_in_a_cycle_with_its_map_finds_it_whole(how: str) -> None:
+    """Regression test (adversary round 51: SIGSEGV in 9 of 9 runs): the cyclic collector
+    runs the finalizers of a cycle in no set order, and a user's ``__del__`` in a cycle
+    with a map ran after the map's own drop had unmapped its memory and closed its
+    descriptor: its copy or borrow died of SIGSEGV, and its ``close()`` unmapped and
+    closed again what other maps had been given since.  And its flush raised
+    ``ClosedMapError`` on the open map (the group commit's weak reference to it was
+    already dead).  The drops are kept reachable until the map is garbage, so they run
+    after every finalizer; the flush uses the map the caller has."""
+    check_child(_A_FINALIZER_IN_A_CYCLE_WITH_ITS_MAP, how, timeout=40)
+
+
+_A_GLOBALS_FINALIZER_FLUSHES_ITS_OWN_MAP_AT_EXIT = """
+    import os, sys
+    from anymmap import sync as S
+
+    path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
+
+    class Holder:  # a module global: freed with the module's dict, as cyclic garbage
+        def __init__(self):
+            self.m = S.MmapRaw.create(path, 1 << 16)
+
+        def __del__(self):
+            self.m.update_region(0, b"from __del__")
+            self.m.flush()  # (ClosedMapError on the open map before)
+            assert self.m.pending_bytes() == 0
+            self.m.close()
+            os.write(1, b"ok\\n")
+
+    H = Holder()
+    print("main ends")
+"""
+
+
+def test_a_globals_finalizer_flushes_its_own_map_at_exit() -> None:
+    """Regression test (adversary round 51, 3 of 3 interpreters): the ``__del__`` of a
+    module global that flushed its own map at interpreter exit, where the module's dict
+    is freed as cyclic garbage, got ``ClosedMapError`` on the open map and flushed
+    nothing (the group commit reached the map through a weak reference, cleared before
+    any finalizer runs)."""
+    check_child(_A_GLOBALS_FINALIZER_FLUSHES_ITS_OWN_MAP_AT_EXIT, timeout=20)
+
+
 _CALLBACK_INSIDE_A_PIN_WHILE_ANOTHER_THREAD_RESIZES = """
     import os, sys, tempfile, threading, time
     import anymmap.sync

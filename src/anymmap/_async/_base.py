@@ -463,7 +463,7 @@ class FlushingAsyncMap(AsyncMap[FileCoreT]):
             await checkpoint()
             return
         waiter = ThreadWaiter()
-        request = core.commit.submit(start, start + n, waiter.wake, waiter.scheduler)
+        request = core.submit_commit(start, start + n, waiter.wake, waiter.scheduler)
         await waiter.wait()  # leaving early (cancelled) leaves the flush to the committer
         core.result_of(request, to_caller=to_caller)
 

@@ -89,7 +89,7 @@ class CommitRequest:
         #: What makes the range durable (a method of the map), held until it has: a map
         #: dropped unclosed after its flush was cancelled is flushed all the same, and
         #: freed after (adversary round 29: its range was never flushed in 6-8 of 20).
-        self.owner: object = None
+        self.owner: Callable[[int, int], None] | None = None
         #: The thread that made it (in a forked child, the one that forked may wait).
         self.thread = threading.get_ident()
 
@@ -159,7 +159,16 @@ class GroupCommit:
         end: int,
         wake: Callable[[], None],
         scheduler: Scheduler | None = None,
+        *,
+        sync: Callable[[int, int], None] | None = None,
+        entering: Callable[[], None] | None = None,
     ) -> CommitRequest:
+        """Queue a durable flush of ``[start, end)``.  ``sync`` and ``entering``: the
+        map's own (the caller has the map), for when the weak references to them are
+        dead while the map is still used: a ``__del__`` that the cyclic collector runs
+        on a cycle holding the map (weak references to the garbage are cleared before
+        any finalizer runs: its flushes raised ``ClosedMapError`` on an open map,
+        adversary round 51)."""
         if threading.get_ident() == self._committer_thread:
             # A finalizer that flushes, run by a garbage collection on the committer
             # thread: it would wait for the thread it runs on (and may hold its lock).
@@ -168,12 +177,12 @@ class GroupCommit:
                 "callback run there by the garbage collector)"
             )
         check_not_held(self._cond)  # a finalizer run inside submit's own bookkeeping
-        entering = self._entering()
+        entering = entering or self._entering()
         if entering is not None:  # (one run inside an msync of the file, on any map)
             entering()
         del entering
         request = CommitRequest(start, end, wake, scheduler)
-        request.owner = self._sync()
+        request.owner = sync or self._sync()
         if sys.is_finalizing():
             # A finalizer run by the interpreter's last collection: no thread can start
             # now (3.11 waits for ever for one that never runs, 3.12+ refuses), and no
@@ -289,7 +298,9 @@ class GroupCommit:
         end = max(request.end for request in cluster)
         error: BaseException | None = None
         try:
-            sync = self._sync()
+            # (A request's own: the weak reference dies before a finalizer that the
+            # cyclic collector runs is done with the map; see submit.)
+            sync = self._sync() or next((r.owner for r in cluster if r.owner), None)
             if sync is None:  # the map is gone: closed, or collected
                 raise ClosedMapError("map")
             sync(start, end - start)

@@ -28,7 +28,7 @@ from .._errors import (
 )
 from .._sys import os_impl, signals_held
 from ._checks import as_int, check_file_end, check_size
-from ._commit import CommitRequest, DirtyRanges, GroupCommit
+from ._commit import CommitRequest, DirtyRanges, GroupCommit, Scheduler
 from ._copier import FileCopier, cut_if_alone, mapping_file, page_ceil, page_floor
 from ._files import (
     MODES,
@@ -385,6 +385,15 @@ class FileBackedCore(MapCore):
     def note_write(self, start: int, n: int) -> None:
         if self.mode == "rw":  # the pages of "r" and "copy" maps never reach the file
             self.dirty.add(start, start + n)
+
+    def submit_commit(
+        self, start: int, end: int, wake: Callable[[], None], scheduler: Scheduler | None = None
+    ) -> CommitRequest:
+        """Queue a durable flush of ``[start, end)`` with the group committer (see
+        ``GroupCommit.submit``)."""
+        return self.commit.submit(
+            start, end, wake, scheduler, sync=self._durable, entering=self.check_not_syncing
+        )
 
     def _durable(self, start: int, n: int) -> None:
         """Make ``[start, start + n)`` durable, as far as the map still reaches (a shrink

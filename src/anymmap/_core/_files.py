@@ -17,7 +17,7 @@ from functools import partial
 from typing import Literal, NamedTuple, Protocol, get_args
 
 from .._errors import UnmappableFileError
-from .._sys import DISARMED, ON_DROP, os_impl, signals_held
+from .._sys import DISARMED, ON_DROP, keep_until_dropped, let_go, os_impl, signals_held
 from .._sys._interface import PathArg as PathArg  # a path anymmap accepts
 from ._checks import as_int
 
@@ -99,12 +99,15 @@ class FileRef:
     open map is a number the next ``open()`` reuses; the OS closes it at exit).
     """
 
-    __slots__ = ("_closer", "fd", "name")
+    __slots__ = ("__weakref__", "_closer", "_kept", "fd", "name")
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
         self.name = name
         self._closer = _Closer(fd)
+        # (Closed only once this object is garbage, after every finalizer that may still
+        # use it: see keep_until_dropped.)
+        self._kept = keep_until_dropped(self, self._closer)
 
     def close(self) -> None:
         # Disarmed, then closed, with no point between where a signal's handler could
@@ -114,6 +117,7 @@ class FileRef:
             closer = self._closer
             close, closer._on_drop = closer._on_drop, DISARMED
             close()
+            let_go(self._kept)
 
     @property
     def closed(self) -> bool:

@@ -60,7 +60,7 @@ from pickle import PickleBuffer
 from typing import Any
 
 from .._errors import BorrowError
-from .._sys import DISARMED, ON_DROP, os_impl
+from .._sys import DISARMED, ON_DROP, is_kept, keep_until_dropped, let_go, os_impl
 from ._forks import renew_in_child
 
 
@@ -105,6 +105,7 @@ class Memory:
         "_baseline",
         "_exporter",
         "_fork_guard",
+        "_kept",
         "_unmap",
         "addr",
         "files",
@@ -137,8 +138,11 @@ class Memory:
         self._exporter = exporter
         del exporter
         # References now: self._exporter and getrefcount's argument.  Each live managed
-        # buffer of it adds one; retire() compares against this.
+        # buffer of it adds one, as do self.view and the keeper (see _exports).
         self._baseline = sys.getrefcount(self._exporter)
+        # (Unmapped only once this object is garbage, after every finalizer that may
+        # still reach it: see keep_until_dropped.)
+        self._kept = keep_until_dropped(self, self._exporter)
         #: The whole range as bytes, for copies on the calling thread (slices of it are
         #: temporaries; nothing keeps one).
         self.view = memoryview(self._exporter).cast("B")
@@ -167,16 +171,21 @@ class Memory:
 
         :raises BorrowError: if a view of it is still alive
         """
-        # (self.view adds one reference over the baseline.)
-        if sys.getrefcount(self._exporter) != self._baseline + 1:
+        if self._exports():
             gc.collect()  # a view kept alive only by a reference cycle
             release_escaped()
-        leaked = sys.getrefcount(self._exporter) - self._baseline - 1
+        leaked = self._exports()
         if leaked:
             raise BorrowError(
                 f"{leaked} buffer(s) exported from this map are still alive; drop every "
                 "view, slice or array taken from a borrow first"
             )
+
+    def _exports(self) -> int:
+        """How many buffers exported from the memory are alive: the references to the
+        array beyond the baseline, ``self.view`` and the keeper's (which lets go when
+        this object is garbage, while finalizers may still use it)."""
+        return sys.getrefcount(self._exporter) - self._baseline - 1 - is_kept(self._kept)
 
     def retire(self) -> None:
         """Give up the memory before it is unmapped or moved; the object is unusable after
@@ -187,6 +196,7 @@ class Memory:
         self.check_unborrowed()
         self.view.release()
         self._exporter._on_drop = DISARMED
+        let_go(self._kept)
         del self._exporter
 
     def forget(self) -> None:

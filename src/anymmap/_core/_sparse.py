@@ -113,7 +113,7 @@ def _huge_page_size(flags: int) -> int:
     if shift:
         return 1 << shift
     try:
-        with open("/proc/meminfo") as meminfo:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
                 if line.startswith("Hugepagesize:"):
                     return int(line.split()[1]) * 1024

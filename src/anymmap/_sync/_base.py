@@ -291,7 +291,7 @@ class FlushingSyncMap(SyncMap[FileCoreT]):
         # wait half-way and leave its lock taken, and the committer then waited for ever
         # to set it (and every later flush of the map with it).
         done: SimpleQueue[None] = SimpleQueue()
-        request = core.commit.submit(start, start + n, partial(done.put, None))
+        request = core.submit_commit(start, start + n, partial(done.put, None))
         done.get()
         core.result_of(request, to_caller=to_caller)
 

@@ -12,7 +12,18 @@ import sys
 from typing import TYPE_CHECKING
 
 from ._interface import OSInterface
-from ._signals import DISARMED, ON_DROP, Hold, give_back_skipped, signals_held, start_thread, whole
+from ._signals import (
+    DISARMED,
+    ON_DROP,
+    Hold,
+    give_back_skipped,
+    is_kept,
+    keep_until_dropped,
+    let_go,
+    signals_held,
+    start_thread,
+    whole,
+)
 
 os_impl: OSInterface
 if sys.platform == "linux":
@@ -34,6 +45,9 @@ __all__ = [
     "Hold",
     "OSInterface",
     "give_back_skipped",
+    "is_kept",
+    "keep_until_dropped",
+    "let_go",
     "os_impl",
     "signals_held",
     "start_thread",

@@ -30,6 +30,7 @@ import _signal  # type: ignore[import-not-found, unused-ignore]
 import signal
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from functools import partial
 from itertools import compress
@@ -197,6 +198,42 @@ DISARMED: Callable[[], object] = tuple
 
 #: The ``__del__`` of a hold: it calls the hold's ``_on_drop`` without a Python frame.
 ON_DROP = property(attrgetter("_on_drop"))
+
+
+#: What :func:`keep_until_dropped` keeps: a weak reference to each owner -> its dropper.
+_KEPT: dict[weakref.ref[Any], object | None] = {}
+
+
+def keep_until_dropped(owner: object, dropper: object) -> weakref.ref[Any]:
+    """Keep ``dropper`` (an object whose ``__del__`` is :data:`ON_DROP` and frees what
+    ``owner`` uses: the unmap of its memory, the close of its descriptor) reachable from
+    here until ``owner`` is garbage; return the key that :func:`let_go` takes.
+
+    The cyclic collector runs the finalizers of a cycle's objects in no set order: the
+    ``__del__`` of a user's object in a cycle with a map ran after the map's memory was
+    unmapped and its descriptor closed, and its copy died of SIGSEGV, its ``close()``
+    unmapping and closing again what another map had been given since (adversary round
+    51).  Kept here, the dropper is not part of the garbage the collector finalizes: the
+    weak reference to ``owner`` dies first (weak references to the garbage are cleared
+    before any finalizer runs), its callback (``dict.pop``, C code) lets go of the
+    dropper, and the dropper goes when ``owner``'s references are cleared, after every
+    finalizer of the cycle."""
+    key = weakref.ref(owner, _KEPT.pop)
+    _KEPT[key] = dropper
+    return key
+
+
+def is_kept(key: weakref.ref[Any]) -> bool:
+    """Whether :func:`keep_until_dropped` still keeps what it keeps under ``key``."""
+    return _KEPT.get(key) is not None
+
+
+def let_go(key: weakref.ref[Any]) -> None:
+    """Stop keeping what :func:`keep_until_dropped` keeps under ``key`` (its owner
+    closed it).  The key stays until the owner is garbage: its callback's ``pop`` has no
+    default (it is called with the key alone) and must find it."""
+    if key in _KEPT:
+        _KEPT[key] = None
 
 
 class Hold(Uncopyable):
