@@ -570,6 +570,7 @@ _A_FINALIZER_IN_A_CYCLE_WITH_ITS_MAP = """
     import anyio
     import anymmap
     from anymmap import sync as S
+    from tests._helpers import is_mapped
 
     how = sys.argv[1]
     d = os.environ["ANYMMAP_CHILD_SHM"]
@@ -577,14 +578,6 @@ _A_FINALIZER_IN_A_CYCLE_WITH_ITS_MAP = """
     with open(path, "wb") as f:
         f.write(bytes(1 << 16))
     seen = []
-
-    def mapped(addr):
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                low, high = (int(x, 16) for x in line.split()[0].split("-"))
-                if low <= addr < high:
-                    return True
-        return False
 
     def fds():
         return sorted(os.listdir("/proc/self/fd"))
@@ -652,7 +645,7 @@ _A_FINALIZER_IN_A_CYCLE_WITH_ITS_MAP = """
         gc.collect()
         gc.enable()
         assert seen == [b"bye"] * len(seen) and len(seen) == 2 * len(addrs), seen
-        assert not any(mapped(addr) for addr in addrs)  # unmapped once garbage
+        assert not any(is_mapped(addr) for addr in addrs)  # unmapped once garbage
         assert fds() == before  # and every descriptor closed, once
 
     if how == "sync":

@@ -39,6 +39,13 @@ The mechanism, in one page:
    the drop of a map with a ``fork_guard`` (the pid recorded with the advice) is a Python
    function that checks it (:meth:`Memory.guard_changed` re-arms the drop).
 
+5. **Cycles.**  The cyclic collector runs the finalizers of a cycle's objects in no set
+   order, so the array, garbage with the map, could unmap the memory before a user's
+   ``__del__`` in the same cycle used the map (SIGSEGV: adversary round 51).  The array
+   is kept reachable from outside (``keep_until_dropped``) until its :class:`Memory` is
+   garbage: the collector then does not finalize it with the cycle, and it dies when
+   the cycle's references are cleared, after every finalizer.  Retiring lets it go.
+
 Why not ``__buffer__`` / ``__release_buffer__`` (PEP 688, Python 3.12): it would let a
 Python object count its exports exactly, without reading reference counts, but anymmap
 supports Python 3.10 and 3.11, where only this mechanism works; two mechanisms would mean
