@@ -673,6 +673,78 @@ def test_a_finalizer_in_a_cycle_with_its_map_finds_it_whole(how: str) -> None:
     check_child(_A_FINALIZER_IN_A_CYCLE_WITH_ITS_MAP, how, timeout=40)
 
 
+_A_CYCLES_FINALIZER_SHRINKS_OR_RESURRECTS_A_MAP = """
+    import gc, os, sys
+    from anymmap import sync as S
+    from tests._helpers import is_mapped
+
+    how = sys.argv[1]
+    path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
+    P = 4096
+    with open(path, "wb") as f:
+        f.write(b"x" * (2 * P))
+    saved, seen = [], []
+
+    class Owner:
+        def __init__(self, **maps):
+            self.__dict__.update(maps)
+            self.me = self
+
+        def __del__(self):
+            if how == "shrink":  # two maps of the file in the cycle: one shrinks
+                self.a.resize(P)
+                with self.b.as_slice(P, P) as view:  # (SIGBUS before: the file was cut)
+                    seen.append(bytes(view[:1]))
+            elif "c" not in self.__dict__:  # resurrects its map
+                saved.append(self.m)
+            else:  # uses the resurrected map in a second cycle
+                with self.c.as_slice(P, P) as view:  # (SIGSEGV before: unmapped)
+                    seen.append(bytes(view[:1]))
+                self.c.close()  # (unmapped what a new map had been given, before)
+
+    if how == "shrink":
+        Owner(a=S.MmapRaw.map_raw(path), b=S.MmapRaw.map_raw(path))
+        gc.collect()
+        sparse = S.SparseMapping.new(2 * P)
+        sparse.map_file(0, 2 * P, path)
+        Owner(a=S.MmapRaw.map_raw(path), b=sparse)
+        del sparse
+        gc.collect()
+        assert seen == [b"x", b"x"], seen
+        assert os.path.getsize(path) == 2 * P
+    else:
+        Owner(m=S.MmapRaw.map_raw(path))
+        gc.collect()
+        m = saved.pop()
+        with S.MmapRaw.map_raw(path) as other:
+            other.resize(P)  # m maps the file: not cut under it
+        assert os.path.getsize(path) == 2 * P
+        with m.as_slice(P, P) as view:  # (SIGBUS before)
+            assert bytes(view[:1]) == b"x"
+        addr = m.as_ptr()
+        Owner(c=m)
+        del m
+        gc.collect()
+        assert seen == [b"x"], seen
+        assert not is_mapped(addr)
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["shrink", "resurrect"])
+def test_a_cycles_finalizer_that_shrinks_or_resurrects_a_map_crashes_nothing(how: str) -> None:
+    """Regression test (adversary round 52, 3 of 3 runs each): weak references to
+    cyclic garbage are cleared before the finalizers run, and never come back if a
+    finalizer resurrects the object.  A finalizer's shrink of one map of a file cut it
+    under another map of the file in the same cycle (SIGBUS in its borrow); a map a
+    finalizer resurrected was no longer seen by other maps' shrinks (SIGBUS), and in a
+    second cycle its memory was unmapped before that cycle's finalizer borrowed it
+    (SIGSEGV).  Registrations now also hold the map's array weakly (it outlives the
+    finalizers), and the keeper's weak reference is to a token the map holds, which
+    is not tracked by the collector."""
+    check_child(_A_CYCLES_FINALIZER_SHRINKS_OR_RESURRECTS_A_MAP, how, timeout=40)
+
+
 _A_GLOBALS_FINALIZER_FLUSHES_ITS_OWN_MAP_AT_EXIT = """
     import os, sys
     from anymmap import sync as S
@@ -4899,3 +4971,24 @@ def test_the_interpreter_exits_after_a_loop_closed_during_a_worker_call(
     (non-daemon) worker at exit.  anymmap now stops, at exit, the workers of a closed
     loop that ran its calls."""
     check_child(_A_LOOP_CLOSED_DURING_A_WORKER_CALL, loop_kind, what, timeout=20)
+
+
+def test_the_keepers_token_is_not_tracked_by_the_collector() -> None:
+    """What the fix for adversary rounds 51 and 52 rests on: the token a map's keeper
+    holds takes weak references and is not tracked by the cyclic collector, so the weak
+    reference to it is not cleared with the garbage's before the finalizers run (a
+    CPython that tracked code objects would bring the SIGSEGV back)."""
+    from anymmap._sys import is_kept, keep_until_dropped, let_go
+
+    class Dropper:
+        pass
+
+    kept = keep_until_dropped(Dropper())
+    token, key = kept
+    assert not gc.is_tracked(token)
+    assert key() is token
+    assert is_kept(kept)
+    let_go(kept)
+    assert not is_kept(kept)
+    del token, kept
+    assert key() is None

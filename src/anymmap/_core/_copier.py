@@ -96,11 +96,11 @@ def address_of(view: memoryview) -> int:
 #: once and their mappings (the twins); registrations left for the next one (see
 #: ``_may_lock``); and the lock of these (maps are made in any thread; no user code runs
 #: under it, but a finalizer or signal handler may: it is never entered twice).
-_windows: dict[tuple[int, int], dict[int, weakref.ref[Memory]]] = {}
+_windows: dict[tuple[int, int], dict[int, _WindowRef]] = {}
 _counted: dict[tuple[int, int], int] = {}
 _twinned_files: set[tuple[int, int]] = set()
-_twins: list[weakref.ref[Memory]] = []
-_deferred: list[tuple[weakref.ref[Memory], tuple[int, int]]] = []
+_twins: list[_WindowRef] = []
+_deferred: list[tuple[_WindowRef, tuple[int, int]]] = []
 _windows_lock = threading.RLock()
 #: Registrations since every file's list was last swept (a file mapped once and closed
 #: is not looked at again otherwise: its entry stayed, adversary round 33).
@@ -138,6 +138,31 @@ def _live(memory: Memory | None) -> bool:
     return memory is not None and not memory.retired
 
 
+class _WindowRef(weakref.ref[Memory]):
+    """A registration: a weak reference to the :class:`Memory`, and one to its array,
+    which lives (mapped) while the memory does and, in cyclic garbage, for as long as a
+    finalizer of the cycle may still use it (``keep_until_dropped``).  The collector
+    clears the weak references to the garbage before any finalizer runs, and one that
+    resurrects the map never gets its registration back: the array's says the file is
+    still mapped (adversary round 52: a shrink run by such a finalizer, or after the
+    resurrection, cut the file under another map of the cycle, SIGBUS)."""
+
+    __slots__ = ("array",)
+    array: weakref.ref[object]
+
+
+def _window_ref(memory: Memory) -> _WindowRef:
+    ref = _WindowRef(memory)
+    ref.array = weakref.ref(memory.array())
+    return ref
+
+
+def _mapped(ref: _WindowRef) -> bool:
+    """Whether the registration's memory may still be mapped (see ``_WindowRef``)."""
+    memory = ref()
+    return _live(memory) if memory is not None else ref.array() is not None
+
+
 def _shows(memory: Memory | None, identity: tuple[int, int]) -> bool:
     """Whether ``memory`` (registered under ``identity``) may still show that file: a
     sparse map keeps count of the files its pieces show (``Memory.files``: updated
@@ -156,7 +181,7 @@ def _recount(identities: Iterable[tuple[int, int]]) -> None:
     global _twins
     touched: list[Memory] = []
     for identity in identities:
-        live = {key: ref for key, ref in _windows.get(identity, {}).items() if _live(ref())}
+        live = {key: ref for key, ref in _windows.get(identity, {}).items() if _mapped(ref)}
         touched += [memory for memory in (ref() for ref in live.values()) if memory is not None]
         if live:
             _windows[identity] = live
@@ -186,7 +211,7 @@ def register_window(memory: Memory, identity: tuple[int, int]) -> None:
     doubled since the last count, which drops the closed ones.  (Signals held: a Ctrl-C
     half-way would leave the mapping registered but not marked.)"""
     global _twins
-    ref = weakref.ref(memory)
+    ref = _window_ref(memory)
     with signals_held():
         if not _may_lock():
             # Registered by the call this one interrupted, before it returns; until
@@ -211,7 +236,7 @@ def _register_deferred() -> None:
         _register(*_deferred.pop())
 
 
-def _register(ref: weakref.ref[Memory], identity: tuple[int, int]) -> None:
+def _register(ref: _WindowRef, identity: tuple[int, int]) -> None:
     global _twins, _since_sweep, _after_sweep
     _since_sweep += 1
     if _since_sweep > max(64, _after_sweep):  # (amortized: a look per registration)
@@ -296,9 +321,12 @@ def cut_if_alone(memory: Memory, identity: tuple[int, int], cut: Callable[[], No
                 _register_deferred()
                 if identity in _being_mapped.values():
                     return False
-                others = [ref() for ref in _windows.get(identity, {}).values()]
-                if any(other is not memory and _shows(other, identity) for other in others):
-                    return False
+                for ref in _windows.get(identity, {}).values():
+                    other = ref()
+                    if other is None and _mapped(ref):  # (see _WindowRef)
+                        return False
+                    if other is not memory and _shows(other, identity):
+                        return False
                 cut()
                 return True
             finally:

@@ -99,7 +99,7 @@ class FileRef:
     open map is a number the next ``open()`` reuses; the OS closes it at exit).
     """
 
-    __slots__ = ("__weakref__", "_closer", "_kept", "fd", "name")
+    __slots__ = ("_closer", "_kept", "fd", "name")
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
@@ -107,7 +107,7 @@ class FileRef:
         self._closer = _Closer(fd)
         # (Closed only once this object is garbage, after every finalizer that may still
         # use it: see keep_until_dropped.)
-        self._kept = keep_until_dropped(self, self._closer)
+        self._kept = keep_until_dropped(self._closer)
 
     def close(self) -> None:
         # Disarmed, then closed, with no point between where a signal's handler could

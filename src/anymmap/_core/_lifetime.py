@@ -42,9 +42,10 @@ The mechanism, in one page:
 5. **Cycles.**  The cyclic collector runs the finalizers of a cycle's objects in no set
    order, so the array, garbage with the map, could unmap the memory before a user's
    ``__del__`` in the same cycle used the map (SIGSEGV: adversary round 51).  The array
-   is kept reachable from outside (``keep_until_dropped``) until its :class:`Memory` is
-   garbage: the collector then does not finalize it with the cycle, and it dies when
-   the cycle's references are cleared, after every finalizer.  Retiring lets it go.
+   is kept reachable from outside (``keep_until_dropped``) until its :class:`Memory`
+   dies: the collector then does not finalize it with the cycle, and it dies when the
+   cycle's references are cleared, after every finalizer (or never, if a finalizer
+   resurrects the map).  Retiring lets it go.
 
 Why not ``__buffer__`` / ``__release_buffer__`` (PEP 688, Python 3.12): it would let a
 Python object count its exports exactly, without reading reference counts, but anymmap
@@ -149,7 +150,7 @@ class Memory:
         self._baseline = sys.getrefcount(self._exporter)
         # (Unmapped only once this object is garbage, after every finalizer that may
         # still reach it: see keep_until_dropped.)
-        self._kept = keep_until_dropped(self, self._exporter)
+        self._kept = keep_until_dropped(self._exporter)
         #: The whole range as bytes, for copies on the calling thread (slices of it are
         #: temporaries; nothing keeps one).
         self.view = memoryview(self._exporter).cast("B")
@@ -166,6 +167,11 @@ class Memory:
         exporter: Any = getattr(self, "_exporter", None)
         if exporter is not None:
             exporter._on_drop = self._drop()
+
+    def array(self) -> object:
+        """The array over the memory (unretired), for a weak reference that outlives
+        this object's in cyclic garbage (see ``_copier._WindowRef``)."""
+        return self._exporter
 
     @property
     def retired(self) -> bool:

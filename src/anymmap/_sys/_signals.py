@@ -27,6 +27,7 @@ arrived before it.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found, unused-ignore]
+import itertools
 import signal
 import sys
 import threading
@@ -35,7 +36,7 @@ from collections.abc import Callable
 from functools import partial
 from itertools import compress
 from operator import attrgetter
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any, TypeVar, cast
 
 from .._errors import Uncopyable
@@ -200,40 +201,52 @@ DISARMED: Callable[[], object] = tuple
 ON_DROP = property(attrgetter("_on_drop"))
 
 
-#: What :func:`keep_until_dropped` keeps: a weak reference to each owner -> its dropper.
-_KEPT: dict[weakref.ref[Any], object | None] = {}
+#: What :func:`keep_until_dropped` keeps: a weak reference to each owner's token -> its
+#: dropper (None once let go).
+_KEPT: dict[weakref.ref[CodeType], object | None] = {}
+#: Tokens are copies of this code object, each with a constant of its own (see below).
+_TOKEN = compile("0", "<anymmap token>", "eval")
+_token_numbers = itertools.count()
+
+#: What :func:`keep_until_dropped` returns: the token its owner holds, and the key.
+Kept = tuple[CodeType, "weakref.ref[CodeType]"]
 
 
-def keep_until_dropped(owner: object, dropper: object) -> weakref.ref[Any]:
+def keep_until_dropped(dropper: object) -> Kept:
     """Keep ``dropper`` (an object whose ``__del__`` is :data:`ON_DROP` and frees what
-    ``owner`` uses: the unmap of its memory, the close of its descriptor) reachable from
-    here until ``owner`` is garbage; return the key that :func:`let_go` takes.
+    its owner uses: the unmap of its memory, the close of its descriptor) reachable from
+    here until the token returned, which the owner holds, dies with the owner.
 
     The cyclic collector runs the finalizers of a cycle's objects in no set order: the
     ``__del__`` of a user's object in a cycle with a map ran after the map's memory was
     unmapped and its descriptor closed, and its copy died of SIGSEGV, its ``close()``
     unmapping and closing again what another map had been given since (adversary round
-    51).  Kept here, the dropper is not part of the garbage the collector finalizes: the
-    weak reference to ``owner`` dies first (weak references to the garbage are cleared
-    before any finalizer runs), its callback (``dict.pop``, C code) lets go of the
-    dropper, and the dropper goes when ``owner``'s references are cleared, after every
-    finalizer of the cycle."""
-    key = weakref.ref(owner, _KEPT.pop)
+    51).  Kept here, the dropper is not part of the garbage the collector finalizes.  The
+    token is a code object: it takes weak references, it is not tracked by the cyclic
+    collector (so the weak references to it are not cleared with the garbage's, before
+    the finalizers run, but when it dies: when its owner's references are cleared, after
+    every finalizer), and it never dies while its owner lives, even one that a finalizer
+    resurrected (round 52: a weak reference to the owner itself was cleared then for
+    good, and the map's next cycle unmapped it under its finalizer).  Its own constant
+    makes it unequal to every other token.  The weak reference's callback is
+    ``dict.pop``: C code, no Python frame where a signal's handler could cut it short."""
+    token = _TOKEN.replace(co_consts=(next(_token_numbers),))
+    key = weakref.ref(token, _KEPT.pop)
     _KEPT[key] = dropper
-    return key
+    return token, key
 
 
-def is_kept(key: weakref.ref[Any]) -> bool:
-    """Whether :func:`keep_until_dropped` still keeps what it keeps under ``key``."""
-    return _KEPT.get(key) is not None
+def is_kept(kept: Kept) -> bool:
+    """Whether :func:`keep_until_dropped` still keeps what it returned ``kept`` for."""
+    return _KEPT.get(kept[1]) is not None
 
 
-def let_go(key: weakref.ref[Any]) -> None:
-    """Stop keeping what :func:`keep_until_dropped` keeps under ``key`` (its owner
-    closed it).  The key stays until the owner is garbage: its callback's ``pop`` has no
+def let_go(kept: Kept) -> None:
+    """Stop keeping what :func:`keep_until_dropped` returned ``kept`` for (its owner
+    closed it).  The key stays until the token dies: its callback's ``pop`` has no
     default (it is called with the key alone) and must find it."""
-    if key in _KEPT:
-        _KEPT[key] = None
+    if kept[1] in _KEPT:
+        _KEPT[kept[1]] = None
 
 
 class Hold(Uncopyable):
