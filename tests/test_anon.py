@@ -544,6 +544,37 @@ async def test_progress_callback_error_propagates() -> None:
         await m.update_region(0, b"ok")
 
 
+async def test_a_cancelled_populate_stops_after_the_chunk_in_progress() -> None:
+    """Regression test (adversary round 53): the whole range was one worker call, which
+    is never abandoned, so a deadline around a populate of 1 GiB waited for all of it.
+    Cancelled as its first chunk is reported, it now faults in no other chunk."""
+    size = 160 << 20  # ten 16 MiB chunks
+    calls: list[int] = []
+    async with await AnonymousMmap.new(size) as m:
+        with anyio.CancelScope() as scope:
+
+            def progress(done: int, total: int) -> None:
+                calls.append(done)
+                scope.cancel()
+
+            await m.populate(write=True, progress=progress)
+        assert scope.cancelled_caught
+        assert calls == [16 << 20]  # (every chunk's, before)
+        assert resident_fraction(m.as_ptr(), 16 << 20) == 1.0
+        assert resident_fraction(m.as_ptr() + (16 << 20), size - (16 << 20)) < 0.1
+        assert m.lock.statistics().writer is None
+        await m.populate(32 << 20, 16 << 20)  # the map is whole: it goes on
+        assert resident_fraction(m.as_ptr() + (32 << 20), 16 << 20) == 1.0
+
+
+async def test_a_populate_of_nothing_is_a_checkpoint() -> None:
+    async with await AnonymousMmap.new(PAGE) as m:
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await m.populate(PAGE, 0)
+        assert scope.cancelled_caught
+
+
 async def test_discarding_advice_never_touches_bytes_outside_the_range() -> None:
     """Regression test: DONTNEED on an unaligned range used to widen it to whole pages."""
     async with await AnonymousMmap.new(4 * PAGE) as m:
