@@ -75,6 +75,16 @@ sync costs nothing)
    of one ``msync`` per call, and more than sqlite3, aiofiles and every aiofile row; the
    event loop's worst lag during the 64-committer group-commit run is at most 5 ms.
 
+5. Not measured here, tried once (2026-12-07, at e372ad3): the event loop's thread lets
+   go of the GIL in every system call of a copy (``mincore``, ``process_vm_writev``), and
+   when a worker thread (the committer) is waiting for it, the loop thread then waits for
+   the worker's turn: 10 to 20 us per call under cProfile.  Keeping the GIL through those
+   calls (``ctypes.PyDLL``) raised the 64-committer rate from about 18,000 to 28,500 a
+   second and halved the CPU per commit, but a task writing 4 KiB in a loop beside 16
+   committers then left the committer thread only Python's switch interval (5 ms) for
+   each of its turns: 22 commits a second against 7,855 (letting go once every 100 us
+   instead: 700).  Fairness to the worker threads won; every call lets go of the GIL.
+
 Commit rates depend on the disk above all (a VM disk backed by the host's cache syncs far
 faster than a real one): compare the rows with the anchor, and with each other.
 """

@@ -605,7 +605,9 @@ def nowait_reads(fd: int) -> bool:
 def pread_nowait(fd: int, dst: memoryview, offset: int) -> int:
     """Read into ``dst`` from the page cache only (``preadv(RWF_NOWAIT)``): return the
     count (short at the end of the file or where a page is not cached), or -1 if the
-    first page is not cached.  Never waits for the disk; holds the GIL (it is short)."""
+    first page is not cached.  Never waits for the disk.  ``os.preadv`` lets go of the
+    GIL for the call, as every call in this module does: a worker thread waiting for it
+    may run first (why none keeps it: ``benchmarks/bench_commit.py``, point 5)."""
     try:
         return os.preadv(fd, (dst,), offset, _RWF_NOWAIT)
     except BlockingIOError:
