@@ -4992,3 +4992,70 @@ def test_the_keepers_token_is_not_tracked_by_the_collector() -> None:
     assert not is_kept(kept)
     del token, kept
     assert key() is None
+
+
+_A_POPULATE_OVER_AN_UNREADABLE_PIECE = """
+    import anyio, anymmap
+    from tests._helpers import rss_bytes
+
+    async def main():
+        async with await anymmap.SparseMapping.new(1 << 21) as m:
+            await m.mmap_anonymous(0, 4096, 0, 0x02)  # PROT_NONE, MAP_PRIVATE
+            for write in (False, True):
+                try:
+                    await m.populate(0, 4096, write=write)
+                except anymmap.MappingFaultError as exc:
+                    assert "not readable" in exc.cause, exc.cause
+                else:
+                    raise AssertionError("populated a PROT_NONE piece")
+        size = 32 << 20
+        async with await anymmap.AnonymousMmap.new(size) as a:
+            before = rss_bytes()
+            await a.populate(write=True)
+            grew = rss_bytes() - before
+            assert grew >= size * 0.9, f"populate(write=True) committed {grew >> 20} MiB"
+
+    anyio.run(main)
+    print("ok")
+"""
+
+
+def test_a_populate_over_an_unreadable_piece_leaves_the_advice_on() -> None:
+    """Regression test (adversary round 54): ``madvise`` says ``EINVAL`` for a range whose
+    protection forbids the access as well as on a kernel without ``MADV_POPULATE_*``,
+    and any ``EINVAL`` turned the advice off for the whole process: a later
+    ``populate(write=True)`` only faulted pages in for reading (committed nothing), and
+    an ``atomic_store`` into a hole of a full file system died of SIGBUS.  The kernel is
+    now asked once, on a page of anymmap's own."""
+    check_child(_A_POPULATE_OVER_AN_UNREADABLE_PIECE, timeout=60)
+
+
+def test_read_into_nowait_copies_more_than_one_read_call_can(tmp_path: Path) -> None:
+    """Regression test (adversary round 54): one ``preadv(RWF_NOWAIT)`` copies at most
+    2 GiB - 4 KiB, and ``read_into_nowait`` took that short count for a page not in
+    memory: a cached range longer than that raised ``WouldBlock`` every time."""
+    size = (2 << 30) + (1 << 20)
+    with open("/proc/meminfo", encoding="ascii") as f:
+        available = next(int(line.split()[1]) << 10 for line in f if "MemAvailable" in line)
+    if available < 3 * size:
+        pytest.skip(f"needs {3 * size >> 30} GiB of free memory (the copy and the cache)")
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as f:
+        f.truncate(size)  # holes: the reads below cache zero pages, no disk I/O
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if not anymmap._sys.os_impl.nowait_reads(fd):
+            pytest.skip("the file system of tmp_path refuses RWF_NOWAIT reads")
+        chunk = bytearray(64 << 20)
+        done = 0
+        while done < size:
+            done += os.preadv(fd, [chunk], done)
+        del chunk
+    finally:
+        os.close(fd)
+    with anymmap.sync.MmapRaw.map_raw(path, mode="r") as m:
+        dst = bytearray(size)
+        dst[-1] = 1
+        m.read_into_nowait(0, dst)  # (raised WouldBlock)
+        assert dst[-1] == 0
+        del dst

@@ -331,15 +331,17 @@ def populate(addr: int, length: int, write: bool) -> None:
 
     Uses ``MADV_POPULATE_READ``/``WRITE`` (Linux 5.14).  On older kernels it touches every
     page with a fault-safe read instead, so ``write=True`` then only populates for reading.
+    A range whose mapping or protection forbids the access (``PROT_NONE``, a device
+    map) fails with ``EFAULT``.
     """
-    if _populate_advice_supported:
+    if _populate_advice():
         try:
             madvise(addr, length, MADV_POPULATE_WRITE if write else MADV_POPULATE_READ)
-            return
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            _disable_populate_advice()
+            raise _forbidden("populate", addr) from None
+        return
     _touch_pages(addr, length)
 
 
@@ -348,24 +350,48 @@ def prepare_access(page: int, write: bool) -> None:
     store: a page of a file that the file system cannot provide (a hole of a full one)
     is ``EFAULT`` here instead of SIGBUS at the access.  (Before Linux 5.14 there is no
     such call and nothing is done: the access is then as safe as a plain one.)"""
-    if not _populate_advice_supported:
+    if not _populate_advice():
         return
     # SAFETY: the caller holds the map open and ``page`` lies in one of its pieces
     # (writable, for ``write``); the advice changes no byte, it only faults the page in.
     advice = MADV_POPULATE_WRITE if write else MADV_POPULATE_READ
     if _madvise(page, PAGE_SIZE, advice) != 0:
-        if ctypes.get_errno() == errno.EINVAL:  # before Linux 5.14
-            _disable_populate_advice()
-            return
+        if ctypes.get_errno() == errno.EINVAL:
+            raise _forbidden("access", page)
         _raise_errno("madvise")
 
 
-_populate_advice_supported = True
+def _forbidden(what: str, addr: int) -> OSError:
+    # madvise's EINVAL for a kernel that has the advice: "incompatible mappings or
+    # permissions" (mm/madvise.c); for the caller that is a page it cannot have.
+    error = OSError(errno.EFAULT, f"{what} at {addr:#x}: the mapping forbids the access")
+    error.address = addr  # type: ignore[attr-defined]
+    return error
 
 
-def _disable_populate_advice() -> None:
+#: Whether the kernel has ``MADV_POPULATE_READ``/``WRITE``; None until first asked.
+_populate_advice_supported: bool | None = None
+
+
+def _populate_advice() -> bool:
+    """Whether the kernel has ``MADV_POPULATE_*`` (Linux 5.14), asked once, of a page of
+    our own: madvise also says ``EINVAL`` for a range whose mapping or protection forbids
+    the access, which says nothing of the kernel (a populate over a ``PROT_NONE`` piece
+    of a sparse map turned the advice off for the whole process: a later
+    ``populate(write=True)`` committed nothing, and an ``atomic_store`` into a hole of a
+    full file system died of SIGBUS; adversary round 54)."""
     global _populate_advice_supported
-    _populate_advice_supported = False
+    supported = _populate_advice_supported
+    if supported is None:
+        page = mmap(0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+        try:
+            # SAFETY: the page is ours, mapped just above; the advice changes no byte.
+            failed = _madvise(page, PAGE_SIZE, MADV_POPULATE_READ) != 0
+            supported = not (failed and ctypes.get_errno() == errno.EINVAL)
+        finally:
+            munmap(page, PAGE_SIZE)
+        _populate_advice_supported = supported
+    return supported
 
 
 def _touch_pages(addr: int, length: int) -> None:
