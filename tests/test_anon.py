@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -28,6 +30,7 @@ from ._helpers import (
     resident_fraction,
     wait_until,
 )
+from .conftest import ASYNCIO_BACKENDS
 
 pytestmark = pytest.mark.anyio
 
@@ -565,6 +568,28 @@ async def test_a_cancelled_populate_stops_after_the_chunk_in_progress() -> None:
         assert m.lock.statistics().writer is None
         await m.populate(32 << 20, 16 << 20)  # the map is whole: it goes on
         assert resident_fraction(m.as_ptr() + (32 << 20), 16 << 20) == 1.0
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+async def test_a_natively_cancelled_populate_stops_after_the_chunk_in_progress() -> None:
+    """The same with asyncio's own ``task.cancel()`` (``asyncio.timeout``, ``wait_for``),
+    which anyio's cancel scopes do not see."""
+    size = 64 << 20
+    calls: list[int] = []
+    task = asyncio.current_task()
+    assert task is not None
+
+    def progress(done: int, total: int) -> None:
+        calls.append(done)
+        task.cancel()
+
+    async with await AnonymousMmap.new(size) as m:
+        with pytest.raises(asyncio.CancelledError):
+            await m.populate(write=True, progress=progress)
+        if sys.version_info >= (3, 11):
+            task.uncancel()  # (the request was met: the task goes on)
+        assert calls == [16 << 20]
+        assert resident_fraction(m.as_ptr() + (16 << 20), size - (16 << 20)) < 0.1
 
 
 async def test_a_populate_of_nothing_is_a_checkpoint() -> None:

@@ -282,8 +282,9 @@ class AsyncMap(MapHandle[CoreT]):
         done = 0
         while done < n:
             step = min(POPULATE_CHUNK, n - done)
-            # (A worker call starts before it looks for a cancellation.)
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            # (A worker call starts before it looks for a cancellation; on asyncio this
+            # yields, where a native task.cancel() is delivered too.)
+            await checkpoint_before()
             await run_sync(core.populate_chunk, start + done, step, write)
             done += step
             if progress is not None:
