@@ -743,6 +743,26 @@ async def test_resizing_a_block_device_map(loop_device: Path) -> None:
         os.close(fd)
 
 
+async def test_a_block_device_map_of_the_callers_descriptor_keeps_its_offset(
+    loop_device: Path,
+) -> None:
+    """Regression test (adversary round 55): a block device's size was read with
+    ``lseek(SEEK_END)`` on the map's ``dup`` of the caller's descriptor, whose offset
+    it shares: the caller's next read, at the end of the device, read nothing."""
+    fd = os.open(loop_device, os.O_RDWR)
+    try:
+        os.lseek(fd, PAGE, os.SEEK_SET)
+        async with await MmapRaw.map_raw(fd) as m:
+            assert len(m) == 4 << 20
+            await m.resize(PAGE)
+            await m.resize(4 << 20)
+            assert await m.read((4 << 20) - 1, 1) == bytes([255])
+            assert os.lseek(fd, 0, os.SEEK_CUR) == PAGE
+        assert os.read(fd, 3) == bytes([0, 1, 2])
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize(
     "call",
     [

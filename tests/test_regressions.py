@@ -6,6 +6,7 @@ process (see ``_child``), so that a regression shows as an exit status and a sta
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -5059,3 +5060,91 @@ def test_read_into_nowait_copies_more_than_one_read_call_can(tmp_path: Path) -> 
         m.read_into_nowait(0, dst)  # (raised WouldBlock)
         assert dst[-1] == 0
         del dst
+
+
+_A_HANDLERS_COPY_INSIDE_A_COPY = """
+    import os, signal, sys, tempfile, time
+    from anymmap.sync import MmapRaw
+
+    d = tempfile.mkdtemp(prefix="anymmap-child-")
+    a = MmapRaw.create(os.path.join(d, "a"), 1 << 16)
+    b = MmapRaw.create(os.path.join(d, "b"), 1 << 16)
+    a.update_region(0, bytes(4096))
+    b.update_region(0, bytes(4096))
+    handled = 0
+    busy = False
+
+    def handler(signum, frame):
+        global handled, busy
+        if busy:  # (one inside its own write to b would raise RuntimeError: documented)
+            return
+        busy = True
+        try:
+            handled += 1
+            b.update_region_nowait(0, b"H" * 64)
+        finally:
+            busy = False
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 200e-6, 200e-6)
+    lost = writes = 0
+    deadline = time.monotonic() + 20  # (a bound on the run, not a figure checked)
+    try:
+        while handled < 1000 and not lost and time.monotonic() < deadline:
+            for i in range(1000):
+                data = (writes + i).to_bytes(16, "little")
+                a.update_region_nowait(0, data)
+                if a.read(0, 16) != data:
+                    lost += 1
+                    break
+            writes += 1000
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        a.close(); b.close()
+        for name in ("a", "b"):
+            os.unlink(os.path.join(d, name))
+        os.rmdir(d)
+    assert not lost, f"a write returned but was not done, after {handled} handlers"
+    assert handled >= 100, handled
+    print("ok")
+"""
+
+
+def test_a_handlers_copy_inside_a_copy_of_another_map_loses_nothing() -> None:
+    """Regression test (adversary round 55: a write lost within 5 to 59 handler runs):
+    the fault-safe copies kept their iovecs in a per-thread scratch, filled before the
+    pid call at whose return Python runs signal handlers.  A handler's copy through
+    another map refilled them, and the outer write then copied the handler's bytes,
+    counted them as its own and returned with its write never done.  Each copy has
+    its own iovecs now."""
+    check_child(_A_HANDLERS_COPY_INSIDE_A_COPY, timeout=60)
+
+
+@pytest.mark.parametrize("how", ["map_raw", "attach_fd", "map_file"])
+def test_a_map_of_the_callers_descriptor_never_moves_its_offset(shm_path: Path, how: str) -> None:
+    """Regression test (adversary round 55): a map made from the caller's descriptor
+    keeps a ``dup`` of it, which shares its file offset, and a copy meeting a page not
+    in memory on tmpfs looked for holes with ``lseek(SEEK_DATA)``: the caller's next
+    ``write`` went 512 KiB further on.  A dup of the caller's is never walked now."""
+    path = shm_path / "log"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, 1 << 20)
+        os.pwrite(fd, b"Z", 512 << 10)  # data at 512 KiB, holes around it
+        assert os.write(fd, b"record-1;") == 9
+        with contextlib.ExitStack() as stack:
+            if how == "map_raw":
+                m: Any = stack.enter_context(anymmap.sync.MmapRaw.map_raw(fd, mode="r"))
+            elif how == "attach_fd":
+                m = stack.enter_context(anymmap.sync.MmapRegion.attach_fd(fd))
+            else:
+                m = stack.enter_context(anymmap.sync.SparseMapping.new(1 << 21))
+                m.map_file(0, 1 << 20, fd)
+            assert m.read(256 << 10, 8) == bytes(8)  # a hole, not in memory
+            assert m.read(512 << 10, 1) == b"Z"
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 9
+        assert os.write(fd, b"record-2;") == 9
+        assert os.pread(fd, 18, 0) == b"record-1;record-2;"
+    finally:
+        os.close(fd)

@@ -614,10 +614,12 @@ class FileCopier(KernelCopier):
         self._nowait = self._pread and os_impl.nowait_reads(fd)
         # On tmpfs a page that is not in memory is either swapped out or a hole never
         # written, and a hole reads as zeros and takes a write with no I/O: copies on
-        # this thread check.
+        # this thread check.  Not through the caller's descriptor: finding holes
+        # (SEEK_DATA) moves the file offset, which a dup shares with the caller.
         # (A device node in /dev is on devtmpfs, whose magic is tmpfs's: files only.)
         self._holes_free = (
             self._pread
+            and not file.shares_offset
             and os_impl.file_system(fd) == "tmpfs"
             and os_impl.file_kind(fd) == "regular file"
         )

@@ -696,6 +696,8 @@ class FileCore(FileBackedCore):
             # was passed in is the caller's open file: its OFD locks are theirs.)
             if borrowed is None:
                 borrowed = not isinstance(file, PATH_TYPES)
+            elif not borrowed:  # (a descriptor of anymmap's own: its offset is no one's)
+                self.file.shares_offset = False
             # (Counted as a mapping of the file from before its size is read: a shrink
             # of another map in this process must not cut it under this one.)
             with mapping_file(self._identity), os_impl.reading_size(fd, borrowed=borrowed):

@@ -492,7 +492,7 @@ def attach_region_fd(fd: object, *, max_size: object = None) -> RegionCore:
     """Map the region file open as ``fd`` (duplicated: the region keeps its own)."""
     number = as_fd(fd, paths=False)
     name = name_of(number)
-    file = adopt(lambda: os_impl.dup(number), label_of(number))
+    file = adopt(lambda: os_impl.dup(number), label_of(number), dup_of_callers=True)
     try:
         _check_regular(file.fd, name)
         return RegionCore(file, None, max_size=max_size, owner=False, borrowed=True)

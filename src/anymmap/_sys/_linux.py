@@ -300,14 +300,15 @@ def resident(addr: int, length: int) -> bool:
     ``addr`` must be page-aligned; pages past the end of a file report not resident.
     """
     pages = (length + PAGE_SIZE - 1) // PAGE_SIZE
-    scratch = _scratch_local
     if pages <= 8:
         # The usual small copy: one byte per page lands in a 64-bit word, checked at once.
+        # The word is this call's own (see _vm_copy).
+        word = _Word()
         # SAFETY: mincore writes `pages` <= 8 bytes into the word.
-        if _mincore(addr, length, scratch.word_addr) != 0:
+        if _mincore(addr, length, _addressof(word)) != 0:
             return _mincore_failed()
         mask = _LOW_BITS[pages]
-        return scratch.word.value & mask == mask
+        return word.value & mask == mask
     vec = ctypes.create_string_buffer(pages)
     # SAFETY: mincore writes one byte per page into vec, which holds exactly that many.
     if _mincore(addr, length, ctypes.addressof(vec)) != 0:
@@ -422,15 +423,9 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _raise_errno("sync_file_range")
 
 
-class _Scratch(threading.local):
-    def __init__(self) -> None:
-        self.word = ctypes.c_uint64()
-        self.word_addr = ctypes.addressof(self.word)
-        self.iov = (_size_t * 4)()
-        self.iov_addr = ctypes.addressof(self.iov)
-
-
-_scratch_local = _Scratch()
+_Word = ctypes.c_uint64
+_IOVecs = _size_t * 4  # two struct iovec {base, len}: the local one, then the remote one
+_addressof = ctypes.addressof
 _IOVEC_SIZE = 2 * ctypes.sizeof(_size_t)
 
 
@@ -451,8 +446,13 @@ def write_memory(dst: int, src: int, length: int) -> None:
 def _vm_copy(call: Callable[..., int], local: int, remote: int, length: int, what: str) -> None:
     # process_vm_readv/writev on our own pid: the kernel copies between the local and
     # the "remote" range and reports EFAULT for a page it cannot reach instead of a signal.
-    scratch = _scratch_local
-    iov = scratch.iov
+    # The iovecs are this call's own, not a per-thread scratch: a signal handler or a
+    # finalizer that copies through another map runs between filling them and the call
+    # (as the pid call returns, or at any allocation), and its copy overwrote them: the
+    # outer copy then wrote the handler's bytes, or counted them as its own and returned
+    # with its write lost (adversary round 55).
+    iov = _IOVecs()
+    iov_addr = _addressof(iov)
     done = 0
     while done < length:
         iov[0] = local + done
@@ -464,7 +464,7 @@ def _vm_copy(call: Callable[..., int], local: int, remote: int, length: int, wha
         # is asked for on every call (about 0.1 us): a cached one goes stale in the child
         # of a fork that skips Python's at-fork hooks, which would then copy into its
         # parent's memory.
-        n = call(os.getpid(), scratch.iov_addr, 1, scratch.iov_addr + _IOVEC_SIZE, 1, 0)
+        n = call(os.getpid(), iov_addr, 1, iov_addr + _IOVEC_SIZE, 1, 0)
         if n <= 0:
             code = ctypes.get_errno() if n < 0 else errno.EFAULT
             error = OSError(code, f"{what} at {remote + done:#x}: {os.strerror(code)}")
@@ -544,11 +544,19 @@ def path_kind(path: PathArg, *, follow: bool = True) -> str:
     return _kind(os.stat(path, follow_symlinks=follow).st_mode)
 
 
+_BLKGETSIZE64 = 0x80081272  # _IOR(0x12, 114, size_t)
+
+
 def file_size(fd: int) -> int:
-    """The size of a regular file, or of a block device (whose ``st_size`` is 0)."""
+    """The size of a regular file, or of a block device (whose ``st_size`` is 0).
+
+    Never moves the file offset, which a descriptor shares with the caller's when it
+    is a ``dup`` of it (``lseek(SEEK_END)`` left the caller's reads at the end of the
+    device; adversary round 55)."""
     info = os.fstat(fd)
     if stat.S_ISBLK(info.st_mode):
-        return os.lseek(fd, 0, os.SEEK_END)
+        size: int = struct.unpack("Q", fcntl.ioctl(fd, _BLKGETSIZE64, bytes(8)))[0]
+        return size
     return info.st_size
 
 
@@ -584,7 +592,8 @@ def is_direct(fd: int) -> bool:
 def data_extents(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
     """The ``[start, end)`` ranges of ``[offset, offset + length)`` where the file holds
     data; the rest are holes (never written, or allocated and never written on tmpfs:
-    they read as zeros without any I/O).  Asks the file system (SEEK_DATA, SEEK_HOLE)."""
+    they read as zeros without any I/O).  Asks the file system (SEEK_DATA, SEEK_HOLE),
+    which moves the file offset: never on a descriptor that shares the caller's."""
     extents: list[tuple[int, int]] = []
     end = offset + length
     while offset < end:
