@@ -294,6 +294,26 @@ def test_bad_input_gets_errors_and_the_connection_stays_usable(
     server.stop()
 
 
+def test_the_longest_line_is_served_when_its_crlf_arrives_in_two_pieces(
+    tmp_path: Path, servers: Servers
+) -> None:
+    """Regression test (adversary round 55): the longest valid line ends in ``\\r\\n``,
+    and the reader's limit counted the ``\\r`` but not the ``\\n``: when the ``\\n``
+    came in a later segment, the line was refused as too long and the connection
+    closed."""
+    server = servers.start(tmp_path / "data")
+    key, value = b"k" * kv.MAX_KEY, b"v" * kv.MAX_VALUE
+    with closing(Client(server.port)) as client:
+        line = b"SET " + key + b" " + value + b"\r"
+        assert len(line) == kv.MAX_LINE
+        client.sock.sendall(line)
+        time.sleep(0.3)  # (lets the server read up to the \r first: the case at hand)
+        client.sock.sendall(b"\n")
+        assert client.reply() == b"OK"
+        assert client.call(b"GET " + key) == b"VALUE " + value
+    server.stop()
+
+
 def test_refuses_a_non_loopback_host_without_allow_remote(tmp_path: Path) -> None:
     data = tmp_path / "data"
     result = subprocess.run(
