@@ -504,7 +504,10 @@ _ONE_LOOP = (
 )
 
 #: Held while a map's lock passes to the event loop of another thread (see _check_thread).
-_ADOPTING = threading.Lock()
+#: Re-entrant: a signal handler or finalizer run inside a hand-over whose call of another
+#: map is a hand-over too waited for its own thread, for ever (adversary round 56); the
+#: inner hand-over reads every state it needs itself.
+_ADOPTING = threading.RLock()
 
 
 class MapLock(RWLock):

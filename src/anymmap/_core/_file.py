@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import gc
 import os
 import sys
 import threading
@@ -330,14 +331,27 @@ def _syncs_of(identity: tuple[int, int]) -> _FileSyncs:
     global _syncs_pid
     if sys.is_finalizing():  # (a daemon thread stopped inside would hold it for good)
         _check_free_at_exit(_syncs_lock)
-    with _syncs_lock:
-        if _syncs_pid != os.getpid():  # the parent's calls in flight are not here
-            _syncs.clear()
-            _syncs_pid = os.getpid()
-        syncs = _syncs.get(identity)
-        if syncs is None:
-            syncs = _syncs[identity] = _FileSyncs()
-        return syncs
+    new = _FileSyncs()  # (made first: its allocation is where the collector may run)
+    # The look-up and the store are one step for finalizers and signal handlers too: a
+    # finalizer that the collector ran between them (both are Python code) mapped the
+    # same file, found no record and stored its own, which this call then replaced: the
+    # two maps of one file had two records, and one's failed write-back never reached
+    # the other (adversary round 56).  (As in cut_if_alone: the collector's switch is
+    # the process's, for these microseconds.)
+    with signals_held(), _syncs_lock:
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            if _syncs_pid != os.getpid():  # the parent's calls in flight are not here
+                _syncs.clear()
+                _syncs_pid = os.getpid()
+            syncs = _syncs.get(identity)
+            if syncs is None:
+                syncs = _syncs[identity] = new
+            return syncs
+        finally:
+            if collecting:
+                gc.enable()
 
 
 class FileBackedCore(MapCore):

@@ -35,7 +35,7 @@ class AfterFork(Protocol):
 #: Weak references without a callback: a ``WeakSet``'s Python callback ran at the death of
 #: every map and lock, and Python handles pending signals there and only prints what
 #: their handlers raise (a loop of create/close lost about one Ctrl-C in a hundred).
-#: Dead ones are dropped as more are added, under the lock.
+#: Dead ones are dropped as more are added, by one thread at a time (the lock).
 _TRACKED: list[weakref.ref[AfterFork]] = []
 _TRACKED_LOCK = threading.Lock()
 _prune_at = 64
@@ -44,14 +44,25 @@ _AFTER_RENEWAL: list[Callable[[], None]] = []
 
 
 def track(obj: AfterFork) -> None:
-    """Call ``obj.after_fork_in_child`` in every child forked while ``obj`` lives."""
+    """Call ``obj.after_fork_in_child`` in every child forked while ``obj`` lives.
+
+    Never waits: a map made by a signal handler or a finalizer that runs inside
+    another map's ``track`` (at any call's return, at any allocation) waited for the
+    lock its own thread held, for ever (adversary round 56).  The append needs no lock
+    (it is one step under the GIL); the pruning is skipped when another pruning runs,
+    and replaces only the part of the list it looked at, so what is appended meanwhile
+    stays."""
     global _prune_at
-    ref = weakref.ref(obj)
-    with _TRACKED_LOCK:
-        _TRACKED.append(ref)
-        if len(_TRACKED) >= _prune_at:
-            _TRACKED[:] = [r for r in _TRACKED if r() is not None]
-            _prune_at = max(64, 2 * len(_TRACKED))
+    _TRACKED.append(weakref.ref(obj))
+    if len(_TRACKED) < _prune_at or not _TRACKED_LOCK.acquire(blocking=False):
+        return
+    try:
+        seen = len(_TRACKED)
+        alive = [ref for ref in _TRACKED[:seen] if ref() is not None]
+        _TRACKED[:seen] = alive
+        _prune_at = max(64, 2 * len(_TRACKED))
+    finally:
+        _TRACKED_LOCK.release()
 
 
 def renew_in_child(hook: Callable[[], None]) -> None:
