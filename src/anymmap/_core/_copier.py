@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import gc
 import sys
 import threading
 import weakref
@@ -44,7 +43,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import ClassVar
 
-from .._sys import Hold, os_impl, signals_held
+from .._sys import Hold, collector_off, os_impl, signals_held
 from ._buffers import PinnedBuffer, new_bytes
 from ._files import FileRef
 from ._forks import renew_in_child
@@ -307,31 +306,23 @@ def cut_if_alone(memory: Memory, identity: tuple[int, int], cut: Callable[[], No
     on this thread (not counted: it cannot take the lock this thread holds, and
     registered only later) after the check, and the cut was made under it (adversary
     round 48, SIGBUS).  Signal handlers are held off; no other finalizer runs here.
-    (The collector's switch is the process's: another thread that turns it off during
-    these microseconds finds it back on, and one that turns it on reopens the window.)
     """
     with signals_held():
         if not _may_lock():
             return False
-        with _windows_lock:
-            collecting = gc.isenabled()
-            gc.disable()
-            try:
-                _recount((identity,))
-                _register_deferred()
-                if identity in _being_mapped.values():
+        with _windows_lock, collector_off():
+            _recount((identity,))
+            _register_deferred()
+            if identity in _being_mapped.values():
+                return False
+            for ref in _windows.get(identity, {}).values():
+                other = ref()
+                if other is None and _mapped(ref):  # (see _WindowRef)
                     return False
-                for ref in _windows.get(identity, {}).values():
-                    other = ref()
-                    if other is None and _mapped(ref):  # (see _WindowRef)
-                        return False
-                    if other is not memory and _shows(other, identity):
-                        return False
-                cut()
-                return True
-            finally:
-                if collecting:
-                    gc.enable()
+                if other is not memory and _shows(other, identity):
+                    return False
+            cut()
+            return True
 
 
 def shares_pages(view: memoryview) -> bool:
@@ -619,7 +610,7 @@ class FileCopier(KernelCopier):
         # (A device node in /dev is on devtmpfs, whose magic is tmpfs's: files only.)
         self._holes_free = (
             self._pread
-            and not file.shares_offset
+            and not file.callers
             and os_impl.file_system(fd) == "tmpfs"
             and os_impl.file_kind(fd) == "regular file"
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import gc
 import os
 import sys
 import threading
@@ -27,13 +26,12 @@ from .._errors import (
     UnsupportedError,
     WriteBackError,
 )
-from .._sys import os_impl, signals_held
+from .._sys import collector_off, os_impl, signals_held
 from ._checks import as_int, check_file_end, check_size
 from ._commit import CommitRequest, DirtyRanges, GroupCommit, Scheduler
 from ._copier import FileCopier, cut_if_alone, mapping_file, page_ceil, page_floor
 from ._files import (
     MODES,
-    PATH_TYPES,
     FileRef,
     Mode,
     anchored,
@@ -336,22 +334,15 @@ def _syncs_of(identity: tuple[int, int]) -> _FileSyncs:
     # finalizer that the collector ran between them (both are Python code) mapped the
     # same file, found no record and stored its own, which this call then replaced: the
     # two maps of one file had two records, and one's failed write-back never reached
-    # the other (adversary round 56).  (As in cut_if_alone: the collector's switch is
-    # the process's, for these microseconds.)
-    with signals_held(), _syncs_lock:
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            if _syncs_pid != os.getpid():  # the parent's calls in flight are not here
-                _syncs.clear()
-                _syncs_pid = os.getpid()
-            syncs = _syncs.get(identity)
-            if syncs is None:
-                syncs = _syncs[identity] = new
-            return syncs
-        finally:
-            if collecting:
-                gc.enable()
+    # the other (adversary round 56).  (As in cut_if_alone.)
+    with signals_held(), _syncs_lock, collector_off():
+        if _syncs_pid != os.getpid():  # the parent's calls in flight are not here
+            _syncs.clear()
+            _syncs_pid = os.getpid()
+        syncs = _syncs.get(identity)
+        if syncs is None:
+            syncs = _syncs[identity] = new
+        return syncs
 
 
 class FileBackedCore(MapCore):
@@ -671,10 +662,10 @@ class FileCore(FileBackedCore):
         no_reserve: bool = False,
         prefill: Prefill = "allocate",
         label: str | None = None,
-        borrowed: bool | None = None,
+        own_fd: bool = False,
     ) -> None:
-        """``borrowed``: whether ``file``, if a descriptor, is the caller's own open file
-        (by default: a path is not, a descriptor is), see ``reading_size``."""
+        """``own_fd``: ``file`` is a descriptor anymmap opened, not the caller's own open
+        file (see :attr:`FileRef.callers`)."""
         if not os_impl.SUPPORTED:
             raise UnsupportedError(f"anymmap file maps on {sys.platform}")
         if mode not in MODES:
@@ -708,13 +699,14 @@ class FileCore(FileBackedCore):
             # (adversary round 26: a map of what a failing growth had appended was left
             # past the end of its file once the growth cut it back).  (A descriptor that
             # was passed in is the caller's open file: its OFD locks are theirs.)
-            if borrowed is None:
-                borrowed = not isinstance(file, PATH_TYPES)
-            elif not borrowed:  # (a descriptor of anymmap's own: its offset is no one's)
-                self.file.shares_offset = False
+            if own_fd:  # (its offset and locks are no one's)
+                self.file.callers = False
             # (Counted as a mapping of the file from before its size is read: a shrink
             # of another map in this process must not cut it under this one.)
-            with mapping_file(self._identity), os_impl.reading_size(fd, borrowed=borrowed):
+            with (
+                mapping_file(self._identity),
+                os_impl.reading_size(fd, borrowed=self.file.callers),
+            ):
                 size = os_impl.file_size(fd)
                 if size == 0:
                     raise InvalidSizeError(0, f"cannot map an empty file ({name_of(file)})")
@@ -890,7 +882,7 @@ def create_file_map(
             fault_safe=fault_safe,
             prefill=prefill,  # type: ignore[arg-type]
             label=label_of(path),
-            borrowed=False,  # (create_file opened it: a turn may be taken on it)
+            own_fd=True,  # (create_file opened it: a turn may be taken on it)
         )
         if made is not None:  # (for undo_create; see create_file for exist_ok)
             core.made_file = (made, os_impl.file_identity(created_ref.fd))

@@ -70,14 +70,14 @@ def _plural(kinds: tuple[str, ...]) -> str:
     return " and ".join(f"{each}s" for each in kinds)
 
 
-def adopt(open_it: Callable[[], int], name: str, *, dup_of_callers: bool = False) -> FileRef:
+def adopt(open_it: Callable[[], int], name: str, *, callers: bool = False) -> FileRef:
     """Open a descriptor with ``open_it()`` and hand it to a :class:`FileRef` at once:
     signals are held in between (a Ctrl-C there would leak the descriptor).
-    ``dup_of_callers``: ``open_it`` duplicates the caller's descriptor (see
-    :attr:`FileRef.shares_offset`)."""
+    ``callers``: ``open_it`` duplicates the caller's descriptor (see
+    :attr:`FileRef.callers`)."""
     with signals_held():
         ref = FileRef(open_it(), name)
-    ref.shares_offset = dup_of_callers
+    ref.callers = callers
     return ref
 
 
@@ -103,15 +103,16 @@ class FileRef:
     open map is a number the next ``open()`` reuses; the OS closes it at exit).
     """
 
-    __slots__ = ("_closer", "_kept", "fd", "name", "shares_offset")
+    __slots__ = ("_closer", "_kept", "callers", "fd", "name")
 
     def __init__(self, fd: int, name: str) -> None:
         self.fd = fd
         self.name = name
-        #: Whether the descriptor is a ``dup`` of the caller's, whose file offset it
-        #: shares: nothing may then move it (``lseek``: the caller's own reads and
-        #: writes would go elsewhere; adversary round 55).
-        self.shares_offset = False
+        #: Whether the descriptor is a ``dup`` of the caller's own open file, whose file
+        #: offset and OFD locks it shares: nothing may then move the offset (``lseek``:
+        #: the caller's own reads and writes would go elsewhere; adversary round 55), and
+        #: the size is read without a turn (see ``reading_size``).
+        self.callers = False
         self._closer = _Closer(fd)
         # (Closed only once this object is garbage, after every finalizer that may still
         # use it: see keep_until_dropped.)
@@ -241,7 +242,7 @@ def open_fd(
             raise
     else:
         number = as_fd(file)
-        ref = adopt(lambda: os_impl.dup(number), label, dup_of_callers=True)
+        ref = adopt(lambda: os_impl.dup(number), label, callers=True)
     fd = ref.fd
     try:
         check_mappable(fd, name)

@@ -105,24 +105,21 @@ class RegionCore(FileBackedCore):
         max_size: object,
         owner: bool,
         where: str | None = None,
-        borrowed: bool = False,
     ) -> None:
         """Map ``file``, which the region then owns (its creator closes it if this
         fails: one owner, so that it is never closed twice).  ``where``: ``path`` made
-        absolute before the file was opened (the process may chdir meanwhile);
-        ``borrowed``: ``file`` duplicates a descriptor the caller passed in."""
+        absolute before the file was opened (the process may chdir meanwhile)."""
         super().__init__(writable=True)
         self.mode = "rw"
         self.file_offset = 0
         self.path = path
         self.file = file
         self.fd = fd = file.fd
-        self._borrowed = borrowed
         self._join_file()
         # (A shared turn, and counted as a mapping of the file until it is registered:
         # see FileCore.)
         with mapping_file(self._identity):
-            with os_impl.reading_size(fd, borrowed=borrowed):
+            with os_impl.reading_size(fd, borrowed=file.callers):
                 size = os_impl.file_size(fd)
                 if size == 0:
                     raise InvalidSizeError(0, f"cannot map an empty file ({file.name})")
@@ -235,7 +232,7 @@ class RegionCore(FileBackedCore):
         with self.pinned(), self._growing():
             if not self.grew():
                 return False
-            with os_impl.reading_size(self.fd, borrowed=self._borrowed):  # (see FileCore)
+            with os_impl.reading_size(self.fd, borrowed=self.file.callers):  # (see FileCore)
                 size = os_impl.file_size(self.fd)
                 if size <= self.length:  # (a failed growth cut back what it appended)
                     return False
@@ -492,10 +489,10 @@ def attach_region_fd(fd: object, *, max_size: object = None) -> RegionCore:
     """Map the region file open as ``fd`` (duplicated: the region keeps its own)."""
     number = as_fd(fd, paths=False)
     name = name_of(number)
-    file = adopt(lambda: os_impl.dup(number), label_of(number), dup_of_callers=True)
+    file = adopt(lambda: os_impl.dup(number), label_of(number), callers=True)
     try:
         _check_regular(file.fd, name)
-        return RegionCore(file, None, max_size=max_size, owner=False, borrowed=True)
+        return RegionCore(file, None, max_size=max_size, owner=False)
     except BaseException:
         file.close()
         raise

@@ -27,6 +27,7 @@ arrived before it.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found, unused-ignore]
+import gc
 import itertools
 import signal
 import sys
@@ -178,6 +179,25 @@ class signals_held:  # (lower case: used like a function, ``with signals_held():
             _put_back_all(record)
         finally:
             _run(record, record.arrived, sys._getframe(1))
+
+
+class collector_off:  # (lower case: used like a function, ``with collector_off():``)
+    """The cyclic collector off for the block, and back on after it if it was on: no
+    finalizer runs inside.  For a look-up and the store that it decides, under a lock
+    that a finalizer run between them would take again on this thread (re-entrant) or
+    work around (deferred), and with :class:`signals_held` around it for the handlers.
+    The collector's switch is the process's: another thread that turns it off during
+    these microseconds finds it back on, and one that turns it on reopens the window."""
+
+    __slots__ = ("_was_on",)
+
+    def __enter__(self) -> None:
+        self._was_on = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._was_on:
+            gc.enable()
 
 
 # -- holds given back when dropped ----------------------------------------------------------
