@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -479,10 +480,14 @@ async def _cancel_scope(waiter: Body, on_blocked: Body) -> bool:
 
 
 async def _move_on_after(waiter: Body, on_blocked: Body) -> bool:
+    # The deadline passes once the waiter is queued and on_blocked has looked: a fixed
+    # 0.2 s passed before on_blocked was done on a busy machine (the waiter was gone).
     caught = []
+    scopes: list[anyio.CancelScope] = []
 
     async def child() -> None:
-        with anyio.move_on_after(0.2) as scope:
+        with anyio.move_on_after(math.inf) as scope:
+            scopes.append(scope)
             await waiter()
         caught.append(scope.cancelled_caught)
 
@@ -490,6 +495,7 @@ async def _move_on_after(waiter: Body, on_blocked: Body) -> bool:
         tg.start_soon(child)
         await wait_all_tasks_blocked()
         await on_blocked()
+        scopes[0].deadline = anyio.current_time()
     return caught == [True]
 
 
@@ -506,13 +512,17 @@ async def _native_cancel(waiter: Body, on_blocked: Body) -> bool:
 
 
 async def _asyncio_timeout(waiter: Body, on_blocked: Body) -> bool:
+    timeouts: list[Any] = []
+
     async def child() -> None:
-        async with asyncio.timeout(0.2):  # type: ignore[attr-defined,unused-ignore]
+        async with asyncio.timeout(None) as timeout:  # type: ignore[attr-defined,unused-ignore]
+            timeouts.append(timeout)
             await waiter()
 
     task = asyncio.ensure_future(child())
     await wait_all_tasks_blocked()
     await on_blocked()
+    timeouts[0].reschedule(asyncio.get_running_loop().time())  # (as in _move_on_after)
     try:
         await task
     except TimeoutError:
