@@ -1113,6 +1113,17 @@ _CTRL_C_AS_A_HOLD_IS_DROPPED = (
     # the give-back (a partial) and the hold stays: accounted for, and the run ends.
     residual = []
 
+    def idle():
+        lock, core = m._lock, m._core
+        return not (
+            lock._readers
+            or lock._writer is not None
+            or core._pinners
+            or core._remapper is not None
+            or lock._cond._is_owned()
+            or core._cond._is_owned()
+        )
+
     def unraisable(u):
         if isinstance(u.exc_value, KeyboardInterrupt) and hasattr(u.object, "func"):
             residual.append(u.exc_value.args[0])
@@ -1141,9 +1152,21 @@ _CTRL_C_AS_A_HOLD_IS_DROPPED = (
                 armed[0] = False
         except KeyboardInterrupt as e:
             caught(e)
+            double = isinstance(e.__context__, KeyboardInterrupt)
         except RuntimeError:
             if not residual:  # (the map's own: its hold was left by the residual case)
                 raise
+            break
+        else:
+            double = False
+        # CPython 3.10 only: a second signal handled as the first one's exception entered
+        # a handler (a `with` block's exit, an `except` that gives a hold back) skipped
+        # that handler (3.10 checks for signals there; 3.11 does not), and a lock or hold
+        # stayed taken: documented with the residual above ("Ctrl-C in the blocking
+        # twins"), and the run ends the same way.  (Looked at once the exception, and
+        # the holds its traceback kept, are gone.)
+        if double and sys.version_info < (3, 11) and not idle():
+            residual.append(handled[0])
             break
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sender.kill()
@@ -1154,8 +1177,7 @@ _CTRL_C_AS_A_HOLD_IS_DROPPED = (
     assert not lost, f"lost {len(lost)} of {handled[0]} Ctrl-Cs"
     assert len(residual) <= 1, residual
     if not residual:
-        lock = m._lock
-        assert not lock._readers and lock._writer is None and not m._core._pinners
+        assert idle()
         m.close()
     print("ok")
 """

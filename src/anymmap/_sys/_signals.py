@@ -314,9 +314,12 @@ def whole(release: _Release) -> _Release:
 
     From 3.11 Python handles signals only as a function begins, at a call's return and
     at a loop's jump, and a give-back makes no call between checking that it is due and
-    doing it.  CPython 3.10 handles them between almost any two instructions, so there
-    the give-back runs with the handlers held off (a few microseconds per release: a
-    storm left a read lock taken 11 times in 4,781 interrupts without it).
+    doing it.  CPython 3.10 also handles them as an exception enters a handler (the
+    exit of a ``with`` block, an ``except``, a ``finally``), before the handler runs: a
+    second signal there skips the exit of the give-back's ``with lock:``.  So there the
+    give-back runs with the handlers held off (a few microseconds per release: a storm
+    left a read lock taken 11 times in 4,781 interrupts without it).  (The same gap in
+    an acquiring ``with`` is documented: README, "Ctrl-C in the blocking twins".)
     """
     if sys.version_info >= (3, 11):
         return release
