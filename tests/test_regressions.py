@@ -471,6 +471,53 @@ def test_a_finalizer_that_flushes_never_deadlocks() -> None:
     check_child(_FINALIZER_FLUSHES, timeout=60)  # (300 collections and flushes: slow under load)
 
 
+_FINALIZER_FLUSHES_AS_THE_COMMITTER_STARTS = """
+    import gc, os, sys, tempfile, threading
+    import anymmap.sync
+
+    m = anymmap.sync.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "f"), 1 << 20)
+    errors = []
+    sys.unraisablehook = lambda u: errors.append(type(u.exc_value).__name__)
+
+    class FlushOnDrop:
+        def __init__(self):
+            self.me = self  # cyclic garbage: freed by whichever thread collects
+        def __del__(self):
+            m.flush()
+
+    # A collection in the committer thread's own start-up, before Thread.start() has seen
+    # it start (the moment is chosen by running it from a step of that start-up, which
+    # allocates and may collect there anyway).
+    real = threading.Thread._set_native_id
+    def set_native_id(self):
+        if self.name == "anymmap group commit" and collect_there:
+            collect_there.clear()
+            gc.collect()
+        real(self)
+    threading.Thread._set_native_id = set_native_id
+    for k in range(3):
+        collect_there = [True]
+        FlushOnDrop()
+        m.update_region(k * 64, b"x" * 64)
+        m.flush()  # starts the committer (the one before has ended: it lingers briefly)
+        while m._core.commit.outstanding():
+            threading.Event().wait(0.01)
+    assert errors == ["RuntimeError"] * 3, errors
+    m.flush()  # the committer still works
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_finalizer_that_flushes_as_the_committer_starts_never_deadlocks() -> None:
+    """Regression test (CI, CPython 3.10): the thread that starts the group committer
+    holds the committer's condition until ``Thread.start()`` has seen the new thread
+    start, and a collection in the new thread's own start-up ran a ``__del__`` that
+    flushed the map there: it waited for the condition, and both threads waited for
+    ever.  It now raises ``RuntimeError``, as on the committer thread itself."""
+    check_child(_FINALIZER_FLUSHES_AS_THE_COMMITTER_STARTS, timeout=30)
+
+
 _FINALIZER_FLUSHES_ANOTHER_MAP_OF_THE_FILE = """
     import gc, os, sys, tempfile, threading
     import anymmap.sync

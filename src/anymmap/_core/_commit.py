@@ -122,6 +122,8 @@ class GroupCommit:
         self._pending: list[CommitRequest] = []
         self._committer_pid = 0  # the process whose committer thread runs; 0: none
         self._committer_thread: int | None = None  # its identity, while it runs
+        #: The committer thread while it starts (before its ``_run``; see ``submit``).
+        self._starting: threading.Thread | None = None
         self._running = False  # a batch is taken and not yet finished
         self._batch: list[CommitRequest] = []  # that batch, until its waiters are woken
         #: How many batches and msync calls there were, and the last 1,024 batches whose
@@ -148,6 +150,7 @@ class GroupCommit:
         self._pending = ours
         self._committer_pid = 0
         self._committer_thread = None
+        self._starting = None
         self._running = False
         self._batch = []
         if ours:
@@ -169,9 +172,16 @@ class GroupCommit:
         on a cycle holding the map (weak references to the garbage are cleared before
         any finalizer runs: its flushes raised ``ClosedMapError`` on an open map,
         adversary round 51)."""
-        if threading.get_ident() == self._committer_thread:
+        me = threading.get_ident()
+        starting = self._starting
+        if me == self._committer_thread or (starting is not None and starting.ident == me):
             # A finalizer that flushes, run by a garbage collection on the committer
             # thread: it would wait for the thread it runs on (and may hold its lock).
+            # Also while that thread starts, until its _run has taken over: the thread
+            # that starts it holds the condition until Thread.start() has seen it start,
+            # and a collection in the new thread's own start-up ran such a finalizer
+            # there, which waited for the condition (CI, CPython 3.10: both waited for
+            # ever); a little later it would have queued a flush for itself.
             raise RuntimeError(
                 "cannot flush from the group-commit thread itself (a __del__ or weakref "
                 "callback run there by the garbage collector)"
@@ -229,8 +239,14 @@ class GroupCommit:
         return bool(self._pending) or (self._running and self._committer_pid == os.getpid())
 
     def _start_committer(self, made: list[threading.Thread]) -> None:
-        made.append(threading.Thread(target=self._run, name="anymmap group commit"))
-        start_thread(made[0])  # (a Ctrl-C cannot leave it started but stuck)
+        made.append(thread := threading.Thread(target=self._run, name="anymmap group commit"))
+        self._starting = thread  # until its _run takes over (see submit)
+        try:
+            start_thread(thread)  # (a Ctrl-C cannot leave it started but stuck)
+        except BaseException:
+            if thread.ident is None and self._starting is thread:  # it never started
+                self._starting = None
+            raise
 
     def _unstart(self, request: CommitRequest) -> None:
         """The committer thread of :meth:`submit` never started: take ``request`` back,
@@ -269,6 +285,9 @@ class GroupCommit:
 
     def _run(self) -> None:
         with self._cond:
+            starting = self._starting
+            if starting is not None and starting.ident == threading.get_ident():
+                self._starting = None  # (taken over by _committer_thread, or not needed)
             if self._committer_thread is not None:
                 # Another committer of this process runs, and takes what is queued: a
                 # fork inside submit, after it claimed the committer's place, had both
