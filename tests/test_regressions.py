@@ -416,7 +416,9 @@ def test_a_flush_racing_a_resize_never_deadlocks() -> None:
     check_child(_FLUSH_RACING_RESIZE, timeout=30)
 
 
-_FINALIZER_FLUSHES = """
+#: A map ``m``, the exceptions ignored in finalizers (``errors``), and cyclic garbage
+#: whose ``__del__`` flushes ``m``.
+_FLUSH_ON_DROP = """
     import gc, os, sys, tempfile, threading
     import anymmap, anymmap.sync
 
@@ -429,7 +431,11 @@ _FINALIZER_FLUSHES = """
             self.me = self  # cyclic garbage: freed by whichever thread collects
         def __del__(self):
             m.flush()  # "make it durable when the owner goes away"
+"""
 
+_FINALIZER_FLUSHES = (
+    _FLUSH_ON_DROP
+    + """
     # 1. The garbage collection that close() runs (a view escaped into a cycle) calls
     #    the finalizer on the closing thread, inside the close.
     owner = FlushOnDrop()
@@ -460,6 +466,7 @@ _FINALIZER_FLUSHES = """
     m.close()
     print("ok")
 """
+)
 
 
 def test_a_finalizer_that_flushes_never_deadlocks() -> None:
@@ -471,20 +478,9 @@ def test_a_finalizer_that_flushes_never_deadlocks() -> None:
     check_child(_FINALIZER_FLUSHES, timeout=60)  # (300 collections and flushes: slow under load)
 
 
-_FINALIZER_FLUSHES_AS_THE_COMMITTER_STARTS = """
-    import gc, os, sys, tempfile, threading
-    import anymmap.sync
-
-    m = anymmap.sync.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "f"), 1 << 20)
-    errors = []
-    sys.unraisablehook = lambda u: errors.append(type(u.exc_value).__name__)
-
-    class FlushOnDrop:
-        def __init__(self):
-            self.me = self  # cyclic garbage: freed by whichever thread collects
-        def __del__(self):
-            m.flush()
-
+_FINALIZER_FLUSHES_AS_THE_COMMITTER_STARTS = (
+    _FLUSH_ON_DROP
+    + """
     # A collection in the committer thread's own start-up, before Thread.start() has seen
     # it start (the moment is chosen by running it from a step of that start-up, which
     # allocates and may collect there anyway).
@@ -507,6 +503,7 @@ _FINALIZER_FLUSHES_AS_THE_COMMITTER_STARTS = """
     m.close()
     print("ok")
 """
+)
 
 
 def test_a_finalizer_that_flushes_as_the_committer_starts_never_deadlocks() -> None:
