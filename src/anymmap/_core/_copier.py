@@ -625,10 +625,6 @@ class FileCopier(KernelCopier):
             got = os_impl.pread_nowait(self.fd, dst, self.file_offset + offset)
             if got == n:
                 return True
-            if 0 < got < n:  # (one call copies at most 2 GiB - 4 KiB: adversary round 54)
-                got = self._read_rest_now(offset, dst, got)
-                if got == n:
-                    return True
             if got < 0 or not self._past_end(offset + got):
                 return False
             # The file ends inside the range: copy what the map really shows there.
@@ -644,20 +640,6 @@ class FileCopier(KernelCopier):
             start = self.base + offset
             dst[:] = self.memory.view[start : start + n]
         return True
-
-    def _read_rest_now(self, offset: int, dst: memoryview, got: int) -> int:
-        """The rest of :meth:`read_now` after a short first count ``got`` (a page not
-        cached, the end of the file, or the most one ``preadv`` copies): the count copied
-        in all, or -1 if a page is not cached."""
-        while got < len(dst):
-            with dst[got:] as rest:
-                part = os_impl.pread_nowait(self.fd, rest, self.file_offset + offset + got)
-            if part < 0:
-                return -1
-            if part == 0:
-                break
-            got += part
-        return got
 
     def write_now(self, offset: int, src: memoryview) -> bool:
         if not self.writable:  # (a read-only window of a sparse map)
