@@ -69,6 +69,27 @@ def is_mapped(addr: int) -> bool:
     return False
 
 
+TAG = os.urandom(16)
+"""A random tag a test writes at offset ``TAG_AT`` of a map, to ask later whether that
+map is still mapped (``holds_tag``): once a map is unmapped, the kernel gives its
+addresses to the next mapping anyone makes (a Python arena, a thread's stack), so
+"is anything mapped there" cannot tell a leaked map from a new one."""
+TAG_AT = 8  # (page offset 8 is never an allocator's user data: a pool or chunk header)
+
+
+def holds_tag(addr: int) -> bool:
+    """Whether the map whose first byte was at ``addr`` (page-aligned) is still mapped:
+    whether ``TAG`` still lies at ``addr + TAG_AT``, read through /proc/self/mem (which
+    reports an unmapped or inaccessible address as an error, never a fault)."""
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        return os.pread(fd, len(TAG), addr + TAG_AT) == TAG
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 async def wait_until(predicate: Callable[[], bool]) -> None:
     """Checkpoint until ``predicate()`` holds: for states that wait_all_tasks_blocked()
     cannot see, such as a task whose work is in a worker thread right now."""

@@ -25,8 +25,10 @@ from anymmap import (
 
 from ._helpers import (
     PAGE,
+    TAG,
+    TAG_AT,
     assert_loop_keeps_running,
-    is_mapped,
+    holds_tag,
     resident_fraction,
     wait_until,
 )
@@ -245,10 +247,11 @@ CLOSED_CALLS: dict[str, Callable[[AnonymousMmap], Awaitable[object]]] = {
 async def test_closed_map(name: str) -> None:
     m = await AnonymousMmap.new(PAGE)
     addr = m.as_ptr()
+    m.update_region_nowait(TAG_AT, TAG)
     await m.aclose()
     assert m.closed
     assert "closed" in repr(m)
-    assert not is_mapped(addr)
+    assert not holds_tag(addr)
     with pytest.raises(ClosedMapError, match="closed"):
         await CLOSED_CALLS[name](m)
     await m.aclose()  # twice is fine
@@ -643,16 +646,18 @@ async def test_populate_does_not_stall_the_loop() -> None:
 async def test_unclosed_map_is_unmapped_when_collected() -> None:
     m = await AnonymousMmap.new(PAGE)
     addr = m.as_ptr()
-    assert is_mapped(addr)
+    m.update_region_nowait(TAG_AT, TAG)
+    assert holds_tag(addr)
     with pytest.warns(ResourceWarning, match="unclosed AnonymousMmap"):
         del m
     gc.collect()
-    assert not is_mapped(addr)
+    assert not holds_tag(addr)
 
 
 async def test_collected_map_with_an_escaped_array_unmaps_after_the_array() -> None:
     m = await AnonymousMmap.new(PAGE)
     addr = m.as_ptr()
+    m.update_region_nowait(TAG_AT, TAG)
     with pytest.raises(BorrowError):
         async with m.as_mut_slice(0, 8) as view:
             arr = np.frombuffer(view, dtype=np.uint8)
@@ -660,11 +665,11 @@ async def test_collected_map_with_an_escaped_array_unmaps_after_the_array() -> N
         del m
     del view
     gc.collect()
-    assert is_mapped(addr)
+    assert holds_tag(addr)
     arr[:] = 1  # still safe to use
     del arr
     gc.collect()
-    assert not is_mapped(addr)
+    assert not holds_tag(addr)
 
 
 async def test_as_ptr_points_at_the_data(amap: AnonymousMmap) -> None:

@@ -615,7 +615,7 @@ _A_FINALIZER_IN_A_CYCLE_WITH_ITS_MAP = """
     import anyio
     import anymmap
     from anymmap import sync as S
-    from tests._helpers import is_mapped
+    from tests._helpers import TAG, TAG_AT, holds_tag
 
     how = sys.argv[1]
     d = os.environ["ANYMMAP_CHILD_SHM"]
@@ -677,6 +677,7 @@ _A_FINALIZER_IN_A_CYCLE_WITH_ITS_MAP = """
         gc.disable()  # (the collection below is the one that frees the cycles)
         for i, m in enumerate(maps):
             addrs.append(m.as_ptr())
+            m.update_region_nowait(TAG_AT, TAG)
             for close in (False, True):
                 if i % 2:  # the owner made first, then the map given to it
                     owner = Owner(close)
@@ -690,7 +691,7 @@ _A_FINALIZER_IN_A_CYCLE_WITH_ITS_MAP = """
         gc.collect()
         gc.enable()
         assert seen == [b"bye"] * len(seen) and len(seen) == 2 * len(addrs), seen
-        assert not any(is_mapped(addr) for addr in addrs)  # unmapped once garbage
+        assert not any(holds_tag(addr) for addr in addrs)  # unmapped once garbage
         assert fds() == before  # and every descriptor closed, once
 
     if how == "sync":
@@ -721,7 +722,7 @@ def test_a_finalizer_in_a_cycle_with_its_map_finds_it_whole(how: str) -> None:
 _A_CYCLES_FINALIZER_SHRINKS_OR_RESURRECTS_A_MAP = """
     import gc, os, sys
     from anymmap import sync as S
-    from tests._helpers import is_mapped
+    from tests._helpers import TAG, TAG_AT, holds_tag
 
     how = sys.argv[1]
     path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
@@ -767,11 +768,12 @@ _A_CYCLES_FINALIZER_SHRINKS_OR_RESURRECTS_A_MAP = """
         with m.as_slice(P, P) as view:  # (SIGBUS before)
             assert bytes(view[:1]) == b"x"
         addr = m.as_ptr()
+        m.update_region(TAG_AT, TAG)
         Owner(c=m)
         del m
         gc.collect()
         assert seen == [b"x"], seen
-        assert not is_mapped(addr)
+        assert not holds_tag(addr)
     print("ok")
 """
 

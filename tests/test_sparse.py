@@ -31,7 +31,16 @@ from anymmap import (
 )
 
 from ._child import check_child
-from ._helpers import PAGE, at_a_free_address, is_mapped, rss_bytes, wait_until
+from ._helpers import (
+    PAGE,
+    TAG,
+    TAG_AT,
+    at_a_free_address,
+    holds_tag,
+    is_mapped,
+    rss_bytes,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -710,13 +719,17 @@ async def test_options_map_sparse() -> None:
 async def test_the_map_is_unmapped_when_closed_and_when_collected() -> None:
     m = await SparseMapping.new(4 * MiB)
     addr = m.as_ptr()
+    await m.alloc(0, PAGE)
+    m.update_region_nowait(TAG_AT, TAG)
     await m.aclose()
-    assert not is_mapped(addr)
+    assert not holds_tag(addr)
     m = await SparseMapping.new(4 * MiB)
     addr = m.as_ptr()
+    await m.alloc(0, PAGE)
+    m.update_region_nowait(TAG_AT, TAG)
     with pytest.warns(ResourceWarning, match="unclosed SparseMapping"):
         del m
-    await wait_until(lambda: not is_mapped(addr))
+    await wait_until(lambda: not holds_tag(addr))
 
 
 # --- the blocking twin -----------------------------------------------------------------------

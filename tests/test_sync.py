@@ -21,7 +21,7 @@ import anymmap
 from anymmap import BorrowError, ClosedMapError, OutOfBoundsError
 from anymmap.sync import AnonymousMmap, MmapOptions, MmapRaw
 
-from ._helpers import PAGE, is_mapped, resident_fraction
+from ._helpers import PAGE, TAG, TAG_AT, holds_tag, resident_fraction
 
 
 def test_round_trip_and_context_manager() -> None:
@@ -97,6 +97,7 @@ def test_direct_construction_is_refused() -> None:
 def test_escaped_array_blocks_close_and_unmaps_later() -> None:
     m = AnonymousMmap.new(PAGE)
     addr = m.as_ptr()
+    m.update_region(TAG_AT, TAG)
     with pytest.raises(BorrowError), m.as_mut_slice(0, 4) as view:
         arr = np.frombuffer(view, dtype=np.uint8)
     with pytest.raises(BorrowError):
@@ -105,7 +106,7 @@ def test_escaped_array_blocks_close_and_unmaps_later() -> None:
     assert m.read(0, 1) == b"\x09"
     del arr
     m.close()
-    assert not is_mapped(addr)
+    assert not holds_tag(addr)
 
 
 def test_resize() -> None:
