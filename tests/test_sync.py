@@ -132,6 +132,20 @@ def test_populate_progress_in_the_calling_thread() -> None:
     assert calls == [(16 << 20, 20 << 20, me), (20 << 20, 20 << 20, me)]
 
 
+def test_a_populate_whose_map_shrinks_under_it_names_the_callers_range() -> None:
+    """Regression test (adversary round 58): a map shrunk between two chunks of a populate
+    raised OutOfBoundsError naming the internal 16 MiB chunk, a range never passed."""
+    with AnonymousMmap.new(48 << 20) as m:
+
+        def shrink(done: int, total: int) -> None:
+            m.resize(20 << 20)  # the next chunk, [16 MiB, 32 MiB), is no longer all there
+
+        with pytest.raises(OutOfBoundsError, match=f"offset=0, length={48 << 20} is outside"):
+            m.populate(progress=shrink)
+        with pytest.raises(OutOfBoundsError, match=f"offset={PAGE}, length={32 << 20} is "):
+            m.populate(PAGE, 32 << 20)  # (and before the first chunk, as ever)
+
+
 def test_options_map_anon() -> None:
     with MmapOptions().len(3 * PAGE).populate(True).map_anon() as m:
         assert type(m) is AnonymousMmap

@@ -38,7 +38,7 @@ from .._core._checks import (
 from .._core._file import FileBackedCore
 from .._core._handle import CoreT, MapHandle
 from .._core._lifetime import escape_error
-from .._core._map import INLINE_COPY_LIMIT, POPULATE_CHUNK, Borrowed, ProgressCallback
+from .._core._map import INLINE_COPY_LIMIT, Borrowed, ProgressCallback
 from .._errors import ClosedMapError, Uncopyable
 from .._rwlock import MapLock, RWLock, _Guard
 
@@ -281,12 +281,10 @@ class AsyncMap(MapHandle[CoreT]):
         # (up to 2 s; adversary round 53).  A thread hop costs about 0.1 ms, a chunk tens.
         done = 0
         while done < n:
-            step = min(POPULATE_CHUNK, n - done)
             # (A worker call starts before it looks for a cancellation; on asyncio this
             # yields, where a native task.cancel() is delivered too.)
             await checkpoint_before()
-            await run_sync(core.populate_chunk, start + done, step, write)
-            done += step
+            done = await run_sync(core.populate_chunk, start, n, done, write)
             if progress is not None:
                 progress(done, n)
 

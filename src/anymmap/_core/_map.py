@@ -785,23 +785,25 @@ class MapCore:
             self.check_writable()
         done = 0
         while done < n:
-            step = min(POPULATE_CHUNK, n - done)
-            self.populate_chunk(start + done, step, write)
-            done += step
+            done = self.populate_chunk(start, n, done, write)
             if progress is not None:
                 progress(done, n)
 
-    def populate_chunk(self, start: int, n: int, write: bool) -> None:
-        """One chunk of :meth:`populate` (at most ``POPULATE_CHUNK`` bytes), pinned."""
+    def populate_chunk(self, start: int, n: int, done: int, write: bool) -> int:
+        """The next chunk of :meth:`populate` of ``[start, start + n)``, pinned: at most
+        ``POPULATE_CHUNK`` bytes from ``start + done``; returns the new ``done``.  The whole
+        range is checked again, so a map shrunk under the call reports the caller's range."""
+        step = min(POPULATE_CHUNK, n - done)
         with self.pinned():
             self.check_range(start, n)
-            for copier, at, count in self._mapped_spans(start, n):
+            for copier, at, count in self._mapped_spans(start + done, step):
                 base = page_floor(copier.addr + at)
                 span = page_ceil(copier.addr + at + count) - base
                 try:  # (read-only pieces of a sparse map are populated for reading)
                     os_impl.populate(base, span, write and copier.writable)
                 except OSError as exc:
                     raise self.fault_error(exc, copier, at, count) from None
+        return done + step
 
     def advise(self, advice: int, start: int, n: int) -> None:
         """``madvise`` the pages of the range: all pages it touches, except for advice that
