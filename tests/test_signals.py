@@ -1440,14 +1440,11 @@ _DROP_AT_EVERY_POINT = (
     warnings.simplefilter("ignore", ResourceWarning)  # (maps dropped unclosed on purpose)
     roots = (os.path.dirname(anymmap.__file__),)
     path = os.path.join(d, "f")
+    from tests._helpers import TAG, TAG_AT, holds_tag
 
-    def mapped(addr):
+    def mapped(tagged):  # (by a tag: the kernel gives a freed address to the next mapping)
         with open("/proc/self/maps") as f:
-            for line in f:
-                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
-                if lo <= addr < hi or path in line:
-                    return True
-        return False
+            return holds_tag(tagged) or any(path in line for line in f)
 
     fds = sorted(os.listdir("/proc/self/fd"))
     for kind in ("raw", "anon", "sparse"):
@@ -1460,7 +1457,10 @@ _DROP_AT_EVERY_POINT = (
             else:
                 m = S.SparseMapping.new(1 << 20)
                 m.map_file(0, 4096, path)
-            addr = m.as_ptr()
+                m.alloc(1 << 16, 4096)
+            at = 1 << 16 if kind == "sparse" else 0  # (a sparse map's tag: in its own page)
+            m.update_region_nowait(at + TAG_AT, TAG)
+            tagged = m.as_ptr() + at
             seen = [0]
             try:
                 sys.setprofile(signal_at_point(k, roots, seen))
@@ -1472,7 +1472,7 @@ _DROP_AT_EVERY_POINT = (
             except KeyboardInterrupt:
                 pass
             gc.collect()
-            assert not mapped(addr), f"{kind}, point {k}: the dropped map stays mapped"
+            assert not mapped(tagged), f"{kind}, point {k}: the dropped map stays mapped"
             now = sorted(os.listdir("/proc/self/fd"))
             assert now == fds, f"{kind}, point {k}: a descriptor leaked"
             if seen[0] < k:

@@ -358,11 +358,15 @@ def test_an_exception_while_queued_for_the_lock_leaves_nothing_behind() -> None:
     holder = threading.Thread(target=hold)
     holder.start()
     holding.wait(30)
+
+    def read_until_interrupted() -> None:  # (the timer armed inside pytest.raises)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        m.read(0, 1)  # queued behind the holder until the signal
+
     previous = signal.signal(signal.SIGALRM, interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
         with pytest.raises(Interrupted):
-            m.read(0, 1)  # queued behind the holder until the signal
+            read_until_interrupted()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
