@@ -5361,3 +5361,117 @@ def test_a_finalizers_map_of_the_file_inside_its_record_look_up_shares_it() -> N
     own, which the outer call then replaced: one map's failed write-back never reached
     the other, whose flushes said durable.  The two are one step now."""
     check_child(_A_FINALIZERS_MAP_OF_THE_FILE_INSIDE_ITS_RECORD_LOOK_UP, timeout=60)
+
+
+_OUT_OF_DESCRIPTORS_AS_A_FILE_CHANGES_SIZE = """
+    import errno, os, resource
+    from anymmap import sync as S
+
+    path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
+    m = S.MmapRaw.create(path, 1 << 16, prefill="zeros")
+    m.update_region(0, b"kept")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def is_open(fd):
+        try:
+            os.fstat(fd)
+            return True
+        except OSError:
+            return False
+
+    top = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
+    filler = [os.open(os.devnull, os.O_RDONLY) for fd in range(top) if not is_open(fd)]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))  # not one descriptor left
+    for size in (1 << 20, 4096):  # a growth, a cut
+        try:
+            m.resize(size)
+        except OSError as exc:
+            assert exc.errno == errno.EMFILE, exc
+        else:
+            raise AssertionError(f"resized to {size} without a turn on the file's size")
+        assert len(m) == os.path.getsize(path) == 1 << 16  # nothing changed
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    for fd in filler:
+        os.close(fd)
+    m.resize(1 << 20)
+    assert os.path.getsize(path) == 1 << 20 and m.read(0, 4) == b"kept"
+    m.close()
+    print("ok")
+"""
+
+
+def test_a_growth_or_cut_out_of_descriptors_raises_and_changes_nothing() -> None:
+    """Regression test (adversary round 59): with no descriptor left, a resize could not
+    open the file for its turn on the file's size, and went on without it (and without
+    ``prefill="zeros"``): the turn is what keeps another map's failing growth, or a
+    shrink, from cutting this growth away.  It raises ``EMFILE`` now, as the
+    constructors do, with the map and the file unchanged."""
+    check_child(_OUT_OF_DESCRIPTORS_AS_A_FILE_CHANGES_SIZE, timeout=60)
+
+
+_A_COMMITTER_THAT_DIES = """
+    import os, sys, threading
+    import anyio
+    import anymmap
+    from anymmap import sync as S
+    from anymmap._core import _commit
+
+    how = sys.argv[1]
+    path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
+    with open(path, "wb") as f:
+        f.write(bytes(1 << 16))
+    real, died = _commit._clusters, []
+    threading.excepthook = lambda args: died.append(args.exc_type)
+
+    def dying(batch):  # the committer's own bookkeeping fails, once
+        _commit._clusters = real
+        raise MemoryError
+
+    def first_flush_fails():
+        _commit._clusters = dying
+        return AssertionError("the flush the committer died serving succeeded")
+
+    if how == "sync":
+        with S.MmapRaw.map_raw(path) as m:
+            m.update_region(0, b"x")
+            failed = first_flush_fails()
+            try:
+                m.flush()
+            except MemoryError:
+                pass
+            else:
+                raise failed
+            m.update_region(0, b"y")
+            m.flush()  # (waited for ever: the committer's place was taken by a dead thread)
+            assert m.pending_bytes() == 0
+    else:
+        async def main():
+            async with await anymmap.MmapRaw.map_raw(path) as m:
+                await m.update_region(0, b"x")
+                failed = first_flush_fails()
+                try:
+                    await m.flush()
+                except MemoryError:
+                    pass
+                else:
+                    raise failed
+                await m.update_region(0, b"y")
+                await m.flush()
+                assert m.pending_bytes() == 0
+        anyio.run(main, backend=how)
+    assert died == [MemoryError], died
+    with open(path, "rb") as f:
+        assert f.read(1) == b"y"
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["sync", "asyncio", "trio"])
+def test_a_committer_that_dies_fails_its_requests_and_gives_its_place_up(how: str) -> None:
+    """Regression test (adversary round 59: a failed allocation, injected): an exception
+    that ended the group-commit thread left the committer's place taken by a thread that
+    was gone, and every flush of the map, the one it was serving included, waited for
+    ever.  Its requests now get the exception, and the next flush starts a committer.
+    (The same round found a failed allocation in ``submit`` between taking the place and
+    the ``try`` that gives it back; the allocation comes first now.)"""
+    check_child(_A_COMMITTER_THAT_DIES, how, timeout=30)

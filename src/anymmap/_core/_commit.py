@@ -207,6 +207,7 @@ class GroupCommit:
         # handled as the except path's _unstart began did the same; every later flush of
         # the map then waited for ever.  What arrives is raised once the request is
         # queued for a running committer.
+        made: list[threading.Thread] = []  # (made before the place is taken: it allocates)
         with self._cond, signals_held():
             self._pending.append(request)
             # A committer of another process (the parent of a fork) does not run here.
@@ -218,7 +219,6 @@ class GroupCommit:
             # (it allocates) gets RuntimeError above, instead of queueing for a committer
             # that this frame has not started yet.  (The new thread waits for the
             # condition before it looks at the queue.)
-            made: list[threading.Thread] = []
             try:
                 self._start_committer(made)
             except BaseException:
@@ -284,6 +284,29 @@ class GroupCommit:
             _wake(left)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:
+            # Whatever kills the committer (a MemoryError in its own bookkeeping: adversary
+            # round 59) must not leave its place taken by a thread that is gone, with
+            # requests nobody serves: every later flush of the map waited for ever.
+            self._abandon(exc)
+            raise
+
+    def _abandon(self, exc: BaseException) -> None:
+        """The committer thread dies of ``exc``: give its place up and fail the requests
+        it was serving or would have served with ``exc``."""
+        with self._cond:
+            if self._committer_thread not in (None, threading.get_ident()):
+                return  # (another committer of this process serves the queue)
+            left = [request for request in self._batch if not request.done] + self._pending
+            self._pending, self._batch, self._running = [], [], False
+            self._committer_pid, self._committer_thread = 0, None
+        for request in left:
+            request.finish(self.batches, copy.copy(exc))
+        _wake(left)
+
+    def _serve(self) -> None:
         with self._cond:
             starting = self._starting
             if starting is not None and starting.ident == threading.get_ident():

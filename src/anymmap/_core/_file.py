@@ -135,7 +135,7 @@ def cut_file(
 def uncut_file(fd: int, end: int, size: int) -> None:
     """Undo :func:`cut_file` (the cut bytes read as zeros), unless the file has changed
     size since (another map grew it)."""
-    with os_impl.changing_size(fd):
+    with os_impl.changing_size(fd, undoing=True):
         if os_impl.file_size(fd) == end:
             os_impl.truncate(fd, size)
 

@@ -863,14 +863,18 @@ class _Turn:
         "_lock_fd",
         "_locked",
         "_thread",
+        "_undoing",
     )
 
-    def __init__(self, fd: int, kind: int, access: int | None) -> None:
+    def __init__(self, fd: int, kind: int, access: int | None, undoing: bool = False) -> None:
         """``access``: open a descriptor of the file for the turn (through
-        ``/proc/self/fd``, with these flags), or None: take it on ``fd`` itself."""
+        ``/proc/self/fd``, with these flags), or None: take it on ``fd`` itself.
+        ``undoing``: the block undoes a change, and goes on without a turn when no
+        descriptor can be had at all (an undoing made without a turn beats none)."""
         self._fd = fd
         self._kind = kind
         self._access = access
+        self._undoing = undoing
         self._lock_fd: int | None = None
         self._locked = False
 
@@ -894,7 +898,11 @@ class _Turn:
                 if self._private:
                     try:
                         lock_fd = self._reopen(self._fd)
-                    except OSError:
+                    except OSError as exc:
+                        # Out of descriptors or memory: say so.  A growth went on without
+                        # its turn and without prefill="zeros" (adversary round 59).
+                        if exc.errno in _SCARCE and not self._undoing:
+                            raise
                         return None  # (the permissions no longer allow it; a lease)
                 else:
                     lock_fd = self._fd
@@ -970,12 +978,13 @@ class changing_size(_Turn):  # (lower case: used like a function, ``with changin
     """For the block: take turns with anymmap's other maps that grow or cut the file, and
     have a descriptor of it that appends (``O_APPEND``, reopened through
     ``/proc/self/fd``), or None if the file's permissions no longer allow opening it for
-    writing (then without taking turns)."""
+    writing (then without taking turns).  Out of descriptors (``EMFILE``, ``ENFILE``)
+    or memory, it raises, unless ``undoing`` (then None, as for permissions)."""
 
     __slots__ = ()
 
-    def __init__(self, fd: int) -> None:
-        super().__init__(fd, fcntl.F_WRLCK, os.O_WRONLY | os.O_APPEND)
+    def __init__(self, fd: int, *, undoing: bool = False) -> None:
+        super().__init__(fd, fcntl.F_WRLCK, os.O_WRONLY | os.O_APPEND, undoing)
 
 
 class reading_size(_Turn):  # (lower case: used like a function, ``with reading_size(fd):``)
@@ -1011,6 +1020,8 @@ _turns_lock = threading.RLock()
 #: fails the open at once, EWOULDBLOCK, instead of waiting out the lease's break, 45 s
 #: by default).
 _REOPEN = os.O_CLOEXEC | os.O_NONBLOCK
+#: The errors of that open that mean "out of a resource", not "not allowed".
+_SCARCE = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM))
 #: The turns being taken or held in this process, for a forked child to let go of (weak:
 #: a turn whose holder was cut short by a signal lets go when dropped, see __del__).
 _turns_in_flight: weakref.WeakValueDictionary[int, _Turn] = weakref.WeakValueDictionary()
