@@ -299,12 +299,13 @@ class GroupCommit:
         with self._cond:
             if self._committer_thread not in (None, threading.get_ident()):
                 return  # (another committer of this process serves the queue)
-            left = [request for request in self._batch if not request.done] + self._pending
+            left = self._batch + self._pending
             self._pending, self._batch, self._running = [], [], False
             self._committer_pid, self._committer_thread = 0, None
         for request in left:
-            request.finish(self.batches, copy.copy(exc))
-        _wake(left)
+            if not request.done:
+                request.finish(self.batches, copy.copy(exc))
+        _wake(left)  # (all of the batch: it may have died waking it; a wake is idempotent)
 
     def _serve(self) -> None:
         with self._cond:
