@@ -279,9 +279,7 @@ class GroupCommit:
             with self._cond:
                 left, self._pending = self._pending, []
                 self._committer_pid = 0
-            for other in left:
-                other.finish(0, copy.copy(exc))
-            _wake(left)
+            _fail(left, 0, exc)
 
     def _run(self) -> None:
         try:
@@ -299,13 +297,16 @@ class GroupCommit:
         with self._cond:
             if self._committer_thread not in (None, threading.get_ident()):
                 return  # (another committer of this process serves the queue)
-            left = self._batch + self._pending
-            self._pending, self._batch, self._running = [], [], False
-            self._committer_pid, self._committer_thread = 0, None
-        for request in left:
-            if not request.done:
-                request.finish(self.batches, copy.copy(exc))
-        _wake(left)  # (all of the batch: it may have died waking it; a wake is idempotent)
+            # The place given up first, allocating nothing: another MemoryError is likely
+            # here (adversary round 60).  Should the new queue fail to allocate, what is
+            # queued stays for the committer the next flush starts.
+            self._committer_pid = 0
+            self._committer_thread = None
+            self._running = False
+            batch, self._batch = self._batch, _NO_BATCH
+            pending, self._pending = self._pending, []
+        _fail(batch, self.batches, exc)  # (all of it: it may have died waking it)
+        _fail(pending, self.batches, exc)
 
     def _serve(self) -> None:
         with self._cond:
@@ -354,6 +355,33 @@ class GroupCommit:
             self.failed_batches.append(self.batches)
         for request in cluster:
             request.finish(self.batches, None if error is None else copy.copy(error))
+
+
+#: The batch of a committer that is not running one (never changed: only replaced).
+_NO_BATCH: list[CommitRequest] = []
+
+
+def _fail(requests: list[CommitRequest], batch: int, exc: BaseException) -> None:
+    """Finish the unfinished ``requests`` with ``exc`` and wake them all (a wake is
+    idempotent).  Where memory may have run out: each gets a copy of ``exc`` if one can
+    be made, else ``exc`` itself, and if waking them together fails, each is woken on
+    its own."""
+    for request in requests:
+        if not request.done:
+            try:
+                error = copy.copy(exc)
+            except Exception:  # noqa: BLE001 - then the one exception, shared
+                error = exc
+            request.finish(batch, error)
+    try:
+        _wake(requests)
+    except Exception:  # noqa: BLE001 - one at a time, allocating less
+        for request in requests:
+            with suppress(Exception):
+                if request.scheduler is None:
+                    request._wake()
+                else:
+                    request.scheduler(request._wake)
 
 
 def _wake(batch: list[CommitRequest]) -> None:
