@@ -298,13 +298,15 @@ class GroupCommit:
             if self._committer_thread not in (None, threading.get_ident()):
                 return  # (another committer of this process serves the queue)
             # The place given up first, allocating nothing: another MemoryError is likely
-            # here (adversary round 60).  Should the new queue fail to allocate, what is
-            # queued stays for the committer the next flush starts.
+            # here (adversary round 60).
             self._committer_pid = 0
             self._committer_thread = None
             self._running = False
             batch, self._batch = self._batch, _NO_BATCH
-            pending, self._pending = self._pending, []
+            try:
+                pending, self._pending = self._pending, []
+            except MemoryError:  # what is queued stays, for the committer the next flush starts
+                pending = _NO_BATCH
         _fail(batch, self.batches, exc)  # (all of it: it may have died waking it)
         _fail(pending, self.batches, exc)
 
