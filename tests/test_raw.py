@@ -535,6 +535,37 @@ async def test_resize_on_a_full_disk_fails_cleanly(small_tmpfs: Path) -> None:
         assert await m.read(PAGE, 3) == b"bbb"
 
 
+@pytest.mark.parametrize("advice", [True, False], ids=["madvise", "before-5.14"])
+async def test_populate_on_a_full_disk_names_the_first_page_it_could_not_get(
+    small_tmpfs: Path, advice: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression test: ``populate()`` of a map of a sparse file larger than its (full)
+    file system named the start of the range, offset 0, not the first page the file
+    system could not provide.  Both ways of populating (``MADV_POPULATE_*``, and the
+    fault-safe reads of kernels before 5.14) now name that page."""
+    from anymmap._sys import _linux
+
+    if not advice:
+        monkeypatch.setattr(_linux, "_populate_advice_supported", False)
+    path = small_tmpfs / "sparse.bin"
+    with path.open("wb") as f:
+        f.truncate(4 << 20)  # on a 1 MiB file system
+    async with await MmapRaw.map_raw(path) as m:
+        for write in (True, False):
+            with pytest.raises(MappingFaultError, match="out of space") as info:
+                await m.populate(write=write)
+            error = info.value
+            # The pages before it were provided, so the file holds exactly those.
+            provided = path.stat().st_blocks * 512
+            assert 0 < provided < 4 << 20
+            assert error.offset == provided, error
+            assert error.address == m.as_ptr() + provided
+        with pytest.raises(MappingFaultError) as info:
+            await m.populate(provided - PAGE, 2 * PAGE, write=True)
+        assert info.value.offset == provided
+        await m.populate(0, provided, write=True)  # what the file system holds is fine
+
+
 async def test_sparse_file_on_a_full_disk_is_a_clear_fault(small_tmpfs: Path) -> None:
     """A hole the file system cannot fill is a fault, and the error says why."""
     path = small_tmpfs / "sparse.bin"

@@ -336,14 +336,36 @@ def populate(addr: int, length: int, write: bool) -> None:
     map) fails with ``EFAULT``.
     """
     if _populate_advice():
+        advice = MADV_POPULATE_WRITE if write else MADV_POPULATE_READ
         try:
-            madvise(addr, length, MADV_POPULATE_WRITE if write else MADV_POPULATE_READ)
+            madvise(addr, length, advice)
         except OSError as exc:
+            if exc.errno == errno.EFAULT:
+                exc.address = _first_failing_page(addr, length, advice)  # type: ignore[attr-defined]
+                raise
             if exc.errno != errno.EINVAL:
                 raise
             raise _forbidden("populate", addr) from None
         return
     _touch_pages(addr, length)
+
+
+def _first_failing_page(addr: int, length: int, advice: int) -> int:
+    """The first page of ``[addr, addr + length)`` that ``advice`` (a populate advice
+    that just failed on the range) cannot fault in, such as a page a full file system
+    cannot provide: the error then names it, not the range's start.  The kernel faults
+    the pages in order and stops at the first it cannot, so the pages before it are in
+    memory and a prefix fails exactly when it holds that page: a bisection, whose
+    repeated prefixes cost little."""
+    low, high = addr, addr + length  # the failing page lies in [low, high)
+    while high - low > PAGE_SIZE:
+        middle = low + (high - low) // 2 // PAGE_SIZE * PAGE_SIZE
+        # SAFETY: as for the populate call on the whole range, of which this is a part.
+        if _madvise(low, middle - low, advice) == 0:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def prepare_access(page: int, write: bool) -> None:
@@ -411,8 +433,12 @@ def _touch_pages(addr: int, length: int) -> None:
         done = _process_vm_readv(os.getpid(), local, 1, remote, count, 0)
         if done != count:
             if done < 0:
-                _raise_errno("process_vm_readv")
-            raise OSError(errno.EFAULT, "populate: a page could not be read")
+                if ctypes.get_errno() != errno.EFAULT:
+                    _raise_errno("process_vm_readv")
+                done = 0  # (the batch's first page)
+            error = OSError(errno.EFAULT, "populate: a page could not be read")
+            error.address = page + done * PAGE_SIZE  # type: ignore[attr-defined]
+            raise error
         page += count * PAGE_SIZE
 
 
