@@ -5412,6 +5412,57 @@ def test_a_growth_or_cut_out_of_descriptors_raises_and_changes_nothing() -> None
     check_child(_OUT_OF_DESCRIPTORS_AS_A_FILE_CHANGES_SIZE, timeout=60)
 
 
+_OUT_OF_DESCRIPTORS_ERRORS_NAME_THE_CALLERS_FILE = """
+    import errno, os, resource
+    from anymmap import sync as S
+
+    here = os.environ["ANYMMAP_CHILD_SHM"]
+    old = os.path.join(here, "old")
+    with open(old, "wb") as f:
+        f.write(b"x" * 4096)
+    m = S.MmapRaw.map_raw(old)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    calls = {
+        "create": lambda k: S.MmapRaw.create(os.path.join(here, f"new{k}"), 4096).close(),
+        "open_or_create": lambda k: S.MmapRaw.open_or_create(old, 8192 << k).close(),
+        "resize": lambda k: m.resize(16384 << k),
+    }
+    failed = set()
+    for free in range(4):
+        for name, call in calls.items():
+            filler = []
+            try:
+                while True:
+                    filler.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                pass
+            for _ in range(free):
+                os.close(filler.pop())
+            try:
+                call(free)
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE, (name, free, exc)
+                assert exc.filename in (None, old, os.path.join(here, f"new{free}")), (
+                    name, free, exc)
+                failed.add(name)
+            finally:
+                for fd in filler:
+                    os.close(fd)
+    assert failed == set(calls), failed  # (each ran out somewhere)
+    m.close()
+    print("ok")
+"""
+
+
+def test_out_of_descriptors_errors_never_name_an_internal_path() -> None:
+    """Regression test (adversary round 61): out of descriptors, ``create``,
+    ``open_or_create`` and ``resize`` raised ``EMFILE`` named after a path of anymmap's
+    own (``/proc/self/fd/255``, ``/proc/self/fd``: the descriptors it opens to name a new
+    file and to take its turn on a file's size), which the caller never passed.  The
+    error names the caller's file, or none."""
+    check_child(_OUT_OF_DESCRIPTORS_ERRORS_NAME_THE_CALLERS_FILE, timeout=60)
+
+
 _A_COMMITTER_THAT_DIES = """
     import copy, os, sys, threading, types
     import anyio

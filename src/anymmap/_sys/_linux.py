@@ -833,14 +833,15 @@ def link_unnamed(fd: int, path: PathArg) -> None:
     exist, not even as a symbolic link (``FileExistsError``: never followed)."""
     # The documented way (open(2)): linkat of the /proc link, following it to the file.
     # (os.link with only follow_symlinks calls link(2), which follows nothing: EXDEV.)
-    with signals_held():  # (opened means closed)
-        fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.link(str(fd), path, src_dir_fd=fds, follow_symlinks=True)
-    except OSError as exc:  # (named after the path, not the descriptor's number)
+    try:  # (errors named after the path, not /proc's or the descriptor's number)
+        with signals_held():  # (opened means closed)
+            fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(str(fd), path, src_dir_fd=fds, follow_symlinks=True)
+        finally:
+            os.close(fds)
+    except OSError as exc:
         raise OSError(exc.errno, exc.strerror, os.fsdecode(path)) from None
-    finally:
-        os.close(fds)
 
 
 #: How many times open_create opens, then creates, before it gives up on a path that
@@ -911,7 +912,11 @@ class _Turn:
 
     def _reopen(self, fd: int) -> int:
         """A new open file description of ``fd``'s file, for the turn."""
-        return os.open(f"/proc/self/fd/{fd}", (self._access or 0) | _REOPEN)
+        try:
+            return os.open(f"/proc/self/fd/{fd}", (self._access or 0) | _REOPEN)
+        except OSError as exc:  # (not named after /proc's path: the caller never saw it)
+            why = f"{exc.strerror} (opening the map's file again, to change its size)"
+            raise OSError(exc.errno, why) from None
 
     def __enter__(self) -> int | None:
         """Take the turn; return the descriptor it is taken on, or None if it could
