@@ -2981,7 +2981,8 @@ def test_a_failed_resize_leaves_map_and_file_as_they_were(seal: str) -> None:
             fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK if seal == "shrink" else fcntl.F_SEAL_GROW
         )
         with anymmap.sync.MmapRaw.map_raw(fd) as m:
-            with pytest.raises(PermissionError):
+            # (The bare EPERM named neither the seal nor the change: adversary round 62.)
+            with pytest.raises(PermissionError, match=f"sealed \\(F_SEAL_{seal.upper()}\\)"):
                 m.resize(PAGE if seal == "shrink" else 8 * PAGE)
             assert len(m) == 4 * PAGE
             assert os.fstat(fd).st_size == 4 * PAGE
@@ -2993,6 +2994,29 @@ def test_a_failed_resize_leaves_map_and_file_as_they_were(seal: str) -> None:
 
 
 # -- errors a newcomer found unclear ----------------------------------------------------
+
+
+def test_refusals_of_a_sealed_file_and_a_closed_descriptor_say_why() -> None:
+    """Regression test (adversary round 62): a ``"rw"`` map of a memfd sealed against
+    writing raised a bare ``PermissionError('mmap: Operation not permitted')``, and a
+    map of a closed descriptor a bare ``EBADF``; the errors now say what is wrong."""
+    fd = os.memfd_create("sealed", os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, 4 * PAGE)
+        os.pwrite(fd, b"sealed", 0)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
+        with pytest.raises(PermissionError, match=r"sealed \(F_SEAL_WRITE\).*read-only"):
+            anymmap.sync.MmapRaw.map_raw(fd)
+        for mode in ("r", "copy"):  # what the message proposes works
+            with anymmap.sync.MmapRaw.map_raw(fd, mode=mode) as m:
+                assert m.read(0, 6) == b"sealed"
+    finally:
+        os.close(fd)
+    closed = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed)
+    with pytest.raises(OSError, match=f"{closed} is not an open file descriptor") as info:
+        anymmap.sync.MmapRaw.map_raw(closed)
+    assert info.value.errno == errno.EBADF
 
 
 @pytest.mark.anyio

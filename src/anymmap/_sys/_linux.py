@@ -134,8 +134,40 @@ def mmap(addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: in
     """Create a mapping and return its address (``addr`` is a hint unless flags say fixed)."""
     result = _mmap(addr or None, length, prot, flags, fd, offset)
     if result is None or result == MAP_FAILED:
+        code = ctypes.get_errno()
+        if code == errno.EPERM and fd >= 0 and prot & PROT_WRITE and flags & MAP_SHARED:
+            raise _sealed(OSError(code, f"mmap: {os.strerror(code)}"), fd, _WRITE_SEALS, _NO_WRITE)
         _raise_errno("mmap")
     return result
+
+
+#: The seals of a memfd (``memfd_create(2)``) that refuse a change of its size, or of
+#: its bytes (``F_SEAL_FUTURE_WRITE``, Linux 5.1, which the fcntl module lacks).
+_F_SEAL_FUTURE_WRITE = 0x0010
+_SEAL_NAMES = (
+    (fcntl.F_SEAL_GROW, "F_SEAL_GROW"),
+    (fcntl.F_SEAL_SHRINK, "F_SEAL_SHRINK"),
+    (fcntl.F_SEAL_WRITE, "F_SEAL_WRITE"),
+    (_F_SEAL_FUTURE_WRITE, "F_SEAL_FUTURE_WRITE"),
+)
+_WRITE_SEALS = fcntl.F_SEAL_WRITE | _F_SEAL_FUTURE_WRITE
+_GROW_SEALS = fcntl.F_SEAL_GROW | _WRITE_SEALS
+_NO_WRITE = "it cannot be mapped for writing (map it read-only, or copy-on-write)"
+
+
+def _sealed(exc: OSError, fd: int, seals: int, what: str) -> OSError:
+    """``exc`` with the reason said, if it is an ``EPERM`` that a seal of ``fd`` among
+    ``seals`` explains (the bare error names neither the seal nor the change refused)."""
+    if exc.errno != errno.EPERM:
+        return exc
+    try:
+        present = fcntl.fcntl(fd, fcntl.F_GET_SEALS) & seals
+    except OSError:  # (not a memfd: no seals)
+        return exc
+    if not present:
+        return exc
+    names = " | ".join(name for seal, name in _SEAL_NAMES if present & seal)
+    return PermissionError(exc.errno, f"{exc.strerror}: the file is sealed ({names}): {what}")
 
 
 def munmap(addr: int, length: int) -> None:
@@ -543,7 +575,12 @@ def set_blocking(fd: int) -> None:
 
 
 def dup(fd: int) -> int:
-    return os.dup(fd)
+    try:
+        return os.dup(fd)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+        raise OSError(exc.errno, f"{fd} is not an open file descriptor") from None
 
 
 #: ``os.close`` itself, no Python frame over it: a descriptor's drop (see ``FileRef``)
@@ -690,11 +727,18 @@ def pread_nowait(fd: int, dst: memoryview, offset: int) -> int:
 def allocate(fd: int, offset: int, length: int) -> None:
     """Allocate the blocks of a file range (``posix_fallocate``), growing the file if the
     range passes its end; a full disk fails here (``ENOSPC``)."""
-    os.posix_fallocate(fd, offset, length)
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        raise _sealed(exc, fd, _GROW_SEALS, "it cannot grow") from None
 
 
 def truncate(fd: int, size: int) -> None:
-    os.ftruncate(fd, size)
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        seals = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK
+        raise _sealed(exc, fd, seals, "its size cannot change") from None
 
 
 def open_new(path: PathArg, mode: int) -> int:
@@ -1112,7 +1156,10 @@ def append_zeros(append: int, end: int, made: list[int]) -> None:
     while (size := os.fstat(append).st_size) < end:
         if size != made[0]:
             made[0] = -1
-        written = os.write(append, memoryview(_ZEROS)[: min(len(_ZEROS), end - size)])
+        try:
+            written = os.write(append, memoryview(_ZEROS)[: min(len(_ZEROS), end - size)])
+        except OSError as exc:
+            raise _sealed(exc, append, _GROW_SEALS, "it cannot grow") from None
         if made[0] >= 0:
             made[0] = size + written
 
