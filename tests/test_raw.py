@@ -8,7 +8,7 @@ import platform
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -563,7 +563,33 @@ async def test_populate_on_a_full_disk_names_the_first_page_it_could_not_get(
         with pytest.raises(MappingFaultError) as info:
             await m.populate(provided - PAGE, 2 * PAGE, write=True)
         assert info.value.offset == provided
+        with pytest.raises(MappingFaultError) as info:  # (round 63: not the page's start)
+            await m.populate(provided + 5, 10, write=True)
+        assert info.value.offset == provided + 5
         await m.populate(0, provided, write=True)  # what the file system holds is fine
+
+
+async def test_constructors_in_a_cancelled_scope_make_nothing(tmp_path: Path) -> None:
+    """Regression test (adversary round 63): in a scope already cancelled,
+    ``MmapRaw.create``, ``open_or_create`` and ``MmapRegion.create`` went on in their
+    worker thread: the file was made and the map returned, and the cancellation came at
+    the next ``await``.  They now check first, as ``SparseMapping.new`` and
+    ``AnonymousMmap.new`` did: nothing is made."""
+    makers: dict[str, Callable[[Path], Awaitable[MmapRaw | anymmap.MmapRegion]]] = {
+        "create": lambda path: MmapRaw.create(path, PAGE),
+        "open_or_create": lambda path: MmapRaw.open_or_create(path, PAGE),
+        "region": lambda path: anymmap.MmapRegion.create(path, PAGE),
+    }
+    for name, make in makers.items():
+        path = tmp_path / name
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            made = await make(path)
+            pytest.fail(f"{name} made {made!r} in a cancelled scope")
+        assert scope.cancelled_caught
+        assert not path.exists(), name
+        async with await make(path):  # and outside it, it makes the file
+            assert path.exists()
 
 
 async def test_sparse_file_on_a_full_disk_is_a_clear_fault(small_tmpfs: Path) -> None:

@@ -3017,6 +3017,11 @@ def test_refusals_of_a_sealed_file_and_a_closed_descriptor_say_why() -> None:
     with pytest.raises(OSError, match=f"{closed} is not an open file descriptor") as info:
         anymmap.sync.MmapRaw.map_raw(closed)
     assert info.value.errno == errno.EBADF
+    with anymmap.sync.SparseMapping.new(PAGE) as sparse:  # (round 63: a bare EBADF here)
+        with pytest.raises(OSError, match=f"{closed} is not an open file descriptor"):
+            sparse.mmap(0, PAGE, mmap.PROT_READ, mmap.MAP_SHARED, closed)
+        with pytest.raises(OSError, match=f"{closed} is not an open file descriptor"):
+            sparse.map_file(0, PAGE, closed)
 
 
 @pytest.mark.anyio
@@ -4158,12 +4163,17 @@ async def test_a_create_cancelled_after_its_work_returns_its_map(
     path = shm_path / "region"
     path.write_bytes(b"old")
     got: list[Any] = []
+    # (One scope each: in a scope cancelled already, a constructor makes nothing.)
     with anyio.CancelScope() as scope:
         _cancel_when_done(monkeypatch, anymmap._async._region, "create_region", scope.cancel)
         got.append(await anymmap.MmapRegion.create(path, 1 << 20, replace=True))
+        await anyio.lowlevel.checkpoint()  # the cancellation is delivered here
+        pytest.fail("not cancelled")
+    assert scope.cancelled_caught
+    with anyio.CancelScope() as scope:
         _cancel_when_done(monkeypatch, anymmap._async._raw, "create_file_map", scope.cancel)
         got.append(await anymmap.MmapRaw.create(shm_path / "raw", 1 << 20))
-        await anyio.lowlevel.checkpoint()  # the cancellation is delivered here
+        await anyio.lowlevel.checkpoint()
         pytest.fail("not cancelled")
     assert scope.cancelled_caught
     region, raw = got  # both returned, though cancelled
@@ -5450,6 +5460,7 @@ _OUT_OF_DESCRIPTORS_ERRORS_NAME_THE_CALLERS_FILE = """
         "create": lambda k: S.MmapRaw.create(os.path.join(here, f"new{k}"), 4096).close(),
         "open_or_create": lambda k: S.MmapRaw.open_or_create(old, 8192 << k).close(),
         "resize": lambda k: m.resize(16384 << k),
+        "open_or_create, grown already": lambda k: S.MmapRaw.open_or_create(old, 4096).close(),
     }
     failed = set()
     for free in range(4):
@@ -5468,6 +5479,8 @@ _OUT_OF_DESCRIPTORS_ERRORS_NAME_THE_CALLERS_FILE = """
                 assert exc.errno == errno.EMFILE, (name, free, exc)
                 assert exc.filename in (None, old, os.path.join(here, f"new{free}")), (
                     name, free, exc)
+                # Named after the caller's file, or saying what the descriptor was for.
+                assert exc.filename or exc.strerror.endswith(")"), (name, free, exc)
                 failed.add(name)
             finally:
                 for fd in filler:

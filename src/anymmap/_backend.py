@@ -405,9 +405,10 @@ async def run_sync(
     ``undo`` is for a call that makes something (a constructor: a map, a file) whose
     result must not be dropped: dropped, a map was left to the collector, whose finalizer
     deleted the file of a region that ``create(replace=True)`` had just put in place of
-    the user's.  If the call succeeded while a cancel scope (trio's, anyio's) was
-    cancelled, the result is returned and the scope raises at the caller's next
-    checkpoint, as it does by itself (trio's rule: ``Cancelled`` means the operation did
+    the user's.  Such a call is not started in a scope cancelled already (it raises at
+    once, as ``to_thread.run_sync`` does: nothing is made).  If the call succeeded while
+    a cancel scope (trio's, anyio's) was cancelled, the result is returned and the scope
+    raises at the caller's next checkpoint, as it does by itself (trio's rule: ``Cancelled`` means the operation did
     not happen).  A native ``Task.cancel()`` (``asyncio.timeout``, ``wait_for``,
     ``TaskGroup``) is delivered once and cannot be asked again safely on any version
     (``uncancel()`` does not withdraw a pending request): ``undo(result)`` then runs in a
@@ -419,6 +420,8 @@ async def run_sync(
     early.  Worker threads come from anyio, limited per event loop by
     :func:`thread_limiter`.
     """
+    if undo is not None:  # (a constructor: nothing is made in a scope already cancelled)
+        await anyio.lowlevel.checkpoint_if_cancelled()
     if backend_local.name == "trio":
         with anyio.CancelScope(shield=True):
             result = await anyio.to_thread.run_sync(

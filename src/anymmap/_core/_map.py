@@ -359,10 +359,12 @@ class MapCore:
         the map offset of the first page that is not there and why; other errors stay."""
         if exc.errno != errno.EFAULT:
             return exc
+        asked = offset
         address = getattr(exc, "address", None)  # the exact page, when the call said it
         if address is not None and copier.addr <= address < copier.addr + offset + length:
             offset, length = address - copier.addr, 1
         first, cause = copier.fault(offset, length)
+        first = max(first, asked)  # (a page's start may lie before the range asked for)
         cause = getattr(exc, "cause", None) or cause  # (a refusal that knows why)
         map_offset = copier.addr + first - self.addr
         return MappingFaultError(max(map_offset, 0), copier.addr + first, cause)

@@ -578,9 +578,15 @@ def dup(fd: int) -> int:
     try:
         return os.dup(fd)
     except OSError as exc:
-        if exc.errno != errno.EBADF:
-            raise
-        raise OSError(exc.errno, f"{fd} is not an open file descriptor") from None
+        raise _not_open(exc, fd, "a descriptor of the file, for the map to keep") from None
+
+
+def _not_open(exc: OSError, fd: int, what: str) -> OSError:
+    """``exc`` from a call on the caller's descriptor ``fd``, saying what is wrong:
+    ``EBADF`` that it is not open, another error what the call was for (``what``)."""
+    if exc.errno == errno.EBADF:
+        return OSError(exc.errno, f"{fd} is not an open file descriptor")
+    return OSError(exc.errno, f"{exc.strerror} ({what})")
 
 
 #: ``os.close`` itself, no Python frame over it: a descriptor's drop (see ``FileRef``)
@@ -598,7 +604,10 @@ def _kind(mode: int) -> str:
 def file_kind(fd: int) -> str:
     """What ``fd`` is: "regular file", "block device", "directory", "FIFO or pipe",
     "socket", "character device"."""
-    return _kind(os.fstat(fd).st_mode)
+    try:
+        return _kind(os.fstat(fd).st_mode)
+    except OSError as exc:
+        raise _not_open(exc, fd, "reading what the file is") from None
 
 
 def path_kind(path: PathArg, *, follow: bool = True) -> str:
@@ -959,7 +968,7 @@ class _Turn:
         try:
             return os.open(f"/proc/self/fd/{fd}", (self._access or 0) | _REOPEN)
         except OSError as exc:  # (not named after /proc's path: the caller never saw it)
-            why = f"{exc.strerror} (opening the map's file again, to change its size)"
+            why = f"{exc.strerror} (opening the file again, to change its size)"
             raise OSError(exc.errno, why) from None
 
     def __enter__(self) -> int | None:
