@@ -408,12 +408,12 @@ async def run_sync(
     the user's.  Such a call is not started in a scope cancelled already (it raises at
     once, as ``to_thread.run_sync`` does: nothing is made).  If the call succeeded while
     a cancel scope (trio's, anyio's) was cancelled, the result is returned and the scope
-    raises at the caller's next checkpoint, as it does by itself (trio's rule: ``Cancelled`` means the operation did
-    not happen).  A native ``Task.cancel()`` (``asyncio.timeout``, ``wait_for``,
-    ``TaskGroup``) is delivered once and cannot be asked again safely on any version
-    (``uncancel()`` does not withdraw a pending request): ``undo(result)`` then runs in a
-    worker thread (it closes the map, removes a file the call created), and the
-    cancellation is raised.
+    raises at the caller's next checkpoint, as it does by itself (trio's rule:
+    ``Cancelled`` means the operation did not happen).  A native ``Task.cancel()``
+    (``asyncio.timeout``, ``wait_for``, ``TaskGroup``) is delivered once and cannot be
+    asked again safely on any version (``uncancel()`` does not withdraw a pending
+    request): ``undo(result)`` then runs in a worker thread (it closes the map, removes a
+    file the call created), and the cancellation is raised.
 
     On asyncio the caller waits for a future that only the worker thread resolves, so not
     even cancelling every task (as ``asyncio.run`` does on its way out) ends the wait

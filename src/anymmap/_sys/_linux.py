@@ -968,8 +968,7 @@ class _Turn:
         try:
             return os.open(f"/proc/self/fd/{fd}", (self._access or 0) | _REOPEN)
         except OSError as exc:  # (not named after /proc's path: the caller never saw it)
-            why = f"{exc.strerror} (opening the file again, to change its size)"
-            raise OSError(exc.errno, why) from None
+            raise _not_open(exc, fd, "opening the file again, to change its size") from None
 
     def __enter__(self) -> int | None:
         """Take the turn; return the descriptor it is taken on, or None if it could
