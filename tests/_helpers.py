@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -57,6 +59,41 @@ def unwritten_pages(fd: int, offset: int = 0, length: int = 0) -> int | None:
     if _libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(whole), ctypes.byref(out), 0) != 0:
         return None
     return int(out.nr_dirty + out.nr_writeback)
+
+
+_FS_IOC_FIEMAP = 0xC020660B  # _IOWR('f', 11, struct fiemap)
+_FIEMAP_FLAG_SYNC = 0x1
+_FIEMAP_EXTENT_LAST = 0x1
+_FIEMAP_EXTENT_UNWRITTEN = 0x800
+_FIEMAP_HEADER = struct.Struct("=QQIIII")  # fm_start, fm_length, fm_flags, mapped, count, -
+_FIEMAP_EXTENT = struct.Struct("=QQQQQI12x")  # logical, physical, length, -, -, fe_flags
+
+
+def unwritten_extents(fd: int) -> bool | None:
+    """Whether the file open as ``fd`` has unwritten extents (blocks allocated by
+    ``posix_fallocate`` and not written yet), by the FS_IOC_FIEMAP ioctl after a sync;
+    None where the file system cannot say (tmpfs)."""
+    start = 0
+    while True:
+        count = 64
+        buf = bytearray(_FIEMAP_HEADER.size + count * _FIEMAP_EXTENT.size)
+        _FIEMAP_HEADER.pack_into(buf, 0, start, 2**64 - 1 - start, _FIEMAP_FLAG_SYNC, 0, count, 0)
+        try:
+            fcntl.ioctl(fd, _FS_IOC_FIEMAP, buf, True)
+        except OSError:
+            return None
+        mapped = _FIEMAP_HEADER.unpack_from(buf)[3]
+        if not mapped:
+            return False
+        for i in range(mapped):
+            logical, _, length, _, _, flags = _FIEMAP_EXTENT.unpack_from(
+                buf, _FIEMAP_HEADER.size + i * _FIEMAP_EXTENT.size
+            )
+            if flags & _FIEMAP_EXTENT_UNWRITTEN:
+                return True
+            if flags & _FIEMAP_EXTENT_LAST:
+                return False
+            start = logical + length
 
 
 def is_mapped(addr: int) -> bool:

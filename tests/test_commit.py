@@ -11,9 +11,11 @@ import gc
 import math
 import os
 import pickle
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -33,7 +35,15 @@ from anymmap._core._commit import CommitRequest, DirtyRanges, GroupCommit
 from anymmap._sys import _linux
 
 from ._child import check_child
-from ._helpers import PAGE, TAG, TAG_AT, holds_tag, unwritten_pages, wait_until
+from ._helpers import (
+    PAGE,
+    TAG,
+    TAG_AT,
+    holds_tag,
+    unwritten_extents,
+    unwritten_pages,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -1611,6 +1621,65 @@ async def test_create(
         assert len(m) == 16 * PAGE  # grown
     async with await MmapRaw.open_or_create(tmp_path / "other", PAGE, mode=0o600) as m:
         assert stat.S_IMODE(os.stat(tmp_path / "other").st_mode) == 0o600
+
+
+_ZEROS_INTO_A_FILE_ITS_MODE_MAKES_READ_ONLY = """
+    import os, sys
+    import anymmap.sync
+    from tests._helpers import unwritten_extents
+
+    def unwritten(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return unwritten_extents(fd)
+        finally:
+            os.close(fd)
+
+    folder = sys.argv[1]
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)  # (nobody: root may open any file for writing)
+    for mode in (0o644, 0o444):
+        path = os.path.join(folder, f"{mode:o}")
+        m = anymmap.sync.MmapRaw.create(path, 1 << 20, prefill="zeros", mode=mode)
+        made = unwritten(path)
+        m.resize(2 << 20)
+        m.update_region((2 << 20) - 5, b"grown")
+        m.flush()
+        print(f"{mode:o}: unwritten after create {made}, after growth {unwritten(path)}")
+        m.close()
+    print("ok")
+"""
+
+
+def test_zeros_are_written_into_a_file_whose_mode_refuses_writing() -> None:
+    """Regression test (adversary round 64): ``prefill="zeros"`` appends through a
+    descriptor that ``changing_size`` opens again (``O_APPEND``), which the mode of a
+    file made ``mode=0o444`` refuses to a user who is not root, and the blocks were
+    quietly left allocated, unwritten, at create and at every growth (and the growth
+    took no turn).  The map's own descriptor appends now (``RWF_APPEND``), and takes
+    the turn."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the scenario as another user")
+    folder = tempfile.mkdtemp(prefix="anymmap-nobody-", dir="/var/tmp")  # (on disk)
+    try:
+        os.chmod(folder, 0o777)
+        probe = os.path.join(folder, "probe")
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, 1 << 16)
+            if not unwritten_extents(fd):
+                pytest.skip("this file system shows no unwritten extents")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+        out = check_child(_ZEROS_INTO_A_FILE_ITS_MODE_MAKES_READ_ONLY, folder)
+        assert out.splitlines()[:-1] == [
+            "644: unwritten after create False, after growth False",
+            "444: unwritten after create False, after growth False",
+        ]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def test_create_refuses_bad_input(tmp_path: Path) -> None:

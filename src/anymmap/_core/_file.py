@@ -68,7 +68,7 @@ def check_prefill(prefill: object) -> None:
         raise ValueError(f"prefill must be 'allocate' or 'zeros', not {prefill!r}")
 
 
-def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
+def fill_file(fd: int, offset: int, length: int, prefill: Prefill, *, own: bool) -> None:
     """Give ``[offset, offset + length)`` of the file real blocks (growing it if needed);
     a full disk fails here (``ENOSPC``), not later as SIGBUS.
 
@@ -84,13 +84,18 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill) -> None:
     bytes are never cut (adversary round 25: records a process appended and synced
     during a failed growth were cut away with it).  A failed allocation that left the
     file longer is left so (its blocks read as zeros).
+
+    ``own``: ``fd`` is anymmap's own open file description, not a duplicate of the
+    caller's (see ``changing_size``).
     """
-    with os_impl.changing_size(fd) as append:
+    with os_impl.changing_size(fd, own=own) as append:
         before = os_impl.file_size(fd)
         made = [before]  # (the size this call made, as far as it knows; -1: not only it)
         try:
-            if prefill == "zeros" and append is not None and offset + length > before:
-                os_impl.append_zeros(append, offset + length, made)
+            if prefill == "zeros" and offset + length > before:
+                # (Through fd itself if the file's mode refuses a descriptor that
+                # appends: adversary round 64, zeros were silently not written.)
+                os_impl.append_zeros(fd if append is None else append, offset + length, made)
             os_impl.allocate(fd, offset, length)  # (grows the file if appending could not)
             if made[0] >= 0:  # (from here, a Ctrl-C undoes what the allocation grew)
                 made[0] = max(made[0], offset + length)
@@ -108,6 +113,8 @@ def cut_file(
     cut: list[int],
     then: Callable[[], None],
     alone: Callable[[Callable[[], None]], bool],
+    *,
+    own: bool,
 ) -> None:
     """Cut the file to ``new_end`` bytes if a map ending at ``map_end`` reaches its end,
     append its size before to ``cut`` and call ``then`` (the map's move to its new end);
@@ -121,7 +128,7 @@ def cut_file(
     Ctrl-C between the cut and the map's move would leave the map reaching past the end
     of its file, and a second one could cut short the except path that finished the move.
     """
-    with os_impl.changing_size(fd):
+    with os_impl.changing_size(fd, own=own):
         size = os_impl.file_size(fd)
         if size > map_end:
             return
@@ -132,10 +139,10 @@ def cut_file(
             then()
 
 
-def uncut_file(fd: int, end: int, size: int) -> None:
+def uncut_file(fd: int, end: int, size: int, *, own: bool) -> None:
     """Undo :func:`cut_file` (the cut bytes read as zeros), unless the file has changed
     size since (another map grew it)."""
-    with os_impl.changing_size(fd, undoing=True):
+    with os_impl.changing_size(fd, undoing=True, own=own):
         if os_impl.file_size(fd) == end:
             os_impl.truncate(fd, size)
 
@@ -224,7 +231,7 @@ def create_file(
         with mapping_file(os_impl.file_identity(fd)):
             current = os_impl.file_size(fd)
             if length > current:
-                fill_file(fd, current, length - current, prefill)  # type: ignore[arg-type]
+                fill_file(fd, current, length - current, prefill, own=True)  # type: ignore[arg-type]
             if created or length > current:
                 os_impl.fdatasync(fd)
             if unnamed is not None:
@@ -789,6 +796,7 @@ class FileCore(FileBackedCore):
             old_addr, old_map_len = self.map_addr, self.map_len
             old_size = os_impl.file_size(self.fd)
             identity = os_impl.file_identity(self.fd)
+            own = not self.file.callers  # (a descriptor of anymmap's own: see fill_file)
             installed = False
             # The file changes first: growing or cutting it is what can fail (a full disk,
             # a sealed memfd, a block device), and then the map has not changed yet.
@@ -827,14 +835,18 @@ class FileCore(FileBackedCore):
                         raise OutOfBoundsError(self.file_offset, length, old_size, "device")
                 elif length > old_length:
                     fill_file(
-                        self.fd, self.file_offset + old_length, length - old_length, self.prefill
+                        self.fd,
+                        self.file_offset + old_length,
+                        length - old_length,
+                        self.prefill,
+                        own=own,
                     )
                 elif length < old_length:
                     # (Another map of the file in this process, or one being made, keeps
                     # it whole: a borrow of it past the new end would die of SIGBUS.)
                     end = self.file_offset + old_length
                     alone = partial(cut_if_alone, self.memory, identity)
-                    cut_file(self.fd, end, self.file_offset + length, cut, remap, alone)
+                    cut_file(self.fd, end, self.file_offset + length, cut, remap, alone, own=own)
                 if (
                     length < old_length
                     and not cut
@@ -858,7 +870,7 @@ class FileCore(FileBackedCore):
                 # remap fails: cutting it back could cut another map's growth since.  A cut
                 # is undone: the remap that followed it failed.
                 if cut:
-                    uncut_file(self.fd, self.file_offset + length, cut[0])
+                    uncut_file(self.fd, self.file_offset + length, cut[0], own=own)
                 raise
 
 

@@ -942,19 +942,25 @@ class _Turn:
         "_kind",
         "_lock_fd",
         "_locked",
+        "_own",
         "_thread",
         "_undoing",
     )
 
-    def __init__(self, fd: int, kind: int, access: int | None, undoing: bool = False) -> None:
+    def __init__(
+        self, fd: int, kind: int, access: int | None, undoing: bool = False, own: bool = False
+    ) -> None:
         """``access``: open a descriptor of the file for the turn (through
         ``/proc/self/fd``, with these flags), or None: take it on ``fd`` itself.
         ``undoing``: the block undoes a change, and goes on without a turn when no
-        descriptor can be had at all (an undoing made without a turn beats none)."""
+        descriptor can be had at all (an undoing made without a turn beats none).
+        ``own``: ``fd`` is an open file description of anymmap's own (not a duplicate of
+        the caller's), so when no descriptor can be opened, the turn is taken on it."""
         self._fd = fd
         self._kind = kind
         self._access = access
         self._undoing = undoing
+        self._own = own
         self._lock_fd: int | None = None
         self._locked = False
 
@@ -986,7 +992,13 @@ class _Turn:
                         # its turn and without prefill="zeros" (adversary round 59).
                         if exc.errno in _SCARCE and not self._undoing:
                             raise
-                        return None  # (the permissions no longer allow it; a lease)
+                        if not self._own:
+                            return None  # (the permissions no longer allow it; a lease)
+                        # A file whose mode refuses writing (made with mode=0o444 by a
+                        # user who is not root: adversary round 64): our own descriptor
+                        # is open for writing, and takes the turn.
+                        self._access = None
+                        lock_fd = self._fd
                 else:
                     lock_fd = self._fd
                 self._lock_fd = lock_fd
@@ -1060,14 +1072,16 @@ class _Turn:
 class changing_size(_Turn):  # (lower case: used like a function, ``with changing_size(fd):``)
     """For the block: take turns with anymmap's other maps that grow or cut the file, and
     have a descriptor of it that appends (``O_APPEND``, reopened through
-    ``/proc/self/fd``), or None if the file's permissions no longer allow opening it for
-    writing (then without taking turns).  Out of descriptors (``EMFILE``, ``ENFILE``)
-    or memory, it raises, unless ``undoing`` (then None, as for permissions)."""
+    ``/proc/self/fd``).  If the file's permissions no longer allow opening it for writing,
+    the turn is taken on ``fd`` itself when it is ``own`` (anymmap's own open file
+    description) and the block gets ``fd``, else there is no turn and it gets None.  Out
+    of descriptors (``EMFILE``, ``ENFILE``) or memory, it raises, unless ``undoing``
+    (then as for permissions)."""
 
     __slots__ = ()
 
-    def __init__(self, fd: int, *, undoing: bool = False) -> None:
-        super().__init__(fd, fcntl.F_WRLCK, os.O_WRONLY | os.O_APPEND, undoing)
+    def __init__(self, fd: int, *, undoing: bool = False, own: bool = False) -> None:
+        super().__init__(fd, fcntl.F_WRLCK, os.O_WRONLY | os.O_APPEND, undoing, own)
 
 
 class reading_size(_Turn):  # (lower case: used like a function, ``with reading_size(fd):``)
@@ -1148,10 +1162,13 @@ os.register_at_fork(
 )
 
 
-def append_zeros(append: int, end: int, made: list[int]) -> None:
+def append_zeros(fd: int, end: int, made: list[int]) -> None:
     """Append zero bytes to the file until it is ``end`` bytes long (real blocks, not a
     hole or an unwritten extent: the first later write into them needs no metadata
-    change), through the descriptor :func:`changing_size` gave.
+    change), through ``fd``: the descriptor :func:`changing_size` gave (``O_APPEND``),
+    or any descriptor of the file open for writing (then ``pwritev2`` with
+    ``RWF_APPEND``, which leaves its file offset alone; where the kernel lacks it,
+    before Linux 4.16, nothing is written and the caller's allocation makes the blocks).
 
     Every write goes to the end of the file as it is at that instant, so bytes that
     another map or process puts past the size seen here are never overwritten (a
@@ -1161,15 +1178,23 @@ def append_zeros(append: int, end: int, made: list[int]) -> None:
     file is found longer than that (another writer's bytes: cutting back is then not
     this call's to do).
     """
-    while (size := os.fstat(append).st_size) < end:
+    appends = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
+    while (size := os.fstat(fd).st_size) < end:
         if size != made[0]:
             made[0] = -1
+        zeros = memoryview(_ZEROS)[: min(len(_ZEROS), end - size)]
         try:
-            written = os.write(append, memoryview(_ZEROS)[: min(len(_ZEROS), end - size)])
+            written = os.write(fd, zeros) if appends else os.pwritev(fd, [zeros], 0, _RWF_APPEND)
         except OSError as exc:
-            raise _sealed(exc, append, _GROW_SEALS, "it cannot grow") from None
+            if not appends and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return  # (no RWF_APPEND: the caller allocates instead)
+            raise _sealed(exc, fd, _GROW_SEALS, "it cannot grow") from None
         if made[0] >= 0:
             made[0] = size + written
+
+
+#: pwritev2's flag to append (Linux 4.16; the number where Python's build lacks it).
+_RWF_APPEND: int = getattr(os, "RWF_APPEND", 0x10)
 
 
 def _lock_growth(fd: int, kind: int) -> bool:
