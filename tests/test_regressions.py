@@ -5201,13 +5201,17 @@ def test_a_handlers_copy_inside_a_copy_of_another_map_loses_nothing() -> None:
 
 
 @pytest.mark.parametrize("how", ["map_raw", "attach_fd", "map_file"])
-def test_a_map_of_the_callers_descriptor_never_moves_its_offset(shm_path: Path, how: str) -> None:
+def test_a_map_of_the_callers_descriptor_never_moves_its_offset_or_changes_its_flags(
+    shm_path: Path, how: str
+) -> None:
     """Regression test (adversary round 55): a map made from the caller's descriptor
     keeps a ``dup`` of it, which shares its file offset, and a copy meeting a page not
     in memory on tmpfs looked for holes with ``lseek(SEEK_DATA)``: the caller's next
-    ``write`` went 512 KiB further on.  A dup of the caller's is never walked now."""
+    ``write`` went 512 KiB further on.  A dup of the caller's is never walked now.
+    Round 64: the dup shares the status flags too, and making the map cleared the
+    caller's ``O_NONBLOCK`` (meant for a path anymmap opened itself)."""
     path = shm_path / "log"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o600)
     try:
         os.ftruncate(fd, 1 << 20)
         os.pwrite(fd, b"Z", 512 << 10)  # data at 512 KiB, holes around it
@@ -5223,6 +5227,7 @@ def test_a_map_of_the_callers_descriptor_never_moves_its_offset(shm_path: Path, 
             assert m.read(256 << 10, 8) == bytes(8)  # a hole, not in memory
             assert m.read(512 << 10, 1) == b"Z"
             assert os.lseek(fd, 0, os.SEEK_CUR) == 9
+            assert not os.get_blocking(fd)
         assert os.write(fd, b"record-2;") == 9
         assert os.pread(fd, 18, 0) == b"record-1;record-2;"
     finally:

@@ -253,7 +253,11 @@ def open_fd(
                 f"; to map it for reading only, pass {read_only}" if writable and readable else ""
             )
             raise PermissionError(errno.EACCES, f"{name} is not open for {need}{hint}")
-        os_impl.set_blocking(fd)
+        if not ref.callers:
+            # (Ours only: O_NONBLOCK is a flag of the open file description, which a
+            # duplicate shares with the caller's descriptor: adversary round 64, a map of
+            # the caller's non-blocking descriptor made it blocking.)
+            os_impl.set_blocking(fd)
         return ref
     except BaseException:
         ref.close()

@@ -464,6 +464,7 @@ def attach_region(
     fd = file.fd
     try:
         _check_regular(fd, name)
+        os_impl.set_blocking(fd)  # (opened O_NONBLOCK: a FIFO would have waited)
         if not trust_others:
             owner, mode = os_impl.file_owner(fd)
             me = os_impl.current_uid()
@@ -503,4 +504,3 @@ def _check_regular(fd: int, name: str) -> None:
     readable, writable = os_impl.access_mode(fd)
     if not (readable and writable):
         raise PermissionError(errno.EACCES, f"{name} is not open for reading and writing")
-    os_impl.set_blocking(fd)
