@@ -33,6 +33,7 @@ from anymmap import (
     UnmappableFileError,
 )
 
+from ._child import check_child
 from ._helpers import PAGE, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -497,6 +498,76 @@ async def test_a_region_dropped_without_closing_deletes_what_it_owns(tmp_path: P
         del region
     gc.collect()
     await wait_until(lambda: not path.exists())
+
+
+_MADE_AS_THE_INTERPRETER_EXITS = """
+    import atexit, os, sys, threading
+
+    folder, when = sys.argv[1:]
+    go, done = threading.Event(), threading.Event()
+    said = []
+
+    def last():
+        go.set()
+        done.wait(20)
+        print(*said, sep="\\n")
+        print("ok")
+
+    if when == "after":  # (exit handlers run last registered first)
+        atexit.register(last)
+    from anymmap import FileCleanup
+    from anymmap.sync import MmapRegion
+    if when == "before":
+        atexit.register(last)
+
+    early = MmapRegion.create(os.path.join(folder, "early"), 4096)
+    with open(os.path.join(folder, "peer's"), "wb") as f:
+        f.write(bytes(4096))
+
+    def attempt(what, call):
+        try:
+            call()
+            said.append(f"{what}: done")
+        except RuntimeError as exc:
+            said.append(f"{what}: {exc}")
+
+    def daemon():
+        go.wait()
+        keep = []
+        attempt("late", lambda: keep.append(MmapRegion.create(os.path.join(folder, "late"), 4096)))
+        path = os.path.join(folder, "auto")
+        attempt("auto", lambda: keep.append(MmapRegion.create(path, 4096, FileCleanup.AUTO)))
+        keep.append(MmapRegion.attach(os.path.join(folder, "peer's")))
+        attempt("take_ownership", keep[-1].take_ownership)
+        done.set()
+        threading.Event().wait()  # frozen by the exit with its regions open
+
+    threading.Thread(target=daemon, daemon=True).start()
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_regions_made_by_a_daemon_thread_as_the_interpreter_exits_leave_no_file(
+    tmp_path: Path, when: str
+) -> None:
+    """Regression test (adversary round 64): the exit deleted the files regions own in
+    one pass over the finalizers (``weakref.finalize``'s), alongside the daemon threads,
+    after which a finalizer never runs.  A daemon thread's region made during or after
+    that pass kept its file for good (18 of 20 runs of a thread that creates and closes
+    regions in a loop), and so did an AUTO region's path, unlinked by calling the
+    finalizer.  The exit now deletes them under a lock that making and owning take:
+    what a thread made before (``before``: an exit handler of the program's that runs
+    before anymmap's) is deleted; after it, making or owning a region file is refused."""
+    out = check_child(_MADE_AS_THE_INTERPRETER_EXITS, str(tmp_path), when)
+    said = out.splitlines()[:-1]
+    if when == "before":
+        assert said == ["late: done", "auto: done", "take_ownership: done"]
+        assert list(tmp_path.iterdir()) == []  # (the peer's file too: it was taken over)
+    else:
+        refusal = "while the interpreter exits: its exit has deleted the region files"
+        assert [line.split(":")[0] for line in said] == ["late", "auto", "take_ownership"]
+        assert all(refusal in line for line in said), said
+        assert [p.name for p in tmp_path.iterdir()] == ["peer's"]
 
 
 # --- a hostile peer ----------------------------------------------------------------------

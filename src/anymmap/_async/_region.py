@@ -92,6 +92,8 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
             a symbolic link there is replaced, never followed, and a failure leaves what
             was there)
         :raises InvalidSizeError: if ``size`` is 0 or above ``max_size``
+        :raises RuntimeError: in a thread still running once the interpreter's exit has
+            deleted the files regions owned (a daemon thread)
         """
         core = await run_sync(
             partial(create_region, path, size, cleanup, max_size=max_size, replace=replace),

@@ -170,6 +170,8 @@ class RegionInfo:
         it is deleted only if the path still names the region's file then).
 
         :raises ValueError: for a region attached by descriptor, which has no path
+        :raises RuntimeError: in a thread still running once the interpreter's exit has
+            deleted the files regions owned (a daemon thread)
         """
         self._open_region().set_owner(True)
 
