@@ -639,18 +639,28 @@ def test_a_fork_while_tasks_of_a_trio_loop_wait_for_the_lock() -> None:
 # claim of the committer's place and the thread's start, two committers ran; inside a
 # direct copy the thread stayed registered as copying, and close() was refused for good.
 _FORK_AT_A_LINE = """
-    import inspect, os, signal, sys, tempfile
+    import inspect, os, signal, sys, tempfile, threading
     import anymmap.sync as t
     from anymmap._core import _commit, _map
 
     MODULE = {"commit": _commit, "map": _map}[sys.argv[1]]
-    FUNCTION, MARK = sys.argv[2], sys.argv[3]
+    FUNCTION, MARK, NTH, BUSY = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "busy"
     code = getattr(MODULE.GroupCommit if MODULE is _commit else MODULE.MapCore, FUNCTION)
     lines, first = inspect.getsourcelines(code)
-    LINE = first + next(i for i, line in enumerate(lines) if MARK in line)
+    LINE = first + [i for i, line in enumerate(lines) if MARK in line][NTH]
 
     m = t.MmapRaw.create(os.path.join(tempfile.mkdtemp(), "file"), 1 << 20)
     forked = []
+    stop = threading.Event()
+
+    def busy():  # (keeps the committer busy: a flush then finds it running a batch)
+        while not stop.is_set():
+            m.update_region(4096, b"busy")
+            m.flush_range(4096, 4)
+
+    helper = threading.Thread(target=busy)
+    if BUSY:
+        helper.start()
 
     def tracer(frame, event, arg):
         if frame.f_code is not code.__code__:
@@ -675,7 +685,7 @@ _FORK_AT_A_LINE = """
         outcome = repr(exc)
     sys.settrace(None)
     assert forked, "the line was never reached"
-    if forked == [0]:
+    if forked == [0]:  # (the helper thread is not in the child)
         signal.alarm(20)
         code = 0 if outcome == "done" else 3
         try:
@@ -689,6 +699,9 @@ _FORK_AT_A_LINE = """
         print("child:", outcome, flush=True)
         os._exit(code)
     status = os.waitstatus_to_exitcode(os.waitpid(forked[0], 0)[1])
+    stop.set()
+    if BUSY:
+        helper.join()
     assert outcome == "done" and status == 0, (outcome, status)
     m.close()
     print("ok")
@@ -696,18 +709,29 @@ _FORK_AT_A_LINE = """
 
 
 @pytest.mark.parametrize(
-    ("module", "function", "mark"),
+    ("module", "function", "mark", "nth", "busy"),
     [
-        ("commit", "submit", "self._pending.append(request)"),
-        ("commit", "submit", "self._cond.notify()"),
-        ("commit", "submit", "self._start_committer(made)"),
-        ("map", "_copy_now", "if self._remapper is not None or start + n > self.length"),
+        # (The first append is a busy committer's queue, then checked: a fork between
+        # the check before it and the append left the child's request with no committer
+        # for ever; the second append is the one that may start a committer.)
+        ("commit", "submit", "self._pending.append(request)", 0, "busy"),
+        ("commit", "submit", "if self._committer_pid == os.getpid():", 0, "busy"),
+        ("commit", "submit", "self._pending.append(request)", 1, "idle"),
+        ("commit", "submit", "self._cond.notify()", 0, "idle"),
+        ("commit", "submit", "self._start_committer(made)", 0, "idle"),
+        (
+            "map",
+            "_copy_now",
+            "if self._remapper is not None or start + n > self.length",
+            0,
+            "idle",
+        ),
     ],
 )
 def test_a_fork_inside_the_bookkeeping_of_the_forking_threads_own_call(
-    module: str, function: str, mark: str
+    module: str, function: str, mark: str, nth: int, busy: str
 ) -> None:
-    check_child(_FORK_AT_A_LINE, module, function, mark, timeout=60)
+    check_child(_FORK_AT_A_LINE, module, function, mark, str(nth), busy, timeout=60)
 
 
 _FORK_WHILE_A_THREAD_MAPS_THE_FILE = """

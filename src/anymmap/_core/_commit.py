@@ -125,6 +125,7 @@ class GroupCommit:
         #: The committer thread while it starts (before its ``_run``; see ``submit``).
         self._starting: threading.Thread | None = None
         self._running = False  # a batch is taken and not yet finished
+        self._lingering = False  # the committer waits for requests: a submit notifies it
         self._batch: list[CommitRequest] = []  # that batch, until its waiters are woken
         #: How many batches and msync calls there were, and the last 1,024 batches whose
         #: flush failed (for tests and benchmarks; bounded for a device that keeps failing).
@@ -152,6 +153,7 @@ class GroupCommit:
         self._committer_thread = None
         self._starting = None
         self._running = False
+        self._lingering = False
         self._batch = []
         if ours:
             after_renewal(self._restart)
@@ -201,6 +203,20 @@ class GroupCommit:
             self._flush([request])
             _wake([request])
             return request
+        with self._cond:
+            if self._committer_pid == os.getpid() and not self._lingering:
+                # The usual case, a committer busy with a batch: one append under the
+                # condition, which the committer takes with its next batch.  No notify,
+                # and no signals held: that section cost 10 to 13 us, a fifth of the
+                # event loop's time per commit with 64 committers.  (A Ctrl-C raised after
+                # the append leaves a request that is flushed and woken for nobody.)
+                self._pending.append(request)
+                if self._committer_pid == os.getpid():
+                    return request
+                # A fork between the check and the append (a trace hook's, or a signal
+                # handler's): this child has no committer for it, and the child's hook
+                # did not see it queued.  Taken back, for the path below.
+                self._pending.remove(request)
         # Queued, the committer's place taken and its thread started in one section with
         # signals held (the thread's start-up is all it waits for): a Ctrl-C handled as
         # _start_committer began left the place taken with no thread, and a second one
@@ -324,7 +340,11 @@ class GroupCommit:
         while True:
             with self._cond:
                 if not self._pending:
-                    self._cond.wait(LINGER)
+                    self._lingering = True
+                    try:
+                        self._cond.wait(LINGER)
+                    finally:
+                        self._lingering = False
                 batch, self._pending = self._pending, []
                 if not batch:
                     self._committer_pid = 0
