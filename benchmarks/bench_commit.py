@@ -85,6 +85,19 @@ sync costs nothing)
    each of its turns: 22 commits a second against 7,855 (letting go once every 100 us
    instead: 700).  Fairness to the worker threads won; every call lets go of the GIL.
 
+6. Also not measured here (2026-12-07, at 32b7629): where the 64-committer loop lag comes
+   from.  Each ``_run_once`` pass of the loop timed (wall and thread CPU): most take
+   0.2 ms, and the longest 5 to 13 ms, with 30 to 64 tasks ready, of which the loop's
+   thread ran 1.5 to 5 ms (30 to 75 us of CPU per task step, a commit taking two) and
+   waited the rest, for the GIL or for a core (two cores, shared with the committer
+   thread and the kernel's writeback and journal threads).  Waking a batch's waiters 16
+   or 8 per pass (each chunk scheduled after the last) left the worst lag as it was
+   (6.0-15.6 ms against 6.2-8.3 ms in 3 alternating runs) and cost 5 to 12% of the
+   rate; keeping the GIL through the copy's two system calls made the longest passes
+   all CPU but no shorter (see point 5 for why every call lets go of it).  Dropping the
+   signal-holding section from a request queued for a busy committer (32b7629) cut the
+   loop's CPU per commit from 69-72 us to 50-52 us (same run, alternating).
+
 Commit rates depend on the disk above all (a VM disk backed by the host's cache syncs far
 faster than a real one): compare the rows with the anchor, and with each other.
 """
