@@ -570,6 +570,46 @@ def test_regions_made_by_a_daemon_thread_as_the_interpreter_exits_leave_no_file(
         assert [p.name for p in tmp_path.iterdir()] == ["peer's"]
 
 
+_CLOSED_AFTER_THE_EXIT_BY_A_LATER_HANDLER = """
+    import atexit, os, sys, threading, time
+
+    def last():  # (registered before anymmap's: runs after it)
+        from anymmap._core import _region
+
+        got = threading.Event()
+
+        def holder():  # as a daemon thread that the exit froze as it took the lock
+            _region._OWNED_LOCK.acquire()
+            got.set()
+            time.sleep(3600)
+
+        threading.Thread(target=holder, daemon=True).start()
+        assert got.wait(10)
+        region.close()
+        kept.close()
+        print("ok")
+
+    atexit.register(last)
+    from anymmap.sync import MmapRegion
+
+    region = MmapRegion.create(os.path.join(sys.argv[1], "owned"), 4096)
+    kept = MmapRegion.create(os.path.join(sys.argv[1], "kept"), 4096)
+    kept.release_ownership()
+"""
+
+
+def test_a_close_after_the_exit_deleted_the_files_never_waits_for_a_thread(
+    tmp_path: Path,
+) -> None:
+    """Regression test (review of the round-64 fix): once the exit has deleted the files
+    regions owned, closing a region (from a later exit handler, or a ``__del__`` run by
+    the interpreter's finalization) must not take the ownership lock: a daemon thread
+    that the exit froze as it took it would keep it for good, and the close waited for
+    ever.  (The thread here takes it by hand and sleeps, as a frozen one would.)"""
+    check_child(_CLOSED_AFTER_THE_EXIT_BY_A_LATER_HANDLER, str(tmp_path), timeout=20)
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+
+
 # --- a hostile peer ----------------------------------------------------------------------
 
 

@@ -115,11 +115,11 @@ class _OwnedFile:
 
         :raises RuntimeError: to own it once the interpreter's exit deleted what was owned
         """
+        if not owner:
+            self._forget()  # (no lock: an exit deleting it meanwhile is as good)
+            return
+        _check_not_exiting(self.path)  # (see remove: no lock taken once it began)
         with _OWNED_LOCK:
-            if not owner:
-                self.owner = 0
-                _OWNED.discard(self)
-                return
             _check_not_exiting(self.path)
             self.owner = os.getpid()
             _OWNED.add(self)
@@ -127,13 +127,28 @@ class _OwnedFile:
     def remove(self) -> None:
         """Unlink the path if this process owns the file and the path still names it (a
         peer may have replaced it: never delete someone else's file); then own it no
-        more."""
-        with _OWNED_LOCK, signals_held():  # (whole: a Ctrl-C must not stop it half-way)
+        more.
+
+        Once the exit began, the lock is never taken again: what this process owned is
+        deleted, and a daemon thread that the exit froze as it took the lock would keep it
+        for good (a close in a ``__del__`` run by the interpreter's finalization then
+        waited for ever)."""
+        if _exiting:
+            self._forget()
+            return
+        with _OWNED_LOCK:
+            self._remove()
+
+    def _remove(self) -> None:  # (with the lock held)
+        with signals_held():  # (whole: a Ctrl-C must not stop it half-way)
+            owner, self.owner = self.owner, 0
             _OWNED.discard(self)
-            if self.owner != os.getpid():
-                return
-            self.owner = 0
-            remove_if_same(self.path, self.identity)
+            if owner == os.getpid():
+                remove_if_same(self.path, self.identity)
+
+    def _forget(self) -> None:
+        self.owner = 0
+        _OWNED.discard(self)
 
 
 #: Held while ownership of a region file changes and while the exit deletes what is owned
@@ -164,7 +179,7 @@ def _delete_at_exit() -> None:
         _exiting = True
         for owned in list(_OWNED):
             with suppress(Exception):  # (one file's error must not keep the others)
-                owned.remove()
+                owned._remove()
 
 
 def _renew_lock_in_child() -> None:
@@ -477,6 +492,7 @@ def create_region(
     try:
         # Created means owned, until made: removed again below if the rest fails, or by
         # the interpreter's exit if it comes first (see _OwnedFile).
+        _check_not_exiting(absolute)  # (see _OwnedFile.remove: no lock once it began)
         with _OWNED_LOCK, signals_held():
             _check_not_exiting(absolute)
             try:
@@ -500,6 +516,7 @@ def create_region(
         # The map is made before the name changes: if it fails, a file replace=True
         # would have replaced is still there.
         core = RegionCore(file, target, max_size=max_size, where=absolute)
+        _check_not_exiting(absolute)  # (the exit deleted `where` already)
         with _OWNED_LOCK, signals_held():  # renamed means owned: deleted at close
             core.set_owner(True)  # (RuntimeError if the exit began: it deleted `where`)
             if replace:
