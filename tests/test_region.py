@@ -33,7 +33,7 @@ from anymmap import (
     UnmappableFileError,
 )
 
-from ._child import check_child
+from ._child import check_child, describe, run_child
 from ._helpers import PAGE, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -608,6 +608,34 @@ def test_a_close_after_the_exit_deleted_the_files_never_waits_for_a_thread(
     ever.  (The thread here takes it by hand and sleeps, as a frozen one would.)"""
     check_child(_CLOSED_AFTER_THE_EXIT_BY_A_LATER_HANDLER, str(tmp_path), timeout=20)
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+
+
+_CTRL_C_AS_THE_EXIT_DELETES = """
+    import atexit, os, signal, sys
+    from anymmap.sync import MmapRegion
+
+    regions = [MmapRegion.create(os.path.join(sys.argv[1], f"r{i}"), 4096) for i in range(50)]
+
+    def ctrl_c_inside(frame, event, arg):  # Ctrl-C as the exit deletes its first file
+        if event == "call" and frame.f_code.co_name == "remove_if_same":
+            sys.setprofile(None)
+            signal.raise_signal(signal.SIGINT)
+
+    def arm():  # (registered after anymmap's exit handler: runs before it)
+        print("ok", flush=True)
+        sys.setprofile(ctrl_c_inside)
+
+    atexit.register(arm)
+"""
+
+
+def test_a_ctrl_c_as_the_exit_deletes_region_files_leaves_none(tmp_path: Path) -> None:
+    """Regression test (adversary round 65: 999 of 1,000 files left): a Ctrl-C during
+    the exit's deletion of the files regions own stopped it after the file it was
+    deleting.  The deletion holds signals off now, and the Ctrl-C comes after it."""
+    result = run_child(_CTRL_C_AS_THE_EXIT_DELETES, str(tmp_path))
+    assert "KeyboardInterrupt" in result.stderr, describe(result)  # (it did arrive)
+    assert list(tmp_path.iterdir()) == [], describe(result)
 
 
 # --- a hostile peer ----------------------------------------------------------------------

@@ -175,7 +175,9 @@ def _check_not_exiting(path: str) -> None:
 @atexit.register
 def _delete_at_exit() -> None:
     global _exiting
-    with _OWNED_LOCK:
+    # (Signals held for the whole pass: a Ctrl-C during the exit stopped it after the
+    # file it was deleting, and every other file stayed; adversary round 65.)
+    with _OWNED_LOCK, signals_held():
         _exiting = True
         for owned in list(_OWNED):
             with suppress(Exception):  # (one file's error must not keep the others)
