@@ -610,6 +610,45 @@ def test_a_close_after_the_exit_deleted_the_files_never_waits_for_a_thread(
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
 
 
+_A_DAEMON_CLOSES_AS_A_CYCLE_CLOSES_AT_FINALIZATION = """
+    import os, sys, threading, time
+    from anymmap.sync import MmapRegion
+
+    folder = sys.argv[1]
+    pool = [MmapRegion.create(os.path.join(folder, f"p{i}"), 4096) for i in range(600)]
+
+    def closer():
+        while pool:
+            pool.pop().close()
+
+    threading.Thread(target=closer, daemon=True).start()
+
+    class Resource:
+        def __init__(self):
+            self.region = MmapRegion.create(os.path.join(folder, "main"), 4096)
+
+        def __del__(self):
+            self.region.close()
+
+    res = Resource()
+    res.me = res  # (a cycle: freed by the interpreter's last collection)
+    del res
+    time.sleep(0.01)
+    print("ok")
+"""
+
+
+def test_a_region_closed_at_finalization_beside_a_closing_daemon_thread_exits(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 65: 15 of 15 runs hung): a daemon thread closing
+    regions as the interpreter exits, and a ``__del__`` in a reference cycle that closes
+    one at the last collection; the daemon thread was frozen holding the ownership lock,
+    and the ``__del__``'s close waited for it for ever."""
+    check_child(_A_DAEMON_CLOSES_AS_A_CYCLE_CLOSES_AT_FINALIZATION, str(tmp_path), timeout=20)
+    assert list(tmp_path.iterdir()) == []
+
+
 _CTRL_C_AS_THE_EXIT_DELETES = """
     import atexit, os, signal, sys
     from anymmap.sync import MmapRegion

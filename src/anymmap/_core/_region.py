@@ -129,12 +129,13 @@ class _OwnedFile:
         peer may have replaced it: never delete someone else's file); then own it no
         more.
 
-        Once the exit began, the lock is never taken again: what this process owned is
-        deleted, and a daemon thread that the exit froze as it took the lock would keep it
-        for good (a close in a ``__del__`` run by the interpreter's finalization then
-        waited for ever)."""
+        Once the exit began, this does nothing, and takes no lock: the exit deletes (or
+        has deleted) every file still owned when it began, and a daemon thread that the
+        exit froze as it took the lock would keep it for good (a close in a ``__del__``
+        run by the interpreter's finalization then waited for ever: adversary round 65).
+        (Not even forgetting the file: a daemon thread's close that forgot it while the
+        exit went through the files left it on disk.)"""
         if _exiting:
-            self._forget()
             return
         with _OWNED_LOCK:
             self._remove()
