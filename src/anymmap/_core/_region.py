@@ -94,10 +94,10 @@ class _OwnedFile:
     ``owner`` is the pid of the process that owns it (0: none), so that a forked child
     closing its copy of the region leaves the file alone.  Owned files are kept in
     :data:`_OWNED` (the file only, not its region, which stays free to be garbage), and
-    every change of ownership happens under :data:`_OWNED_LOCK`, as does the exit's
+    taking ownership and deleting happen under :data:`_OWNED_LOCK`, as does the exit's
     deletion: a thread making or closing a region as the interpreter exits (a daemon
     thread) either finishes its change before the exit deletes what is owned, or finds
-    the exit begun and makes nothing.  Before, the exit's pass over the finalizers of
+    the exit begun and leaves it to the exit (a close) or makes nothing (a create).  Before, the exit's pass over the finalizers of
     ``weakref.finalize`` ran alongside such a thread, and the file of a region it was
     making, or made after the pass, stayed for good once the exit froze the thread
     (adversary round 64: a file left in /dev/shm in 18 of 20 runs).
@@ -163,8 +163,8 @@ _exiting = False
 
 
 def _check_not_exiting(path: str) -> None:
-    """Refuse to own (or make) the region file ``path`` once the exit began (with the
-    lock held)."""
+    """Refuse to own (or make) the region file ``path`` once the exit began (checked
+    before taking the lock, and again with it held)."""
     if _exiting:
         raise RuntimeError(
             f"cannot own {name_of(path)} while the interpreter exits: its exit has "
