@@ -573,24 +573,27 @@ def test_regions_made_by_a_daemon_thread_as_the_interpreter_exits_leave_no_file(
 _CLOSED_AFTER_THE_EXIT_BY_A_LATER_HANDLER = """
     import atexit, os, sys, threading, time
 
+    go, got = threading.Event(), threading.Event()
+
     def last():  # (registered before anymmap's: runs after it)
-        from anymmap._core import _region
-
-        got = threading.Event()
-
-        def holder():  # as a daemon thread that the exit froze as it took the lock
-            _region._OWNED_LOCK.acquire()
-            got.set()
-            time.sleep(3600)
-
-        threading.Thread(target=holder, daemon=True).start()
+        go.set()
         assert got.wait(10)
         region.close()
         kept.close()
         print("ok")
 
     atexit.register(last)
+    from anymmap._core import _region
     from anymmap.sync import MmapRegion
+
+    def holder():  # as a daemon thread that the exit froze as it took the lock
+        go.wait()
+        _region._OWNED_LOCK.acquire()
+        got.set()
+        time.sleep(3600)
+
+    # (Started now: CPython 3.12 starts no thread in an exit handler.)
+    threading.Thread(target=holder, daemon=True).start()
 
     region = MmapRegion.create(os.path.join(sys.argv[1], "owned"), 4096)
     kept = MmapRegion.create(os.path.join(sys.argv[1], "kept"), 4096)
