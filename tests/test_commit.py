@@ -1648,6 +1648,17 @@ _ZEROS_INTO_A_FILE_ITS_MODE_MAKES_READ_ONLY = """
         m.flush()
         print(f"{mode:o}: unwritten after create {made}, after growth {unwritten(path)}")
         m.close()
+    # A map of the caller's own descriptor (O_APPEND), whose file then became read-only:
+    # the zeros go through the caller's open file, which must keep its offset.
+    path = os.path.join(folder, "callers")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, b"head")
+    os.lseek(fd, 1, os.SEEK_SET)
+    os.chmod(path, 0o444)
+    with anymmap.sync.MmapRaw.map_raw(fd, prefill="zeros") as m:
+        m.resize(1 << 20)
+    print(f"caller's offset {os.lseek(fd, 0, os.SEEK_CUR)}, unwritten {unwritten(path)}")
+    os.close(fd)
     print("ok")
 """
 
@@ -1677,6 +1688,7 @@ def test_zeros_are_written_into_a_file_whose_mode_refuses_writing() -> None:
         assert out.splitlines()[:-1] == [
             "644: unwritten after create False, after growth False",
             "444: unwritten after create False, after growth False",
+            "caller's offset 1, unwritten False",
         ]
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -1184,7 +1184,11 @@ def append_zeros(fd: int, end: int, made: list[int]) -> None:
             made[0] = -1
         zeros = memoryview(_ZEROS)[: min(len(_ZEROS), end - size)]
         try:
-            written = os.write(fd, zeros) if appends else os.pwritev(fd, [zeros], 0, _RWF_APPEND)
+            # (Positioned calls, which never move the descriptor's offset: it may be a
+            # dup of the caller's.  Linux's pwrite on an O_APPEND descriptor appends.)
+            written = (
+                os.pwrite(fd, zeros, 0) if appends else os.pwritev(fd, [zeros], 0, _RWF_APPEND)
+            )
         except OSError as exc:
             if not appends and exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 return  # (no RWF_APPEND: the caller allocates instead)
