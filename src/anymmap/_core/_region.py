@@ -115,8 +115,9 @@ class _OwnedFile:
 
         :raises RuntimeError: to own it once the interpreter's exit deleted what was owned
         """
-        if not owner:
-            self._forget()  # (no lock: an exit deleting it meanwhile is as good)
+        if not owner:  # (no lock: an exit deleting it meanwhile is as good)
+            self.owner = 0
+            _OWNED.discard(self)
             return
         _check_not_exiting(self.path)  # (see remove: no lock taken once it began)
         with _OWNED_LOCK:
@@ -146,10 +147,6 @@ class _OwnedFile:
             _OWNED.discard(self)
             if owner == os.getpid():
                 remove_if_same(self.path, self.identity)
-
-    def _forget(self) -> None:
-        self.owner = 0
-        _OWNED.discard(self)
 
 
 #: Held while ownership of a region file changes and while the exit deletes what is owned
