@@ -1552,6 +1552,9 @@ _AT_EVERY_POINT = (
             sparse.map_file(1 << 16, 4096, os.path.join(d, "f"))
             sparse.read_at(1 << 16, bytearray(4))
             sparse.unmap(0, 1 << 17)
+        elif what == "contended":  # a holder thread keeps a borrow (see attempt)
+            m.update_region(0, b"w")  # waits in threading.Condition.wait
+            m.pending_bytes()
         elif what == "lifecycle":
             S.AnonymousMmap.new(1 << 16).close()
             S.SparseMapping.new(1 << 20).close()
@@ -1573,6 +1576,13 @@ _AT_EVERY_POINT = (
                     r.resize(16384)
                     r.update_region(0, b"r")
 
+    def hold(borrowed, done):
+        # A borrow held until the main thread waits for the lock (or its call ended).
+        with m.as_mut_slice(0, 8):
+            borrowed.set()
+            while not m._lock._queue and not done.is_set():
+                time.sleep(0.0002)
+
     def attempt(k):
         # One SIGINT at the k-th point of anymmap's code in the scenario where Python
         # handles signals: a function's start, its return to its caller, a C function's
@@ -1580,6 +1590,11 @@ _AT_EVERY_POINT = (
         # a trace hook's, at every line, also where no signal is ever handled).
         # Returns whether there was a k-th.
         seen = [0]
+        if what == "contended":
+            borrowed, done = threading.Event(), threading.Event()
+            holder = threading.Thread(target=hold, args=(borrowed, done))
+            holder.start()
+            assert borrowed.wait(10)
         try:
             sys.setprofile(signal_at_point(k, roots, seen, twice))
             try:
@@ -1589,6 +1604,11 @@ _AT_EVERY_POINT = (
                 sys.settrace(None)
         except KeyboardInterrupt:
             pass
+        finally:
+            if what == "contended":
+                done.set()
+                holder.join(10)
+                assert not holder.is_alive(), f"point {k}: the holder waits for ever"
         gc.collect()  # (a hold the interrupt left behind in a frame is dropped)
         return seen[0] >= k
 
@@ -1713,6 +1733,12 @@ WHERE_SIGNALS_STRIKE = [
     "create",
     "region",
     "lifecycle",
+    # The main thread waiting for the lock that another thread's borrow holds: a SIGINT
+    # handled as threading.Condition.wait let go of the condition's lock left the wait's
+    # cleanup unguarded and its `with` raising "cannot release un-acquired lock"
+    # (adversary round 66).  The points in the threading module count.
+    "contended+threading",
+    "contended+threading+twice",
     # A second SIGINT as the first one's cleanup begins ("+twice"): a lock's hold, cut
     # after it took the lock, gave it back with the hold not yet armed, and the second
     # left it taken for good (13 of 60 Ctrl-C storms on CPython 3.13 under load); a

@@ -46,7 +46,7 @@ from ._forks import renew_in_child
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed, remap_placed
-from ._threadlock import STOPPED_AT_EXIT, new_condition, wait_unless_exiting
+from ._threadlock import HEAL_EVERY, STOPPED_AT_EXIT, new_condition, wait_unless_exiting
 
 #: How a file's new blocks are made: allocated (``posix_fallocate``: instant, the blocks
 #: are "unwritten" extents) or filled with zeros (written now: slower to make, but the
@@ -547,7 +547,7 @@ class FileBackedCore(MapCore):
             beside = set(syncs.active)
             while beside & syncs.active:
                 # (At exit, one beside it may be a daemon thread's that never ends.)
-                wait_unless_exiting(syncs.cond)
+                wait_unless_exiting(syncs.cond, HEAL_EVERY)
             other_failed = syncs.failed != failures
         if other_failed:  # one beside it may have taken the kernel's report of ours
             self.check_written_back()  # (it marked this map too, if it was open)
