@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -1816,6 +1817,35 @@ def test_create_through_a_dangling_link_says_so(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="exist_ok=True"):
         anymmap.sync.MmapRaw.create(link, PAGE)
     assert not (tmp_path / "missing").exists()
+
+
+def test_create_over_something_that_is_not_a_file_gives_advice_that_works(
+    tmp_path: Path,
+) -> None:
+    """Regression test (adversary round 66): ``create`` over a directory, socket or
+    device said "pass exist_ok=True to map it anyway", and with it the create failed
+    all the same.  The message says what is there, and that exist_ok would not help."""
+    (tmp_path / "dir").mkdir()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    try:
+        cases: list[tuple[str | Path, str]] = [
+            (tmp_path / "dir", "directory"),
+            (tmp_path / "sock", "socket"),
+            ("/dev/null", "character device"),
+        ]
+        for path, kind in cases:
+            with pytest.raises(FileExistsError, match=f"is a {kind}: .*would not help"):
+                anymmap.sync.MmapRaw.create(path, PAGE)
+            with pytest.raises(OSError) as info:  # (the advice would not have helped)
+                anymmap.sync.MmapRaw.create(path, PAGE, exist_ok=True)
+            assert not isinstance(info.value, FileExistsError)
+    finally:
+        server.close()
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="pass exist_ok=True"):
+        anymmap.sync.MmapRaw.create(tmp_path / "file", PAGE)
+    anymmap.sync.MmapRaw.create(tmp_path / "file", PAGE, exist_ok=True).close()
 
 
 async def test_create_on_a_full_disk_fails_at_once_and_leaves_nothing(tmp_path: Path) -> None:

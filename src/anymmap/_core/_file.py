@@ -36,6 +36,7 @@ from ._files import (
     Mode,
     anchored,
     check_mappable,
+    kind_at,
     label_of,
     name_of,
     open_fd,
@@ -147,6 +148,25 @@ def uncut_file(fd: int, end: int, size: int, *, own: bool) -> None:
             os_impl.truncate(fd, size)
 
 
+def _exists(path: object, absolute: str) -> FileExistsError:
+    """What an exclusive create of ``path`` raises: with the advice that fits what is
+    there (adversary round 66: a directory, socket or device was told to pass
+    ``exist_ok=True``, which then failed as well)."""
+    try:
+        kind = kind_at(absolute, follow=True)
+    except OSError:  # (a directory on the way that cannot be searched, say)
+        kind = None
+    if kind in (None, "regular file"):  # (None: a dangling link, or gone meanwhile)
+        return FileExistsError(
+            errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"
+        )
+    return FileExistsError(
+        errno.EEXIST,
+        f"{name_of(path)} exists and is a {kind}: create and open_or_create make and map "
+        "only regular files (exist_ok=True would not help)",
+    )
+
+
 def create_file(
     path: object,
     size: object,
@@ -191,9 +211,6 @@ def create_file(
     # name removed and whose directory is synced must be the one created.)
     absolute = anchored(os.fsdecode(path))
     directory = os.path.dirname(absolute)
-    exists = FileExistsError(
-        errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"
-    )
     unnamed: int | None = None
     try:
         # (Opened means owned, and created means removed below if the rest fails: a
@@ -215,7 +232,7 @@ def create_file(
             except FileExistsError:
                 if exist_ok:  # (a dangling symbolic link: the message says so)
                     raise
-                raise exists from None
+                raise _exists(path, absolute) from None
             except OSError as exc:
                 if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
                     raise refused_open(name_of(path), path, ("regular file",)) from None
@@ -240,7 +257,7 @@ def create_file(
                     try:
                         os_impl.link_unnamed(fd, absolute)
                     except FileExistsError:  # (made by someone else meanwhile)
-                        raise exists from None
+                        raise _exists(path, absolute) from None
                     ours = (absolute, os_impl.file_identity(fd))
             if created or length > current:
                 os_impl.fsync_directory(directory)

@@ -55,6 +55,15 @@ def check_mappable(fd: int, name: str, kinds: tuple[str, ...] = MAPPABLE_KINDS) 
         raise UnmappableFileError(name, f"file in {where}", mappable)
 
 
+def kind_at(path: str, *, follow: bool) -> str | None:
+    """What the name ``path`` is now (a "regular file", a "directory", ...; a link is a
+    "symbolic link" unless ``follow``), None if nothing (or a dangling link followed)."""
+    try:
+        return os_impl.path_kind(path, follow=follow)
+    except FileNotFoundError:
+        return None
+
+
 def refused_open(name: str, path: PathArg, mappable: tuple[str, ...] = MAPPABLE_KINDS) -> OSError:
     """The error for ``open(2)`` failing with ``ENXIO`` on ``path``: a socket, or a file
     that cannot be opened by its name (``/proc/self/fd/N`` of ``memfd_secret`` memory, a
