@@ -193,3 +193,16 @@ def collecting_inside_recounts() -> Iterator[None]:
         _copier._recount = recount
         if enabled:
             gc.enable()
+
+
+#: What :func:`keep_a_region` made (kept until the process ends).
+_kept: list[object] = []
+
+
+def keep_a_region(path: str) -> None:
+    """A ``multiprocessing`` child's target: make a ``FileCleanup.MANUAL`` region at
+    ``path`` and leave it open (the process's exit is to delete its file)."""
+    from anymmap import FileCleanup
+    from anymmap.sync import MmapRegion
+
+    _kept.append(MmapRegion.create(path, 4096, FileCleanup.MANUAL))

@@ -680,6 +680,31 @@ def test_a_ctrl_c_as_the_exit_deletes_region_files_leaves_none(tmp_path: Path) -
     assert list(tmp_path.iterdir()) == [], describe(result)
 
 
+_MULTIPROCESSING_CHILDREN = """
+    import multiprocessing, os, sys
+    from tests._child import keep_a_region
+    d = sys.argv[1]
+    for method in ("fork", "forkserver", "spawn"):
+        child = multiprocessing.get_context(method).Process(
+            target=keep_a_region, args=(os.path.join(d, method),)
+        )
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0, (method, child.exitcode)
+        assert not os.path.exists(os.path.join(d, method)), f"{method}: the file stays"
+    print("ok")
+"""
+
+
+def test_regions_left_open_by_multiprocessing_children_leave_no_file(tmp_path: Path) -> None:
+    """Regression test (adversary round 66: 4 of 4 runs): a child that multiprocessing
+    started by fork or forkserver ends with ``os._exit`` and runs no ``atexit`` handler,
+    so a ``FileCleanup.MANUAL`` region it left open kept its file.  Its exit now deletes
+    it, as a spawned child's (a normal exit) did."""
+    check_child(_MULTIPROCESSING_CHILDREN, str(tmp_path), timeout=90)
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- a hostile peer ----------------------------------------------------------------------
 
 
