@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -1817,6 +1817,46 @@ def test_create_through_a_dangling_link_says_so(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="exist_ok=True"):
         anymmap.sync.MmapRaw.create(link, PAGE)
     assert not (tmp_path / "missing").exists()
+
+
+async def test_a_cancelled_zero_prefill_stops_early_and_leaves_nothing(
+    tmp_path: Path, backend_name: str
+) -> None:
+    """Regression test (adversary round 66): a cancellation of ``create`` or a growing
+    ``resize`` with ``prefill="zeros"`` waited for every zero (6 s for 2 GiB on ext4).
+    The zeros are written in steps, and a cancelled caller stops them at the next: the
+    call ends well before the whole fill would have (the control: the same fill done,
+    in the same test), undone (no file; the map and its file at their old size)."""
+    size = 192 * MiB
+    started = time.perf_counter()
+    m = await MmapRaw.create(tmp_path / "control", size, prefill="zeros")
+    whole = time.perf_counter() - started
+    await m.aclose()
+    (tmp_path / "control").unlink()
+
+    async def cancelled(call: Callable[[], Awaitable[object]]) -> float:
+        started = time.perf_counter()
+        with anyio.move_on_after(0.01) as scope:
+            await call()
+        assert scope.cancelled_caught
+        return time.perf_counter() - started
+
+    path = tmp_path / "f"
+    took = await cancelled(lambda: MmapRaw.create(path, size, prefill="zeros"))
+    assert took < whole / 2, (took, whole)
+    assert list(tmp_path.iterdir()) == []
+    async with await MmapRaw.create(path, PAGE, prefill="zeros") as m:
+        took = await cancelled(lambda: m.resize(size))
+        assert took < whole / 2, (took, whole)
+        assert (len(m), path.stat().st_size) == (PAGE, PAGE)
+        await m.resize(2 * PAGE)  # (the map is usable)
+    if backend_name == "asyncio":  # a native cancellation too
+        path.unlink()
+        started = time.perf_counter()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(MmapRaw.create(path, size, prefill="zeros"), 0.01)
+        assert time.perf_counter() - started < whole / 2
+        assert list(tmp_path.iterdir()) == []
 
 
 def test_create_over_something_that_is_not_a_file_gives_advice_that_works(

@@ -45,13 +45,16 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Coroutine, Generator
+from functools import partial
 from typing import Any, Generic, NoReturn, TypeVar
 
 import anyio
+import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
 from ._core._forks import renew_in_child
+from ._core._stopping import StopRequested, run_stoppable
 
 # Trio names itself in sniffio's thread-local for as long as it runs a task; anything else
 # anymmap runs under is asyncio.
@@ -393,7 +396,10 @@ def thread_limiter() -> anyio.CapacityLimiter:
 
 
 async def run_sync(
-    func: Callable[..., T], *args: object, undo: Callable[[T], object] | None = None
+    func: Callable[..., T],
+    *args: object,
+    undo: Callable[[T], object] | None = None,
+    stoppable: bool = False,
 ) -> T:
     """Run ``func(*args)`` in a worker thread and wait for it, whatever happens.
 
@@ -415,6 +421,14 @@ async def run_sync(
     request): ``undo(result)`` then runs in a worker thread (it closes the map, removes a
     file the call created), and the cancellation is raised.
 
+    ``stoppable`` is for a call with stop points (see ``_core._stopping``): a cancellation
+    that arrives while it runs makes its next stop point raise, and the call undoes its
+    work and ends early (then the cancellation is raised, as for a failed call).  On trio
+    the wait is then not shielded: trio never abandons the thread either, and lets the
+    thread see the cancellation (``trio.from_thread.check_cancelled``); on asyncio the
+    wait looks outside its shield every :data:`_STOP_POLL` seconds for a cancelled anyio
+    scope (a native cancellation reaches it at once).
+
     On asyncio the caller waits for a future that only the worker thread resolves, so not
     even cancelling every task (as ``asyncio.run`` does on its way out) ends the wait
     early.  Worker threads come from anyio, limited per event loop by
@@ -423,14 +437,24 @@ async def run_sync(
     if undo is not None:  # (a constructor: nothing is made in a scope already cancelled)
         await anyio.lowlevel.checkpoint_if_cancelled()
     if backend_local.name == "trio":
-        with anyio.CancelScope(shield=True):
+        if stoppable:
+            checked = partial(run_stoppable, anyio.from_thread.check_cancelled, func)
             result = await anyio.to_thread.run_sync(
-                _Dropping(func, args), limiter=thread_limiter()
+                _Dropping(checked, args), limiter=thread_limiter()
             )
+        else:
+            with anyio.CancelScope(shield=True):
+                result = await anyio.to_thread.run_sync(
+                    _Dropping(func, args), limiter=thread_limiter()
+                )
         if undo is None:  # (else trio's scope raises at the next checkpoint by itself)
             await anyio.lowlevel.checkpoint_if_cancelled()
         return result
 
+    stop = None
+    if stoppable:
+        stop = _Stop()
+        func = partial(run_stoppable, stop.check, func)
     call = _WorkerCall(func, args, asyncio.get_running_loop())
     hop = asyncio.ensure_future(anyio.to_thread.run_sync(call.run, limiter=thread_limiter()))
     hop.add_done_callback(call.hop_done)
@@ -438,7 +462,24 @@ async def run_sync(
     # first, and a caller that resumed before anyio's task ended could let the loop close
     # with that task pending, leaving anyio's (non-daemon) worker thread waiting forever
     # for a stop that never comes, and the interpreter waiting for it at exit.
-    return await _wait_for(call.outcome, hop, undo=undo)
+    return await _wait_for(call.outcome, hop, undo=undo, stop=stop)
+
+
+#: How often a wait for a stoppable call looks for a cancelled anyio scope (asyncio).
+_STOP_POLL = 0.02
+
+
+class _Stop:
+    """The stop check of one stoppable worker call on asyncio (see ``_core._stopping``)."""
+
+    __slots__ = ("requested",)
+
+    def __init__(self) -> None:
+        self.requested = False  # (set by the event loop's thread, read by the worker)
+
+    def check(self) -> None:
+        if self.requested:
+            raise StopRequested
 
 
 class _Dropping(Generic[T]):
@@ -550,20 +591,32 @@ async def _wait_for(
     future: asyncio.Future[T],
     *also: asyncio.Future[Any],
     undo: Callable[[T], object] | None = None,
+    stop: _Stop | None = None,
 ) -> T:
     """Wait for ``future`` (and the futures in ``also``) through any number of
     cancellations, then deliver the first cancellation, or ``future``'s outcome (see
-    :func:`run_sync` for ``undo``).  The wait is shielded from anyio's scopes, so what it
-    catches are native cancellations."""
+    :func:`run_sync` for ``undo`` and ``stop``).  The wait is shielded from anyio's
+    scopes, so what it catches are native cancellations; with ``stop``, it also looks
+    outside the shield for a cancelled anyio scope every :data:`_STOP_POLL` seconds."""
     cancelled: BaseException | None = None
     pending = (future, *also)
-    with anyio.CancelScope(shield=True):
-        while not all(f.done() for f in pending):
+    while not all(f.done() for f in pending):
+        with anyio.CancelScope(shield=True):
             try:
-                await asyncio.wait(pending)  # unlike shield(), never touches the futures
-            except asyncio.CancelledError as exc:  # noqa: PERF203 - rare, and must loop
+                # (Unlike shield(), asyncio.wait never touches the futures.)
+                await asyncio.wait(
+                    pending, timeout=_STOP_POLL if stop and not stop.requested else None
+                )
+            except asyncio.CancelledError as exc:
                 if cancelled is None:
                     cancelled = exc
+        if stop is not None and not stop.requested:
+            if cancelled is None and not all(f.done() for f in pending):
+                try:
+                    await anyio.lowlevel.checkpoint_if_cancelled()
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+            stop.requested = cancelled is not None
     if cancelled is not None:
         error = None if future.cancelled() else future.exception()
         if undo is not None and not future.cancelled() and error is None:
@@ -571,7 +624,7 @@ async def _wait_for(
             # asks again while the undoing runs would replace it: it asks again by itself.)
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await run_sync(undo, future.result())
-        raise cancelled from error
+        raise cancelled from (None if isinstance(error, StopRequested) else error)
     result = future.result()
     if undo is None:  # (else a cancelled anyio scope raises at the next checkpoint)
         await anyio.lowlevel.checkpoint_if_cancelled()

@@ -296,13 +296,16 @@ class AsyncMap(MapHandle[CoreT]):
         start, n = core.check_span(offset, length)  # checked again once pinned
         await run_sync(core.advise, value, start, n)
 
-    async def _change_mapping(self, what: str, change: Callable[..., None], *args: object) -> None:
+    async def _change_mapping(
+        self, what: str, change: Callable[..., None], *args: object, stoppable: bool = False
+    ) -> None:
         """Run ``change(*args)``, which changes what is mapped where, in a worker thread
-        under the write lock (it waits for borrows and copies to end)."""
+        under the write lock (it waits for borrows and copies to end); ``stoppable``: see
+        ``run_sync``."""
         self._check_not_borrowing(what)
         async with self._lock.write():
             self._open_core()
-            await run_sync(change, *args)
+            await run_sync(change, *args, stoppable=stoppable)
 
     async def aclose(self) -> None:
         """Wait for borrows and copies to end, then unmap in a worker thread.
@@ -381,7 +384,8 @@ class ResizableAsyncMap(AsyncMap[CoreT]):
         """
         size = check_size(new_size)
         self._open_core().check_resizable()
-        await self._change_mapping("resize", self._core.resize, size)
+        # (Stoppable: a growth that writes zeros ends early, undone, if cancelled.)
+        await self._change_mapping("resize", self._core.resize, size, stoppable=True)
 
 
 class DirectAccessAsyncMap(AsyncMap[CoreT]):

@@ -57,7 +57,9 @@ class MmapOptions(OptionsBase):
         """Map ``file`` with these options (``len`` unset: the rest of the file), in a
         worker thread; see :meth:`anymmap.MmapRaw.map_raw`."""
         core = await run_sync(
-            self._raw_core(file, offset, mode, fault_safe, prefill), undo=FileCore.close
+            self._raw_core(file, offset, mode, fault_safe, prefill),
+            undo=FileCore.close,
+            stoppable=True,  # (a zero prefill ends early if cancelled)
         )
         return MmapRaw._create(core)
 

@@ -87,6 +87,7 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
                 prefill=prefill,
             ),
             undo=FileCore.close,
+            stoppable=True,  # (a zero prefill ends early if cancelled)
         )
         return cls._create(core)
 
@@ -132,6 +133,7 @@ class MmapRaw(FlushingAsyncMap[FileCore], ResizableAsyncMap[FileCore], FileMapIn
                 fault_safe=fault_safe,
             ),
             undo=undo_create,
+            stoppable=True,  # (a zero prefill ends early if cancelled)
         )
         return cls._create(core)
 
