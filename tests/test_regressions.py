@@ -4126,25 +4126,29 @@ def test_two_maps_of_one_file_in_a_child_forked_while_maps_are_made() -> None:
 
 
 def _cancel_when_done(
-    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, cancel: Any
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, cancel: Any, linger: float = 0.0
 ) -> None:
     """Make the worker call ``module.name`` cancel its caller (``cancel``, run on the event
     loop) right after its work is done, before its result reaches the caller: the moment
-    a cancellation can no longer stop it.  (A seam around anymmap's own function; the
-    system calls are real.)"""
+    a cancellation can no longer stop it; then wait ``linger`` seconds before it returns.
+    (A seam around anymmap's own function; the system calls are real.)"""
+    import time
+
     real = getattr(module, name)
 
     def done_then_cancel(*args: Any, **kwargs: Any) -> Any:
         result = real(*args, **kwargs)
         anyio.from_thread.run_sync(cancel)
+        time.sleep(linger)
         return result
 
     monkeypatch.setattr(module, name, done_then_cancel)
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("linger", [0.0, 0.1], ids=["returning", "lingering"])
 async def test_a_create_cancelled_after_its_work_returns_its_map(
-    shm_path: Path, monkeypatch: pytest.MonkeyPatch
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch, linger: float
 ) -> None:
     """Regression test (adversary round 19): a cancellation that arrived while
     ``MmapRegion.create(replace=True)`` ran in its worker was raised once the worker had
@@ -4152,7 +4156,12 @@ async def test_a_create_cancelled_after_its_work_returns_its_map(
     collector freed it, its FileCleanup.MANUAL finalizer deleted the path (50 of 50
     runs lost the file, on asyncio and trio).  ``MmapRaw.create`` left its file and an
     unclosed map the same way.  Under a cancelled scope, a constructor whose work is done
-    now returns its map, and the scope raises at the next ``await``."""
+    now returns its map, and the scope raises at the next ``await``.  "lingering": the
+    worker returns 0.1 s after the cancellation, while the wait of a call that can stop
+    early looks for a cancelled scope every 20 ms (adversary round 67: on asyncio, a
+    scope found cancelled so was taken for a native cancellation, and the finished
+    ``MmapRaw.create`` was undone).
+    """
     import gc
 
     import anyio.lowlevel
@@ -4165,13 +4174,17 @@ async def test_a_create_cancelled_after_its_work_returns_its_map(
     got: list[Any] = []
     # (One scope each: in a scope cancelled already, a constructor makes nothing.)
     with anyio.CancelScope() as scope:
-        _cancel_when_done(monkeypatch, anymmap._async._region, "create_region", scope.cancel)
+        _cancel_when_done(
+            monkeypatch, anymmap._async._region, "create_region", scope.cancel, linger
+        )
         got.append(await anymmap.MmapRegion.create(path, 1 << 20, replace=True))
         await anyio.lowlevel.checkpoint()  # the cancellation is delivered here
         pytest.fail("not cancelled")
     assert scope.cancelled_caught
     with anyio.CancelScope() as scope:
-        _cancel_when_done(monkeypatch, anymmap._async._raw, "create_file_map", scope.cancel)
+        _cancel_when_done(
+            monkeypatch, anymmap._async._raw, "create_file_map", scope.cancel, linger
+        )
         got.append(await anymmap.MmapRaw.create(shm_path / "raw", 1 << 20))
         await anyio.lowlevel.checkpoint()
         pytest.fail("not cancelled")

@@ -46,6 +46,7 @@ import threading
 import types
 from collections.abc import Callable, Coroutine, Generator
 from functools import partial
+from math import inf
 from typing import Any, Generic, NoReturn, TypeVar
 
 import anyio
@@ -427,7 +428,8 @@ async def run_sync(
     the wait is then not shielded: trio never abandons the thread either, and lets the
     thread see the cancellation (``trio.from_thread.check_cancelled``); on asyncio the
     wait looks outside its shield every :data:`_STOP_POLL` seconds for a cancelled anyio
-    scope (a native cancellation reaches it at once).
+    scope (a native cancellation reaches it at once).  A call that finishes before a
+    stop point sees the cancellation returns or is undone as above.
 
     On asyncio the caller waits for a future that only the worker thread resolves, so not
     even cancelling every task (as ``asyncio.run`` does on its way out) ends the wait
@@ -611,14 +613,15 @@ async def _wait_for(
                 if cancelled is None:
                     cancelled = exc
         if stop is not None and not stop.requested:
-            if cancelled is None and not all(f.done() for f in pending):
-                try:
-                    await anyio.lowlevel.checkpoint_if_cancelled()
-                except asyncio.CancelledError as exc:
-                    cancelled = exc
-            stop.requested = cancelled is not None
+            # Outside the shield: -inf when a scope around the caller was cancelled.
+            # (Looked at, not delivered: a call that finishes all the same returns its
+            # result, and the scope raises at the next checkpoint, as without a stop.)
+            stop.requested = cancelled is not None or anyio.current_effective_deadline() == -inf
+    error = None if future.cancelled() else future.exception()
+    if cancelled is None and isinstance(error, StopRequested):  # stopped for a scope
+        await anyio.lowlevel.checkpoint_if_cancelled()  # (raises: a scope stays cancelled)
+        raise AssertionError("a stop point raised for a cancel scope that was not cancelled")
     if cancelled is not None:
-        error = None if future.cancelled() else future.exception()
         if undo is not None and not future.cancelled() and error is None:
             # The cancellation is what the caller must see.  (A cancel scope of anyio that
             # asks again while the undoing runs would replace it: it asks again by itself.)
