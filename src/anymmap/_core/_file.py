@@ -90,7 +90,9 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill, *, own: bool)
     the file is still exactly as long as this call made it: the maps of anymmap that
     grow one file take turns, but another process may append to it meanwhile, and its
     bytes are never cut (adversary round 25: records a process appended and synced
-    during a failed growth were cut away with it).  A failed allocation that left the
+    during a failed growth were cut away with it), but for one that lands between
+    the check of the size and the cut (a process that is not anymmap takes no turn:
+    README, "Resize").  A failed allocation that left the
     file longer is left so (its blocks read as zeros).
 
     ``own``: ``fd`` is anymmap's own open file description, not a duplicate of the
@@ -169,9 +171,15 @@ def _exists(path: object, absolute: str) -> FileExistsError:
     ``exist_ok=True``, which then failed as well)."""
     try:
         kind = kind_at(absolute, follow=True)
+        if kind is None and kind_at(absolute, follow=False) == "symbolic link":
+            return FileExistsError(
+                errno.EEXIST,
+                f"{name_of(path)} exists and is a symbolic link to a missing file: a new "
+                "file is never created through a link (exist_ok=True would not help)",
+            )
     except OSError:  # (a directory on the way that cannot be searched, say)
         kind = None
-    if kind in (None, "regular file"):  # (None: a dangling link, or gone meanwhile)
+    if kind in (None, "regular file"):  # (None: gone meanwhile)
         return FileExistsError(
             errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"
         )
