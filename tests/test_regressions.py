@@ -4201,6 +4201,48 @@ async def test_a_create_cancelled_after_its_work_returns_its_map(
     assert not path.exists()
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS, indirect=True)
+async def test_a_zero_fill_stopped_for_a_scope_shielded_since_is_done_after_all(
+    shm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression test (adversary round 68, 3 of 3 runs on asyncio and uvloop): a zero
+    prefill stopped because a scope around the caller was cancelled, and a scope between
+    them was shielded before the stop was seen (anyio lets a live scope's shield be
+    switched on): nothing cancelled the caller any more, and an internal AssertionError
+    reached it.  The call is done again, to the end, and returns its map.  (A seam
+    around the first stop point orders the steps; the system calls are real.)"""
+    import time
+
+    import anymmap._core._file
+    from anymmap._core import _stopping
+
+    scopes: dict[str, anyio.CancelScope] = {}
+    real = _stopping.stop_point
+    first = [True]
+
+    def stop_point() -> None:
+        if first[0]:
+            first[0] = False
+            anyio.from_thread.run_sync(scopes["outer"].cancel)
+            stop = _stopping._local.check.__self__  # (the wait's _Stop)
+            deadline = time.monotonic() + 10
+            while not stop.requested and time.monotonic() < deadline:
+                time.sleep(0.001)  # until the wait has seen the cancelled scope
+            assert stop.requested
+            anyio.from_thread.run_sync(setattr, scopes["middle"], "shield", True)
+        real()
+
+    monkeypatch.setattr(anymmap._core._file, "stop_point", stop_point)
+    path = shm_path / "f"
+    with anyio.CancelScope() as scopes["outer"], anyio.CancelScope() as scopes["middle"]:
+        m = await anymmap.MmapRaw.create(path, 64 << 20, prefill="zeros")
+    assert not first[0]  # (the seam ran)
+    assert scopes["outer"].cancel_called
+    assert (len(m), path.stat().st_size) == (64 << 20, 64 << 20)
+    await m.aclose()
+
+
 def _slow_after_work(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> None:
     """Make the worker call ``module.name`` take 0.2 s more once its work is done (a
     seam around anymmap's own function), so that a short timeout expires meanwhile."""

@@ -453,9 +453,24 @@ async def run_sync(
             await anyio.lowlevel.checkpoint_if_cancelled()
         return result
 
-    stop = None
-    if stoppable:
-        stop = _Stop()
+    if not stoppable:
+        return await _run_on_asyncio(func, args, undo, None)
+    try:
+        return await _run_on_asyncio(func, args, undo, _Stop())
+    except _StoppedInVain:
+        # The scope that stopped it was shielded off since (anyio lets a live scope's
+        # shield be switched on), so nothing cancels the caller: do it again, to the end
+        # (adversary round 68: an AssertionError reached the caller).
+        return await _run_on_asyncio(func, args, undo, None)
+
+
+async def _run_on_asyncio(
+    func: Callable[..., T],
+    args: tuple[object, ...],
+    undo: Callable[[T], object] | None,
+    stop: _Stop | None,
+) -> T:
+    if stop is not None:
         func = partial(run_stoppable, stop.check, func)
     call = _WorkerCall(func, args, asyncio.get_running_loop())
     hop = asyncio.ensure_future(anyio.to_thread.run_sync(call.run, limiter=thread_limiter()))
@@ -465,6 +480,10 @@ async def run_sync(
     # with that task pending, leaving anyio's (non-daemon) worker thread waiting forever
     # for a stop that never comes, and the interpreter waiting for it at exit.
     return await _wait_for(call.outcome, hop, undo=undo, stop=stop)
+
+
+class _StoppedInVain(Exception):
+    """A stoppable call stopped for a cancel scope that no longer reaches its caller."""
 
 
 #: How often a wait for a stoppable call looks for a cancelled anyio scope (asyncio).
@@ -619,8 +638,10 @@ async def _wait_for(
             stop.requested = cancelled is not None or anyio.current_effective_deadline() == -inf
     error = None if future.cancelled() else future.exception()
     if cancelled is None and isinstance(error, StopRequested):  # stopped for a scope
-        await anyio.lowlevel.checkpoint_if_cancelled()  # (raises: a scope stays cancelled)
-        raise AssertionError("a stop point raised for a cancel scope that was not cancelled")
+        # A scope stays cancelled, so this raises, unless a scope between it and the
+        # caller has been shielded since.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        raise _StoppedInVain from error
     if cancelled is not None:
         if undo is not None and not future.cancelled() and error is None:
             # The cancellation is what the caller must see.  (A cancel scope of anyio that
