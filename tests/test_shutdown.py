@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from tests._child import check_child
+from tests._child import RUNNERS, check_child
 
 SCENARIOS = {
     # asyncio.run() cancels every remaining task when main() fails.
@@ -150,3 +150,39 @@ def test_a_map_used_at_exit_keeps_its_file() -> None:
     ran later and opened a file got that number: the map's ``read`` returned the other
     file's bytes and its ``resize`` grew the other file.  The OS closes it at exit now."""
     check_child(_USED_IN_AN_EARLIER_ATEXIT_HANDLER, timeout=60)
+
+
+_LOOP_ENDS_MID_ZERO_FILL = """
+    import os, sys, time, anyio, anymmap, anymmap.sync
+    from tests._child import run_loop, spawn_detached
+
+    runner, d = sys.argv[1], os.environ["TMPDIR"]
+    size = 256 << 20
+    started = time.perf_counter()  # the control: the whole fill
+    anymmap.sync.MmapRaw.create(os.path.join(d, "control"), size, prefill="zeros").close()
+    whole = time.perf_counter() - started
+    os.unlink(os.path.join(d, "control"))
+    path = os.path.join(d, "f")
+
+    async def main():
+        global started
+        started = time.perf_counter()  # (not counting the loop's start: trio's is slow)
+        spawn_detached(runner, anymmap.MmapRaw.create(path, size, prefill="zeros"))
+        await anyio.sleep(0.01)  # and the loop ends, the create still filling
+
+    run_loop(runner, main)
+    took = time.perf_counter() - started
+    assert os.listdir(d) == [], os.listdir(d)  # undone
+    assert took < whole / 2, (took, whole)  # stopped, not waited for
+    print("ok", flush=True)
+"""
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_the_loop_ending_mid_zero_fill_stops_it_and_leaves_no_file(runner: str) -> None:
+    """Adversary round 68 left this unchecked: the event loop ending (``asyncio.run``
+    cancelling every task, trio cancelling its system tasks) while a detached task's
+    ``create`` writes its zeros.  The fill stops at its next step (well before the whole
+    fill, the control measured in the same child), the create is undone, and the
+    interpreter exits."""
+    check_child(_LOOP_ENDS_MID_ZERO_FILL, runner, timeout=60)
