@@ -1865,7 +1865,8 @@ def test_create_over_something_that_is_not_a_file_gives_advice_that_works(
 ) -> None:
     """Regression test (adversary round 66): ``create`` over a directory, socket or
     device said "pass exist_ok=True to map it anyway", and with it the create failed
-    all the same.  The message says what is there, and that exist_ok would not help."""
+    all the same (round 68: a file in /proc too).  The message says what is there, and
+    that exist_ok would not help."""
     (tmp_path / "dir").mkdir()
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(tmp_path / "sock"))
@@ -1874,9 +1875,10 @@ def test_create_over_something_that_is_not_a_file_gives_advice_that_works(
             (tmp_path / "dir", "directory"),
             (tmp_path / "sock", "socket"),
             ("/dev/null", "character device"),
+            ("/proc/self/status", "file in /proc, which cannot be mapped"),
         ]
         for path, kind in cases:
-            with pytest.raises(FileExistsError, match=f"is a {kind}: .*would not help"):
+            with pytest.raises(FileExistsError, match=f"is a {kind}.*would not help"):
                 anymmap.sync.MmapRaw.create(path, PAGE)
             with pytest.raises(OSError) as info:  # (the advice would not have helped)
                 anymmap.sync.MmapRaw.create(path, PAGE, exist_ok=True)

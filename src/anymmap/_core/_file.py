@@ -177,8 +177,15 @@ def _exists(path: object, absolute: str) -> FileExistsError:
                 f"{name_of(path)} exists and is a symbolic link to a missing file: a new "
                 "file is never created through a link (exist_ok=True would not help)",
             )
+        where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(absolute))
     except OSError:  # (a directory on the way that cannot be searched, say)
-        kind = None
+        kind = where = None
+    if kind == "regular file" and where is not None:  # (a file in /proc, say)
+        return FileExistsError(
+            errno.EEXIST,
+            f"{name_of(path)} exists and is a file in {where}, which cannot be mapped "
+            "(exist_ok=True would not help)",
+        )
     if kind in (None, "regular file"):  # (None: gone meanwhile)
         return FileExistsError(
             errno.EEXIST, f"{name_of(path)} exists; pass exist_ok=True to map it anyway"

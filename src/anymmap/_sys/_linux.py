@@ -58,6 +58,7 @@ _memmove = _fn("memmove", _void_p, _void_p, _void_p, _size_t)
 _memset = _fn("memset", _void_p, _void_p, _int, _size_t)
 _pread = _fn("pread", ctypes.c_ssize_t, _int, _void_p, _size_t, ctypes.c_int64)
 _fstatfs = _fn("fstatfs", _int, _int, _void_p)
+_statfs = _fn("statfs", _int, ctypes.c_char_p, _void_p)
 _sync_file_range = _fn(
     "sync_file_range", _int, _int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
 )
@@ -632,12 +633,17 @@ def file_size(fd: int) -> int:
     return info.st_size
 
 
-def file_system(fd: int) -> str:
-    """The name of the file system of ``fd`` if anymmap treats it specially ("tmpfs",
-    "proc", ...), else "other"."""
+def file_system(where: int | PathArg) -> str:
+    """The name of the file system of the descriptor or path ``where`` if anymmap treats
+    it specially ("tmpfs", "proc", ...), else "other"."""
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86-64
-    # SAFETY: fstatfs writes one struct statfs, which fits in buf; f_type comes first.
-    if _fstatfs(fd, ctypes.addressof(buf)) != 0:
+    # SAFETY: (f)statfs writes one struct statfs, which fits in buf; f_type comes first;
+    # the path is a NUL-terminated bytes object that outlives the call.
+    if isinstance(where, int):
+        failed = _fstatfs(where, ctypes.addressof(buf))
+    else:
+        failed = _statfs(os.fsencode(where), ctypes.addressof(buf))
+    if failed:
         return "other"
     f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
     return _FILE_SYSTEMS.get(f_type, "other")
