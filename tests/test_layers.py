@@ -14,6 +14,7 @@ PACKAGE = Path(anymmap.__file__).parent
 #: Each module's layer; a module may import from its own layer and those below.
 LAYERS = {
     "_errors": 0,
+    "_stopping": 0,
     "_sys": 1,
     "_core": 2,
     "_advice": 2,

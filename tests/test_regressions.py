@@ -15,11 +15,14 @@ import math
 import mmap
 import os
 import shutil
+import signal
 import struct
+import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -4215,7 +4218,7 @@ async def test_a_zero_fill_stopped_for_a_scope_shielded_since_is_done_after_all(
     import time
 
     import anymmap._core._file
-    from anymmap._core import _stopping
+    from anymmap import _stopping
 
     scopes: dict[str, anyio.CancelScope] = {}
     real = _stopping.stop_point
@@ -5637,3 +5640,87 @@ def test_a_committer_that_dies_fails_its_requests_and_gives_its_place_up(how: st
     the exception for each request fails too, the requests still get it (round 60: they
     were never woken)."""
     check_child(_A_COMMITTER_THAT_DIES, how, timeout=30)
+
+
+_GROWS_UNTIL_STOPPED = """
+import sys, anymmap.sync as S
+m = S.MmapRaw.map_raw(sys.argv[1], prefill="zeros")
+print("growing", flush=True)
+m.resize(8 << 30)  # (stopped long before it is done)
+"""
+
+
+def _stopped_mid_growth(path: Path) -> subprocess.Popen[str]:
+    """A process that grows the file ``path`` (a map of anymmap's, zeros written), stopped
+    (``SIGSTOP``) as the file has begun to grow: it holds the file's growth turn."""
+    size = path.stat().st_size
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _GROWS_UNTIL_STOPPED, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "growing\n"
+        deadline = time.monotonic() + 30
+        while path.stat().st_size == size and time.monotonic() < deadline:
+            time.sleep(0.001)
+        os.kill(holder.pid, signal.SIGSTOP)
+        while time.monotonic() < deadline:
+            with open(f"/proc/{holder.pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "T":  # (stopped)
+                    return holder
+            time.sleep(0.001)
+        raise AssertionError("the growing process did not stop")
+    except BaseException:
+        _end(holder)
+        raise
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    process.kill()
+    process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_call_waiting_for_another_growth_of_its_file_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression test (adversary round 69, every run on asyncio and trio): a call that
+    waits for its turn to change or read the size of a file another process is growing
+    (``map_raw``, ``open_or_create`` of the file, ``resize``) waited out the turn's whole
+    patience (30 s with the holder stopped) under a 50 ms deadline.  The wait is a stop
+    point now: each call ends well before the patience runs out (the control: the same
+    wait, not cancelled, in this test; the patience shortened to 2 s), and has done
+    nothing."""
+    import anymmap._sys._linux
+
+    monkeypatch.setattr(anymmap._sys._linux, "_GROWTH_LOCK_PATIENCE", 2.0)
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * PAGE)
+    async with await anymmap.MmapRaw.map_raw(path) as resized:
+        holder = _stopped_mid_growth(path)
+        try:
+            size = path.stat().st_size
+            started = time.perf_counter()
+            await (await anymmap.MmapRaw.map_raw(path, mode="r")).aclose()  # after the patience
+            control = time.perf_counter() - started
+
+            calls: list[Callable[[], Any]] = [
+                lambda: anymmap.MmapRaw.map_raw(path),
+                lambda: anymmap.MmapRaw.open_or_create(path, size + (64 << 20)),
+                lambda: resized.resize(2 * PAGE),
+            ]
+            for call in calls:
+                started = time.perf_counter()
+                got = None
+                with anyio.move_on_after(0.05) as scope:
+                    got = await call()
+                took = time.perf_counter() - started
+                if got is not None:  # (the code before: done after the patience)
+                    await got.aclose()
+                assert scope.cancelled_caught
+                assert took < control / 4, (took, control)
+            assert (len(resized), path.stat().st_size) == (PAGE, size)
+        finally:
+            _end(holder)

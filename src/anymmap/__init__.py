@@ -16,7 +16,7 @@ checks)::
           |                    their copiers, lifetimes and borrows, one class per map type
     _sys/                      every system call, one module per OS behind one interface
           |
-    _errors                    every exception
+    _errors, _stopping         every exception; the stop points of long worker calls
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ._core._forks import renew_in_child
-from ._core._stopping import StopRequested, run_stoppable
+from ._stopping import StopRequested, run_stoppable
 
 # Trio names itself in sniffio's thread-local for as long as it runs a task; anything else
 # anymmap runs under is asyncio.
@@ -422,7 +422,7 @@ async def run_sync(
     request): ``undo(result)`` then runs in a worker thread (it closes the map, removes a
     file the call created), and the cancellation is raised.
 
-    ``stoppable`` is for a call with stop points (see ``_core._stopping``): a cancellation
+    ``stoppable`` is for a call with stop points (see ``_stopping``): a cancellation
     that arrives while it runs makes its next stop point raise, and the call undoes its
     work and ends early (then the cancellation is raised, as for a failed call).  On trio
     the wait is then not shielded: trio never abandons the thread either, and lets the
@@ -491,7 +491,7 @@ _STOP_POLL = 0.02
 
 
 class _Stop:
-    """The stop check of one stoppable worker call on asyncio (see ``_core._stopping``)."""
+    """The stop check of one stoppable worker call on asyncio (see ``_stopping``)."""
 
     __slots__ = ("requested",)
 

@@ -26,6 +26,7 @@ from .._errors import (
     UnsupportedError,
     WriteBackError,
 )
+from .._stopping import stop_point
 from .._sys import collector_off, os_impl, signals_held
 from ._checks import as_int, check_file_end, check_size
 from ._commit import CommitRequest, DirtyRanges, GroupCommit, Scheduler
@@ -47,7 +48,6 @@ from ._forks import renew_in_child
 from ._lifetime import Memory
 from ._map import MapCore
 from ._placement import map_placed, remap_placed
-from ._stopping import stop_point
 from ._threadlock import HEAL_EVERY, STOPPED_AT_EXIT, new_condition, wait_unless_exiting
 
 #: How a file's new blocks are made: allocated (``posix_fallocate``: instant, the blocks

@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Callable
 from typing import NoReturn
 
+from .._stopping import stop_point
 from ._interface import PathArg
 from ._signals import signals_held
 
@@ -1227,6 +1228,9 @@ def _lock_growth(fd: int, kind: int) -> bool:
         # Polled, not waited for: a holder stopped at exit must not hang the call.
         if sys.is_finalizing() or time.monotonic() > deadline:
             return False
+        # A cancelled async caller ends the wait (adversary round 69: a deadline of 50 ms
+        # waited the whole patience for a holder stopped mid-growth).
+        stop_point()
         time.sleep(0.001)
 
 

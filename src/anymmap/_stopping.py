@@ -7,8 +7,9 @@ which for most work is a matter of milliseconds.  Writing gigabytes of zeros
 stalled a deadline or a Ctrl-C by as long (adversary round 66: 6 s for a 2 GiB
 ``create``).  So the async layer runs such a call with a *stop check* set for the worker
 thread (a thread-local, set only around the call), and the work calls :func:`stop_point`
-between steps: it raises if the caller was cancelled meanwhile, and the work undoes
-what it did, as for any error.  On asyncio the check raises :class:`StopRequested`, which
+between steps (and while it waits for another map's turn to change the file's size,
+which may take as long): it raises if the caller was cancelled meanwhile, and the work
+undoes what it did, as for any error.  On asyncio the check raises :class:`StopRequested`, which
 the caller replaces with its cancellation; on trio it is
 ``trio.from_thread.check_cancelled``, which raises trio's ``Cancelled`` itself.  The
 blocking twins set no check (a Ctrl-C interrupts their own thread).
