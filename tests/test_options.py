@@ -186,7 +186,8 @@ async def test_a_strict_map_that_cannot_grow_in_place_says_so(kind: str, tmp_pat
     (a neighbour mapping right after it) failed ``resize`` with the kernel's
     ``OSError(ENOMEM)`` "Cannot allocate memory", which sent users looking for a
     memory shortage.  It raises ``HintNotHonoredError`` (an ``OSError``, ``EEXIST``)
-    naming the address it could not grow into, and the map stays as it was."""
+    naming the address it could not grow into, and the map stays as it was (round 69:
+    and so does its file, which kept its new blocks)."""
     path = tmp_path / "f"
     path.write_bytes(b"fixed".ljust(PAGE, b"."))
 
@@ -209,6 +210,7 @@ async def test_a_strict_map_that_cannot_grow_in_place_says_so(kind: str, tmp_pat
             assert info.value.errno == errno.EEXIST
             assert info.value.hint == addr + PAGE
             assert (m.as_ptr(), len(m)) == (addr, PAGE)
+            assert path.stat().st_size == PAGE  # the growth undone too (round 69)
             assert await m.read(0, 5) == b"fixed"
             await m.resize(PAGE // 2)  # (shrinking, and growing back within its pages)
             await m.resize(PAGE)

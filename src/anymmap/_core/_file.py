@@ -75,7 +75,15 @@ def check_prefill(prefill: object) -> None:
 _ZERO_STEP = 16 << 20
 
 
-def fill_file(fd: int, offset: int, length: int, prefill: Prefill, *, own: bool) -> None:
+def fill_file(
+    fd: int,
+    offset: int,
+    length: int,
+    prefill: Prefill,
+    *,
+    own: bool,
+    grew: list[int] | None = None,
+) -> None:
     """Give ``[offset, offset + length)`` of the file real blocks (growing it if needed);
     a full disk fails here (``ENOSPC``), not later as SIGBUS.
 
@@ -96,11 +104,17 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill, *, own: bool)
     file longer is left so (its blocks read as zeros).
 
     ``own``: ``fd`` is anymmap's own open file description, not a duplicate of the
-    caller's (see ``changing_size``).
+    caller's (see ``changing_size``).  ``grew``: if this call grew the file (and no one
+    else did meanwhile), the sizes before and after are appended to it, for a caller
+    that undoes the growth if what follows fails (see :func:`uncut_file`).
     """
     with os_impl.changing_size(fd, own=own) as append:
         before = os_impl.file_size(fd)
-        made = [before]  # (the size this call made, as far as it knows; -1: not only it)
+        # The size this call made, as far as it knows (-1: not only it), and the size a
+        # call in flight leaves if whole (-1: none), set before the call: a signal
+        # handled as it returns raises before its size is recorded (adversary round
+        # 69: a Ctrl-C left 4 GiB grown, then never cut).
+        made = [before, -1]
         try:
             end = offset + length
             if prefill == "zeros" and end > before:
@@ -114,12 +128,17 @@ def fill_file(fd: int, offset: int, length: int, prefill: Prefill, *, own: bool)
                     os_impl.append_zeros(through, step, made)
                     stop_point()
                 os_impl.append_zeros(through, end, made)
+            if made[0] >= 0:
+                made[1] = max(made[0], end)
             os_impl.allocate(fd, offset, length)  # (grows the file if appending could not)
-            if made[0] >= 0:  # (from here, a Ctrl-C undoes what the allocation grew)
-                made[0] = max(made[0], offset + length)
+            if made[0] >= 0:
+                made[0] = made[1]
+                if grew is not None and made[0] > before:
+                    grew += (before, made[0])
         except BaseException:
             with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
-                if made[0] > before and os_impl.file_size(fd) == made[0]:
+                size = os_impl.file_size(fd)
+                if made[0] >= 0 and size > before and size in made:
                     os_impl.truncate(fd, before)
             raise
 
@@ -158,9 +177,10 @@ def cut_file(
 
 
 def uncut_file(fd: int, end: int, size: int, *, own: bool) -> None:
-    """Undo :func:`cut_file` (the cut bytes read as zeros), unless the file has changed
-    size since (another map grew it)."""
-    with os_impl.changing_size(fd, undoing=True, own=own):
+    """Put the file back to ``size`` bytes if it is still ``end`` bytes long: undo
+    :func:`cut_file` (the cut bytes read as zeros), or a growth whose map could not
+    follow; not if the file has changed size since (another map grew it)."""
+    with os_impl.changing_size(fd, undoing=True, own=own), signals_held():
         if os_impl.file_size(fd) == end:
             os_impl.truncate(fd, size)
 
@@ -828,10 +848,12 @@ class FileCore(FileBackedCore):
         ``cut_if_alone``); a window in the middle of a file never cuts it, nor
         does a map of a block device, and then what was written past the new end is
         flushed (durable) first, since this map can no longer flush it afterwards.  If
-        the file cannot be grown or cut, the map and the file stay as they were (if the
-        remap fails for want of address space after the file grew, the file keeps its new
-        zeros).  Maps of one file that grow it at the same time take turns, and never
-        overwrite or cut what the other grew and wrote.  The new size is durable once a
+        the file cannot be grown or cut, or the map cannot follow (for want of address
+        space), the map and the file stay as they were: the growth's turn (see
+        ``changing_size``) is held until the map has followed, so a growth is undone with
+        no other map's growth or mapping of the file in between.  Maps of one file that
+        grow it at the same time take turns, and never overwrite or cut what the other
+        grew and wrote.  The new size is durable once a
         later ``flush`` returns (``msync(MS_SYNC)`` syncs what is needed to read the data
         back, size included).
         """
@@ -881,13 +903,27 @@ class FileCore(FileBackedCore):
                     if self.file_offset + length > old_size:
                         raise OutOfBoundsError(self.file_offset, length, old_size, "device")
                 elif length > old_length:
-                    fill_file(
-                        self.fd,
-                        self.file_offset + old_length,
-                        length - old_length,
-                        self.prefill,
-                        own=own,
-                    )
+                    # The turn is held until the map has followed, so that a growth whose
+                    # map cannot follow is undone with no other map's growth or mapping
+                    # of the file in between (a Ctrl-C handled as the growth returned
+                    # left the file grown under the old map; adversary round 69).
+                    with os_impl.changing_size(self.fd, own=own):
+                        grew: list[int] = []
+                        try:
+                            fill_file(
+                                self.fd,
+                                self.file_offset + old_length,
+                                length - old_length,
+                                self.prefill,
+                                own=own,
+                                grew=grew,
+                            )
+                            remap()
+                        except BaseException:
+                            with signals_held():  # (a second Ctrl-C must not stop it)
+                                if grew and not installed:  # (the turn is ours: no wait)
+                                    uncut_file(self.fd, grew[1], grew[0], own=own)
+                            raise
                 elif length < old_length:
                     # (Another map of the file in this process, or one being made, keeps
                     # it whole: a borrow of it past the new end would die of SIGBUS.)
@@ -913,9 +949,8 @@ class FileCore(FileBackedCore):
             except BaseException:
                 if installed:  # a signal that arrived during the change: it is made
                     raise
-                # A failed growth undid itself (fill_file).  One that worked stays when the
-                # remap fails: cutting it back could cut another map's growth since.  A cut
-                # is undone: the remap that followed it failed.
+                # A growth was undone above.  A cut is undone: the remap that followed it
+                # failed.
                 if cut:
                     uncut_file(self.fd, self.file_offset + length, cut[0], own=own)
                 raise

@@ -1183,13 +1183,17 @@ def append_zeros(fd: int, end: int, made: list[int]) -> None:
     zeros longer than ``end``).  ``made[0]`` is the size the file had before; it is
     kept as the size this call left after each of its writes, and set to -1 once the
     file is found longer than that (another writer's bytes: cutting back is then not
-    this call's to do).
+    this call's to do).  ``made[1]`` is the size a write in flight leaves if whole, set
+    before it (a signal handled as the write returns, before ``made[0]`` is, raised with
+    the file longer than ``made[0]``: adversary round 69), and -1 after.
     """
     appends = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
     while (size := os.fstat(fd).st_size) < end:
         if size != made[0]:
             made[0] = -1
         zeros = memoryview(_ZEROS)[: min(len(_ZEROS), end - size)]
+        if made[0] >= 0:
+            made[1] = size + len(zeros)
         try:
             # (Positioned calls, which never move the descriptor's offset: it may be a
             # dup of the caller's.  Linux's pwrite on an O_APPEND descriptor appends.)
@@ -1202,6 +1206,7 @@ def append_zeros(fd: int, end: int, made: list[int]) -> None:
             raise _sealed(exc, fd, _GROW_SEALS, "it cannot grow") from None
         if made[0] >= 0:
             made[0] = size + written
+        made[1] = -1
 
 
 #: pwritev2's flag to append (Linux 4.16; the number where Python's build lacks it).
