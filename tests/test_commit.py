@@ -1885,6 +1885,12 @@ def test_create_over_something_that_is_not_a_file_gives_advice_that_works(
             assert not isinstance(info.value, FileExistsError)
     finally:
         server.close()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # (round 69)
+    with pytest.raises(FileExistsError, match=r"a loop of links.*would not help"):
+        anymmap.sync.MmapRaw.create(tmp_path / "loop", PAGE)
+    with pytest.raises(OSError) as info:
+        anymmap.sync.MmapRaw.create(tmp_path / "loop", PAGE, exist_ok=True)
+    assert info.value.errno == errno.ELOOP
     (tmp_path / "file").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="pass exist_ok=True"):
         anymmap.sync.MmapRaw.create(tmp_path / "file", PAGE)

@@ -198,7 +198,14 @@ def _exists(path: object, absolute: str) -> FileExistsError:
                 "file is never created through a link (exist_ok=True would not help)",
             )
         where = os_impl.UNMAPPABLE_FILE_SYSTEMS.get(os_impl.file_system(absolute))
-    except OSError:  # (a directory on the way that cannot be searched, say)
+    except OSError as exc:  # (a directory on the way that cannot be searched, say)
+        if exc.errno == errno.ELOOP:  # (adversary round 69: a link to itself)
+            return FileExistsError(
+                errno.EEXIST,
+                f"{name_of(path)} exists and is a symbolic link that never reaches a file "
+                "(a loop of links): a new file is never created through a link "
+                "(exist_ok=True would not help)",
+            )
         kind = where = None
     if kind == "regular file" and where is not None:  # (a file in /proc, say)
         return FileExistsError(
