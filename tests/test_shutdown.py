@@ -157,7 +157,7 @@ _LOOP_ENDS_MID_ZERO_FILL = """
     from tests._child import run_loop, spawn_detached
 
     runner, d = sys.argv[1], os.environ["TMPDIR"]
-    size = 256 << 20
+    size = 1 << 30  # (big enough that the whole fill takes long beside a busy machine)
     started = time.perf_counter()  # the control: the whole fill
     anymmap.sync.MmapRaw.create(os.path.join(d, "control"), size, prefill="zeros").close()
     whole = time.perf_counter() - started
