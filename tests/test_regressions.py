@@ -5724,3 +5724,40 @@ async def test_a_cancelled_call_waiting_for_another_growth_of_its_file_ends(
             assert (len(resized), path.stat().st_size) == (PAGE, size)
         finally:
             _end(holder)
+
+
+def test_an_undoing_waits_for_its_turn_even_in_a_stopped_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression test (found in review of round 69's fix): with the wait for a turn a
+    stop point, the undoing of a cut (a shrink whose remap failed) in a call whose
+    async caller was cancelled stopped at its own wait when another process held the
+    turn, and the file stayed cut under a map that reaches past it.  An undoing's wait
+    is no stop point: it waits (here the patience, shortened) and undoes; a growth's
+    wait in the same stopped call does stop."""
+    from functools import partial
+
+    import anymmap._sys._linux
+    from anymmap._core._file import fill_file, uncut_file
+    from anymmap._stopping import StopRequested, run_stoppable
+
+    def stopped() -> None:
+        raise StopRequested
+
+    monkeypatch.setattr(anymmap._sys._linux, "_GROWTH_LOCK_PATIENCE", 0.5)
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * PAGE)
+    holder = _stopped_mid_growth(path)
+    try:
+        size = path.stat().st_size
+        fd = os.open(path, os.O_RDWR)
+        try:
+            with pytest.raises(StopRequested):
+                run_stoppable(stopped, partial(fill_file, fd, size, PAGE, "allocate", own=False))
+            assert path.stat().st_size == size
+            run_stoppable(stopped, partial(uncut_file, fd, size, size + PAGE, own=False))
+        finally:
+            os.close(fd)
+        assert path.stat().st_size == size + PAGE
+    finally:
+        _end(holder)

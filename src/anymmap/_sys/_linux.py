@@ -1016,7 +1016,7 @@ class _Turn:
                 counts[self._file] = inside + 1
                 _turns_in_flight[id(self)] = self
             if not inside:
-                self._locked = _lock_growth(lock_fd, self._kind)
+                self._locked = _lock_growth(lock_fd, self._kind, stoppable=not self._undoing)
             return lock_fd  # (inside the try: a signal handled as it returns is undone)
         except BaseException:
             self._let_go()
@@ -1213,10 +1213,11 @@ def append_zeros(fd: int, end: int, made: list[int]) -> None:
 _RWF_APPEND: int = getattr(os, "RWF_APPEND", 0x10)
 
 
-def _lock_growth(fd: int, kind: int) -> bool:
+def _lock_growth(fd: int, kind: int, *, stoppable: bool) -> bool:
     """Take the growth lock of ``fd``'s file (``kind``: ``F_WRLCK`` to change the size,
     ``F_RDLCK`` to read it) if it comes within :data:`_GROWTH_LOCK_PATIENCE` (see
-    changing_size); return whether it did (never raises for want of it)."""
+    changing_size); return whether it did (never raises for want of it).  ``stoppable``:
+    the wait is a stop point (not for an undoing, which a stopped call still owes)."""
     deadline = time.monotonic() + _GROWTH_LOCK_PATIENCE
     while True:
         try:
@@ -1235,7 +1236,8 @@ def _lock_growth(fd: int, kind: int) -> bool:
             return False
         # A cancelled async caller ends the wait (adversary round 69: a deadline of 50 ms
         # waited the whole patience for a holder stopped mid-growth).
-        stop_point()
+        if stoppable:
+            stop_point()
         time.sleep(0.001)
 
 
