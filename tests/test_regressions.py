@@ -5688,7 +5688,8 @@ async def test_a_cancelled_call_waiting_for_another_growth_of_its_file_ends(
 ) -> None:
     """Regression test (adversary round 69, every run on asyncio and trio): a call that
     waits for its turn to change or read the size of a file another process is growing
-    (``map_raw``, ``open_or_create`` of the file, ``resize``) waited out the turn's whole
+    (``map_raw``, ``open_or_create`` of the file, ``resize``; round 70: a region's
+    ``attach`` and ``check_and_remap``) waited out the turn's whole
     patience (30 s with the holder stopped) under a 50 ms deadline.  The wait is a stop
     point now: each call ends well before the patience runs out (the control: the same
     wait, not cancelled, in this test; the patience shortened to 2 s), and has done
@@ -5698,7 +5699,10 @@ async def test_a_cancelled_call_waiting_for_another_growth_of_its_file_ends(
     monkeypatch.setattr(anymmap._sys._linux, "_GROWTH_LOCK_PATIENCE", 2.0)
     path = tmp_path / "f"
     path.write_bytes(b"a" * PAGE)
-    async with await anymmap.MmapRaw.map_raw(path) as resized:
+    async with (
+        await anymmap.MmapRaw.map_raw(path) as resized,
+        await anymmap.MmapRegion.attach(path) as follower,
+    ):
         holder = _stopped_mid_growth(path)
         try:
             size = path.stat().st_size
@@ -5710,6 +5714,8 @@ async def test_a_cancelled_call_waiting_for_another_growth_of_its_file_ends(
                 lambda: anymmap.MmapRaw.map_raw(path),
                 lambda: anymmap.MmapRaw.open_or_create(path, size + (64 << 20)),
                 lambda: resized.resize(2 * PAGE),
+                lambda: anymmap.MmapRegion.attach(path),  # (round 70)
+                follower.check_and_remap,
             ]
             for call in calls:
                 started = time.perf_counter()
@@ -5717,11 +5723,11 @@ async def test_a_cancelled_call_waiting_for_another_growth_of_its_file_ends(
                 with anyio.move_on_after(0.05) as scope:
                     got = await call()
                 took = time.perf_counter() - started
-                if got is not None:  # (the code before: done after the patience)
-                    await got.aclose()
+                if isinstance(got, (anymmap.MmapRaw, anymmap.MmapRegion)):  # (done: the
+                    await got.aclose()  # code before, after the patience)
                 assert scope.cancelled_caught
                 assert took < control / 4, (took, control)
-            assert (len(resized), path.stat().st_size) == (PAGE, size)
+            assert (len(resized), len(follower), path.stat().st_size) == (PAGE, PAGE, size)
         finally:
             _end(holder)
 

@@ -116,6 +116,7 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         core = await run_sync(
             partial(attach_region, path, max_size=max_size, trust_others=trust_others),
             undo=RegionCore.close,
+            stoppable=True,  # (a wait for another map's growth of the file ends if cancelled)
         )
         return cls._create(core)
 
@@ -154,7 +155,7 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
             await checkpoint()
             return False
         # (Under a cancelled scope the True is returned, not lost; a native cancel raises.)
-        return await run_sync(core.check_and_remap, undo=_keep)
+        return await run_sync(core.check_and_remap, undo=_keep, stoppable=True)
 
 
 def _keep(grew: bool) -> None:
