@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import ClassVar
 
-from .._sys import Hold, collector_off, os_impl, signals_held
+from .._sys import DISARMED, Hold, collector_off, os_impl, signals_held
 from ._buffers import PinnedBuffer, new_bytes
 from ._files import FileRef
 from ._forks import renew_in_child
@@ -284,21 +284,37 @@ class mapping_file(Hold):  # (lower case: used like a function, ``with mapping_f
 
     def __enter__(self) -> None:
         key = id(self)
-        with signals_held():
-            if _may_lock():
-                # (Waits for a check and cut under way: this mapping then reads the size
-                # the cut left.)
-                with _windows_lock:
+        try:
+            with signals_held():
+                if _may_lock():
+                    # (Waits for a check and cut under way: this mapping then reads the
+                    # size the cut left.)
+                    with _windows_lock:
+                        _being_mapped[key] = self._identity
+                else:  # (a finalizer inside the registry's lock: no check runs meanwhile)
                     _being_mapped[key] = self._identity
-            else:  # (a finalizer inside the registry's lock: no check runs meanwhile)
-                _being_mapped[key] = self._identity
-            self._on_drop = partial(_being_mapped.pop, key, None)
+                self._on_drop = partial(_being_mapped.pop, key, None)
+        except BaseException:
+            # A signal handled as the held section ended, once registered: no __exit__
+            # follows, and the caller's undoing found its own mapping still in the making
+            # and left a failed growth (round 70's signal-at-every-point test).  (No
+            # Python call until it is given back.)
+            _being_mapped.pop(key, None)
+            self._on_drop = DISARMED
+            raise
 
 
-def cut_if_alone(memory: Memory, identity: tuple[int, int], cut: Callable[[], None]) -> bool:
+def cut_if_alone(
+    memory: Memory | None,
+    identity: tuple[int, int],
+    cut: Callable[[], None],
+    *,
+    but: mapping_file | None = None,
+) -> bool:
     """Call ``cut`` (the file's truncation) unless a mapping of this process other than
     ``memory`` may show the file ``identity``, or is being made (see
-    :class:`mapping_file`), with no mapping begun in between; return whether it did.
+    :class:`mapping_file`; ``but``: the caller's own, not counted), with no mapping begun
+    in between; return whether it did.
     Errs towards not cutting: a registration a finalizer left counts, as does a sparse
     map's window being unmapped (its pieces say so once its pages are gone).
 
@@ -313,7 +329,8 @@ def cut_if_alone(memory: Memory, identity: tuple[int, int], cut: Callable[[], No
         with _windows_lock, collector_off():
             _recount((identity,))
             _register_deferred()
-            if identity in _being_mapped.values():
+            own = id(but)
+            if any(key != own and made == identity for key, made in _being_mapped.items()):
                 return False
             for ref in _windows.get(identity, {}).values():
                 other = ref()

@@ -82,6 +82,7 @@ def fill_file(
     prefill: Prefill,
     *,
     own: bool,
+    alone: Callable[[Callable[[], None]], bool],
     grew: list[int] | None = None,
 ) -> None:
     """Give ``[offset, offset + length)`` of the file real blocks (growing it if needed);
@@ -102,6 +103,11 @@ def fill_file(
     the check of the size and the cut (a process that is not anymmap takes no turn:
     README, "Resize").  A failed allocation that left the
     file longer is left so (its blocks read as zeros).
+
+    The undoing cuts through ``alone`` (see :func:`cut_if_alone`): not while another
+    mapping of the file in this process is open or being made, which may show the new
+    part (adversary round 70: a map made by descriptor during a growth, which takes no
+    turn, died of SIGBUS when the failed growth was cut); the zeros then stay.
 
     ``own``: ``fd`` is anymmap's own open file description, not a duplicate of the
     caller's (see ``changing_size``).  ``grew``: if this call grew the file (and no one
@@ -139,7 +145,7 @@ def fill_file(
             with signals_held():  # (a second Ctrl-C must not stop the undoing half-way)
                 size = os_impl.file_size(fd)
                 if made[0] >= 0 and size > before and size in made:
-                    os_impl.truncate(fd, before)
+                    alone(partial(os_impl.truncate, fd, before))
             raise
 
 
@@ -176,13 +182,25 @@ def cut_file(
             then()
 
 
-def uncut_file(fd: int, end: int, size: int, *, own: bool) -> None:
+def uncut_file(
+    fd: int,
+    end: int,
+    size: int,
+    *,
+    own: bool,
+    alone: Callable[[Callable[[], None]], bool] | None = None,
+) -> None:
     """Put the file back to ``size`` bytes if it is still ``end`` bytes long: undo
-    :func:`cut_file` (the cut bytes read as zeros), or a growth whose map could not
-    follow; not if the file has changed size since (another map grew it)."""
+    :func:`cut_file` (the cut bytes read as zeros), or, cutting through ``alone`` (see
+    :func:`fill_file`), a growth whose map could not follow; not if the file has changed
+    size since (another map grew it)."""
     with os_impl.changing_size(fd, undoing=True, own=own), signals_held():
         if os_impl.file_size(fd) == end:
-            os_impl.truncate(fd, size)
+            put_back = partial(os_impl.truncate, fd, size)
+            if alone is None:
+                put_back()
+            else:
+                alone(put_back)
 
 
 def _exists(path: object, absolute: str) -> FileExistsError:
@@ -302,10 +320,12 @@ def create_file(
         # Counted as a map of the file in the making from before it grows until it is
         # mapped: a shrink of another map of the file in this process in between cut
         # the growth away, and the map came out shorter than asked (adversary round 48).
-        with mapping_file(os_impl.file_identity(fd)):
+        identity = os_impl.file_identity(fd)
+        with (making := mapping_file(identity)):
             current = os_impl.file_size(fd)
             if length > current:
-                fill_file(fd, current, length - current, prefill, own=True)  # type: ignore[arg-type]
+                alone = partial(cut_if_alone, None, identity, but=making)
+                fill_file(fd, current, length - current, prefill, own=True, alone=alone)  # type: ignore[arg-type]
             if created or length > current:
                 os_impl.fdatasync(fd)
             if unnamed is not None:
@@ -879,6 +899,11 @@ class FileCore(FileBackedCore):
             # Remapping can then only fail for want of address space.
             cut: list[int] = []  # the file's size before this resize cut it, once it did
 
+            def alone(cut_it: Callable[[], None]) -> bool:
+                # (See cut_if_alone; this map's memory as it is then: a failed remap
+                # installs the old mapping anew.)
+                return cut_if_alone(self.memory, identity, cut_it)
+
             def remap() -> None:
                 nonlocal installed
                 new_map_len = page_ceil(self._delta + length)
@@ -923,19 +948,19 @@ class FileCore(FileBackedCore):
                                 length - old_length,
                                 self.prefill,
                                 own=own,
+                                alone=alone,
                                 grew=grew,
                             )
                             remap()
                         except BaseException:
                             with signals_held():  # (a second Ctrl-C must not stop it)
                                 if grew and not installed:  # (the turn is ours: no wait)
-                                    uncut_file(self.fd, grew[1], grew[0], own=own)
+                                    uncut_file(self.fd, grew[1], grew[0], own=own, alone=alone)
                             raise
                 elif length < old_length:
                     # (Another map of the file in this process, or one being made, keeps
                     # it whole: a borrow of it past the new end would die of SIGBUS.)
                     end = self.file_offset + old_length
-                    alone = partial(cut_if_alone, self.memory, identity)
                     cut_file(self.fd, end, self.file_offset + length, cut, remap, alone, own=own)
                 if (
                     length < old_length
