@@ -5832,3 +5832,62 @@ def test_a_failed_growth_is_not_cut_under_a_map_made_meanwhile() -> None:
     undoing cuts only if no other mapping of the file in the process is open or being
     made (as a shrink does); else the zeros stay."""
     check_child(_A_MAP_MADE_DURING_A_FAILED_GROWTH, timeout=60)
+
+
+_A_REGION_GROWN_DURING_ANOTHER_PROCESS_S_FAILED_GROWTH = """
+import os, subprocess, sys, time
+from anymmap.sync import MmapRaw, MmapRegion
+
+MiB = 1 << 20
+path = os.path.join(os.environ["ANYMMAP_CHILD_SHM"], "f")
+MmapRaw.create(path, MiB, mode=0o600).close()
+# The other process: growths that fail (a strict map's neighbour), one after another.
+other = subprocess.Popen([sys.executable, "-c", '''
+import sys, anymmap
+from anymmap.sync import AnonymousMmap, MmapOptions
+MiB = 1 << 20
+for _ in range(200):
+    probe = AnonymousMmap.new(1 << 30)
+    addr = probe.as_ptr()
+    probe.close()
+    try:
+        m = MmapOptions().with_hint(addr).strict(True).map_raw(sys.argv[1], prefill="zeros")
+    except anymmap.HintNotHonoredError:
+        continue
+    after = addr + (len(m) + 2 * MiB) // MiB * MiB  # (a neighbour past its pages)
+    try:
+        nb = MmapOptions().len(MiB).with_hint(after).strict(True).map_anon()
+    except anymmap.HintNotHonoredError:
+        m.close()
+        continue
+    try:
+        m.resize(256 * MiB)
+    except anymmap.HintNotHonoredError:
+        print("failed", flush=True)
+    m.close()
+    nb.close()
+''', path], stdout=subprocess.PIPE, text=True)
+region = MmapRegion.attach(path, max_size=512 * MiB)
+deadline = time.monotonic() + 30
+while (size := os.stat(path).st_size) <= 8 * MiB:  # a growth under way
+    assert time.monotonic() < deadline
+region.resize(size & ~4095)
+assert other.stdout.readline() == "failed\\n"  # (the one under way, or the next)
+assert other.stdout.readline() == "failed\\n"
+other.kill()
+other.wait()
+assert os.stat(path).st_size >= len(region), (os.stat(path).st_size, len(region))
+with region.as_slice(len(region) - 16, 16) as view:
+    assert bytes(view) == bytes(16)  # (a SIGBUS before)
+region.close()
+print("ok")
+"""
+
+
+def test_a_region_grown_during_another_process_s_failed_growth_keeps_its_file() -> None:
+    """Regression test (adversary round 71, 5 of 5 runs, SIGBUS): a region's ``resize``
+    took no turn, so a region grown to the size another process's map had reached
+    during a growth that then failed was cut under when that growth was undone.  It
+    takes its turn now: it waits for the growth and its undoing, then grows the file
+    itself."""
+    check_child(_A_REGION_GROWN_DURING_ANOTHER_PROCESS_S_FAILED_GROWTH, timeout=60)

@@ -338,11 +338,16 @@ class RegionCore(FileBackedCore):
             if length == self.length:
                 return
             self._check_fits(length)
-            # From where the file ends now, if a peer cut it below the map: no gap of
-            # unallocated blocks may stay under the map.
-            start = min(self.length, os_impl.file_size(self.fd))
-            os_impl.allocate(self.fd, start, length - start)
-            self._map_to(length)
+            # In a turn with the other maps that change the file's size (adversary round
+            # 71: without one, a region grown to the size a failing growth of another
+            # process's map had reached was cut under when that growth was undone, and
+            # its borrow died of SIGBUS).
+            with os_impl.changing_size(self.fd, own=not self.file.callers):
+                # From where the file ends now, if a peer cut it below the map: no gap of
+                # unallocated blocks may stay under the map.
+                start = min(self.length, os_impl.file_size(self.fd))
+                os_impl.allocate(self.fd, start, length - start)
+                self._map_to(length)
 
     def check_and_remap(self) -> bool:
         """Follow the file's growth by another process: map what it gained and return
