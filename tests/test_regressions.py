@@ -5689,7 +5689,8 @@ async def test_a_cancelled_call_waiting_for_another_growth_of_its_file_ends(
     """Regression test (adversary round 69, every run on asyncio and trio): a call that
     waits for its turn to change or read the size of a file another process is growing
     (``map_raw``, ``open_or_create`` of the file, ``resize``; round 70: a region's
-    ``attach`` and ``check_and_remap``) waited out the turn's whole
+    ``attach`` and ``check_and_remap``; round 72: a region's ``resize``, which takes a
+    turn since round 71) waited out the turn's whole
     patience (30 s with the holder stopped) under a 50 ms deadline.  The wait is a stop
     point now: each call ends well before the patience runs out (the control: the same
     wait, not cancelled, in this test; the patience shortened to 2 s), and has done
@@ -5716,6 +5717,7 @@ async def test_a_cancelled_call_waiting_for_another_growth_of_its_file_ends(
                 lambda: resized.resize(2 * PAGE),
                 lambda: anymmap.MmapRegion.attach(path),  # (round 70)
                 follower.check_and_remap,
+                lambda: follower.resize(2 * PAGE),  # (round 72)
             ]
             for call in calls:
                 started = time.perf_counter()

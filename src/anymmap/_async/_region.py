@@ -139,7 +139,8 @@ class MmapRegion(FlushingAsyncMap[RegionCore], DirectAccessAsyncMap[RegionCore],
         :raises OSError: ``ENOSPC`` if the disk is full (nothing changes)
         """
         size = check_size(new_size)
-        await self._change_mapping("resize", self._open_core().resize, size)
+        # (Stoppable: a wait for another map's growth of the file ends if cancelled.)
+        await self._change_mapping("resize", self._open_core().resize, size, stoppable=True)
 
     async def check_and_remap(self) -> bool:
         """For peers: if the file grew, map what it gained and return True; else False.
