@@ -5768,7 +5768,9 @@ def test_an_undoing_waits_for_its_turn_even_in_a_stopped_call(
             with pytest.raises(StopRequested):
                 run_stoppable(stopped, grow)
             assert path.stat().st_size == size
-            run_stoppable(stopped, partial(uncut_file, fd, size, size + PAGE, own=False))
+            run_stoppable(
+                stopped, partial(uncut_file, fd, size, size + PAGE, own=False, alone=alone)
+            )
         finally:
             os.close(fd)
         assert path.stat().st_size == size + PAGE

@@ -183,24 +183,19 @@ def cut_file(
 
 
 def uncut_file(
-    fd: int,
-    end: int,
-    size: int,
-    *,
-    own: bool,
-    alone: Callable[[Callable[[], None]], bool] | None = None,
+    fd: int, end: int, size: int, *, own: bool, alone: Callable[[Callable[[], None]], bool]
 ) -> None:
     """Put the file back to ``size`` bytes if it is still ``end`` bytes long: undo
-    :func:`cut_file` (the cut bytes read as zeros), or, cutting through ``alone`` (see
-    :func:`fill_file`), a growth whose map could not follow; not if the file has changed
-    size since (another map grew it)."""
+    :func:`cut_file` (the cut bytes read as zeros), or a growth whose map could not
+    follow; not if the file has changed size since (another map grew it).  Cutting goes
+    through ``alone``, as every cut does (see :func:`fill_file`)."""
     with os_impl.changing_size(fd, undoing=True, own=own), signals_held():
         if os_impl.file_size(fd) == end:
             put_back = partial(os_impl.truncate, fd, size)
-            if alone is None:
-                put_back()
-            else:
+            if size < end:
                 alone(put_back)
+            else:
+                put_back()
 
 
 def _exists(path: object, absolute: str) -> FileExistsError:
@@ -984,7 +979,7 @@ class FileCore(FileBackedCore):
                 # A growth was undone above.  A cut is undone: the remap that followed it
                 # failed.
                 if cut:
-                    uncut_file(self.fd, self.file_offset + length, cut[0], own=own)
+                    uncut_file(self.fd, self.file_offset + length, cut[0], own=own, alone=alone)
                 raise
 
 
