@@ -1142,8 +1142,10 @@ _CTRL_C_AS_A_HOLD_IS_DROPPED = (
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    # 1.5 s, and on until a hundred were handled (a busy machine handles fewer: one CI
+    # run saw 33 in 1.5 s), for at most 20 s.
+    while (now := time.monotonic()) < started + 1.5 or (handled[0] <= 100 and now < started + 20):
         try:
             try:
                 armed[0] = True
