@@ -186,3 +186,72 @@ def test_the_loop_ending_mid_zero_fill_stops_it_and_leaves_no_file(runner: str) 
     fill, the control measured in the same child), the create is undone, and the
     interpreter exits."""
     check_child(_LOOP_ENDS_MID_ZERO_FILL, runner, timeout=60)
+
+
+_CTRL_C_MID_ZERO_FILL = """
+    import os, signal, sys, threading, time, anyio, anymmap, anymmap.sync
+    from tests._child import run_loop
+
+    runner, d = sys.argv[1], os.environ["TMPDIR"]
+    size = 1 << 30  # (big enough that the whole fill takes long beside a busy machine)
+    started = time.perf_counter()  # the control: the whole fill
+    anymmap.sync.MmapRaw.create(os.path.join(d, "control"), size, prefill="zeros").close()
+    whole = time.perf_counter() - started
+    os.unlink(os.path.join(d, "control"))
+    path = os.path.join(d, "f")
+
+    def filling():
+        # Whether a file in d open here has grown past a page (a new file has no name
+        # until it is whole: it is found by its descriptor).
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}").startswith(d):
+                    if os.stat(f"/proc/self/fd/{fd}").st_size > 4096:
+                        return True
+            except OSError:
+                pass
+        return False
+
+    def ctrl_c_once_filling():
+        while not filling():
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def interrupted(call):
+        async def main():
+            global started
+            started = time.perf_counter()
+            threading.Thread(target=ctrl_c_once_filling, daemon=True).start()
+            await call()
+        try:
+            run_loop(runner, main)
+        except KeyboardInterrupt:
+            return time.perf_counter() - started
+        raise AssertionError("no KeyboardInterrupt")
+
+    took = interrupted(lambda: anymmap.MmapRaw.create(path, size, prefill="zeros"))
+    assert took < whole / 2, (took, whole)  # stopped, not waited for
+    assert os.listdir(d) == [], os.listdir(d)  # undone
+
+    anymmap.sync.MmapRaw.create(path, 4096).close()
+    async def resize():
+        async with await anymmap.MmapRaw.map_raw(path, prefill="zeros") as m:
+            try:
+                await m.resize(size)
+            finally:
+                assert len(m) == 4096
+    took = interrupted(resize)
+    assert took < whole / 2, (took, whole)
+    assert os.stat(path).st_size == 4096  # cut back
+    print("ok", flush=True)
+"""
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_ctrl_c_mid_zero_fill_stops_it_and_undoes_it(runner: str) -> None:
+    """A Ctrl-C while the main task's ``create`` or ``resize`` writes its zeros: on
+    asyncio it cancels the main task, on trio it is delivered at the task's next
+    checkpoint, and either way the fill stops at its next step (well before the whole
+    fill, the control measured in the same child) and is undone: no file, or the file
+    at its old size."""
+    check_child(_CTRL_C_MID_ZERO_FILL, runner, timeout=90)
