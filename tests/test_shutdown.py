@@ -152,8 +152,9 @@ def test_a_map_used_at_exit_keeps_its_file() -> None:
     check_child(_USED_IN_AN_EARLIER_ATEXIT_HANDLER, timeout=60)
 
 
-_LOOP_ENDS_MID_ZERO_FILL = """
-    import os, sys, time, anyio, anymmap, anymmap.sync
+#: The start of the zero-fill scenarios: the control, a whole 1 GiB fill, timed.
+_ZERO_FILL_CONTROL = """
+    import os, signal, sys, threading, time, anyio, anymmap, anymmap.sync
     from tests._child import run_loop, spawn_detached
 
     runner, d = sys.argv[1], os.environ["TMPDIR"]
@@ -163,7 +164,11 @@ _LOOP_ENDS_MID_ZERO_FILL = """
     whole = time.perf_counter() - started
     os.unlink(os.path.join(d, "control"))
     path = os.path.join(d, "f")
+"""
 
+_LOOP_ENDS_MID_ZERO_FILL = (
+    _ZERO_FILL_CONTROL
+    + """
     async def main():
         global started
         started = time.perf_counter()  # (not counting the loop's start: trio's is slow)
@@ -176,6 +181,7 @@ _LOOP_ENDS_MID_ZERO_FILL = """
     assert took < whole / 2, (took, whole)  # stopped, not waited for
     print("ok", flush=True)
 """
+)
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -188,18 +194,9 @@ def test_the_loop_ending_mid_zero_fill_stops_it_and_leaves_no_file(runner: str) 
     check_child(_LOOP_ENDS_MID_ZERO_FILL, runner, timeout=60)
 
 
-_CTRL_C_MID_ZERO_FILL = """
-    import os, signal, sys, threading, time, anyio, anymmap, anymmap.sync
-    from tests._child import run_loop
-
-    runner, d = sys.argv[1], os.environ["TMPDIR"]
-    size = 1 << 30  # (big enough that the whole fill takes long beside a busy machine)
-    started = time.perf_counter()  # the control: the whole fill
-    anymmap.sync.MmapRaw.create(os.path.join(d, "control"), size, prefill="zeros").close()
-    whole = time.perf_counter() - started
-    os.unlink(os.path.join(d, "control"))
-    path = os.path.join(d, "f")
-
+_CTRL_C_MID_ZERO_FILL = (
+    _ZERO_FILL_CONTROL
+    + """
     def filling():
         # Whether a file in d open here has grown past a page (a new file has no name
         # until it is whole: it is found by its descriptor).
@@ -245,6 +242,7 @@ _CTRL_C_MID_ZERO_FILL = """
     assert os.stat(path).st_size == 4096  # cut back
     print("ok", flush=True)
 """
+)
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
