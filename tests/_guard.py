@@ -35,6 +35,7 @@ ALLOWED = {
     "pread_nowait": "preadv(RWF_NOWAIT) copies from the page cache or gives up; never waits",
     "resident": "mincore asks the page tables; no I/O",
     "file_size": "fstat of an open descriptor: metadata in memory, no I/O",
+    "is_direct": "fcntl(F_GETFL) of an open descriptor: its flags in memory, no I/O",
     "data_extents": "lseek(SEEK_DATA, SEEK_HOLE), used on tmpfs only, whose metadata is in memory",
     "read_memory": "a resident copy: only after resident() or pread_nowait vouched for it",
     "write_memory": "a resident copy, as read_memory",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import pickle
 import platform
@@ -28,6 +29,7 @@ from anymmap import (
     UnmappableFileError,
 )
 
+from ._child import check_child
 from ._helpers import PAGE, assert_loop_keeps_running, heartbeat, resident_fraction, wait_until
 from .conftest import ASYNCIO_BACKENDS
 
@@ -748,6 +750,55 @@ async def test_a_descriptor_opened_with_o_direct(data_file: Path) -> None:
     finally:
         os.close(fd)
     assert data_file.read_bytes()[7:13] == b"direct"
+
+
+async def test_o_direct_turned_on_after_the_map_was_made(data_file: Path) -> None:
+    """Regression test (adversary round 73): a map made from the caller's descriptor
+    shares its status flags, and once the caller turned ``O_DIRECT`` on, every read of
+    the map (sync, ``*_nowait``, awaited) failed with a bare ``EINVAL``: read(2) then
+    wants aligned buffers.  Reads go through the memory from then on."""
+    want = data_file.read_bytes()
+    fd = os.open(data_file, os.O_RDWR)
+    try:
+        with anymmap.sync.MmapRaw.map_raw(fd) as twin:
+            async with await MmapRaw.map_raw(fd) as m:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+                for offset, n in ((0, PAGE), (3, 10), (5, PAGE + 7)):
+                    assert twin.read(offset, n) == want[offset : offset + n]
+                    assert await m.read(offset, n) == want[offset : offset + n]
+                    buf = bytearray(n)
+                    m.read_into_nowait(offset, buf)
+                    assert buf == want[offset : offset + n]
+                await m.update_region(7, b"direct")
+                assert twin.read(7, 6) == b"direct"
+    finally:
+        os.close(fd)
+
+
+_O_DIRECT_TRUNCATED = """
+    import os, sys
+    import anymmap.sync
+    from anymmap import MappingFaultError
+
+    path = os.path.join(os.environ["TMPDIR"], "f")
+    with open(path, "wb") as f:
+        f.write(b"x" * (4 << 12))
+    fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+    m = anymmap.sync.MmapRaw.map_raw(fd, fault_safe=False)
+    os.truncate(path, 4096)
+    try:
+        m.read(2 << 12, 10)
+    except MappingFaultError as exc:
+        print("ok" if exc.offset == 2 << 12 else exc, flush=True)
+"""
+
+
+def test_reads_of_a_shared_map_on_an_o_direct_descriptor_stay_fault_safe() -> None:
+    """Regression test: reads of an ``"rw"`` or ``"r"`` map are fault-safe whatever
+    ``fault_safe`` says (README, "Faults"), but with the map's descriptor opened with
+    ``O_DIRECT`` they went through the memory unprotected: a read of a truncated page
+    was SIGBUS.  It raises ``MappingFaultError`` now."""
+    check_child(_O_DIRECT_TRUNCATED, timeout=60)
 
 
 async def test_closed_read_only_map_says_closed(data_file: Path) -> None:

@@ -589,6 +589,7 @@ class FileCopier(KernelCopier):
         "_mapped_size",
         "_nowait",
         "_pread",
+        "_safe_reads",
         "fault_safe",
         "fd",
         "file",
@@ -616,6 +617,8 @@ class FileCopier(KernelCopier):
             fd
         )  # to tell a truncation from a window past the end
         self.fault_safe = fault_safe
+        # Reads of a shared map are fault-safe whatever fault_safe says (README, "Faults").
+        self._safe_reads = shared or fault_safe
         # read(2) copies what a shared map shows (a private copy map may differ), unless
         # the descriptor was opened with O_DIRECT, which wants aligned buffers and offsets.
         self._pread = shared and not os_impl.is_direct(fd)
@@ -639,7 +642,12 @@ class FileCopier(KernelCopier):
         if self._nowait:
             # One syscall: copies from the page cache if every page is there, else a short
             # count or -1; it never waits for the disk and never faults.
-            got = os_impl.pread_nowait(self.fd, dst, self.file_offset + offset)
+            try:
+                got = os_impl.pread_nowait(self.fd, dst, self.file_offset + offset)
+            except OSError as exc:
+                if not self._direct_since(exc):
+                    raise
+                return self.read_now(offset, dst)
             if got == n:
                 return True
             if got < 0 or not self._past_end(offset + got):
@@ -651,7 +659,7 @@ class FileCopier(KernelCopier):
             self._raise_if_past_end(offset, n)
             if not self._in_memory_or_holes(offset, n):
                 return False
-        if self._pread or self.fault_safe:
+        if self._safe_reads:
             self.read(address_of(dst), offset, n)
         else:
             start = self.base + offset
@@ -691,14 +699,30 @@ class FileCopier(KernelCopier):
 
     def read(self, dst: int, offset: int, length: int) -> None:
         if self._pread:
-            got = os_impl.pread(self.fd, dst, length, self.file_offset + offset)
+            try:
+                got = os_impl.pread(self.fd, dst, length, self.file_offset + offset)
+            except OSError as exc:
+                if not self._direct_since(exc):
+                    raise
+                return self.read(dst, offset, length)
             if got < length:
                 self._read_past_end(dst + got, offset + got, length - got)
-        elif self.fault_safe:
+        elif self._safe_reads:  # (a shared map whose descriptor has O_DIRECT)
             os_impl.read_memory(dst, self.addr + offset, length)
         else:
             # SAFETY: fault_safe=False: the caller accepted SIGBUS on a truncated file.
             os_impl.memmove(dst, self.addr + offset, length)
+
+    def _direct_since(self, exc: OSError) -> bool:
+        """After ``exc`` from a read of the file: whether ``O_DIRECT`` was turned on since
+        the map was made (by the caller, on its own descriptor, whose status flags the
+        map's duplicate shares), which wants aligned buffers and offsets; then reads go
+        through the memory from now on, as for a map made with it (adversary round 73:
+        every read of the map failed with a bare ``EINVAL``)."""
+        if exc.errno != errno.EINVAL or not os_impl.is_direct(self.fd):
+            return False
+        self._pread = self._nowait = self._holes_free = False
+        return True
 
     def write(self, offset: int, src: int, length: int) -> None:
         if not self.writable:
