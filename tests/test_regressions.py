@@ -5895,3 +5895,35 @@ def test_a_region_grown_during_another_process_s_failed_growth_keeps_its_file() 
     takes its turn now: it waits for the growth and its undoing, then grows the file
     itself."""
     check_child(_A_REGION_GROWN_DURING_ANOTHER_PROCESS_S_FAILED_GROWTH, timeout=60)
+
+
+@pytest.mark.anyio
+async def test_nowait_calls_convert_their_arguments_before_looking_at_the_lock() -> None:
+    """Regression test (adversary round 73): the ``*_nowait`` copies and the atomics
+    looked at the lock before converting their arguments, so an ``__index__`` that took
+    the map's write lock got its copy through inside it, where the same call with a
+    plain int raises ``RuntimeError`` (README, "Inside your own borrow")."""
+    async with await anymmap.SparseMapping.new(PAGE) as m:  # (one with atomics)
+        await m.alloc(0, PAGE)
+
+        class TakesTheWriteLock:
+            def __index__(self) -> int:
+                m.lock.acquire_write_nowait()
+                return 0
+
+        def evil() -> Any:  # (an int to the type checker)
+            return TakesTheWriteLock()
+
+        calls: dict[str, Callable[[], object]] = {
+            "read_into_nowait": lambda: m.read_into_nowait(evil(), bytearray(4)),
+            "update_region_nowait": lambda: m.update_region_nowait(evil(), b"ab"),
+            "atomic_load": lambda: m.atomic_load(evil(), 8),
+            "atomic_store": lambda: m.atomic_store(evil(), 8, 1),
+            "atomic_store's value": lambda: m.atomic_store(0, 8, evil()),
+        }
+        for name, call in calls.items():
+            with pytest.raises(RuntimeError, match="this task"):
+                call()
+            assert m.lock.statistics().writer is not None, name  # (taken by __index__)
+            m.lock.release_write()
+        assert await m.read(0, 8) == bytes(8)  # nothing written

@@ -178,6 +178,8 @@ class AsyncMap(MapHandle[CoreT]):
         lock, core = self._lock, self._core  # (_open_core inline: the hot path)
         try:
             dst = memoryview(buf) if type(buf) is bytearray else byte_view(buf, writable=True)
+            if type(offset) is not int:  # (before the lock is looked at: see _busy)
+                offset = as_int(offset, "offset")
             if not lock.free_for_reading():
                 raise self._busy(writing=False)
             if not core.usable:
@@ -196,6 +198,8 @@ class AsyncMap(MapHandle[CoreT]):
         lock, core = self._lock, self._core  # (_open_core inline: the hot path)
         try:
             src = memoryview(data) if type(data) is bytes else byte_view(data, writable=False)
+            if type(offset) is not int:  # (before the lock is looked at: see _busy)
+                offset = as_int(offset, "offset")
             if not lock.free_for_writing():
                 raise self._busy(writing=True)
             if not core.usable:
@@ -210,7 +214,9 @@ class AsyncMap(MapHandle[CoreT]):
     def _busy(self, writing: bool, then: str = "await the call to wait") -> Exception:
         """The error for a ``*_nowait`` copy that finds the lock taken: RuntimeError if
         the calling task holds it itself (waiting could never help), else WouldBlock
-        (whose message ends with ``then``)."""
+        (whose message ends with ``then``).  The arguments are converted before the lock
+        is looked at: an ``__index__`` may take it (adversary round 73: one that took the
+        write lock got its copy through inside it)."""
         if self._lock.held_by_current_task():
             if writing:
                 return RuntimeError(
@@ -412,6 +418,7 @@ class DirectAccessAsyncMap(AsyncMap[CoreT]):
             writable borrow, a copy in a worker thread, or a change of pieces)
         :raises RuntimeError: while this task holds it (in its own ``as_mut_slice``)
         """
+        offset, size = as_int(offset, "offset"), as_int(size, "size")  # (see _busy)
         if not self._lock.free_for_reading():
             raise self._busy(writing=False, then=_RETRY_DIRECT)
         return self._open_core().atomic_load(offset, size)
@@ -421,6 +428,8 @@ class DirectAccessAsyncMap(AsyncMap[CoreT]):
         (see :meth:`atomic_load`); read-only pieces raise
         :class:`~anymmap.MappingFaultError`.  ``value`` is converted before anything is
         checked, and the store counts in ``pending_bytes()`` of a region."""
+        value = as_int(value, "value")  # (first of all: see _busy)
+        offset, size = as_int(offset, "offset"), as_int(size, "size")
         if not self._lock.free_for_reading():
             raise self._busy(writing=False, then=_RETRY_DIRECT)
         self._open_core().atomic_store(offset, size, value)
