@@ -303,6 +303,20 @@ def create_file(
                 if exist_ok:  # (a dangling symbolic link: the message says so)
                     raise
                 raise _exists(path, absolute) from None
+            except PermissionError as exc:
+                # An existing file that may not be written (adversary round 73: a bare
+                # error, where map_raw gives this advice); else the folder refused it.
+                try:
+                    existing = exist_ok and kind_at(absolute, follow=True) == "regular file"
+                except OSError:  # (a folder on the way that cannot be searched)
+                    existing = False
+                if not existing:
+                    raise
+                raise PermissionError(
+                    exc.errno,
+                    f"cannot open {name_of(path)} for writing ({exc.strerror}); to map it "
+                    "for reading only, use map_raw(path, mode='r')",
+                ) from None
             except OSError as exc:
                 if exc.errno == errno.ENXIO:  # a socket, which open(2) refuses this way
                     raise refused_open(name_of(path), path, ("regular file",)) from None
