@@ -36,6 +36,7 @@ ALLOWED = {
     "resident": "mincore asks the page tables; no I/O",
     "file_size": "fstat of an open descriptor: metadata in memory, no I/O",
     "is_direct": "fcntl(F_GETFL) of an open descriptor: its flags in memory, no I/O",
+    "is_immutable": "ioctl(FS_IOC_GETFLAGS), after a fault: the inode's flags in memory",
     "data_extents": "lseek(SEEK_DATA, SEEK_HOLE), used on tmpfs only, whose metadata is in memory",
     "read_memory": "a resident copy: only after resident() or pread_nowait vouched for it",
     "write_memory": "a resident copy, as read_memory",

@@ -6,6 +6,7 @@ import fcntl
 import os
 import pickle
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -799,6 +800,31 @@ def test_reads_of_a_shared_map_on_an_o_direct_descriptor_stay_fault_safe() -> No
     ``O_DIRECT`` they went through the memory unprotected: a read of a truncated page
     was SIGBUS.  It raises ``MappingFaultError`` now."""
     check_child(_O_DIRECT_TRUNCATED, timeout=60)
+
+
+def _chattr(change: str, path: Path) -> bool:
+    """``chattr change path``; whether it worked (False without chattr)."""
+    if shutil.which("chattr") is None:
+        return False
+    return subprocess.run(["chattr", change, str(path)], check=False).returncode == 0
+
+
+async def test_a_write_an_immutable_file_refuses_says_so(tmp_path: Path) -> None:
+    """Regression test (adversary round 73): a write into a page of a file made
+    immutable since (``chattr +i``: the kernel refuses the page's first write) raised
+    ``MappingFaultError`` saying "out of space, or an I/O error"; it names the cause."""
+    path = tmp_path / "f"
+    async with await MmapRaw.create(path, 4 * PAGE) as m:
+        await m.flush()  # (the pages clean: the next write asks the file system)
+        if not _chattr("+i", path):
+            pytest.skip("no chattr +i here (not root, or no such attribute on this file system)")
+        try:
+            with pytest.raises(MappingFaultError, match=r"immutable \(chattr \+i\)") as info:
+                await m.update_region(PAGE + 5, b"x")
+            assert info.value.offset == PAGE + 5
+            assert await m.read(PAGE, 8) == bytes(8)  # (reads are not refused)
+        finally:
+            assert _chattr("-i", path)
 
 
 async def test_closed_read_only_map_says_closed(data_file: Path) -> None:

@@ -785,4 +785,6 @@ class FileCopier(KernelCopier):
             else:
                 why = f"the page lies past the end of the file ({size} bytes)"
             return max(offset, last_page_end), why
+        if os_impl.is_immutable(self.fd):  # (adversary round 73: it said "out of space")
+            return offset, "the file is immutable (chattr +i): its pages refuse writes"
         return offset, "the file system could not provide the page (out of space, or an I/O error)"

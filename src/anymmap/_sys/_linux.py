@@ -668,6 +668,23 @@ def is_direct(fd: int) -> bool:
     return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
 
 
+#: FS_IOC_GETFLAGS (``_IOR('f', 1, long)``) and its flag of an immutable file.
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IMMUTABLE_FL = 0x10
+
+
+def is_immutable(fd: int) -> bool:
+    """Whether the file is immutable (``chattr +i``), which refuses a first write into
+    any of its mapped pages whatever its permissions say (False where the file system
+    keeps no such attribute).  (Append-only, ``chattr +a``, refuses no page write.)"""
+    try:
+        # (The kernel reads and writes an int, whatever the ioctl's number says.)
+        flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4], sys.byteorder)
+    except OSError:
+        return False
+    return bool(flags & _FS_IMMUTABLE_FL)
+
+
 def data_extents(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
     """The ``[start, end)`` ranges of ``[offset, offset + length)`` where the file holds
     data; the rest are holes (never written, or allocated and never written on tmpfs:

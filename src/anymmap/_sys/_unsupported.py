@@ -62,7 +62,9 @@ mmap = munmap = munmap_quietly = mprotect = madvise = remap = sync_memory = memm
 is_mapped = any_mapped = _unsupported
 resident = populate = prepare_access = read_memory = write_memory = _unsupported
 open_nonblocking = set_blocking = dup = close = file_kind = path_kind = file_size = _unsupported
-file_system = access_mode = is_direct = data_extents = pread = nowait_reads = _unsupported
+file_system = access_mode = is_direct = is_immutable = data_extents = pread = nowait_reads = (
+    _unsupported
+)
 pread_nowait = allocate = truncate = start_writeback = _unsupported
 open_new = open_no_follow = file_owner = current_uid = rename = unlink = link = _unsupported
 file_identity = path_identity = _unsupported
