@@ -224,6 +224,14 @@ _CTRL_C_MID_ZERO_FILL = (
             run_loop(runner, main)
         except KeyboardInterrupt:
             return time.perf_counter() - started
+        except BaseException as exc:
+            # (anyio.run's runner on 3.10 raises the main task's cancellation: its tasks
+            # cannot uncancel, so it cannot tell a Ctrl-C's from another.)
+            if runner != "anyio.run" or sys.version_info >= (3, 11):
+                raise
+            if type(exc).__name__ != "CancelledError":
+                raise
+            return time.perf_counter() - started
         raise AssertionError("no KeyboardInterrupt")
 
     took = interrupted(lambda: anymmap.MmapRaw.create(path, size, prefill="zeros"))
