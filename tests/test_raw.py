@@ -3,6 +3,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import mmap
 import os
 import pickle
 import platform
@@ -774,6 +775,75 @@ async def test_o_direct_turned_on_after_the_map_was_made(data_file: Path) -> Non
                 assert twin.read(7, 6) == b"direct"
     finally:
         os.close(fd)
+
+
+def _bytes_read_from_storage() -> int:
+    """What this process has read from storage so far (``/proc/self/io``)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("read_bytes:"))
+
+
+async def test_nowait_reads_after_o_direct_was_turned_on_stay_in_memory(tmp_path: Path) -> None:
+    """Regression test (adversary round 74): round 73's fix fell back to memory copies
+    only when a read failed with ``EINVAL``; a page-aligned read through the caller's
+    descriptor with ``O_DIRECT`` turned on succeeds, as a read from the device, so every
+    ``read_into_nowait`` of pages in memory waited for the disk on the loop's thread.
+    Such maps look at the flag before each read.  (The control: a direct read of the
+    same descriptor counts as read from storage, so the measure can see one.)"""
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(1 << 20))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        async with await MmapRaw.map_raw(fd) as m:
+            await m.populate()
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+            with mmap.mmap(-1, 1 << 20) as aligned:  # (a page-aligned buffer)
+                before = _bytes_read_from_storage()
+                try:
+                    os.preadv(fd, [aligned], 0)
+                except OSError:
+                    pytest.skip("no O_DIRECT reads on this file system")
+                if _bytes_read_from_storage() == before:
+                    pytest.skip("this file system's direct reads are not counted as I/O")
+                before = _bytes_read_from_storage()
+                for _ in range(3):
+                    m.read_into_nowait(0, aligned)
+                    await m.read_into(0, aligned)
+                assert _bytes_read_from_storage() == before
+                assert aligned[:] == path.read_bytes()
+    finally:
+        os.close(fd)
+
+
+_LEASED = """
+    import fcntl, os, anyio, anymmap, anymmap.sync
+
+    path = os.path.join(os.environ["TMPDIR"], "f")
+    with open(path, "wb") as f:
+        f.write(b"L" * (16 << 12))
+    fd = os.open(path, os.O_RDWR)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)  # (SIGIO left as it is: it kills)
+    with anymmap.sync.MmapRaw.map_raw(fd, prefill="zeros") as m:
+        m.resize(32 << 12)
+        m.resize(8 << 12)
+
+    async def main():
+        async with await anymmap.MmapRegion.attach_fd(fd) as region:
+            await region.resize(64 << 12)
+
+    anyio.run(main)
+    assert fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_WRLCK
+    print("ok")
+"""
+
+
+def test_resizing_a_map_of_a_leased_descriptor_keeps_the_lease() -> None:
+    """Regression test (adversary round 74): a growth or a cut of a map of the caller's
+    descriptor took its turn on a second open of the file, and an open, even one that
+    fails at once (``O_NONBLOCK``), starts breaking a lease held through that
+    descriptor: the caller got SIGIO, which killed it (3 of 3 runs).  Such a change of
+    size takes no turn now, as mapping such a descriptor does not."""
+    check_child(_LEASED, timeout=60)
 
 
 _O_DIRECT_TRUNCATED = """

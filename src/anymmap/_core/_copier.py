@@ -590,6 +590,7 @@ class FileCopier(KernelCopier):
         "_nowait",
         "_pread",
         "_safe_reads",
+        "_shared_flags",
         "fault_safe",
         "fd",
         "file",
@@ -623,6 +624,9 @@ class FileCopier(KernelCopier):
         # the descriptor was opened with O_DIRECT, which wants aligned buffers and offsets.
         self._pread = shared and not os_impl.is_direct(fd)
         self._nowait = self._pread and os_impl.nowait_reads(fd)
+        # A duplicate of the caller's descriptor shares its status flags, and O_DIRECT
+        # may be turned on later: each read looks (see _direct_since).
+        self._shared_flags = self._pread and file.callers
         # On tmpfs a page that is not in memory is either swapped out or a hole never
         # written, and a hole reads as zeros and takes a write with no I/O: copies on
         # this thread check.  Not through the caller's descriptor: finding holes
@@ -639,6 +643,8 @@ class FileCopier(KernelCopier):
 
     def read_now(self, offset: int, dst: memoryview) -> bool:
         n = len(dst)
+        if self._shared_flags:
+            self._direct_since(None)
         if self._nowait:
             # One syscall: copies from the page cache if every page is there, else a short
             # count or -1; it never waits for the disk and never faults.
@@ -698,6 +704,8 @@ class FileCopier(KernelCopier):
     # -- blocking, without the GIL ----------------------------------------------------
 
     def read(self, dst: int, offset: int, length: int) -> None:
+        if self._shared_flags:
+            self._direct_since(None)
         if self._pread:
             try:
                 got = os_impl.pread(self.fd, dst, length, self.file_offset + offset)
@@ -713,15 +721,18 @@ class FileCopier(KernelCopier):
             # SAFETY: fault_safe=False: the caller accepted SIGBUS on a truncated file.
             os_impl.memmove(dst, self.addr + offset, length)
 
-    def _direct_since(self, exc: OSError) -> bool:
-        """After ``exc`` from a read of the file: whether ``O_DIRECT`` was turned on since
-        the map was made (by the caller, on its own descriptor, whose status flags the
-        map's duplicate shares), which wants aligned buffers and offsets; then reads go
-        through the memory from now on, as for a map made with it (adversary round 73:
-        every read of the map failed with a bare ``EINVAL``)."""
-        if exc.errno != errno.EINVAL or not os_impl.is_direct(self.fd):
+    def _direct_since(self, exc: OSError | None) -> bool:
+        """After ``exc`` from a read of the file (None: before a read), whether
+        ``O_DIRECT`` was turned on since the map was made (by the caller, on its own
+        descriptor, whose status flags the map's duplicate shares; or by a peer that was
+        given a region's); then reads go through the memory from now on, as for a map
+        made with it.  A direct read wants aligned buffers and offsets (adversary round
+        73: every other read failed with a bare ``EINVAL``), and reads the device even
+        for pages in memory (round 74: a ``*_nowait`` copy waited for the disk on the
+        event loop's thread)."""
+        if (exc is not None and exc.errno != errno.EINVAL) or not os_impl.is_direct(self.fd):
             return False
-        self._pread = self._nowait = self._holes_free = False
+        self._pread = self._nowait = self._holes_free = self._shared_flags = False
         return True
 
     def write(self, offset: int, src: int, length: int) -> None:

@@ -1008,6 +1008,8 @@ class _Turn:
             # means known to a child forked meanwhile: see _forget_turns_in_child.)
             with signals_held(), _turns_lock:
                 info = os.fstat(self._fd)
+                if self._private and not self._own and _leased(self._fd):
+                    return None  # (a second open would break the caller's lease)
                 if self._private:
                     try:
                         lock_fd = self._reopen(self._fd)
@@ -1137,6 +1139,20 @@ class reading_size(_Turn):  # (lower case: used like a function, ``with reading_
 #: killed mid-growth (adversary round 28).  Re-entrant: a fork from a trace hook of the
 #: thread that holds it.
 _turns_lock = threading.RLock()
+
+
+def _leased(fd: int) -> bool:
+    """Whether the caller holds a lease through ``fd``'s open file description: an open
+    of the file, even one that fails with ``EWOULDBLOCK`` (``O_NONBLOCK``), starts
+    breaking it and sends the holder its signal, SIGIO by default, which ends a process
+    that did not handle it (adversary round 74: a ``resize`` of ``map_raw(fd)``).  A
+    lease held through another open of the file is not seen."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_UNLCK
+    except OSError:  # (not a regular file, or a file system without leases)
+        return False
+
+
 #: How a descriptor of a file is opened for a turn (O_NONBLOCK: a file under a lease
 #: fails the open at once, EWOULDBLOCK, instead of waiting out the lease's break, 45 s
 #: by default).
