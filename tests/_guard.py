@@ -35,6 +35,7 @@ ALLOWED = {
     "pread_nowait": "preadv(RWF_NOWAIT) copies from the page cache or gives up; never waits",
     "resident": "mincore asks the page tables; no I/O",
     "file_size": "fstat of an open descriptor: metadata in memory, no I/O",
+    "file_kind": "fstat of an open descriptor, after a fault: metadata in memory, no I/O",
     "is_direct": "fcntl(F_GETFL) of an open descriptor: its flags in memory, no I/O",
     "is_immutable": "ioctl(FS_IOC_GETFLAGS), after a fault: the inode's flags in memory",
     "data_extents": "lseek(SEEK_DATA, SEEK_HOLE), used on tmpfs only, whose metadata is in memory",

@@ -955,6 +955,17 @@ async def test_resizing_a_block_device_map(loop_device: Path) -> None:
         os.close(fd)
 
 
+async def test_a_window_past_the_end_of_a_block_device_says_device(loop_device: Path) -> None:
+    """A sparse map's window reaching past the end of a device faults there, and the
+    error names the device, not a file (adversary round 74: "the end of the file")."""
+    async with await anymmap.SparseMapping.new(4 * PAGE) as m:
+        await m.map_file(0, 2 * PAGE, loop_device, (4 << 20) - PAGE)
+        assert await m.read(PAGE - 1, 1) == bytes([255])
+        with pytest.raises(MappingFaultError, match="past the end of the device") as info:
+            await m.read(PAGE - 1, 2)
+        assert info.value.offset == PAGE
+
+
 async def test_a_block_device_map_of_the_callers_descriptor_keeps_its_offset(
     loop_device: Path,
 ) -> None:

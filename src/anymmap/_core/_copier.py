@@ -791,7 +791,10 @@ class FileCopier(KernelCopier):
         size = os_impl.file_size(self.fd)
         last_page_end = page_ceil(size) - self.file_offset  # in the piece
         if offset + length > last_page_end:
-            if size < self._mapped_size:
+            # (A block device that shrinks is not seen as cut: README, "Faults".)
+            if os_impl.file_kind(self.fd) == "block device":
+                why = f"the page lies past the end of the device ({size} bytes)"
+            elif size < self._mapped_size:
                 why = f"the file was truncated to {size} bytes"
             else:
                 why = f"the page lies past the end of the file ({size} bytes)"
